@@ -1,0 +1,42 @@
+//! The flow hash: which Maglev slot a connection lands in. Shared by the XDP program and
+//! userspace, so a test (or an operator's tool) can predict a flow's real server.
+
+use crate::FlowKey;
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of a connection's 5-tuple (MurmurHash3's 32-bit mixing over the key's words).
+/// Endianness-independent in the sense that matters: the words hold wire bytes, and the
+/// data path and userspace run on the same host.
+/// Returns: a 32-bit hash; `hash % ring_size` is the flow's Maglev slot.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h = 0x5876_7370; // "xdvp": any fixed seed; part of the contract.
+    h = mix(h, key.src[0]);
+    h = mix(h, key.src[1]);
+    h = mix(h, key.src[2]);
+    h = mix(h, key.src[3]);
+    h = mix(h, key.dst[0]);
+    h = mix(h, key.dst[1]);
+    h = mix(h, key.dst[2]);
+    h = mix(h, key.dst[3]);
+    h = mix(h, (key.sport_be as u32) << 16 | key.dport_be as u32);
+    h = mix(h, (key.proto as u32) << 8 | key.family as u32);
+    finish(h ^ 40)
+}

@@ -1,0 +1,172 @@
+//! Types shared by the xdpvs BPF programs (`lb-ebpf`) and the daemon (`lb-userspace`).
+//!
+//! Every map key and value is `#[repr(C)]` with fixed-width fields and explicit padding,
+//! and its size is pinned by a `const` assertion: a change of layout breaks the build
+//! instead of silently breaking the kernel/userspace contract.
+//!
+//! Addresses are stored as four `u32` words holding the address bytes exactly as they
+//! appear on the wire ("network order words"): an IPv4 address occupies word 0 and the
+//! other three words are zero; an IPv6 address uses all four.
+#![no_std]
+
+pub mod hash;
+pub mod maps;
+pub mod reason;
+#[cfg(feature = "user")]
+pub mod user;
+
+pub use hash::flow_hash;
+
+/// Address family value of IPv4 in [`VsKey::family`], [`FlowKey::family`], [`RealInfo::family`].
+pub const FAMILY_V4: u8 = 4;
+/// Address family value of IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// IANA protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IANA protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Largest Maglev table a virtual server may use, in slots (a prime). Every ring in
+/// [`maps::VS_RINGS`] has this stride, whatever the virtual server's own table size.
+pub const RING_STRIDE: u32 = 65537;
+
+/// Ring slot value meaning "no real server": the data path drops new flows that hit it.
+pub const NO_REAL: u32 = u32::MAX;
+
+/// Forwarding method of a virtual server ([`VsInfo::method`]).
+pub const METHOD_DR: u8 = 1;
+/// NAT (LVS "masq"): destination rewritten, replies return through the balancer.
+pub const METHOD_NAT: u8 = 2;
+/// IP-in-IP tunnelling to the real.
+pub const METHOD_TUNNEL: u8 = 3;
+
+/// Identity of a virtual server as the data path sees it: VIP, port, protocol.
+/// Key of [`maps::VS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VsKey {
+    /// VIP, network order words (IPv4 in word 0, other words zero).
+    pub addr: [u32; 4],
+    /// Virtual server port, network byte order.
+    pub port_be: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<VsKey>() == 20);
+
+/// What the data path needs to balance one virtual server. Value of [`maps::VS_MAP`].
+///
+/// The daemon never edits a live `VsInfo` in place: to change the Maglev table it fills
+/// the virtual server's *other* ring and then replaces the whole value, so a packet sees
+/// either the old ring or the new one, never a half-written table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VsInfo {
+    /// Index of the virtual server in [`maps::STATS_VS`] (stable while the VS exists).
+    pub vs_index: u32,
+    /// Ring in [`maps::VS_RINGS`] in use: slot `i` lives at `ring_id * RING_STRIDE + i`.
+    pub ring_id: u32,
+    /// Maglev table size of this virtual server, a prime `<= RING_STRIDE`.
+    pub ring_size: u32,
+    /// [`METHOD_DR`], [`METHOD_NAT`] or [`METHOD_TUNNEL`].
+    pub method: u8,
+    /// Reserved for flags; zero.
+    pub flags: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<VsInfo>() == 16);
+
+/// [`RealInfo::flags`]: the real takes packets. Clear means flows pinned to this real are
+/// re-steered through the Maglev table (the real was removed or failed).
+pub const REAL_F_ACTIVE: u32 = 1;
+
+/// A real server as the data path forwards to it. Value of [`maps::REALS`], indexed by
+/// the real's id (the values found in Maglev rings and in flow state).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealInfo {
+    /// Real's address, network order words.
+    pub addr: [u32; 4],
+    /// Real's Ethernet address (direct routing: the new destination MAC).
+    pub mac: [u8; 6],
+    /// Real's port, network byte order (NAT rewrites to it; equals the VIP port for DR).
+    pub port_be: u16,
+    /// Interface the real is reached through (the kernel's ifindex).
+    pub ifindex: u32,
+    /// Bumped by the daemon each time this id is given to another real, so that flow
+    /// state naming an old holder of the id is recognised as stale.
+    pub generation: u32,
+    /// `REAL_F_*` bits.
+    pub flags: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<RealInfo>() == 40);
+
+/// A connection's 5-tuple as received from the client. Key of [`maps::FLOWS`], and the
+/// input of [`flow_hash`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address, network order words.
+    pub src: [u32; 4],
+    /// Destination (VIP) address, network order words.
+    pub dst: [u32; 4],
+    /// Client port, network byte order.
+    pub sport_be: u16,
+    /// Destination (VIP) port, network byte order.
+    pub dport_be: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// The real a connection is pinned to. Value of [`maps::FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Real id (index into [`maps::REALS`]).
+    pub real_id: u32,
+    /// [`RealInfo::generation`] of that id when the flow was pinned.
+    pub real_generation: u32,
+    /// [`VsInfo::vs_index`] of the flow's virtual server.
+    pub vs_index: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
+
+/// An interface the data path transmits on. Value of [`maps::IFACES`], keyed by ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// The interface's own Ethernet address (new source MAC of forwarded frames).
+    pub mac: [u8; 6],
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
+
+/// Per-CPU traffic counters of a virtual server or a real. Value of [`maps::STATS_VS`]
+/// and [`maps::STATS_REAL`]; userspace sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded, counted as received (Ethernet header included).
+    pub bytes: u64,
+    /// Flows that were scheduled (new flow table entries).
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 24);

@@ -1,0 +1,50 @@
+//! Names and default sizes of the BPF maps. The BPF side declares each map under the
+//! static of the same name; userspace looks maps up through these constants only.
+//!
+//! | map | holds | written by | read by |
+//! |---|---|---|---|
+//! | `VS_MAP` | [`crate::VsKey`] -> [`crate::VsInfo`] | daemon | XDP |
+//! | `VS_RINGS` | ring slot -> real id (`u32`) | daemon | XDP |
+//! | `REALS` | real id -> [`crate::RealInfo`] | daemon | XDP |
+//! | `FLOWS` | [`crate::FlowKey`] -> [`crate::FlowState`] (LRU) | XDP | XDP, daemon |
+//! | `IFACES` | ifindex -> [`crate::IfaceInfo`] | daemon | XDP |
+//! | `STATS_VS` | vs index -> [`crate::Counters`] per CPU | XDP | daemon |
+//! | `STATS_REAL` | real id -> [`crate::Counters`] per CPU | XDP | daemon |
+//! | `VERDICTS` | [`crate::reason`] -> packets per CPU (`u64`) | XDP | daemon |
+
+/// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
+/// value is freed only after readers are done (RCU): lookups never see a torn value.
+pub const VS_MAP: &str = "VS_MAP";
+/// Maglev rings, `RING_STRIDE` slots each, two per virtual server (one live, one being
+/// written). Array of real ids.
+pub const VS_RINGS: &str = "VS_RINGS";
+/// Real servers by id. Array.
+pub const REALS: &str = "REALS";
+/// Connection table: 5-tuple -> pinned real. LRU hash, shared by all CPUs.
+pub const FLOWS: &str = "FLOWS";
+/// Transmitting interfaces by ifindex. Hash map.
+pub const IFACES: &str = "IFACES";
+/// Per-virtual-server counters. Per-CPU array.
+pub const STATS_VS: &str = "STATS_VS";
+/// Per-real counters. Per-CPU array.
+pub const STATS_REAL: &str = "STATS_REAL";
+/// Packets per verdict reason. Per-CPU array.
+pub const VERDICTS: &str = "VERDICTS";
+
+/// Program names, as the BPF object exports them.
+pub const PROG_LB: &str = "xdpvs_lb";
+/// A do-nothing XDP program (XDP_PASS). veth delivers XDP_TX/redirected frames only to
+/// a peer that has an XDP program attached; tests and the demo attach this one there.
+pub const PROG_PASS: &str = "xdpvs_pass";
+
+/// Most virtual servers the data path holds (VS_MAP entries, STATS_VS slots).
+pub const MAX_VS: u32 = 256;
+/// Most real servers, over all virtual servers (REALS entries, STATS_REAL slots).
+pub const MAX_REALS: u32 = 4096;
+/// Default number of Maglev rings (two per virtual server). `VS_RINGS` holds
+/// `ring_count * RING_STRIDE` entries; the daemon sets it at load time.
+pub const DEFAULT_RING_COUNT: u32 = 64;
+/// Default connection table size (entries); the daemon may set another at load time.
+pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
+/// Most transmitting interfaces.
+pub const MAX_IFACES: u32 = 64;

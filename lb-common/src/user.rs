@@ -1,0 +1,99 @@
+//! Userspace-only impls: `aya::Pod` for every map type and conversions from std types.
+
+use core::net::IpAddr;
+
+use crate::{Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, FAMILY_V4, FAMILY_V6};
+
+// SAFETY: all of these are repr(C), built only of integers and byte arrays, with
+// explicit padding fields: every bit pattern is valid and none has hidden padding.
+unsafe impl aya::Pod for VsKey {}
+unsafe impl aya::Pod for VsInfo {}
+unsafe impl aya::Pod for RealInfo {}
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for FlowState {}
+unsafe impl aya::Pod for IfaceInfo {}
+unsafe impl aya::Pod for Counters {}
+
+/// Converts an address to network order words and its family value.
+/// Returns: `(words, FAMILY_V4 | FAMILY_V6)`.
+pub fn addr_words(addr: IpAddr) -> ([u32; 4], u8) {
+    match addr {
+        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], FAMILY_V6)
+        }
+    }
+}
+
+/// Inverse of [`addr_words`].
+/// Returns: the address, or `None` for an unknown family.
+pub fn words_addr(words: [u32; 4], family: u8) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::from(words[0].to_ne_bytes())),
+        FAMILY_V6 => {
+            let mut o = [0u8; 16];
+            for (i, w) in words.iter().enumerate() {
+                o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            Some(IpAddr::from(o))
+        }
+        _ => None,
+    }
+}
+
+impl VsKey {
+    /// The key of the virtual server `addr:port/proto`.
+    pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
+        let (addr, family) = addr_words(addr);
+        Self { addr, port_be: port.to_be(), proto, family }
+    }
+}
+
+impl FlowKey {
+    /// The key of the connection `src:sport -> dst:dport/proto`. Both addresses must be
+    /// of one family.
+    pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> Self {
+        let (src, family) = addr_words(src);
+        let (dst, _) = addr_words(dst);
+        Self { src, dst, sport_be: sport.to_be(), dport_be: dport.to_be(), proto, family, _pad: [0; 2] }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip() {
+        for a in ["10.0.0.1", "255.1.2.3", "2001:db8::1", "::ffff:1.2.3.4"] {
+            let ip: IpAddr = a.parse().unwrap();
+            let (w, f) = addr_words(ip);
+            assert_eq!(words_addr(w, f), Some(ip));
+        }
+    }
+
+    #[test]
+    fn v4_word_holds_wire_bytes() {
+        let (w, _) = addr_words("10.0.0.1".parse().unwrap());
+        assert_eq!(w[0].to_ne_bytes(), [10, 0, 0, 1]);
+        assert_eq!(&w[1..], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let base = FlowKey::new("10.0.0.1".parse().unwrap(), 1000, "10.0.0.100".parse().unwrap(), 80, 6);
+        let h = crate::flow_hash(&base);
+        assert_eq!(h, crate::flow_hash(&base), "deterministic");
+        let mut k = base;
+        k.sport_be = 1001u16.to_be();
+        assert_ne!(h, crate::flow_hash(&k));
+        let mut k = base;
+        k.proto = 17;
+        assert_ne!(h, crate::flow_hash(&k));
+        let mut k = base;
+        k.src[0] ^= 1;
+        assert_ne!(h, crate::flow_hash(&k));
+    }
+}

@@ -1,0 +1,55 @@
+//! One packet through the balancer: parse, find the virtual server, choose the real,
+//! forward with the virtual server's method.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{reason, VsKey, METHOD_DR};
+
+use crate::{
+    forward, lookup,
+    lookup::Miss,
+    maps::VS_MAP,
+    parse::{self, Parsed},
+    stats,
+};
+
+/// What to do with a packet and why.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: u32,
+    pub reason: u32,
+}
+
+impl Verdict {
+    pub const fn pass(reason: u32) -> Self {
+        Self { action: xdp_action::XDP_PASS, reason }
+    }
+    pub const fn drop(reason: u32) -> Self {
+        Self { action: xdp_action::XDP_DROP, reason }
+    }
+}
+
+/// Returns: `Ok` with the verdict of a forwarded packet, `Err` with the verdict of one
+/// that was passed or dropped (both are final; the split keeps `?` usable).
+#[inline(always)]
+pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let p: Parsed = parse::parse(ctx)?;
+    let vs_key = VsKey { addr: p.key.dst, port_be: p.key.dport_be, proto: p.key.proto, family: p.key.family };
+    // SAFETY: VS_MAP is BPF_F_NO_PREALLOC: a replaced value stays valid until this
+    // program returns (RCU), so the reference cannot alias a newer value.
+    let vs = unsafe { VS_MAP.get(&vs_key) }.ok_or(Verdict::pass(reason::PASS_NOT_VS))?;
+    if !parse::l4_complete(ctx, &p) {
+        return Err(Verdict::drop(reason::DROP_MALFORMED));
+    }
+    let choice = lookup::choose(&p.key, vs).map_err(|m| match m {
+        Miss::NoReal => Verdict::drop(reason::DROP_NO_REAL),
+        Miss::Internal => Verdict::drop(reason::DROP_INTERNAL),
+    })?;
+    // SAFETY: array value pointer, valid for this run.
+    let real = unsafe { &*choice.real };
+    let verdict = match vs.method {
+        METHOD_DR => forward::dr::forward(ctx, real)?,
+        _ => return Err(Verdict::drop(reason::DROP_INTERNAL)),
+    };
+    stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
+    Ok(verdict)
+}

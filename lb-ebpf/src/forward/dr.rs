@@ -1,0 +1,28 @@
+//! Direct routing: the frame goes to the real unchanged but for its two MAC addresses.
+//! The real holds the VIP on a loopback and answers the client itself.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{reason, RealInfo};
+
+use crate::{
+    balance::Verdict,
+    forward::{egress_iface, transmit},
+    parse::{ptr_at, EthHdr},
+};
+
+/// Rewrites destination MAC to the real's and source MAC to the egress interface's.
+/// Returns: the transmit verdict, or a drop while the real's MAC is unresolved.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, real: &RealInfo) -> Result<Verdict, Verdict> {
+    if real.mac == [0; 6] {
+        return Err(Verdict::drop(reason::DROP_NO_MAC));
+    }
+    let iface = egress_iface(real.ifindex)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Verdict::drop(reason::DROP_INTERNAL))?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        (*eth).dst = real.mac;
+        (*eth).src = iface.mac;
+    }
+    Ok(transmit(ctx, real.ifindex))
+}

@@ -1,0 +1,44 @@
+//! The maps, declared under the names `lb_common::maps` exports. Sizes here are the
+//! defaults; the daemon overrides `VS_RINGS` and `FLOWS` at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_REALS, MAX_VS},
+    reason, Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
+};
+
+/// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
+#[map]
+pub static VS_MAP: HashMap<VsKey, VsInfo> = HashMap::with_max_entries(MAX_VS, BPF_F_NO_PREALLOC);
+
+/// Maglev rings: slot -> real id. Written by the daemon into the ring not in use.
+#[map]
+pub static VS_RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_COUNT * RING_STRIDE, 0);
+
+/// Real id -> real server. Written by the daemon.
+#[map]
+pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
+
+/// Connection table. Written and read here; the daemon reads it for status.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+/// ifindex -> interface facts (its MAC). Written by the daemon.
+#[map]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Per-VS counters, per CPU.
+#[map]
+pub static STATS_VS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VS, 0);
+
+/// Per-real counters, per CPU.
+#[map]
+pub static STATS_REAL: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
+/// Packets per verdict reason, per CPU.
+#[map]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);

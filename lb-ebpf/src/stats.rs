@@ -1,0 +1,34 @@
+//! Counters. Per-CPU maps, so plain adds are race-free.
+
+use lb_common::Counters;
+
+use crate::maps::{STATS_REAL, STATS_VS, VERDICTS};
+
+#[inline(always)]
+pub fn count_verdict(reason: u32) {
+    if let Some(c) = VERDICTS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, valid for this program run.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn add(c: Option<*mut Counters>, bytes: u64, new_flow: bool) {
+    if let Some(c) = c {
+        // SAFETY: per-CPU slot, valid for this program run.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            if new_flow {
+                (*c).new_flows += 1;
+            }
+        }
+    }
+}
+
+/// Counts one forwarded packet of `bytes` for its virtual server and real.
+#[inline(always)]
+pub fn count_forward(vs_index: u32, real_id: u32, bytes: u64, new_flow: bool) {
+    add(STATS_VS.get_ptr_mut(vs_index), bytes, new_flow);
+    add(STATS_REAL.get_ptr_mut(real_id), bytes, new_flow);
+}

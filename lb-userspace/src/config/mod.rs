@@ -1,0 +1,166 @@
+//! Configuration: the YAML file, its validation, and the typed model the daemon runs on.
+//!
+//! Loading never stops at the first problem: every error is collected, each with the
+//! file, line, column and field path, so an operator fixes a file in one pass.
+
+mod locate;
+mod raw;
+mod validate;
+
+use std::{fmt, net::IpAddr, path::{Path, PathBuf}};
+
+pub use locate::{Locator, Pos};
+
+/// Default Maglev table size (slots): prime, and about 650 slots per real at 100 reals.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Largest real weight accepted (LVS's limit too).
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// How XDP is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver supports it, generic (SKB) mode otherwise.
+    Auto,
+    /// Driver mode only; fail if the driver lacks XDP.
+    Native,
+    /// Generic mode: works on any interface, slower.
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Returns: the IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Direct routing: destination MAC rewritten, replies bypass the balancer.
+    Dr,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Dr => "dr",
+        })
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    /// Add each VIP to the first interface (so the kernel answers ARP for it) and remove
+    /// it on exit. False when something else (keepalived) owns the VIPs.
+    pub manage_vips: bool,
+    /// Connection table entries.
+    pub flow_table_size: u32,
+    pub virtual_servers: Vec<VirtualServer>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualServer {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub method: Method,
+    /// Maglev table size, a prime.
+    pub table_size: u32,
+    pub real_servers: Vec<RealServer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RealServer {
+    pub address: IpAddr,
+    pub port: u16,
+    /// Relative share of new flows; 0 takes no new flows.
+    pub weight: u32,
+}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub pos: Option<Pos>,
+    /// Field path, e.g. `virtual_servers[0].real_servers[1].weight`; empty for the file.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(p) = self.pos {
+            write!(f, ":{}:{}", p.line, p.col)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a file, in file order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} error{} in configuration:", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the system facts the file depends on (interfaces exist). Separate from the
+/// pure parse so unit tests need no system.
+pub trait SystemFacts {
+    fn interface_exists(&self, name: &str) -> bool;
+}
+
+/// The running host, read through sysfs (nothing is changed).
+pub struct Host;
+
+impl SystemFacts for Host {
+    fn interface_exists(&self, name: &str) -> bool {
+        !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path, facts: &dyn SystemFacts) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: path.to_owned(), pos: None, field: String::new(), message: format!("cannot read: {e}") }])
+    })?;
+    parse(path, &text, facts)
+}
+
+/// Validates configuration text; `path` only labels the errors.
+pub fn parse(path: &Path, text: &str, facts: &dyn SystemFacts) -> Result<Config, ConfigErrors> {
+    validate::Validator::new(path, text, facts).run()
+}

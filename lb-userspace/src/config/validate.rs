@@ -1,0 +1,257 @@
+//! From text to a typed [`Config`], collecting every error with its position.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use lb_common::maps::{MAX_REALS, MAX_VS};
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::{
+    locate::{Locator, Pos},
+    raw::{RawConfig, RawMethod, RawProtocol, RawRealServer, RawScheduler, RawVirtualServer, RawXdpMode},
+    Config, ConfigError, ConfigErrors, Method, Protocol, RealServer, SystemFacts, VirtualServer, XdpMode,
+    DEFAULT_TABLE_SIZE, MAX_WEIGHT,
+};
+
+/// Smallest connection table accepted.
+const MIN_FLOW_TABLE: u32 = 1024;
+/// Largest connection table accepted (about 100 MiB of kernel memory).
+const MAX_FLOW_TABLE: u32 = 1 << 20;
+
+pub struct Validator<'a> {
+    file: PathBuf,
+    text: &'a str,
+    loc: Locator,
+    facts: &'a dyn SystemFacts,
+    errors: Vec<ConfigError>,
+}
+
+/// Returns: whether `n` is prime (trial division; n is at most 2^32).
+pub(crate) fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let n = u64::from(n);
+    let mut d = 2u64;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+fn join(prefix: &str, rest: &str) -> String {
+    match (prefix.is_empty(), rest.is_empty() || rest == ".") {
+        (_, true) => prefix.to_string(),
+        (true, false) => rest.to_string(),
+        (false, false) if rest.starts_with('[') => format!("{prefix}{rest}"),
+        (false, false) => format!("{prefix}.{rest}"),
+    }
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(file: &Path, text: &'a str, facts: &'a dyn SystemFacts) -> Self {
+        Self { file: file.to_owned(), text, loc: Locator::new(text), facts, errors: Vec::new() }
+    }
+
+    fn error_at(&mut self, field: &str, pos: Option<Pos>, message: impl Into<String>) {
+        self.errors.push(ConfigError { file: self.file.clone(), pos, field: field.to_string(), message: message.into() });
+    }
+
+    fn error(&mut self, field: &str, message: impl Into<String>) {
+        let pos = self.loc.find(field);
+        self.error_at(field, pos, message);
+    }
+
+    /// Reports a serde error at `prefix` + the path serde reached. For an unknown field
+    /// the field itself is located, since the path names only its container.
+    fn serde_error(&mut self, prefix: &str, path: &serde_path_to_error::Path, message: String) {
+        let mut field = join(prefix, &path.to_string());
+        if let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            field = join(&field, name);
+        }
+        self.error(&field, message);
+    }
+
+    /// Deserialises one node, reporting failure at its position.
+    fn item<T: DeserializeOwned>(&mut self, prefix: &str, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let path = e.path().clone();
+                self.serde_error(prefix, &path, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+
+    pub fn run(mut self) -> Result<Config, ConfigErrors> {
+        let de = serde_yaml::Deserializer::from_str(self.text);
+        let raw: RawConfig = match serde_path_to_error::deserialize(de) {
+            Ok(r) => r,
+            Err(e) => {
+                let path = e.path().clone();
+                let inner = e.into_inner();
+                let field = join("", &path.to_string());
+                let pos = inner.location().map(|l| Pos { line: l.line(), col: l.column() });
+                let mut msg = inner.to_string();
+                // serde_yaml appends " at line L column C"; the position is already shown.
+                if let Some(i) = msg.find(" at line ") {
+                    msg.truncate(i);
+                }
+                let pos = pos.or_else(|| self.loc.find(&field));
+                self.error_at(&field, pos, msg);
+                return Err(ConfigErrors(self.errors));
+            }
+        };
+        let config = self.config(raw);
+        if self.errors.is_empty() {
+            Ok(config)
+        } else {
+            self.errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
+            Err(ConfigErrors(self.errors))
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        if raw.interfaces.is_empty() {
+            self.error("interfaces", "at least one interface is required (XDP attaches to each)");
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in raw.interfaces.iter().enumerate() {
+            let field = format!("interfaces[{i}]");
+            if !seen.insert(name.as_str()) {
+                self.error(&field, format!("interface `{name}` is listed twice"));
+            } else if !self.facts.interface_exists(name) {
+                self.error(&field, format!("interface `{name}` does not exist on this host"));
+            }
+        }
+        let flow_table_size = raw.flow_table_size.unwrap_or(lb_common::maps::DEFAULT_FLOW_ENTRIES);
+        if !(MIN_FLOW_TABLE..=MAX_FLOW_TABLE).contains(&flow_table_size) {
+            self.error("flow_table_size", format!("{flow_table_size} is out of range {MIN_FLOW_TABLE}..={MAX_FLOW_TABLE}"));
+        }
+        if raw.virtual_servers.len() > MAX_VS as usize {
+            self.error("virtual_servers", format!("{} virtual servers; at most {MAX_VS} are supported", raw.virtual_servers.len()));
+        }
+        let mut virtual_servers = Vec::new();
+        let mut names = HashSet::new();
+        let mut services = HashSet::new();
+        let mut total_reals = 0usize;
+        for (i, v) in raw.virtual_servers.into_iter().enumerate() {
+            let prefix = format!("virtual_servers[{i}]");
+            let Some(rvs) = self.item::<RawVirtualServer>(&prefix, v) else { continue };
+            let Some(vs) = self.virtual_server(&prefix, rvs) else { continue };
+            if !names.insert(vs.name.clone()) {
+                self.error(&format!("{prefix}.name"), format!("virtual server name `{}` is used twice", vs.name));
+            }
+            if !services.insert((vs.address, vs.port, vs.protocol)) {
+                self.error(
+                    &format!("{prefix}.address"),
+                    format!("{}:{}/{} is already defined by another virtual server", vs.address, vs.port, vs.protocol),
+                );
+            }
+            total_reals += vs.real_servers.len();
+            virtual_servers.push(vs);
+        }
+        if total_reals > MAX_REALS as usize {
+            self.error("virtual_servers", format!("{total_reals} real servers in all; at most {MAX_REALS} are supported"));
+        }
+        Config {
+            interfaces: raw.interfaces,
+            xdp_mode: match raw.xdp_mode.unwrap_or(RawXdpMode::Auto) {
+                RawXdpMode::Auto => XdpMode::Auto,
+                RawXdpMode::Native => XdpMode::Native,
+                RawXdpMode::Generic => XdpMode::Generic,
+            },
+            manage_vips: raw.manage_vips.unwrap_or(true),
+            flow_table_size,
+            virtual_servers,
+        }
+    }
+
+    fn address(&mut self, field: &str, text: &str) -> Option<IpAddr> {
+        match text.trim().parse::<IpAddr>() {
+            Ok(a) if a.is_unspecified() || a.is_multicast() => {
+                self.error(field, format!("`{text}` cannot be a server address (unspecified or multicast)"));
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(field, format!("`{text}` is not an IPv4 or IPv6 address"));
+                None
+            }
+        }
+    }
+
+    fn virtual_server(&mut self, prefix: &str, raw: RawVirtualServer) -> Option<VirtualServer> {
+        let errors_before = self.errors.len();
+        let name_ok = !raw.name.is_empty()
+            && raw.name.len() <= 64
+            && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            self.error(&format!("{prefix}.name"), format!("`{}` is not a valid name (1-64 letters, digits, '-', '_')", raw.name));
+        }
+        let address = self.address(&format!("{prefix}.address"), &raw.address);
+        if raw.port == 0 {
+            self.error(&format!("{prefix}.port"), "port 0 is not a valid service port (1-65535)");
+        }
+        let protocol = match raw.protocol {
+            RawProtocol::Tcp => Protocol::Tcp,
+            RawProtocol::Udp => Protocol::Udp,
+        };
+        let method = match raw.method.unwrap_or(RawMethod::Dr) {
+            RawMethod::Dr => Method::Dr,
+        };
+        let RawScheduler::Maglev = raw.scheduler.unwrap_or(RawScheduler::Maglev);
+        let table_size = raw.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+        if !(7..=lb_common::RING_STRIDE).contains(&table_size) || !is_prime(table_size) {
+            self.error(
+                &format!("{prefix}.table_size"),
+                format!("{table_size} must be a prime between 7 and {}", lb_common::RING_STRIDE),
+            );
+        } else if (table_size as usize) < raw.real_servers.len() {
+            self.error(&format!("{prefix}.table_size"), format!("{table_size} slots cannot hold {} real servers", raw.real_servers.len()));
+        }
+
+        let mut real_servers = Vec::new();
+        let mut seen = HashSet::new();
+        for (j, v) in raw.real_servers.into_iter().enumerate() {
+            let rprefix = format!("{prefix}.real_servers[{j}]");
+            let Some(rr) = self.item::<RawRealServer>(&rprefix, v) else { continue };
+            let Some(real_addr) = self.address(&format!("{rprefix}.address"), &rr.address) else { continue };
+            if let Some(vip) = address {
+                if vip.is_ipv4() != real_addr.is_ipv4() {
+                    self.error(&format!("{rprefix}.address"), format!("real {real_addr} is not of the VIP's address family ({vip})"));
+                }
+            }
+            let port = rr.port.unwrap_or(raw.port);
+            if port == 0 {
+                self.error(&format!("{rprefix}.port"), "port 0 is not a valid port (1-65535)");
+            }
+            if method == Method::Dr && port != raw.port {
+                self.error(
+                    &format!("{rprefix}.port"),
+                    format!("direct routing cannot change the port: real port {port} must equal the virtual server's {}", raw.port),
+                );
+            }
+            let weight = rr.weight.unwrap_or(1);
+            if weight > MAX_WEIGHT {
+                self.error(&format!("{rprefix}.weight"), format!("{weight} is out of range 0..={MAX_WEIGHT}"));
+            }
+            if !seen.insert((real_addr, port)) {
+                self.error(&format!("{rprefix}.address"), format!("real {real_addr}:{port} is listed twice in this virtual server"));
+            }
+            real_servers.push(RealServer { address: real_addr, port, weight });
+        }
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        Some(VirtualServer { name: raw.name, address: address?, port: raw.port, protocol, method, table_size, real_servers })
+    }
+}

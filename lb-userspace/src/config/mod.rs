@@ -164,3 +164,6 @@ pub fn load(path: &Path, facts: &dyn SystemFacts) -> Result<Config, ConfigErrors
 pub fn parse(path: &Path, text: &str, facts: &dyn SystemFacts) -> Result<Config, ConfigErrors> {
     validate::Validator::new(path, text, facts).run()
 }
+
+#[cfg(test)]
+mod tests;

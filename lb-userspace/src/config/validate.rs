@@ -74,7 +74,9 @@ impl<'a> Validator<'a> {
     fn serde_error(&mut self, prefix: &str, path: &serde_path_to_error::Path, message: String) {
         let mut field = join(prefix, &path.to_string());
         if let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-            field = join(&field, name);
+            if !field.ends_with(name) {
+                field = join(&field, name);
+            }
         }
         self.error(&field, message);
     }

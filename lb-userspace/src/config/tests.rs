@@ -1,0 +1,117 @@
+//! One row per error the loader must report, with the line and field it must name.
+
+use std::path::Path;
+
+use super::*;
+
+struct Facts;
+impl SystemFacts for Facts {
+    fn interface_exists(&self, name: &str) -> bool {
+        name == "eth0" || name == "eth1"
+    }
+}
+
+const GOOD: &str = "\
+interfaces: [eth0]
+xdp_mode: auto
+virtual_servers:
+  - name: web
+    address: 10.0.0.100
+    port: 80
+    protocol: tcp
+    method: dr
+    scheduler: maglev
+    real_servers:
+      - address: 10.0.1.11
+        port: 80
+        weight: 1
+      - address: 10.0.1.12
+";
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    parse(Path::new("lb.yaml"), text, &Facts).expect_err("config should be rejected").0
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = parse(Path::new("lb.yaml"), GOOD, &Facts).unwrap();
+    assert_eq!(c.interfaces, vec!["eth0"]);
+    assert_eq!(c.xdp_mode, XdpMode::Auto);
+    assert!(c.manage_vips);
+    let vs = &c.virtual_servers[0];
+    assert_eq!((vs.name.as_str(), vs.port, vs.protocol, vs.method, vs.table_size), ("web", 80, Protocol::Tcp, Method::Dr, 65537));
+    assert_eq!(vs.real_servers[1], RealServer { address: "10.0.1.12".parse().unwrap(), port: 80, weight: 1 });
+}
+
+#[test]
+fn each_error_names_line_and_field() {
+    // (what is wrong, replace this, with this, expected line, expected field, message part)
+    let rows: &[(&str, &str, &str, usize, &str, &str)] = &[
+        ("unknown top-level field", "xdp_mode: auto", "xdp_mod: auto", 2, "xdp_mod", "unknown field"),
+        ("unknown real field", "        weight: 1", "        wieght: 1", 13, "virtual_servers[0].real_servers[0].wieght", "unknown field"),
+        ("bad VIP", "10.0.0.100", "10.0.0.300", 5, "virtual_servers[0].address", "not an IPv4 or IPv6"),
+        ("bad real address", "10.0.1.12", "10.0.1", 14, "virtual_servers[0].real_servers[1].address", "not an IPv4"),
+        ("port out of range", "    port: 80\n", "    port: 70000\n", 6, "virtual_servers[0].port", "70000"),
+        ("port zero", "    port: 80\n", "    port: 0\n", 6, "virtual_servers[0].port", "port 0"),
+        ("weight out of range", "weight: 1", "weight: 70000", 13, "virtual_servers[0].real_servers[0].weight", "out of range"),
+        ("bad protocol", "protocol: tcp", "protocol: sctp", 7, "virtual_servers[0].protocol", "unknown variant"),
+        ("bad method", "method: dr", "method: magic", 8, "virtual_servers[0].method", "unknown variant"),
+        ("dr port change", "        port: 80\n", "        port: 8080\n", 12, "virtual_servers[0].real_servers[0].port", "direct routing"),
+        ("missing interface", "[eth0]", "[eth9]", 1, "interfaces[0]", "does not exist"),
+        ("no interface", "interfaces: [eth0]", "interfaces: []", 1, "interfaces", "at least one"),
+        ("bad name", "name: web", "name: \"web server\"", 4, "virtual_servers[0].name", "not a valid name"),
+        ("mixed family", "10.0.1.12", "2001:db8::12", 14, "virtual_servers[0].real_servers[1].address", "address family"),
+        ("duplicate real", "10.0.1.12", "10.0.1.11", 14, "virtual_servers[0].real_servers[1].address", "listed twice"),
+        ("missing field", "    protocol: tcp\n", "", 4, "virtual_servers[0]", "missing field `protocol`"),
+        ("wrong type", "weight: 1", "weight: heavy", 13, "virtual_servers[0].real_servers[0].weight", "invalid type"),
+        ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
+        ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
+    ];
+    for (what, from, to, line, field, msg) in rows {
+        assert!(GOOD.contains(from), "{what}: fixture lacks {from:?}");
+        let text = GOOD.replacen(from, to, 1);
+        let errs = errors(&text);
+        let e = errs
+            .iter()
+            .find(|e| e.field == *field)
+            .unwrap_or_else(|| panic!("{what}: no error for {field}; got {errs:#?}"));
+        assert_eq!(e.pos.map(|p| p.line), Some(*line), "{what}: {e}");
+        assert!(e.message.contains(msg), "{what}: message {:?} lacks {msg:?}", e.message);
+        assert!(e.to_string().starts_with(&format!("lb.yaml:{line}:")), "{what}: {e}");
+    }
+}
+
+#[test]
+fn duplicates_across_virtual_servers() {
+    let text = format!("{GOOD}  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n");
+    let errs = errors(&text);
+    assert!(errs.iter().any(|e| e.field == "virtual_servers[1].name" && e.message.contains("used twice") && e.pos.unwrap().line == 15), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.field == "virtual_servers[1].address" && e.message.contains("already defined")), "{errs:#?}");
+}
+
+#[test]
+fn every_error_is_listed_not_just_the_first() {
+    let text = GOOD.replacen("10.0.0.100", "bad-vip", 1).replacen("weight: 1", "weight: 99999", 1).replacen("[eth0]", "[nope0]", 1).replacen("10.0.1.12", "10.0.1.12\n        colour: red", 1);
+    let errs = errors(&text);
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["interfaces[0]", "virtual_servers[0].address", "virtual_servers[0].real_servers[0].weight", "virtual_servers[0].real_servers[1].colour"],
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn syntax_error_has_a_position() {
+    let errs = errors("interfaces: [eth0\nvirtual_servers: []\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].pos.is_some(), "{:?}", errs[0]);
+}
+
+#[test]
+fn prime_check() {
+    let primes: Vec<u32> = (0..30).filter(|&n| validate::is_prime(n)).collect();
+    assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+    assert!(validate::is_prime(65537));
+    assert!(!validate::is_prime(65535));
+}

@@ -2,7 +2,9 @@
 //! binary does, so the root-run tests can drive the same code.
 
 pub mod config;
+pub mod dataplane;
 pub mod maglev;
+pub mod reconcile;
 
 /// The BPF object (lb-ebpf), built by build.rs and embedded at compile time.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs"));

@@ -1,0 +1,37 @@
+//! The data path as the daemon sees it: a few writes, behind a trait so that the
+//! reconciler's logic is tested without a kernel ([`memory::MemoryDataplane`]).
+
+pub mod bpf;
+pub mod memory;
+
+use lb_common::{IfaceInfo, RealInfo, VsInfo, VsKey};
+
+/// A failed write to the data path.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("BPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("BPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+}
+
+/// Writes the daemon makes. Each call is one or a few map updates; the reconciler
+/// orders them so that the data path never sees a reference to something unwritten.
+pub trait Dataplane {
+    /// Registers an interface frames may leave by.
+    fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError>;
+    /// Writes real `id`.
+    fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError>;
+    /// Writes `(slot, real_id)` pairs into ring `ring_id`.
+    fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
+    /// Inserts or replaces a virtual server (one atomic map update).
+    fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError>;
+    /// Removes a virtual server; its traffic is passed to the kernel from then on.
+    fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError>;
+    /// Zeroes the counters of a virtual server index and a real id about to be reused.
+    fn reset_counters(&mut self, vs_index: Option<u32>, real_id: Option<u32>) -> Result<(), DataplaneError>;
+}

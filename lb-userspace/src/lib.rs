@@ -1,9 +1,12 @@
 //! xdpvs: an XDP layer-4 load balancer. The library holds everything the `xdpvs`
 //! binary does, so the root-run tests can drive the same code.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod maglev;
+pub mod netlink;
 pub mod reconcile;
 
 /// The BPF object (lb-ebpf), built by build.rs and embedded at compile time.

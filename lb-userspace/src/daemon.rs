@@ -1,0 +1,264 @@
+//! `xdpvs run`: load, attach, keep the maps true, clean up.
+//!
+//! One task owns the BPF object and every map (through the [`Reconciler`]); signals and
+//! the neighbour refresh tick reach it through `select!`, so map updates never race.
+//! Lifecycle: nothing is pinned. On SIGTERM/SIGINT, or on a failure after start-up
+//! began, the daemon removes the VIPs it added and drops the BPF object, which detaches
+//! XDP from every interface: a stopped xdpvs leaves the host as it found it.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::programs::XdpMode as AyaXdpMode;
+use lb_common::{maps::{DEFAULT_RING_COUNT, MAX_VS, PROG_LB}, IfaceInfo};
+use rtnetlink::Handle;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    config::{self, Config, ConfigErrors, Host, XdpMode},
+    dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
+    netlink,
+    reconcile::{L2Next, Reconciler},
+};
+
+/// How often next hops are re-read from the kernel.
+const REFRESH: Duration = Duration::from_secs(1);
+/// A real whose neighbour entry is not fresh is solicited at most this often.
+const SOLICIT_EVERY: Duration = Duration::from_secs(5);
+/// How long start-up waits for reals' MACs before attaching anyway.
+const INITIAL_RESOLVE: Duration = Duration::from_secs(3);
+
+/// A start-up or run failure; a bad configuration is told apart for exit code 64.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+struct Daemon {
+    path: PathBuf,
+    handle: Handle,
+    rec: Reconciler<BpfDataplane>,
+    /// Interfaces XDP is attached to (first: where VIPs are added).
+    attached: Vec<netlink::Interface>,
+    /// Interfaces registered in IFACES (attached ones and egress ones found by routing).
+    known_ifaces: HashSet<u32>,
+    /// VIPs this daemon added (and so removes), with their ifindex.
+    added_vips: Vec<(u32, IpAddr)>,
+    manage_vips: bool,
+    last_solicit: HashMap<IpAddr, Instant>,
+    /// Reals already warned about (not on a connected network).
+    warned: HashSet<IpAddr>,
+}
+
+fn ring_count(config: &Config) -> u32 {
+    // Two rings per virtual server, room to double the count on reload.
+    let want = (config.virtual_servers.len() as u32 * 4).max(DEFAULT_RING_COUNT);
+    want.min(2 * MAX_VS)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(path: &Path) -> Result<(), RunError> {
+    let config = config::load(path, &Host)?;
+    let handle = netlink::connect().context("netlink")?;
+    let mut attached = Vec::new();
+    for name in &config.interfaces {
+        attached.push(netlink::interface(&handle, name).await.with_context(|| format!("interface {name}"))?);
+    }
+    let opts = bpf::LoadOptions { flow_entries: config.flow_table_size, ring_count: ring_count(&config) };
+    let ebpf = bpf::load(opts).context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
+    let mut d = Daemon {
+        path: path.to_owned(),
+        handle,
+        rec: Reconciler::new(BpfDataplane::new(ebpf), MAX_VS, opts.ring_count),
+        attached,
+        known_ifaces: HashSet::new(),
+        added_vips: Vec::new(),
+        manage_vips: config.manage_vips,
+        last_solicit: HashMap::new(),
+        warned: HashSet::new(),
+    };
+    let result = d.start_and_serve(&config).await;
+    d.cleanup().await;
+    result.map_err(RunError::Other)
+}
+
+impl Daemon {
+    async fn start_and_serve(&mut self, config: &Config) -> anyhow::Result<()> {
+        for i in self.attached.clone() {
+            self.register_iface(i.index, i.mac)?;
+        }
+        self.rec.apply(config).context("filling the BPF maps")?;
+        let deadline = Instant::now() + INITIAL_RESOLVE;
+        loop {
+            let missing = self.refresh_next_hops().await?;
+            if missing == 0 || Instant::now() >= deadline {
+                if missing > 0 {
+                    tracing::warn!(missing, "some real servers' MAC addresses are not resolved yet; their packets are dropped until they are");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mode = match config.xdp_mode {
+            XdpMode::Auto => AyaXdpMode::Default,
+            XdpMode::Native => AyaXdpMode::Driver,
+            XdpMode::Generic => AyaXdpMode::Skb,
+        };
+        for i in &self.attached {
+            bpf::attach(&mut self.rec.dp.ebpf, PROG_LB, i.index, mode).with_context(|| format!("interface {}", i.name))?;
+            tracing::info!(interface = %i.name, ifindex = i.index, mode = ?config.xdp_mode, "XDP attached");
+        }
+        self.sync_vips(config).await?;
+        tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), "xdpvs running");
+        self.serve().await
+    }
+
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut tick = tokio::time::interval(REFRESH);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
+                _ = hup.recv() => self.reload().await,
+                _ = tick.tick() => { self.refresh_next_hops().await?; }
+            }
+        }
+    }
+
+    /// Re-reads the file; a bad file is reported and changes nothing.
+    async fn reload(&mut self) {
+        let config = match config::load(&self.path, &Host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(config = %self.path.display(), "reload rejected, running configuration unchanged: {e}");
+                return;
+            }
+        };
+        let names: Vec<&String> = self.attached.iter().map(|i| &i.name).collect();
+        if config.interfaces.iter().collect::<Vec<_>>() != names {
+            tracing::warn!("interface changes take effect on restart; other changes are applied");
+        }
+        if let Err(e) = self.rec.apply(&config) {
+            tracing::error!("reload failed while applying: {e}");
+            return;
+        }
+        self.manage_vips = config.manage_vips;
+        if let Err(e) = self.sync_vips(&config).await {
+            tracing::error!("reload: VIP addresses: {e:#}");
+        }
+        if let Err(e) = self.refresh_next_hops().await {
+            tracing::error!("reload: next hops: {e:#}");
+        }
+        tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), "configuration reloaded");
+    }
+
+    fn register_iface(&mut self, index: u32, mac: [u8; 6]) -> anyhow::Result<()> {
+        if self.known_ifaces.insert(index) {
+            self.rec.dp.set_iface(index, &IfaceInfo { mac, _pad: [0; 2] })?;
+        }
+        Ok(())
+    }
+
+    /// Adds the VIPs of `config` to the first interface (so the kernel answers ARP and
+    /// neighbour solicitations for them), and removes those it added that are gone.
+    async fn sync_vips(&mut self, config: &Config) -> anyhow::Result<()> {
+        let index = self.attached[0].index;
+        let want: BTreeSet<IpAddr> =
+            if self.manage_vips { config.virtual_servers.iter().map(|v| v.address).collect() } else { BTreeSet::new() };
+        let mut keep = Vec::new();
+        for (i, vip) in std::mem::take(&mut self.added_vips) {
+            if want.contains(&vip) {
+                keep.push((i, vip));
+            } else {
+                netlink::del_address(&self.handle, i, vip).await?;
+                tracing::info!(vip = %vip, "VIP address removed");
+            }
+        }
+        self.added_vips = keep;
+        for vip in want {
+            if self.added_vips.iter().any(|(_, v)| *v == vip) || netlink::has_address(&self.handle, index, vip).await? {
+                continue;
+            }
+            netlink::add_address(&self.handle, index, vip).await?;
+            self.added_vips.push((index, vip));
+            tracing::info!(vip = %vip, interface = %self.attached[0].name, "VIP address added");
+        }
+        Ok(())
+    }
+
+    /// Reads routes and neighbours for every real, updates the maps, solicits the
+    /// unresolved. Returns: how many reals still have no MAC.
+    async fn refresh_next_hops(&mut self) -> anyhow::Result<usize> {
+        let neigh = netlink::neighbours(&self.handle).await?;
+        let mut missing = 0;
+        for addr in self.rec.real_addresses() {
+            let Some(route) = netlink::route_to(&self.handle, addr).await? else {
+                missing += 1;
+                if self.warned.insert(addr) {
+                    tracing::warn!(real = %addr, "no route to real server");
+                }
+                continue;
+            };
+            if let Some(gw) = route.gateway {
+                if self.warned.insert(addr) {
+                    tracing::error!(real = %addr, gateway = %gw, "real server is behind a router: direct routing needs it on a connected network");
+                }
+            }
+            if !self.known_ifaces.contains(&route.oif) {
+                // A real reached through an interface XDP is not attached to: frames are
+                // redirected there, and need its MAC as their source.
+                let name = nix_ifname(route.oif);
+                let i = netlink::interface(&self.handle, &name).await?;
+                self.register_iface(i.index, i.mac)?;
+            }
+            let entry = neigh.iter().find(|n| n.addr == addr && n.ifindex == route.oif);
+            if let Some(n) = entry {
+                self.rec.set_next_hop(addr, L2Next { ifindex: route.oif, mac: n.mac })?;
+            } else {
+                missing += 1;
+            }
+            let due = self.last_solicit.get(&addr).is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
+            if entry.is_none_or(|n| !n.fresh) && due {
+                if let Err(e) = netlink::solicit(addr) {
+                    tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
+                }
+                self.last_solicit.insert(addr, Instant::now());
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn cleanup(&mut self) {
+        for (i, vip) in std::mem::take(&mut self.added_vips) {
+            match netlink::del_address(&self.handle, i, vip).await {
+                Ok(()) => tracing::info!(vip = %vip, "VIP address removed"),
+                Err(e) => tracing::error!(vip = %vip, "could not remove VIP address: {e}"),
+            }
+        }
+        // Dropping the BPF object (with the Daemon) detaches XDP everywhere.
+        tracing::info!("XDP detached; stopped");
+    }
+}
+
+/// Returns: the name of interface `index` (empty if it has none).
+fn nix_ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+}

@@ -1,0 +1,173 @@
+//! What the daemon asks of the kernel's networking through rtnetlink: interfaces, VIP
+//! addresses, routes to reals and their neighbour (ARP/NDP) entries.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::LinkAttribute,
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    route::{RouteAddress, RouteAttribute},
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{0}")]
+    Route(String),
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+/// Opens a route netlink connection, driven by a task on the current runtime.
+pub fn connect() -> Result<Handle, NetlinkError> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// An interface: index and Ethernet address.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+}
+
+/// Looks an interface up by name.
+pub async fn interface(handle: &Handle, name: &str) -> Result<Interface, NetlinkError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let msg = match links.try_next().await {
+        Ok(Some(m)) => m,
+        Ok(None) | Err(_) => return Err(NetlinkError::NoInterface(name.to_string())),
+    };
+    let mut mac = [0u8; 6];
+    for a in &msg.attributes {
+        if let LinkAttribute::Address(bytes) = a {
+            if bytes.len() == 6 {
+                mac.copy_from_slice(bytes);
+            }
+        }
+    }
+    Ok(Interface { name: name.to_string(), index: msg.header.index, mac })
+}
+
+/// Returns: whether `addr` is already configured on interface `index`.
+pub async fn has_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
+    let mut s = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+        if m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(x) if *x == addr)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn host_prefix(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+/// Adds `addr` as a host address (/32 or /128) on interface `index`.
+pub async fn add_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<(), NetlinkError> {
+    handle.address().add(index, addr, host_prefix(addr)).execute().await.map_err(req(format!("adding {addr} to ifindex {index}")))
+}
+
+/// Removes `addr` from interface `index`.
+pub async fn del_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<(), NetlinkError> {
+    let mut s = handle.address().get().set_link_index_filter(index).set_address_filter(addr).execute();
+    while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+        handle.address().del(m).execute().await.map_err(req(format!("removing {addr} from ifindex {index}")))?;
+    }
+    Ok(())
+}
+
+/// How the kernel would reach `dst`.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteTo {
+    pub oif: u32,
+    /// Next-hop router, when `dst` is not on a connected network.
+    pub gateway: Option<IpAddr>,
+}
+
+/// Asks the kernel's FIB how it would send to `dst`.
+pub async fn route_to(handle: &Handle, dst: IpAddr) -> Result<Option<RouteTo>, NetlinkError> {
+    let msg = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst, host_prefix(dst))
+        .map_err(|e| NetlinkError::Route(format!("route to {dst}: {e}")))?
+        .build();
+    let mut s = handle.route().get(msg).execute();
+    let Ok(Some(r)) = s.try_next().await else { return Ok(None) };
+    let mut out = RouteTo { oif: 0, gateway: None };
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Oif(i) => out.oif = *i,
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => out.gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => out.gateway = Some(IpAddr::V6(*g)),
+            _ => {}
+        }
+    }
+    Ok((out.oif != 0).then_some(out))
+}
+
+/// A neighbour table entry with a link-layer address.
+#[derive(Clone, Copy, Debug)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub mac: [u8; 6],
+    /// The entry is confirmed recently or static (not stale/failed).
+    pub fresh: bool,
+}
+
+/// Dumps the neighbour tables (IPv4 and IPv6).
+pub async fn neighbours(handle: &Handle) -> Result<Vec<Neighbour>, NetlinkError> {
+    let mut out = Vec::new();
+    let mut s = handle.neighbours().get().execute();
+    while let Some(m) = s.try_next().await.map_err(req("listing neighbours"))? {
+        let mut addr = None;
+        let mut mac = None;
+        for a in &m.attributes {
+            match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(IpAddr::V4(*a)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => addr = Some(IpAddr::V6(*a)),
+                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]]),
+                _ => {}
+            }
+        }
+        let state = m.header.state;
+        if matches!(state, NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None) {
+            continue;
+        }
+        if let (Some(addr), Some(mac)) = (addr, mac) {
+            let fresh = matches!(state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp);
+            out.push(Neighbour { ifindex: m.header.ifindex, addr, mac, fresh });
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the kernel resolve (or re-confirm) `addr`'s link-layer address: a datagram to
+/// the discard port (9) of the real. The kernel queues it behind an ARP request or
+/// neighbour solicitation; the real drops it. Traffic the balancer forwards in XDP
+/// never passes the kernel's neighbour code, so without this the entry would go stale
+/// and a changed MAC would go unnoticed.
+pub fn solicit(addr: IpAddr) -> std::io::Result<()> {
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().expect("literal") } else { "[::]:0".parse().expect("literal") };
+    let sock = UdpSocket::bind(bind)?;
+    sock.send_to(b"xdpvs neighbour probe", SocketAddr::new(addr, 9))?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `xdpvs run` as an operator starts it: a child process in the balancer's namespace,
+//! reading a YAML file. Stopped with SIGTERM on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// The `xdpvs` binary under test: `$XDPVS_BIN`, else the workspace's release build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("XDPVS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/xdpvs"))
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `xdpvs run --config <config>` in `ns` and waits until it reports running.
+    /// Panics with the daemon's log if it exits or does not come up within 20 s.
+    pub fn start(ns: &Netns, config: &Path) -> Self {
+        let bin = binary();
+        assert!(bin.exists(), "{} not built: run `cargo xtask test` (it builds it)", bin.display());
+        let log = config.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("daemon log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(&bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning xdpvs");
+        let mut d = Daemon { child: Some(child), log };
+        let up = crate::wait_for(Duration::from_secs(20), || {
+            if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.try_wait()) {
+                panic!("xdpvs exited ({status}) during start-up:\n{}", d.log_text());
+            }
+            d.log_text().contains("xdpvs running")
+        });
+        assert!(up, "xdpvs did not come up within 20 s:\n{}", d.log_text());
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Stops the daemon with SIGTERM. Returns: its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

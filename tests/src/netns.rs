@@ -1,0 +1,79 @@
+//! Network namespaces owned by a test: created with unique names, deleted on drop
+//! (deleting a namespace deletes the veths inside it), even when the test panics.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short prefix unique to this process and call: `xv<pid%10000><seq>`, so that
+/// interface names built on it stay under the kernel's 15-character limit.
+pub fn unique_prefix() -> String {
+    format!("xv{}{}", std::process::id() % 10000, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command; panics with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Self {
+        sh(&["ip", "netns", "add", name]);
+        let ns = Netns { name: name.to_string() };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace; panics if it fails.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", self.name.as_str()];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, and waits for it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// Starts `f` on a thread inside this namespace.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Creates a veth pair `a`/`b`, moves each end into its namespace, sets both up and
+/// turns transmit checksum offload off (an XDP-forwarded frame must carry a complete
+/// checksum: veth otherwise hands over partial ones).
+pub fn veth(a: &str, ns_a: &Netns, b: &str, ns_b: &Netns) {
+    sh(&["ip", "link", "add", a, "netns", &ns_a.name, "type", "veth", "peer", "name", b, "netns", &ns_b.name]);
+    for (ns, dev) in [(ns_a, a), (ns_b, b)] {
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+        ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
+    }
+}

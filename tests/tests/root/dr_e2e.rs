@@ -1,0 +1,70 @@
+//! Direct routing end to end: client, balancer and three reals in namespaces, the
+//! daemon started from a YAML file, real HTTP over real kernels.
+
+use std::collections::HashMap;
+
+use tests::{daemon::Daemon, topo::DrTopology};
+
+fn tally(results: &[Result<String, String>]) -> HashMap<String, usize> {
+    let mut t = HashMap::new();
+    for r in results {
+        let k = r.clone().unwrap_or_else(|e| panic!("request failed: {e}"));
+        *t.entry(k).or_default() += 1;
+    }
+    t
+}
+
+#[test]
+fn dr_spreads_300_requests_over_three_reals() {
+    let topo = DrTopology::new(3);
+    let cfg = topo.write_config(&[1, 1, 1]);
+    let mut d = Daemon::start(&topo.lb, &cfg);
+    let results = topo.requests(300);
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} of 300 requests failed, first: {:?}\n{}", failed.len(), failed.first(), d.log_text());
+    let t = tally(&results);
+    println!("equal weights: {t:?}");
+    for name in ["real1", "real2", "real3"] {
+        let n = t.get(name).copied().unwrap_or(0);
+        assert!(n >= 45, "{name} answered {n} of 300 (< 15%): {t:?}");
+    }
+    // The servers really saw the connections (not some other responder).
+    let served: u64 = topo.servers.iter().map(|s| s.served.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert_eq!(served, 300);
+    assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM\n{}", d.log_text());
+    // The daemon removed the VIP it added.
+    let addrs = topo.lb.exec(&["ip", "-br", "addr", "show", "dev", &topo.lb_if]);
+    assert!(!addrs.contains(tests::topo::VIP), "VIP left behind: {addrs}");
+    let link = topo.lb.exec(&["ip", "link", "show", "dev", &topo.lb_if]);
+    assert!(!link.contains("xdp"), "XDP left attached: {link}");
+}
+
+#[test]
+fn dr_weights_1_1_2_give_the_third_real_half() {
+    let topo = DrTopology::new(3);
+    let cfg = topo.write_config(&[1, 1, 2]);
+    let _d = Daemon::start(&topo.lb, &cfg);
+    let t = tally(&topo.requests(300));
+    println!("weights 1:1:2: {t:?}");
+    let third = t.get("real3").copied().unwrap_or(0);
+    assert!((120..=180).contains(&third), "real3 answered {third} of 300, want 40-60%: {t:?}");
+}
+
+#[test]
+fn bad_config_exits_64_and_leaves_nothing() {
+    let topo = DrTopology::new(1);
+    let cfg = topo.dir.join("bad.yaml");
+    std::fs::write(&cfg, format!("interfaces: [{}]\nvirtual_servers:\n  - name: web\n    address: 10.100.0.300\n    port: 80\n    protocol: tcp\n", topo.lb_if)).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &topo.lb.name])
+        .arg(tests::daemon::binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("bad.yaml:4:") && err.contains("virtual_servers[0].address"), "{err}");
+    let link = topo.lb.exec(&["ip", "link", "show", "dev", &topo.lb_if]);
+    assert!(!link.contains("xdp"), "{link}");
+}

@@ -1,0 +1,4 @@
+//! Root-run tests: one binary, run serially by `cargo xtask test` as root.
+
+mod dr_e2e;
+mod testrun;

@@ -114,6 +114,12 @@ impl<D: Dataplane> Reconciler<D> {
         self.vss.get(name).map(|v| (v.vs_index, v.rings[v.live]))
     }
 
+    /// Returns: the Maglev table the data path reads for virtual server `name`.
+    pub fn live_table(&self, name: &str) -> Option<&[u32]> {
+        let v = self.vss.get(name)?;
+        self.ring_shadow.get(&v.rings[v.live]).map(Vec::as_slice)
+    }
+
     /// Returns: every real address the data path needs a next hop for.
     pub fn real_addresses(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self.reals.keys().map(|k| k.addr).collect();

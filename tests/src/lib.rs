@@ -3,6 +3,7 @@
 //! client, the daemon as a child process, and packet building for BPF test runs.
 
 pub mod daemon;
+pub mod fixture;
 pub mod http;
 pub mod netns;
 pub mod packet;

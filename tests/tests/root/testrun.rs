@@ -1,2 +1,217 @@
 //! The XDP program under BPF_PROG_TEST_RUN: crafted frames in, verdict and bytes out.
 //! Maps are filled through the daemon's own code (config -> Reconciler -> maps).
+
+use std::net::IpAddr;
+
+use aya::maps::{MapData, PerCpuArray};
+use lb_common::{maps::VERDICTS, reason, FlowKey, PROTO_TCP};
+use tests::{
+    fixture::{real_mac, Fixture, LB_MAC},
+    packet::V4Packet,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const VIP: [u8; 4] = [10, 0, 0, 100];
+const CLIENT: [u8; 4] = [192, 0, 2, 7];
+
+fn yaml(reals: &[&str]) -> String {
+    let mut y = String::from(
+        "interfaces: [lo]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    table_size: 65537\n    real_servers:\n",
+    );
+    for r in reals {
+        y.push_str(&format!("      - address: {r}\n"));
+    }
+    y.push_str("  - name: dns\n    address: 10.0.0.100\n    port: 53\n    protocol: udp\n    real_servers:\n      - address: 10.0.1.53\n");
+    y
+}
+
+fn three() -> Fixture {
+    Fixture::new(&yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]))
+}
+
+fn key(sport: u16) -> FlowKey {
+    FlowKey::new(IpAddr::from(CLIENT), sport, IpAddr::from(VIP), 80, PROTO_TCP)
+}
+
+fn verdict_count(f: &Fixture, r: u32) -> u64 {
+    let m = f.rec.dp.ebpf.map(VERDICTS).expect("map");
+    let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
+    a.get(&r, 0).expect("get").iter().sum()
+}
+
+/// Checks a forwarded frame: equal to the input but for the two MACs.
+fn assert_dr_rewrite(input: &[u8], out: &[u8], real: IpAddr) {
+    assert_eq!(out.len(), input.len(), "length unchanged");
+    assert_eq!(&out[0..6], &real_mac(real), "destination MAC is the real's");
+    assert_eq!(&out[6..12], &LB_MAC, "source MAC is the egress interface's");
+    assert_eq!(&out[12..], &input[12..], "every byte after the MACs unchanged");
+}
+
+#[test]
+fn vip_syn_is_sent_to_the_predicted_real_with_only_macs_changed() {
+    let f = three();
+    for sport in [1000u16, 2000, 3000, 40000, 65535] {
+        let frame = V4Packet::tcp(CLIENT, sport, VIP, 80).build();
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_TX, "sport {sport}");
+        assert_dr_rewrite(&frame, &r.out, f.predict("web", &key(sport)));
+    }
+    assert_eq!(verdict_count(&f, reason::FWD_TX), 5);
+}
+
+#[test]
+fn same_flow_same_real_and_flows_spread() {
+    let f = three();
+    let frame = V4Packet::tcp(CLIENT, 4242, VIP, 80).build();
+    let first = f.run(&frame).out;
+    for _ in 0..50 {
+        assert_eq!(f.run(&frame).out, first);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for sport in 10000..10200u16 {
+        seen.insert(f.run(&V4Packet::tcp(CLIENT, sport, VIP, 80).build()).out[0..6].to_vec());
+    }
+    assert_eq!(seen.len(), 3, "200 flows reach all three reals");
+}
+
+#[test]
+fn udp_virtual_server_and_vlan_tag() {
+    let f = three();
+    let frame = V4Packet::udp(CLIENT, 5353, VIP, 53).build();
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_TX);
+    assert_dr_rewrite(&frame, &r.out, "10.0.1.53".parse().unwrap());
+
+    let mut p = V4Packet::tcp(CLIENT, 777, VIP, 80);
+    p.vlan = Some(42);
+    let frame = p.build();
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_TX);
+    assert_dr_rewrite(&frame, &r.out, f.predict("web", &key(777)));
+    assert_eq!(&r.out[12..16], &[0x81, 0x00, 0, 42], "VLAN tag kept");
+}
+
+#[test]
+fn traffic_not_for_a_virtual_server_passes_untouched() {
+    let f = three();
+    let cases = [
+        ("other address", V4Packet::tcp(CLIENT, 1000, [10, 0, 0, 101], 80).build()),
+        ("other port", V4Packet::tcp(CLIENT, 1000, VIP, 22).build()),
+        ("wrong protocol (UDP to a TCP VS)", V4Packet::udp(CLIENT, 1000, VIP, 80).build()),
+        ("wrong protocol (TCP to a UDP VS)", V4Packet::tcp(CLIENT, 1000, VIP, 53).build()),
+        ("ICMP", {
+            let mut b = V4Packet::tcp(CLIENT, 1000, VIP, 80).build();
+            b[23] = 1; // protocol ICMP (checksum now off: the kernel's business)
+            b
+        }),
+        ("ARP", {
+            let mut b = V4Packet::tcp(CLIENT, 1000, VIP, 80).build();
+            b[12..14].copy_from_slice(&[0x08, 0x06]);
+            b
+        }),
+    ];
+    for (what, frame) in cases {
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_PASS, "{what}");
+        assert_eq!(r.out, frame, "{what}: bytes unchanged");
+    }
+    assert_eq!(verdict_count(&f, reason::PASS_NOT_VS), 5);
+    assert_eq!(verdict_count(&f, reason::PASS_NOT_IP), 1);
+}
+
+#[test]
+fn truncated_and_garbage_frames_are_never_forwarded() {
+    let f = three();
+    let good = V4Packet::tcp(CLIENT, 1000, VIP, 80).build();
+    // Cut inside the TCP header, IP total length adjusted: a VIP packet, unreadable L4.
+    let mut cut_l4 = good[..14 + 20 + 10].to_vec();
+    cut_l4[16..18].copy_from_slice(&30u16.to_be_bytes());
+    let r = f.run(&cut_l4);
+    assert_eq!(r.action, XDP_DROP, "truncated TCP header to a VIP is dropped");
+    assert_eq!(verdict_count(&f, reason::DROP_MALFORMED), 1);
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("cut inside the IP header", good[..14 + 12].to_vec()),
+        ("IP total length beyond the frame", good[..good.len() - 4].to_vec()),
+        ("IP version 5", {
+            let mut b = good.clone();
+            b[14] = 0x55;
+            b
+        }),
+        ("IHL below 5", {
+            let mut b = good.clone();
+            b[14] = 0x44;
+            b
+        }),
+        ("fragment", {
+            let mut b = good.clone();
+            b[20] = 0x20; // more fragments
+            b
+        }),
+        ("zeros", vec![0u8; 64]),
+        ("bytes 0..255", (0..=255u8).collect()),
+    ];
+    for (what, frame) in cases {
+        let r = f.run(&frame);
+        assert_ne!(r.action, XDP_TX, "{what}: must not be forwarded");
+        assert_eq!(r.action, XDP_PASS, "{what}: left to the kernel");
+        assert_eq!(r.out, frame, "{what}: unchanged");
+    }
+}
+
+#[test]
+fn established_flows_keep_their_real_across_table_changes() {
+    let mut f = three();
+    // Pin 300 flows.
+    let flows: Vec<u16> = (20000..20300).collect();
+    let mut pinned = std::collections::HashMap::new();
+    for &sport in &flows {
+        let r = f.run(&V4Packet::tcp(CLIENT, sport, VIP, 80).build());
+        pinned.insert(sport, r.out[0..6].to_vec());
+    }
+    // Add two reals: the table changes, and fresh flows would land elsewhere.
+    f.apply_config(&yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13", "10.0.1.14", "10.0.1.15"]));
+    let moved_in_table = flows.iter().filter(|&&s| real_mac(f.predict("web", &key(s))).to_vec() != pinned[&s]).count();
+    assert!(moved_in_table > 50, "the new table must move some of these flows ({moved_in_table})");
+    for &sport in &flows {
+        let r = f.run(&V4Packet::tcp(CLIENT, sport, VIP, 80).build());
+        assert_eq!(r.out[0..6].to_vec(), pinned[&sport], "flow {sport} kept its real after reals were added");
+    }
+    // Remove real .11: its flows are re-steered by the new table; the others stay.
+    f.apply_config(&yaml(&["10.0.1.12", "10.0.1.13", "10.0.1.14", "10.0.1.15"]));
+    let gone = real_mac("10.0.1.11".parse().unwrap()).to_vec();
+    let mut resteered = 0;
+    for &sport in &flows {
+        let r = f.run(&V4Packet::tcp(CLIENT, sport, VIP, 80).build());
+        if pinned[&sport] == gone {
+            resteered += 1;
+            assert_eq!(r.out[0..6], real_mac(f.predict("web", &key(sport))), "flow {sport} of the removed real follows the new table");
+        } else {
+            assert_eq!(r.out[0..6].to_vec(), pinned[&sport], "flow {sport} kept its real after another was removed");
+        }
+    }
+    assert!(resteered > 0, "some flows were on the removed real");
+}
+
+#[test]
+fn no_real_and_unresolved_mac_drop_with_a_reason() {
+    let f = Fixture::new(&yaml(&[]).replace("    real_servers:\n  - name: dns", "    real_servers: []\n  - name: dns"));
+    let r = f.run(&V4Packet::tcp(CLIENT, 1, VIP, 80).build());
+    assert_eq!(r.action, XDP_DROP);
+    assert_eq!(verdict_count(&f, reason::DROP_NO_REAL), 1);
+
+    let mut f = three();
+    // A new real whose MAC is not known yet.
+    f.rec.apply(&{
+        let mut c = f.config.clone();
+        c.virtual_servers[1].real_servers[0].address = "10.0.1.99".parse().unwrap();
+        c
+    })
+    .unwrap();
+    let r = f.run(&V4Packet::udp(CLIENT, 5353, VIP, 53).build());
+    assert_eq!(r.action, XDP_DROP);
+    assert_eq!(verdict_count(&f, reason::DROP_NO_MAC), 1);
+}

@@ -78,10 +78,7 @@ impl Fixture {
     /// Runs the balancer on `frame` `repeat` times.
     pub fn run_n(&self, prog: &str, frame: &[u8], repeat: u32) -> Run {
         let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat;
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() };
         let r = self.prog(prog).test_run(opts).expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         Run { action: r.return_value, out, ns: r.duration.as_nanos() as u64 }

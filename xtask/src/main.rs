@@ -125,6 +125,7 @@ fn test() -> Result<()> {
     if !is_root() {
         bail!("`cargo xtask test` runs network-namespace and XDP tests and needs root");
     }
+    run(Command::new("cargo").args(["clippy", "-q", "-p", "lb-common", "-p", "lb-userspace", "-p", "xtask", "-p", "tests", "--all-targets", "--", "-D", "warnings"]))?;
     run(Command::new("cargo").args(["test", "-p", "lb-common", "--features", "user"]))?;
     run(Command::new("cargo").args(["test", "-p", "lb-userspace"]))?;
     build()?;

@@ -186,9 +186,7 @@ impl<D: Dataplane> Reconciler<D> {
         let gone_vs: Vec<String> = self.vss.keys().filter(|n| !wanted.contains_key(n.as_str())).cloned().collect();
         for name in gone_vs {
             let slot = self.vss.remove(&name).expect("listed above");
-            self.dp.remove_vs(&slot.key)?;
-            self.free_vs.push(slot.vs_index);
-            self.free_rings.extend(slot.rings);
+            self.release_vs(slot)?;
             tracing::info!(vs = %name, "virtual server removed");
         }
         let gone_reals: Vec<RealKey> = self
@@ -204,6 +202,15 @@ impl<D: Dataplane> Reconciler<D> {
             self.free_reals.insert(0, slot.id); // reused last: stale flow state ages out first
             tracing::info!(vs = %key.vs, real = %key.addr, port = key.port, "real server removed");
         }
+        Ok(())
+    }
+
+    /// Takes a virtual server out of the data path and returns its index and rings to
+    /// the free pools (the rings keep their shadows, so reuse writes only changes).
+    fn release_vs(&mut self, slot: VsSlot) -> Result<(), ReconcileError> {
+        self.dp.remove_vs(&slot.key)?;
+        self.free_vs.push(slot.vs_index);
+        self.free_rings.extend(slot.rings);
         Ok(())
     }
 
@@ -237,9 +244,7 @@ impl<D: Dataplane> Reconciler<D> {
             if slot.key != key {
                 // Same name, other VIP/port/protocol: a different service; replace it.
                 let old = self.vss.remove(&vs.name).expect("present");
-                self.dp.remove_vs(&old.key)?;
-                self.free_vs.push(old.vs_index);
-                self.free_rings.extend(old.rings);
+                self.release_vs(old)?;
             }
         }
         let is_new = !self.vss.contains_key(&vs.name);

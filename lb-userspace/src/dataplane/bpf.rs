@@ -109,8 +109,8 @@ impl BpfDataplane {
     fn zero_counters(&mut self, name: &'static str, index: u32) -> Result<(), DataplaneError> {
         let m = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
         let mut a: PerCpuArray<&mut MapData, Counters> = PerCpuArray::try_from(m).map_err(map_err(name))?;
-        let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Map { map: name, source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }) })?;
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DataplaneError::Map { map: name, source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "per_cpu_values", io_error: e }) })?;
+        let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(DataplaneError::Cpus)?;
         a.set(index, zeros, 0).map_err(map_err(name))
     }
 }

@@ -15,6 +15,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("counting possible CPUs for per-CPU values: {0}")]
+    Cpus(#[source] std::io::Error),
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
 }

@@ -77,8 +77,11 @@ pub struct VsInfo {
     pub flags: u8,
     /// Zero.
     pub _pad: [u8; 2],
+    /// Tunnel method: outer source address, network order words, of the VIP's family.
+    /// Zero for other methods.
+    pub tunnel_src: [u32; 4],
 }
-const _: () = assert!(core::mem::size_of::<VsInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<VsInfo>() == 32);
 
 /// [`RealInfo::flags`]: the real takes packets. Clear means flows pinned to this real are
 /// re-steered through the Maglev table (the real was removed or failed).
@@ -146,6 +149,51 @@ pub struct FlowState {
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
 
+/// NAT: what a reply needs to look as if the VIP sent it. Value of [`maps::NAT_STATE`],
+/// keyed by the reply's 5-tuple as a [`FlowKey`] (source: the real's address and port;
+/// destination: the client's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatState {
+    /// VIP, network order words (the reply's new source address).
+    pub vip: [u32; 4],
+    /// Virtual server port, network byte order (the reply's new source port).
+    pub vport_be: u16,
+    /// Zero.
+    pub _pad: u16,
+    /// [`VsInfo::vs_index`] of the flow's virtual server (reply counters).
+    pub vs_index: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatState>() == 24);
+
+/// An address and its family: key of the decapsulator's [`maps::DECAP_VIPS`] and
+/// [`maps::DECAP_LOCAL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    /// Address, network order words.
+    pub addr: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+
+/// Bytes an IPv4-in-IPv4 tunnel adds (the outer IPv4 header, no options).
+pub const IPIP_OVERHEAD: u32 = 20;
+/// Bytes an IPv6-in-IPv6 tunnel adds (the outer IPv6 header).
+pub const IP6IP6_OVERHEAD: u32 = 40;
+
+/// Index of the decapsulator's counters in [`maps::DECAP_STATS`]: packets stripped of
+/// their outer header and passed up.
+pub const DECAP_DONE: u32 = 0;
+/// Tunnelled packets passed untouched: inner destination not a configured VIP, outer
+/// destination not local, or inner header unreadable.
+pub const DECAP_SKIPPED: u32 = 1;
+/// Number of decapsulator counters.
+pub const DECAP_COUNT: u32 = 2;
+
 /// An interface the data path transmits on. Value of [`maps::IFACES`], keyed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,5 +216,9 @@ pub struct Counters {
     pub bytes: u64,
     /// Flows that were scheduled (new flow table entries).
     pub new_flows: u64,
+    /// NAT replies restored and forwarded (virtual server counters only).
+    pub reply_packets: u64,
+    /// Bytes of those replies, counted as received.
+    pub reply_bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+const _: () = assert!(core::mem::size_of::<Counters>() == 40);

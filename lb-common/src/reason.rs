@@ -27,8 +27,28 @@ pub const FWD_TX: u32 = 10;
 /// Forwarded out of another interface (XDP_REDIRECT).
 pub const FWD_REDIRECT: u32 = 11;
 
+/// NAT reply: source restored to VIP:port and forwarded toward the client.
+pub const FWD_NAT_REPLY: u32 = 12;
+/// NAT/tunnel: the kernel's FIB has no resolved neighbour for the next hop yet (the
+/// daemon solicits it): dropped.
+pub const DROP_NO_NEIGH: u32 = 13;
+/// NAT/tunnel: no usable route (unreachable, blackhole, prohibit, not a unicast route,
+/// or an egress the helper cannot use): dropped.
+pub const DROP_NO_ROUTE: u32 = 14;
+/// NAT/tunnel: forwarding is disabled on the receiving interface (the FIB lookup needs
+/// `net.ipv4.conf.IF.forwarding=1` / `net.ipv6.conf.IF.forwarding=1`): dropped.
+pub const DROP_FWD_DISABLED: u32 = 15;
+/// Tunnel: too big once encapsulated; answered with ICMP fragmentation-needed or
+/// ICMPv6 packet-too-big carrying the usable MTU (sent back with XDP_TX).
+pub const ICMP_TOO_BIG: u32 = 16;
+/// Tunnel: too big once encapsulated and may not be answered with ICMP (IPv4 without
+/// DF, or no room to build the reply): dropped.
+pub const DROP_TOO_BIG: u32 = 17;
+/// NAT/tunnel on a VLAN-tagged frame (the FIB lookup knows no tags): dropped.
+pub const DROP_VLAN: u32 = 18;
+
 /// Number of reasons; size of the `VERDICTS` map.
-pub const COUNT: u32 = 12;
+pub const COUNT: u32 = 19;
 
 /// Stable, Prometheus-friendly name of a reason.
 /// Returns: the name, or `"unknown"` for an index out of range.
@@ -46,6 +66,13 @@ pub const fn name(reason: u32) -> &'static str {
         DROP_INTERNAL => "drop_internal",
         FWD_TX => "fwd_tx",
         FWD_REDIRECT => "fwd_redirect",
+        FWD_NAT_REPLY => "fwd_nat_reply",
+        DROP_NO_NEIGH => "drop_no_neigh",
+        DROP_NO_ROUTE => "drop_no_route",
+        DROP_FWD_DISABLED => "drop_fwd_disabled",
+        ICMP_TOO_BIG => "icmp_too_big",
+        DROP_TOO_BIG => "drop_too_big",
+        DROP_VLAN => "drop_vlan",
         _ => "unknown",
     }
 }

@@ -2,7 +2,10 @@
 
 use core::net::IpAddr;
 
-use crate::{Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, FAMILY_V4, FAMILY_V6};
+use crate::{
+    AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VsInfo, VsKey, FAMILY_V4,
+    FAMILY_V6,
+};
 
 // SAFETY: all of these are repr(C), built only of integers and byte arrays, with
 // explicit padding fields: every bit pattern is valid and none has hidden padding.
@@ -13,6 +16,8 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowState {}
 unsafe impl aya::Pod for IfaceInfo {}
 unsafe impl aya::Pod for Counters {}
+unsafe impl aya::Pod for NatState {}
+unsafe impl aya::Pod for AddrKey {}
 
 /// Converts an address to network order words and its family value.
 /// Returns: `(words, FAMILY_V4 | FAMILY_V6)`.
@@ -43,11 +48,28 @@ pub fn words_addr(words: [u32; 4], family: u8) -> Option<IpAddr> {
     }
 }
 
+impl AddrKey {
+    /// The key of `addr`.
+    pub fn new(addr: IpAddr) -> Self {
+        let (addr, family) = addr_words(addr);
+        Self {
+            addr,
+            family,
+            _pad: [0; 3],
+        }
+    }
+}
+
 impl VsKey {
     /// The key of the virtual server `addr:port/proto`.
     pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
         let (addr, family) = addr_words(addr);
-        Self { addr, port_be: port.to_be(), proto, family }
+        Self {
+            addr,
+            port_be: port.to_be(),
+            proto,
+            family,
+        }
     }
 }
 
@@ -57,7 +79,15 @@ impl FlowKey {
     pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> Self {
         let (src, family) = addr_words(src);
         let (dst, _) = addr_words(dst);
-        Self { src, dst, sport_be: sport.to_be(), dport_be: dport.to_be(), proto, family, _pad: [0; 2] }
+        Self {
+            src,
+            dst,
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            proto,
+            family,
+            _pad: [0; 2],
+        }
     }
 }
 
@@ -83,7 +113,13 @@ mod tests {
 
     #[test]
     fn flow_hash_depends_on_every_field() {
-        let base = FlowKey::new("10.0.0.1".parse().unwrap(), 1000, "10.0.0.100".parse().unwrap(), 80, 6);
+        let base = FlowKey::new(
+            "10.0.0.1".parse().unwrap(),
+            1000,
+            "10.0.0.100".parse().unwrap(),
+            80,
+            6,
+        );
         let h = crate::flow_hash(&base);
         assert_eq!(h, crate::flow_hash(&base), "deterministic");
         let mut k = base;

@@ -2,7 +2,7 @@
 //! forward with the virtual server's method.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{reason, VsKey, METHOD_DR};
+use lb_common::{reason, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
 
 use crate::{
     forward, lookup,
@@ -36,7 +36,12 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let vs_key = VsKey { addr: p.key.dst, port_be: p.key.dport_be, proto: p.key.proto, family: p.key.family };
     // SAFETY: VS_MAP is BPF_F_NO_PREALLOC: a replaced value stays valid until this
     // program returns (RCU), so the reference cannot alias a newer value.
-    let vs = unsafe { VS_MAP.get(&vs_key) }.ok_or(Verdict::pass(reason::PASS_NOT_VS))?;
+    let Some(vs) = (unsafe { VS_MAP.get(&vs_key) }) else {
+        // Not for a VIP: maybe a real's reply to a NAT flow.
+        let (verdict, vs_index) = forward::nat::reply(ctx, &p)?;
+        stats::count_reply(vs_index, p.len);
+        return Ok(verdict);
+    };
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
@@ -48,6 +53,8 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, real)?,
+        METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow)?,
+        METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
         _ => return Err(Verdict::drop(reason::DROP_INTERNAL)),
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);

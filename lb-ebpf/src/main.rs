@@ -3,7 +3,11 @@
 #![no_main]
 
 mod balance;
+mod csum;
+mod decap;
+mod fib;
 mod forward;
+mod icmp;
 mod lookup;
 mod maps;
 mod parse;
@@ -19,6 +23,13 @@ pub fn xdpvs_lb(ctx: XdpContext) -> u32 {
     };
     stats::count_verdict(verdict.reason);
     verdict.action
+}
+
+/// The real-server decapsulator (`xdpvs realserver decap`): unwraps tunnelled packets
+/// for configured VIPs, passes everything up the stack.
+#[xdp]
+pub fn xdpvs_decap(ctx: XdpContext) -> u32 {
+    decap::try_decap(&ctx)
 }
 
 /// XDP_PASS and nothing else. veth hands XDP_TX'd or redirected frames only to a peer

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_REALS, MAX_VS},
-    reason, Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
+    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_DECAP_ADDRS, MAX_IFACES, MAX_REALS, MAX_VS},
+    reason, AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VsInfo, VsKey, DECAP_COUNT, RING_STRIDE,
 };
 
 /// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
@@ -42,3 +42,19 @@ pub static STATS_REAL: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX
 /// Packets per verdict reason, per CPU.
 #[map]
 pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
+
+/// NAT reply 5-tuple -> VIP:port to restore. Written and read here; sized like FLOWS.
+#[map]
+pub static NAT_STATE: LruHashMap<FlowKey, NatState> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+/// Decapsulator: VIPs to unwrap packets for. Written by `xdpvs realserver decap`.
+#[map]
+pub static DECAP_VIPS: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// Decapsulator: this host's addresses (accepted outer destinations).
+#[map]
+pub static DECAP_LOCAL: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// Decapsulator counters, per CPU.
+#[map]
+pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_COUNT, 0);

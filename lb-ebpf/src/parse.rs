@@ -15,13 +15,18 @@ use lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use crate::balance::Verdict;
 
 pub const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const VLAN_HLEN: usize = 4;
-const IPV6_HLEN: usize = 40;
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
+/// Offset of the checksum in a TCP header.
+pub const TCP_CSUM_OFF: usize = 16;
+/// Offset of the checksum in a UDP header.
+pub const UDP_CSUM_OFF: usize = 6;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -69,8 +74,14 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 /// What balancing needs to know about a frame.
 pub struct Parsed {
     pub key: FlowKey,
+    /// Offset of the IP header.
+    pub l3_off: usize,
     /// Offset of the L4 header.
     pub l4_off: usize,
+    /// Length of the IP packet (header included) as its header states, in bytes.
+    pub ip_len: usize,
+    /// The frame carries an 802.1Q tag.
+    pub vlan: bool,
     /// Frame length in bytes (as received).
     pub len: u64,
 }
@@ -93,6 +104,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         l3_off += VLAN_HLEN;
     }
     let mut key = FlowKey::default();
+    let ip_len;
     let l4_off = match proto {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(pass(reason::PASS_MALFORMED))?;
@@ -106,6 +118,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             if frag & 0x3fff != 0 {
                 return Err(pass(reason::PASS_FRAGMENT));
             }
+            ip_len = tot_len;
             key.family = FAMILY_V4;
             key.proto = l4proto;
             key.src[0] = src;
@@ -124,6 +137,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
                 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => return Err(pass(reason::PASS_IPV6_EXT)),
                 _ => return Err(pass(reason::PASS_NOT_VS)),
             }
+            ip_len = IPV6_HLEN + payload;
             key.family = FAMILY_V6;
             key.proto = next;
             unsafe {
@@ -142,7 +156,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         key.sport_be = (*ports)[0];
         key.dport_be = (*ports)[1];
     }
-    Ok(Parsed { key, l4_off, len })
+    Ok(Parsed { key, l3_off, l4_off, ip_len, vlan: l3_off != ETH_HLEN, len })
+}
+
+/// Returns: the offset of the TCP or UDP checksum field.
+#[inline(always)]
+pub fn l4_csum_off(p: &Parsed) -> usize {
+    p.l4_off + if p.key.proto == PROTO_TCP { TCP_CSUM_OFF } else { UDP_CSUM_OFF }
 }
 
 /// Checks that the whole TCP or UDP header is present (done once the frame is known to

@@ -32,3 +32,15 @@ pub fn count_forward(vs_index: u32, real_id: u32, bytes: u64, new_flow: bool) {
     add(STATS_VS.get_ptr_mut(vs_index), bytes, new_flow);
     add(STATS_REAL.get_ptr_mut(real_id), bytes, new_flow);
 }
+
+/// Counts one NAT reply of `bytes` for its virtual server.
+#[inline(always)]
+pub fn count_reply(vs_index: u32, bytes: u64) {
+    if let Some(c) = STATS_VS.get_ptr_mut(vs_index) {
+        // SAFETY: per-CPU slot, valid for this program run.
+        unsafe {
+            (*c).reply_packets += 1;
+            (*c).reply_bytes += bytes;
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::{
 };
 
 use lb_common::{
-    maps::MAX_REALS, user::addr_words, RealInfo, VsInfo, VsKey, METHOD_DR, REAL_F_ACTIVE,
+    maps::MAX_REALS, user::addr_words, RealInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, REAL_F_ACTIVE,
 };
 
 use crate::{
@@ -49,6 +49,7 @@ struct VsSlot {
     live: usize,
     size: u32,
     method: u8,
+    tunnel_src: [u32; 4],
 }
 
 #[derive(Debug)]
@@ -84,6 +85,8 @@ pub struct Reconciler<D: Dataplane> {
 fn method_code(m: Method) -> u8 {
     match m {
         Method::Dr => METHOD_DR,
+        Method::Nat => METHOD_NAT,
+        Method::Tunnel => METHOD_TUNNEL,
     }
 }
 
@@ -239,6 +242,7 @@ impl<D: Dataplane> Reconciler<D> {
             .collect();
         let table = maglev::build(&backends, vs.table_size);
         let method = method_code(vs.method);
+        let tunnel_src = vs.tunnel_source.map(|a| addr_words(a).0).unwrap_or_default();
 
         if let Some(slot) = self.vss.get(&vs.name) {
             if slot.key != key {
@@ -254,11 +258,12 @@ impl<D: Dataplane> Reconciler<D> {
             let b = self.free_rings.pop().ok_or(ReconcileError::Capacity { what: "Maglev rings", max: 0 })?;
             self.dp.reset_counters(Some(vs_index), None)?;
             // `live` starts at 1 so that the first table goes into ring 0.
-            self.vss.insert(vs.name.clone(), VsSlot { key, vs_index, rings: [a, b], live: 1, size: 0, method });
+            self.vss.insert(vs.name.clone(), VsSlot { key, vs_index, rings: [a, b], live: 1, size: 0, method, tunnel_src });
         }
         let slot = self.vss.get_mut(&vs.name).expect("inserted above");
         let live_ring = slot.rings[slot.live];
-        if !is_new && slot.size == vs.table_size && slot.method == method && self.ring_shadow.get(&live_ring) == Some(&table) {
+        let same_params = slot.size == vs.table_size && slot.method == method && slot.tunnel_src == tunnel_src;
+        if !is_new && same_params && self.ring_shadow.get(&live_ring) == Some(&table) {
             return Ok(());
         }
         let idle = 1 - slot.live;
@@ -271,11 +276,12 @@ impl<D: Dataplane> Reconciler<D> {
             .map(|(i, &id)| (i as u32, id))
             .collect();
         self.dp.set_ring_slots(ring, &changed)?;
-        let info = VsInfo { vs_index: slot.vs_index, ring_id: ring, ring_size: vs.table_size, method, flags: 0, _pad: [0; 2] };
+        let info = VsInfo { vs_index: slot.vs_index, ring_id: ring, ring_size: vs.table_size, method, flags: 0, _pad: [0; 2], tunnel_src };
         self.dp.set_vs(&key, &info)?;
         slot.live = idle;
         slot.size = vs.table_size;
         slot.method = method;
+        slot.tunnel_src = tunnel_src;
         self.ring_shadow.insert(ring, table);
         tracing::info!(
             vs = %vs.name, vip = %vs.address, port = vs.port, protocol = %vs.protocol, method = %vs.method,

@@ -1,6 +1,8 @@
 //! Forwarding methods, one module each, and what they share: leaving by the right port.
 
 pub mod dr;
+pub mod nat;
+pub mod tunnel;
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{reason, IfaceInfo};

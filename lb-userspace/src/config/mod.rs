@@ -56,12 +56,18 @@ impl fmt::Display for Protocol {
 pub enum Method {
     /// Direct routing: destination MAC rewritten, replies bypass the balancer.
     Dr,
+    /// NAT: destination address and port rewritten; replies return through the balancer.
+    Nat,
+    /// IP-in-IP tunnel to the real; replies bypass the balancer.
+    Tunnel,
 }
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Method::Dr => "dr",
+            Method::Nat => "nat",
+            Method::Tunnel => "tunnel",
         })
     }
 }
@@ -88,6 +94,9 @@ pub struct VirtualServer {
     pub method: Method,
     /// Maglev table size, a prime.
     pub table_size: u32,
+    /// Tunnel method: the outer source address (the VS's own, else the global one of
+    /// the VIP's family). `None` for other methods.
+    pub tunnel_source: Option<IpAddr>,
     pub real_servers: Vec<RealServer>,
 }
 

@@ -16,8 +16,18 @@ pub struct RawConfig {
     pub manage_vips: Option<bool>,
     #[serde(default)]
     pub flow_table_size: Option<u32>,
+    /// One address, or a list with at most one per family.
+    #[serde(default)]
+    pub tunnel_source: Option<RawAddrs>,
     #[serde(default)]
     pub virtual_servers: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAddrs {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -42,6 +52,8 @@ pub struct RawVirtualServer {
     #[serde(default)]
     pub table_size: Option<u32>,
     #[serde(default)]
+    pub tunnel_source: Option<String>,
+    #[serde(default)]
     pub real_servers: Vec<Value>,
 }
 
@@ -56,6 +68,8 @@ pub enum RawProtocol {
 #[serde(rename_all = "lowercase")]
 pub enum RawMethod {
     Dr,
+    Nat,
+    Tunnel,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]

@@ -56,7 +56,13 @@ fn each_error_names_line_and_field() {
         ("weight out of range", "weight: 1", "weight: 70000", 13, "virtual_servers[0].real_servers[0].weight", "out of range"),
         ("bad protocol", "protocol: tcp", "protocol: sctp", 7, "virtual_servers[0].protocol", "unknown variant"),
         ("bad method", "method: dr", "method: magic", 8, "virtual_servers[0].method", "unknown variant"),
-        ("dr port change", "        port: 80\n", "        port: 8080\n", 12, "virtual_servers[0].real_servers[0].port", "direct routing"),
+        ("dr port change", "        port: 80\n", "        port: 8080\n", 12, "virtual_servers[0].real_servers[0].port", "method dr cannot change the port"),
+        ("tunnel port change", "method: dr\n    scheduler: maglev\n    real_servers:\n      - address: 10.0.1.11\n        port: 80", "method: tunnel\n    tunnel_source: 10.0.0.1\n    real_servers:\n      - address: 10.0.1.11\n        port: 81", 12, "virtual_servers[0].real_servers[0].port", "method tunnel cannot change the port"),
+        ("tunnel without source", "method: dr", "method: tunnel", 8, "virtual_servers[0].method", "needs an IPv4 tunnel source"),
+        ("tunnel source of other family", "method: dr", "method: tunnel\n    tunnel_source: 2001:db8::1", 9, "virtual_servers[0].tunnel_source", "address family"),
+        ("tunnel source on dr", "method: dr", "method: dr\n    tunnel_source: 10.0.0.1", 9, "virtual_servers[0].tunnel_source", "method tunnel only"),
+        ("bad global tunnel source", "xdp_mode: auto", "xdp_mode: auto\ntunnel_source: [10.0.0.1, nope]", 3, "tunnel_source[1]", "not an IPv4"),
+        ("two global IPv4 sources", "xdp_mode: auto", "xdp_mode: auto\ntunnel_source: [10.0.0.1, 10.0.0.2]", 3, "tunnel_source[1]", "at most one per address family"),
         ("missing interface", "[eth0]", "[eth9]", 1, "interfaces[0]", "does not exist"),
         ("no interface", "interfaces: [eth0]", "interfaces: []", 1, "interfaces", "at least one"),
         ("bad name", "name: web", "name: \"web server\"", 4, "virtual_servers[0].name", "not a valid name"),
@@ -79,6 +85,17 @@ fn each_error_names_line_and_field() {
         assert!(e.message.contains(msg), "{what}: message {:?} lacks {msg:?}", e.message);
         assert!(e.to_string().starts_with(&format!("lb.yaml:{line}:")), "{what}: {e}");
     }
+}
+
+#[test]
+fn nat_may_change_the_port_and_tunnel_takes_the_global_source_of_its_family() {
+    let text = GOOD.replacen("method: dr", "method: nat", 1).replacen("        port: 80\n", "        port: 8080\n", 1);
+    let c = parse(Path::new("lb.yaml"), &text, &Facts).unwrap();
+    assert_eq!((c.virtual_servers[0].method, c.virtual_servers[0].real_servers[0].port), (Method::Nat, 8080));
+    let v6 = "interfaces: [eth0]\ntunnel_source: [192.0.2.1, 2001:db8::1]\nvirtual_servers:\n  - { name: v6, address: 2001:db8::100, port: 80, protocol: tcp, method: tunnel, real_servers: [{ address: 2001:db8:1::11 }] }\n  - { name: v4, address: 10.0.0.100, port: 80, protocol: tcp, method: tunnel, tunnel_source: 10.9.9.9, real_servers: [{ address: 10.0.1.11 }] }\n";
+    let c = parse(Path::new("lb.yaml"), v6, &Facts).unwrap();
+    assert_eq!(c.virtual_servers[0].tunnel_source, Some("2001:db8::1".parse().unwrap()));
+    assert_eq!(c.virtual_servers[1].tunnel_source, Some("10.9.9.9".parse().unwrap()), "a VS's own source wins");
 }
 
 #[test]

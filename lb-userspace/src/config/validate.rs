@@ -12,7 +12,7 @@ use serde_yaml::Value;
 
 use super::{
     locate::{Locator, Pos},
-    raw::{RawConfig, RawMethod, RawProtocol, RawRealServer, RawScheduler, RawVirtualServer, RawXdpMode},
+    raw::{RawAddrs, RawConfig, RawMethod, RawProtocol, RawRealServer, RawScheduler, RawVirtualServer, RawXdpMode},
     Config, ConfigError, ConfigErrors, Method, Protocol, RealServer, SystemFacts, VirtualServer, XdpMode,
     DEFAULT_TABLE_SIZE, MAX_WEIGHT,
 };
@@ -44,6 +44,14 @@ pub(crate) fn is_prime(n: u32) -> bool {
         d += 1;
     }
     true
+}
+
+fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
 }
 
 fn join(prefix: &str, rest: &str) -> String {
@@ -138,6 +146,7 @@ impl<'a> Validator<'a> {
         if !(MIN_FLOW_TABLE..=MAX_FLOW_TABLE).contains(&flow_table_size) {
             self.error("flow_table_size", format!("{flow_table_size} is out of range {MIN_FLOW_TABLE}..={MAX_FLOW_TABLE}"));
         }
+        let tunnel_sources = self.tunnel_sources(raw.tunnel_source.as_ref());
         if raw.virtual_servers.len() > MAX_VS as usize {
             self.error("virtual_servers", format!("{} virtual servers; at most {MAX_VS} are supported", raw.virtual_servers.len()));
         }
@@ -148,7 +157,7 @@ impl<'a> Validator<'a> {
         for (i, v) in raw.virtual_servers.into_iter().enumerate() {
             let prefix = format!("virtual_servers[{i}]");
             let Some(rvs) = self.item::<RawVirtualServer>(&prefix, v) else { continue };
-            let Some(vs) = self.virtual_server(&prefix, rvs) else { continue };
+            let Some(vs) = self.virtual_server(&prefix, rvs, &tunnel_sources) else { continue };
             if !names.insert(vs.name.clone()) {
                 self.error(&format!("{prefix}.name"), format!("virtual server name `{}` is used twice", vs.name));
             }
@@ -191,7 +200,27 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn virtual_server(&mut self, prefix: &str, raw: RawVirtualServer) -> Option<VirtualServer> {
+    /// The global `tunnel_source`: one address, or a list with at most one per family.
+    /// Returns: the valid addresses.
+    fn tunnel_sources(&mut self, raw: Option<&RawAddrs>) -> Vec<IpAddr> {
+        let list: Vec<(String, &String)> = match raw {
+            None => return Vec::new(),
+            Some(RawAddrs::One(a)) => vec![("tunnel_source".to_string(), a)],
+            Some(RawAddrs::Many(v)) => v.iter().enumerate().map(|(i, a)| (format!("tunnel_source[{i}]"), a)).collect(),
+        };
+        let mut out: Vec<IpAddr> = Vec::new();
+        for (field, text) in list {
+            let Some(a) = self.address(&field, text) else { continue };
+            if out.iter().any(|o| o.is_ipv4() == a.is_ipv4()) {
+                self.error(&field, format!("a second {} tunnel source; give at most one per address family", family(a)));
+                continue;
+            }
+            out.push(a);
+        }
+        out
+    }
+
+    fn virtual_server(&mut self, prefix: &str, raw: RawVirtualServer, tunnel_sources: &[IpAddr]) -> Option<VirtualServer> {
         let errors_before = self.errors.len();
         let name_ok = !raw.name.is_empty()
             && raw.name.len() <= 64
@@ -209,7 +238,10 @@ impl<'a> Validator<'a> {
         };
         let method = match raw.method.unwrap_or(RawMethod::Dr) {
             RawMethod::Dr => Method::Dr,
+            RawMethod::Nat => Method::Nat,
+            RawMethod::Tunnel => Method::Tunnel,
         };
+        let tunnel_source = self.vs_tunnel_source(prefix, method, address, raw.tunnel_source.as_deref(), tunnel_sources);
         let RawScheduler::Maglev = raw.scheduler.unwrap_or(RawScheduler::Maglev);
         let table_size = raw.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
         if !(7..=lb_common::RING_STRIDE).contains(&table_size) || !is_prime(table_size) {
@@ -236,10 +268,13 @@ impl<'a> Validator<'a> {
             if port == 0 {
                 self.error(&format!("{rprefix}.port"), "port 0 is not a valid port (1-65535)");
             }
-            if method == Method::Dr && port != raw.port {
+            if method != Method::Nat && port != raw.port {
                 self.error(
                     &format!("{rprefix}.port"),
-                    format!("direct routing cannot change the port: real port {port} must equal the virtual server's {}", raw.port),
+                    format!(
+                        "method {method} cannot change the port (only nat can): real port {port} must equal the virtual server's {}",
+                        raw.port
+                    ),
                 );
             }
             let weight = rr.weight.unwrap_or(1);
@@ -254,6 +289,50 @@ impl<'a> Validator<'a> {
         if self.errors.len() != errors_before {
             return None;
         }
-        Some(VirtualServer { name: raw.name, address: address?, port: raw.port, protocol, method, table_size, real_servers })
+        Some(VirtualServer { name: raw.name, address: address?, port: raw.port, protocol, method, table_size, tunnel_source, real_servers })
+    }
+
+    /// Resolves a virtual server's tunnel source: its own, else the global one of the
+    /// VIP's family. Returns: the address for a tunnel VS, `None` otherwise (or on error).
+    fn vs_tunnel_source(
+        &mut self,
+        prefix: &str,
+        method: Method,
+        vip: Option<IpAddr>,
+        own: Option<&str>,
+        global: &[IpAddr],
+    ) -> Option<IpAddr> {
+        let field = format!("{prefix}.tunnel_source");
+        let own = match own {
+            Some(text) => Some(self.address(&field, text)?),
+            None => None,
+        };
+        if method != Method::Tunnel {
+            if own.is_some() {
+                self.error(&field, format!("tunnel_source applies to method tunnel only (this virtual server uses {method})"));
+            }
+            return None;
+        }
+        let vip = vip?;
+        match own {
+            Some(a) if a.is_ipv4() != vip.is_ipv4() => {
+                self.error(&field, format!("tunnel source {a} is not of the VIP's address family ({vip})"));
+                None
+            }
+            Some(a) => Some(a),
+            None => {
+                let found = global.iter().copied().find(|g| g.is_ipv4() == vip.is_ipv4());
+                if found.is_none() {
+                    self.error(
+                        &format!("{prefix}.method"),
+                        format!(
+                            "method tunnel needs an {} tunnel source: set tunnel_source here or at the top of the file",
+                            family(vip)
+                        ),
+                    );
+                }
+                found
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps::{FLOWS, IFACES, PROG_LB, PROG_PASS, REALS, STATS_REAL, STATS_VS, VS_MAP, VS_RINGS},
+    maps::{FLOWS, IFACES, NAT_STATE, PROG_DECAP, PROG_LB, PROG_PASS, REALS, STATS_REAL, STATS_VS, VS_MAP, VS_RINGS},
     Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
 
@@ -28,14 +28,15 @@ impl Default for LoadOptions {
     }
 }
 
-/// Loads the BPF object with the given sizes; both XDP programs are loaded (verified)
+/// Loads the BPF object with the given sizes; every XDP program is loaded (verified)
 /// but attached nowhere.
 pub fn load(opts: LoadOptions) -> Result<Ebpf, anyhow::Error> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(VS_RINGS, opts.ring_count * RING_STRIDE)
         .map_max_entries(FLOWS, opts.flow_entries)
+        .map_max_entries(NAT_STATE, opts.flow_entries)
         .load(crate::BPF_OBJECT)?;
-    for name in [PROG_LB, PROG_PASS] {
+    for name in [PROG_LB, PROG_PASS, PROG_DECAP] {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow::anyhow!("program {name} missing from the BPF object"))?
@@ -88,6 +89,8 @@ impl BpfDataplane {
             packets: acc.packets + c.packets,
             bytes: acc.bytes + c.bytes,
             new_flows: acc.new_flows + c.new_flows,
+            reply_packets: acc.reply_packets + c.reply_packets,
+            reply_bytes: acc.reply_bytes + c.reply_bytes,
         }))
     }
 

@@ -1,0 +1,79 @@
+//! Next hop from the kernel's routing and neighbour tables (`bpf_fib_lookup`), for the
+//! methods that route (NAT, tunnel): the egress interface and both MAC addresses.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::generated::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use lb_common::{reason, FAMILY_V4};
+
+use crate::balance::Verdict;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Where a routed packet goes next.
+pub struct Hop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Why there is no hop.
+pub enum Miss {
+    /// Larger than the egress MTU, which is given (bytes, IP packet).
+    TooBig(u32),
+    /// Any other failure: the drop verdict saying which.
+    Drop(Verdict),
+}
+
+/// A flow as the FIB sees it. Addresses are network order words.
+pub struct Route<'a> {
+    pub family: u8,
+    pub proto: u8,
+    pub src: &'a [u32; 4],
+    pub dst: &'a [u32; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// IP length the packet will have on the wire, checked against the egress MTU.
+    pub tot_len: u16,
+}
+
+/// Looks up the next hop of `r`, as the kernel would forward a packet received on the
+/// interface the frame came in by (forwarding must be enabled there).
+/// Returns: the hop, or why not.
+#[inline(always)]
+pub fn lookup(ctx: &XdpContext, r: &Route) -> Result<Hop, Miss> {
+    // SAFETY: all-zero is a valid bpf_fib_lookup (integers and byte arrays only).
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.l4_protocol = r.proto;
+    p.sport = r.sport_be;
+    p.dport = r.dport_be;
+    p.__bindgen_anon_1.tot_len = r.tot_len;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if r.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = r.src[0];
+        p.__bindgen_anon_4.ipv4_dst = r.dst[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = *r.src;
+        p.__bindgen_anon_4.ipv6_dst = *r.dst;
+    }
+    // SAFETY: helper call with a pointer to a stack struct of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Hop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac }),
+        // SAFETY: the kernel wrote mtu_result for this return code.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Miss::TooBig(u32::from(unsafe { p.__bindgen_anon_1.mtu_result }))),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Miss::Drop(Verdict::drop(reason::DROP_NO_NEIGH))),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Miss::Drop(Verdict::drop(reason::DROP_FWD_DISABLED))),
+        _ => Err(Miss::Drop(Verdict::drop(reason::DROP_NO_ROUTE))),
+    }
+}

@@ -1,0 +1,112 @@
+//! IP-in-IP tunnelling: the packet, unchanged, gets an outer IP header from the virtual
+//! server's tunnel source to the real (IPv4 in IPv4, protocol 4; IPv6 in IPv6, next
+//! header 41), routed by the kernel's FIB. The real strips it (`xdpvs realserver decap`)
+//! and answers the client directly, as in direct routing.
+//!
+//! Outer header policy: DF set (IPv4), so that no router fragments the outer packet (the
+//! real's decapsulator could not reassemble it); TTL/hop limit 64; TOS / traffic class
+//! copied from the inner packet; IPv6 flow label from the flow hash, so that ECMP
+//! between balancer and reals spreads flows (RFC 6438). A packet that would exceed the
+//! egress MTU once wrapped is answered with ICMP carrying MTU minus the overhead.
+
+use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD, IPIP_OVERHEAD};
+
+use crate::{
+    balance::Verdict,
+    csum, fib,
+    forward::transmit,
+    icmp,
+    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+};
+
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+const IP_DF: u16 = 0x4000;
+const OUTER_TTL: u8 = 64;
+
+const fn internal() -> Verdict {
+    Verdict::drop(reason::DROP_INTERNAL)
+}
+
+/// Encapsulates a packet of virtual server `vs` to `real`.
+/// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, p: &Parsed, vs: &VsInfo, real: &RealInfo) -> Result<Verdict, Verdict> {
+    if p.vlan {
+        return Err(Verdict::drop(reason::DROP_VLAN));
+    }
+    let v4 = p.key.family == FAMILY_V4;
+    let overhead = if v4 { IPIP_OVERHEAD } else { IP6IP6_OVERHEAD } as usize;
+    let outer_len = p.ip_len + overhead;
+    if outer_len > u16::MAX as usize {
+        return Err(Verdict::drop(reason::DROP_TOO_BIG));
+    }
+    let proto = if v4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let r = fib::Route {
+        family: p.key.family,
+        proto,
+        src: &vs.tunnel_src,
+        dst: &real.addr,
+        sport_be: 0,
+        dport_be: 0,
+        tot_len: outer_len as u16,
+    };
+    let hop = match fib::lookup(ctx, &r) {
+        Ok(h) => h,
+        Err(fib::Miss::TooBig(mtu)) => return icmp::too_big(ctx, p, mtu.saturating_sub(overhead as u32)),
+        Err(fib::Miss::Drop(v)) => return Err(v),
+    };
+    // Inner TOS / traffic class, read before the headers move.
+    let tos = if v4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { (*ip).tos }
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        // SAFETY: bounds checked by ptr_at.
+        ((u32::from_be(unsafe { (*ip).ver_tc_flow }) >> 20) & 0xff) as u8
+    };
+    // SAFETY: helper call on this program's own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
+        return Err(internal());
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(internal())?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        (*eth).dst = hop.dmac;
+        (*eth).src = hop.smac;
+        (*eth).proto_be = if v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be();
+    }
+    if v4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe {
+            (*ip).ver_ihl = 0x45;
+            (*ip).tos = tos;
+            (*ip).tot_len_be = (outer_len as u16).to_be();
+            (*ip).id_be = 0;
+            (*ip).frag_off_be = IP_DF.to_be();
+            (*ip).ttl = OUTER_TTL;
+            (*ip).proto = IPPROTO_IPIP;
+            (*ip).check = 0;
+            (*ip).src = vs.tunnel_src[0];
+            (*ip).dst = real.addr[0];
+            let words: *const [u16; 10] = ip as *const _;
+            (*ip).check = !csum::fold(csum::sum_words(0, &*words));
+        }
+    } else {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        let label = flow_hash(&p.key) & 0xf_ffff;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe {
+            (*ip).ver_tc_flow = ((6u32 << 28) | (u32::from(tos) << 20) | label).to_be();
+            (*ip).payload_len_be = (p.ip_len as u16).to_be();
+            (*ip).next_hdr = IPPROTO_IPV6;
+            (*ip).hop_limit = OUTER_TTL;
+            (*ip).src = vs.tunnel_src;
+            (*ip).dst = real.addr;
+        }
+    }
+    Ok(transmit(ctx, hop.ifindex))
+}

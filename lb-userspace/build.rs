@@ -5,7 +5,11 @@ use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf");
-    let ebpf = aya_build::Package { name: "lb-ebpf", root_dir: root, ..Default::default() };
+    let ebpf = aya_build::Package {
+        name: "lb-ebpf",
+        root_dir: root,
+        ..Default::default()
+    };
     aya_build::build_ebpf([ebpf], Toolchain::default())
         .context("building the BPF programs failed; run `cargo xtask setup` (nightly rust-src and bpf-linker)")
 }

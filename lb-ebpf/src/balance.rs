@@ -21,10 +21,16 @@ pub struct Verdict {
 
 impl Verdict {
     pub const fn pass(reason: u32) -> Self {
-        Self { action: xdp_action::XDP_PASS, reason }
+        Self {
+            action: xdp_action::XDP_PASS,
+            reason,
+        }
     }
     pub const fn drop(reason: u32) -> Self {
-        Self { action: xdp_action::XDP_DROP, reason }
+        Self {
+            action: xdp_action::XDP_DROP,
+            reason,
+        }
     }
 }
 
@@ -33,7 +39,12 @@ impl Verdict {
 #[inline(always)]
 pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p: Parsed = parse::parse(ctx)?;
-    let vs_key = VsKey { addr: p.key.dst, port_be: p.key.dport_be, proto: p.key.proto, family: p.key.family };
+    let vs_key = VsKey {
+        addr: p.key.dst,
+        port_be: p.key.dport_be,
+        proto: p.key.proto,
+        family: p.key.family,
+    };
     // SAFETY: VS_MAP is BPF_F_NO_PREALLOC: a replaced value stays valid until this
     // program returns (RCU), so the reference cannot alias a newer value.
     let Some(vs) = (unsafe { VS_MAP.get(&vs_key) }) else {

@@ -8,7 +8,9 @@
 //! and IPv6 extension headers are not unwrapped. Inner checksums are the client's and
 //! stay valid; the kernel checks them.
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
+};
 use lb_common::{AddrKey, DECAP_DONE, DECAP_SKIPPED, FAMILY_V4, FAMILY_V6};
 
 use crate::{
@@ -28,7 +30,11 @@ fn count(i: u32) {
 
 #[inline(always)]
 fn known(map_local: bool, addr: [u32; 4], family: u8) -> bool {
-    let k = AddrKey { addr, family, _pad: [0; 3] };
+    let k = AddrKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    };
     // SAFETY: presence check only.
     unsafe {
         if map_local {
@@ -66,7 +72,14 @@ fn outer_len(ctx: &XdpContext) -> Option<usize> {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
             // SAFETY: bounds checked by ptr_at.
-            let (ver_ihl, proto, frag, dst) = unsafe { ((*ip).ver_ihl, (*ip).proto, u16::from_be((*ip).frag_off_be), (*ip).dst) };
+            let (ver_ihl, proto, frag, dst) = unsafe {
+                (
+                    (*ip).ver_ihl,
+                    (*ip).proto,
+                    u16::from_be((*ip).frag_off_be),
+                    (*ip).dst,
+                )
+            };
             if proto != IPPROTO_IPIP || ver_ihl >> 4 != 4 {
                 return Some(0);
             }

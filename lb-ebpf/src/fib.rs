@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
@@ -66,12 +66,23 @@ pub fn lookup(ctx: &XdpContext, r: &Route) -> Result<Hop, Miss> {
     }
     // SAFETY: helper call with a pointer to a stack struct of the size passed.
     let rc = unsafe {
-        bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(Hop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac }),
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Hop {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        }),
         // SAFETY: the kernel wrote mtu_result for this return code.
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Miss::TooBig(u32::from(unsafe { p.__bindgen_anon_1.mtu_result }))),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Miss::TooBig(u32::from(unsafe {
+            p.__bindgen_anon_1.mtu_result
+        }))),
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Miss::Drop(Verdict::drop(reason::DROP_NO_NEIGH))),
         BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Miss::Drop(Verdict::drop(reason::DROP_FWD_DISABLED))),
         _ => Err(Miss::Drop(Verdict::drop(reason::DROP_NO_ROUTE))),

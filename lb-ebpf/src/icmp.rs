@@ -103,11 +103,23 @@ fn too_big_v4(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
-    let (frag, src, dst, mac_src, mac_dst) = unsafe { (u16::from_be((*ip).frag_off_be), (*ip).src, (*ip).dst, (*eth).src, (*eth).dst) };
+    let (frag, src, dst, mac_src, mac_dst) = unsafe {
+        (
+            u16::from_be((*ip).frag_off_be),
+            (*ip).src,
+            (*ip).dst,
+            (*eth).src,
+            (*eth).dst,
+        )
+    };
     if frag & IP_DF == 0 {
         return None;
     }
-    let quote = if p.ip_len < QUOTE_MAX { p.ip_len } else { QUOTE_MAX };
+    let quote = if p.ip_len < QUOTE_MAX {
+        p.ip_len
+    } else {
+        QUOTE_MAX
+    };
     let head = IPV4_HLEN + ICMP_HLEN;
     reshape(ctx, head, ETH_HLEN + head + quote)?;
 
@@ -143,7 +155,10 @@ fn too_big_v4(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
         let words: *const [u16; 4] = icmp as *const _;
         (*icmp).check = !csum::fold(csum::sum_words(acc, &*words));
     }
-    Some(Verdict { action: xdp_action::XDP_TX, reason: reason::ICMP_TOO_BIG })
+    Some(Verdict {
+        action: xdp_action::XDP_TX,
+        reason: reason::ICMP_TOO_BIG,
+    })
 }
 
 #[inline(always)]
@@ -152,7 +167,11 @@ fn too_big_v6(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     let (src, dst, mac_src, mac_dst) = unsafe { ((*ip).src, (*ip).dst, (*eth).src, (*eth).dst) };
-    let quote = if p.ip_len < QUOTE_MAX { p.ip_len } else { QUOTE_MAX };
+    let quote = if p.ip_len < QUOTE_MAX {
+        p.ip_len
+    } else {
+        QUOTE_MAX
+    };
     let head = IPV6_HLEN + ICMP_HLEN;
     reshape(ctx, head, ETH_HLEN + head + quote)?;
 
@@ -186,5 +205,8 @@ fn too_big_v6(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
         let words: *const [u16; 4] = icmp as *const _;
         (*icmp).check = !csum::fold(csum::sum_words(acc, &*words));
     }
-    Some(Verdict { action: xdp_action::XDP_TX, reason: reason::ICMP_TOO_BIG })
+    Some(Verdict {
+        action: xdp_action::XDP_TX,
+        reason: reason::ICMP_TOO_BIG,
+    })
 }

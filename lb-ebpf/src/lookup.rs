@@ -1,6 +1,8 @@
 //! Choosing the real: flow table first, then the virtual server's Maglev ring.
 
-use lb_common::{flow_hash, FlowKey, FlowState, RealInfo, VsInfo, NO_REAL, REAL_F_ACTIVE, RING_STRIDE};
+use lb_common::{
+    flow_hash, FlowKey, FlowState, RealInfo, VsInfo, NO_REAL, REAL_F_ACTIVE, RING_STRIDE,
+};
 
 use crate::maps::{FLOWS, REALS, VS_RINGS};
 
@@ -36,7 +38,11 @@ pub fn choose(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Miss> {
     if let Some(f) = unsafe { FLOWS.get(key) } {
         if f.vs_index == vs.vs_index {
             if let Some(real) = real_usable(f.real_id, f.real_generation) {
-                return Ok(Choice { real_id: f.real_id, real, new_flow: false });
+                return Ok(Choice {
+                    real_id: f.real_id,
+                    real,
+                    new_flow: false,
+                });
             }
         }
     }
@@ -51,8 +57,17 @@ pub fn choose(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Miss> {
     let real = REALS.get_ptr(real_id).ok_or(Miss::Internal)?;
     // SAFETY: as above.
     let generation = unsafe { (*real).generation };
-    let state = FlowState { real_id, real_generation: generation, vs_index: vs.vs_index, _pad: 0 };
+    let state = FlowState {
+        real_id,
+        real_generation: generation,
+        vs_index: vs.vs_index,
+        _pad: 0,
+    };
     // A full LRU evicts the oldest entry; an error here only costs stickiness.
     let _ = FLOWS.insert(key, &state, 0);
-    Ok(Choice { real_id, real, new_flow: true })
+    Ok(Choice {
+        real_id,
+        real,
+        new_flow: true,
+    })
 }

@@ -7,8 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_DECAP_ADDRS, MAX_IFACES, MAX_REALS, MAX_VS},
-    reason, AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VsInfo, VsKey, DECAP_COUNT, RING_STRIDE,
+    maps::{
+        DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_DECAP_ADDRS, MAX_IFACES, MAX_REALS, MAX_VS,
+    },
+    reason, AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VsInfo, VsKey,
+    DECAP_COUNT, RING_STRIDE,
 };
 
 /// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
@@ -25,7 +28,8 @@ pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
 
 /// Connection table. Written and read here; the daemon reads it for status.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 /// ifindex -> interface facts (its MAC). Written by the daemon.
 #[map]
@@ -45,7 +49,8 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::CO
 
 /// NAT reply 5-tuple -> VIP:port to restore. Written and read here; sized like FLOWS.
 #[map]
-pub static NAT_STATE: LruHashMap<FlowKey, NatState> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+pub static NAT_STATE: LruHashMap<FlowKey, NatState> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 /// Decapsulator: VIPs to unwrap packets for. Written by `xdpvs realserver decap`.
 #[map]

@@ -109,7 +109,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(pass(reason::PASS_MALFORMED))?;
             let (ver_ihl, tot_len, frag, l4proto, src, dst) = unsafe {
-                ((*ip).ver_ihl, u16::from_be((*ip).tot_len_be) as usize, u16::from_be((*ip).frag_off_be), (*ip).proto, (*ip).src, (*ip).dst)
+                (
+                    (*ip).ver_ihl,
+                    u16::from_be((*ip).tot_len_be) as usize,
+                    u16::from_be((*ip).frag_off_be),
+                    (*ip).proto,
+                    (*ip).src,
+                    (*ip).dst,
+                )
             };
             let hlen = ((ver_ihl & 0x0f) as usize) * 4;
             if ver_ihl >> 4 != 4 || hlen < 20 || tot_len < hlen || l3_off + tot_len > len as usize {
@@ -127,14 +134,22 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         }
         ETH_P_IPV6 => {
             let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off).ok_or(pass(reason::PASS_MALFORMED))?;
-            let (vtf, payload, next) = unsafe { ((*ip).ver_tc_flow, u16::from_be((*ip).payload_len_be) as usize, (*ip).next_hdr) };
+            let (vtf, payload, next) = unsafe {
+                (
+                    (*ip).ver_tc_flow,
+                    u16::from_be((*ip).payload_len_be) as usize,
+                    (*ip).next_hdr,
+                )
+            };
             if u32::from_be(vtf) >> 28 != 6 || l3_off + IPV6_HLEN + payload > len as usize {
                 return Err(pass(reason::PASS_MALFORMED));
             }
             match next {
                 PROTO_TCP | PROTO_UDP => {}
                 // hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP, shim6
-                0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => return Err(pass(reason::PASS_IPV6_EXT)),
+                0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => {
+                    return Err(pass(reason::PASS_IPV6_EXT))
+                }
                 _ => return Err(pass(reason::PASS_NOT_VS)),
             }
             ip_len = IPV6_HLEN + payload;
@@ -156,13 +171,25 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         key.sport_be = (*ports)[0];
         key.dport_be = (*ports)[1];
     }
-    Ok(Parsed { key, l3_off, l4_off, ip_len, vlan: l3_off != ETH_HLEN, len })
+    Ok(Parsed {
+        key,
+        l3_off,
+        l4_off,
+        ip_len,
+        vlan: l3_off != ETH_HLEN,
+        len,
+    })
 }
 
 /// Returns: the offset of the TCP or UDP checksum field.
 #[inline(always)]
 pub fn l4_csum_off(p: &Parsed) -> usize {
-    p.l4_off + if p.key.proto == PROTO_TCP { TCP_CSUM_OFF } else { UDP_CSUM_OFF }
+    p.l4_off
+        + if p.key.proto == PROTO_TCP {
+            TCP_CSUM_OFF
+        } else {
+            UDP_CSUM_OFF
+        }
 }
 
 /// Checks that the whole TCP or UDP header is present (done once the frame is known to

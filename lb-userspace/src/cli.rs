@@ -1,10 +1,10 @@
-//! Command line: `xdpvs run | check`.
+//! Command line: `xdpvs run | check | realserver decap`.
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// xdpvs: a layer-4 load balancer on XDP (direct routing, Maglev).
+/// xdpvs: a layer-4 load balancer on XDP (direct routing, NAT, IP tunnelling; Maglev).
 #[derive(Parser, Debug)]
 #[command(name = "xdpvs", version, about)]
 pub struct Cli {
@@ -37,4 +37,47 @@ pub enum Command {
         #[arg(long, short, default_value = "/etc/xdpvs/xdpvs.yaml")]
         config: PathBuf,
     },
+    /// Helpers for the real servers behind xdpvs.
+    Realserver {
+        #[command(subcommand)]
+        command: RealserverCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RealserverCommand {
+    /// Unwrap tunnelled (IPIP / IPv6-in-IPv6) packets for the given VIPs in XDP and pass
+    /// them up the stack, for the tunnel method. Runs until SIGTERM/SIGINT, then detaches.
+    /// The VIPs must also be on a local interface (e.g. `ip addr add VIP/32 dev lo`).
+    Decap {
+        /// Interface the tunnelled packets arrive on.
+        #[arg(long, short)]
+        interface: String,
+        /// A VIP whose tunnelled packets are unwrapped (repeat for several).
+        #[arg(long = "vip", required_unless_present = "detach")]
+        vips: Vec<IpAddr>,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = CliXdpMode::Auto)]
+        xdp_mode: CliXdpMode,
+        /// Remove a decapsulator left attached to the interface, then exit.
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CliXdpMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<CliXdpMode> for crate::config::XdpMode {
+    fn from(m: CliXdpMode) -> Self {
+        match m {
+            CliXdpMode::Auto => Self::Auto,
+            CliXdpMode::Native => Self::Native,
+            CliXdpMode::Generic => Self::Generic,
+        }
+    }
 }

@@ -15,12 +15,15 @@ use std::{
 
 use anyhow::Context as _;
 use aya::programs::XdpMode as AyaXdpMode;
-use lb_common::{maps::{DEFAULT_RING_COUNT, MAX_VS, PROG_LB}, IfaceInfo};
+use lb_common::{
+    maps::{DEFAULT_RING_COUNT, MAX_VS, PROG_LB},
+    IfaceInfo,
+};
 use rtnetlink::Handle;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    config::{self, Config, ConfigErrors, Host, XdpMode},
+    config::{self, Config, ConfigErrors, Host, Method, XdpMode},
     dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
     netlink,
     reconcile::{L2Next, Reconciler},
@@ -70,10 +73,18 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     let handle = netlink::connect().context("netlink")?;
     let mut attached = Vec::new();
     for name in &config.interfaces {
-        attached.push(netlink::interface(&handle, name).await.with_context(|| format!("interface {name}"))?);
+        attached.push(
+            netlink::interface(&handle, name)
+                .await
+                .with_context(|| format!("interface {name}"))?,
+        );
     }
-    let opts = bpf::LoadOptions { flow_entries: config.flow_table_size, ring_count: ring_count(&config) };
-    let ebpf = bpf::load(opts).context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
+    let opts = bpf::LoadOptions {
+        flow_entries: config.flow_table_size,
+        ring_count: ring_count(&config),
+    };
+    let ebpf = bpf::load(opts)
+        .context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
     let mut d = Daemon {
         path: path.to_owned(),
         handle,
@@ -90,8 +101,50 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     result.map_err(RunError::Other)
 }
 
+/// Returns: the sysctl that must be 1 for the FIB lookup of NAT/tunnel traffic
+/// arriving on `ifname` in `family`, if it is not.
+fn forwarding_off(ifname: &str, v6: bool) -> Option<String> {
+    let key = if v6 {
+        format!("net.ipv6.conf.{ifname}.forwarding")
+    } else {
+        format!("net.ipv4.conf.{ifname}.forwarding")
+    };
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "1" => None,
+        _ => Some(key),
+    }
+}
+
+/// Checks what the configuration needs of the host beyond the file: NAT and tunnel
+/// virtual servers route through the kernel's FIB, which answers only for interfaces
+/// with forwarding enabled.
+fn preflight(config: &Config, attached: &[netlink::Interface]) -> anyhow::Result<()> {
+    let mut missing = BTreeSet::new();
+    for vs in config
+        .virtual_servers
+        .iter()
+        .filter(|v| v.method != Method::Dr)
+    {
+        for i in attached {
+            if let Some(k) = forwarding_off(&i.name, vs.address.is_ipv6()) {
+                missing.insert(k);
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.into_iter().map(|k| format!("{k}=1")).collect();
+    anyhow::bail!(
+        "NAT and tunnel virtual servers need forwarding enabled on the interfaces XDP runs on; set: sysctl -w {}",
+        list.join(" ")
+    )
+}
+
 impl Daemon {
     async fn start_and_serve(&mut self, config: &Config) -> anyhow::Result<()> {
+        preflight(config, &self.attached)?;
         for i in self.attached.clone() {
             self.register_iface(i.index, i.mac)?;
         }
@@ -101,7 +154,7 @@ impl Daemon {
             let missing = self.refresh_next_hops().await?;
             if missing == 0 || Instant::now() >= deadline {
                 if missing > 0 {
-                    tracing::warn!(missing, "some real servers' MAC addresses are not resolved yet; their packets are dropped until they are");
+                    tracing::warn!(missing, "some real servers' next hops are not resolved yet; their packets are dropped until they are");
                 }
                 break;
             }
@@ -113,7 +166,8 @@ impl Daemon {
             XdpMode::Generic => AyaXdpMode::Skb,
         };
         for i in &self.attached {
-            bpf::attach(&mut self.rec.dp.ebpf, PROG_LB, i.index, mode).with_context(|| format!("interface {}", i.name))?;
+            bpf::attach(&mut self.rec.dp.ebpf, PROG_LB, i.index, mode)
+                .with_context(|| format!("interface {}", i.name))?;
             tracing::info!(interface = %i.name, ifindex = i.index, mode = ?config.xdp_mode, "XDP attached");
         }
         self.sync_vips(config).await?;
@@ -145,6 +199,10 @@ impl Daemon {
                 return;
             }
         };
+        if let Err(e) = preflight(&config, &self.attached) {
+            tracing::error!(config = %self.path.display(), "reload rejected, running configuration unchanged: {e:#}");
+            return;
+        }
         let names: Vec<&String> = self.attached.iter().map(|i| &i.name).collect();
         if config.interfaces.iter().collect::<Vec<_>>() != names {
             tracing::warn!("interface changes take effect on restart; other changes are applied");
@@ -165,7 +223,9 @@ impl Daemon {
 
     fn register_iface(&mut self, index: u32, mac: [u8; 6]) -> anyhow::Result<()> {
         if self.known_ifaces.insert(index) {
-            self.rec.dp.set_iface(index, &IfaceInfo { mac, _pad: [0; 2] })?;
+            self.rec
+                .dp
+                .set_iface(index, &IfaceInfo { mac, _pad: [0; 2] })?;
         }
         Ok(())
     }
@@ -174,8 +234,11 @@ impl Daemon {
     /// neighbour solicitations for them), and removes those it added that are gone.
     async fn sync_vips(&mut self, config: &Config) -> anyhow::Result<()> {
         let index = self.attached[0].index;
-        let want: BTreeSet<IpAddr> =
-            if self.manage_vips { config.virtual_servers.iter().map(|v| v.address).collect() } else { BTreeSet::new() };
+        let want: BTreeSet<IpAddr> = if self.manage_vips {
+            config.virtual_servers.iter().map(|v| v.address).collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut keep = Vec::new();
         for (i, vip) in std::mem::take(&mut self.added_vips) {
             if want.contains(&vip) {
@@ -187,7 +250,9 @@ impl Daemon {
         }
         self.added_vips = keep;
         for vip in want {
-            if self.added_vips.iter().any(|(_, v)| *v == vip) || netlink::has_address(&self.handle, index, vip).await? {
+            if self.added_vips.iter().any(|(_, v)| *v == vip)
+                || netlink::has_address(&self.handle, index, vip).await?
+            {
                 continue;
             }
             netlink::add_address(&self.handle, index, vip).await?;
@@ -198,11 +263,11 @@ impl Daemon {
     }
 
     /// Reads routes and neighbours for every real, updates the maps, solicits the
-    /// unresolved. Returns: how many reals still have no MAC.
+    /// unresolved. Returns: how many reals still have no resolved next hop.
     async fn refresh_next_hops(&mut self) -> anyhow::Result<usize> {
         let neigh = netlink::neighbours(&self.handle).await?;
-        let mut missing = 0;
-        for addr in self.rec.real_addresses() {
+        let mut missing = self.refresh_routed(&neigh).await?;
+        for addr in self.rec.real_addresses_of(true) {
             let Some(route) = netlink::route_to(&self.handle, addr).await? else {
                 missing += 1;
                 if self.warned.insert(addr) {
@@ -222,13 +287,58 @@ impl Daemon {
                 let i = netlink::interface(&self.handle, &name).await?;
                 self.register_iface(i.index, i.mac)?;
             }
-            let entry = neigh.iter().find(|n| n.addr == addr && n.ifindex == route.oif);
+            let entry = neigh
+                .iter()
+                .find(|n| n.addr == addr && n.ifindex == route.oif);
             if let Some(n) = entry {
-                self.rec.set_next_hop(addr, L2Next { ifindex: route.oif, mac: n.mac })?;
+                self.rec.set_next_hop(
+                    addr,
+                    L2Next {
+                        ifindex: route.oif,
+                        mac: n.mac,
+                    },
+                )?;
             } else {
                 missing += 1;
             }
-            let due = self.last_solicit.get(&addr).is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
+            let due = self
+                .last_solicit
+                .get(&addr)
+                .is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
+            if entry.is_none_or(|n| !n.fresh) && due {
+                if let Err(e) = netlink::solicit(addr) {
+                    tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
+                }
+                self.last_solicit.insert(addr, Instant::now());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// NAT and tunnel reals: the data path asks the FIB for their next hop (the real,
+    /// or the router toward it) and drops while that neighbour is unresolved; keep it
+    /// resolved. Returns: how many have no usable neighbour entry.
+    async fn refresh_routed(&mut self, neigh: &[netlink::Neighbour]) -> anyhow::Result<usize> {
+        let mut missing = 0;
+        for addr in self.rec.real_addresses_of(false) {
+            let Some(route) = netlink::route_to(&self.handle, addr).await? else {
+                missing += 1;
+                if self.warned.insert(addr) {
+                    tracing::warn!(real = %addr, "no route to real server");
+                }
+                continue;
+            };
+            let hop = route.gateway.unwrap_or(addr);
+            let entry = neigh
+                .iter()
+                .find(|n| n.addr == hop && n.ifindex == route.oif);
+            if entry.is_none() {
+                missing += 1;
+            }
+            let due = self
+                .last_solicit
+                .get(&addr)
+                .is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
             if entry.is_none_or(|n| !n.fresh) && due {
                 if let Err(e) = netlink::solicit(addr) {
                     tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
@@ -260,5 +370,7 @@ fn nix_ifname(index: u32) -> String {
         return String::new();
     }
     // SAFETY: on success buf holds a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }

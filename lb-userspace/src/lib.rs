@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod maglev;
 pub mod netlink;
+pub mod realserver;
 pub mod reconcile;
 
 /// The BPF object (lb-ebpf), built by build.rs and embedded at compile time.

@@ -53,7 +53,11 @@ pub fn build(backends: &[Backend], size: u32) -> Vec<u32> {
         .iter()
         .map(|b| {
             let offset = hash64(0x6d61_676c_6576_0001, &b.identity) % m64;
-            let skip = if m > 1 { hash64(0x6d61_676c_6576_0002, &b.identity) % (m64 - 1) + 1 } else { 1 };
+            let skip = if m > 1 {
+                hash64(0x6d61_676c_6576_0002, &b.identity) % (m64 - 1) + 1
+            } else {
+                1
+            };
             (offset, skip)
         })
         .collect();
@@ -94,7 +98,11 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| Backend { id: i as u32, identity: format!("10.0.{}.{}:80", i / 250, i % 250 + 1).into_bytes(), weight: w })
+            .map(|(i, &w)| Backend {
+                id: i as u32,
+                identity: format!("10.0.{}.{}:80", i / 250, i % 250 + 1).into_bytes(),
+                weight: w,
+            })
             .collect()
     }
 
@@ -127,7 +135,10 @@ mod tests {
         let c = counts(&t);
         for (id, want) in [(0u32, 1.0 / 6.0), (1, 2.0 / 6.0), (2, 3.0 / 6.0)] {
             let got = c[&id] as f64 / t.len() as f64;
-            assert!((got - want).abs() < 0.01, "real {id}: share {got:.4}, want {want:.4}");
+            assert!(
+                (got - want).abs() < 0.01,
+                "real {id}: share {got:.4}, want {want:.4}"
+            );
         }
     }
 
@@ -152,7 +163,11 @@ mod tests {
             let after = build(&rest, 65537);
             let m = moved(&before, &after);
             assert!(m <= 0.15, "removing {gone} moved {:.2}%", m * 100.0);
-            assert!(m >= 0.099, "at least the removed real's slots move: {:.2}%", m * 100.0);
+            assert!(
+                m >= 0.099,
+                "at least the removed real's slots move: {:.2}%",
+                m * 100.0
+            );
         }
     }
 
@@ -187,7 +202,9 @@ mod tests {
     fn zero_weight_owns_nothing_and_all_zero_is_empty() {
         let t = build(&backends(&[1, 0, 1]), 65537);
         assert!(!t.contains(&1));
-        assert!(build(&backends(&[0, 0]), 101).iter().all(|&id| id == NO_REAL));
+        assert!(build(&backends(&[0, 0]), 101)
+            .iter()
+            .all(|&id| id == NO_REAL));
         assert!(build(&[], 101).iter().all(|&id| id == NO_REAL));
     }
 }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use xdpvs::{
-    cli::{Cli, Command, LogFormat},
-    config, daemon,
+    cli::{Cli, Command, LogFormat, RealserverCommand},
+    config, daemon, realserver,
 };
 
 /// EX_USAGE (sysexits.h): the configuration is wrong.
@@ -14,10 +14,25 @@ const EX_USAGE: u8 = 64;
 
 fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("XDPVS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("xdpvs: cannot start the runtime: {e}");
+            None
+        }
     }
 }
 
@@ -28,7 +43,11 @@ fn main() -> ExitCode {
         Command::Check { config } => match config::load(&config, &config::Host) {
             Ok(c) => {
                 let reals: usize = c.virtual_servers.iter().map(|v| v.real_servers.len()).sum();
-                println!("{}: OK ({} virtual servers, {reals} real servers)", config.display(), c.virtual_servers.len());
+                println!(
+                    "{}: OK ({} virtual servers, {reals} real servers)",
+                    config.display(),
+                    c.virtual_servers.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -36,13 +55,34 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_USAGE)
             }
         },
-        Command::Run { config } => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
+        Command::Realserver {
+            command:
+                RealserverCommand::Decap {
+                    interface,
+                    vips,
+                    xdp_mode,
+                    detach,
+                },
+        } => {
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            let r = if detach {
+                rt.block_on(realserver::detach(&interface))
+            } else {
+                rt.block_on(realserver::decap(&interface, &vips, xdp_mode.into()))
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("xdpvs: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+                    tracing::error!("xdpvs realserver decap failed: {e:#}");
+                    ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Run { config } => {
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(daemon::run(&config)) {
                 Ok(()) => ExitCode::SUCCESS,

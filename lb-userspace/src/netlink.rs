@@ -5,12 +5,12 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    address::AddressAttribute,
-    link::LinkAttribute,
+    address::{AddressAttribute, AddressHeaderFlags},
+    link::{LinkAttribute, LinkXdp},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
     route::{RouteAddress, RouteAttribute},
 };
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -63,14 +63,25 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface, Netlink
             }
         }
     }
-    Ok(Interface { name: name.to_string(), index: msg.header.index, mac })
+    Ok(Interface {
+        name: name.to_string(),
+        index: msg.header.index,
+        mac,
+    })
 }
 
 /// Returns: whether `addr` is already configured on interface `index`.
 pub async fn has_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
-    let mut s = handle.address().get().set_link_index_filter(index).execute();
+    let mut s = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
     while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
-        if m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(x) if *x == addr)) {
+        if m.attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Address(x) if *x == addr))
+        {
             return Ok(true);
         }
     }
@@ -78,19 +89,101 @@ pub async fn has_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<bo
 }
 
 fn host_prefix(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() { 32 } else { 128 }
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
 
-/// Adds `addr` as a host address (/32 or /128) on interface `index`.
+/// Adds `addr` as a host address (/32 or /128) on interface `index`. An IPv6 address
+/// skips duplicate address detection, so that it answers neighbour solicitations at once.
 pub async fn add_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<(), NetlinkError> {
-    handle.address().add(index, addr, host_prefix(addr)).execute().await.map_err(req(format!("adding {addr} to ifindex {index}")))
+    let mut r = handle.address().add(index, addr, host_prefix(addr));
+    if addr.is_ipv6() {
+        r.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+    }
+    r.execute()
+        .await
+        .map_err(req(format!("adding {addr} to ifindex {index}")))
+}
+
+/// Returns: every address configured on any interface of this host (namespace).
+pub async fn all_addresses(handle: &Handle) -> Result<Vec<IpAddr>, NetlinkError> {
+    let mut out = Vec::new();
+    let mut s = handle.address().get().execute();
+    while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
+        for a in &m.attributes {
+            if let AddressAttribute::Address(x) = a {
+                out.push(*x);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Returns: the id of the XDP program attached to interface `index`, if any.
+pub async fn xdp_prog_id(handle: &Handle, index: u32) -> Result<Option<u32>, NetlinkError> {
+    let mut links = handle.link().get().match_index(index).execute();
+    let msg = links
+        .try_next()
+        .await
+        .map_err(req(format!("reading ifindex {index}")))?;
+    let Some(msg) = msg else { return Ok(None) };
+    for a in &msg.attributes {
+        if let LinkAttribute::Xdp(x) = a {
+            for n in x {
+                if let LinkXdp::ProgId(id) = n {
+                    return Ok((*id != 0).then_some(*id));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Removes whatever XDP program is attached to interface `index` through netlink, in
+/// generic and in driver mode (XDP_FLAGS_SKB_MODE / XDP_FLAGS_DRV_MODE).
+pub async fn detach_xdp(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
+    const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+    let mut last = Ok(());
+    for flags in [XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE] {
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes.push(LinkAttribute::Xdp(vec![
+            LinkXdp::Fd(-1),
+            LinkXdp::Flags(flags),
+        ]));
+        last = handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(req(format!("detaching XDP from ifindex {index}")));
+        if xdp_prog_id(handle, index).await?.is_none() {
+            return Ok(());
+        }
+    }
+    last
 }
 
 /// Removes `addr` from interface `index`.
 pub async fn del_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<(), NetlinkError> {
-    let mut s = handle.address().get().set_link_index_filter(index).set_address_filter(addr).execute();
+    let mut s = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .set_address_filter(addr)
+        .execute();
     while let Some(m) = s.try_next().await.map_err(req("listing addresses"))? {
-        handle.address().del(m).execute().await.map_err(req(format!("removing {addr} from ifindex {index}")))?;
+        handle
+            .address()
+            .del(m)
+            .execute()
+            .await
+            .map_err(req(format!("removing {addr} from ifindex {index}")))?;
     }
     Ok(())
 }
@@ -110,8 +203,13 @@ pub async fn route_to(handle: &Handle, dst: IpAddr) -> Result<Option<RouteTo>, N
         .map_err(|e| NetlinkError::Route(format!("route to {dst}: {e}")))?
         .build();
     let mut s = handle.route().get(msg).execute();
-    let Ok(Some(r)) = s.try_next().await else { return Ok(None) };
-    let mut out = RouteTo { oif: 0, gateway: None };
+    let Ok(Some(r)) = s.try_next().await else {
+        return Ok(None);
+    };
+    let mut out = RouteTo {
+        oif: 0,
+        gateway: None,
+    };
     for a in &r.attributes {
         match a {
             RouteAttribute::Oif(i) => out.oif = *i,
@@ -142,19 +240,36 @@ pub async fn neighbours(handle: &Handle) -> Result<Vec<Neighbour>, NetlinkError>
         let mut mac = None;
         for a in &m.attributes {
             match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(IpAddr::V4(*a)),
-                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => addr = Some(IpAddr::V6(*a)),
-                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]]),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                    addr = Some(IpAddr::V4(*a))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                    addr = Some(IpAddr::V6(*a))
+                }
+                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                    mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+                }
                 _ => {}
             }
         }
         let state = m.header.state;
-        if matches!(state, NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None) {
+        if matches!(
+            state,
+            NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
+        ) {
             continue;
         }
         if let (Some(addr), Some(mac)) = (addr, mac) {
-            let fresh = matches!(state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp);
-            out.push(Neighbour { ifindex: m.header.ifindex, addr, mac, fresh });
+            let fresh = matches!(
+                state,
+                NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp
+            );
+            out.push(Neighbour {
+                ifindex: m.header.ifindex,
+                addr,
+                mac,
+                fresh,
+            });
         }
     }
     Ok(out)
@@ -166,7 +281,11 @@ pub async fn neighbours(handle: &Handle) -> Result<Vec<Neighbour>, NetlinkError>
 /// never passes the kernel's neighbour code, so without this the entry would go stale
 /// and a changed MAC would go unnoticed.
 pub fn solicit(addr: IpAddr) -> std::io::Result<()> {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().expect("literal") } else { "[::]:0".parse().expect("literal") };
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
     let sock = UdpSocket::bind(bind)?;
     sock.send_to(b"xdpvs neighbour probe", SocketAddr::new(addr, 9))?;
     Ok(())

@@ -16,7 +16,8 @@ use std::{
 };
 
 use lb_common::{
-    maps::MAX_REALS, user::addr_words, RealInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, REAL_F_ACTIVE,
+    maps::MAX_REALS, user::addr_words, RealInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT,
+    METHOD_TUNNEL, REAL_F_ACTIVE,
 };
 
 use crate::{
@@ -131,6 +132,24 @@ impl<D: Dataplane> Reconciler<D> {
         v
     }
 
+    /// Returns: the real addresses of virtual servers whose method is (`dr == true`) or is
+    /// not (`false`) direct routing: the first need a MAC, the others a routed next hop.
+    pub fn real_addresses_of(&self, dr: bool) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .reals
+            .keys()
+            .filter(|k| {
+                self.vss
+                    .get(&k.vs)
+                    .is_some_and(|s| (s.method == METHOD_DR) == dr)
+            })
+            .map(|k| k.addr)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     fn real_info(&self, addr: IpAddr, port: u16, generation: u32) -> RealInfo {
         let (words, family) = addr_words(addr);
         let hop = self.next_hops.get(&addr).copied().unwrap_or_default();
@@ -168,11 +187,18 @@ impl<D: Dataplane> Reconciler<D> {
         // 1. Reals: add new ones, keep existing ids.
         for vs in &config.virtual_servers {
             for r in &vs.real_servers {
-                let key = RealKey { vs: vs.name.clone(), addr: r.address, port: r.port };
+                let key = RealKey {
+                    vs: vs.name.clone(),
+                    addr: r.address,
+                    port: r.port,
+                };
                 if self.reals.contains_key(&key) {
                     continue;
                 }
-                let id = self.free_reals.pop().ok_or(ReconcileError::Capacity { what: "real servers", max: MAX_REALS })?;
+                let id = self.free_reals.pop().ok_or(ReconcileError::Capacity {
+                    what: "real servers",
+                    max: MAX_REALS,
+                })?;
                 self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
                 let info = self.real_info(r.address, r.port, self.generations[id as usize]);
                 self.dp.reset_counters(None, Some(id))?;
@@ -185,8 +211,17 @@ impl<D: Dataplane> Reconciler<D> {
             self.apply_vs(vs)?;
         }
         // 3. Removals.
-        let wanted: HashMap<&str, &VirtualServer> = config.virtual_servers.iter().map(|v| (v.name.as_str(), v)).collect();
-        let gone_vs: Vec<String> = self.vss.keys().filter(|n| !wanted.contains_key(n.as_str())).cloned().collect();
+        let wanted: HashMap<&str, &VirtualServer> = config
+            .virtual_servers
+            .iter()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        let gone_vs: Vec<String> = self
+            .vss
+            .keys()
+            .filter(|n| !wanted.contains_key(n.as_str()))
+            .cloned()
+            .collect();
         for name in gone_vs {
             let slot = self.vss.remove(&name).expect("listed above");
             self.release_vs(slot)?;
@@ -195,7 +230,13 @@ impl<D: Dataplane> Reconciler<D> {
         let gone_reals: Vec<RealKey> = self
             .reals
             .keys()
-            .filter(|k| !wanted.get(k.vs.as_str()).is_some_and(|vs| vs.real_servers.iter().any(|r| r.address == k.addr && r.port == k.port)))
+            .filter(|k| {
+                !wanted.get(k.vs.as_str()).is_some_and(|vs| {
+                    vs.real_servers
+                        .iter()
+                        .any(|r| r.address == k.addr && r.port == k.port)
+                })
+            })
             .cloned()
             .collect();
         for key in gone_reals {
@@ -218,31 +259,58 @@ impl<D: Dataplane> Reconciler<D> {
     }
 
     fn check_capacity(&self, config: &Config) -> Result<(), ReconcileError> {
-        let new_vs = config.virtual_servers.iter().filter(|v| !self.vss.contains_key(&v.name)).count();
+        let new_vs = config
+            .virtual_servers
+            .iter()
+            .filter(|v| !self.vss.contains_key(&v.name))
+            .count();
         if new_vs > self.free_vs.len() {
-            return Err(ReconcileError::Capacity { what: "virtual servers", max: (self.vss.len() + self.free_vs.len()) as u32 });
+            return Err(ReconcileError::Capacity {
+                what: "virtual servers",
+                max: (self.vss.len() + self.free_vs.len()) as u32,
+            });
         }
         if new_vs * 2 > self.free_rings.len() {
             let max = ((self.vss.len() * 2 + self.free_rings.len()) / 2) as u32;
-            return Err(ReconcileError::Capacity { what: "Maglev rings (virtual servers)", max });
+            return Err(ReconcileError::Capacity {
+                what: "Maglev rings (virtual servers)",
+                max,
+            });
         }
         Ok(())
     }
 
     fn apply_vs(&mut self, vs: &VirtualServer) -> Result<(), ReconcileError> {
         let (words, family) = addr_words(vs.address);
-        let key = VsKey { addr: words, port_be: vs.port.to_be(), proto: vs.protocol.number(), family };
+        let key = VsKey {
+            addr: words,
+            port_be: vs.port.to_be(),
+            proto: vs.protocol.number(),
+            family,
+        };
         let backends: Vec<maglev::Backend> = vs
             .real_servers
             .iter()
             .map(|r| {
-                let id = self.reals[&RealKey { vs: vs.name.clone(), addr: r.address, port: r.port }].id;
-                maglev::Backend { id, identity: format!("{}:{}", r.address, r.port).into_bytes(), weight: r.weight }
+                let id = self.reals[&RealKey {
+                    vs: vs.name.clone(),
+                    addr: r.address,
+                    port: r.port,
+                }]
+                    .id;
+                maglev::Backend {
+                    id,
+                    identity: format!("{}:{}", r.address, r.port).into_bytes(),
+                    weight: r.weight,
+                }
             })
             .collect();
         let table = maglev::build(&backends, vs.table_size);
         let method = method_code(vs.method);
-        let tunnel_src = vs.tunnel_source.map(|a| addr_words(a).0).unwrap_or_default();
+        let tunnel_src = vs
+            .tunnel_source
+            .map(|a| addr_words(a).0)
+            .unwrap_or_default();
 
         if let Some(slot) = self.vss.get(&vs.name) {
             if slot.key != key {
@@ -253,16 +321,37 @@ impl<D: Dataplane> Reconciler<D> {
         }
         let is_new = !self.vss.contains_key(&vs.name);
         if is_new {
-            let vs_index = self.free_vs.pop().ok_or(ReconcileError::Capacity { what: "virtual servers", max: 0 })?;
-            let a = self.free_rings.pop().ok_or(ReconcileError::Capacity { what: "Maglev rings", max: 0 })?;
-            let b = self.free_rings.pop().ok_or(ReconcileError::Capacity { what: "Maglev rings", max: 0 })?;
+            let vs_index = self.free_vs.pop().ok_or(ReconcileError::Capacity {
+                what: "virtual servers",
+                max: 0,
+            })?;
+            let a = self.free_rings.pop().ok_or(ReconcileError::Capacity {
+                what: "Maglev rings",
+                max: 0,
+            })?;
+            let b = self.free_rings.pop().ok_or(ReconcileError::Capacity {
+                what: "Maglev rings",
+                max: 0,
+            })?;
             self.dp.reset_counters(Some(vs_index), None)?;
             // `live` starts at 1 so that the first table goes into ring 0.
-            self.vss.insert(vs.name.clone(), VsSlot { key, vs_index, rings: [a, b], live: 1, size: 0, method, tunnel_src });
+            self.vss.insert(
+                vs.name.clone(),
+                VsSlot {
+                    key,
+                    vs_index,
+                    rings: [a, b],
+                    live: 1,
+                    size: 0,
+                    method,
+                    tunnel_src,
+                },
+            );
         }
         let slot = self.vss.get_mut(&vs.name).expect("inserted above");
         let live_ring = slot.rings[slot.live];
-        let same_params = slot.size == vs.table_size && slot.method == method && slot.tunnel_src == tunnel_src;
+        let same_params =
+            slot.size == vs.table_size && slot.method == method && slot.tunnel_src == tunnel_src;
         if !is_new && same_params && self.ring_shadow.get(&live_ring) == Some(&table) {
             return Ok(());
         }
@@ -276,7 +365,15 @@ impl<D: Dataplane> Reconciler<D> {
             .map(|(i, &id)| (i as u32, id))
             .collect();
         self.dp.set_ring_slots(ring, &changed)?;
-        let info = VsInfo { vs_index: slot.vs_index, ring_id: ring, ring_size: vs.table_size, method, flags: 0, _pad: [0; 2], tunnel_src };
+        let info = VsInfo {
+            vs_index: slot.vs_index,
+            ring_id: ring,
+            ring_size: vs.table_size,
+            method,
+            flags: 0,
+            _pad: [0; 2],
+            tunnel_src,
+        };
         self.dp.set_vs(&key, &info)?;
         slot.live = idle;
         slot.size = vs.table_size;
@@ -293,7 +390,10 @@ impl<D: Dataplane> Reconciler<D> {
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
@@ -346,29 +446,44 @@ mod tests {
         r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
         let ring0 = r.dp.vs[&key()].ring_id;
         let before = r.dp.table(&key()).unwrap();
-        r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)])).unwrap();
+        r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)]))
+            .unwrap();
         let ring1 = r.dp.vs[&key()].ring_id;
         assert_ne!(ring0, ring1, "new table must be written to the other ring");
         // The old ring is untouched until the next change.
-        let old: Vec<u32> = (0..1009).map(|s| r.dp.rings[&(ring0 * lb_common::RING_STRIDE + s)]).collect();
+        let old: Vec<u32> = (0..1009)
+            .map(|s| r.dp.rings[&(ring0 * lb_common::RING_STRIDE + s)])
+            .collect();
         assert_eq!(old, before);
         // Same config again: nothing written, nothing flipped.
         let writes = r.dp.slot_writes;
-        r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)])).unwrap();
+        r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)]))
+            .unwrap();
         assert_eq!(r.dp.slot_writes, writes);
         assert_eq!(r.dp.vs[&key()].ring_id, ring1);
         // A third change writes only the slots that differ from that ring's old content.
         r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
         assert_eq!(r.dp.vs[&key()].ring_id, ring0);
-        assert_eq!(r.dp.slot_writes, writes, "ring0 already held exactly this table");
+        assert_eq!(
+            r.dp.slot_writes, writes,
+            "ring0 already held exactly this table"
+        );
     }
 
     #[test]
     fn removed_real_is_inactive_and_kept_ids_are_stable() {
         let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
         r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
-        let k1 = RealKey { vs: "web".into(), addr: "10.0.1.1".parse().unwrap(), port: 80 };
-        let k2 = RealKey { vs: "web".into(), addr: "10.0.1.2".parse().unwrap(), port: 80 };
+        let k1 = RealKey {
+            vs: "web".into(),
+            addr: "10.0.1.1".parse().unwrap(),
+            port: 80,
+        };
+        let k2 = RealKey {
+            vs: "web".into(),
+            addr: "10.0.1.2".parse().unwrap(),
+            port: 80,
+        };
         let (id1, id2) = (r.real_id(&k1).unwrap(), r.real_id(&k2).unwrap());
         r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
         assert_eq!(r.real_id(&k1), Some(id1));
@@ -380,9 +495,19 @@ mod tests {
     fn zero_weight_leaves_the_table_but_stays_active() {
         let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
         r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 0)])).unwrap();
-        let id2 = r.real_id(&RealKey { vs: "web".into(), addr: "10.0.1.2".parse().unwrap(), port: 80 }).unwrap();
+        let id2 = r
+            .real_id(&RealKey {
+                vs: "web".into(),
+                addr: "10.0.1.2".parse().unwrap(),
+                port: 80,
+            })
+            .unwrap();
         assert!(!r.dp.table(&key()).unwrap().contains(&id2));
-        assert_eq!(r.dp.reals[&id2].flags & REAL_F_ACTIVE, REAL_F_ACTIVE, "drained, not removed");
+        assert_eq!(
+            r.dp.reals[&id2].flags & REAL_F_ACTIVE,
+            REAL_F_ACTIVE,
+            "drained, not removed"
+        );
         r.apply(&cfg(&[("10.0.1.1", 0), ("10.0.1.2", 0)])).unwrap();
         assert!(r.dp.table(&key()).unwrap().iter().all(|&id| id == NO_REAL));
     }
@@ -391,9 +516,18 @@ mod tests {
     fn next_hop_updates_reach_the_real() {
         let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
         r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
-        let hop = L2Next { ifindex: 7, mac: [2, 0, 0, 0, 0, 1] };
+        let hop = L2Next {
+            ifindex: 7,
+            mac: [2, 0, 0, 0, 0, 1],
+        };
         r.set_next_hop("10.0.1.1".parse().unwrap(), hop).unwrap();
-        let id = r.real_id(&RealKey { vs: "web".into(), addr: "10.0.1.1".parse().unwrap(), port: 80 }).unwrap();
+        let id = r
+            .real_id(&RealKey {
+                vs: "web".into(),
+                addr: "10.0.1.1".parse().unwrap(),
+                port: 80,
+            })
+            .unwrap();
         assert_eq!((r.dp.reals[&id].ifindex, r.dp.reals[&id].mac), (7, hop.mac));
     }
 }

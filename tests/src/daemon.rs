@@ -26,7 +26,11 @@ impl Daemon {
     /// Panics with the daemon's log if it exits or does not come up within 20 s.
     pub fn start(ns: &Netns, config: &Path) -> Self {
         let bin = binary();
-        assert!(bin.exists(), "{} not built: run `cargo xtask test` (it builds it)", bin.display());
+        assert!(
+            bin.exists(),
+            "{} not built: run `cargo xtask test` (it builds it)",
+            bin.display()
+        );
         let log = config.with_extension("log");
         let log_file = std::fs::File::create(&log).expect("daemon log");
         let child = Command::new("ip")
@@ -39,7 +43,10 @@ impl Daemon {
             .stderr(log_file)
             .spawn()
             .expect("spawning xdpvs");
-        let mut d = Daemon { child: Some(child), log };
+        let mut d = Daemon {
+            child: Some(child),
+            log,
+        };
         let up = crate::wait_for(Duration::from_secs(20), || {
             if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.try_wait()) {
                 panic!("xdpvs exited ({status}) during start-up:\n{}", d.log_text());

@@ -1,10 +1,29 @@
 //! The XDP program loaded for BPF_PROG_TEST_RUN, its maps filled by the daemon's own
 //! code (YAML -> config -> Reconciler -> maps). Used by the fixture tests and the bench.
+//!
+//! Each fixture owns a network namespace, entered by the calling thread, in which the
+//! test runs happen (the kernel runs them on that namespace's loopback). For the
+//! methods that route (NAT, tunnel) it holds a fixed, static world for the FIB lookup:
+//!
+//! ```text
+//!   fxa (FIB_MAC) 10.0.1.1/24, fd00:1::1/64, forwarding on
+//!     reals 10.0.1.x / fd00:1::x on link      neighbour: real_mac(addr)
+//!     clients 192.0.2.0/24, 2001:db8:c::/64   neighbour: CLIENT_MAC
+//!     10.0.9.0/24, fd00:9::/64 via .254/::fe  neighbour: GW_MAC
+//! ```
 
-use std::{net::IpAddr, path::Path};
+use std::{fs::File, net::IpAddr, os::fd::AsRawFd as _, path::Path};
 
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use lb_common::{flow_hash, maps::{MAX_VS, PROG_LB, PROG_PASS}, FlowKey, IfaceInfo};
+use crate::netns::{unique_prefix, Netns};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use lb_common::{
+    flow_hash,
+    maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS, MAX_VS, PROG_LB, PROG_PASS, VERDICTS},
+    AddrKey, FlowKey, IfaceInfo,
+};
 use xdpvs::{
     config::{self, Config, SystemFacts},
     dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
@@ -16,6 +35,15 @@ use xdpvs::{
 pub const TEST_IFINDEX: u32 = 1;
 /// The source MAC the balancer writes (registered for TEST_IFINDEX).
 pub const LB_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 0x01];
+
+/// MAC of the fixture's routed interface (source MAC of NAT and tunnel output).
+pub const FIB_MAC: [u8; 6] = [0x02, 0x46, 0x49, 0x42, 0, 0x01];
+/// MAC of every client address (the neighbour entry of 192.0.2.7 and 2001:db8:c::7).
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0x43, 0x4c, 0, 0, 0x07];
+/// MAC of the router toward 10.0.9.0/24 and fd00:9::/64.
+pub const GW_MAC: [u8; 6] = [0x02, 0x47, 0x57, 0, 0, 0xfe];
+/// MTU of the routed interface.
+pub const FIB_MTU: u32 = 1500;
 
 /// Returns: the MAC the fixture gives the real at `addr` (derived from the address).
 pub fn real_mac(addr: IpAddr) -> [u8; 6] {
@@ -36,6 +64,51 @@ impl SystemFacts for AnyInterface {
 pub struct Fixture {
     pub rec: Reconciler<BpfDataplane>,
     pub config: Config,
+    pub net: Netns,
+}
+
+/// Builds the fixture's namespace and moves the calling thread into it.
+fn enter_namespace() -> Netns {
+    let net = Netns::new(&format!("{}-fx", unique_prefix()));
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    for cmd in [
+        "sysctl -qw net.ipv4.conf.all.forwarding=1".to_string(),
+        "sysctl -qw net.ipv6.conf.all.forwarding=1".to_string(),
+        "ip link add fxa type veth peer name fxb".to_string(),
+        format!("ip link set fxa address {} mtu {FIB_MTU} up", mac(FIB_MAC)),
+        "ip link set fxb up".to_string(),
+        "ip addr add 10.0.1.1/24 dev fxa".to_string(),
+        "ip -6 addr add fd00:1::1/64 dev fxa nodad".to_string(),
+        "ip route add 192.0.2.0/24 dev fxa".to_string(),
+        "ip -6 route add 2001:db8:c::/64 dev fxa".to_string(),
+        "ip neigh replace 10.0.1.254 lladdr GW dev fxa nud permanent".replace("GW", &mac(GW_MAC)),
+        "ip -6 neigh replace fd00:1::fe lladdr GW dev fxa nud permanent"
+            .replace("GW", &mac(GW_MAC)),
+        "ip route add 10.0.9.0/24 via 10.0.1.254".to_string(),
+        "ip -6 route add fd00:9::/64 via fd00:1::fe".to_string(),
+        format!(
+            "ip neigh replace 192.0.2.7 lladdr {} dev fxa nud permanent",
+            mac(CLIENT_MAC)
+        ),
+        format!(
+            "ip -6 neigh replace 2001:db8:c::7 lladdr {} dev fxa nud permanent",
+            mac(CLIENT_MAC)
+        ),
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        net.exec(&args);
+    }
+    let path = format!("/run/netns/{}", net.name);
+    let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd; it changes only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+    net
 }
 
 /// Output of one program run.
@@ -47,19 +120,38 @@ pub struct Run {
 }
 
 impl Fixture {
-    /// Loads the object and applies `yaml` (interfaces are not checked).
+    /// Builds the namespace (the calling thread enters it), loads the object and
+    /// applies `yaml` (interfaces are not checked).
     pub fn new(yaml: &str) -> Self {
         crate::require_root();
-        let ebpf = bpf::load(bpf::LoadOptions { flow_entries: 65536, ring_count: 8 }).expect("load BPF object");
-        let mut rec = Reconciler::new(BpfDataplane::new(ebpf), MAX_VS, 8);
-        rec.dp.set_iface(TEST_IFINDEX, &IfaceInfo { mac: LB_MAC, _pad: [0; 2] }).expect("iface");
-        let mut f = Fixture { rec, config: Self::parse(yaml) };
+        let net = enter_namespace();
+        let ebpf = bpf::load(bpf::LoadOptions {
+            flow_entries: 65536,
+            ring_count: 16,
+        })
+        .expect("load BPF object");
+        let mut rec = Reconciler::new(BpfDataplane::new(ebpf), MAX_VS, 16);
+        rec.dp
+            .set_iface(
+                TEST_IFINDEX,
+                &IfaceInfo {
+                    mac: LB_MAC,
+                    _pad: [0; 2],
+                },
+            )
+            .expect("iface");
+        let mut f = Fixture {
+            rec,
+            config: Self::parse(yaml),
+            net,
+        };
         f.apply_config(yaml);
         f
     }
 
     fn parse(yaml: &str) -> Config {
-        config::parse(Path::new("fixture.yaml"), yaml, &AnyInterface).unwrap_or_else(|e| panic!("{e}"))
+        config::parse(Path::new("fixture.yaml"), yaml, &AnyInterface)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Applies a new configuration, as a reload would, and resolves every real.
@@ -67,21 +159,62 @@ impl Fixture {
         self.config = Self::parse(yaml);
         self.rec.apply(&self.config).expect("apply");
         for addr in self.rec.real_addresses() {
-            self.rec.set_next_hop(addr, L2Next { ifindex: TEST_IFINDEX, mac: real_mac(addr) }).expect("next hop");
+            self.rec
+                .set_next_hop(
+                    addr,
+                    L2Next {
+                        ifindex: TEST_IFINDEX,
+                        mac: real_mac(addr),
+                    },
+                )
+                .expect("next hop");
+            let m = real_mac(addr)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            let a = addr.to_string();
+            self.net.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                &a,
+                "lladdr",
+                &m,
+                "dev",
+                "fxa",
+                "nud",
+                "permanent",
+            ]);
         }
     }
 
     fn prog(&self, name: &str) -> &Xdp {
-        self.rec.dp.ebpf.program(name).expect("program").try_into().expect("xdp")
+        self.rec
+            .dp
+            .ebpf
+            .program(name)
+            .expect("program")
+            .try_into()
+            .expect("xdp")
     }
 
     /// Runs the balancer on `frame` `repeat` times.
     pub fn run_n(&self, prog: &str, frame: &[u8], repeat: u32) -> Run {
         let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        };
         let r = self.prog(prog).test_run(opts).expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
-        Run { action: r.return_value, out, ns: r.duration.as_nanos() as u64 }
+        Run {
+            action: r.return_value,
+            out,
+            ns: r.duration.as_nanos() as u64,
+        }
     }
 
     /// Runs the balancer once.
@@ -94,15 +227,51 @@ impl Fixture {
         self.run_n(PROG_PASS, frame, repeat)
     }
 
+    /// Returns: packets counted under verdict `reason` since load.
+    pub fn verdicts(&self, reason: u32) -> u64 {
+        let m = self.rec.dp.ebpf.map(VERDICTS).expect("map");
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
+        a.get(&reason, 0).expect("get").iter().sum()
+    }
+
+    /// Returns: the decapsulator's counter `i` (`lb_common::DECAP_*`).
+    pub fn decap_count(&self, i: u32) -> u64 {
+        let m = self.rec.dp.ebpf.map(DECAP_STATS).expect("map");
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
+        a.get(&i, 0).expect("get").iter().sum()
+    }
+
+    /// Fills the decapsulator's maps as `xdpvs realserver decap` does.
+    pub fn set_decap(&mut self, vips: &[IpAddr], local: &[IpAddr]) {
+        for (name, addrs) in [(DECAP_VIPS, vips), (DECAP_LOCAL, local)] {
+            let m = self.rec.dp.ebpf.map_mut(name).expect("map");
+            let mut h: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(m).expect("hash");
+            for a in addrs {
+                h.insert(AddrKey::new(*a), 1, 0).expect("insert");
+            }
+        }
+    }
+
     /// Returns: the address of the real that Maglev gives `key` on virtual server `vs`
     /// (computed here from the shared flow hash and the live table).
     pub fn predict(&self, vs: &str, key: &FlowKey) -> IpAddr {
         let table = self.rec.live_table(vs).expect("vs table");
         let id = table[(flow_hash(key) % table.len() as u32) as usize];
-        let v = self.config.virtual_servers.iter().find(|v| v.name == vs).expect("vs");
+        let v = self
+            .config
+            .virtual_servers
+            .iter()
+            .find(|v| v.name == vs)
+            .expect("vs");
         v.real_servers
             .iter()
-            .find(|r| self.rec.real_id(&RealKey { vs: vs.to_string(), addr: r.address, port: r.port }) == Some(id))
+            .find(|r| {
+                self.rec.real_id(&RealKey {
+                    vs: vs.to_string(),
+                    addr: r.address,
+                    port: r.port,
+                }) == Some(id)
+            })
             .map(|r| r.address)
             .expect("real of predicted id")
     }

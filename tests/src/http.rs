@@ -49,8 +49,14 @@ impl NamedServer {
                 }
             }
         });
-        ready_rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
-        Self { stop, served, thread: Some(thread) }
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server did not start");
+        Self {
+            stop,
+            served,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -66,11 +72,16 @@ impl Drop for NamedServer {
 /// One GET to `addr`. Returns: the body, or the error.
 pub fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| format!("read: {e}"))?;
-    let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| format!("bad response {resp:?}"))?;
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("bad response {resp:?}"))?;
     if !head.starts_with("HTTP/1.0 200") {
         return Err(format!("status: {head}"));
     }

@@ -13,7 +13,10 @@ pub mod topo;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    assert_eq!(uid, 0, "these tests need root (network namespaces, XDP); run `cargo xtask test` as root");
+    assert_eq!(
+        uid, 0,
+        "these tests need root (network namespaces, XDP); run `cargo xtask test` as root"
+    );
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.

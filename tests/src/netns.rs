@@ -13,13 +13,25 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A short prefix unique to this process and call: `xv<pid%10000><seq>`, so that
 /// interface names built on it stay under the kernel's 15-character limit.
 pub fn unique_prefix() -> String {
-    format!("xv{}{}", std::process::id() % 10000, SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "xv{}{}",
+        std::process::id() % 10000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command; panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -31,7 +43,9 @@ pub struct Netns {
 impl Netns {
     pub fn new(name: &str) -> Self {
         sh(&["ip", "netns", "add", name]);
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         ns
     }
@@ -45,11 +59,16 @@ impl Netns {
 
     /// Runs `f` on a new thread that has entered this namespace, and waits for it.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        self.spawn(f).join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        self.spawn(f)
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
     /// Starts `f` on a thread inside this namespace.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
@@ -63,7 +82,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -71,7 +92,10 @@ impl Drop for Netns {
 /// turns transmit checksum offload off (an XDP-forwarded frame must carry a complete
 /// checksum: veth otherwise hands over partial ones).
 pub fn veth(a: &str, ns_a: &Netns, b: &str, ns_b: &Netns) {
-    sh(&["ip", "link", "add", a, "netns", &ns_a.name, "type", "veth", "peer", "name", b, "netns", &ns_b.name]);
+    sh(&[
+        "ip", "link", "add", a, "netns", &ns_a.name, "type", "veth", "peer", "name", b, "netns",
+        &ns_b.name,
+    ]);
     for (ns, dev) in [(ns_a, a), (ns_b, b)] {
         ns.exec(&["ip", "link", "set", dev, "up"]);
         ns.exec(&["ethtool", "-K", dev, "tx", "off"]);

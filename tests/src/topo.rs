@@ -47,7 +47,11 @@ pub struct DrTopology {
 pub fn attach_pass(ns: &Netns, dev: &str) -> Ebpf {
     let dev = dev.to_string();
     ns.run(move || {
-        let mut ebpf = bpf::load(bpf::LoadOptions { flow_entries: 1024, ring_count: 2 }).expect("load BPF object");
+        let mut ebpf = bpf::load(bpf::LoadOptions {
+            flow_entries: 1024,
+            ring_count: 2,
+        })
+        .expect("load BPF object");
         let c = std::ffi::CString::new(dev.clone()).expect("name");
         // SAFETY: valid C string.
         let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -69,7 +73,9 @@ impl DrTopology {
         let switch = Netns::new(&format!("{p}-sw"));
         let client = Netns::new(&format!("{p}-c"));
         let lb = Netns::new(&format!("{p}-lb"));
-        let reals: Vec<Netns> = (0..n).map(|i| Netns::new(&format!("{p}-r{}", i + 1))).collect();
+        let reals: Vec<Netns> = (0..n)
+            .map(|i| Netns::new(&format!("{p}-r{}", i + 1)))
+            .collect();
         switch.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
         switch.exec(&["ip", "link", "set", "br0", "up"]);
         let plug = |ns: &Netns, dev: &str, port: &str, addr: &str| {
@@ -85,17 +91,41 @@ impl DrTopology {
             plug(r, &dev, &format!("{p}r{}s", i + 1), &real_addr(i));
             r.exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
             for conf in ["all", dev.as_str()] {
-                r.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.arp_ignore=1")]);
-                r.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.arp_announce=2")]);
+                r.exec(&[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{conf}.arp_ignore=1"),
+                ]);
+                r.exec(&[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{conf}.arp_announce=2"),
+                ]);
             }
         }
         let pass = attach_pass(&switch, &format!("{p}ls"));
         let servers = reals
             .iter()
             .enumerate()
-            .map(|(i, r)| NamedServer::start(r, format!("{VIP}:80").parse().expect("addr"), &format!("real{}", i + 1)))
+            .map(|(i, r)| {
+                NamedServer::start(
+                    r,
+                    format!("{VIP}:80").parse().expect("addr"),
+                    &format!("real{}", i + 1),
+                )
+            })
             .collect();
-        Self { prefix: p, dir, lb_if, servers, _pass: Some(pass), client, lb, reals, switch }
+        Self {
+            prefix: p,
+            dir,
+            lb_if,
+            servers,
+            _pass: Some(pass),
+            client,
+            lb,
+            reals,
+            switch,
+        }
     }
 
     /// Writes a configuration file for one TCP virtual server on VIP:80 with the given
@@ -106,7 +136,10 @@ impl DrTopology {
             self.lb_if
         );
         for (i, w) in weights.iter().enumerate() {
-            y.push_str(&format!("      - address: {}\n        weight: {w}\n", real_addr(i)));
+            y.push_str(&format!(
+                "      - address: {}\n        weight: {w}\n",
+                real_addr(i)
+            ));
         }
         let path = self.dir.join("xdpvs.yaml");
         std::fs::write(&path, y).expect("write config");
@@ -117,7 +150,11 @@ impl DrTopology {
     /// Returns: the answering server's name per request (or the error).
     pub fn requests(&self, n: usize) -> Vec<Result<String, String>> {
         let vip: SocketAddr = format!("{VIP}:80").parse().expect("addr");
-        self.client.run(move || (0..n).map(|_| crate::http::get(vip, std::time::Duration::from_secs(3))).collect())
+        self.client.run(move || {
+            (0..n)
+                .map(|_| crate::http::get(vip, std::time::Duration::from_secs(3)))
+                .collect()
+        })
     }
 }
 

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 const LLVM_PREFIX: &str = "/opt/xdpvs-llvm";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests, demo and set-up use.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool"), ("bpftool", "bpftool")];
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("bpftool", "bpftool"),
+];
 
 #[derive(Parser)]
 #[command(about = "xdpvs development tasks")]
@@ -38,12 +42,18 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
-    let status = cmd.current_dir(root()).status().with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -52,11 +62,17 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn output(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn is_root() -> bool {
@@ -65,7 +81,11 @@ fn is_root() -> bool {
 
 fn setup() -> Result<()> {
     // Debian packages.
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if !missing.is_empty() {
         if !is_root() {
             bail!("missing packages {missing:?}; run as root or install them");
@@ -77,35 +97,63 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // Nightly with rust-src (BPF programs are built with -Z build-std=core).
-    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"]).context("the nightly toolchain is required (rustup toolchain install nightly)")?;
-    if !Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").exists() {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])
+        .context("the nightly toolchain is required (rustup toolchain install nightly)")?;
+    if !Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .exists()
+    {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     // bpf-linker 0.13 linked against the nightly's own libLLVM (no LLVM 22 package exists
     // for this distribution; the nightly ships one).
     let llvm = std::fs::read_dir(Path::new(&sysroot).join("lib"))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
         .context("the nightly toolchain has no libLLVM.so.*")?;
     let lib = Path::new(LLVM_PREFIX).join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    for name in [PathBuf::from("libLLVM.so"), PathBuf::from(llvm.file_name().expect("file name"))] {
+    for name in [
+        PathBuf::from("libLLVM.so"),
+        PathBuf::from(llvm.file_name().expect("file name")),
+    ] {
         let link = lib.join(name);
         if std::fs::read_link(&link).ok().as_deref() != Some(llvm.as_path()) {
             let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+            std::os::unix::fs::symlink(&llvm, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
         }
     }
     let want = format!("bpf-linker {BPF_LINKER_VERSION}");
     if output("bpf-linker", &["--version"]).as_deref() != Some(want.as_str()) {
         run(Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22", "--force"])
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
     }
     // bpffs, for operators who pin and for bpftool.
-    if is_root() && !std::fs::read_to_string("/proc/mounts").unwrap_or_default().contains(" /sys/fs/bpf bpf ") {
+    if is_root()
+        && !std::fs::read_to_string("/proc/mounts")
+            .unwrap_or_default()
+            .contains(" /sys/fs/bpf bpf ")
+    {
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     eprintln!("xtask: setup complete");
@@ -125,12 +173,29 @@ fn test() -> Result<()> {
     if !is_root() {
         bail!("`cargo xtask test` runs network-namespace and XDP tests and needs root");
     }
-    run(Command::new("cargo").args(["clippy", "-q", "-p", "lb-common", "-p", "lb-userspace", "-p", "xtask", "-p", "tests", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "-q",
+        "-p",
+        "lb-common",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "xtask",
+        "-p",
+        "tests",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(Command::new("cargo").args(["test", "-p", "lb-common", "--features", "user"]))?;
     run(Command::new("cargo").args(["test", "-p", "lb-userspace"]))?;
     build()?;
     // Root-run tests share the host's namespaces directory: run them one at a time.
-    run(Command::new("cargo").args(["test", "-p", "tests", "--", "--test-threads=1"]).env("XDPVS_BIN", xdpvs_bin()))
+    run(Command::new("cargo")
+        .args(["test", "-p", "tests", "--", "--test-threads=1"])
+        .env("XDPVS_BIN", xdpvs_bin()))
 }
 
 fn main() -> Result<()> {
@@ -144,11 +209,21 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup()?;
             build()?;
-            run(Command::new("cargo").args(["run", "--release", "-q", "-p", "tests", "--bin", "demo"]).env("XDPVS_BIN", xdpvs_bin()))
+            run(Command::new("cargo")
+                .args(["run", "--release", "-q", "-p", "tests", "--bin", "demo"])
+                .env("XDPVS_BIN", xdpvs_bin()))
         }
         Cmd::Bench => {
             setup()?;
-            run(Command::new("cargo").args(["run", "--release", "-q", "-p", "tests", "--bin", "bench"]))
+            run(Command::new("cargo").args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "tests",
+                "--bin",
+                "bench",
+            ]))
         }
     }
 }

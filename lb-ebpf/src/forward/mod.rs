@@ -22,9 +22,15 @@ pub fn egress_iface(ifindex: u32) -> Result<&'static IfaceInfo, Verdict> {
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, ifindex: u32) -> Verdict {
     if ifindex as usize == ctx.ingress_ifindex() {
-        return Verdict { action: xdp_action::XDP_TX, reason: reason::FWD_TX };
+        return Verdict {
+            action: xdp_action::XDP_TX,
+            reason: reason::FWD_TX,
+        };
     }
     // SAFETY: plain helper call; it only records the target for after the program returns.
     let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
-    Verdict { action, reason: reason::FWD_REDIRECT }
+    Verdict {
+        action,
+        reason: reason::FWD_REDIRECT,
+    }
 }

@@ -61,7 +61,11 @@ fn rewrite(ctx: &XdpContext, p: &Parsed, end: End, addr: &[u32; 4], port_be: u16
             End::Src => (*ports)[0] = port_be,
             End::Dst => (*ports)[1] = port_be,
         }
-        *check = if p.key.proto == PROTO_UDP { csum::apply_udp(*check, acc) } else { csum::apply(*check, acc) };
+        *check = if p.key.proto == PROTO_UDP {
+            csum::apply_udp(*check, acc)
+        } else {
+            csum::apply(*check, acc)
+        };
     }
     Some(())
 }
@@ -80,8 +84,23 @@ fn set_macs(ctx: &XdpContext, hop: &fib::Hop) -> Option<()> {
 
 /// Finds the next hop toward `dst`, answering a too-big packet with ICMP.
 #[inline(always)]
-fn route(ctx: &XdpContext, p: &Parsed, src: &[u32; 4], dst: &[u32; 4], sport_be: u16, dport_be: u16) -> Result<fib::Hop, Verdict> {
-    let r = fib::Route { family: p.key.family, proto: p.key.proto, src, dst, sport_be, dport_be, tot_len: p.ip_len as u16 };
+fn route(
+    ctx: &XdpContext,
+    p: &Parsed,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    sport_be: u16,
+    dport_be: u16,
+) -> Result<fib::Hop, Verdict> {
+    let r = fib::Route {
+        family: p.key.family,
+        proto: p.key.proto,
+        src,
+        dst,
+        sport_be,
+        dport_be,
+        tot_len: p.ip_len as u16,
+    };
     match fib::lookup(ctx, &r) {
         Ok(hop) => Ok(hop),
         Err(fib::Miss::TooBig(mtu)) => match icmp::too_big(ctx, p, mtu) {
@@ -98,7 +117,13 @@ const fn internal() -> Verdict {
 /// Forwards a request of virtual server `vs` to `real`.
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, p: &Parsed, vs: &VsInfo, real: &RealInfo, new_flow: bool) -> Result<Verdict, Verdict> {
+pub fn forward(
+    ctx: &XdpContext,
+    p: &Parsed,
+    vs: &VsInfo,
+    real: &RealInfo,
+    new_flow: bool,
+) -> Result<Verdict, Verdict> {
     if p.vlan {
         return Err(Verdict::drop(reason::DROP_VLAN));
     }
@@ -114,7 +139,12 @@ pub fn forward(ctx: &XdpContext, p: &Parsed, vs: &VsInfo, real: &RealInfo, new_f
     };
     // SAFETY: LRU hash lookup; only presence is used.
     if new_flow || unsafe { NAT_STATE.get(&reply) }.is_none() {
-        let state = NatState { vip: p.key.dst, vport_be: p.key.dport_be, _pad: 0, vs_index: vs.vs_index };
+        let state = NatState {
+            vip: p.key.dst,
+            vport_be: p.key.dport_be,
+            _pad: 0,
+            vs_index: vs.vs_index,
+        };
         // A full LRU evicts its oldest entry; an error leaves the reply unrestored, and
         // the next request tries again.
         let _ = NAT_STATE.insert(&reply, &state, 0);
@@ -140,9 +170,22 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
     if p.vlan {
         return Err(Verdict::drop(reason::DROP_VLAN));
     }
-    let hop = route(ctx, p, &state.vip, &p.key.dst, state.vport_be, p.key.dport_be)?;
+    let hop = route(
+        ctx,
+        p,
+        &state.vip,
+        &p.key.dst,
+        state.vport_be,
+        p.key.dport_be,
+    )?;
     rewrite(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(internal())?;
     set_macs(ctx, &hop).ok_or(internal())?;
     let v = transmit(ctx, hop.ifindex);
-    Ok((Verdict { action: v.action, reason: reason::FWD_NAT_REPLY }, state.vs_index))
+    Ok((
+        Verdict {
+            action: v.action,
+            reason: reason::FWD_NAT_REPLY,
+        },
+        state.vs_index,
+    ))
 }

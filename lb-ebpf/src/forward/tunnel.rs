@@ -32,7 +32,12 @@ const fn internal() -> Verdict {
 /// Encapsulates a packet of virtual server `vs` to `real`.
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, p: &Parsed, vs: &VsInfo, real: &RealInfo) -> Result<Verdict, Verdict> {
+pub fn forward(
+    ctx: &XdpContext,
+    p: &Parsed,
+    vs: &VsInfo,
+    real: &RealInfo,
+) -> Result<Verdict, Verdict> {
     if p.vlan {
         return Err(Verdict::drop(reason::DROP_VLAN));
     }
@@ -54,7 +59,9 @@ pub fn forward(ctx: &XdpContext, p: &Parsed, vs: &VsInfo, real: &RealInfo) -> Re
     };
     let hop = match fib::lookup(ctx, &r) {
         Ok(h) => h,
-        Err(fib::Miss::TooBig(mtu)) => return icmp::too_big(ctx, p, mtu.saturating_sub(overhead as u32)),
+        Err(fib::Miss::TooBig(mtu)) => {
+            return icmp::too_big(ctx, p, mtu.saturating_sub(overhead as u32))
+        }
         Err(fib::Miss::Drop(v)) => return Err(v),
     };
     // Inner TOS / traffic class, read before the headers move.

@@ -67,7 +67,11 @@ impl Locator {
                 Some(p)
             }
             Some(Frame::Map { path, key }) => match key.take() {
-                Some(k) => Some(if path.is_empty() { k } else { format!("{path}.{k}") }),
+                Some(k) => Some(if path.is_empty() {
+                    k
+                } else {
+                    format!("{path}.{k}")
+                }),
                 None => {
                     *key = Some(scalar_key.unwrap_or("?").to_string());
                     None
@@ -79,7 +83,10 @@ impl Locator {
 
 impl MarkedEventReceiver for Locator {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = Pos { line: mark.line(), col: mark.col() + 1 };
+        let pos = Pos {
+            line: mark.line(),
+            col: mark.col() + 1,
+        };
         match ev {
             Event::Scalar(value, ..) => {
                 let is_key = matches!(self.stack.last(), Some(Frame::Map { key: None, .. }));
@@ -123,9 +130,24 @@ mod tests {
         let loc = Locator::new(text);
         assert_eq!(loc.find("interfaces").unwrap().line, 1);
         assert_eq!(loc.find("virtual_servers[0].name").unwrap().line, 3);
-        assert_eq!(loc.find("virtual_servers[0].real_servers[1].address").unwrap().line, 6);
-        assert_eq!(loc.find("virtual_servers[0].real_servers[1].weight").unwrap().line, 7);
+        assert_eq!(
+            loc.find("virtual_servers[0].real_servers[1].address")
+                .unwrap()
+                .line,
+            6
+        );
+        assert_eq!(
+            loc.find("virtual_servers[0].real_servers[1].weight")
+                .unwrap()
+                .line,
+            7
+        );
         // An absent field falls back to its parent.
-        assert_eq!(loc.find("virtual_servers[0].real_servers[0].port").unwrap().line, 5);
+        assert_eq!(
+            loc.find("virtual_servers[0].real_servers[0].port")
+                .unwrap()
+                .line,
+            5
+        );
     }
 }

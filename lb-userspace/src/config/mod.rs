@@ -7,7 +7,11 @@ mod locate;
 mod raw;
 mod validate;
 
-use std::{fmt, net::IpAddr, path::{Path, PathBuf}};
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 pub use locate::{Locator, Pos};
 
@@ -138,7 +142,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} error{} in configuration:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} error{} in configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             writeln!(f, "  {e}")?;
         }
@@ -164,7 +172,12 @@ impl SystemFacts for Host {
 /// Reads and validates a configuration file.
 pub fn load(path: &Path, facts: &dyn SystemFacts) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: path.to_owned(), pos: None, field: String::new(), message: format!("cannot read: {e}") }])
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            pos: None,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
     })?;
     parse(path, &text, facts)
 }

@@ -29,7 +29,9 @@ virtual_servers:
 ";
 
 fn errors(text: &str) -> Vec<ConfigError> {
-    parse(Path::new("lb.yaml"), text, &Facts).expect_err("config should be rejected").0
+    parse(Path::new("lb.yaml"), text, &Facts)
+        .expect_err("config should be rejected")
+        .0
 }
 
 #[test]
@@ -39,8 +41,24 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert!(c.manage_vips);
     let vs = &c.virtual_servers[0];
-    assert_eq!((vs.name.as_str(), vs.port, vs.protocol, vs.method, vs.table_size), ("web", 80, Protocol::Tcp, Method::Dr, 65537));
-    assert_eq!(vs.real_servers[1], RealServer { address: "10.0.1.12".parse().unwrap(), port: 80, weight: 1 });
+    assert_eq!(
+        (
+            vs.name.as_str(),
+            vs.port,
+            vs.protocol,
+            vs.method,
+            vs.table_size
+        ),
+        ("web", 80, Protocol::Tcp, Method::Dr, 65537)
+    );
+    assert_eq!(
+        vs.real_servers[1],
+        RealServer {
+            address: "10.0.1.12".parse().unwrap(),
+            port: 80,
+            weight: 1
+        }
+    );
 }
 
 #[test]
@@ -82,38 +100,82 @@ fn each_error_names_line_and_field() {
             .find(|e| e.field == *field)
             .unwrap_or_else(|| panic!("{what}: no error for {field}; got {errs:#?}"));
         assert_eq!(e.pos.map(|p| p.line), Some(*line), "{what}: {e}");
-        assert!(e.message.contains(msg), "{what}: message {:?} lacks {msg:?}", e.message);
-        assert!(e.to_string().starts_with(&format!("lb.yaml:{line}:")), "{what}: {e}");
+        assert!(
+            e.message.contains(msg),
+            "{what}: message {:?} lacks {msg:?}",
+            e.message
+        );
+        assert!(
+            e.to_string().starts_with(&format!("lb.yaml:{line}:")),
+            "{what}: {e}"
+        );
     }
 }
 
 #[test]
 fn nat_may_change_the_port_and_tunnel_takes_the_global_source_of_its_family() {
-    let text = GOOD.replacen("method: dr", "method: nat", 1).replacen("        port: 80\n", "        port: 8080\n", 1);
+    let text = GOOD.replacen("method: dr", "method: nat", 1).replacen(
+        "        port: 80\n",
+        "        port: 8080\n",
+        1,
+    );
     let c = parse(Path::new("lb.yaml"), &text, &Facts).unwrap();
-    assert_eq!((c.virtual_servers[0].method, c.virtual_servers[0].real_servers[0].port), (Method::Nat, 8080));
+    assert_eq!(
+        (
+            c.virtual_servers[0].method,
+            c.virtual_servers[0].real_servers[0].port
+        ),
+        (Method::Nat, 8080)
+    );
     let v6 = "interfaces: [eth0]\ntunnel_source: [192.0.2.1, 2001:db8::1]\nvirtual_servers:\n  - { name: v6, address: 2001:db8::100, port: 80, protocol: tcp, method: tunnel, real_servers: [{ address: 2001:db8:1::11 }] }\n  - { name: v4, address: 10.0.0.100, port: 80, protocol: tcp, method: tunnel, tunnel_source: 10.9.9.9, real_servers: [{ address: 10.0.1.11 }] }\n";
     let c = parse(Path::new("lb.yaml"), v6, &Facts).unwrap();
-    assert_eq!(c.virtual_servers[0].tunnel_source, Some("2001:db8::1".parse().unwrap()));
-    assert_eq!(c.virtual_servers[1].tunnel_source, Some("10.9.9.9".parse().unwrap()), "a VS's own source wins");
+    assert_eq!(
+        c.virtual_servers[0].tunnel_source,
+        Some("2001:db8::1".parse().unwrap())
+    );
+    assert_eq!(
+        c.virtual_servers[1].tunnel_source,
+        Some("10.9.9.9".parse().unwrap()),
+        "a VS's own source wins"
+    );
 }
 
 #[test]
 fn duplicates_across_virtual_servers() {
-    let text = format!("{GOOD}  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n");
+    let text =
+        format!("{GOOD}  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n");
     let errs = errors(&text);
-    assert!(errs.iter().any(|e| e.field == "virtual_servers[1].name" && e.message.contains("used twice") && e.pos.unwrap().line == 15), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.field == "virtual_servers[1].address" && e.message.contains("already defined")), "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.field == "virtual_servers[1].name"
+            && e.message.contains("used twice")
+            && e.pos.unwrap().line == 15),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.field == "virtual_servers[1].address"
+                && e.message.contains("already defined")),
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn every_error_is_listed_not_just_the_first() {
-    let text = GOOD.replacen("10.0.0.100", "bad-vip", 1).replacen("weight: 1", "weight: 99999", 1).replacen("[eth0]", "[nope0]", 1).replacen("10.0.1.12", "10.0.1.12\n        colour: red", 1);
+    let text = GOOD
+        .replacen("10.0.0.100", "bad-vip", 1)
+        .replacen("weight: 1", "weight: 99999", 1)
+        .replacen("[eth0]", "[nope0]", 1)
+        .replacen("10.0.1.12", "10.0.1.12\n        colour: red", 1);
     let errs = errors(&text);
     let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(
         fields,
-        ["interfaces[0]", "virtual_servers[0].address", "virtual_servers[0].real_servers[0].weight", "virtual_servers[0].real_servers[1].colour"],
+        [
+            "interfaces[0]",
+            "virtual_servers[0].address",
+            "virtual_servers[0].real_servers[0].weight",
+            "virtual_servers[0].real_servers[1].colour"
+        ],
         "{errs:#?}"
     );
 }

@@ -12,9 +12,12 @@ use serde_yaml::Value;
 
 use super::{
     locate::{Locator, Pos},
-    raw::{RawAddrs, RawConfig, RawMethod, RawProtocol, RawRealServer, RawScheduler, RawVirtualServer, RawXdpMode},
-    Config, ConfigError, ConfigErrors, Method, Protocol, RealServer, SystemFacts, VirtualServer, XdpMode,
-    DEFAULT_TABLE_SIZE, MAX_WEIGHT,
+    raw::{
+        RawAddrs, RawConfig, RawMethod, RawProtocol, RawRealServer, RawScheduler, RawVirtualServer,
+        RawXdpMode,
+    },
+    Config, ConfigError, ConfigErrors, Method, Protocol, RealServer, SystemFacts, VirtualServer,
+    XdpMode, DEFAULT_TABLE_SIZE, MAX_WEIGHT,
 };
 
 /// Smallest connection table accepted.
@@ -65,11 +68,22 @@ fn join(prefix: &str, rest: &str) -> String {
 
 impl<'a> Validator<'a> {
     pub fn new(file: &Path, text: &'a str, facts: &'a dyn SystemFacts) -> Self {
-        Self { file: file.to_owned(), text, loc: Locator::new(text), facts, errors: Vec::new() }
+        Self {
+            file: file.to_owned(),
+            text,
+            loc: Locator::new(text),
+            facts,
+            errors: Vec::new(),
+        }
     }
 
     fn error_at(&mut self, field: &str, pos: Option<Pos>, message: impl Into<String>) {
-        self.errors.push(ConfigError { file: self.file.clone(), pos, field: field.to_string(), message: message.into() });
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            pos,
+            field: field.to_string(),
+            message: message.into(),
+        });
     }
 
     fn error(&mut self, field: &str, message: impl Into<String>) {
@@ -81,7 +95,10 @@ impl<'a> Validator<'a> {
     /// the field itself is located, since the path names only its container.
     fn serde_error(&mut self, prefix: &str, path: &serde_path_to_error::Path, message: String) {
         let mut field = join(prefix, &path.to_string());
-        if let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        if let Some(name) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+        {
             if !field.ends_with(name) {
                 field = join(&field, name);
             }
@@ -109,7 +126,10 @@ impl<'a> Validator<'a> {
                 let path = e.path().clone();
                 let inner = e.into_inner();
                 let field = join("", &path.to_string());
-                let pos = inner.location().map(|l| Pos { line: l.line(), col: l.column() });
+                let pos = inner.location().map(|l| Pos {
+                    line: l.line(),
+                    col: l.column(),
+                });
                 let mut msg = inner.to_string();
                 // serde_yaml appends " at line L column C"; the position is already shown.
                 if let Some(i) = msg.find(" at line ") {
@@ -131,7 +151,10 @@ impl<'a> Validator<'a> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         if raw.interfaces.is_empty() {
-            self.error("interfaces", "at least one interface is required (XDP attaches to each)");
+            self.error(
+                "interfaces",
+                "at least one interface is required (XDP attaches to each)",
+            );
         }
         let mut seen = HashSet::new();
         for (i, name) in raw.interfaces.iter().enumerate() {
@@ -139,16 +162,30 @@ impl<'a> Validator<'a> {
             if !seen.insert(name.as_str()) {
                 self.error(&field, format!("interface `{name}` is listed twice"));
             } else if !self.facts.interface_exists(name) {
-                self.error(&field, format!("interface `{name}` does not exist on this host"));
+                self.error(
+                    &field,
+                    format!("interface `{name}` does not exist on this host"),
+                );
             }
         }
-        let flow_table_size = raw.flow_table_size.unwrap_or(lb_common::maps::DEFAULT_FLOW_ENTRIES);
+        let flow_table_size = raw
+            .flow_table_size
+            .unwrap_or(lb_common::maps::DEFAULT_FLOW_ENTRIES);
         if !(MIN_FLOW_TABLE..=MAX_FLOW_TABLE).contains(&flow_table_size) {
-            self.error("flow_table_size", format!("{flow_table_size} is out of range {MIN_FLOW_TABLE}..={MAX_FLOW_TABLE}"));
+            self.error(
+                "flow_table_size",
+                format!("{flow_table_size} is out of range {MIN_FLOW_TABLE}..={MAX_FLOW_TABLE}"),
+            );
         }
         let tunnel_sources = self.tunnel_sources(raw.tunnel_source.as_ref());
         if raw.virtual_servers.len() > MAX_VS as usize {
-            self.error("virtual_servers", format!("{} virtual servers; at most {MAX_VS} are supported", raw.virtual_servers.len()));
+            self.error(
+                "virtual_servers",
+                format!(
+                    "{} virtual servers; at most {MAX_VS} are supported",
+                    raw.virtual_servers.len()
+                ),
+            );
         }
         let mut virtual_servers = Vec::new();
         let mut names = HashSet::new();
@@ -156,22 +193,35 @@ impl<'a> Validator<'a> {
         let mut total_reals = 0usize;
         for (i, v) in raw.virtual_servers.into_iter().enumerate() {
             let prefix = format!("virtual_servers[{i}]");
-            let Some(rvs) = self.item::<RawVirtualServer>(&prefix, v) else { continue };
-            let Some(vs) = self.virtual_server(&prefix, rvs, &tunnel_sources) else { continue };
+            let Some(rvs) = self.item::<RawVirtualServer>(&prefix, v) else {
+                continue;
+            };
+            let Some(vs) = self.virtual_server(&prefix, rvs, &tunnel_sources) else {
+                continue;
+            };
             if !names.insert(vs.name.clone()) {
-                self.error(&format!("{prefix}.name"), format!("virtual server name `{}` is used twice", vs.name));
+                self.error(
+                    &format!("{prefix}.name"),
+                    format!("virtual server name `{}` is used twice", vs.name),
+                );
             }
             if !services.insert((vs.address, vs.port, vs.protocol)) {
                 self.error(
                     &format!("{prefix}.address"),
-                    format!("{}:{}/{} is already defined by another virtual server", vs.address, vs.port, vs.protocol),
+                    format!(
+                        "{}:{}/{} is already defined by another virtual server",
+                        vs.address, vs.port, vs.protocol
+                    ),
                 );
             }
             total_reals += vs.real_servers.len();
             virtual_servers.push(vs);
         }
         if total_reals > MAX_REALS as usize {
-            self.error("virtual_servers", format!("{total_reals} real servers in all; at most {MAX_REALS} are supported"));
+            self.error(
+                "virtual_servers",
+                format!("{total_reals} real servers in all; at most {MAX_REALS} are supported"),
+            );
         }
         Config {
             interfaces: raw.interfaces,
@@ -189,7 +239,10 @@ impl<'a> Validator<'a> {
     fn address(&mut self, field: &str, text: &str) -> Option<IpAddr> {
         match text.trim().parse::<IpAddr>() {
             Ok(a) if a.is_unspecified() || a.is_multicast() => {
-                self.error(field, format!("`{text}` cannot be a server address (unspecified or multicast)"));
+                self.error(
+                    field,
+                    format!("`{text}` cannot be a server address (unspecified or multicast)"),
+                );
                 None
             }
             Ok(a) => Some(a),
@@ -206,13 +259,25 @@ impl<'a> Validator<'a> {
         let list: Vec<(String, &String)> = match raw {
             None => return Vec::new(),
             Some(RawAddrs::One(a)) => vec![("tunnel_source".to_string(), a)],
-            Some(RawAddrs::Many(v)) => v.iter().enumerate().map(|(i, a)| (format!("tunnel_source[{i}]"), a)).collect(),
+            Some(RawAddrs::Many(v)) => v
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("tunnel_source[{i}]"), a))
+                .collect(),
         };
         let mut out: Vec<IpAddr> = Vec::new();
         for (field, text) in list {
-            let Some(a) = self.address(&field, text) else { continue };
+            let Some(a) = self.address(&field, text) else {
+                continue;
+            };
             if out.iter().any(|o| o.is_ipv4() == a.is_ipv4()) {
-                self.error(&field, format!("a second {} tunnel source; give at most one per address family", family(a)));
+                self.error(
+                    &field,
+                    format!(
+                        "a second {} tunnel source; give at most one per address family",
+                        family(a)
+                    ),
+                );
                 continue;
             }
             out.push(a);
@@ -220,17 +285,34 @@ impl<'a> Validator<'a> {
         out
     }
 
-    fn virtual_server(&mut self, prefix: &str, raw: RawVirtualServer, tunnel_sources: &[IpAddr]) -> Option<VirtualServer> {
+    fn virtual_server(
+        &mut self,
+        prefix: &str,
+        raw: RawVirtualServer,
+        tunnel_sources: &[IpAddr],
+    ) -> Option<VirtualServer> {
         let errors_before = self.errors.len();
         let name_ok = !raw.name.is_empty()
             && raw.name.len() <= 64
-            && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !name_ok {
-            self.error(&format!("{prefix}.name"), format!("`{}` is not a valid name (1-64 letters, digits, '-', '_')", raw.name));
+            self.error(
+                &format!("{prefix}.name"),
+                format!(
+                    "`{}` is not a valid name (1-64 letters, digits, '-', '_')",
+                    raw.name
+                ),
+            );
         }
         let address = self.address(&format!("{prefix}.address"), &raw.address);
         if raw.port == 0 {
-            self.error(&format!("{prefix}.port"), "port 0 is not a valid service port (1-65535)");
+            self.error(
+                &format!("{prefix}.port"),
+                "port 0 is not a valid service port (1-65535)",
+            );
         }
         let protocol = match raw.protocol {
             RawProtocol::Tcp => Protocol::Tcp,
@@ -241,32 +323,57 @@ impl<'a> Validator<'a> {
             RawMethod::Nat => Method::Nat,
             RawMethod::Tunnel => Method::Tunnel,
         };
-        let tunnel_source = self.vs_tunnel_source(prefix, method, address, raw.tunnel_source.as_deref(), tunnel_sources);
+        let tunnel_source = self.vs_tunnel_source(
+            prefix,
+            method,
+            address,
+            raw.tunnel_source.as_deref(),
+            tunnel_sources,
+        );
         let RawScheduler::Maglev = raw.scheduler.unwrap_or(RawScheduler::Maglev);
         let table_size = raw.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
         if !(7..=lb_common::RING_STRIDE).contains(&table_size) || !is_prime(table_size) {
             self.error(
                 &format!("{prefix}.table_size"),
-                format!("{table_size} must be a prime between 7 and {}", lb_common::RING_STRIDE),
+                format!(
+                    "{table_size} must be a prime between 7 and {}",
+                    lb_common::RING_STRIDE
+                ),
             );
         } else if (table_size as usize) < raw.real_servers.len() {
-            self.error(&format!("{prefix}.table_size"), format!("{table_size} slots cannot hold {} real servers", raw.real_servers.len()));
+            self.error(
+                &format!("{prefix}.table_size"),
+                format!(
+                    "{table_size} slots cannot hold {} real servers",
+                    raw.real_servers.len()
+                ),
+            );
         }
 
         let mut real_servers = Vec::new();
         let mut seen = HashSet::new();
         for (j, v) in raw.real_servers.into_iter().enumerate() {
             let rprefix = format!("{prefix}.real_servers[{j}]");
-            let Some(rr) = self.item::<RawRealServer>(&rprefix, v) else { continue };
-            let Some(real_addr) = self.address(&format!("{rprefix}.address"), &rr.address) else { continue };
+            let Some(rr) = self.item::<RawRealServer>(&rprefix, v) else {
+                continue;
+            };
+            let Some(real_addr) = self.address(&format!("{rprefix}.address"), &rr.address) else {
+                continue;
+            };
             if let Some(vip) = address {
                 if vip.is_ipv4() != real_addr.is_ipv4() {
-                    self.error(&format!("{rprefix}.address"), format!("real {real_addr} is not of the VIP's address family ({vip})"));
+                    self.error(
+                        &format!("{rprefix}.address"),
+                        format!("real {real_addr} is not of the VIP's address family ({vip})"),
+                    );
                 }
             }
             let port = rr.port.unwrap_or(raw.port);
             if port == 0 {
-                self.error(&format!("{rprefix}.port"), "port 0 is not a valid port (1-65535)");
+                self.error(
+                    &format!("{rprefix}.port"),
+                    "port 0 is not a valid port (1-65535)",
+                );
             }
             if method != Method::Nat && port != raw.port {
                 self.error(
@@ -279,17 +386,36 @@ impl<'a> Validator<'a> {
             }
             let weight = rr.weight.unwrap_or(1);
             if weight > MAX_WEIGHT {
-                self.error(&format!("{rprefix}.weight"), format!("{weight} is out of range 0..={MAX_WEIGHT}"));
+                self.error(
+                    &format!("{rprefix}.weight"),
+                    format!("{weight} is out of range 0..={MAX_WEIGHT}"),
+                );
             }
             if !seen.insert((real_addr, port)) {
-                self.error(&format!("{rprefix}.address"), format!("real {real_addr}:{port} is listed twice in this virtual server"));
+                self.error(
+                    &format!("{rprefix}.address"),
+                    format!("real {real_addr}:{port} is listed twice in this virtual server"),
+                );
             }
-            real_servers.push(RealServer { address: real_addr, port, weight });
+            real_servers.push(RealServer {
+                address: real_addr,
+                port,
+                weight,
+            });
         }
         if self.errors.len() != errors_before {
             return None;
         }
-        Some(VirtualServer { name: raw.name, address: address?, port: raw.port, protocol, method, table_size, tunnel_source, real_servers })
+        Some(VirtualServer {
+            name: raw.name,
+            address: address?,
+            port: raw.port,
+            protocol,
+            method,
+            table_size,
+            tunnel_source,
+            real_servers,
+        })
     }
 
     /// Resolves a virtual server's tunnel source: its own, else the global one of the
@@ -316,12 +442,18 @@ impl<'a> Validator<'a> {
         let vip = vip?;
         match own {
             Some(a) if a.is_ipv4() != vip.is_ipv4() => {
-                self.error(&field, format!("tunnel source {a} is not of the VIP's address family ({vip})"));
+                self.error(
+                    &field,
+                    format!("tunnel source {a} is not of the VIP's address family ({vip})"),
+                );
                 None
             }
             Some(a) => Some(a),
             None => {
-                let found = global.iter().copied().find(|g| g.is_ipv4() == vip.is_ipv4());
+                let found = global
+                    .iter()
+                    .copied()
+                    .find(|g| g.is_ipv4() == vip.is_ipv4());
                 if found.is_none() {
                     self.error(
                         &format!("{prefix}.method"),

@@ -7,7 +7,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps::{FLOWS, IFACES, NAT_STATE, PROG_DECAP, PROG_LB, PROG_PASS, REALS, STATS_REAL, STATS_VS, VS_MAP, VS_RINGS},
+    maps::{
+        FLOWS, IFACES, NAT_STATE, PROG_DECAP, PROG_LB, PROG_PASS, REALS, STATS_REAL, STATS_VS,
+        VS_MAP, VS_RINGS,
+    },
     Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
 
@@ -24,7 +27,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { flow_entries: lb_common::maps::DEFAULT_FLOW_ENTRIES, ring_count: lb_common::maps::DEFAULT_RING_COUNT }
+        Self {
+            flow_entries: lb_common::maps::DEFAULT_FLOW_ENTRIES,
+            ring_count: lb_common::maps::DEFAULT_RING_COUNT,
+        }
     }
 }
 
@@ -41,15 +47,24 @@ pub fn load(opts: LoadOptions) -> Result<Ebpf, anyhow::Error> {
             .program_mut(name)
             .ok_or_else(|| anyhow::anyhow!("program {name} missing from the BPF object"))?
             .try_into()?;
-        prog.load().map_err(|e| anyhow::anyhow!("the kernel rejected XDP program {name}: {e}"))?;
+        prog.load()
+            .map_err(|e| anyhow::anyhow!("the kernel rejected XDP program {name}: {e}"))?;
     }
     Ok(ebpf)
 }
 
 /// Attaches program `name` to `ifindex`. `XdpMode::Default` lets the kernel pick native
 /// mode where the driver has it and generic mode elsewhere.
-pub fn attach(ebpf: &mut Ebpf, name: &str, ifindex: u32, mode: XdpMode) -> Result<(), anyhow::Error> {
-    let prog: &mut Xdp = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("program {name} missing"))?.try_into()?;
+pub fn attach(
+    ebpf: &mut Ebpf,
+    name: &str,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<(), anyhow::Error> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("program {name} missing"))?
+        .try_into()?;
     prog.attach_to_if_index(ifindex, mode).map_err(|e| {
         anyhow::anyhow!("attaching XDP to ifindex {ifindex} in {mode:?} mode failed: {e}; try xdp_mode: generic")
     })?;
@@ -70,19 +85,34 @@ impl BpfDataplane {
         Self { ebpf }
     }
 
-    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, DataplaneError> {
-        let m = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, DataplaneError> {
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
         HashMap::try_from(m).map_err(map_err(name))
     }
 
-    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, DataplaneError> {
-        let m = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, DataplaneError> {
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
         Array::try_from(m).map_err(map_err(name))
     }
 
     /// Returns: the counters at `index` of a per-CPU counter map, summed over CPUs.
     pub fn counters(&self, name: &'static str, index: u32) -> Result<Counters, DataplaneError> {
-        let m = self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+        let m = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
         let a: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(m).map_err(map_err(name))?;
         let v = a.get(&index, 0).map_err(map_err(name))?;
         Ok(v.iter().fold(Counters::default(), |acc, c| Counters {
@@ -97,48 +127,75 @@ impl BpfDataplane {
     /// Returns: packets counted under each verdict reason, summed over CPUs.
     pub fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
         let name = lb_common::maps::VERDICTS;
-        let m = self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+        let m = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
         let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).map_err(map_err(name))?;
-        (0..lb_common::reason::COUNT).map(|i| a.get(&i, 0).map(|v| v.iter().sum()).map_err(map_err(name))).collect()
+        (0..lb_common::reason::COUNT)
+            .map(|i| a.get(&i, 0).map(|v| v.iter().sum()).map_err(map_err(name)))
+            .collect()
     }
 
     /// Returns: the number of entries in the connection table (a full walk; for status).
     pub fn flow_count(&self) -> Result<usize, DataplaneError> {
-        let m = self.ebpf.map(FLOWS).ok_or(DataplaneError::MissingMap(FLOWS))?;
-        let h: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> = HashMap::try_from(m).map_err(map_err(FLOWS))?;
+        let m = self
+            .ebpf
+            .map(FLOWS)
+            .ok_or(DataplaneError::MissingMap(FLOWS))?;
+        let h: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> =
+            HashMap::try_from(m).map_err(map_err(FLOWS))?;
         Ok(h.keys().filter(Result::is_ok).count())
     }
 
     fn zero_counters(&mut self, name: &'static str, index: u32) -> Result<(), DataplaneError> {
-        let m = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
-        let mut a: PerCpuArray<&mut MapData, Counters> = PerCpuArray::try_from(m).map_err(map_err(name))?;
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut a: PerCpuArray<&mut MapData, Counters> =
+            PerCpuArray::try_from(m).map_err(map_err(name))?;
         let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(DataplaneError::Cpus)?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
+            .map_err(DataplaneError::Cpus)?;
         a.set(index, zeros, 0).map_err(map_err(name))
     }
 }
 
 impl Dataplane for BpfDataplane {
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
-        self.hash::<u32, IfaceInfo>(IFACES)?.insert(ifindex, *info, 0).map_err(map_err(IFACES))
+        self.hash::<u32, IfaceInfo>(IFACES)?
+            .insert(ifindex, *info, 0)
+            .map_err(map_err(IFACES))
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
-        self.array::<RealInfo>(REALS)?.set(id, *info, 0).map_err(map_err(REALS))
+        self.array::<RealInfo>(REALS)?
+            .set(id, *info, 0)
+            .map_err(map_err(REALS))
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
         let mut a = self.array::<u32>(VS_RINGS)?;
         for &(slot, real) in slots {
-            a.set(ring_id * RING_STRIDE + slot, real, 0).map_err(map_err(VS_RINGS))?;
+            a.set(ring_id * RING_STRIDE + slot, real, 0)
+                .map_err(map_err(VS_RINGS))?;
         }
         Ok(())
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
-        self.hash::<VsKey, VsInfo>(VS_MAP)?.insert(*key, *info, 0).map_err(map_err(VS_MAP))
+        self.hash::<VsKey, VsInfo>(VS_MAP)?
+            .insert(*key, *info, 0)
+            .map_err(map_err(VS_MAP))
     }
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
-        self.hash::<VsKey, VsInfo>(VS_MAP)?.remove(key).map_err(map_err(VS_MAP))
+        self.hash::<VsKey, VsInfo>(VS_MAP)?
+            .remove(key)
+            .map_err(map_err(VS_MAP))
     }
-    fn reset_counters(&mut self, vs_index: Option<u32>, real_id: Option<u32>) -> Result<(), DataplaneError> {
+    fn reset_counters(
+        &mut self,
+        vs_index: Option<u32>,
+        real_id: Option<u32>,
+    ) -> Result<(), DataplaneError> {
         if let Some(i) = vs_index {
             self.zero_counters(STATS_VS, i)?;
         }

@@ -21,7 +21,16 @@ impl MemoryDataplane {
     /// Returns: the live table of a virtual server, as the data path would read it.
     pub fn table(&self, key: &VsKey) -> Option<Vec<u32>> {
         let vs = self.vs.get(key)?;
-        Some((0..vs.ring_size).map(|s| self.rings.get(&(vs.ring_id * RING_STRIDE + s)).copied().unwrap_or(0)).collect())
+        Some(
+            (0..vs.ring_size)
+                .map(|s| {
+                    self.rings
+                        .get(&(vs.ring_id * RING_STRIDE + s))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -49,7 +58,11 @@ impl Dataplane for MemoryDataplane {
         self.vs.remove(key);
         Ok(())
     }
-    fn reset_counters(&mut self, _vs: Option<u32>, _real: Option<u32>) -> Result<(), DataplaneError> {
+    fn reset_counters(
+        &mut self,
+        _vs: Option<u32>,
+        _real: Option<u32>,
+    ) -> Result<(), DataplaneError> {
         Ok(())
     }
 }

@@ -35,5 +35,9 @@ pub trait Dataplane {
     /// Removes a virtual server; its traffic is passed to the kernel from then on.
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError>;
     /// Zeroes the counters of a virtual server index and a real id about to be reused.
-    fn reset_counters(&mut self, vs_index: Option<u32>, real_id: Option<u32>) -> Result<(), DataplaneError>;
+    fn reset_counters(
+        &mut self,
+        vs_index: Option<u32>,
+        real_id: Option<u32>,
+    ) -> Result<(), DataplaneError>;
 }

@@ -29,11 +29,23 @@ fn main() {
     let vip = [10, 0, 0, 100];
 
     let frame = V4Packet::tcp(client, 1000, vip, 80).build();
-    line("floor_xdp_pass", f.run_pass(&frame, REPEAT).ns as f64, REPEAT);
+    line(
+        "floor_xdp_pass",
+        f.run_pass(&frame, REPEAT).ns as f64,
+        REPEAT,
+    );
     let other = V4Packet::tcp(client, 1000, [10, 0, 0, 101], 80).build();
-    line("non_vip", f.run_n(lb_common::maps::PROG_LB, &other, REPEAT).ns as f64, REPEAT);
+    line(
+        "non_vip",
+        f.run_n(lb_common::maps::PROG_LB, &other, REPEAT).ns as f64,
+        REPEAT,
+    );
     f.run(&frame); // establish
-    line("vip_established", f.run_n(lb_common::maps::PROG_LB, &frame, REPEAT).ns as f64, REPEAT);
+    line(
+        "vip_established",
+        f.run_n(lb_common::maps::PROG_LB, &frame, REPEAT).ns as f64,
+        REPEAT,
+    );
 
     let mut floor = 0u64;
     let mut new = 0u64;
@@ -43,6 +55,10 @@ fn main() {
         floor += f.run_pass(&p, 1).ns;
         new += f.run(&p).ns;
     }
-    line("floor_xdp_pass_single", floor as f64 / f64::from(NEW_FLOWS), 1);
+    line(
+        "floor_xdp_pass_single",
+        floor as f64 / f64::from(NEW_FLOWS),
+        1,
+    );
     line("vip_new_flow", new as f64 / f64::from(NEW_FLOWS), 1);
 }

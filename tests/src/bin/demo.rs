@@ -7,7 +7,10 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use tests::{daemon::Daemon, topo::{real_addr, DrTopology, VIP}};
+use tests::{
+    daemon::Daemon,
+    topo::{real_addr, DrTopology, VIP},
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -17,7 +20,11 @@ extern "C" fn on_sigint(_: libc::c_int) {
 
 fn round(topo: &DrTopology, weights: &[u32]) {
     let cfg = topo.write_config(weights);
-    println!("\n== weights {weights:?}: starting `xdpvs run --config {}` in namespace {}", cfg.display(), topo.lb.name);
+    println!(
+        "\n== weights {weights:?}: starting `xdpvs run --config {}` in namespace {}",
+        cfg.display(),
+        topo.lb.name
+    );
     let mut d = Daemon::start(&topo.lb, &cfg);
     let n = 300;
     let results = topo.requests(n);
@@ -29,7 +36,10 @@ fn round(topo: &DrTopology, weights: &[u32]) {
             Err(_) => failed += 1,
         }
     }
-    println!("{n} requests to http://{VIP}/ : {} answered, {failed} failed", n - failed);
+    println!(
+        "{n} requests to http://{VIP}/ : {} answered, {failed} failed",
+        n - failed
+    );
     let total: u32 = weights.iter().sum();
     for (i, w) in weights.iter().enumerate() {
         let name = format!("real{}", i + 1);

@@ -21,7 +21,13 @@ fn dr_spreads_300_requests_over_three_reals() {
     let mut d = Daemon::start(&topo.lb, &cfg);
     let results = topo.requests(300);
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(failed.is_empty(), "{} of 300 requests failed, first: {:?}\n{}", failed.len(), failed.first(), d.log_text());
+    assert!(
+        failed.is_empty(),
+        "{} of 300 requests failed, first: {:?}\n{}",
+        failed.len(),
+        failed.first(),
+        d.log_text()
+    );
     let t = tally(&results);
     println!("equal weights: {t:?}");
     for name in ["real1", "real2", "real3"] {
@@ -29,12 +35,21 @@ fn dr_spreads_300_requests_over_three_reals() {
         assert!(n >= 45, "{name} answered {n} of 300 (< 15%): {t:?}");
     }
     // The servers really saw the connections (not some other responder).
-    let served: u64 = topo.servers.iter().map(|s| s.served.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    let served: u64 = topo
+        .servers
+        .iter()
+        .map(|s| s.served.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     assert_eq!(served, 300);
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM\n{}", d.log_text());
     // The daemon removed the VIP it added.
-    let addrs = topo.lb.exec(&["ip", "-br", "addr", "show", "dev", &topo.lb_if]);
-    assert!(!addrs.contains(tests::topo::VIP), "VIP left behind: {addrs}");
+    let addrs = topo
+        .lb
+        .exec(&["ip", "-br", "addr", "show", "dev", &topo.lb_if]);
+    assert!(
+        !addrs.contains(tests::topo::VIP),
+        "VIP left behind: {addrs}"
+    );
     let link = topo.lb.exec(&["ip", "link", "show", "dev", &topo.lb_if]);
     assert!(!link.contains("xdp"), "XDP left attached: {link}");
 }
@@ -47,7 +62,10 @@ fn dr_weights_1_1_2_give_the_third_real_half() {
     let t = tally(&topo.requests(300));
     println!("weights 1:1:2: {t:?}");
     let third = t.get("real3").copied().unwrap_or(0);
-    assert!((120..=180).contains(&third), "real3 answered {third} of 300, want 40-60%: {t:?}");
+    assert!(
+        (120..=180).contains(&third),
+        "real3 answered {third} of 300, want 40-60%: {t:?}"
+    );
 }
 
 #[test]
@@ -64,7 +82,10 @@ fn bad_config_exits_64_and_leaves_nothing() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
-    assert!(err.contains("bad.yaml:4:") && err.contains("virtual_servers[0].address"), "{err}");
+    assert!(
+        err.contains("bad.yaml:4:") && err.contains("virtual_servers[0].address"),
+        "{err}"
+    );
     let link = topo.lb.exec(&["ip", "link", "show", "dev", &topo.lb_if]);
     assert!(!link.contains("xdp"), "{link}");
 }

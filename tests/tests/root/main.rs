@@ -1,4 +1,5 @@
 //! Root-run tests: one binary, run serially by `cargo xtask test` as root.
 
 mod dr_e2e;
+mod methods;
 mod testrun;

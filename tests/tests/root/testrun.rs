@@ -33,7 +33,13 @@ fn three() -> Fixture {
 }
 
 fn key(sport: u16) -> FlowKey {
-    FlowKey::new(IpAddr::from(CLIENT), sport, IpAddr::from(VIP), 80, PROTO_TCP)
+    FlowKey::new(
+        IpAddr::from(CLIENT),
+        sport,
+        IpAddr::from(VIP),
+        80,
+        PROTO_TCP,
+    )
 }
 
 fn verdict_count(f: &Fixture, r: u32) -> u64 {
@@ -47,7 +53,11 @@ fn assert_dr_rewrite(input: &[u8], out: &[u8], real: IpAddr) {
     assert_eq!(out.len(), input.len(), "length unchanged");
     assert_eq!(&out[0..6], &real_mac(real), "destination MAC is the real's");
     assert_eq!(&out[6..12], &LB_MAC, "source MAC is the egress interface's");
-    assert_eq!(&out[12..], &input[12..], "every byte after the MACs unchanged");
+    assert_eq!(
+        &out[12..],
+        &input[12..],
+        "every byte after the MACs unchanged"
+    );
 }
 
 #[test]
@@ -98,10 +108,19 @@ fn udp_virtual_server_and_vlan_tag() {
 fn traffic_not_for_a_virtual_server_passes_untouched() {
     let f = three();
     let cases = [
-        ("other address", V4Packet::tcp(CLIENT, 1000, [10, 0, 0, 101], 80).build()),
+        (
+            "other address",
+            V4Packet::tcp(CLIENT, 1000, [10, 0, 0, 101], 80).build(),
+        ),
         ("other port", V4Packet::tcp(CLIENT, 1000, VIP, 22).build()),
-        ("wrong protocol (UDP to a TCP VS)", V4Packet::udp(CLIENT, 1000, VIP, 80).build()),
-        ("wrong protocol (TCP to a UDP VS)", V4Packet::tcp(CLIENT, 1000, VIP, 53).build()),
+        (
+            "wrong protocol (UDP to a TCP VS)",
+            V4Packet::udp(CLIENT, 1000, VIP, 80).build(),
+        ),
+        (
+            "wrong protocol (TCP to a UDP VS)",
+            V4Packet::tcp(CLIENT, 1000, VIP, 53).build(),
+        ),
         ("ICMP", {
             let mut b = V4Packet::tcp(CLIENT, 1000, VIP, 80).build();
             b[23] = 1; // protocol ICMP (checksum now off: the kernel's business)
@@ -130,12 +149,18 @@ fn truncated_and_garbage_frames_are_never_forwarded() {
     let mut cut_l4 = good[..14 + 20 + 10].to_vec();
     cut_l4[16..18].copy_from_slice(&30u16.to_be_bytes());
     let r = f.run(&cut_l4);
-    assert_eq!(r.action, XDP_DROP, "truncated TCP header to a VIP is dropped");
+    assert_eq!(
+        r.action, XDP_DROP,
+        "truncated TCP header to a VIP is dropped"
+    );
     assert_eq!(verdict_count(&f, reason::DROP_MALFORMED), 1);
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("cut inside the IP header", good[..14 + 12].to_vec()),
-        ("IP total length beyond the frame", good[..good.len() - 4].to_vec()),
+        (
+            "IP total length beyond the frame",
+            good[..good.len() - 4].to_vec(),
+        ),
         ("IP version 5", {
             let mut b = good.clone();
             b[14] = 0x55;
@@ -173,12 +198,28 @@ fn established_flows_keep_their_real_across_table_changes() {
         pinned.insert(sport, r.out[0..6].to_vec());
     }
     // Add two reals: the table changes, and fresh flows would land elsewhere.
-    f.apply_config(&yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13", "10.0.1.14", "10.0.1.15"]));
-    let moved_in_table = flows.iter().filter(|&&s| real_mac(f.predict("web", &key(s))).to_vec() != pinned[&s]).count();
-    assert!(moved_in_table > 50, "the new table must move some of these flows ({moved_in_table})");
+    f.apply_config(&yaml(&[
+        "10.0.1.11",
+        "10.0.1.12",
+        "10.0.1.13",
+        "10.0.1.14",
+        "10.0.1.15",
+    ]));
+    let moved_in_table = flows
+        .iter()
+        .filter(|&&s| real_mac(f.predict("web", &key(s))).to_vec() != pinned[&s])
+        .count();
+    assert!(
+        moved_in_table > 50,
+        "the new table must move some of these flows ({moved_in_table})"
+    );
     for &sport in &flows {
         let r = f.run(&V4Packet::tcp(CLIENT, sport, VIP, 80).build());
-        assert_eq!(r.out[0..6].to_vec(), pinned[&sport], "flow {sport} kept its real after reals were added");
+        assert_eq!(
+            r.out[0..6].to_vec(),
+            pinned[&sport],
+            "flow {sport} kept its real after reals were added"
+        );
     }
     // Remove real .11: its flows are re-steered by the new table; the others stay.
     f.apply_config(&yaml(&["10.0.1.12", "10.0.1.13", "10.0.1.14", "10.0.1.15"]));
@@ -188,9 +229,17 @@ fn established_flows_keep_their_real_across_table_changes() {
         let r = f.run(&V4Packet::tcp(CLIENT, sport, VIP, 80).build());
         if pinned[&sport] == gone {
             resteered += 1;
-            assert_eq!(r.out[0..6], real_mac(f.predict("web", &key(sport))), "flow {sport} of the removed real follows the new table");
+            assert_eq!(
+                r.out[0..6],
+                real_mac(f.predict("web", &key(sport))),
+                "flow {sport} of the removed real follows the new table"
+            );
         } else {
-            assert_eq!(r.out[0..6].to_vec(), pinned[&sport], "flow {sport} kept its real after another was removed");
+            assert_eq!(
+                r.out[0..6].to_vec(),
+                pinned[&sport],
+                "flow {sport} kept its real after another was removed"
+            );
         }
     }
     assert!(resteered > 0, "some flows were on the removed real");
@@ -198,19 +247,23 @@ fn established_flows_keep_their_real_across_table_changes() {
 
 #[test]
 fn no_real_and_unresolved_mac_drop_with_a_reason() {
-    let f = Fixture::new(&yaml(&[]).replace("    real_servers:\n  - name: dns", "    real_servers: []\n  - name: dns"));
+    let f = Fixture::new(&yaml(&[]).replace(
+        "    real_servers:\n  - name: dns",
+        "    real_servers: []\n  - name: dns",
+    ));
     let r = f.run(&V4Packet::tcp(CLIENT, 1, VIP, 80).build());
     assert_eq!(r.action, XDP_DROP);
     assert_eq!(verdict_count(&f, reason::DROP_NO_REAL), 1);
 
     let mut f = three();
     // A new real whose MAC is not known yet.
-    f.rec.apply(&{
-        let mut c = f.config.clone();
-        c.virtual_servers[1].real_servers[0].address = "10.0.1.99".parse().unwrap();
-        c
-    })
-    .unwrap();
+    f.rec
+        .apply(&{
+            let mut c = f.config.clone();
+            c.virtual_servers[1].real_servers[0].address = "10.0.1.99".parse().unwrap();
+            c
+        })
+        .unwrap();
     let r = f.run(&V4Packet::udp(CLIENT, 5353, VIP, 53).build());
     assert_eq!(r.action, XDP_DROP);
     assert_eq!(verdict_count(&f, reason::DROP_NO_MAC), 1);

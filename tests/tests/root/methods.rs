@@ -1,0 +1,427 @@
+//! NAT, tunnel and IPv6 under BPF_PROG_TEST_RUN, byte-exact: every expected frame is
+//! built here by the test's own packet code (headers and checksums from scratch), never
+//! by transforming the program's output. Next hops come from the fixture namespace's
+//! FIB (see `tests::fixture`).
+
+use std::net::IpAddr;
+
+use lb_common::{flow_hash, maps::PROG_DECAP, reason, FlowKey, DECAP_DONE, PROTO_TCP};
+use tests::{
+    fixture::{real_mac, Fixture, CLIENT_MAC, FIB_MAC, GW_MAC, LB_MAC},
+    packet::{eth, icmp4_too_big, icmp6_too_big, ipv4_header, ipv6_header, V4Packet, V6Packet},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT4: [u8; 4] = [192, 0, 2, 7];
+const NAT_VIP4: [u8; 4] = [10, 0, 0, 100];
+const TUN_VIP4: [u8; 4] = [10, 0, 0, 101];
+const TUN_SRC4: [u8; 4] = [10, 0, 1, 1];
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().expect("v6").octets()
+}
+fn v4(a: IpAddr) -> [u8; 4] {
+    match a {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(_) => panic!("not v4"),
+    }
+}
+fn v6of(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => panic!("not v6"),
+    }
+}
+
+const YAML: &str = "\
+interfaces: [lo]
+tunnel_source: [10.0.1.1, fd00:1::1]
+virtual_servers:
+  - { name: nat4, address: 10.0.0.100, port: 80, protocol: tcp, method: nat,
+      real_servers: [{ address: 10.0.1.11, port: 8080 }, { address: 10.0.1.12, port: 8080 }] }
+  - { name: nat4u, address: 10.0.0.100, port: 53, protocol: udp, method: nat,
+      real_servers: [{ address: 10.0.1.53, port: 5353 }] }
+  - { name: tun4, address: 10.0.0.101, port: 80, protocol: tcp, method: tunnel,
+      real_servers: [{ address: 10.0.9.11 }, { address: 10.0.9.12 }] }
+  - { name: nat6, address: '2001:db8:f::100', port: 80, protocol: tcp, method: nat,
+      real_servers: [{ address: 'fd00:1::11', port: 8080 }, { address: 'fd00:1::12', port: 8080 }] }
+  - { name: tun6, address: '2001:db8:f::101', port: 80, protocol: tcp, method: tunnel,
+      real_servers: [{ address: 'fd00:9::11' }, { address: 'fd00:9::12' }] }
+  - { name: dr6, address: '2001:db8:f::102', port: 80, protocol: tcp, method: dr,
+      real_servers: [{ address: 'fd00:1::21' }, { address: 'fd00:1::22' }] }
+";
+
+fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
+    FlowKey::new(src, sport, dst, dport, proto)
+}
+
+#[test]
+fn nat_v4_request_and_reply_are_rewritten_with_correct_checksums() {
+    let f = Fixture::new(YAML);
+    let mut seen = std::collections::HashSet::new();
+    for sport in [1000u16, 2000, 3000, 40000, 50001, 65535] {
+        let frame = V4Packet::tcp(CLIENT4, sport, NAT_VIP4, 80).build();
+        let real = f.predict(
+            "nat4",
+            &key(CLIENT4.into(), sport, NAT_VIP4.into(), 80, PROTO_TCP),
+        );
+        seen.insert(real);
+        let r = f.run(&frame);
+        assert_eq!(
+            r.action, XDP_REDIRECT,
+            "sport {sport}: leaves by the routed interface"
+        );
+        let want = V4Packet {
+            dst_mac: real_mac(real),
+            src_mac: FIB_MAC,
+            ..V4Packet::tcp(CLIENT4, sport, v4(real), 8080)
+        }
+        .build();
+        assert_eq!(r.out, want, "sport {sport}: request to {real}:8080");
+
+        // The real's answer comes back through the balancer.
+        let reply = V4Packet::tcp(v4(real), 8080, CLIENT4, sport).build();
+        let r = f.run(&reply);
+        assert_eq!(r.action, XDP_REDIRECT, "sport {sport}: reply forwarded");
+        let want = V4Packet {
+            dst_mac: CLIENT_MAC,
+            src_mac: FIB_MAC,
+            ..V4Packet::tcp(NAT_VIP4, 80, CLIENT4, sport)
+        }
+        .build();
+        assert_eq!(r.out, want, "sport {sport}: reply from VIP:80");
+    }
+    assert_eq!(seen.len(), 2, "both reals chosen across these flows");
+    assert_eq!(f.verdicts(reason::FWD_REDIRECT), 6);
+    assert_eq!(f.verdicts(reason::FWD_NAT_REPLY), 6);
+}
+
+#[test]
+fn nat_reply_without_state_passes_untouched() {
+    let f = Fixture::new(YAML);
+    let frame = V4Packet::tcp(CLIENT4, 4321, NAT_VIP4, 80).build();
+    let real = f.predict(
+        "nat4",
+        &key(CLIENT4.into(), 4321, NAT_VIP4.into(), 80, PROTO_TCP),
+    );
+    assert_eq!(f.run(&frame).action, XDP_REDIRECT);
+    let other: IpAddr = if real == "10.0.1.11".parse::<IpAddr>().unwrap() {
+        "10.0.1.12"
+    } else {
+        "10.0.1.11"
+    }
+    .parse()
+    .unwrap();
+    let cases = [
+        (
+            "client port never seen",
+            V4Packet::tcp(v4(real), 8080, CLIENT4, 4322).build(),
+        ),
+        (
+            "the other real",
+            V4Packet::tcp(v4(other), 8080, CLIENT4, 4321).build(),
+        ),
+        (
+            "other source port",
+            V4Packet::tcp(v4(real), 8081, CLIENT4, 4321).build(),
+        ),
+        (
+            "UDP, not TCP",
+            V4Packet::udp(v4(real), 8080, CLIENT4, 4321).build(),
+        ),
+    ];
+    for (what, reply) in cases {
+        let r = f.run(&reply);
+        assert_eq!(r.action, XDP_PASS, "{what}");
+        assert_eq!(r.out, reply, "{what}: unchanged");
+    }
+}
+
+#[test]
+fn nat_udp_both_ways_and_a_zero_udp_checksum_stays_zero() {
+    let f = Fixture::new(YAML);
+    let real = [10, 0, 1, 53];
+    let frame = V4Packet::udp(CLIENT4, 7000, NAT_VIP4, 53).build();
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_REDIRECT);
+    assert_eq!(
+        r.out,
+        V4Packet {
+            dst_mac: real_mac(real.into()),
+            src_mac: FIB_MAC,
+            ..V4Packet::udp(CLIENT4, 7000, real, 5353)
+        }
+        .build()
+    );
+    let r = f.run(&V4Packet::udp(real, 5353, CLIENT4, 7000).build());
+    assert_eq!(r.action, XDP_REDIRECT);
+    assert_eq!(
+        r.out,
+        V4Packet {
+            dst_mac: CLIENT_MAC,
+            src_mac: FIB_MAC,
+            ..V4Packet::udp(NAT_VIP4, 53, CLIENT4, 7000)
+        }
+        .build()
+    );
+
+    // IPv4 UDP without checksum (0): rewritten, still 0.
+    let mut frame = V4Packet::udp(CLIENT4, 7001, NAT_VIP4, 53).build();
+    frame[40..42].copy_from_slice(&[0, 0]);
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_REDIRECT);
+    let mut want = V4Packet {
+        dst_mac: real_mac(real.into()),
+        src_mac: FIB_MAC,
+        ..V4Packet::udp(CLIENT4, 7001, real, 5353)
+    }
+    .build();
+    want[40..42].copy_from_slice(&[0, 0]);
+    assert_eq!(r.out, want);
+}
+
+#[test]
+fn nat_v6_request_and_reply() {
+    let f = Fixture::new(YAML);
+    let (client, vip) = (v6("2001:db8:c::7"), v6("2001:db8:f::100"));
+    for sport in [1111u16, 2222, 33333] {
+        let frame = V6Packet::tcp(client, sport, vip, 80).build();
+        let real = f.predict(
+            "nat6",
+            &key(client.into(), sport, vip.into(), 80, PROTO_TCP),
+        );
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_REDIRECT);
+        let want = V6Packet {
+            dst_mac: real_mac(real),
+            src_mac: FIB_MAC,
+            ..V6Packet::tcp(client, sport, v6of(real), 8080)
+        }
+        .build();
+        assert_eq!(r.out, want, "request to [{real}]:8080");
+        let r = f.run(&V6Packet::tcp(v6of(real), 8080, client, sport).build());
+        assert_eq!(r.action, XDP_REDIRECT);
+        let want = V6Packet {
+            dst_mac: CLIENT_MAC,
+            src_mac: FIB_MAC,
+            ..V6Packet::tcp(vip, 80, client, sport)
+        }
+        .build();
+        assert_eq!(r.out, want, "reply from [VIP]:80");
+    }
+}
+
+#[test]
+fn tunnel_v4_wraps_the_packet_in_a_correct_outer_header() {
+    let f = Fixture::new(YAML);
+    for sport in [1000u16, 2000, 3000] {
+        let frame = V4Packet::tcp(CLIENT4, sport, TUN_VIP4, 80).build();
+        let real = f.predict(
+            "tun4",
+            &key(CLIENT4.into(), sport, TUN_VIP4.into(), 80, PROTO_TCP),
+        );
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_REDIRECT);
+        let inner = &frame[14..];
+        let mut want = eth(GW_MAC, FIB_MAC, None, 0x0800);
+        want.extend_from_slice(&ipv4_header(
+            0,
+            20 + inner.len(),
+            0,
+            0x4000,
+            64,
+            4,
+            TUN_SRC4,
+            v4(real),
+        ));
+        want.extend_from_slice(inner);
+        assert_eq!(r.out, want, "sport {sport}: IPIP to {real} via the router");
+    }
+}
+
+#[test]
+fn tunnel_v6_wraps_the_packet_in_a_correct_outer_header() {
+    let f = Fixture::new(YAML);
+    let (client, vip, src) = (v6("2001:db8:c::7"), v6("2001:db8:f::101"), v6("fd00:1::1"));
+    let frame = V6Packet::tcp(client, 5555, vip, 80).build();
+    let k = key(client.into(), 5555, vip.into(), 80, PROTO_TCP);
+    let real = f.predict("tun6", &k);
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_REDIRECT);
+    let inner = &frame[14..];
+    let mut want = eth(GW_MAC, FIB_MAC, None, 0x86dd);
+    want.extend_from_slice(&ipv6_header(
+        0,
+        flow_hash(&k) & 0xf_ffff,
+        inner.len(),
+        41,
+        64,
+        src,
+        v6of(real),
+    ));
+    want.extend_from_slice(inner);
+    assert_eq!(r.out, want);
+}
+
+#[test]
+fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
+    let f = Fixture::new(YAML);
+    // 1480 bytes of IP packet fit a 1500 MTU with the 20-byte outer header.
+    let sized = |ip_len: usize, sport: u16| {
+        let mut p = V4Packet::tcp(CLIENT4, sport, TUN_VIP4, 80);
+        p.payload = vec![0x5a; ip_len - 40];
+        p
+    };
+    let fits = sized(1480, 100).build();
+    assert_eq!(
+        f.run(&fits).action,
+        XDP_REDIRECT,
+        "exactly the MTU once wrapped"
+    );
+    let big = sized(1481, 101).build();
+    let r = f.run(&big);
+    assert_eq!(
+        r.action, XDP_TX,
+        "answered back out of the receiving interface"
+    );
+    assert_eq!(r.out, icmp4_too_big(&big, 1480, 128));
+    assert_eq!(f.verdicts(reason::ICMP_TOO_BIG), 1);
+
+    // Without DF the sender allowed fragmentation, which XDP cannot do: counted drop.
+    let mut no_df = big.clone();
+    no_df[20] = 0;
+    no_df[24..26].copy_from_slice(&[0, 0]);
+    let c = tests::packet::csum(&no_df[14..34]);
+    no_df[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(f.run(&no_df).action, XDP_DROP);
+    assert_eq!(f.verdicts(reason::DROP_TOO_BIG), 1);
+
+    // IPv6: 1460 + 40 = 1500 fits; one more byte is answered with packet-too-big 1460.
+    let (client, vip) = (v6("2001:db8:c::7"), v6("2001:db8:f::101"));
+    let sized6 = |ip_len: usize| {
+        let mut p = V6Packet::tcp(client, 600, vip, 80);
+        p.payload = vec![0xa5; ip_len - 60];
+        p.build()
+    };
+    assert_eq!(f.run(&sized6(1460)).action, XDP_REDIRECT);
+    let big6 = sized6(1461);
+    let r = f.run(&big6);
+    assert_eq!(r.action, XDP_TX);
+    assert_eq!(r.out, icmp6_too_big(&big6, 1460, 128));
+}
+
+#[test]
+fn dr_v6_rewrites_only_macs_and_ipv6_extension_headers_pass() {
+    let f = Fixture::new(YAML);
+    let (client, vip) = (v6("2001:db8:c::7"), v6("2001:db8:f::102"));
+    let frame = V6Packet::tcp(client, 7777, vip, 80).build();
+    let real = f.predict("dr6", &key(client.into(), 7777, vip.into(), 80, PROTO_TCP));
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_TX);
+    let mut want = frame.clone();
+    want[0..6].copy_from_slice(&real_mac(real));
+    want[6..12].copy_from_slice(&LB_MAC);
+    assert_eq!(r.out, want);
+
+    for name in ["dr6", "nat6", "tun6"] {
+        let vip = v6(match name {
+            "dr6" => "2001:db8:f::102",
+            "nat6" => "2001:db8:f::100",
+            _ => "2001:db8:f::101",
+        });
+        let ext = V6Packet {
+            hop_by_hop: true,
+            ..V6Packet::tcp(client, 7778, vip, 80)
+        }
+        .build();
+        let r = f.run(&ext);
+        assert_eq!(
+            (r.action, &r.out),
+            (XDP_PASS, &ext),
+            "{name}: hop-by-hop header: passed unchanged"
+        );
+    }
+    assert_eq!(f.verdicts(reason::PASS_IPV6_EXT), 3);
+    let udp = V6Packet::udp(client, 1, vip, 80).build();
+    assert_eq!(f.run(&udp).action, XDP_PASS, "UDP to a TCP VS");
+}
+
+#[test]
+fn decap_unwraps_only_tunnelled_packets_for_configured_vips() {
+    let mut f = Fixture::new(YAML);
+    let real4: IpAddr = "10.0.9.11".parse().unwrap();
+    let real6: IpAddr = "fd00:9::11".parse().unwrap();
+    f.set_decap(
+        &[IpAddr::from(TUN_VIP4), "2001:db8:f::101".parse().unwrap()],
+        &[real4, real6],
+    );
+    let wrap4 = |inner: &[u8], dst: [u8; 4]| {
+        let mut w = eth([2, 0, 0, 0, 0, 0x11], FIB_MAC, None, 0x0800);
+        w.extend_from_slice(&ipv4_header(
+            0,
+            20 + inner.len() - 14,
+            0,
+            0x4000,
+            64,
+            4,
+            TUN_SRC4,
+            dst,
+        ));
+        w.extend_from_slice(&inner[14..]);
+        w
+    };
+    let inner = V4Packet {
+        dst_mac: [2, 0, 0, 0, 0, 0x11],
+        src_mac: FIB_MAC,
+        ..V4Packet::tcp(CLIENT4, 999, TUN_VIP4, 80)
+    }
+    .build();
+    let r = f.run_n(PROG_DECAP, &wrap4(&inner, v4(real4)), 1);
+    assert_eq!(
+        (r.action, &r.out),
+        (XDP_PASS, &inner),
+        "outer header stripped, MACs kept"
+    );
+
+    let not_vip = V4Packet::tcp(CLIENT4, 999, [10, 0, 0, 222], 80).build();
+    let not_local = wrap4(&inner, [10, 0, 9, 99]);
+    let plain = inner.clone();
+    for (what, frame) in [
+        ("inner not a VIP", wrap4(&not_vip, v4(real4))),
+        ("outer not local", not_local),
+        ("not tunnelled", plain),
+    ] {
+        let r = f.run_n(PROG_DECAP, &frame, 1);
+        assert_eq!((r.action, &r.out), (XDP_PASS, &frame), "{what}: unchanged");
+    }
+
+    let (client, vip) = (v6("2001:db8:c::7"), v6("2001:db8:f::101"));
+    let inner6 = V6Packet {
+        dst_mac: [2, 0, 0, 0, 0, 0x11],
+        src_mac: FIB_MAC,
+        ..V6Packet::tcp(client, 999, vip, 80)
+    }
+    .build();
+    let mut w = eth([2, 0, 0, 0, 0, 0x11], FIB_MAC, None, 0x86dd);
+    w.extend_from_slice(&ipv6_header(
+        0,
+        0,
+        inner6.len() - 14,
+        41,
+        64,
+        v6("fd00:1::1"),
+        v6of(real6),
+    ));
+    w.extend_from_slice(&inner6[14..]);
+    let r = f.run_n(PROG_DECAP, &w, 1);
+    assert_eq!(
+        (r.action, &r.out),
+        (XDP_PASS, &inner6),
+        "IPv6-in-IPv6 stripped"
+    );
+    assert_eq!(f.decap_count(DECAP_DONE), 2);
+}

@@ -25,19 +25,29 @@ impl Daemon {
     /// Starts `xdpvs run --config <config>` in `ns` and waits until it reports running.
     /// Panics with the daemon's log if it exits or does not come up within 20 s.
     pub fn start(ns: &Netns, config: &Path) -> Self {
+        let args = [
+            "run".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+        ];
+        Self::spawn(ns, &args, &config.with_extension("log"), "xdpvs running")
+    }
+
+    /// Starts `xdpvs <args>` in `ns`, logging to `log`, and waits until the log shows
+    /// `ready`. Panics with the log if it exits or is not ready within 20 s.
+    pub fn spawn(ns: &Netns, args: &[String], log: &Path, ready: &str) -> Self {
         let bin = binary();
         assert!(
             bin.exists(),
             "{} not built: run `cargo xtask test` (it builds it)",
             bin.display()
         );
-        let log = config.with_extension("log");
+        let log = log.to_path_buf();
         let log_file = std::fs::File::create(&log).expect("daemon log");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(&bin)
-            .args(["run", "--config"])
-            .arg(config)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -49,11 +59,18 @@ impl Daemon {
         };
         let up = crate::wait_for(Duration::from_secs(20), || {
             if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.try_wait()) {
-                panic!("xdpvs exited ({status}) during start-up:\n{}", d.log_text());
+                panic!(
+                    "xdpvs {args:?} exited ({status}) during start-up:\n{}",
+                    d.log_text()
+                );
             }
-            d.log_text().contains("xdpvs running")
+            d.log_text().contains(ready)
         });
-        assert!(up, "xdpvs did not come up within 20 s:\n{}", d.log_text());
+        assert!(
+            up,
+            "xdpvs {args:?} did not come up within 20 s:\n{}",
+            d.log_text()
+        );
         d
     }
 

@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -86,4 +86,81 @@ pub fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
         return Err(format!("status: {head}"));
     }
     Ok(body.trim().to_string())
+}
+
+/// A UDP server on a thread inside a namespace: answers each datagram with its name,
+/// a colon and the datagram; stops on drop.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    pub fn start(ns: &Netns, bind: SocketAddr, name: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, name) = (stop.clone(), name.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || {
+            let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    let mut out = format!("{name}:").into_bytes();
+                    out.extend_from_slice(&buf[..n]);
+                    let _ = sock.send_to(&out, peer);
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("UDP server did not start");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `payload` to `addr` and waits for one answer, retrying up to three times
+/// (UDP may lose the first datagram while a neighbour is resolved).
+/// Returns: the answer, or the error.
+pub fn udp_exchange(
+    addr: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    for _ in 0..3 {
+        sock.send_to(payload, addr)
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = [0u8; 2048];
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from == addr => return Ok(buf[..n].to_vec()),
+            Ok((_, from)) => last = format!("answer from {from}, not {addr}"),
+            Err(e) => last = format!("recv: {e}"),
+        }
+    }
+    Err(last)
 }

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod fixture;
 pub mod http;
+pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod topo;

@@ -2,4 +2,5 @@
 
 mod dr_e2e;
 mod methods;
+mod methods_e2e;
 mod testrun;

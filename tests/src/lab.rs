@@ -1,0 +1,398 @@
+//! End-to-end labs for every forwarding method and both address families: namespaces,
+//! veths and bridges built from scratch with unique names, the balancer started from a
+//! YAML file, HTTP servers on the reals. Everything is removed on drop.
+//!
+//! Addresses: `net(n, host)` is `10.n.0.host/24` in IPv4 and `fd00:n::host/64` in IPv6.
+//!
+//! ```text
+//! dr:       client .2, lb .1, reals .11+ on net 100 (one bridge); VIP 100.100 on the
+//!           reals' lo; replies go straight to the client.
+//! nat:      client .2 -- net 100 -- lb .1 | lb .1 -- net 200 -- reals .11+ (default
+//!           route via lb); VIP 100.100; reals serve port 8080 for VIP port 80.
+//! nat-one:  one bridge: lb (100.1 and 150.1), client 150.2, reals 100.11+ (default via
+//!           lb); VIP 150.100.
+//! tunnel:   net 100: client .2, lb .1, router .254 | net 200: router .1, reals .11+;
+//!           the lb encapsulates to the reals through the router; the reals decapsulate
+//!           with `xdpvs realserver decap` and answer the client through the router.
+//! ```
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use aya::Ebpf;
+
+use crate::{
+    daemon::Daemon,
+    http::{NamedServer, UdpEcho},
+    netns::{unique_prefix, veth, Netns},
+    topo::attach_pass,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dr,
+    Nat,
+    NatOneNic,
+    Tunnel,
+}
+
+/// Returns: host `host` of lab network `n` in `fam`.
+pub fn net(fam: Family, n: u8, host: u16) -> IpAddr {
+    match fam {
+        Family::V4 => format!("10.{n}.0.{host}").parse().expect("v4"),
+        Family::V6 => format!("fd00:{n}::{host:x}").parse().expect("v6"),
+    }
+}
+
+fn cidr(fam: Family, a: IpAddr) -> String {
+    format!("{a}/{}", if fam == Family::V4 { 24 } else { 64 })
+}
+
+/// Port the reals serve HTTP on (NAT maps VIP:80 to it).
+pub const NAT_REAL_PORT: u16 = 8080;
+/// UDP virtual server port of the NAT lab, and the reals' port behind it.
+pub const UDP_VS_PORT: u16 = 53;
+pub const UDP_REAL_PORT: u16 = 5353;
+
+pub struct Lab {
+    pub kind: Kind,
+    pub fam: Family,
+    pub dir: PathBuf,
+    pub vip: IpAddr,
+    /// The balancer's interfaces, in config order.
+    pub lb_ifs: Vec<String>,
+    pub real_addrs: Vec<IpAddr>,
+    pub servers: Vec<NamedServer>,
+    pub udp: Vec<UdpEcho>,
+    pub decaps: Vec<Daemon>,
+    passes: Vec<Ebpf>,
+    // Field order is drop order: namespaces last.
+    pub client: Netns,
+    pub lb: Netns,
+    pub reals: Vec<Netns>,
+    pub infra: Vec<Netns>,
+}
+
+struct Builder {
+    p: String,
+    fam: Family,
+    passes: Vec<Ebpf>,
+}
+
+impl Builder {
+    fn ip(&self, ns: &Netns, args: &[&str]) {
+        let mut full = vec!["ip"];
+        if self.fam == Family::V6 {
+            full.push("-6");
+        }
+        full.extend_from_slice(args);
+        ns.exec(&full);
+    }
+
+    fn addr(&self, ns: &Netns, dev: &str, a: IpAddr) {
+        let c = cidr(self.fam, a);
+        if self.fam == Family::V6 {
+            self.ip(ns, &["addr", "add", &c, "dev", dev, "nodad"]);
+        } else {
+            self.ip(ns, &["addr", "add", &c, "dev", dev]);
+        }
+    }
+
+    fn default_via(&self, ns: &Netns, gw: IpAddr) {
+        self.ip(ns, &["route", "add", "default", "via", &gw.to_string()]);
+    }
+
+    fn forwarding(&self, ns: &Netns) {
+        let key = if self.fam == Family::V4 {
+            "net.ipv4.conf.all.forwarding=1"
+        } else {
+            "net.ipv6.conf.all.forwarding=1"
+        };
+        ns.exec(&["sysctl", "-qw", key]);
+    }
+
+    /// A bridge in a namespace of its own.
+    fn switch(&self, name: &str) -> Netns {
+        let sw = Netns::new(&format!("{}-{name}", self.p));
+        sw.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+        sw.exec(&["ip", "link", "set", "br0", "up"]);
+        sw
+    }
+
+    /// Plugs `dev` in `ns` into the bridge of `sw` (port `port`); `xdp_peer` attaches
+    /// the pass program to the port, for a device XDP transmits on.
+    fn plug(&mut self, ns: &Netns, dev: &str, sw: &Netns, port: &str, xdp_peer: bool) {
+        veth(dev, ns, port, sw);
+        sw.exec(&["ip", "link", "set", port, "master", "br0"]);
+        if xdp_peer {
+            self.passes.push(attach_pass(sw, port));
+        }
+    }
+}
+
+impl Lab {
+    /// Builds the lab `kind` in `fam` with `n` reals, servers started.
+    pub fn new(kind: Kind, fam: Family, n: usize) -> Self {
+        crate::require_root();
+        let p = unique_prefix();
+        let dir = std::env::temp_dir().join(format!("{p}-xdpvs"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut b = Builder {
+            p: p.clone(),
+            fam,
+            passes: Vec::new(),
+        };
+        let client = Netns::new(&format!("{p}-c"));
+        let lb = Netns::new(&format!("{p}-lb"));
+        let reals: Vec<Netns> = (0..n)
+            .map(|i| Netns::new(&format!("{p}-r{}", i + 1)))
+            .collect();
+        let mut infra = Vec::new();
+        let real_dev = |i: usize| format!("{p}r{}", i + 1);
+        let mut lb_ifs = vec![format!("{p}o")];
+        let (vip, real_addrs): (IpAddr, Vec<IpAddr>);
+
+        match kind {
+            Kind::Dr => {
+                let sw = b.switch("sw");
+                b.plug(&client, &format!("{p}c"), &sw, &format!("{p}cs"), false);
+                b.addr(&client, &format!("{p}c"), net(fam, 100, 2));
+                b.plug(&lb, &lb_ifs[0], &sw, &format!("{p}os"), true);
+                b.addr(&lb, &lb_ifs[0], net(fam, 100, 1));
+                vip = net(fam, 100, 100);
+                real_addrs = (0..n).map(|i| net(fam, 100, 11 + i as u16)).collect();
+                for (i, r) in reals.iter().enumerate() {
+                    b.plug(r, &real_dev(i), &sw, &format!("{p}r{}s", i + 1), false);
+                    b.addr(r, &real_dev(i), real_addrs[i]);
+                    hold_vip(&b, r, &real_dev(i), vip);
+                }
+                infra.push(sw);
+            }
+            Kind::Nat => {
+                let out_sw = b.switch("so");
+                let in_sw = b.switch("si");
+                lb_ifs.push(format!("{p}i"));
+                b.plug(&client, &format!("{p}c"), &out_sw, &format!("{p}cs"), false);
+                b.addr(&client, &format!("{p}c"), net(fam, 100, 2));
+                b.plug(&lb, &lb_ifs[0], &out_sw, &format!("{p}os"), true);
+                b.addr(&lb, &lb_ifs[0], net(fam, 100, 1));
+                b.plug(&lb, &lb_ifs[1], &in_sw, &format!("{p}is"), true);
+                b.addr(&lb, &lb_ifs[1], net(fam, 200, 1));
+                b.forwarding(&lb);
+                vip = net(fam, 100, 100);
+                real_addrs = (0..n).map(|i| net(fam, 200, 11 + i as u16)).collect();
+                for (i, r) in reals.iter().enumerate() {
+                    b.plug(r, &real_dev(i), &in_sw, &format!("{p}r{}s", i + 1), false);
+                    b.addr(r, &real_dev(i), real_addrs[i]);
+                    b.default_via(r, net(fam, 200, 1));
+                }
+                infra.push(out_sw);
+                infra.push(in_sw);
+            }
+            Kind::NatOneNic => {
+                let sw = b.switch("sw");
+                b.plug(&client, &format!("{p}c"), &sw, &format!("{p}cs"), false);
+                b.addr(&client, &format!("{p}c"), net(fam, 150, 2));
+                b.plug(&lb, &lb_ifs[0], &sw, &format!("{p}os"), true);
+                b.addr(&lb, &lb_ifs[0], net(fam, 100, 1));
+                b.addr(&lb, &lb_ifs[0], net(fam, 150, 1));
+                b.forwarding(&lb);
+                vip = net(fam, 150, 100);
+                real_addrs = (0..n).map(|i| net(fam, 100, 11 + i as u16)).collect();
+                for (i, r) in reals.iter().enumerate() {
+                    b.plug(r, &real_dev(i), &sw, &format!("{p}r{}s", i + 1), false);
+                    b.addr(r, &real_dev(i), real_addrs[i]);
+                    b.default_via(r, net(fam, 100, 1));
+                }
+                infra.push(sw);
+            }
+            Kind::Tunnel => {
+                let sw_a = b.switch("sa");
+                let sw_b = b.switch("sb");
+                let router = Netns::new(&format!("{p}-rt"));
+                b.plug(&client, &format!("{p}c"), &sw_a, &format!("{p}cs"), false);
+                b.addr(&client, &format!("{p}c"), net(fam, 100, 2));
+                b.default_via(&client, net(fam, 100, 254));
+                b.plug(&lb, &lb_ifs[0], &sw_a, &format!("{p}os"), true);
+                b.addr(&lb, &lb_ifs[0], net(fam, 100, 1));
+                b.forwarding(&lb);
+                b.ip(
+                    &lb,
+                    &[
+                        "route",
+                        "add",
+                        &cidr(fam, net(fam, 200, 0)),
+                        "via",
+                        &net(fam, 100, 254).to_string(),
+                    ],
+                );
+                b.plug(&router, &format!("{p}ta"), &sw_a, &format!("{p}tas"), false);
+                b.addr(&router, &format!("{p}ta"), net(fam, 100, 254));
+                b.plug(&router, &format!("{p}tb"), &sw_b, &format!("{p}tbs"), false);
+                b.addr(&router, &format!("{p}tb"), net(fam, 200, 1));
+                b.forwarding(&router);
+                vip = net(fam, 100, 100);
+                real_addrs = (0..n).map(|i| net(fam, 200, 11 + i as u16)).collect();
+                for (i, r) in reals.iter().enumerate() {
+                    b.plug(r, &real_dev(i), &sw_b, &format!("{p}r{}s", i + 1), false);
+                    b.addr(r, &real_dev(i), real_addrs[i]);
+                    b.default_via(r, net(fam, 200, 1));
+                    hold_vip(&b, r, &real_dev(i), vip);
+                }
+                infra.extend([sw_a, sw_b, router]);
+            }
+        }
+
+        let nat = matches!(kind, Kind::Nat | Kind::NatOneNic);
+        let mut servers = Vec::new();
+        let mut udp = Vec::new();
+        for (i, r) in reals.iter().enumerate() {
+            let name = format!("real{}", i + 1);
+            let bind = if nat {
+                SocketAddr::new(real_addrs[i], NAT_REAL_PORT)
+            } else {
+                SocketAddr::new(vip, 80)
+            };
+            servers.push(NamedServer::start(r, bind, &name));
+            if nat {
+                udp.push(UdpEcho::start(
+                    r,
+                    SocketAddr::new(real_addrs[i], UDP_REAL_PORT),
+                    &name,
+                ));
+            }
+        }
+        let mut lab = Lab {
+            kind,
+            fam,
+            dir,
+            vip,
+            lb_ifs,
+            real_addrs,
+            servers,
+            udp,
+            decaps: Vec::new(),
+            passes: b.passes,
+            client,
+            lb,
+            reals,
+            infra,
+        };
+        if kind == Kind::Tunnel {
+            for (i, r) in lab.reals.iter().enumerate() {
+                let args = [
+                    "realserver",
+                    "decap",
+                    "--interface",
+                    &real_dev(i),
+                    "--vip",
+                    &vip.to_string(),
+                ]
+                .map(String::from);
+                let log = lab.dir.join(format!("decap{}.log", i + 1));
+                lab.decaps
+                    .push(Daemon::spawn(r, &args, &log, "decap running"));
+            }
+        }
+        lab
+    }
+
+    /// Writes the balancer's configuration: one TCP virtual server on VIP:80 (NAT adds
+    /// a UDP one on VIP:53), reals of equal weight. Returns: its path.
+    pub fn write_config(&self) -> PathBuf {
+        let method = match self.kind {
+            Kind::Dr => "dr",
+            Kind::Nat | Kind::NatOneNic => "nat",
+            Kind::Tunnel => "tunnel",
+        };
+        let nat = method == "nat";
+        let mut y = format!("interfaces: [{}]\nxdp_mode: auto\n", self.lb_ifs.join(", "));
+        if self.kind == Kind::Tunnel {
+            y.push_str(&format!("tunnel_source: '{}'\n", net(self.fam, 100, 1)));
+        }
+        y.push_str("virtual_servers:\n");
+        let vs = |name: &str, proto: &str, port: u16, real_port: u16| {
+            let mut s = format!("  - name: {name}\n    address: '{}'\n    port: {port}\n    protocol: {proto}\n    method: {method}\n    real_servers:\n", self.vip);
+            for a in &self.real_addrs {
+                s.push_str(&format!(
+                    "      - address: '{a}'\n        port: {real_port}\n"
+                ));
+            }
+            s
+        };
+        y.push_str(&vs("web", "tcp", 80, if nat { NAT_REAL_PORT } else { 80 }));
+        if nat {
+            y.push_str(&vs("dns", "udp", UDP_VS_PORT, UDP_REAL_PORT));
+        }
+        let path = self.dir.join("xdpvs.yaml");
+        std::fs::write(&path, y).expect("write config");
+        path
+    }
+
+    /// Sends `n` HTTP requests from the client to VIP:80, one connection each.
+    /// Returns: the answering server's name per request (or the error).
+    pub fn requests(&self, n: usize) -> Vec<Result<String, String>> {
+        let vip = SocketAddr::new(self.vip, 80);
+        self.client.run(move || {
+            (0..n)
+                .map(|_| crate::http::get(vip, Duration::from_secs(3)))
+                .collect()
+        })
+    }
+
+    /// Sends `n` UDP datagrams to VIP:53 from distinct client ports.
+    /// Returns: each answer (or the error).
+    pub fn datagrams(&self, n: usize) -> Vec<Result<Vec<u8>, String>> {
+        let vip = SocketAddr::new(self.vip, UDP_VS_PORT);
+        self.client.run(move || {
+            (0..n)
+                .map(|i| {
+                    crate::http::udp_exchange(
+                        vip,
+                        format!("ping{i}").as_bytes(),
+                        Duration::from_secs(1),
+                    )
+                })
+                .collect()
+        })
+    }
+}
+
+/// The VIP on the real's loopback, and (IPv4) ARP kept off it on the real interface.
+fn hold_vip(b: &Builder, r: &Netns, dev: &str, vip: IpAddr) {
+    let host = if b.fam == Family::V4 { 32 } else { 128 };
+    b.ip(r, &["addr", "add", &format!("{vip}/{host}"), "dev", "lo"]);
+    if b.fam == Family::V4 {
+        for conf in ["all", dev] {
+            r.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{conf}.arp_ignore=1"),
+            ]);
+            r.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{conf}.arp_announce=2"),
+            ]);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.decaps.clear();
+        self.servers.clear();
+        self.udp.clear();
+        self.passes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -194,6 +194,10 @@ pub const DECAP_SKIPPED: u32 = 1;
 /// Number of decapsulator counters.
 pub const DECAP_COUNT: u32 = 2;
 
+/// [`maps::SETTINGS`] bit: some virtual server uses NAT, so packets for no VIP are
+/// looked up as possible NAT replies (otherwise that lookup is skipped).
+pub const SETTING_NAT: u32 = 1;
+
 /// An interface the data path transmits on. Value of [`maps::IFACES`], keyed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

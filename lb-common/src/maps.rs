@@ -11,6 +11,7 @@
 //! | `STATS_VS` | vs index -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `STATS_REAL` | real id -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `VERDICTS` | [`crate::reason`] -> packets per CPU (`u64`) | XDP | daemon |
+//! | `SETTINGS` | 0 -> `SETTING_*` bits (`u32`) | daemon | XDP |
 //! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU) | XDP | XDP |
 //! | `DECAP_VIPS` | [`crate::AddrKey`] -> `u8` | `xdpvs realserver decap` | decap XDP |
 //! | `DECAP_LOCAL` | [`crate::AddrKey`] -> `u8` | `xdpvs realserver decap` | decap XDP |
@@ -35,6 +36,8 @@ pub const STATS_REAL: &str = "STATS_REAL";
 /// Packets per verdict reason. Per-CPU array.
 pub const VERDICTS: &str = "VERDICTS";
 
+/// Data path switches: one `u32` of `SETTING_*` bits. Array of one.
+pub const SETTINGS: &str = "SETTINGS";
 /// NAT replies: the reply 5-tuple of every NAT flow -> the VIP:port to restore. LRU
 /// hash, as large as `FLOWS`.
 pub const NAT_STATE: &str = "NAT_STATE";

@@ -47,6 +47,10 @@ pub static STATS_REAL: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX
 #[map]
 pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
 
+/// `SETTING_*` bits at index 0. Written by the daemon.
+#[map]
+pub static SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
+
 /// NAT reply 5-tuple -> VIP:port to restore. Written and read here; sized like FLOWS.
 #[map]
 pub static NAT_STATE: LruHashMap<FlowKey, NatState> =

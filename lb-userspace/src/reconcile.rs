@@ -17,7 +17,7 @@ use std::{
 
 use lb_common::{
     maps::MAX_REALS, user::addr_words, RealInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT,
-    METHOD_TUNNEL, REAL_F_ACTIVE,
+    METHOD_TUNNEL, REAL_F_ACTIVE, SETTING_NAT,
 };
 
 use crate::{
@@ -81,6 +81,8 @@ pub struct Reconciler<D: Dataplane> {
     generations: Vec<u32>,
     /// Known next hops by real address.
     next_hops: HashMap<IpAddr, L2Next>,
+    /// `SETTING_*` bits last written.
+    settings: u32,
 }
 
 fn method_code(m: Method) -> u8 {
@@ -105,7 +107,16 @@ impl<D: Dataplane> Reconciler<D> {
             free_reals: (0..MAX_REALS).rev().collect(),
             generations: vec![0; MAX_REALS as usize],
             next_hops: HashMap::new(),
+            settings: 0,
         }
+    }
+
+    fn set_settings(&mut self, bits: u32) -> Result<(), ReconcileError> {
+        if bits != self.settings {
+            self.dp.set_settings(bits)?;
+            self.settings = bits;
+        }
+        Ok(())
     }
 
     /// Returns: the real id of `key`, if it is in the data path.
@@ -206,7 +217,18 @@ impl<D: Dataplane> Reconciler<D> {
                 self.reals.insert(key, RealSlot { id, info });
             }
         }
-        // 2. Tables.
+        // 2. Tables. NAT reply handling is switched on before the first NAT virtual
+        // server appears, and off only after the last one is gone (step 3).
+        let settings = if config
+            .virtual_servers
+            .iter()
+            .any(|v| v.method == Method::Nat)
+        {
+            SETTING_NAT
+        } else {
+            0
+        };
+        self.set_settings(self.settings | settings)?;
         for vs in &config.virtual_servers {
             self.apply_vs(vs)?;
         }
@@ -246,6 +268,7 @@ impl<D: Dataplane> Reconciler<D> {
             self.free_reals.insert(0, slot.id); // reused last: stale flow state ages out first
             tracing::info!(vs = %key.vs, real = %key.addr, port = key.port, "real server removed");
         }
+        self.set_settings(settings)?;
         Ok(())
     }
 
@@ -529,5 +552,18 @@ mod tests {
             })
             .unwrap();
         assert_eq!((r.dp.reals[&id].ifindex, r.dp.reals[&id].mac), (7, hop.mac));
+    }
+
+    #[test]
+    fn nat_reply_lookup_is_switched_on_only_while_a_nat_vs_exists() {
+        let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+        r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+        assert_eq!(r.dp.settings, 0);
+        let nat = "interfaces: [eth0]\nvirtual_servers:\n  - { name: n, address: 10.0.0.1, port: 80, protocol: tcp, method: nat, real_servers: [{ address: 10.0.1.1, port: 8080 }] }\n";
+        r.apply(&config::parse(Path::new("t.yaml"), nat, &Facts).unwrap())
+            .unwrap();
+        assert_eq!(r.dp.settings, SETTING_NAT);
+        r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+        assert_eq!(r.dp.settings, 0);
     }
 }

@@ -11,14 +11,14 @@
 //! - A packet too big for the egress MTU is answered with ICMP (see `icmp`).
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UDP};
+use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UDP, SETTING_NAT};
 
 use crate::{
     balance::Verdict,
     csum, fib,
     forward::transmit,
     icmp,
-    maps::NAT_STATE,
+    maps::{NAT_STATE, SETTINGS},
     parse::{l4_csum_off, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed},
 };
 
@@ -159,6 +159,9 @@ pub fn forward(
 /// virtual server index of a restored reply.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
+    if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
+        return Err(Verdict::pass(reason::PASS_NOT_VS));
+    }
     // SAFETY: LRU hash value, copied out at once.
     let state = match unsafe { NAT_STATE.get(&p.key) } {
         Some(s) => *s,

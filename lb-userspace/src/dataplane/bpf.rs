@@ -8,8 +8,8 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        FLOWS, IFACES, NAT_STATE, PROG_DECAP, PROG_LB, PROG_PASS, REALS, STATS_REAL, STATS_VS,
-        VS_MAP, VS_RINGS,
+        FLOWS, IFACES, NAT_STATE, PROG_DECAP, PROG_LB, PROG_PASS, REALS, SETTINGS, STATS_REAL,
+        STATS_VS, VS_MAP, VS_RINGS,
     },
     Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
@@ -185,6 +185,11 @@ impl Dataplane for BpfDataplane {
         self.hash::<VsKey, VsInfo>(VS_MAP)?
             .insert(*key, *info, 0)
             .map_err(map_err(VS_MAP))
+    }
+    fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
+        self.array::<u32>(SETTINGS)?
+            .set(0, bits, 0)
+            .map_err(map_err(SETTINGS))
     }
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
         self.hash::<VsKey, VsInfo>(VS_MAP)?

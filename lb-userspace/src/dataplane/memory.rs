@@ -13,6 +13,7 @@ pub struct MemoryDataplane {
     /// `ring_id * RING_STRIDE + slot` -> real id.
     pub rings: HashMap<u32, u32>,
     pub vs: HashMap<VsKey, VsInfo>,
+    pub settings: u32,
     /// Number of ring slot writes, to check that only changed slots are written.
     pub slot_writes: usize,
 }
@@ -52,6 +53,10 @@ impl Dataplane for MemoryDataplane {
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
         self.vs.insert(*key, *info);
+        Ok(())
+    }
+    fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
+        self.settings = bits;
         Ok(())
     }
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {

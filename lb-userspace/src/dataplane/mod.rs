@@ -34,6 +34,8 @@ pub trait Dataplane {
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError>;
     /// Removes a virtual server; its traffic is passed to the kernel from then on.
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError>;
+    /// Sets the data path's `SETTING_*` bits.
+    fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError>;
     /// Zeroes the counters of a virtual server index and a real id about to be reused.
     fn reset_counters(
         &mut self,

@@ -268,11 +268,8 @@ impl Daemon {
         let neigh = netlink::neighbours(&self.handle).await?;
         let mut missing = self.refresh_routed(&neigh).await?;
         for addr in self.rec.real_addresses_of(true) {
-            let Some(route) = netlink::route_to(&self.handle, addr).await? else {
+            let Some(route) = self.route_to_real(addr).await? else {
                 missing += 1;
-                if self.warned.insert(addr) {
-                    tracing::warn!(real = %addr, "no route to real server");
-                }
                 continue;
             };
             if let Some(gw) = route.gateway {
@@ -301,16 +298,7 @@ impl Daemon {
             } else {
                 missing += 1;
             }
-            let due = self
-                .last_solicit
-                .get(&addr)
-                .is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
-            if entry.is_none_or(|n| !n.fresh) && due {
-                if let Err(e) = netlink::solicit(addr) {
-                    tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
-                }
-                self.last_solicit.insert(addr, Instant::now());
-            }
+            self.solicit_unless_fresh(addr, entry);
         }
         Ok(missing)
     }
@@ -321,11 +309,8 @@ impl Daemon {
     async fn refresh_routed(&mut self, neigh: &[netlink::Neighbour]) -> anyhow::Result<usize> {
         let mut missing = 0;
         for addr in self.rec.real_addresses_of(false) {
-            let Some(route) = netlink::route_to(&self.handle, addr).await? else {
+            let Some(route) = self.route_to_real(addr).await? else {
                 missing += 1;
-                if self.warned.insert(addr) {
-                    tracing::warn!(real = %addr, "no route to real server");
-                }
                 continue;
             };
             let hop = route.gateway.unwrap_or(addr);
@@ -335,18 +320,33 @@ impl Daemon {
             if entry.is_none() {
                 missing += 1;
             }
-            let due = self
-                .last_solicit
-                .get(&addr)
-                .is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
-            if entry.is_none_or(|n| !n.fresh) && due {
-                if let Err(e) = netlink::solicit(addr) {
-                    tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
-                }
-                self.last_solicit.insert(addr, Instant::now());
-            }
+            self.solicit_unless_fresh(addr, entry);
         }
         Ok(missing)
+    }
+
+    /// Returns: the kernel's route to real `addr`; warns once when there is none.
+    async fn route_to_real(&mut self, addr: IpAddr) -> anyhow::Result<Option<netlink::RouteTo>> {
+        let route = netlink::route_to(&self.handle, addr).await?;
+        if route.is_none() && self.warned.insert(addr) {
+            tracing::warn!(real = %addr, "no route to real server");
+        }
+        Ok(route)
+    }
+
+    /// Makes the kernel resolve the next hop toward `addr` again unless its neighbour
+    /// `entry` is fresh, at most once every SOLICIT_EVERY per real.
+    fn solicit_unless_fresh(&mut self, addr: IpAddr, entry: Option<&netlink::Neighbour>) {
+        let due = self
+            .last_solicit
+            .get(&addr)
+            .is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
+        if entry.is_none_or(|n| !n.fresh) && due {
+            if let Err(e) = netlink::solicit(addr) {
+                tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
+            }
+            self.last_solicit.insert(addr, Instant::now());
+        }
     }
 
     async fn cleanup(&mut self) {

@@ -173,7 +173,7 @@ impl Lab {
                 for (i, r) in reals.iter().enumerate() {
                     b.plug(r, &real_dev(i), &sw, &format!("{p}r{}s", i + 1), false);
                     b.addr(r, &real_dev(i), real_addrs[i]);
-                    hold_vip(&b, r, &real_dev(i), vip);
+                    hold_vip(r, &real_dev(i), vip);
                 }
                 infra.push(sw);
             }
@@ -246,7 +246,7 @@ impl Lab {
                     b.plug(r, &real_dev(i), &sw_b, &format!("{p}r{}s", i + 1), false);
                     b.addr(r, &real_dev(i), real_addrs[i]);
                     b.default_via(r, net(fam, 200, 1));
-                    hold_vip(&b, r, &real_dev(i), vip);
+                    hold_vip(r, &real_dev(i), vip);
                 }
                 infra.extend([sw_a, sw_b, router]);
             }
@@ -367,22 +367,29 @@ impl Lab {
     }
 }
 
-/// The VIP on the real's loopback, and (IPv4) ARP kept off it on the real interface.
-fn hold_vip(b: &Builder, r: &Netns, dev: &str, vip: IpAddr) {
-    let host = if b.fam == Family::V4 { 32 } else { 128 };
-    b.ip(r, &["addr", "add", &format!("{vip}/{host}"), "dev", "lo"]);
-    if b.fam == Family::V4 {
+/// Puts `vip` on the real's loopback and, for IPv4, keeps the real from answering ARP
+/// for it on `dev` (arp_ignore=1, arp_announce=2). IPv6 needs nothing: Linux answers
+/// neighbour solicitations only for addresses of the receiving interface.
+pub fn hold_vip(r: &Netns, dev: &str, vip: IpAddr) {
+    let (fam, host) = if vip.is_ipv4() {
+        ("-4", 32)
+    } else {
+        ("-6", 128)
+    };
+    r.exec(&[
+        "ip",
+        fam,
+        "addr",
+        "add",
+        &format!("{vip}/{host}"),
+        "dev",
+        "lo",
+    ]);
+    if vip.is_ipv4() {
         for conf in ["all", dev] {
-            r.exec(&[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{conf}.arp_ignore=1"),
-            ]);
-            r.exec(&[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{conf}.arp_announce=2"),
-            ]);
+            for setting in ["arp_ignore=1", "arp_announce=2"] {
+                r.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.{setting}")]);
+            }
         }
     }
 }

@@ -89,19 +89,7 @@ impl DrTopology {
         for (i, r) in reals.iter().enumerate() {
             let dev = format!("{p}r{}", i + 1);
             plug(r, &dev, &format!("{p}r{}s", i + 1), &real_addr(i));
-            r.exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
-            for conf in ["all", dev.as_str()] {
-                r.exec(&[
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv4.conf.{conf}.arp_ignore=1"),
-                ]);
-                r.exec(&[
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv4.conf.{conf}.arp_announce=2"),
-                ]);
-            }
+            crate::lab::hold_vip(r, &dev, VIP.parse().expect("VIP"));
         }
         let pass = attach_pass(&switch, &format!("{p}ls"));
         let servers = reals

@@ -60,6 +60,13 @@ pub fn apply_udp(check: u16, acc: u64) -> u16 {
     }
 }
 
+/// Sums an address (four network order words) into an accumulator: a 32-bit word adds
+/// the same as its two 16-bit halves once folded.
+#[inline(always)]
+pub fn sum_addr(acc: u64, addr: &[u32; 4]) -> u64 {
+    acc + u64::from(addr[0]) + u64::from(addr[1]) + u64::from(addr[2]) + u64::from(addr[3])
+}
+
 /// Sums 16-bit words (native loads) into an accumulator.
 #[inline(always)]
 pub fn sum_words(mut acc: u64, words: &[u16]) -> u64 {

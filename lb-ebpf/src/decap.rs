@@ -9,7 +9,8 @@
 //! stay valid; the kernel checks them.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, maps::HashMap,
+    programs::XdpContext,
 };
 use lb_common::{AddrKey, DECAP_DONE, DECAP_SKIPPED, FAMILY_V4, FAMILY_V6};
 
@@ -28,21 +29,16 @@ fn count(i: u32) {
     }
 }
 
+/// Returns: whether `map` holds the address.
 #[inline(always)]
-fn known(map_local: bool, addr: [u32; 4], family: u8) -> bool {
+fn known(map: &HashMap<AddrKey, u8>, addr: [u32; 4], family: u8) -> bool {
     let k = AddrKey {
         addr,
         family,
         _pad: [0; 3],
     };
     // SAFETY: presence check only.
-    unsafe {
-        if map_local {
-            DECAP_LOCAL.get(&k).is_some()
-        } else {
-            DECAP_VIPS.get(&k).is_some()
-        }
-    }
+    unsafe { map.get(&k) }.is_some()
 }
 
 /// Returns: the XDP action for the frame (always XDP_PASS, unwrapped or not).
@@ -84,13 +80,13 @@ fn outer_len(ctx: &XdpContext) -> Option<usize> {
                 return Some(0);
             }
             let hlen = ((ver_ihl & 0x0f) as usize) * 4;
-            if hlen < 20 || frag & 0x3fff != 0 || !known(true, [dst, 0, 0, 0], FAMILY_V4) {
+            if hlen < 20 || frag & 0x3fff != 0 || !known(&DECAP_LOCAL, [dst, 0, 0, 0], FAMILY_V4) {
                 return None;
             }
             let inner: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN + hlen)?;
             // SAFETY: bounds checked by ptr_at.
             let (iv, idst) = unsafe { ((*inner).ver_ihl, (*inner).dst) };
-            (iv >> 4 == 4 && known(false, [idst, 0, 0, 0], FAMILY_V4)).then_some(hlen)
+            (iv >> 4 == 4 && known(&DECAP_VIPS, [idst, 0, 0, 0], FAMILY_V4)).then_some(hlen)
         }
         ETH_P_IPV6 => {
             let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
@@ -99,13 +95,14 @@ fn outer_len(ctx: &XdpContext) -> Option<usize> {
             if next != IPPROTO_IPV6 {
                 return Some(0);
             }
-            if !known(true, dst, FAMILY_V6) {
+            if !known(&DECAP_LOCAL, dst, FAMILY_V6) {
                 return None;
             }
             let inner: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN + IPV6_HLEN)?;
             // SAFETY: bounds checked by ptr_at.
             let (ivtf, idst) = unsafe { ((*inner).ver_tc_flow, (*inner).dst) };
-            (u32::from_be(ivtf) >> 28 == 6 && known(false, idst, FAMILY_V6)).then_some(IPV6_HLEN)
+            (u32::from_be(ivtf) >> 28 == 6 && known(&DECAP_VIPS, idst, FAMILY_V6))
+                .then_some(IPV6_HLEN)
         }
         _ => Some(0),
     }

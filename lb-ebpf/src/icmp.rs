@@ -23,7 +23,10 @@ use lb_common::{reason, FAMILY_V4};
 use crate::{
     balance::Verdict,
     csum,
-    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_HLEN, IPV4_HLEN, IPV6_HLEN},
+    parse::{
+        ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN,
+        IPV6_HLEN,
+    },
 };
 
 /// Most bytes of the offending packet quoted in the answer.
@@ -44,19 +47,11 @@ struct IcmpHdr {
     rest_be: u32,
 }
 
-const fn dropped() -> Verdict {
-    Verdict::drop(reason::DROP_TOO_BIG)
-}
-
 /// Answers the packet `p` (untagged, not yet rewritten) with "too big, use `mtu`".
-/// Returns: `Err` always (the packet is not forwarded): XDP_TX with the answer, or a drop.
+/// Returns: the final verdict: XDP_TX with the answer, or a drop.
 #[inline(always)]
-pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<Verdict, Verdict> {
-    if p.key.family == FAMILY_V4 {
-        Err(too_big_v4(ctx, p, mtu).unwrap_or(dropped()))
-    } else {
-        Err(too_big_v6(ctx, p, mtu).unwrap_or(dropped()))
-    }
+pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Verdict {
+    answer(ctx, p, mtu).unwrap_or(Verdict::drop(reason::DROP_TOO_BIG))
 }
 
 /// Moves the frame's start back by `grow` bytes and trims it to `total` bytes.
@@ -98,109 +93,85 @@ fn sum_quote(ctx: &XdpContext, off: usize, len: usize) -> Option<u64> {
     Some(acc)
 }
 
+/// Builds the answer in place: the quote stays where the offending IP packet starts,
+/// new Ethernet, IP and ICMP headers go in front of it, the rest is trimmed.
+/// Returns: the XDP_TX verdict, or `None` when no answer may or can be sent.
 #[inline(always)]
-fn too_big_v4(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
+    let v4 = p.key.family == FAMILY_V4;
+    if v4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        // SAFETY: bounds checked by ptr_at.
+        if u16::from_be(unsafe { (*ip).frag_off_be }) & IP_DF == 0 {
+            return None;
+        }
+    }
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
-    let (frag, src, dst, mac_src, mac_dst) = unsafe {
-        (
-            u16::from_be((*ip).frag_off_be),
-            (*ip).src,
-            (*ip).dst,
-            (*eth).src,
-            (*eth).dst,
-        )
-    };
-    if frag & IP_DF == 0 {
-        return None;
-    }
+    let (mac_src, mac_dst) = unsafe { ((*eth).src, (*eth).dst) };
     let quote = if p.ip_len < QUOTE_MAX {
         p.ip_len
     } else {
         QUOTE_MAX
     };
-    let head = IPV4_HLEN + ICMP_HLEN;
-    reshape(ctx, head, ETH_HLEN + head + quote)?;
+    let ip_hlen = if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    let icmp_len = ICMP_HLEN + quote;
+    reshape(ctx, ip_hlen + ICMP_HLEN, ETH_HLEN + ip_hlen + icmp_len)?;
 
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-    let icmp: *mut IcmpHdr = ptr_at(ctx, ETH_HLEN + IPV4_HLEN)?;
-    let tot_len = (head + quote) as u16;
-    // SAFETY: bounds checked by ptr_at; the three headers do not overlap.
-    unsafe {
-        (*eth).dst = mac_src;
-        (*eth).src = mac_dst;
-        (*eth).proto_be = 0x0800u16.to_be();
-        (*ip).ver_ihl = 0x45;
-        (*ip).tos = TOS_INTERNETCONTROL;
-        (*ip).tot_len_be = tot_len.to_be();
-        (*ip).id_be = 0;
-        (*ip).frag_off_be = 0;
-        (*ip).ttl = 64;
-        (*ip).proto = IPPROTO_ICMP;
-        (*ip).check = 0;
-        (*ip).src = dst;
-        (*ip).dst = src;
-        let words: *const [u16; 10] = ip as *const _;
-        (*ip).check = !csum::fold(csum::sum_words(0, &*words));
-        (*icmp).kind = 3;
-        (*icmp).code = 4;
-        (*icmp).check = 0;
-        (*icmp).rest_be = (mtu & 0xffff).to_be();
-    }
-    let acc = sum_quote(ctx, ETH_HLEN + head, quote)?;
-    // SAFETY: as above.
-    unsafe {
-        let words: *const [u16; 4] = icmp as *const _;
-        (*icmp).check = !csum::fold(csum::sum_words(acc, &*words));
-    }
-    Some(Verdict {
-        action: xdp_action::XDP_TX,
-        reason: reason::ICMP_TOO_BIG,
-    })
-}
-
-#[inline(always)]
-fn too_big_v6(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
-    let (src, dst, mac_src, mac_dst) = unsafe { ((*ip).src, (*ip).dst, (*eth).src, (*eth).dst) };
-    let quote = if p.ip_len < QUOTE_MAX {
-        p.ip_len
-    } else {
-        QUOTE_MAX
-    };
-    let head = IPV6_HLEN + ICMP_HLEN;
-    reshape(ctx, head, ETH_HLEN + head + quote)?;
-
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
-    let icmp: *mut IcmpHdr = ptr_at(ctx, ETH_HLEN + IPV6_HLEN)?;
-    let payload = (ICMP_HLEN + quote) as u16;
-    // SAFETY: bounds checked by ptr_at; the three headers do not overlap.
-    let mut acc = unsafe {
+    unsafe {
         (*eth).dst = mac_src;
         (*eth).src = mac_dst;
-        (*eth).proto_be = 0x86ddu16.to_be();
-        (*ip).ver_tc_flow = (6u32 << 28).to_be();
-        (*ip).payload_len_be = payload.to_be();
-        (*ip).next_hdr = IPPROTO_ICMPV6;
-        (*ip).hop_limit = 255;
-        (*ip).src = dst;
-        (*ip).dst = src;
-        (*icmp).kind = 2;
-        (*icmp).code = 0;
-        (*icmp).check = 0;
-        (*icmp).rest_be = mtu.to_be();
+        (*eth).proto_be = if v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be();
+    }
+    // Back from the packet's destination to its source.
+    let (acc, kind, code, rest_be) = if v4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        let h = Ipv4Hdr::new(
+            TOS_INTERNETCONTROL,
+            (IPV4_HLEN + icmp_len) as u16,
+            0,
+            64,
+            IPPROTO_ICMP,
+            p.key.dst[0],
+            p.key.src[0],
+        );
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { *ip = h };
+        (0, 3, 4, (mtu & 0xffff).to_be())
+    } else {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
+        let h = Ipv6Hdr::new(
+            0,
+            0,
+            icmp_len as u16,
+            IPPROTO_ICMPV6,
+            255,
+            p.key.dst,
+            p.key.src,
+        );
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { *ip = h };
         // Pseudo-header: addresses, upper-layer length, next header.
-        let addrs: *const [u16; 16] = &(*ip).src as *const _ as *const _;
-        let acc = csum::sum_words(0, &*addrs);
-        acc + u64::from(payload.to_be()) + u64::from(u16::from(IPPROTO_ICMPV6).to_be())
+        let acc = csum::sum_addr(csum::sum_addr(0, &p.key.src), &p.key.dst);
+        let acc = acc
+            + u64::from((icmp_len as u16).to_be())
+            + u64::from(u16::from(IPPROTO_ICMPV6).to_be());
+        (acc, 2, 0, mtu.to_be())
     };
-    acc += sum_quote(ctx, ETH_HLEN + head, quote)?;
-    // SAFETY: as above.
+    let icmp: *mut IcmpHdr = ptr_at(ctx, ETH_HLEN + ip_hlen)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        *icmp = IcmpHdr {
+            kind,
+            code,
+            check: 0,
+            rest_be,
+        }
+    };
+    let acc = acc + sum_quote(ctx, ETH_HLEN + ip_hlen + ICMP_HLEN, quote)?;
+    // SAFETY: as above; the header is 8 bytes of plain integers.
     unsafe {
         let words: *const [u16; 4] = icmp as *const _;
         (*icmp).check = !csum::fold(csum::sum_words(acc, &*words));

@@ -12,7 +12,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
-use crate::balance::Verdict;
+use crate::{balance::Verdict, csum};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -57,6 +57,61 @@ pub struct Ipv6Hdr {
     pub hop_limit: u8,
     pub src: [u32; 4],
     pub dst: [u32; 4],
+}
+
+impl Ipv4Hdr {
+    /// A header the balancer originates (tunnel outer header, ICMP answer): no options,
+    /// id 0, checksum computed. Lengths and flags in host order, addresses as on the wire.
+    #[inline(always)]
+    pub fn new(
+        tos: u8,
+        tot_len: u16,
+        frag_off: u16,
+        ttl: u8,
+        proto: u8,
+        src: u32,
+        dst: u32,
+    ) -> Self {
+        let mut h = Self {
+            ver_ihl: 0x45,
+            tos,
+            tot_len_be: tot_len.to_be(),
+            id_be: 0,
+            frag_off_be: frag_off.to_be(),
+            ttl,
+            proto,
+            check: 0,
+            src,
+            dst,
+        };
+        // SAFETY: Ipv4Hdr is 20 bytes of plain integers, readable as ten u16 words.
+        let words = unsafe { &*(&h as *const Self as *const [u16; 10]) };
+        h.check = !csum::fold(csum::sum_words(0, words));
+        h
+    }
+}
+
+impl Ipv6Hdr {
+    /// A header the balancer originates. Lengths in host order, addresses as on the wire.
+    #[inline(always)]
+    pub fn new(
+        tclass: u8,
+        flow: u32,
+        payload_len: u16,
+        next_hdr: u8,
+        hop_limit: u8,
+        src: [u32; 4],
+        dst: [u32; 4],
+    ) -> Self {
+        Self {
+            ver_tc_flow: ((6u32 << 28) | (u32::from(tclass) << 20) | (flow & 0xf_ffff)).to_be(),
+            payload_len_be: payload_len.to_be(),
+            next_hdr,
+            hop_limit,
+            src,
+            dst,
+        }
+    }
 }
 
 /// Returns: a pointer to a `T` at `off` bytes into the frame, or `None` when the frame

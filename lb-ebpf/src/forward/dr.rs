@@ -6,8 +6,7 @@ use lb_common::{reason, RealInfo};
 
 use crate::{
     balance::Verdict,
-    forward::{egress_iface, transmit},
-    parse::{ptr_at, EthHdr},
+    forward::{egress_iface, set_macs, transmit},
 };
 
 /// Rewrites destination MAC to the real's and source MAC to the egress interface's.
@@ -18,11 +17,6 @@ pub fn forward(ctx: &XdpContext, real: &RealInfo) -> Result<Verdict, Verdict> {
         return Err(Verdict::drop(reason::DROP_NO_MAC));
     }
     let iface = egress_iface(real.ifindex)?;
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Verdict::drop(reason::DROP_INTERNAL))?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        (*eth).dst = real.mac;
-        (*eth).src = iface.mac;
-    }
+    set_macs(ctx, real.mac, iface.mac)?;
     Ok(transmit(ctx, real.ifindex))
 }

@@ -7,7 +7,48 @@ pub mod tunnel;
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{reason, IfaceInfo};
 
-use crate::{balance::Verdict, maps::IFACES};
+use crate::{
+    balance::Verdict,
+    fib, icmp,
+    maps::IFACES,
+    parse::{ptr_at, EthHdr, Parsed},
+};
+
+/// The verdict for a header the program itself checked moments ago and now cannot
+/// reach: data path bug, counted as `drop_internal`.
+pub const fn internal() -> Verdict {
+    Verdict::drop(reason::DROP_INTERNAL)
+}
+
+/// Sets the frame's destination and source MAC addresses.
+#[inline(always)]
+pub fn set_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Verdict> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(internal())?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        (*eth).dst = dst;
+        (*eth).src = src;
+    }
+    Ok(())
+}
+
+/// Looks the next hop of `r` up in the kernel's FIB, for the methods that route. A
+/// packet too big for the egress once the method has added `overhead` bytes is answered
+/// with ICMP carrying the egress MTU less `overhead`.
+/// Returns: the hop, or the final verdict of a packet not forwarded.
+#[inline(always)]
+pub fn next_hop(
+    ctx: &XdpContext,
+    p: &Parsed,
+    r: &fib::Route,
+    overhead: u32,
+) -> Result<fib::Hop, Verdict> {
+    match fib::lookup(ctx, r) {
+        Ok(hop) => Ok(hop),
+        Err(fib::Miss::TooBig(mtu)) => Err(icmp::too_big(ctx, p, mtu.saturating_sub(overhead))),
+        Err(fib::Miss::Drop(v)) => Err(v),
+    }
+}
 
 /// Looks up the interface a frame leaves by.
 /// Returns: its facts, or the drop verdict for an interface the daemon did not register.

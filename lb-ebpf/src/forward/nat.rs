@@ -16,10 +16,9 @@ use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UD
 use crate::{
     balance::Verdict,
     csum, fib,
-    forward::transmit,
-    icmp,
+    forward::{internal, next_hop, set_macs, transmit},
     maps::{NAT_STATE, SETTINGS},
-    parse::{l4_csum_off, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed},
+    parse::{l4_csum_off, ptr_at, Ipv4Hdr, Ipv6Hdr, Parsed},
 };
 
 /// Which end of a packet a rewrite changes.
@@ -70,19 +69,8 @@ fn rewrite(ctx: &XdpContext, p: &Parsed, end: End, addr: &[u32; 4], port_be: u16
     Some(())
 }
 
-/// Sets the frame's MACs to the hop's.
-#[inline(always)]
-fn set_macs(ctx: &XdpContext, hop: &fib::Hop) -> Option<()> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        (*eth).dst = hop.dmac;
-        (*eth).src = hop.smac;
-    }
-    Some(())
-}
-
-/// Finds the next hop toward `dst`, answering a too-big packet with ICMP.
+/// Finds the next hop of `p` (source `src:sport_be`) toward `dst:dport_be`; NAT adds no
+/// bytes, so a too-big answer carries the egress MTU itself.
 #[inline(always)]
 fn route(
     ctx: &XdpContext,
@@ -101,17 +89,7 @@ fn route(
         dport_be,
         tot_len: p.ip_len as u16,
     };
-    match fib::lookup(ctx, &r) {
-        Ok(hop) => Ok(hop),
-        Err(fib::Miss::TooBig(mtu)) => match icmp::too_big(ctx, p, mtu) {
-            Ok(v) | Err(v) => Err(v),
-        },
-        Err(fib::Miss::Drop(v)) => Err(v),
-    }
-}
-
-const fn internal() -> Verdict {
-    Verdict::drop(reason::DROP_INTERNAL)
+    next_hop(ctx, p, &r, 0)
 }
 
 /// Forwards a request of virtual server `vs` to `real`.
@@ -150,7 +128,7 @@ pub fn forward(
         let _ = NAT_STATE.insert(&reply, &state, 0);
     }
     rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(internal())?;
-    set_macs(ctx, &hop).ok_or(internal())?;
+    set_macs(ctx, hop.dmac, hop.smac)?;
     Ok(transmit(ctx, hop.ifindex))
 }
 
@@ -182,7 +160,7 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         p.key.dport_be,
     )?;
     rewrite(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(internal())?;
-    set_macs(ctx, &hop).ok_or(internal())?;
+    set_macs(ctx, hop.dmac, hop.smac)?;
     let v = transmit(ctx, hop.ifindex);
     Ok((
         Verdict {

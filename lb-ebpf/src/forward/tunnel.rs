@@ -14,9 +14,8 @@ use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD,
 
 use crate::{
     balance::Verdict,
-    csum, fib,
-    forward::transmit,
-    icmp,
+    fib,
+    forward::{internal, next_hop, set_macs, transmit},
     parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
 };
 
@@ -24,10 +23,6 @@ const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_IPV6: u8 = 41;
 const IP_DF: u16 = 0x4000;
 const OUTER_TTL: u8 = 64;
-
-const fn internal() -> Verdict {
-    Verdict::drop(reason::DROP_INTERNAL)
-}
 
 /// Encapsulates a packet of virtual server `vs` to `real`.
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
@@ -57,13 +52,7 @@ pub fn forward(
         dport_be: 0,
         tot_len: outer_len as u16,
     };
-    let hop = match fib::lookup(ctx, &r) {
-        Ok(h) => h,
-        Err(fib::Miss::TooBig(mtu)) => {
-            return icmp::too_big(ctx, p, mtu.saturating_sub(overhead as u32))
-        }
-        Err(fib::Miss::Drop(v)) => return Err(v),
-    };
+    let hop = next_hop(ctx, p, &r, overhead as u32)?;
     // Inner TOS / traffic class, read before the headers move.
     let tos = if v4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
@@ -78,42 +67,37 @@ pub fn forward(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return Err(internal());
     }
+    set_macs(ctx, hop.dmac, hop.smac)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(internal())?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        (*eth).dst = hop.dmac;
-        (*eth).src = hop.smac;
-        (*eth).proto_be = if v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be();
-    }
+    // SAFETY: bounds checked by ptr_at. The bytes are new headroom: every field is set.
+    unsafe { (*eth).proto_be = if v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be() };
     if v4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        let h = Ipv4Hdr::new(
+            tos,
+            outer_len as u16,
+            IP_DF,
+            OUTER_TTL,
+            IPPROTO_IPIP,
+            vs.tunnel_src[0],
+            real.addr[0],
+        );
         // SAFETY: bounds checked by ptr_at.
-        unsafe {
-            (*ip).ver_ihl = 0x45;
-            (*ip).tos = tos;
-            (*ip).tot_len_be = (outer_len as u16).to_be();
-            (*ip).id_be = 0;
-            (*ip).frag_off_be = IP_DF.to_be();
-            (*ip).ttl = OUTER_TTL;
-            (*ip).proto = IPPROTO_IPIP;
-            (*ip).check = 0;
-            (*ip).src = vs.tunnel_src[0];
-            (*ip).dst = real.addr[0];
-            let words: *const [u16; 10] = ip as *const _;
-            (*ip).check = !csum::fold(csum::sum_words(0, &*words));
-        }
+        unsafe { *ip = h };
     } else {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
-        let label = flow_hash(&p.key) & 0xf_ffff;
+        let label = flow_hash(&p.key);
+        let h = Ipv6Hdr::new(
+            tos,
+            label,
+            p.ip_len as u16,
+            IPPROTO_IPV6,
+            OUTER_TTL,
+            vs.tunnel_src,
+            real.addr,
+        );
         // SAFETY: bounds checked by ptr_at.
-        unsafe {
-            (*ip).ver_tc_flow = ((6u32 << 28) | (u32::from(tos) << 20) | label).to_be();
-            (*ip).payload_len_be = (p.ip_len as u16).to_be();
-            (*ip).next_hdr = IPPROTO_IPV6;
-            (*ip).hop_limit = OUTER_TTL;
-            (*ip).src = vs.tunnel_src;
-            (*ip).dst = real.addr;
-        }
+        unsafe { *ip = h };
     }
     Ok(transmit(ctx, hop.ifindex))
 }

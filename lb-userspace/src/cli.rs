@@ -4,6 +4,8 @@ use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::XdpMode;
+
 /// xdpvs: a layer-4 load balancer on XDP (direct routing, NAT, IP tunnelling; Maglev).
 #[derive(Parser, Debug)]
 #[command(name = "xdpvs", version, about)]
@@ -57,27 +59,10 @@ pub enum RealserverCommand {
         #[arg(long = "vip", required_unless_present = "detach")]
         vips: Vec<IpAddr>,
         /// XDP attach mode.
-        #[arg(long, value_enum, default_value_t = CliXdpMode::Auto)]
-        xdp_mode: CliXdpMode,
+        #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+        xdp_mode: XdpMode,
         /// Remove a decapsulator left attached to the interface, then exit.
         #[arg(long)]
         detach: bool,
     },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CliXdpMode {
-    Auto,
-    Native,
-    Generic,
-}
-
-impl From<CliXdpMode> for crate::config::XdpMode {
-    fn from(m: CliXdpMode) -> Self {
-        match m {
-            CliXdpMode::Auto => Self::Auto,
-            CliXdpMode::Native => Self::Native,
-            CliXdpMode::Generic => Self::Generic,
-        }
-    }
 }

@@ -14,7 +14,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::programs::XdpMode as AyaXdpMode;
 use lb_common::{
     maps::{DEFAULT_RING_COUNT, MAX_VS, PROG_LB},
     IfaceInfo,
@@ -23,7 +22,7 @@ use rtnetlink::Handle;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    config::{self, Config, ConfigErrors, Host, Method, XdpMode},
+    config::{self, Config, ConfigErrors, Host, Method},
     dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
     netlink,
     reconcile::{L2Next, Reconciler},
@@ -120,18 +119,21 @@ fn forwarding_off(ifname: &str, v6: bool) -> Option<String> {
 /// virtual servers route through the kernel's FIB, which answers only for interfaces
 /// with forwarding enabled.
 fn preflight(config: &Config, attached: &[netlink::Interface]) -> anyhow::Result<()> {
-    let mut missing = BTreeSet::new();
-    for vs in config
+    // false: IPv4, true: IPv6.
+    let families: BTreeSet<bool> = config
         .virtual_servers
         .iter()
         .filter(|v| v.method != Method::Dr)
-    {
-        for i in attached {
-            if let Some(k) = forwarding_off(&i.name, vs.address.is_ipv6()) {
-                missing.insert(k);
-            }
-        }
-    }
+        .map(|v| v.address.is_ipv6())
+        .collect();
+    let missing: BTreeSet<String> = families
+        .iter()
+        .flat_map(|&v6| {
+            attached
+                .iter()
+                .filter_map(move |i| forwarding_off(&i.name, v6))
+        })
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -160,14 +162,14 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let mode = match config.xdp_mode {
-            XdpMode::Auto => AyaXdpMode::Default,
-            XdpMode::Native => AyaXdpMode::Driver,
-            XdpMode::Generic => AyaXdpMode::Skb,
-        };
         for i in &self.attached {
-            bpf::attach(&mut self.rec.dp.ebpf, PROG_LB, i.index, mode)
-                .with_context(|| format!("interface {}", i.name))?;
+            bpf::attach(
+                &mut self.rec.dp.ebpf,
+                PROG_LB,
+                i.index,
+                config.xdp_mode.into(),
+            )
+            .with_context(|| format!("interface {}", i.name))?;
             tracing::info!(interface = %i.name, ifindex = i.index, mode = ?config.xdp_mode, "XDP attached");
         }
         self.sync_vips(config).await?;

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             let r = if detach {
                 rt.block_on(realserver::detach(&interface))
             } else {
-                rt.block_on(realserver::decap(&interface, &vips, xdp_mode.into()))
+                rt.block_on(realserver::decap(&interface, &vips, xdp_mode))
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,

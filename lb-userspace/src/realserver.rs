@@ -11,7 +11,6 @@ use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
-    programs::XdpMode as AyaXdpMode,
     Ebpf,
 };
 use lb_common::{
@@ -87,12 +86,7 @@ pub async fn decap(interface: &str, vips: &[IpAddr], mode: XdpMode) -> anyhow::R
     )?;
     let mut local = BTreeSet::new();
     refresh_local(&handle, &mut ebpf, &mut local).await?;
-    let aya_mode = match mode {
-        XdpMode::Auto => AyaXdpMode::Default,
-        XdpMode::Native => AyaXdpMode::Driver,
-        XdpMode::Generic => AyaXdpMode::Skb,
-    };
-    bpf::attach(&mut ebpf, PROG_DECAP, iface.index, aya_mode)
+    bpf::attach(&mut ebpf, PROG_DECAP, iface.index, mode.into())
         .with_context(|| format!("interface {interface}"))?;
     let vip_list: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
     tracing::info!(interface, vips = %vip_list.join(","), local_addresses = local.len(), "decap running");

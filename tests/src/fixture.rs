@@ -27,7 +27,7 @@ use lb_common::{
 use xdpvs::{
     config::{self, Config, SystemFacts},
     dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
-    reconcile::{L2Next, RealKey, Reconciler},
+    reconcile::{fmt_mac, L2Next, RealKey, Reconciler},
 };
 
 /// Test runs happen on the loopback device of the test's namespace (ifindex 1): a
@@ -70,12 +70,7 @@ pub struct Fixture {
 /// Builds the fixture's namespace and moves the calling thread into it.
 fn enter_namespace() -> Netns {
     let net = Netns::new(&format!("{}-fx", unique_prefix()));
-    let mac = |m: [u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
+    let mac = |m: [u8; 6]| fmt_mac(&m);
     for cmd in [
         "sysctl -qw net.ipv4.conf.all.forwarding=1".to_string(),
         "sysctl -qw net.ipv6.conf.all.forwarding=1".to_string(),
@@ -168,11 +163,7 @@ impl Fixture {
                     },
                 )
                 .expect("next hop");
-            let m = real_mac(addr)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":");
+            let m = fmt_mac(&real_mac(addr));
             let a = addr.to_string();
             self.net.exec(&[
                 "ip",

@@ -20,8 +20,8 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest real weight accepted (LVS's limit too).
 pub const MAX_WEIGHT: u32 = 65535;
 
-/// How XDP is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How XDP is attached (also `--xdp-mode` of `xdpvs realserver decap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpMode {
     /// Native (driver) mode where the driver supports it, generic (SKB) mode otherwise.
     Auto,

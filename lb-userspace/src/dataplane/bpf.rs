@@ -53,6 +53,16 @@ pub fn load(opts: LoadOptions) -> Result<Ebpf, anyhow::Error> {
     Ok(ebpf)
 }
 
+impl From<crate::config::XdpMode> for XdpMode {
+    fn from(m: crate::config::XdpMode) -> Self {
+        match m {
+            crate::config::XdpMode::Auto => XdpMode::Default,
+            crate::config::XdpMode::Native => XdpMode::Driver,
+            crate::config::XdpMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
 /// Attaches program `name` to `ifindex`. `XdpMode::Default` lets the kernel pick native
 /// mode where the driver has it and generic mode elsewhere.
 pub fn attach(

@@ -3,8 +3,7 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{MapData, PerCpuArray};
-use lb_common::{maps::VERDICTS, reason, FlowKey, PROTO_TCP};
+use lb_common::{reason, FlowKey, PROTO_TCP};
 use tests::{
     fixture::{real_mac, Fixture, LB_MAC},
     packet::V4Packet,
@@ -42,12 +41,6 @@ fn key(sport: u16) -> FlowKey {
     )
 }
 
-fn verdict_count(f: &Fixture, r: u32) -> u64 {
-    let m = f.rec.dp.ebpf.map(VERDICTS).expect("map");
-    let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
-    a.get(&r, 0).expect("get").iter().sum()
-}
-
 /// Checks a forwarded frame: equal to the input but for the two MACs.
 fn assert_dr_rewrite(input: &[u8], out: &[u8], real: IpAddr) {
     assert_eq!(out.len(), input.len(), "length unchanged");
@@ -69,7 +62,7 @@ fn vip_syn_is_sent_to_the_predicted_real_with_only_macs_changed() {
         assert_eq!(r.action, XDP_TX, "sport {sport}");
         assert_dr_rewrite(&frame, &r.out, f.predict("web", &key(sport)));
     }
-    assert_eq!(verdict_count(&f, reason::FWD_TX), 5);
+    assert_eq!(f.verdicts(reason::FWD_TX), 5);
 }
 
 #[test]
@@ -137,8 +130,8 @@ fn traffic_not_for_a_virtual_server_passes_untouched() {
         assert_eq!(r.action, XDP_PASS, "{what}");
         assert_eq!(r.out, frame, "{what}: bytes unchanged");
     }
-    assert_eq!(verdict_count(&f, reason::PASS_NOT_VS), 5);
-    assert_eq!(verdict_count(&f, reason::PASS_NOT_IP), 1);
+    assert_eq!(f.verdicts(reason::PASS_NOT_VS), 5);
+    assert_eq!(f.verdicts(reason::PASS_NOT_IP), 1);
 }
 
 #[test]
@@ -153,7 +146,7 @@ fn truncated_and_garbage_frames_are_never_forwarded() {
         r.action, XDP_DROP,
         "truncated TCP header to a VIP is dropped"
     );
-    assert_eq!(verdict_count(&f, reason::DROP_MALFORMED), 1);
+    assert_eq!(f.verdicts(reason::DROP_MALFORMED), 1);
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("cut inside the IP header", good[..14 + 12].to_vec()),
@@ -253,7 +246,7 @@ fn no_real_and_unresolved_mac_drop_with_a_reason() {
     ));
     let r = f.run(&V4Packet::tcp(CLIENT, 1, VIP, 80).build());
     assert_eq!(r.action, XDP_DROP);
-    assert_eq!(verdict_count(&f, reason::DROP_NO_REAL), 1);
+    assert_eq!(f.verdicts(reason::DROP_NO_REAL), 1);
 
     let mut f = three();
     // A new real whose MAC is not known yet.
@@ -266,5 +259,5 @@ fn no_real_and_unresolved_mac_drop_with_a_reason() {
         .unwrap();
     let r = f.run(&V4Packet::udp(CLIENT, 5353, VIP, 53).build());
     assert_eq!(r.action, XDP_DROP);
-    assert_eq!(verdict_count(&f, reason::DROP_NO_MAC), 1);
+    assert_eq!(f.verdicts(reason::DROP_NO_MAC), 1);
 }

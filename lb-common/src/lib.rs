@@ -80,12 +80,22 @@ pub struct VsInfo {
     /// Tunnel method: outer source address, network order words, of the VIP's family.
     /// Zero for other methods.
     pub tunnel_src: [u32; 4],
+    /// Source-IP persistence: the netmask applied to the client address, network order
+    /// words (a /24 in IPv4 is `ff.ff.ff.00` in word 0). Zero when persistence is off.
+    pub persist_mask: [u32; 4],
+    /// Source-IP persistence: how long a client network keeps its real after its last
+    /// packet, in nanoseconds. Zero: persistence is off.
+    pub persist_timeout_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<VsInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<VsInfo>() == 56);
 
 /// [`RealInfo::flags`]: the real takes packets. Clear means flows pinned to this real are
 /// re-steered through the Maglev table (the real was removed or failed).
 pub const REAL_F_ACTIVE: u32 = 1;
+/// [`RealInfo::flags`]: the real takes new flows (it is in its virtual server's Maglev
+/// table). Clear on a draining real: its flows go on, but a persistence entry naming it
+/// no longer brings new connections to it.
+pub const REAL_F_NEW: u32 = 2;
 
 /// A real server as the data path forwards to it. Value of [`maps::REALS`], indexed by
 /// the real's id (the values found in Maglev rings and in flow state).
@@ -165,6 +175,34 @@ pub struct NatState {
     pub vs_index: u32,
 }
 const _: () = assert!(core::mem::size_of::<NatState>() == 24);
+
+/// A client network of a persistent virtual server. Key of [`maps::PERSIST`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKey {
+    /// Client address masked with [`VsInfo::persist_mask`], network order words.
+    pub net: [u32; 4],
+    /// [`VsInfo::vs_index`].
+    pub vs_index: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PersistKey>() == 24);
+
+/// The real a client network sticks to. Value of [`maps::PERSIST`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistState {
+    /// Real id (index into [`maps::REALS`]).
+    pub real_id: u32,
+    /// [`RealInfo::generation`] of that id when the entry was made.
+    pub real_generation: u32,
+    /// `bpf_ktime_get_ns` of the network's last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PersistState>() == 16);
 
 /// An address and its family: key of the decapsulator's [`maps::DECAP_VIPS`] and
 /// [`maps::DECAP_LOCAL`].

@@ -7,6 +7,7 @@
 //! | `VS_RINGS` | ring slot -> real id (`u32`) | daemon | XDP |
 //! | `REALS` | real id -> [`crate::RealInfo`] | daemon | XDP |
 //! | `FLOWS` | [`crate::FlowKey`] -> [`crate::FlowState`] (LRU) | XDP | XDP, daemon |
+//! | `PERSIST` | [`crate::PersistKey`] -> [`crate::PersistState`] (LRU) | XDP | XDP |
 //! | `IFACES` | ifindex -> [`crate::IfaceInfo`] | daemon | XDP |
 //! | `STATS_VS` | vs index -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `STATS_REAL` | real id -> [`crate::Counters`] per CPU | XDP | daemon |
@@ -27,6 +28,9 @@ pub const VS_RINGS: &str = "VS_RINGS";
 pub const REALS: &str = "REALS";
 /// Connection table: 5-tuple -> pinned real. LRU hash, shared by all CPUs.
 pub const FLOWS: &str = "FLOWS";
+/// Source-IP persistence: (virtual server, masked client address) -> real. LRU hash,
+/// as large as `FLOWS`.
+pub const PERSIST: &str = "PERSIST";
 /// Transmitting interfaces by ifindex. Hash map.
 pub const IFACES: &str = "IFACES";
 /// Per-virtual-server counters. Per-CPU array.

@@ -3,8 +3,8 @@
 use core::net::IpAddr;
 
 use crate::{
-    AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VsInfo, VsKey, FAMILY_V4,
-    FAMILY_V6,
+    AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
+    VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
 };
 
 // SAFETY: all of these are repr(C), built only of integers and byte arrays, with
@@ -18,6 +18,8 @@ unsafe impl aya::Pod for IfaceInfo {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for NatState {}
 unsafe impl aya::Pod for AddrKey {}
+unsafe impl aya::Pod for PersistKey {}
+unsafe impl aya::Pod for PersistState {}
 
 /// Converts an address to network order words and its family value.
 /// Returns: `(words, FAMILY_V4 | FAMILY_V6)`.
@@ -46,6 +48,20 @@ pub fn words_addr(words: [u32; 4], family: u8) -> Option<IpAddr> {
         }
         _ => None,
     }
+}
+
+/// Returns: the netmask of `prefix` bits for `family` as network order words (bits past
+/// the family's length are ignored).
+pub fn mask_words(prefix: u8, family: u8) -> [u32; 4] {
+    let bits = if family == FAMILY_V4 { 32 } else { 128 };
+    let prefix = u32::from(prefix).min(bits);
+    let mut out = [0u32; 4];
+    for (i, w) in out.iter_mut().enumerate() {
+        let n = prefix.saturating_sub(32 * i as u32).min(32);
+        let host_order = if n == 0 { 0 } else { u32::MAX << (32 - n) };
+        *w = u32::from_ne_bytes(host_order.to_be_bytes());
+    }
+    out
 }
 
 impl AddrKey {
@@ -109,6 +125,21 @@ mod tests {
         let (w, _) = addr_words("10.0.0.1".parse().unwrap());
         assert_eq!(w[0].to_ne_bytes(), [10, 0, 0, 1]);
         assert_eq!(&w[1..], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn masks_keep_the_prefix_bytes() {
+        let (a, _) = addr_words("10.1.2.3".parse().unwrap());
+        let m = mask_words(24, FAMILY_V4);
+        assert_eq!((a[0] & m[0]).to_ne_bytes(), [10, 1, 2, 0]);
+        assert_eq!(&m[1..], &[0, 0, 0]);
+        assert_eq!(mask_words(0, FAMILY_V4), [0; 4]);
+        assert_eq!(mask_words(32, FAMILY_V4)[0], u32::MAX);
+        let m6 = mask_words(68, FAMILY_V6);
+        assert_eq!(m6[0..2], [u32::MAX, u32::MAX]);
+        assert_eq!(m6[2].to_ne_bytes(), [0xf0, 0, 0, 0]);
+        assert_eq!(m6[3], 0);
+        assert_eq!(mask_words(128, FAMILY_V6), [u32::MAX; 4]);
     }
 
     #[test]

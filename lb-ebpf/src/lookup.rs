@@ -1,10 +1,17 @@
-//! Choosing the real: flow table first, then the virtual server's Maglev ring.
+//! Choosing the real: flow table first, then (for a persistent virtual server) the
+//! client network's real, then the virtual server's Maglev ring.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    flow_hash, FlowKey, FlowState, RealInfo, VsInfo, NO_REAL, REAL_F_ACTIVE, RING_STRIDE,
+    flow_hash, FlowKey, FlowState, PersistKey, PersistState, RealInfo, VsInfo, NO_REAL,
+    REAL_F_ACTIVE, REAL_F_NEW, RING_STRIDE,
 };
 
-use crate::maps::{FLOWS, REALS, VS_RINGS};
+use crate::maps::{FLOWS, PERSIST, REALS, VS_RINGS};
+
+/// A persistence entry's last-seen time is rewritten at most this often (ns), so that
+/// the established fast path does not write a shared cache line on every packet.
+const PERSIST_TOUCH_NS: u64 = 1_000_000_000;
 
 /// A real chosen for a packet.
 pub struct Choice {
@@ -21,23 +28,75 @@ pub enum Miss {
     Internal,
 }
 
+/// Returns: real `id` if it still is the holder of `generation` and has every bit of
+/// `flags` set.
 #[inline(always)]
-fn real_usable(id: u32, generation: u32) -> Option<*const RealInfo> {
+fn real_usable(id: u32, generation: u32, flags: u32) -> Option<*const RealInfo> {
     let r = REALS.get_ptr(id)?;
     // SAFETY: array value pointer from the kernel, valid for this run.
-    let ok = unsafe { (*r).flags & REAL_F_ACTIVE != 0 && (*r).generation == generation };
+    let ok = unsafe { (*r).flags & flags == flags && (*r).generation == generation };
     ok.then_some(r)
 }
 
-/// Picks the real for `key` on virtual server `vs`, recording new choices in FLOWS.
-/// An entry naming a real that is gone (inactive, or its id reused) is re-steered.
+#[inline(always)]
+fn persist_key(key: &FlowKey, vs: &VsInfo) -> PersistKey {
+    PersistKey {
+        net: [
+            key.src[0] & vs.persist_mask[0],
+            key.src[1] & vs.persist_mask[1],
+            key.src[2] & vs.persist_mask[2],
+            key.src[3] & vs.persist_mask[3],
+        ],
+        vs_index: vs.vs_index,
+        family: key.family,
+        _pad: [0; 3],
+    }
+}
+
+/// Keeps a persistent client network's entry alive while its flows carry packets.
+#[inline(always)]
+fn persist_touch(key: &FlowKey, vs: &VsInfo, real_id: u32) {
+    let pk = persist_key(key, vs);
+    if let Some(p) = PERSIST.get_ptr_mut(&pk) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: LRU value pointer, valid for this run; a racing writer can only make
+        // the time older or newer by a packet's worth.
+        unsafe {
+            if (*p).real_id == real_id && now.wrapping_sub((*p).last_seen_ns) > PERSIST_TOUCH_NS {
+                (*p).last_seen_ns = now;
+            }
+        }
+    }
+}
+
+/// Returns: the live, new-flow-taking real the client network of `pk` sticks to, if its
+/// entry has not timed out.
+#[inline(always)]
+fn persist_lookup(pk: &PersistKey, vs: &VsInfo, now: u64) -> Option<(u32, *const RealInfo)> {
+    // SAFETY: LRU value; a concurrent update gives at worst a stale, well-formed entry,
+    // which is validated against REALS.
+    let p = unsafe { PERSIST.get(pk) }?;
+    if now.wrapping_sub(p.last_seen_ns) > vs.persist_timeout_ns {
+        return None;
+    }
+    let r = real_usable(p.real_id, p.real_generation, REAL_F_ACTIVE | REAL_F_NEW)?;
+    Some((p.real_id, r))
+}
+
+/// Picks the real for `key` on virtual server `vs`, recording new choices in FLOWS (and
+/// PERSIST). An entry naming a real that is gone (inactive, or its id reused) is
+/// re-steered.
 #[inline(always)]
 pub fn choose(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Miss> {
+    let persistent = vs.persist_timeout_ns != 0;
     // SAFETY: LRU hash value; a concurrent update can at worst give a stale but
     // well-formed FlowState, which is then validated against REALS.
     if let Some(f) = unsafe { FLOWS.get(key) } {
         if f.vs_index == vs.vs_index {
-            if let Some(real) = real_usable(f.real_id, f.real_generation) {
+            if let Some(real) = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE) {
+                if persistent {
+                    persist_touch(key, vs, f.real_id);
+                }
                 return Ok(Choice {
                     real_id: f.real_id,
                     real,
@@ -46,15 +105,27 @@ pub fn choose(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Miss> {
             }
         }
     }
-    if vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
-        return Err(Miss::Internal);
+    let mut sticky = None;
+    let mut now = 0;
+    let pk = persist_key(key, vs);
+    if persistent {
+        now = unsafe { bpf_ktime_get_ns() };
+        sticky = persist_lookup(&pk, vs, now);
     }
-    let slot = vs.ring_id * RING_STRIDE + flow_hash(key) % vs.ring_size;
-    let real_id = *VS_RINGS.get(slot).ok_or(Miss::Internal)?;
-    if real_id == NO_REAL {
-        return Err(Miss::NoReal);
-    }
-    let real = REALS.get_ptr(real_id).ok_or(Miss::Internal)?;
+    let (real_id, real) = match sticky {
+        Some(s) => s,
+        None => {
+            if vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
+                return Err(Miss::Internal);
+            }
+            let slot = vs.ring_id * RING_STRIDE + flow_hash(key) % vs.ring_size;
+            let real_id = *VS_RINGS.get(slot).ok_or(Miss::Internal)?;
+            if real_id == NO_REAL {
+                return Err(Miss::NoReal);
+            }
+            (real_id, REALS.get_ptr(real_id).ok_or(Miss::Internal)?)
+        }
+    };
     // SAFETY: as above.
     let generation = unsafe { (*real).generation };
     let state = FlowState {
@@ -65,6 +136,14 @@ pub fn choose(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Miss> {
     };
     // A full LRU evicts the oldest entry; an error here only costs stickiness.
     let _ = FLOWS.insert(key, &state, 0);
+    if persistent {
+        let p = PersistState {
+            real_id,
+            real_generation: generation,
+            last_seen_ns: now,
+        };
+        let _ = PERSIST.insert(&pk, &p, 0);
+    }
     Ok(Choice {
         real_id,
         real,

@@ -10,8 +10,8 @@ use lb_common::{
     maps::{
         DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_DECAP_ADDRS, MAX_IFACES, MAX_REALS, MAX_VS,
     },
-    reason, AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VsInfo, VsKey,
-    DECAP_COUNT, RING_STRIDE,
+    reason, AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState,
+    RealInfo, VsInfo, VsKey, DECAP_COUNT, RING_STRIDE,
 };
 
 /// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
@@ -29,6 +29,11 @@ pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
 /// Connection table. Written and read here; the daemon reads it for status.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+/// Source-IP persistence: client network -> real. Written and read here; sized like FLOWS.
+#[map]
+pub static PERSIST: LruHashMap<PersistKey, PersistState> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 /// ifindex -> interface facts (its MAC). Written by the daemon.

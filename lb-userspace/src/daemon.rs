@@ -24,6 +24,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     config::{self, Config, ConfigErrors, Host, Method},
     dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
+    health::{Health, Report},
     netlink,
     reconcile::{L2Next, Reconciler},
 };
@@ -58,6 +59,9 @@ struct Daemon {
     last_solicit: HashMap<IpAddr, Instant>,
     /// Reals already warned about (not on a connected network).
     warned: HashSet<IpAddr>,
+    health: Health,
+    /// Where probe tasks report; taken by `serve`.
+    reports: Option<tokio::sync::mpsc::Receiver<Report>>,
 }
 
 fn ring_count(config: &Config) -> u32 {
@@ -84,7 +88,10 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     };
     let ebpf = bpf::load(opts)
         .context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
+    let (health, reports) = Health::new();
     let mut d = Daemon {
+        health,
+        reports: Some(reports),
         path: path.to_owned(),
         handle,
         rec: Reconciler::new(BpfDataplane::new(ebpf), MAX_VS, opts.ring_count),
@@ -151,6 +158,7 @@ impl Daemon {
             self.register_iface(i.index, i.mac)?;
         }
         self.rec.apply(config).context("filling the BPF maps")?;
+        self.health.sync(config, |k| self.rec.healthy(k));
         let deadline = Instant::now() + INITIAL_RESOLVE;
         loop {
             let missing = self.refresh_next_hops().await?;
@@ -173,7 +181,7 @@ impl Daemon {
             tracing::info!(interface = %i.name, ifindex = i.index, mode = ?config.xdp_mode, "XDP attached");
         }
         self.sync_vips(config).await?;
-        tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), "xdpvs running");
+        tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), probed_reals = self.health.len(), "xdpvs running");
         self.serve().await
     }
 
@@ -182,14 +190,44 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(REFRESH);
+        let mut reports = self.reports.take().expect("serve runs once");
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
                 _ = hup.recv() => self.reload().await,
+                Some(r) = reports.recv() => self.on_probe(r)?,
                 _ = tick.tick() => { self.refresh_next_hops().await?; }
             }
         }
+    }
+
+    /// Counts a probe result; a health transition updates the real's table at once.
+    fn on_probe(&mut self, report: Report) -> anyhow::Result<()> {
+        let Some(t) = self.health.record(report) else {
+            return Ok(());
+        };
+        self.rec.set_health(&t.key, t.healthy)?;
+        let (vs, real, port) = (&t.key.vs, t.key.addr, t.key.port);
+        match &t.reason {
+            None => {
+                tracing::info!(vs = %vs, real = %real, port, "real server is up: back in the table")
+            }
+            Some(why) => {
+                tracing::warn!(vs = %vs, real = %real, port, reason = %why, "real server is down: out of the table, its flows re-steered")
+            }
+        }
+        let views = self.rec.real_views(vs);
+        let serving = views.iter().filter(|v| v.in_table && !v.key.sorry).count();
+        let sorry = views.iter().any(|v| v.in_table && v.key.sorry);
+        if serving == 0 && !t.healthy {
+            if sorry {
+                tracing::warn!(vs = %vs, "no real server takes new flows: the sorry server does");
+            } else {
+                tracing::error!(vs = %vs, "no real server takes new flows: new flows are dropped (drop_no_real)");
+            }
+        }
+        Ok(())
     }
 
     /// Re-reads the file; a bad file is reported and changes nothing.
@@ -213,6 +251,7 @@ impl Daemon {
             tracing::error!("reload failed while applying: {e}");
             return;
         }
+        self.health.sync(&config, |k| self.rec.healthy(k));
         self.manage_vips = config.manage_vips;
         if let Err(e) = self.sync_vips(&config).await {
             tracing::error!("reload: VIP addresses: {e:#}");

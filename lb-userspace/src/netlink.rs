@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressHeaderFlags},
+    address::{AddressAttribute, AddressHeaderFlags, CacheInfo},
     link::{LinkAttribute, LinkXdp},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
     route::{RouteAddress, RouteAttribute},
@@ -102,6 +102,16 @@ pub async fn add_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<()
     let mut r = handle.address().add(index, addr, host_prefix(addr));
     if addr.is_ipv6() {
         r.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        // Deprecated (preferred lifetime 0, valid forever): the host still answers
+        // neighbour solicitations for the VIP, but never picks it as the source of its
+        // own connections, so health probes to a DR real (which holds the VIP too) are
+        // not answered to the real's own loopback.
+        let mut cache = CacheInfo::default();
+        cache.ifa_preferred = 0;
+        cache.ifa_valid = u32::MAX;
+        r.message_mut()
+            .attributes
+            .push(AddressAttribute::CacheInfo(cache));
     }
     r.execute()
         .await

@@ -1,14 +1,21 @@
-//! Keeps the data path equal to the configuration: ids for virtual servers and reals,
-//! Maglev tables, and the order of writes that keeps every packet's view consistent.
+//! Keeps the data path equal to the configuration and the reals' health: ids for
+//! virtual servers and reals, Maglev tables, and the order of writes that keeps every
+//! packet's view consistent.
 //!
-//! Order of an apply, so that the data path never follows a reference to something
-//! not yet written:
-//! 1. new and changed reals are written (REALS);
+//! A real is in its virtual server's table when it is healthy, its weight (runtime
+//! override, else the file's) is above 0, and it is not disabled. While no real is, the
+//! sorry server (if any) fills the table.
+//!
+//! Order of every change, so that the data path never follows a reference to something
+//! not yet written and never sends a new flow to a real on its way out:
+//! 1. reals gaining flags (new, recovered, back in a table) are written (REALS);
 //! 2. each changed table is written into its virtual server's *idle* ring, changed
 //!    slots only, then the virtual server's value is replaced to point at it (one
 //!    atomic map update);
-//! 3. virtual servers that went away are removed, and only then are reals that went
-//!    away marked inactive (flows pinned to them are re-steered by the data path).
+//! 3. reals losing flags are written: a real that stops taking packets (failed or
+//!    removed) also gets a new generation, so flows and persistence entries naming it
+//!    are re-steered and never come back to it;
+//! 4. virtual servers that went away are removed, then their reals.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,12 +23,14 @@ use std::{
 };
 
 use lb_common::{
-    maps::MAX_REALS, user::addr_words, RealInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT,
-    METHOD_TUNNEL, REAL_F_ACTIVE, SETTING_NAT,
+    maps::MAX_REALS,
+    user::{addr_words, mask_words},
+    RealInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, REAL_F_ACTIVE, REAL_F_NEW,
+    SETTING_NAT,
 };
 
 use crate::{
-    config::{Config, Method, VirtualServer},
+    config::{CheckType, Config, Method, VirtualServer},
     dataplane::{Dataplane, DataplaneError},
     maglev,
 };
@@ -33,12 +42,51 @@ pub struct L2Next {
     pub mac: [u8; 6],
 }
 
-/// A real server in a virtual server: its identity in the reconciler.
+/// A real server (or the sorry server) of a virtual server: its identity here.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RealKey {
     pub vs: String,
     pub addr: IpAddr,
     pub port: u16,
+    /// The virtual server's sorry server rather than one of its reals.
+    pub sorry: bool,
+}
+
+impl RealKey {
+    /// The key of real `addr:port` of virtual server `vs`.
+    pub fn real(vs: &str, addr: IpAddr, port: u16) -> Self {
+        Self {
+            vs: vs.to_string(),
+            addr,
+            port,
+            sorry: false,
+        }
+    }
+}
+
+/// A runtime change to a real that the file does not hold (`xdpvs real ...`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Override {
+    /// Weight used instead of the file's.
+    pub weight: Option<u32>,
+    /// Taken out of the table (drained) by the operator.
+    pub disabled: bool,
+    /// The file's weight when the override was made: a reload that changes it drops
+    /// the override (the newer intent wins).
+    pub file_weight: u32,
+}
+
+/// What a real looks like to an operator (`xdpvs status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealView {
+    pub key: RealKey,
+    pub id: u32,
+    /// Weight in use (override or file).
+    pub weight: u32,
+    pub healthy: bool,
+    pub disabled: bool,
+    /// In the Maglev table: takes new flows.
+    pub in_table: bool,
 }
 
 #[derive(Debug)]
@@ -48,9 +96,14 @@ struct VsSlot {
     rings: [u32; 2],
     /// Index into `rings` of the ring the data path reads.
     live: usize,
-    size: u32,
-    method: u8,
-    tunnel_src: [u32; 4],
+    /// Everything of the live `VsInfo` but its ring (to tell whether it must be
+    /// rewritten).
+    params: VsInfo,
+    /// The configuration this slot was last applied from.
+    cfg: VirtualServer,
+    /// The value must be written even if the table is unchanged (new virtual server,
+    /// or parameters changed).
+    dirty: bool,
 }
 
 #[derive(Debug)]
@@ -83,6 +136,9 @@ pub struct Reconciler<D: Dataplane> {
     next_hops: HashMap<IpAddr, L2Next>,
     /// `SETTING_*` bits last written.
     settings: u32,
+    /// Health of probed reals (absent: not yet healthy).
+    health: HashMap<RealKey, bool>,
+    overrides: HashMap<RealKey, Override>,
 }
 
 fn method_code(m: Method) -> u8 {
@@ -108,6 +164,8 @@ impl<D: Dataplane> Reconciler<D> {
             generations: vec![0; MAX_REALS as usize],
             next_hops: HashMap::new(),
             settings: 0,
+            health: HashMap::new(),
+            overrides: HashMap::new(),
         }
     }
 
@@ -135,6 +193,11 @@ impl<D: Dataplane> Reconciler<D> {
         self.ring_shadow.get(&v.rings[v.live]).map(Vec::as_slice)
     }
 
+    /// Returns: the applied configuration of every virtual server, by name.
+    pub fn virtual_servers(&self) -> impl Iterator<Item = &VirtualServer> {
+        self.vss.values().map(|v| &v.cfg)
+    }
+
     /// Returns: every real address the data path needs a next hop for.
     pub fn real_addresses(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self.reals.keys().map(|k| k.addr).collect();
@@ -152,13 +215,124 @@ impl<D: Dataplane> Reconciler<D> {
             .filter(|k| {
                 self.vss
                     .get(&k.vs)
-                    .is_some_and(|s| (s.method == METHOD_DR) == dr)
+                    .is_some_and(|s| (s.params.method == METHOD_DR) == dr)
             })
             .map(|k| k.addr)
             .collect();
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Returns: whether real `key` counts as healthy (unprobed reals always do).
+    pub fn healthy(&self, key: &RealKey) -> bool {
+        if key.sorry {
+            return true;
+        }
+        let unprobed = self
+            .vss
+            .get(&key.vs)
+            .and_then(|v| {
+                v.cfg
+                    .real_servers
+                    .iter()
+                    .find(|r| r.address == key.addr && r.port == key.port)
+            })
+            .is_some_and(|r| r.health_check.kind == CheckType::None);
+        unprobed || self.health.get(key).copied().unwrap_or(false)
+    }
+
+    /// Returns: the weight real `key` has now (runtime override, else the file's).
+    fn weight_of(&self, key: &RealKey, file_weight: u32) -> u32 {
+        self.overrides
+            .get(key)
+            .and_then(|o| o.weight)
+            .unwrap_or(file_weight)
+    }
+
+    /// Returns: the Maglev backends of `vs` now: its healthy, enabled reals of weight
+    /// above 0, or else its sorry server.
+    fn backends(&self, vs: &VirtualServer) -> Vec<maglev::Backend> {
+        let mut out: Vec<maglev::Backend> = vs
+            .real_servers
+            .iter()
+            .filter_map(|r| {
+                let key = RealKey::real(&vs.name, r.address, r.port);
+                let weight = self.weight_of(&key, r.weight);
+                let disabled = self.overrides.get(&key).is_some_and(|o| o.disabled);
+                if weight == 0 || disabled || !self.healthy(&key) {
+                    return None;
+                }
+                Some(maglev::Backend {
+                    id: self.reals.get(&key)?.id,
+                    identity: format!("{}:{}", r.address, r.port).into_bytes(),
+                    weight,
+                })
+            })
+            .collect();
+        if out.is_empty() {
+            if let Some(s) = vs.sorry_server {
+                let key = RealKey {
+                    vs: vs.name.clone(),
+                    addr: s.address,
+                    port: s.port,
+                    sorry: true,
+                };
+                if let Some(slot) = self.reals.get(&key) {
+                    out.push(maglev::Backend {
+                        id: slot.id,
+                        identity: format!("sorry:{}:{}", s.address, s.port).into_bytes(),
+                        weight: 1,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Returns: what an operator sees of every real and sorry server of `vs`.
+    pub fn real_views(&self, vs: &str) -> Vec<RealView> {
+        let Some(slot) = self.vss.get(vs) else {
+            return Vec::new();
+        };
+        let table: std::collections::HashSet<u32> =
+            self.backends(&slot.cfg).iter().map(|b| b.id).collect();
+        let mut out: Vec<RealView> = slot
+            .cfg
+            .real_servers
+            .iter()
+            .filter_map(|r| {
+                let key = RealKey::real(vs, r.address, r.port);
+                let id = self.reals.get(&key)?.id;
+                Some(RealView {
+                    weight: self.weight_of(&key, r.weight),
+                    healthy: self.healthy(&key),
+                    disabled: self.overrides.get(&key).is_some_and(|o| o.disabled),
+                    in_table: table.contains(&id),
+                    key,
+                    id,
+                })
+            })
+            .collect();
+        if let Some(s) = slot.cfg.sorry_server {
+            let key = RealKey {
+                vs: vs.to_string(),
+                addr: s.address,
+                port: s.port,
+                sorry: true,
+            };
+            if let Some(r) = self.reals.get(&key) {
+                out.push(RealView {
+                    id: r.id,
+                    weight: 0,
+                    healthy: true,
+                    disabled: false,
+                    in_table: table.contains(&r.id),
+                    key,
+                });
+            }
+        }
+        out
     }
 
     fn real_info(&self, addr: IpAddr, port: u16, generation: u32) -> RealInfo {
@@ -170,7 +344,7 @@ impl<D: Dataplane> Reconciler<D> {
             port_be: port.to_be(),
             ifindex: hop.ifindex,
             generation,
-            flags: REAL_F_ACTIVE,
+            flags: 0,
             family,
             _pad: [0; 3],
         }
@@ -191,34 +365,190 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(())
     }
 
-    /// Makes the data path match `config`. On error the data path may hold part of the
-    /// change; every step leaves it consistent (each table swap is atomic).
-    pub fn apply(&mut self, config: &Config) -> Result<(), ReconcileError> {
-        self.check_capacity(config)?;
-        // 1. Reals: add new ones, keep existing ids.
-        for vs in &config.virtual_servers {
-            for r in &vs.real_servers {
-                let key = RealKey {
-                    vs: vs.name.clone(),
-                    addr: r.address,
-                    port: r.port,
-                };
-                if self.reals.contains_key(&key) {
-                    continue;
+    /// Records the probed health of real `key` and updates its table.
+    /// Returns: whether anything changed.
+    pub fn set_health(&mut self, key: &RealKey, healthy: bool) -> Result<bool, ReconcileError> {
+        if !self.reals.contains_key(key) || self.health.get(key) == Some(&healthy) {
+            return Ok(false);
+        }
+        self.health.insert(key.clone(), healthy);
+        self.sync(Some(&key.vs))?;
+        Ok(true)
+    }
+
+    /// Sets or clears the runtime override of real `key` (`None`: back to the file).
+    /// Returns: `false` when no such real exists.
+    pub fn set_override(
+        &mut self,
+        key: &RealKey,
+        change: Option<Override>,
+    ) -> Result<bool, ReconcileError> {
+        if key.sorry || !self.reals.contains_key(key) {
+            return Ok(false);
+        }
+        match change {
+            Some(o) => self.overrides.insert(key.clone(), o),
+            None => self.overrides.remove(key),
+        };
+        self.sync(Some(&key.vs))?;
+        Ok(true)
+    }
+
+    /// Returns: the runtime override of `key`, if any.
+    pub fn override_of(&self, key: &RealKey) -> Option<Override> {
+        self.overrides.get(key).copied()
+    }
+
+    /// Returns: the file's weight of real `key`, if it is configured.
+    pub fn file_weight(&self, key: &RealKey) -> Option<u32> {
+        self.vss.get(&key.vs).and_then(|v| {
+            v.cfg
+                .real_servers
+                .iter()
+                .find(|r| r.address == key.addr && r.port == key.port)
+                .map(|r| r.weight)
+        })
+    }
+
+    /// Returns: the flags real `key` should carry now, given its virtual server's
+    /// backends (`table`: the ids in the table).
+    fn wanted_flags(&self, key: &RealKey, id: u32, table: &[maglev::Backend]) -> u32 {
+        let mut f = 0;
+        if self.healthy(key) {
+            f |= REAL_F_ACTIVE;
+        }
+        if table.iter().any(|b| b.id == id) {
+            f |= REAL_F_NEW;
+        }
+        f
+    }
+
+    /// Brings reals' flags and tables in line with the state, for one virtual server
+    /// or all, in the order the module documents (steps 1-3).
+    fn sync(&mut self, only: Option<&str>) -> Result<(), ReconcileError> {
+        let names: Vec<String> = match only {
+            Some(n) => vec![n.to_string()],
+            None => self.vss.keys().cloned().collect(),
+        };
+        let mut plans = Vec::new();
+        for name in &names {
+            let Some(slot) = self.vss.get(name) else {
+                continue;
+            };
+            let table = self.backends(&slot.cfg);
+            let flags: Vec<(RealKey, u32)> = self
+                .reals
+                .iter()
+                .filter(|(k, _)| &k.vs == name)
+                .map(|(k, r)| (k.clone(), self.wanted_flags(k, r.id, &table)))
+                .collect();
+            plans.push((name.clone(), table, flags));
+        }
+        // 1. Gains first.
+        for (_, _, flags) in &plans {
+            for (key, want) in flags {
+                let slot = self.reals.get_mut(key).expect("listed above");
+                let gained = want & !slot.info.flags;
+                if gained != 0 {
+                    slot.info.flags |= gained;
+                    self.dp.set_real(slot.id, &slot.info)?;
                 }
-                let id = self.free_reals.pop().ok_or(ReconcileError::Capacity {
-                    what: "real servers",
-                    max: MAX_REALS,
-                })?;
-                self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-                let info = self.real_info(r.address, r.port, self.generations[id as usize]);
-                self.dp.reset_counters(None, Some(id))?;
-                self.dp.set_real(id, &info)?;
-                self.reals.insert(key, RealSlot { id, info });
             }
         }
-        // 2. Tables. NAT reply handling is switched on before the first NAT virtual
-        // server appears, and off only after the last one is gone (step 3).
+        // 2. Tables.
+        for (name, table, _) in &plans {
+            self.install_table(name, table)?;
+        }
+        // 3. Losses.
+        for (_, _, flags) in &plans {
+            for (key, want) in flags {
+                let lost = self.reals[key].info.flags & !want;
+                if lost != 0 {
+                    self.clear_flags(key, lost)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears `flags` of real `key`; losing `REAL_F_ACTIVE` also gives it a new
+    /// generation, so that nothing pinned to it before comes back to it.
+    fn clear_flags(&mut self, key: &RealKey, flags: u32) -> Result<(), ReconcileError> {
+        let slot = self.reals.get_mut(key).expect("caller checked");
+        slot.info.flags &= !flags;
+        if flags & REAL_F_ACTIVE != 0 {
+            let g = &mut self.generations[slot.id as usize];
+            *g = g.wrapping_add(1);
+            slot.info.generation = *g;
+        }
+        self.dp.set_real(slot.id, &slot.info)?;
+        Ok(())
+    }
+
+    /// Makes the data path match `config` (reals keep their health and, unless the
+    /// file changed their weight, their runtime overrides). On error the data path
+    /// may hold part of the change; every step leaves it consistent (each table swap
+    /// is atomic).
+    pub fn apply(&mut self, config: &Config) -> Result<(), ReconcileError> {
+        self.check_capacity(config)?;
+        // Reals and sorry servers the file wants, with their port.
+        let mut wanted_reals: Vec<RealKey> = Vec::new();
+        for vs in &config.virtual_servers {
+            for r in &vs.real_servers {
+                wanted_reals.push(RealKey::real(&vs.name, r.address, r.port));
+            }
+            if let Some(s) = vs.sorry_server {
+                wanted_reals.push(RealKey {
+                    vs: vs.name.clone(),
+                    addr: s.address,
+                    port: s.port,
+                    sorry: true,
+                });
+            }
+        }
+        // Overrides made against a weight the file no longer has are dropped.
+        for vs in &config.virtual_servers {
+            for r in &vs.real_servers {
+                let key = RealKey::real(&vs.name, r.address, r.port);
+                if self
+                    .overrides
+                    .get(&key)
+                    .is_some_and(|o| o.file_weight != r.weight)
+                {
+                    self.overrides.remove(&key);
+                    tracing::info!(vs = %vs.name, real = %r.address, port = r.port, weight = r.weight, "the file changed this real's weight: runtime override dropped");
+                }
+            }
+        }
+        // 1. New reals, not yet in any table (no flags).
+        for key in &wanted_reals {
+            if self.reals.contains_key(key) {
+                continue;
+            }
+            let id = self.free_reals.pop().ok_or(ReconcileError::Capacity {
+                what: "real servers",
+                max: MAX_REALS,
+            })?;
+            self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+            let info = self.real_info(key.addr, key.port, self.generations[id as usize]);
+            self.dp.reset_counters(None, Some(id))?;
+            self.dp.set_real(id, &info)?;
+            self.reals.insert(key.clone(), RealSlot { id, info });
+        }
+        // A real whose probe was turned on keeps serving until the probe says otherwise.
+        for vs in &config.virtual_servers {
+            for r in &vs.real_servers {
+                let key = RealKey::real(&vs.name, r.address, r.port);
+                if r.health_check.kind != CheckType::None
+                    && !self.health.contains_key(&key)
+                    && self.healthy(&key)
+                {
+                    self.health.insert(key, true);
+                }
+            }
+        }
+        // NAT reply handling is switched on before the first NAT virtual server appears,
+        // and off only after the last one is gone.
         let settings = if config
             .virtual_servers
             .iter()
@@ -229,10 +559,11 @@ impl<D: Dataplane> Reconciler<D> {
             0
         };
         self.set_settings(self.settings | settings)?;
+        // 2. Virtual servers: slots for new ones, configurations recorded; then reals'
+        // flags and tables.
         for vs in &config.virtual_servers {
-            self.apply_vs(vs)?;
+            self.prepare_vs(vs)?;
         }
-        // 3. Removals.
         let wanted: HashMap<&str, &VirtualServer> = config
             .virtual_servers
             .iter()
@@ -244,29 +575,39 @@ impl<D: Dataplane> Reconciler<D> {
             .filter(|n| !wanted.contains_key(n.as_str()))
             .cloned()
             .collect();
+        // Reals leaving a virtual server that stays first leave its table.
+        let gone_reals: Vec<RealKey> = self
+            .reals
+            .keys()
+            .filter(|k| !wanted_reals.contains(k))
+            .cloned()
+            .collect();
+        for name in config.virtual_servers.iter().map(|v| v.name.clone()) {
+            self.sync(Some(&name))?;
+        }
+        // 3. Removals.
         for name in gone_vs {
             let slot = self.vss.remove(&name).expect("listed above");
             self.release_vs(slot)?;
             tracing::info!(vs = %name, "virtual server removed");
         }
-        let gone_reals: Vec<RealKey> = self
-            .reals
-            .keys()
-            .filter(|k| {
-                !wanted.get(k.vs.as_str()).is_some_and(|vs| {
-                    vs.real_servers
-                        .iter()
-                        .any(|r| r.address == k.addr && r.port == k.port)
-                })
-            })
-            .cloned()
-            .collect();
         for key in gone_reals {
-            let mut slot = self.reals.remove(&key).expect("listed above");
-            slot.info.flags &= !REAL_F_ACTIVE;
-            self.dp.set_real(slot.id, &slot.info)?;
+            if self.reals[&key].info.flags & REAL_F_ACTIVE == 0 {
+                // Already inactive: still retire its generation.
+                self.clear_flags(&key, REAL_F_ACTIVE)?;
+            } else {
+                self.clear_flags(&key, REAL_F_ACTIVE | REAL_F_NEW)?;
+            }
+            let slot = self.reals.remove(&key).expect("listed above");
+            self.health.remove(&key);
+            self.overrides.remove(&key);
             self.free_reals.insert(0, slot.id); // reused last: stale flow state ages out first
-            tracing::info!(vs = %key.vs, real = %key.addr, port = key.port, "real server removed");
+            let what = if key.sorry {
+                "sorry server removed"
+            } else {
+                "real server removed"
+            };
+            tracing::info!(vs = %key.vs, real = %key.addr, port = key.port, "{what}");
         }
         self.set_settings(settings)?;
         Ok(())
@@ -303,7 +644,9 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(())
     }
 
-    fn apply_vs(&mut self, vs: &VirtualServer) -> Result<(), ReconcileError> {
+    /// Makes sure virtual server `vs` has a slot (a new one if its VIP, port or
+    /// protocol changed) and records its configuration. Its table is written by `sync`.
+    fn prepare_vs(&mut self, vs: &VirtualServer) -> Result<(), ReconcileError> {
         let (words, family) = addr_words(vs.address);
         let key = VsKey {
             addr: words,
@@ -311,30 +654,27 @@ impl<D: Dataplane> Reconciler<D> {
             proto: vs.protocol.number(),
             family,
         };
-        let backends: Vec<maglev::Backend> = vs
-            .real_servers
-            .iter()
-            .map(|r| {
-                let id = self.reals[&RealKey {
-                    vs: vs.name.clone(),
-                    addr: r.address,
-                    port: r.port,
-                }]
-                    .id;
-                maglev::Backend {
-                    id,
-                    identity: format!("{}:{}", r.address, r.port).into_bytes(),
-                    weight: r.weight,
-                }
-            })
-            .collect();
-        let table = maglev::build(&backends, vs.table_size);
-        let method = method_code(vs.method);
-        let tunnel_src = vs
-            .tunnel_source
-            .map(|a| addr_words(a).0)
-            .unwrap_or_default();
-
+        let (persist_mask, persist_timeout_ns) = match vs.persistence {
+            Some(p) => (
+                mask_words(p.netmask, family),
+                p.timeout.as_nanos().max(1) as u64,
+            ),
+            None => ([0; 4], 0),
+        };
+        let params = VsInfo {
+            vs_index: 0,
+            ring_id: 0,
+            ring_size: vs.table_size,
+            method: method_code(vs.method),
+            flags: 0,
+            _pad: [0; 2],
+            tunnel_src: vs
+                .tunnel_source
+                .map(|a| addr_words(a).0)
+                .unwrap_or_default(),
+            persist_mask,
+            persist_timeout_ns,
+        };
         if let Some(slot) = self.vss.get(&vs.name) {
             if slot.key != key {
                 // Same name, other VIP/port/protocol: a different service; replace it.
@@ -342,40 +682,64 @@ impl<D: Dataplane> Reconciler<D> {
                 self.release_vs(old)?;
             }
         }
-        let is_new = !self.vss.contains_key(&vs.name);
-        if is_new {
-            let vs_index = self.free_vs.pop().ok_or(ReconcileError::Capacity {
-                what: "virtual servers",
-                max: 0,
-            })?;
-            let a = self.free_rings.pop().ok_or(ReconcileError::Capacity {
-                what: "Maglev rings",
-                max: 0,
-            })?;
-            let b = self.free_rings.pop().ok_or(ReconcileError::Capacity {
-                what: "Maglev rings",
-                max: 0,
-            })?;
-            self.dp.reset_counters(Some(vs_index), None)?;
-            // `live` starts at 1 so that the first table goes into ring 0.
-            self.vss.insert(
-                vs.name.clone(),
-                VsSlot {
-                    key,
-                    vs_index,
-                    rings: [a, b],
-                    live: 1,
-                    size: 0,
-                    method,
-                    tunnel_src,
-                },
-            );
+        if let Some(slot) = self.vss.get_mut(&vs.name) {
+            slot.cfg = vs.clone();
+            if slot.params != params {
+                slot.params = params;
+                slot.dirty = true;
+            }
+            return Ok(());
         }
-        let slot = self.vss.get_mut(&vs.name).expect("inserted above");
+        let vs_index = self.free_vs.pop().ok_or(ReconcileError::Capacity {
+            what: "virtual servers",
+            max: 0,
+        })?;
+        let a = self.free_rings.pop().ok_or(ReconcileError::Capacity {
+            what: "Maglev rings",
+            max: 0,
+        })?;
+        let b = self.free_rings.pop().ok_or(ReconcileError::Capacity {
+            what: "Maglev rings",
+            max: 0,
+        })?;
+        self.dp.reset_counters(Some(vs_index), None)?;
+        // `live` starts at 1 so that the first table goes into ring 0.
+        self.vss.insert(
+            vs.name.clone(),
+            VsSlot {
+                key,
+                vs_index,
+                rings: [a, b],
+                live: 1,
+                params,
+                cfg: vs.clone(),
+                dirty: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Installs the Maglev table of `backends` for virtual server `name` unless the
+    /// live one already is exactly that.
+    fn install_table(
+        &mut self,
+        name: &str,
+        backends: &[maglev::Backend],
+    ) -> Result<(), ReconcileError> {
+        let slot = self.vss.get(name).expect("prepared");
+        let table = maglev::build(backends, slot.cfg.table_size);
         let live_ring = slot.rings[slot.live];
-        let same_params =
-            slot.size == vs.table_size && slot.method == method && slot.tunnel_src == tunnel_src;
-        if !is_new && same_params && self.ring_shadow.get(&live_ring) == Some(&table) {
+        if self.ring_shadow.get(&live_ring) == Some(&table) {
+            if slot.dirty {
+                // Same table, new parameters: the value alone is replaced.
+                let info = VsInfo {
+                    vs_index: slot.vs_index,
+                    ring_id: live_ring,
+                    ..slot.params
+                };
+                self.dp.set_vs(&slot.key, &info)?;
+                self.vss.get_mut(name).expect("prepared").dirty = false;
+            }
             return Ok(());
         }
         let idle = 1 - slot.live;
@@ -391,22 +755,18 @@ impl<D: Dataplane> Reconciler<D> {
         let info = VsInfo {
             vs_index: slot.vs_index,
             ring_id: ring,
-            ring_size: vs.table_size,
-            method,
-            flags: 0,
-            _pad: [0; 2],
-            tunnel_src,
+            ..slot.params
         };
-        self.dp.set_vs(&key, &info)?;
+        self.dp.set_vs(&slot.key, &info)?;
+        let slot = self.vss.get_mut(name).expect("prepared");
         slot.live = idle;
-        slot.size = vs.table_size;
-        slot.method = method;
-        slot.tunnel_src = tunnel_src;
-        self.ring_shadow.insert(ring, table);
+        slot.dirty = false;
+        let cfg = &slot.cfg;
         tracing::info!(
-            vs = %vs.name, vip = %vs.address, port = vs.port, protocol = %vs.protocol, method = %vs.method,
-            reals = vs.real_servers.len(), slots_written = changed.len(), ring, "virtual server table installed"
+            vs = %cfg.name, vip = %cfg.address, port = cfg.port, protocol = %cfg.protocol, method = %cfg.method,
+            reals = cfg.real_servers.len(), in_table = backends.len(), slots_written = changed.len(), ring, "virtual server table installed"
         );
+        self.ring_shadow.insert(ring, table);
         Ok(())
     }
 }
@@ -438,12 +798,32 @@ mod tests {
         }
     }
 
-    fn cfg(reals: &[(&str, u32)]) -> Config {
-        let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    table_size: 1009\n    real_servers:\n");
+    /// One virtual server with `extra` YAML lines (indented as its fields) and reals.
+    fn cfg_with(extra: &str, reals: &[(&str, u32)]) -> Config {
+        let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    table_size: 1009\n");
+        t.push_str(extra);
+        t.push_str("    real_servers:\n");
         for (a, w) in reals {
             t.push_str(&format!("      - {{ address: {a}, weight: {w} }}\n"));
         }
         config::parse(Path::new("t.yaml"), &t, &Facts).unwrap()
+    }
+
+    /// Unprobed reals: healthy from the start.
+    fn cfg(reals: &[(&str, u32)]) -> Config {
+        cfg_with("    health_check: { type: none }\n", reals)
+    }
+
+    fn rk(a: &str) -> RealKey {
+        RealKey::real("web", a.parse().unwrap(), 80)
+    }
+
+    fn ids_in_table(r: &Reconciler<MemoryDataplane>) -> std::collections::BTreeSet<u32> {
+        r.dp.table(&key())
+            .unwrap()
+            .into_iter()
+            .filter(|&i| i != NO_REAL)
+            .collect()
     }
 
     fn key() -> VsKey {
@@ -497,16 +877,8 @@ mod tests {
     fn removed_real_is_inactive_and_kept_ids_are_stable() {
         let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
         r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
-        let k1 = RealKey {
-            vs: "web".into(),
-            addr: "10.0.1.1".parse().unwrap(),
-            port: 80,
-        };
-        let k2 = RealKey {
-            vs: "web".into(),
-            addr: "10.0.1.2".parse().unwrap(),
-            port: 80,
-        };
+        let k1 = RealKey::real("web", "10.0.1.1".parse().unwrap(), 80);
+        let k2 = RealKey::real("web", "10.0.1.2".parse().unwrap(), 80);
         let (id1, id2) = (r.real_id(&k1).unwrap(), r.real_id(&k2).unwrap());
         r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
         assert_eq!(r.real_id(&k1), Some(id1));
@@ -519,11 +891,7 @@ mod tests {
         let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
         r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 0)])).unwrap();
         let id2 = r
-            .real_id(&RealKey {
-                vs: "web".into(),
-                addr: "10.0.1.2".parse().unwrap(),
-                port: 80,
-            })
+            .real_id(&RealKey::real("web", "10.0.1.2".parse().unwrap(), 80))
             .unwrap();
         assert!(!r.dp.table(&key()).unwrap().contains(&id2));
         assert_eq!(
@@ -545,11 +913,7 @@ mod tests {
         };
         r.set_next_hop("10.0.1.1".parse().unwrap(), hop).unwrap();
         let id = r
-            .real_id(&RealKey {
-                vs: "web".into(),
-                addr: "10.0.1.1".parse().unwrap(),
-                port: 80,
-            })
+            .real_id(&RealKey::real("web", "10.0.1.1".parse().unwrap(), 80))
             .unwrap();
         assert_eq!((r.dp.reals[&id].ifindex, r.dp.reals[&id].mac), (7, hop.mac));
     }
@@ -559,11 +923,152 @@ mod tests {
         let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
         r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
         assert_eq!(r.dp.settings, 0);
-        let nat = "interfaces: [eth0]\nvirtual_servers:\n  - { name: n, address: 10.0.0.1, port: 80, protocol: tcp, method: nat, real_servers: [{ address: 10.0.1.1, port: 8080 }] }\n";
+        let nat = "interfaces: [eth0]\nvirtual_servers:\n  - { name: n, address: 10.0.0.1, port: 80, protocol: tcp, method: nat, health_check: { type: none }, real_servers: [{ address: 10.0.1.1, port: 8080 }] }\n";
         r.apply(&config::parse(Path::new("t.yaml"), nat, &Facts).unwrap())
             .unwrap();
         assert_eq!(r.dp.settings, SETTING_NAT);
         r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
         assert_eq!(r.dp.settings, 0);
+    }
+
+    #[test]
+    fn probed_reals_start_out_of_the_table_and_enter_when_healthy() {
+        let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+        r.apply(&cfg_with("", &[("10.0.1.1", 1), ("10.0.1.2", 1)]))
+            .unwrap();
+        assert!(ids_in_table(&r).is_empty(), "no real is healthy yet");
+        let (id1, id2) = (
+            r.real_id(&rk("10.0.1.1")).unwrap(),
+            r.real_id(&rk("10.0.1.2")).unwrap(),
+        );
+        assert_eq!(r.dp.reals[&id1].flags, 0);
+        assert!(r.set_health(&rk("10.0.1.1"), true).unwrap());
+        assert_eq!(ids_in_table(&r), [id1].into());
+        assert_eq!(r.dp.reals[&id1].flags, REAL_F_ACTIVE | REAL_F_NEW);
+        r.set_health(&rk("10.0.1.2"), true).unwrap();
+        assert_eq!(ids_in_table(&r), [id1, id2].into());
+        assert!(!r.set_health(&rk("10.0.1.2"), true).unwrap(), "no change");
+    }
+
+    #[test]
+    fn a_failed_real_leaves_the_table_and_its_generation_is_retired() {
+        let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+        let c = cfg_with("", &[("10.0.1.1", 1), ("10.0.1.2", 1)]);
+        r.apply(&c).unwrap();
+        r.set_health(&rk("10.0.1.1"), true).unwrap();
+        r.set_health(&rk("10.0.1.2"), true).unwrap();
+        let id2 = r.real_id(&rk("10.0.1.2")).unwrap();
+        let gen = r.dp.reals[&id2].generation;
+        r.set_health(&rk("10.0.1.2"), false).unwrap();
+        assert!(!ids_in_table(&r).contains(&id2));
+        assert_eq!(r.dp.reals[&id2].flags, 0);
+        assert_ne!(
+            r.dp.reals[&id2].generation, gen,
+            "flows pinned to it must not return"
+        );
+        // A reload keeps the health it learnt.
+        r.apply(&c).unwrap();
+        assert!(!ids_in_table(&r).contains(&id2));
+        r.set_health(&rk("10.0.1.2"), true).unwrap();
+        assert!(ids_in_table(&r).contains(&id2));
+    }
+
+    #[test]
+    fn weight_zero_drains_active_without_new_flows() {
+        let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+        r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
+        let id2 = r.real_id(&rk("10.0.1.2")).unwrap();
+        let gen = r.dp.reals[&id2].generation;
+        r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 0)])).unwrap();
+        assert_eq!(
+            r.dp.reals[&id2].flags, REAL_F_ACTIVE,
+            "draining: no REAL_F_NEW"
+        );
+        assert_eq!(r.dp.reals[&id2].generation, gen, "its flows go on");
+    }
+
+    #[test]
+    fn the_sorry_server_fills_the_table_only_while_no_real_takes_flows() {
+        let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+        let c = cfg_with(
+            "    sorry_server: { address: 10.0.9.9 }\n",
+            &[("10.0.1.1", 1)],
+        );
+        r.apply(&c).unwrap();
+        let sorry = RealKey {
+            vs: "web".into(),
+            addr: "10.0.9.9".parse().unwrap(),
+            port: 80,
+            sorry: true,
+        };
+        let sid = r.real_id(&sorry).unwrap();
+        assert_eq!(ids_in_table(&r), [sid].into());
+        r.set_health(&rk("10.0.1.1"), true).unwrap();
+        let id1 = r.real_id(&rk("10.0.1.1")).unwrap();
+        assert_eq!(ids_in_table(&r), [id1].into());
+        assert_eq!(
+            r.dp.reals[&sid].flags, REAL_F_ACTIVE,
+            "its own flows finish"
+        );
+        r.set_health(&rk("10.0.1.1"), false).unwrap();
+        assert_eq!(ids_in_table(&r), [sid].into());
+        // Without a sorry server: an empty table (new flows dropped and counted).
+        r.apply(&cfg_with("", &[("10.0.1.1", 1)])).unwrap();
+        assert!(ids_in_table(&r).is_empty());
+        assert_eq!(r.real_id(&sorry), None);
+    }
+
+    #[test]
+    fn overrides_drain_and_reweight_until_the_file_changes_the_weight() {
+        let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+        let c = cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)]);
+        r.apply(&c).unwrap();
+        let id2 = r.real_id(&rk("10.0.1.2")).unwrap();
+        let disable = Override {
+            weight: None,
+            disabled: true,
+            file_weight: 1,
+        };
+        assert!(r.set_override(&rk("10.0.1.2"), Some(disable)).unwrap());
+        assert!(!ids_in_table(&r).contains(&id2));
+        assert_eq!(r.dp.reals[&id2].flags, REAL_F_ACTIVE);
+        // Same file again: the override stays.
+        r.apply(&c).unwrap();
+        assert!(!ids_in_table(&r).contains(&id2));
+        // The file changes that real's weight: the file wins.
+        r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 3)])).unwrap();
+        assert!(ids_in_table(&r).contains(&id2));
+        assert_eq!(r.override_of(&rk("10.0.1.2")), None);
+        // A weight override changes the share.
+        let w = Override {
+            weight: Some(1),
+            disabled: false,
+            file_weight: 3,
+        };
+        r.set_override(&rk("10.0.1.2"), Some(w)).unwrap();
+        let t = r.dp.table(&key()).unwrap();
+        let share = t.iter().filter(|&&i| i == id2).count() as f64 / t.len() as f64;
+        assert!((share - 0.5).abs() < 0.02, "share {share}");
+        assert!(
+            !r.set_override(&rk("10.9.9.9"), None).unwrap(),
+            "unknown real"
+        );
+    }
+
+    #[test]
+    fn persistence_reaches_the_virtual_server_value() {
+        let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+        r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+        assert_eq!(r.dp.vs[&key()].persist_timeout_ns, 0);
+        let ring = r.dp.vs[&key()].ring_id;
+        r.apply(&cfg_with(
+            "    health_check: { type: none }\n    persistence: { timeout: 300s, netmask: 24 }\n",
+            &[("10.0.1.1", 1)],
+        ))
+        .unwrap();
+        let v = r.dp.vs[&key()];
+        assert_eq!(v.persist_timeout_ns, 300_000_000_000);
+        assert_eq!(v.persist_mask[0].to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(v.ring_id, ring, "same table: only the value is rewritten");
     }
 }

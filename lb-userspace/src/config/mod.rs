@@ -11,6 +11,7 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 pub use locate::{Locator, Pos};
@@ -101,6 +102,10 @@ pub struct VirtualServer {
     /// Tunnel method: the outer source address (the VS's own, else the global one of
     /// the VIP's family). `None` for other methods.
     pub tunnel_source: Option<IpAddr>,
+    /// Source-IP persistence, if on.
+    pub persistence: Option<Persistence>,
+    /// Where new flows go while no real takes them.
+    pub sorry_server: Option<SorryServer>,
     pub real_servers: Vec<RealServer>,
 }
 
@@ -110,6 +115,108 @@ pub struct RealServer {
     pub port: u16,
     /// Relative share of new flows; 0 takes no new flows.
     pub weight: u32,
+    /// The probe of this real: the virtual server's `health_check` with the real's own
+    /// fields applied over it.
+    pub health_check: HealthCheck,
+}
+
+/// Source-IP persistence (LVS `-p` with `-M`): clients of one network stick to a real.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// An entry lives this long after its network's last packet.
+    pub timeout: Duration,
+    /// Prefix length applied to the client address (32 / 128: each client on its own).
+    pub netmask: u8,
+}
+
+/// The server that takes new flows while no real does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SorryServer {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// How a real's health is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CheckType {
+    /// Not probed: always healthy.
+    None,
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP GET answers with an expected status.
+    Http,
+}
+
+impl fmt::Display for CheckType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckType::None => "none",
+            CheckType::Tcp => "tcp",
+            CheckType::Http => "http",
+        })
+    }
+}
+
+/// A real's probe, fully resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub kind: CheckType,
+    /// Port probed (the real's port unless set).
+    pub port: u16,
+    /// HTTP: request path.
+    pub path: String,
+    /// HTTP: Host header (the real's address unless set).
+    pub host: Option<String>,
+    /// HTTP: accepted status codes, as inclusive ranges.
+    pub expect_status: Vec<(u16, u16)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy real healthy.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy real unhealthy.
+    pub fall: u32,
+}
+
+impl HealthCheck {
+    /// Returns: whether `status` is accepted.
+    pub fn status_ok(&self, status: u16) -> bool {
+        self.expect_status
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// Parses a duration such as `500ms`, `2s`, `5m`, `1h`.
+/// Returns: the duration, or what is wrong with the text.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 2s, 5m or 1h"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "" => return Err(format!("`{text}` needs a unit: ms, s, m or h")),
+        _ => return Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// Formats a duration the way the file writes it (`500ms`, `2s`, `5m`).
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// One problem in a configuration file.

@@ -54,7 +54,105 @@ pub struct RawVirtualServer {
     #[serde(default)]
     pub tunnel_source: Option<String>,
     #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub persistence: Option<RawPersistence>,
+    #[serde(default)]
+    pub sorry_server: Option<RawSorryServer>,
+    #[serde(default)]
     pub real_servers: Vec<Value>,
+}
+
+/// A probe as written: every field optional (a real's fields override its VS's).
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default, rename = "type")]
+    pub kind: Option<RawCheckType>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub expect_status: Option<RawStatus>,
+    #[serde(default)]
+    pub interval: Option<RawDuration>,
+    #[serde(default)]
+    pub timeout: Option<RawDuration>,
+    #[serde(default)]
+    pub rise: Option<u32>,
+    #[serde(default)]
+    pub fall: Option<u32>,
+}
+
+impl RawHealthCheck {
+    /// Returns: `self` with the fields `over` sets replaced.
+    pub fn overlay(&self, over: &RawHealthCheck) -> RawHealthCheck {
+        RawHealthCheck {
+            kind: over.kind.or(self.kind),
+            port: over.port.or(self.port),
+            path: over.path.clone().or_else(|| self.path.clone()),
+            host: over.host.clone().or_else(|| self.host.clone()),
+            expect_status: over
+                .expect_status
+                .clone()
+                .or_else(|| self.expect_status.clone()),
+            interval: over.interval.clone().or_else(|| self.interval.clone()),
+            timeout: over.timeout.clone().or_else(|| self.timeout.clone()),
+            rise: over.rise.or(self.rise),
+            fall: over.fall.or(self.fall),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawCheckType {
+    None,
+    Tcp,
+    Http,
+}
+
+/// `200`, `"200-399"`, or a list of either.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawStatus {
+    One(RawStatusItem),
+    Many(Vec<RawStatusItem>),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawStatusItem {
+    Code(u16),
+    Range(String),
+}
+
+/// A duration string; a bare number is accepted by serde so that the validator can say
+/// it lacks a unit.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistence {
+    pub timeout: RawDuration,
+    #[serde(default)]
+    pub netmask: Option<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSorryServer {
+    pub address: String,
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -86,4 +184,6 @@ pub struct RawRealServer {
     pub port: Option<u16>,
     #[serde(default)]
     pub weight: Option<u32>,
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
 }

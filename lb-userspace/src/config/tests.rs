@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use super::*;
 
 struct Facts;
@@ -51,14 +53,81 @@ fn good_config_parses_with_defaults() {
         ),
         ("web", 80, Protocol::Tcp, Method::Dr, 65537)
     );
+    let r = &vs.real_servers[1];
     assert_eq!(
-        vs.real_servers[1],
-        RealServer {
-            address: "10.0.1.12".parse().unwrap(),
-            port: 80,
-            weight: 1
-        }
+        (r.address, r.port, r.weight),
+        ("10.0.1.12".parse().unwrap(), 80, 1)
     );
+    let h = &r.health_check;
+    assert_eq!(
+        (h.kind, h.port, h.interval, h.timeout, h.rise, h.fall),
+        (
+            CheckType::Tcp,
+            80,
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            2,
+            3
+        ),
+        "a tcp virtual server is probed over tcp by default"
+    );
+    assert_eq!((vs.persistence, vs.sorry_server), (None, None));
+}
+
+#[test]
+fn probes_merge_per_real_and_udp_defaults_to_none() {
+    let text = GOOD.replacen(
+        "    scheduler: maglev\n",
+        "    scheduler: maglev\n    health_check: { type: http, path: /health, expect_status: [200, '300-302'], interval: 500ms, timeout: 200ms, fall: 2 }\n    persistence: { timeout: 5m, netmask: 24 }\n    sorry_server: { address: 10.0.9.9 }\n",
+        1,
+    )
+    .replacen(
+        "        weight: 1\n",
+        "        weight: 1\n        health_check: { port: 8081, rise: 5 }\n",
+        1,
+    );
+    let c = parse(Path::new("lb.yaml"), &text, &Facts).unwrap();
+    let vs = &c.virtual_servers[0];
+    let (a, b) = (
+        &vs.real_servers[0].health_check,
+        &vs.real_servers[1].health_check,
+    );
+    assert_eq!(
+        (a.kind, a.port, a.rise, a.fall),
+        (CheckType::Http, 8081, 5, 2)
+    );
+    assert_eq!((b.port, b.rise, b.fall), (80, 2, 2));
+    assert_eq!(b.path, "/health");
+    assert_eq!(b.expect_status, vec![(200, 200), (300, 302)]);
+    assert!(b.status_ok(301) && !b.status_ok(204));
+    assert_eq!(b.interval, Duration::from_millis(500));
+    assert_eq!(
+        vs.persistence,
+        Some(Persistence {
+            timeout: Duration::from_secs(300),
+            netmask: 24
+        })
+    );
+    assert_eq!(vs.sorry_server.map(|s| s.port), Some(80));
+    let udp = GOOD.replacen("protocol: tcp", "protocol: udp", 1);
+    let c = parse(Path::new("lb.yaml"), &udp, &Facts).unwrap();
+    assert_eq!(
+        c.virtual_servers[0].real_servers[0].health_check.kind,
+        CheckType::None
+    );
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert!(parse_duration("2").unwrap_err().contains("needs a unit"));
+    assert!(parse_duration("2d").unwrap_err().contains("unknown unit"));
+    assert!(parse_duration("s").is_err());
+    assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
+    assert_eq!(fmt_duration(Duration::from_secs(120)), "2m");
 }
 
 #[test]
@@ -90,6 +159,22 @@ fn each_error_names_line_and_field() {
         ("wrong type", "weight: 1", "weight: heavy", 13, "virtual_servers[0].real_servers[0].weight", "invalid type"),
         ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
         ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
+        ("bad duration unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2x }", 10, "virtual_servers[0].health_check.interval", "unknown unit"),
+        ("duration without unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2 }", 10, "virtual_servers[0].health_check.interval", "needs a unit"),
+        ("timeout over interval", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 1s, timeout: 2s }", 10, "virtual_servers[0].health_check.timeout", "at most the interval"),
+        ("rise zero", "scheduler: maglev", "scheduler: maglev\n    health_check: { rise: 0 }", 10, "virtual_servers[0].health_check.rise", "out of range"),
+        ("path on a tcp probe", "scheduler: maglev", "scheduler: maglev\n    health_check: { path: /health }", 10, "virtual_servers[0].health_check.path", "type http only"),
+        ("bad status", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: http, expect_status: 700 }", 10, "virtual_servers[0].health_check.expect_status", "not an HTTP status"),
+        ("reversed status range", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: http, expect_status: 399-200 }", 10, "virtual_servers[0].health_check.expect_status", "399-200"),
+        ("unknown probe type", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: icmp }", 10, "virtual_servers[0].health_check.type", "unknown variant"),
+        ("unknown probe field", "scheduler: maglev", "scheduler: maglev\n    health_check: { intervall: 2s }", 10, "virtual_servers[0].health_check.intervall", "unknown field"),
+        ("bad real override", "        weight: 1", "        weight: 1\n        health_check: { fall: 0 }", 14, "virtual_servers[0].real_servers[0].health_check.fall", "out of range"),
+        ("udp probe without port", "protocol: tcp\n    method: dr\n    scheduler: maglev", "protocol: udp\n    method: dr\n    scheduler: maglev\n    health_check: { type: tcp }", 10, "virtual_servers[0].health_check.type", "needs health_check.port"),
+        ("persistence netmask too long", "scheduler: maglev", "scheduler: maglev\n    persistence: { timeout: 300s, netmask: 33 }", 10, "virtual_servers[0].persistence.netmask", "longer than an IPv4"),
+        ("persistence timeout zero", "scheduler: maglev", "scheduler: maglev\n    persistence: { timeout: 0s }", 10, "virtual_servers[0].persistence.timeout", "from 1s"),
+        ("sorry server of another family", "scheduler: maglev", "scheduler: maglev\n    sorry_server: { address: '2001:db8::9' }", 10, "virtual_servers[0].sorry_server.address", "address family"),
+        ("sorry server port on dr", "scheduler: maglev", "scheduler: maglev\n    sorry_server: { address: 10.0.9.9, port: 8080 }", 10, "virtual_servers[0].sorry_server.port", "cannot change the port"),
+        ("sorry server is a real", "scheduler: maglev", "scheduler: maglev\n    sorry_server: { address: 10.0.1.11 }", 10, "virtual_servers[0].sorry_server.address", "one of the real servers"),
     ];
     for (what, from, to, line, field, msg) in rows {
         assert!(GOOD.contains(from), "{what}: fixture lacks {from:?}");

@@ -4,6 +4,7 @@ use std::{
     collections::HashSet,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use lb_common::maps::{MAX_REALS, MAX_VS};
@@ -12,13 +13,37 @@ use serde_yaml::Value;
 
 use super::{
     locate::{Locator, Pos},
+    parse_duration,
     raw::{
-        RawAddrs, RawConfig, RawMethod, RawProtocol, RawRealServer, RawScheduler, RawVirtualServer,
-        RawXdpMode,
+        RawAddrs, RawCheckType, RawConfig, RawDuration, RawHealthCheck, RawMethod, RawPersistence,
+        RawProtocol, RawRealServer, RawScheduler, RawSorryServer, RawStatus, RawStatusItem,
+        RawVirtualServer, RawXdpMode,
     },
-    Config, ConfigError, ConfigErrors, Method, Protocol, RealServer, SystemFacts, VirtualServer,
-    XdpMode, DEFAULT_TABLE_SIZE, MAX_WEIGHT,
+    CheckType, Config, ConfigError, ConfigErrors, HealthCheck, Method, Persistence, Protocol,
+    RealServer, SorryServer, SystemFacts, VirtualServer, XdpMode, DEFAULT_TABLE_SIZE, MAX_WEIGHT,
 };
+
+/// Probe defaults (the example values, and keepalived's habits).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+/// HTTP statuses accepted unless `expect_status` says otherwise: 2xx and 3xx.
+pub const DEFAULT_EXPECT: (u16, u16) = (200, 399);
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+const MAX_RISE_FALL: u32 = 1000;
+const MIN_PERSIST: Duration = Duration::from_secs(1);
+const MAX_PERSIST: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Which level of the file set a probe field: the virtual server's `health_check` or
+/// the real's own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Vs,
+    Real,
+}
 
 /// Smallest connection table accepted.
 const MIN_FLOW_TABLE: u32 = 1024;
@@ -145,6 +170,10 @@ impl<'a> Validator<'a> {
             Ok(config)
         } else {
             self.errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
+            // A virtual server's probe is checked once per real: report each error once.
+            let mut seen = HashSet::new();
+            self.errors
+                .retain(|e| seen.insert((e.field.clone(), e.message.clone())));
             Err(ConfigErrors(self.errors))
         }
     }
@@ -350,6 +379,13 @@ impl<'a> Validator<'a> {
             );
         }
 
+        let vs_check = raw.health_check.clone().unwrap_or_default();
+        // Checked once on its own, so that a virtual server without reals is checked too.
+        let _ = self.health_check(prefix, &vs_check, None, raw.port, protocol);
+        let persistence = raw
+            .persistence
+            .as_ref()
+            .and_then(|p| self.persistence(prefix, p, address));
         let mut real_servers = Vec::new();
         let mut seen = HashSet::new();
         for (j, v) in raw.real_servers.into_iter().enumerate() {
@@ -397,12 +433,22 @@ impl<'a> Validator<'a> {
                     format!("real {real_addr}:{port} is listed twice in this virtual server"),
                 );
             }
+            let own = rr.health_check.as_ref().map(|h| (rprefix.as_str(), h));
+            let Some(health_check) = self.health_check(prefix, &vs_check, own, port, protocol)
+            else {
+                continue;
+            };
             real_servers.push(RealServer {
                 address: real_addr,
                 port,
                 weight,
+                health_check,
             });
         }
+        let sorry_server = raw
+            .sorry_server
+            .as_ref()
+            .and_then(|s| self.sorry_server(prefix, s, address, raw.port, method, &real_servers));
         if self.errors.len() != errors_before {
             return None;
         }
@@ -414,8 +460,284 @@ impl<'a> Validator<'a> {
             method,
             table_size,
             tunnel_source,
+            persistence,
+            sorry_server,
             real_servers,
         })
+    }
+
+    fn duration(&mut self, field: &str, raw: &RawDuration) -> Option<Duration> {
+        let r = match raw {
+            RawDuration::Text(t) => parse_duration(t),
+            RawDuration::Number(n) => Err(format!("`{n}` needs a unit: ms, s, m or h")),
+        };
+        r.map_err(|m| self.error(field, m)).ok()
+    }
+
+    /// Resolves the probe of one real (`own`: its path prefix and its own fields), or of
+    /// the virtual server alone (`own` = None, to check the VS's fields).
+    /// Returns: the probe, or `None` after reporting what is wrong.
+    fn health_check(
+        &mut self,
+        vs_prefix: &str,
+        vs: &RawHealthCheck,
+        own: Option<(&str, &RawHealthCheck)>,
+        real_port: u16,
+        protocol: Protocol,
+    ) -> Option<HealthCheck> {
+        let empty = RawHealthCheck::default();
+        let (real_prefix, real) = own.unwrap_or(("", &empty));
+        let m = vs.overlay(real);
+        let before = self.errors.len();
+        // The level that set a field (the real's wins), and the field's path there.
+        let level = |set_by_real: bool| if set_by_real { Level::Real } else { Level::Vs };
+        let field = |lvl: Level, name: &str| match lvl {
+            Level::Real => format!("{real_prefix}.health_check.{name}"),
+            Level::Vs => format!("{vs_prefix}.health_check.{name}"),
+        };
+        let kind_level = level(real.kind.is_some());
+        let default_kind = match protocol {
+            Protocol::Tcp => RawCheckType::Tcp,
+            Protocol::Udp => RawCheckType::None,
+        };
+        let kind = match m.kind.unwrap_or(default_kind) {
+            RawCheckType::None => CheckType::None,
+            RawCheckType::Tcp => CheckType::Tcp,
+            RawCheckType::Http => CheckType::Http,
+        };
+        let interval = match &m.interval {
+            Some(d) => self.duration(&field(level(real.interval.is_some()), "interval"), d),
+            None => Some(DEFAULT_INTERVAL),
+        };
+        let timeout = match &m.timeout {
+            Some(d) => self.duration(&field(level(real.timeout.is_some()), "timeout"), d),
+            None => Some(DEFAULT_TIMEOUT),
+        };
+        if kind == CheckType::None {
+            // Not probed: the other fields (perhaps inherited) do not matter.
+            return (self.errors.len() == before).then(|| HealthCheck {
+                kind,
+                port: real_port,
+                path: String::new(),
+                host: None,
+                expect_status: Vec::new(),
+                interval: interval.unwrap_or(DEFAULT_INTERVAL),
+                timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+                rise: 1,
+                fall: 1,
+            });
+        }
+        if let Some(i) = interval {
+            if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&i) {
+                self.error(
+                    &field(level(real.interval.is_some()), "interval"),
+                    "must be from 100ms to 1h",
+                );
+            }
+            if let Some(t) = timeout {
+                if t < MIN_TIMEOUT || t > i {
+                    self.error(
+                        &field(level(real.timeout.is_some()), "timeout"),
+                        format!(
+                            "{} must be at least 10ms and at most the interval ({})",
+                            super::fmt_duration(t),
+                            super::fmt_duration(i)
+                        ),
+                    );
+                }
+            }
+        }
+        for (name, v, set_by_real) in [
+            ("rise", m.rise, real.rise.is_some()),
+            ("fall", m.fall, real.fall.is_some()),
+        ] {
+            if let Some(n) = v {
+                if !(1..=MAX_RISE_FALL).contains(&n) {
+                    self.error(
+                        &field(level(set_by_real), name),
+                        format!("{n} is out of range 1..={MAX_RISE_FALL}"),
+                    );
+                }
+            }
+        }
+        if m.port == Some(0) {
+            self.error(
+                &field(level(real.port.is_some()), "port"),
+                "port 0 is not a valid port (1-65535)",
+            );
+        }
+        if protocol == Protocol::Udp && m.port.is_none() {
+            self.error(
+                &field(kind_level, "type"),
+                format!("a udp virtual server's {kind} probe needs health_check.port, the port of a TCP service on the real (or type none)"),
+            );
+        }
+        // HTTP-only fields on a TCP probe are a mistake, unless they were inherited from
+        // the virtual server and the real chose tcp for itself.
+        let http_only = [
+            ("path", real.path.is_some(), m.path.is_some()),
+            ("host", real.host.is_some(), m.host.is_some()),
+            (
+                "expect_status",
+                real.expect_status.is_some(),
+                m.expect_status.is_some(),
+            ),
+        ];
+        if kind == CheckType::Tcp {
+            for (name, set_by_real, set) in http_only {
+                let lvl = level(set_by_real);
+                if set && !(lvl == Level::Vs && kind_level == Level::Real) {
+                    self.error(
+                        &field(lvl, name),
+                        "applies to type http only (type is tcp, the default for a tcp virtual server)",
+                    );
+                }
+            }
+        }
+        let path = m.path.clone().unwrap_or_else(|| "/".to_string());
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.error(
+                &field(level(real.path.is_some()), "path"),
+                format!("`{path}` must start with '/' and hold no spaces or control characters"),
+            );
+        }
+        if let Some(h) = &m.host {
+            if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.error(
+                    &field(level(real.host.is_some()), "host"),
+                    format!("`{h}` is not a valid Host header value"),
+                );
+            }
+        }
+        let expect_status = match &m.expect_status {
+            None => vec![DEFAULT_EXPECT],
+            Some(raw) => self.statuses(
+                &field(level(real.expect_status.is_some()), "expect_status"),
+                raw,
+            ),
+        };
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(HealthCheck {
+            kind,
+            port: m.port.unwrap_or(real_port),
+            path,
+            host: m.host.clone(),
+            expect_status,
+            interval: interval?,
+            timeout: timeout?,
+            rise: m.rise.unwrap_or(DEFAULT_RISE),
+            fall: m.fall.unwrap_or(DEFAULT_FALL),
+        })
+    }
+
+    /// `200`, `"200-399"`, or a list of either. Returns: the ranges (empty after errors).
+    fn statuses(&mut self, field: &str, raw: &RawStatus) -> Vec<(u16, u16)> {
+        let items: Vec<&RawStatusItem> = match raw {
+            RawStatus::One(i) => vec![i],
+            RawStatus::Many(v) => v.iter().collect(),
+        };
+        if items.is_empty() {
+            self.error(field, "at least one status is required");
+        }
+        let mut out = Vec::new();
+        for item in items {
+            let range = match item {
+                RawStatusItem::Code(c) => Some((*c, *c)),
+                RawStatusItem::Range(t) => {
+                    let parts: Vec<&str> = t.split('-').map(str::trim).collect();
+                    match parts.as_slice() {
+                        [one] => one.parse().ok().map(|c| (c, c)),
+                        [lo, hi] => lo.parse().ok().zip(hi.parse().ok()),
+                        _ => None,
+                    }
+                }
+            };
+            match range {
+                Some((lo, hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => {
+                    out.push((lo, hi))
+                }
+                _ => {
+                    let text = match item {
+                        RawStatusItem::Code(c) => c.to_string(),
+                        RawStatusItem::Range(t) => t.clone(),
+                    };
+                    self.error(
+                        field,
+                        format!(
+                            "`{text}` is not an HTTP status (100-599) or a range such as 200-399"
+                        ),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn persistence(
+        &mut self,
+        prefix: &str,
+        raw: &RawPersistence,
+        vip: Option<IpAddr>,
+    ) -> Option<Persistence> {
+        let tfield = format!("{prefix}.persistence.timeout");
+        let timeout = self.duration(&tfield, &raw.timeout)?;
+        if !(MIN_PERSIST..=MAX_PERSIST).contains(&timeout) {
+            self.error(&tfield, "must be from 1s to 7 days (168h)");
+            return None;
+        }
+        let bits = if vip?.is_ipv4() { 32 } else { 128 };
+        let netmask = raw.netmask.unwrap_or(bits);
+        if netmask > bits {
+            self.error(
+                &format!("{prefix}.persistence.netmask"),
+                format!("/{netmask} is longer than an {} address", family(vip?)),
+            );
+            return None;
+        }
+        Some(Persistence { timeout, netmask })
+    }
+
+    fn sorry_server(
+        &mut self,
+        prefix: &str,
+        raw: &RawSorryServer,
+        vip: Option<IpAddr>,
+        vs_port: u16,
+        method: Method,
+        reals: &[RealServer],
+    ) -> Option<SorryServer> {
+        let afield = format!("{prefix}.sorry_server.address");
+        let address = self.address(&afield, &raw.address)?;
+        if vip?.is_ipv4() != address.is_ipv4() {
+            self.error(
+                &afield,
+                format!("sorry server {address} is not of the VIP's address family"),
+            );
+            return None;
+        }
+        let port = raw.port.unwrap_or(vs_port);
+        let pfield = format!("{prefix}.sorry_server.port");
+        if port == 0 {
+            self.error(&pfield, "port 0 is not a valid port (1-65535)");
+            return None;
+        }
+        if method != Method::Nat && port != vs_port {
+            self.error(
+                &pfield,
+                format!("method {method} cannot change the port (only nat can): {port} must equal the virtual server's {vs_port}"),
+            );
+            return None;
+        }
+        if reals.iter().any(|r| r.address == address && r.port == port) {
+            self.error(
+                &afield,
+                format!("{address}:{port} is one of the real servers; a sorry server stands in for them"),
+            );
+            return None;
+        }
+        Some(SorryServer { address, port })
     }
 
     /// Resolves a virtual server's tunnel source: its own, else the global one of the

@@ -1,0 +1,534 @@
+//! Health probes: one tokio task per probed real, each bounded by its timeout, so a
+//! slow real never delays another's verdict; and the rise/fall state machine that turns
+//! probe results into health transitions.
+//!
+//! The tasks only probe and report ([`Report`] over a channel). The daemon's task owns
+//! the state machines ([`Health`]) and the maps, so health changes are applied in the
+//! same order as every other change.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::mpsc,
+    task::JoinHandle,
+};
+
+use crate::{
+    config::{CheckType, Config, HealthCheck},
+    reconcile::RealKey,
+};
+
+/// Most bytes read looking for an HTTP status line.
+const STATUS_LINE_MAX: usize = 1024;
+
+/// Why a probe failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection was refused (RST): nothing listens on the port.
+    Refused,
+    /// No answer within the probe's timeout.
+    Timeout(Duration),
+    /// The real or its network is unreachable.
+    Unreachable(String),
+    /// HTTP: the status is not one of those expected.
+    Status(u16),
+    /// HTTP: what came back is not an HTTP response.
+    BadResponse(String),
+    /// Any other socket error.
+    Io(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Refused => f.write_str("connection refused"),
+            Failure::Timeout(d) => write!(f, "timeout after {}", crate::config::fmt_duration(*d)),
+            Failure::Unreachable(e) => write!(f, "unreachable: {e}"),
+            Failure::Status(s) => write!(f, "status {s}"),
+            Failure::BadResponse(e) => write!(f, "bad response: {e}"),
+            Failure::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => Failure::Refused,
+        K::HostUnreachable | K::NetworkUnreachable => Failure::Unreachable(e.to_string()),
+        _ => Failure::Io(e.to_string()),
+    }
+}
+
+/// The Host header of an HTTP probe: the configured one, else the real's address (and
+/// port when not 80), as a browser would write it.
+fn host_header(addr: IpAddr, check: &HealthCheck) -> String {
+    if let Some(h) = &check.host {
+        return h.clone();
+    }
+    let a = match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    if check.port == 80 {
+        a
+    } else {
+        format!("{a}:{}", check.port)
+    }
+}
+
+/// Reads an HTTP response's status line. Returns: the status code.
+async fn read_status(conn: &mut TcpStream) -> Result<u16, Failure> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..end]);
+            let mut parts = line.split_whitespace();
+            let version = parts.next().unwrap_or("");
+            let code = parts.next().and_then(|c| c.parse::<u16>().ok());
+            return match code {
+                Some(c) if version.starts_with("HTTP/") && (100..=599).contains(&c) => Ok(c),
+                _ => Err(Failure::BadResponse(format!(
+                    "status line `{}`",
+                    line.trim_end()
+                ))),
+            };
+        }
+        if buf.len() >= STATUS_LINE_MAX {
+            return Err(Failure::BadResponse("no status line".into()));
+        }
+        let n = conn.read(&mut chunk).await.map_err(io_failure)?;
+        if n == 0 {
+            return Err(Failure::BadResponse(if buf.is_empty() {
+                "connection closed without a response".into()
+            } else {
+                "connection closed inside the status line".into()
+            }));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn probe_inner(addr: IpAddr, check: &HealthCheck) -> Result<(), Failure> {
+    let target = SocketAddr::new(addr, check.port);
+    let mut conn = TcpStream::connect(target).await.map_err(io_failure)?;
+    if check.kind != CheckType::Http {
+        return Ok(());
+    }
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: xdpvs-health/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        check.path,
+        host_header(addr, check),
+        env!("CARGO_PKG_VERSION")
+    );
+    conn.write_all(req.as_bytes()).await.map_err(io_failure)?;
+    let status = read_status(&mut conn).await?;
+    if check.status_ok(status) {
+        Ok(())
+    } else {
+        Err(Failure::Status(status))
+    }
+}
+
+/// Probes real `addr` once with `check`, within its timeout.
+/// Returns: the time the probe took, or why it failed.
+pub async fn probe(addr: IpAddr, check: &HealthCheck) -> Result<Duration, Failure> {
+    let start = Instant::now();
+    match tokio::time::timeout(check.timeout, probe_inner(addr, check)).await {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(f)) => Err(f),
+        Err(_) => Err(Failure::Timeout(check.timeout)),
+    }
+}
+
+/// Rise/fall: how many consecutive results agree against the current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracker {
+    pub healthy: bool,
+    /// Consecutive results contradicting `healthy`.
+    streak: u32,
+}
+
+impl Tracker {
+    pub fn new(healthy: bool) -> Self {
+        Self { healthy, streak: 0 }
+    }
+
+    /// Counts one probe result. Returns: whether the state flipped.
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
+        if ok == self.healthy {
+            self.streak = 0;
+            return false;
+        }
+        self.streak += 1;
+        let needed = if ok { rise } else { fall };
+        if self.streak >= needed.max(1) {
+            self.healthy = ok;
+            self.streak = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// One probe's outcome, sent by a probe task.
+#[derive(Debug)]
+pub struct Report {
+    pub key: RealKey,
+    /// The task that sent it (a replaced task's late reports are ignored).
+    pub task: u64,
+    pub result: Result<Duration, Failure>,
+}
+
+/// A health transition to apply.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub key: RealKey,
+    pub healthy: bool,
+    /// What the last probe found (`None`: it succeeded).
+    pub reason: Option<Failure>,
+}
+
+/// The last probe of a real, for status and metrics.
+#[derive(Clone, Debug)]
+pub struct LastProbe {
+    pub at: Instant,
+    pub result: Result<Duration, Failure>,
+}
+
+struct Probe {
+    addr: IpAddr,
+    check: HealthCheck,
+    task: u64,
+    handle: JoinHandle<()>,
+    tracker: Tracker,
+    last: Option<LastProbe>,
+}
+
+/// Every probed real's task and state machine.
+pub struct Health {
+    tx: mpsc::Sender<Report>,
+    probes: HashMap<RealKey, Probe>,
+    next_task: u64,
+}
+
+impl Health {
+    /// Returns: the manager, and the channel its tasks report on.
+    pub fn new() -> (Self, mpsc::Receiver<Report>) {
+        let (tx, rx) = mpsc::channel(4096);
+        (
+            Self {
+                tx,
+                probes: HashMap::new(),
+                next_task: 0,
+            },
+            rx,
+        )
+    }
+
+    /// Starts, restarts (probe changed) and stops tasks so that exactly the probed reals
+    /// of `config` are probed. `healthy` gives a real's health now (its state machine
+    /// starts from it).
+    pub fn sync(&mut self, config: &Config, healthy: impl Fn(&RealKey) -> bool) {
+        let mut wanted: HashMap<RealKey, (IpAddr, &HealthCheck)> = HashMap::new();
+        for vs in &config.virtual_servers {
+            for r in &vs.real_servers {
+                if r.health_check.kind != CheckType::None {
+                    wanted.insert(
+                        RealKey::real(&vs.name, r.address, r.port),
+                        (r.address, &r.health_check),
+                    );
+                }
+            }
+        }
+        self.probes.retain(|k, p| {
+            let keep = wanted
+                .get(k)
+                .is_some_and(|(a, c)| *a == p.addr && **c == p.check);
+            if !keep {
+                p.handle.abort();
+            }
+            keep
+        });
+        for (key, (addr, check)) in wanted {
+            if self.probes.contains_key(&key) {
+                continue;
+            }
+            self.next_task += 1;
+            let task = self.next_task;
+            let handle = tokio::spawn(run_probe(
+                key.clone(),
+                task,
+                addr,
+                check.clone(),
+                self.tx.clone(),
+            ));
+            let tracker = Tracker::new(healthy(&key));
+            self.probes.insert(
+                key,
+                Probe {
+                    addr,
+                    check: check.clone(),
+                    task,
+                    handle,
+                    tracker,
+                    last: None,
+                },
+            );
+        }
+    }
+
+    /// Counts a report. Returns: the transition it causes, if any.
+    pub fn record(&mut self, report: Report) -> Option<Transition> {
+        let p = self.probes.get_mut(&report.key)?;
+        if p.task != report.task {
+            return None;
+        }
+        let ok = report.result.is_ok();
+        p.last = Some(LastProbe {
+            at: Instant::now(),
+            result: report.result.clone(),
+        });
+        if !p.tracker.record(ok, p.check.rise, p.check.fall) {
+            return None;
+        }
+        Some(Transition {
+            key: report.key,
+            healthy: ok,
+            reason: report.result.err(),
+        })
+    }
+
+    /// Returns: the last probe of real `key`, if it is probed and was probed.
+    pub fn last(&self, key: &RealKey) -> Option<&LastProbe> {
+        self.probes.get(key)?.last.as_ref()
+    }
+
+    /// Returns: how many reals are probed.
+    pub fn len(&self) -> usize {
+        self.probes.len()
+    }
+
+    /// Returns: whether no real is probed.
+    pub fn is_empty(&self) -> bool {
+        self.probes.is_empty()
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        for p in self.probes.values() {
+            p.handle.abort();
+        }
+    }
+}
+
+/// Returns: where in its interval a real's probes fall, so that many reals probed at
+/// one interval are spread over it instead of all firing together.
+fn phase(key: &RealKey, interval: Duration) -> Duration {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let frac = (h.finish() % 1000) as u32;
+    interval * frac / 1000
+}
+
+/// A probe task: probes at once, then every interval at the real's own phase (a probe
+/// never overlaps the next: the timeout is at most the interval), reporting each
+/// result.
+async fn run_probe(
+    key: RealKey,
+    task: u64,
+    addr: IpAddr,
+    check: HealthCheck,
+    tx: mpsc::Sender<Report>,
+) {
+    let start = tokio::time::Instant::now() + phase(&key, check.interval);
+    let mut tick = tokio::time::interval_at(start, check.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            tick.tick().await;
+        }
+        let result = probe(addr, &check).await;
+        let report = Report {
+            key: key.clone(),
+            task,
+            result,
+        };
+        if tx.send(report).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    fn check(kind: CheckType, port: u16) -> HealthCheck {
+        HealthCheck {
+            kind,
+            port,
+            path: "/health".into(),
+            host: None,
+            expect_status: vec![(200, 299)],
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(300),
+            rise: 2,
+            fall: 3,
+        }
+    }
+
+    /// An HTTP server on loopback answering every request with `status` after `delay`.
+    /// Returns: its port, and what it received first.
+    async fn http_server(
+        status: &'static str,
+        delay: Duration,
+    ) -> (u16, tokio::sync::oneshot::Receiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 1024];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                tokio::time::sleep(delay).await;
+                let _ = c.write_all(status.as_bytes()).await;
+            }
+        });
+        (port, rx)
+    }
+
+    /// A port on loopback nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn tcp_probe_succeeds_on_a_listener_and_is_refused_without_one() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(probe(LO, &check(CheckType::Tcp, port)).await.is_ok());
+        drop(l);
+        assert_eq!(
+            probe(LO, &check(CheckType::Tcp, closed_port())).await,
+            Err(Failure::Refused)
+        );
+    }
+
+    #[tokio::test]
+    async fn http_probe_matches_the_status_and_sends_path_and_host() {
+        let (port, first) = http_server("HTTP/1.1 204 No Content\r\n\r\n", Duration::ZERO).await;
+        let c = check(CheckType::Http, port);
+        assert!(probe(LO, &c).await.is_ok());
+        let req = first.await.unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
+            "{req}"
+        );
+
+        let (port, _) = http_server("HTTP/1.0 503 Unavailable\r\n\r\n", Duration::ZERO).await;
+        assert_eq!(
+            probe(LO, &check(CheckType::Http, port)).await,
+            Err(Failure::Status(503))
+        );
+        let (port, _) = http_server("SSH-2.0-OpenSSH\r\n", Duration::ZERO).await;
+        assert!(matches!(
+            probe(LO, &check(CheckType::Http, port)).await,
+            Err(Failure::BadResponse(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_is_a_timeout_within_the_bound() {
+        let (port, _) = http_server("HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(5)).await;
+        let c = check(CheckType::Http, port);
+        let start = Instant::now();
+        assert_eq!(probe(LO, &c).await, Err(Failure::Timeout(c.timeout)));
+        let took = start.elapsed();
+        assert!(
+            took >= c.timeout && took < c.timeout + Duration::from_secs(1),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn rise_and_fall_need_consecutive_results() {
+        let mut t = Tracker::new(false);
+        assert!(!t.record(true, 2, 3));
+        assert!(!t.record(false, 2, 3), "a failure resets the rise streak");
+        assert!(!t.record(true, 2, 3));
+        assert!(t.record(true, 2, 3), "second success in a row: healthy");
+        assert!(t.healthy);
+        assert!(!t.record(false, 2, 3));
+        assert!(!t.record(false, 2, 3));
+        assert!(!t.record(true, 2, 3), "a success resets the fall streak");
+        for _ in 0..2 {
+            assert!(!t.record(false, 2, 3));
+        }
+        assert!(t.record(false, 2, 3), "third failure in a row: unhealthy");
+        assert!(!t.healthy);
+    }
+
+    #[tokio::test]
+    async fn tasks_report_transitions_with_the_reason() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let text = format!(
+            "interfaces: [lo]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.1\n    port: {port}\n    protocol: tcp\n    health_check: {{ interval: 100ms, timeout: 100ms, rise: 2, fall: 2 }}\n    real_servers: [{{ address: 127.0.0.1 }}]\n"
+        );
+        struct Any;
+        impl crate::config::SystemFacts for Any {
+            fn interface_exists(&self, _: &str) -> bool {
+                true
+            }
+        }
+        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), &text, &Any).unwrap();
+        let (mut h, mut rx) = Health::new();
+        h.sync(&cfg, |_| false);
+        let up = loop {
+            tokio::select! {
+                Some(r) = rx.recv() => if let Some(t) = h.record(r) { break t },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("no transition within 5 s"),
+            }
+        };
+        assert!(up.healthy && up.reason.is_none());
+        drop(l);
+        let down = loop {
+            tokio::select! {
+                Some(r) = rx.recv() => if let Some(t) = h.record(r) { break t },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("no transition within 5 s"),
+            }
+        };
+        assert!(!down.healthy);
+        assert_eq!(down.reason, Some(Failure::Refused));
+    }
+}

@@ -149,10 +149,18 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Applies a new configuration, as a reload would, and resolves every real.
+    /// Applies a new configuration, as a reload would, resolves every real and marks
+    /// every real healthy (the fixture runs no probes; [`Fixture::set_health`] changes
+    /// that).
     pub fn apply_config(&mut self, yaml: &str) {
         self.config = Self::parse(yaml);
         self.rec.apply(&self.config).expect("apply");
+        for vs in &self.config.virtual_servers {
+            for r in &vs.real_servers {
+                let key = RealKey::real(&vs.name, r.address, r.port);
+                self.rec.set_health(&key, true).expect("health");
+            }
+        }
         for addr in self.rec.real_addresses() {
             self.rec
                 .set_next_hop(
@@ -178,6 +186,12 @@ impl Fixture {
                 "permanent",
             ]);
         }
+    }
+
+    /// Sets the health of real `addr` (port 80) of virtual server `vs`, as a probe would.
+    pub fn set_health(&mut self, vs: &str, addr: &str, healthy: bool) {
+        let key = RealKey::real(vs, addr.parse().expect("address"), 80);
+        self.rec.set_health(&key, healthy).expect("health");
     }
 
     fn prog(&self, name: &str) -> &Xdp {
@@ -256,13 +270,7 @@ impl Fixture {
             .expect("vs");
         v.real_servers
             .iter()
-            .find(|r| {
-                self.rec.real_id(&RealKey {
-                    vs: vs.to_string(),
-                    addr: r.address,
-                    port: r.port,
-                }) == Some(id)
-            })
+            .find(|r| self.rec.real_id(&RealKey::real(vs, r.address, r.port)) == Some(id))
             .map(|r| r.address)
             .expect("real of predicted id")
     }

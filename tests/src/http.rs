@@ -13,40 +13,107 @@ use std::{
 
 use crate::netns::Netns;
 
-/// A server running on a thread inside a namespace; stops on drop.
+/// Status the server answers `GET /health` with, unless changed through
+/// [`NamedServer::health_status`].
+pub const HEALTHY: u16 = 200;
+
+/// A server running on a thread inside a namespace; stops on drop. It answers:
+/// - `GET /health`: an empty page with status [`NamedServer::health_status`] (probes;
+///   not counted);
+/// - any other GET: 200 with its name, counted in `served`;
+/// - `ECHO\n`: its name on a line, then everything it receives back, until the client
+///   closes (a long-lived stream, on a thread of its own);
+/// - a connection that sends nothing (a TCP probe): closed, not counted.
 pub struct NamedServer {
     stop: Arc<AtomicBool>,
     pub served: Arc<AtomicU64>,
+    pub health_status: Arc<std::sync::atomic::AtomicU16>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+fn echo(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    if conn.write_all(format!("{name}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 impl NamedServer {
+    /// A stopped server (a placeholder for one that was stopped).
+    pub fn idle() -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(true)),
+            served: Arc::new(AtomicU64::new(0)),
+            health_status: Arc::new(std::sync::atomic::AtomicU16::new(HEALTHY)),
+            thread: None,
+        }
+    }
+
     /// Serves `name` on `bind` inside `ns`.
     pub fn start(ns: &Netns, bind: SocketAddr, name: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
-        let (s, c, name) = (stop.clone(), served.clone(), name.to_string());
+        let health_status = Arc::new(std::sync::atomic::AtomicU16::new(HEALTHY));
+        let (s, c, h, name) = (
+            stop.clone(),
+            served.clone(),
+            health_status.clone(),
+            name.to_string(),
+        );
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = ns.spawn(move || {
             let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
             l.set_nonblocking(true).expect("nonblocking");
             ready_tx.send(()).expect("ready");
+            let mut streams = Vec::new();
             while !s.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((mut conn, _)) => {
                         let _ = conn.set_nonblocking(false);
                         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                         let mut buf = [0u8; 1024];
-                        let _ = conn.read(&mut buf);
-                        let body = format!("{name}\n");
-                        let resp = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                        if conn.write_all(resp.as_bytes()).is_ok() {
+                        let n = conn.read(&mut buf).unwrap_or(0);
+                        let req = &buf[..n];
+                        if req.starts_with(b"ECHO\n") {
+                            let (s, name) = (s.clone(), name.clone());
+                            streams.push(std::thread::spawn(move || echo(conn, &name, &s)));
+                            continue;
+                        }
+                        let (status, body, counted) = if req.starts_with(b"GET /health ") {
+                            (h.load(Ordering::Relaxed), String::new(), false)
+                        } else if req.starts_with(b"GET ") {
+                            (200, format!("{name}\n"), true)
+                        } else {
+                            continue;
+                        };
+                        let resp = format!("HTTP/1.0 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                        if conn.write_all(resp.as_bytes()).is_ok() && counted {
                             c.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
+            }
+            drop(l);
+            for t in streams {
+                let _ = t.join();
             }
         });
         ready_rx
@@ -55,6 +122,7 @@ impl NamedServer {
         Self {
             stop,
             served,
+            health_status,
             thread: Some(thread),
         }
     }
@@ -66,6 +134,70 @@ impl Drop for NamedServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A long-lived TCP stream to an echoing [`NamedServer`]: every chunk sent must come
+/// back byte for byte.
+pub struct Stream {
+    conn: TcpStream,
+    /// The server that answered.
+    pub server: String,
+    /// Bytes sent and echoed back intact.
+    pub verified: u64,
+    chunks: u64,
+}
+
+impl Stream {
+    /// Opens a stream to `addr`. Returns: the stream, or the error.
+    pub fn open(addr: SocketAddr, timeout: Duration) -> Result<Self, String> {
+        let mut conn =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+        conn.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        conn.write_all(b"ECHO\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut name = Vec::new();
+        let mut b = [0u8; 1];
+        while b[0] != b'\n' {
+            let n = conn.read(&mut b).map_err(|e| format!("read name: {e}"))?;
+            if n == 0 {
+                return Err("closed before the server named itself".into());
+            }
+            name.push(b[0]);
+        }
+        Ok(Self {
+            conn,
+            server: String::from_utf8_lossy(&name).trim().to_string(),
+            verified: 0,
+            chunks: 0,
+        })
+    }
+
+    /// Sends the next 100-byte chunk (its number and a pattern) and checks the echo.
+    /// Returns: the error if the echo is missing or differs.
+    pub fn chunk(&mut self) -> Result<(), String> {
+        let n = self.chunks;
+        let mut data = format!("chunk {n:010} ").into_bytes();
+        data.extend((0..100 - data.len()).map(|i| b'a' + ((n as usize + i) % 26) as u8));
+        self.conn
+            .write_all(&data)
+            .map_err(|e| format!("chunk {n}: write: {e}"))?;
+        let mut back = vec![0u8; data.len()];
+        self.conn
+            .read_exact(&mut back)
+            .map_err(|e| format!("chunk {n}: read: {e}"))?;
+        if back != data {
+            return Err(format!("chunk {n}: echo differs"));
+        }
+        self.chunks += 1;
+        self.verified += data.len() as u64;
+        Ok(())
+    }
+
+    /// Returns: chunks verified so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunks
     }
 }
 

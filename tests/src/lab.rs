@@ -17,19 +17,44 @@
 //! ```
 
 use std::{
+    collections::HashSet,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
-use aya::Ebpf;
+use aya::{programs::XdpMode, Ebpf};
+use lb_common::maps::PROG_PASS;
+use xdpvs::dataplane::bpf;
 
 use crate::{
     daemon::Daemon,
     http::{NamedServer, UdpEcho},
     netns::{unique_prefix, veth, Netns},
-    topo::attach_pass,
 };
+
+/// Loads the BPF object inside `ns` and attaches the pass program to `dev`. veth
+/// delivers XDP_TX'd frames only to a peer with an XDP program.
+pub fn attach_pass(ns: &Netns, dev: &str) -> Ebpf {
+    let dev = dev.to_string();
+    ns.run(move || {
+        let mut ebpf = bpf::load(bpf::LoadOptions {
+            flow_entries: 1024,
+            ring_count: 2,
+        })
+        .expect("load BPF object");
+        let c = std::ffi::CString::new(dev.clone()).expect("name");
+        // SAFETY: valid C string.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        assert_ne!(idx, 0, "{dev} not found");
+        bpf::attach(&mut ebpf, PROG_PASS, idx, XdpMode::Default).expect("attach pass program");
+        ebpf
+    })
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -257,12 +282,7 @@ impl Lab {
         let mut udp = Vec::new();
         for (i, r) in reals.iter().enumerate() {
             let name = format!("real{}", i + 1);
-            let bind = if nat {
-                SocketAddr::new(real_addrs[i], NAT_REAL_PORT)
-            } else {
-                SocketAddr::new(vip, 80)
-            };
-            servers.push(NamedServer::start(r, bind, &name));
+            servers.push(NamedServer::start(r, server_bind(kind, fam), &name));
             if nat {
                 udp.push(UdpEcho::start(
                     r,
@@ -307,8 +327,14 @@ impl Lab {
     }
 
     /// Writes the balancer's configuration: one TCP virtual server on VIP:80 (NAT adds
-    /// a UDP one on VIP:53), reals of equal weight. Returns: its path.
+    /// a UDP one on VIP:53), every real with weight 1, fast TCP probes. Returns: its
+    /// path.
     pub fn write_config(&self) -> PathBuf {
+        self.write_spec(&Spec::default())
+    }
+
+    /// Writes the balancer's configuration as `spec` says. Returns: its path.
+    pub fn write_spec(&self, spec: &Spec) -> PathBuf {
         let method = match self.kind {
             Kind::Dr => "dr",
             Kind::Nat | Kind::NatOneNic => "nat",
@@ -320,22 +346,134 @@ impl Lab {
             y.push_str(&format!("tunnel_source: '{}'\n", net(self.fam, 100, 1)));
         }
         y.push_str("virtual_servers:\n");
-        let vs = |name: &str, proto: &str, port: u16, real_port: u16| {
-            let mut s = format!("  - name: {name}\n    address: '{}'\n    port: {port}\n    protocol: {proto}\n    method: {method}\n    real_servers:\n", self.vip);
-            for a in &self.real_addrs {
+        let reals: Vec<(usize, u32)> = spec
+            .reals
+            .clone()
+            .unwrap_or_else(|| (0..self.real_addrs.len()).map(|i| (i, 1)).collect());
+        let http_port = if nat { NAT_REAL_PORT } else { 80 };
+        let vs = |name: &str, proto: &str, port: u16, real_port: u16, extra: &str| {
+            let mut s = format!("  - name: {name}\n    address: '{}'\n    port: {port}\n    protocol: {proto}\n    method: {method}\n{extra}    real_servers:\n", self.vip);
+            for &(i, w) in &reals {
                 s.push_str(&format!(
-                    "      - address: '{a}'\n        port: {real_port}\n"
+                    "      - address: '{}'\n        port: {real_port}\n        weight: {w}\n",
+                    self.real_addrs[i]
                 ));
             }
             s
         };
-        y.push_str(&vs("web", "tcp", 80, if nat { NAT_REAL_PORT } else { 80 }));
+        let mut web_extra = format!("    health_check: {}\n", spec.health.unwrap_or(FAST_PROBES));
+        web_extra.push_str(&spec.vs_extra);
+        if let Some(i) = spec.sorry {
+            web_extra.push_str(&format!(
+                "    sorry_server: {{ address: '{}', port: {http_port} }}\n",
+                self.real_addrs[i]
+            ));
+        }
+        y.push_str(&vs("web", "tcp", 80, http_port, &web_extra));
         if nat {
-            y.push_str(&vs("dns", "udp", UDP_VS_PORT, UDP_REAL_PORT));
+            // UDP has no probe of its own: the reals' HTTP port stands for them.
+            let extra = format!("    health_check: {{ type: tcp, port: {NAT_REAL_PORT}, interval: 250ms, timeout: 200ms, rise: 1 }}\n");
+            y.push_str(&vs("dns", "udp", UDP_VS_PORT, UDP_REAL_PORT, &extra));
         }
         let path = self.dir.join("xdpvs.yaml");
         std::fs::write(&path, y).expect("write config");
         path
+    }
+
+    /// Polls through the VIP until each of `reals` (0-based) has answered (its probe made
+    /// it healthy), then zeroes the servers' counters. Panics with the log after 20 s.
+    pub fn wait_serving(&self, reals: &[usize], d: &Daemon) {
+        let want: HashSet<String> = reals.iter().map(|i| format!("real{}", i + 1)).collect();
+        let mut seen = HashSet::new();
+        let ok = crate::wait_for(Duration::from_secs(20), || {
+            for r in self.requests(8).into_iter().flatten() {
+                seen.insert(r);
+            }
+            want.is_subset(&seen)
+        });
+        assert!(
+            ok,
+            "reals {want:?} not all serving within 20 s (seen {seen:?}):\n{}",
+            d.log_text()
+        );
+        self.reset_served();
+    }
+
+    /// Zeroes every server's count of answered requests.
+    pub fn reset_served(&self) {
+        for s in &self.servers {
+            s.served.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops real `i`'s server (its port then refuses connections).
+    pub fn stop_server(&mut self, i: usize) {
+        let placeholder = NamedServer::idle();
+        drop(std::mem::replace(&mut self.servers[i], placeholder));
+    }
+
+    /// Starts real `i`'s server again.
+    pub fn start_server(&mut self, i: usize) {
+        let s = NamedServer::start(
+            &self.reals[i],
+            server_bind(self.kind, self.fam),
+            &format!("real{}", i + 1),
+        );
+        self.servers[i] = s;
+    }
+
+    /// Starts a client that sends one request after another (each with a 1 s timeout,
+    /// 20 ms apart, at most `max` of them) until stopped.
+    pub fn traffic(&self, max: usize) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log: Arc<Mutex<Vec<Sample>>> = Arc::default();
+        let vip = SocketAddr::new(self.vip, 80);
+        let (s, l) = (stop.clone(), log.clone());
+        let thread = self.client.spawn(move || {
+            for _ in 0..max {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = crate::http::get(vip, Duration::from_secs(1));
+                l.lock().expect("traffic log").push((Instant::now(), r));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Traffic {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    /// Opens a long-lived stream to VIP:80 on a client thread that sends a chunk every
+    /// 100 ms until stopped.
+    pub fn stream(&self) -> StreamClient {
+        let stop = Arc::new(AtomicBool::new(false));
+        let vip = SocketAddr::new(self.vip, 80);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = stop.clone();
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let pr = progress.clone();
+        let thread = self.client.spawn(move || {
+            let mut st = crate::http::Stream::open(vip, Duration::from_secs(3))?;
+            let _ = tx.send(st.server.clone());
+            while !s.load(Ordering::Relaxed) {
+                st.chunk()?;
+                pr.store(st.chunks(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok((st.server.clone(), st.chunks(), st.verified))
+        });
+        let server = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the stream did not open");
+        StreamClient {
+            server,
+            stop,
+            progress,
+            thread: Some(thread),
+        }
     }
 
     /// Sends `n` HTTP requests from the client to VIP:80, one connection each.
@@ -364,6 +502,126 @@ impl Lab {
                 })
                 .collect()
         })
+    }
+}
+
+/// Where the reals' HTTP servers listen: every address (so the balancer's probes reach
+/// them at the real's own address), port 8080 behind NAT, 80 otherwise.
+fn server_bind(kind: Kind, fam: Family) -> SocketAddr {
+    let port = if matches!(kind, Kind::Nat | Kind::NatOneNic) {
+        NAT_REAL_PORT
+    } else {
+        80
+    };
+    let any: IpAddr = match fam {
+        Family::V4 => "0.0.0.0".parse().expect("literal"),
+        Family::V6 => "::".parse().expect("literal"),
+    };
+    SocketAddr::new(any, port)
+}
+
+/// Probes of the lab's web virtual server unless a [`Spec`] says otherwise: fast, so
+/// reals are serving within a second.
+pub const FAST_PROBES: &str = "{ interval: 250ms, timeout: 200ms, rise: 1, fall: 2 }";
+
+/// What [`Lab::write_spec`] writes beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    /// Reals of the web virtual server (0-based index, weight); `None`: all, weight 1.
+    pub reals: Option<Vec<(usize, u32)>>,
+    /// The web virtual server's `health_check` (flow mapping); `None`: [`FAST_PROBES`].
+    pub health: Option<&'static str>,
+    /// More lines for the web virtual server, each indented four spaces.
+    pub vs_extra: String,
+    /// Real (0-based) that serves as the sorry server instead of as a real.
+    pub sorry: Option<usize>,
+}
+
+/// One request of a [`Traffic`] client: when it ended, and who answered.
+pub type Sample = (Instant, Result<String, String>);
+
+/// A client sending requests in a loop (see [`Lab::traffic`]).
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    /// Returns: the requests made so far.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.log.lock().expect("traffic log").clone()
+    }
+
+    /// Stops the client. Returns: every request made.
+    pub fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("traffic thread");
+        }
+        self.samples()
+    }
+}
+
+/// How a stream ended: (server, chunks, bytes) echoed intact, or the first error.
+pub type StreamResult = Result<(String, u64, u64), String>;
+
+/// The client of a long-lived stream (see [`Lab::stream`]).
+pub struct StreamClient {
+    /// The real serving it.
+    pub server: String,
+    stop: Arc<AtomicBool>,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<StreamResult>>,
+}
+
+impl StreamClient {
+    /// Returns: the 0-based index of the real serving the stream (`real3` -> 2).
+    pub fn real_index(&self) -> usize {
+        self.server
+            .trim_start_matches("real")
+            .parse::<usize>()
+            .expect("server names are realN")
+            - 1
+    }
+
+    /// Returns: chunks echoed intact so far.
+    pub fn chunks(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Returns: whether the stream has failed (its thread ended on its own).
+    pub fn failed(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| t.is_finished())
+    }
+
+    /// Stops sending and closes the stream. Returns: (server, chunks, bytes) verified, or
+    /// the first error.
+    pub fn finish(mut self) -> StreamResult {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("finished once")
+            .join()
+            .expect("stream thread")
+    }
+}
+
+impl Drop for StreamClient {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

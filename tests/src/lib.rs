@@ -8,7 +8,6 @@ pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod packet;
-pub mod topo;
 
 /// Panics unless running as root: a root-only test must fail loudly, never pass quietly.
 pub fn require_root() {

@@ -15,6 +15,9 @@
 //!   NAT and tunnel virtual servers. These programs rewrite the frame, and the kernel
 //!   re-runs a repeated packet on the already rewritten bytes, so they are measured
 //!   like new flows: one run per packet, averaged, beside `floor_xdp_pass_single`.
+//! - `health_probes`: the daemon's prober with 1,000 reals probed over TCP every second
+//!   for 10 s (reals are loopback addresses with one listener behind them): probes
+//!   done, their latency, and the CPU time of the thread that runs them.
 
 use tests::{
     fixture::Fixture,
@@ -82,11 +85,111 @@ fn routed(f: &Fixture) {
     );
 }
 
+/// CPU time used so far by the calling thread.
+fn thread_cpu() -> std::time::Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec as u64)
+            + std::time::Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// 1,000 reals probed every second for 10 s by the daemon's own prober.
+fn probes() {
+    use std::time::{Duration, Instant};
+    const REALS: usize = 1000;
+    const WINDOW: Duration = Duration::from_secs(10);
+    // Each probe holds a socket for a moment; all 1,000 may be open at once.
+    let lim = libc::rlimit {
+        rlim_cur: 8192,
+        rlim_max: 8192,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
+    let port = listener.local_addr().expect("port").port();
+    // A backlog for a thousand simultaneous connections (listen again to raise it).
+    // SAFETY: listen on the listener's own fd.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let acceptor = std::thread::spawn(move || {
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    });
+    let mut y = format!("interfaces: [lo]\nvirtual_servers:\n  - name: many\n    address: 10.0.0.1\n    port: {port}\n    protocol: tcp\n    health_check: {{ interval: 1s, timeout: 500ms, rise: 1, fall: 1 }}\n    real_servers:\n");
+    for i in 0..REALS {
+        y.push_str(&format!(
+            "      - address: 127.1.{}.{}\n",
+            i / 200,
+            i % 200 + 1
+        ));
+    }
+    struct Any;
+    impl xdpvs::config::SystemFacts for Any {
+        fn interface_exists(&self, _: &str) -> bool {
+            true
+        }
+    }
+    let cfg = xdpvs::config::parse(std::path::Path::new("bench.yaml"), &y, &Any).expect("config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (probes, failed, ups, mut lat, cpu) = rt.block_on(async {
+        let (mut h, mut rx) = xdpvs::health::Health::new();
+        let cpu0 = thread_cpu();
+        let start = Instant::now();
+        h.sync(&cfg, |_| false);
+        let (mut n, mut failed, mut ups, mut lat) = (0u64, 0u64, 0u64, Vec::new());
+        loop {
+            tokio::select! {
+                Some(r) = rx.recv() => {
+                    n += 1;
+                    match &r.result {
+                        Ok(d) => lat.push(*d),
+                        Err(_) => failed += 1,
+                    }
+                    if h.record(r).is_some() {
+                        ups += 1;
+                    }
+                }
+                _ = tokio::time::sleep_until((start + WINDOW).into()) => break,
+            }
+        }
+        (n, failed, ups, lat, thread_cpu() - cpu0)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = acceptor.join();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0, |d| d.as_micros())
+    };
+    println!(
+        "{{\"bench\":\"health_probes\",\"reals\":{REALS},\"interval_ms\":1000,\"seconds\":{},\"probes\":{probes},\"failed\":{failed},\"transitions\":{ups},\"latency_us_p50\":{},\"latency_us_p99\":{},\"cpu_ms\":{},\"cpu_percent_of_one_core\":{:.1}}}",
+        WINDOW.as_secs(),
+        pct(0.5),
+        pct(0.99),
+        cpu.as_millis(),
+        100.0 * cpu.as_secs_f64() / WINDOW.as_secs_f64()
+    );
+}
+
 fn line(name: &str, ns: f64, repeat: u32) {
     println!("{{\"bench\":\"{name}\",\"ns_per_packet\":{ns:.1},\"repeat\":{repeat}}}");
 }
 
 fn main() {
+    probes();
     let mut y = String::from("interfaces: [lo]\ntunnel_source: [10.0.1.1, 'fd00:1::1']\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    real_servers:\n");
     for i in 1..=10 {
         y.push_str(&format!("      - address: 10.0.1.{i}\n"));

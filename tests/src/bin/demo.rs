@@ -9,7 +9,7 @@ use std::{
 
 use tests::{
     daemon::Daemon,
-    topo::{real_addr, DrTopology, VIP},
+    lab::{Family, Kind, Lab, Spec},
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -18,16 +18,22 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn round(topo: &DrTopology, weights: &[u32]) {
-    let cfg = topo.write_config(weights);
+fn round(lab: &Lab, weights: &[u32]) {
+    let cfg = lab.write_spec(&Spec {
+        reals: Some(weights.iter().copied().enumerate().collect()),
+        ..Spec::default()
+    });
     println!(
         "\n== weights {weights:?}: starting `xdpvs run --config {}` in namespace {}",
         cfg.display(),
-        topo.lb.name
+        lab.lb.name
     );
-    let mut d = Daemon::start(&topo.lb, &cfg);
+    let mut d = Daemon::start(&lab.lb, &cfg);
+    let all: Vec<usize> = (0..weights.len()).collect();
+    lab.wait_serving(&all, &d);
+    println!("health probes: every real is up");
     let n = 300;
-    let results = topo.requests(n);
+    let results = lab.requests(n);
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
     let mut failed = 0;
     for r in &results {
@@ -37,7 +43,8 @@ fn round(topo: &DrTopology, weights: &[u32]) {
         }
     }
     println!(
-        "{n} requests to http://{VIP}/ : {} answered, {failed} failed",
+        "{n} requests to http://{}/ : {} answered, {failed} failed",
+        lab.vip,
         n - failed
     );
     let total: u32 = weights.iter().sum();
@@ -46,7 +53,7 @@ fn round(topo: &DrTopology, weights: &[u32]) {
         let got = by.get(&name).copied().unwrap_or(0);
         println!(
             "  {name} ({:<12}) weight {w}: {got:>4} requests ({:>5.1}%, expected {:>5.1}%)",
-            real_addr(i),
+            lab.real_addrs[i].to_string(),
             100.0 * got as f64 / n as f64,
             100.0 * f64::from(*w) / f64::from(total)
         );
@@ -59,14 +66,14 @@ fn main() {
     // SAFETY: installs an async-signal-safe handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     println!("building topology: client, xdpvs, 3 real servers on one L2 segment (direct routing)");
-    let topo = DrTopology::new(3);
+    let lab = Lab::new(Kind::Dr, Family::V4, 3);
     for weights in [[1, 1, 1], [1, 1, 2]] {
         if INTERRUPTED.load(Ordering::SeqCst) {
             println!("interrupted");
             break;
         }
-        round(&topo, &weights);
+        round(&lab, &weights);
     }
-    drop(topo);
+    drop(lab);
     println!("\ncleaned up: namespaces, veths and XDP programs removed");
 }

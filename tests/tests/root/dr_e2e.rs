@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use tests::{daemon::Daemon, topo::DrTopology};
+use tests::{
+    daemon::Daemon,
+    lab::{Family, Kind, Lab, Spec},
+};
 
 fn tally(results: &[Result<String, String>]) -> HashMap<String, usize> {
     let mut t = HashMap::new();
@@ -16,10 +19,11 @@ fn tally(results: &[Result<String, String>]) -> HashMap<String, usize> {
 
 #[test]
 fn dr_spreads_300_requests_over_three_reals() {
-    let topo = DrTopology::new(3);
-    let cfg = topo.write_config(&[1, 1, 1]);
-    let mut d = Daemon::start(&topo.lb, &cfg);
-    let results = topo.requests(300);
+    let lab = Lab::new(Kind::Dr, Family::V4, 3);
+    let cfg = lab.write_config();
+    let mut d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1, 2], &d);
+    let results = lab.requests(300);
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),
@@ -35,7 +39,7 @@ fn dr_spreads_300_requests_over_three_reals() {
         assert!(n >= 45, "{name} answered {n} of 300 (< 15%): {t:?}");
     }
     // The servers really saw the connections (not some other responder).
-    let served: u64 = topo
+    let served: u64 = lab
         .servers
         .iter()
         .map(|s| s.served.load(std::sync::atomic::Ordering::Relaxed))
@@ -43,23 +47,27 @@ fn dr_spreads_300_requests_over_three_reals() {
     assert_eq!(served, 300);
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM\n{}", d.log_text());
     // The daemon removed the VIP it added.
-    let addrs = topo
+    let addrs = lab
         .lb
-        .exec(&["ip", "-br", "addr", "show", "dev", &topo.lb_if]);
+        .exec(&["ip", "-br", "addr", "show", "dev", &lab.lb_ifs[0]]);
     assert!(
-        !addrs.contains(tests::topo::VIP),
+        !addrs.contains(&lab.vip.to_string()),
         "VIP left behind: {addrs}"
     );
-    let link = topo.lb.exec(&["ip", "link", "show", "dev", &topo.lb_if]);
+    let link = lab.lb.exec(&["ip", "link", "show", "dev", &lab.lb_ifs[0]]);
     assert!(!link.contains("xdp"), "XDP left attached: {link}");
 }
 
 #[test]
 fn dr_weights_1_1_2_give_the_third_real_half() {
-    let topo = DrTopology::new(3);
-    let cfg = topo.write_config(&[1, 1, 2]);
-    let _d = Daemon::start(&topo.lb, &cfg);
-    let t = tally(&topo.requests(300));
+    let lab = Lab::new(Kind::Dr, Family::V4, 3);
+    let cfg = lab.write_spec(&Spec {
+        reals: Some(vec![(0, 1), (1, 1), (2, 2)]),
+        ..Spec::default()
+    });
+    let d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1, 2], &d);
+    let t = tally(&lab.requests(300));
     println!("weights 1:1:2: {t:?}");
     let third = t.get("real3").copied().unwrap_or(0);
     assert!(
@@ -70,11 +78,11 @@ fn dr_weights_1_1_2_give_the_third_real_half() {
 
 #[test]
 fn bad_config_exits_64_and_leaves_nothing() {
-    let topo = DrTopology::new(1);
-    let cfg = topo.dir.join("bad.yaml");
-    std::fs::write(&cfg, format!("interfaces: [{}]\nvirtual_servers:\n  - name: web\n    address: 10.100.0.300\n    port: 80\n    protocol: tcp\n", topo.lb_if)).unwrap();
+    let lab = Lab::new(Kind::Dr, Family::V4, 1);
+    let cfg = lab.dir.join("bad.yaml");
+    std::fs::write(&cfg, format!("interfaces: [{}]\nvirtual_servers:\n  - name: web\n    address: 10.100.0.300\n    port: 80\n    protocol: tcp\n", lab.lb_ifs[0])).unwrap();
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &topo.lb.name])
+        .args(["netns", "exec", &lab.lb.name])
         .arg(tests::daemon::binary())
         .args(["run", "--config"])
         .arg(&cfg)
@@ -86,6 +94,6 @@ fn bad_config_exits_64_and_leaves_nothing() {
         err.contains("bad.yaml:4:") && err.contains("virtual_servers[0].address"),
         "{err}"
     );
-    let link = topo.lb.exec(&["ip", "link", "show", "dev", &topo.lb_if]);
+    let link = lab.lb.exec(&["ip", "link", "show", "dev", &lab.lb_ifs[0]]);
     assert!(!link.contains("xdp"), "{link}");
 }

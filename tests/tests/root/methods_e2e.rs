@@ -16,6 +16,8 @@ fn run_lab(kind: Kind, fam: Family, reals: usize) -> (Lab, Daemon) {
     let lab = Lab::new(kind, fam, reals);
     let cfg = lab.write_config();
     let d = Daemon::start(&lab.lb, &cfg);
+    let all: Vec<usize> = (0..reals).collect();
+    lab.wait_serving(&all, &d);
     let results = lab.requests(N);
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(

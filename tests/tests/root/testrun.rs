@@ -261,3 +261,101 @@ fn no_real_and_unresolved_mac_drop_with_a_reason() {
     assert_eq!(r.action, XDP_DROP);
     assert_eq!(f.verdicts(reason::DROP_NO_MAC), 1);
 }
+
+/// Returns: a client port from `src` whose new flow Maglev sends somewhere else than
+/// `avoid` (so that going to `avoid` anyway proves persistence).
+fn port_avoiding(f: &Fixture, src: [u8; 4], from: u16, avoid: IpAddr) -> u16 {
+    (from..from + 1000)
+        .find(|&p| {
+            let k = FlowKey::new(IpAddr::from(src), p, IpAddr::from(VIP), 80, PROTO_TCP);
+            f.predict("web", &k) != avoid
+        })
+        .expect("a port hashing elsewhere")
+}
+
+/// Returns: the real a frame from `src:sport` was sent to (by its destination MAC).
+fn sent_to(f: &Fixture, src: [u8; 4], sport: u16, reals: &[&str]) -> IpAddr {
+    let r = f.run(&V4Packet::tcp(src, sport, VIP, 80).build());
+    assert_eq!(r.action, XDP_TX, "from {src:?}:{sport}");
+    reals
+        .iter()
+        .map(|a| a.parse::<IpAddr>().unwrap())
+        .find(|a| r.out[0..6] == real_mac(*a))
+        .unwrap_or_else(|| panic!("frame sent to an unknown MAC {:02x?}", &r.out[0..6]))
+}
+
+#[test]
+fn persistence_holds_a_client_network_until_timeout_failure_or_drain() {
+    let reals = ["10.0.1.11", "10.0.1.12", "10.0.1.13"];
+    let with = |weights: [u32; 3]| {
+        let mut y = String::from("interfaces: [lo]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    table_size: 65537\n    persistence: { timeout: 1s, netmask: 24 }\n    real_servers:\n");
+        for (r, w) in reals.iter().zip(weights) {
+            y.push_str(&format!("      - {{ address: {r}, weight: {w} }}\n"));
+        }
+        y
+    };
+    let mut f = Fixture::new(&with([1, 1, 1]));
+    let same_net = [192, 0, 2, 99];
+    let other_net = [198, 51, 100, 7];
+
+    // The first connection from 192.0.2.0/24 picks a real; the next ones follow it,
+    // from other hosts of the network too, though Maglev alone would send them elsewhere.
+    let first = sent_to(&f, CLIENT, 1000, &reals);
+    for (i, src) in [CLIENT, same_net, same_net].into_iter().enumerate() {
+        let p = port_avoiding(&f, src, 2000 + 1000 * i as u16, first);
+        assert_eq!(sent_to(&f, src, p, &reals), first, "{src:?}:{p} sticks");
+    }
+    // Another network is not held.
+    let p = port_avoiding(&f, other_net, 2000, first);
+    let k = FlowKey::new(IpAddr::from(other_net), p, IpAddr::from(VIP), 80, PROTO_TCP);
+    assert_eq!(sent_to(&f, other_net, p, &reals), f.predict("web", &k));
+
+    // After the timeout with no packet from the network, Maglev decides again. (The
+    // wait is the behaviour under test: the entry's age.)
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let p = port_avoiding(&f, CLIENT, 6000, first);
+    let second = sent_to(&f, CLIENT, p, &reals);
+    assert_eq!(
+        second,
+        f.predict("web", &key(p)),
+        "expired: Maglev's choice"
+    );
+    let p2 = port_avoiding(&f, CLIENT, 7000, second);
+    assert_eq!(sent_to(&f, CLIENT, p2, &reals), second, "a new entry holds");
+
+    // The held real fails: new connections and its pinned flows go to healthy reals,
+    // and the network is held by the new choice.
+    f.set_health("web", &second.to_string(), false);
+    let q = 8000;
+    let third = sent_to(&f, CLIENT, q, &reals);
+    assert_ne!(third, second);
+    assert_eq!(third, f.predict("web", &key(q)));
+    assert_ne!(
+        sent_to(&f, CLIENT, p, &reals),
+        second,
+        "pinned flow re-steered"
+    );
+    let q2 = port_avoiding(&f, CLIENT, 9000, third);
+    assert_eq!(sent_to(&f, CLIENT, q2, &reals), third);
+
+    // Draining the held real (weight 0): its flows go on, new ones are not held to it.
+    f.set_health("web", &second.to_string(), true);
+    let mut w = [1, 1, 1];
+    w[reals
+        .iter()
+        .position(|r| r.parse::<IpAddr>().unwrap() == third)
+        .unwrap()] = 0;
+    f.apply_config(&with(w));
+    assert_eq!(
+        sent_to(&f, CLIENT, q, &reals),
+        third,
+        "established flow continues"
+    );
+    for p in 20000..20020 {
+        assert_ne!(
+            sent_to(&f, CLIENT, p, &reals),
+            third,
+            "new flow {p} to a drained real"
+        );
+    }
+}

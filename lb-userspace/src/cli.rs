@@ -1,4 +1,4 @@
-//! Command line: `xdpvs run | check | realserver decap`.
+//! Command line: `xdpvs run | check | status | reload | real | realserver decap`.
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -39,10 +39,62 @@ pub enum Command {
         #[arg(long, short, default_value = "/etc/xdpvs/xdpvs.yaml")]
         config: PathBuf,
     },
+    /// Show virtual servers and their reals, as `ipvsadm -L -n` does (from the running
+    /// daemon, through its control socket).
+    Status {
+        /// Add packets, bytes and new connections per virtual server and real.
+        #[arg(long)]
+        stats: bool,
+        /// Show per-second rates, measured over one second.
+        #[arg(long)]
+        rate: bool,
+        /// Print the status as JSON (every figure, for scripts).
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Make the daemon re-read its configuration (as SIGHUP) and report the outcome.
+    Reload {
+        /// The daemon's control socket.
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Runtime maintenance of one real: drain it, put it back, or change its weight.
+    /// Overrides last until undone, until the file changes that real's weight, or
+    /// until the daemon restarts.
+    Real {
+        #[command(subcommand)]
+        command: RealCommand,
+        /// The daemon's control socket.
+        #[arg(long, global = true, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Helpers for the real servers behind xdpvs.
     Realserver {
         #[command(subcommand)]
         command: RealserverCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RealCommand {
+    /// Take a real out of its virtual server's table: no new connections, established
+    /// ones continue (drain).
+    Disable {
+        /// Virtual server name.
+        vs: String,
+        /// The real: ADDRESS or ADDRESS:PORT ([v6]:port).
+        real: String,
+    },
+    /// Put a disabled real back.
+    Enable { vs: String, real: String },
+    /// Use weight N for a real instead of the file's (0 drains).
+    Weight {
+        vs: String,
+        real: String,
+        weight: u32,
     },
 }
 

@@ -23,11 +23,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     config::{self, Config, ConfigErrors, Host, Method},
+    control::{self, RealAction, Request, Response},
     dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
     health::{Health, Report},
     netlink,
-    reconcile::{L2Next, Reconciler},
+    reconcile::{L2Next, Override, RealKey, Reconciler},
 };
+
+/// A control request and where its answer goes.
+type Call = (Request, tokio::sync::oneshot::Sender<Response>);
 
 /// How often next hops are re-read from the kernel.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -62,6 +66,10 @@ struct Daemon {
     health: Health,
     /// Where probe tasks report; taken by `serve`.
     reports: Option<tokio::sync::mpsc::Receiver<Report>>,
+    /// The control socket this daemon created (removed on exit).
+    socket: Option<PathBuf>,
+    /// Connection table size (for status).
+    flow_table_size: u32,
 }
 
 fn ring_count(config: &Config) -> u32 {
@@ -92,6 +100,8 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     let mut d = Daemon {
         health,
         reports: Some(reports),
+        socket: None,
+        flow_table_size: config.flow_table_size,
         path: path.to_owned(),
         handle,
         rec: Reconciler::new(BpfDataplane::new(ebpf), MAX_VS, opts.ring_count),
@@ -181,11 +191,46 @@ impl Daemon {
             tracing::info!(interface = %i.name, ifindex = i.index, mode = ?config.xdp_mode, "XDP attached");
         }
         self.sync_vips(config).await?;
-        tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), probed_reals = self.health.len(), "xdpvs running");
-        self.serve().await
+        let calls = self.listen(&config.control_socket)?;
+        tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), probed_reals = self.health.len(), control_socket = %config.control_socket.display(), "xdpvs running");
+        notify_ready();
+        self.serve(calls).await
     }
 
-    async fn serve(&mut self) -> anyhow::Result<()> {
+    /// Creates the control socket (mode 0600) and a task accepting its connections.
+    /// Returns: the channel the requests arrive on.
+    fn listen(&mut self, path: &Path) -> anyhow::Result<tokio::sync::mpsc::Receiver<Call>> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another xdpvs daemon answers on {}; stop it first",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
+        // Created 0600 from the start: no window in which others could connect.
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = tokio::net::UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("control socket {}", path.display()))?;
+        self.socket = Some(path.to_owned());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Call>(16);
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(serve_client(conn, tx.clone()));
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn serve(&mut self, mut calls: tokio::sync::mpsc::Receiver<Call>) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -195,8 +240,12 @@ impl Daemon {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
-                _ = hup.recv() => self.reload().await,
+                _ = hup.recv() => { let _ = self.reload().await; }
                 Some(r) = reports.recv() => self.on_probe(r)?,
+                Some((req, reply)) = calls.recv() => {
+                    let resp = self.on_control(req).await;
+                    let _ = reply.send(resp);
+                }
                 _ = tick.tick() => { self.refresh_next_hops().await?; }
             }
         }
@@ -231,17 +280,22 @@ impl Daemon {
     }
 
     /// Re-reads the file; a bad file is reported and changes nothing.
-    async fn reload(&mut self) {
+    /// Returns: what was applied, or why nothing was.
+    async fn reload(&mut self) -> Result<String, String> {
         let config = match config::load(&self.path, &Host) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(config = %self.path.display(), "reload rejected, running configuration unchanged: {e}");
-                return;
+                return Err(format!(
+                    "reload rejected, running configuration unchanged: {e}"
+                ));
             }
         };
         if let Err(e) = preflight(&config, &self.attached) {
             tracing::error!(config = %self.path.display(), "reload rejected, running configuration unchanged: {e:#}");
-            return;
+            return Err(format!(
+                "reload rejected, running configuration unchanged: {e:#}"
+            ));
         }
         let names: Vec<&String> = self.attached.iter().map(|i| &i.name).collect();
         if config.interfaces.iter().collect::<Vec<_>>() != names {
@@ -249,7 +303,7 @@ impl Daemon {
         }
         if let Err(e) = self.rec.apply(&config) {
             tracing::error!("reload failed while applying: {e}");
-            return;
+            return Err(format!("reload failed while applying: {e}"));
         }
         self.health.sync(&config, |k| self.rec.healthy(k));
         self.manage_vips = config.manage_vips;
@@ -259,7 +313,170 @@ impl Daemon {
         if let Err(e) = self.refresh_next_hops().await {
             tracing::error!("reload: next hops: {e:#}");
         }
+        if self.socket.as_deref() != Some(config.control_socket.as_path()) {
+            tracing::warn!("a control_socket change takes effect on restart");
+        }
         tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), "configuration reloaded");
+        Ok(format!(
+            "configuration reloaded: {} virtual servers",
+            config.virtual_servers.len()
+        ))
+    }
+
+    /// Answers one control request.
+    async fn on_control(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status => match self.status() {
+                Ok(s) => Response {
+                    ok: true,
+                    message: None,
+                    status: Some(s),
+                },
+                Err(e) => Response::error(format!("{e:#}")),
+            },
+            Request::Reload => match self.reload().await {
+                Ok(m) => Response::ok(m),
+                Err(e) => Response::error(e),
+            },
+            Request::Real { vs, real, action } => match self.real_override(&vs, &real, action) {
+                Ok(m) => Response::ok(m),
+                Err(e) => Response::error(format!("{e:#}")),
+            },
+        }
+    }
+
+    /// `xdpvs real disable|enable|weight`: a runtime override of one real.
+    fn real_override(
+        &mut self,
+        vs: &str,
+        real: &str,
+        action: RealAction,
+    ) -> anyhow::Result<String> {
+        let (addr, port) = control::parse_real(real)
+            .ok_or_else(|| anyhow::anyhow!("`{real}` is not ADDRESS or ADDRESS:PORT"))?;
+        if !self.rec.virtual_servers().any(|v| v.name == vs) {
+            anyhow::bail!("no virtual server named `{vs}`");
+        }
+        let matches: Vec<RealKey> = self
+            .rec
+            .real_views(vs)
+            .into_iter()
+            .filter(|v| !v.key.sorry && v.key.addr == addr && port.is_none_or(|p| p == v.key.port))
+            .map(|v| v.key)
+            .collect();
+        let key = match matches.as_slice() {
+            [k] => k.clone(),
+            [] => anyhow::bail!("virtual server `{vs}` has no real {real}"),
+            _ => anyhow::bail!(
+                "virtual server `{vs}` has several reals at {addr}: give ADDRESS:PORT"
+            ),
+        };
+        let file_weight = self.rec.file_weight(&key).unwrap_or(0);
+        let mut o = self.rec.override_of(&key).unwrap_or(Override {
+            weight: None,
+            disabled: false,
+            file_weight,
+        });
+        if let RealAction::Weight(w) = action {
+            if w > config::MAX_WEIGHT {
+                anyhow::bail!("weight {w} is out of range 0..={}", config::MAX_WEIGHT);
+            }
+        }
+        match action {
+            RealAction::Disable => o.disabled = true,
+            RealAction::Enable => o.disabled = false,
+            RealAction::Weight(w) => o.weight = Some(w),
+        }
+        let change = (o.disabled || o.weight.is_some_and(|w| w != file_weight)).then_some(o);
+        self.rec.set_override(&key, change)?;
+        let what = match action {
+            RealAction::Disable => {
+                "disabled (draining: no new connections, established ones continue)".to_string()
+            }
+            RealAction::Enable => "enabled".to_string(),
+            RealAction::Weight(w) => format!("weight set to {w} (file: {file_weight})"),
+        };
+        tracing::info!(vs = %vs, real = %key.addr, port = key.port, "runtime override: real {what}");
+        Ok(format!("{vs} {}:{}: {what}", key.addr, key.port))
+    }
+
+    /// Everything `xdpvs status` shows, read from the maps now.
+    fn status(&self) -> anyhow::Result<control::Status> {
+        use lb_common::maps::{STATS_REAL, STATS_VS};
+        let stats = |c: lb_common::Counters| control::Stats {
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+        };
+        let flows = self.rec.dp.flows_by_real()?;
+        let mut vss = Vec::new();
+        for vs in self.rec.virtual_servers() {
+            let Some((vs_index, _)) = self.rec.vs_slot(&vs.name) else {
+                continue;
+            };
+            let mut reals = Vec::new();
+            for v in self.rec.real_views(&vs.name) {
+                let cfg = vs
+                    .real_servers
+                    .iter()
+                    .find(|r| r.address == v.key.addr && r.port == v.key.port && !v.key.sorry);
+                let last = self.health.last(&v.key);
+                reals.push(control::RealStatus {
+                    address: v.key.addr,
+                    port: v.key.port,
+                    weight: v.weight,
+                    file_weight: v.file_weight,
+                    health: if v.healthy { "up" } else { "down" }.to_string(),
+                    check: cfg.map_or("none".to_string(), |r| r.health_check.kind.to_string()),
+                    disabled: v.disabled,
+                    in_table: v.in_table,
+                    sorry: v.key.sorry,
+                    flows: flows.get(&(v.id, v.generation)).copied().unwrap_or(0),
+                    stats: stats(self.rec.dp.counters(STATS_REAL, v.id)?),
+                    last_probe: last.map(|l| match &l.result {
+                        Ok(_) => "ok".to_string(),
+                        Err(f) => f.to_string(),
+                    }),
+                    probe_latency_ms: last
+                        .and_then(|l| l.result.as_ref().ok())
+                        .map(|d| d.as_secs_f64() * 1000.0),
+                });
+            }
+            vss.push(control::VsStatus {
+                name: vs.name.clone(),
+                address: vs.address,
+                port: vs.port,
+                protocol: vs.protocol.to_string(),
+                method: vs.method.to_string(),
+                scheduler: "maglev".to_string(),
+                persistence: vs.persistence.map(|p| {
+                    format!(
+                        "persistent {} /{}",
+                        config::fmt_duration(p.timeout),
+                        p.netmask
+                    )
+                }),
+                stats: stats(self.rec.dp.counters(STATS_VS, vs_index)?),
+                reals,
+            });
+        }
+        let verdicts = self
+            .rec
+            .dp
+            .verdicts()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (lb_common::reason::name(i as u32).to_string(), n))
+            .collect();
+        Ok(control::Status {
+            config: self.path.display().to_string(),
+            virtual_servers: vss,
+            verdicts,
+            flow_table_entries: flows.values().sum(),
+            flow_table_size: u64::from(self.flow_table_size),
+        })
     }
 
     fn register_iface(&mut self, index: u32, mac: [u8; 6]) -> anyhow::Result<()> {
@@ -391,6 +608,9 @@ impl Daemon {
     }
 
     async fn cleanup(&mut self) {
+        if let Some(p) = self.socket.take() {
+            let _ = std::fs::remove_file(&p);
+        }
         for (i, vip) in std::mem::take(&mut self.added_vips) {
             match netlink::del_address(&self.handle, i, vip).await {
                 Ok(()) => tracing::info!(vip = %vip, "VIP address removed"),
@@ -399,6 +619,61 @@ impl Daemon {
         }
         // Dropping the BPF object (with the Daemon) detaches XDP everywhere.
         tracing::info!("XDP detached; stopped");
+    }
+}
+
+/// Answers one control connection: a JSON request line in, a JSON line out.
+async fn serve_client(conn: tokio::net::UnixStream, calls: tokio::sync::mpsc::Sender<Call>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let (read, mut write) = conn.into_split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read);
+    let got = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let resp = match got {
+        Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if calls.send((req, tx)).await.is_err() {
+                    return;
+                }
+                match rx.await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
+            Err(e) => Response::error(format!("bad request: {e}")),
+        },
+        _ => return,
+    };
+    let mut text = serde_json::to_string(&resp).unwrap_or_else(|e| {
+        format!("{{\"ok\":false,\"message\":\"cannot encode the answer: {e}\"}}")
+    });
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// Tells systemd (Type=notify) that start-up is complete, when run under it.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("sd_notify: {e}");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = r {
+        tracing::warn!("sd_notify READY=1 failed: {e}");
     }
 }
 

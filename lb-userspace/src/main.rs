@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use xdpvs::{
-    cli::{Cli, Command, LogFormat, RealserverCommand},
-    config, daemon, realserver,
+    cli::{Cli, Command, LogFormat, RealCommand, RealserverCommand},
+    config, control, daemon, realserver,
 };
 
 /// EX_USAGE (sysexits.h): the configuration is wrong.
@@ -39,10 +39,91 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Sends one request. Returns: the response if the daemon said ok; prints the error
+/// and gives the exit code otherwise.
+fn ask(socket: &std::path::Path, req: &control::Request) -> Result<control::Response, ExitCode> {
+    match control::request(socket, req) {
+        Ok(r) if r.ok => Ok(r),
+        Ok(r) => {
+            eprintln!("xdpvs: {}", r.message.unwrap_or_default());
+            Err(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("xdpvs: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn status(socket: &std::path::Path, stats: bool, rate: bool, json: bool) -> ExitCode {
+    let get = || ask(socket, &control::Request::Status).map(|r| r.status);
+    let first = match get() {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("xdpvs: the daemon sent no status");
+            return ExitCode::FAILURE;
+        }
+        Err(c) => return c,
+    };
+    if json {
+        match serde_json::to_string_pretty(&first) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("xdpvs: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if rate {
+        let start = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let second = match get() {
+            Ok(Some(s)) => s,
+            Ok(None) => return ExitCode::FAILURE,
+            Err(c) => return c,
+        };
+        let secs = start.elapsed().as_secs_f64();
+        print!("{}", control::render(&second, stats, Some((&first, secs))));
+    } else {
+        print!("{}", control::render(&first, stats, None));
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
+        Command::Status {
+            stats,
+            rate,
+            json,
+            socket,
+        } => status(&socket, stats, rate, json),
+        Command::Reload { socket } => match ask(&socket, &control::Request::Reload) {
+            Ok(r) => {
+                println!("{}", r.message.unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(c) => c,
+        },
+        Command::Real { command, socket } => {
+            let (vs, real, action) = match command {
+                RealCommand::Disable { vs, real } => (vs, real, control::RealAction::Disable),
+                RealCommand::Enable { vs, real } => (vs, real, control::RealAction::Enable),
+                RealCommand::Weight { vs, real, weight } => {
+                    (vs, real, control::RealAction::Weight(weight))
+                }
+            };
+            match ask(&socket, &control::Request::Real { vs, real, action }) {
+                Ok(r) => {
+                    println!("{}", r.message.unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(c) => c,
+            }
+        }
         Command::Check { config } => match config::load(&config, &config::Host) {
             Ok(c) => {
                 let reals: usize = c.virtual_servers.iter().map(|v| v.real_servers.len()).sum();

@@ -81,6 +81,10 @@ pub struct Override {
 pub struct RealView {
     pub key: RealKey,
     pub id: u32,
+    /// Generation of the id now (flow entries of other generations are not its).
+    pub generation: u32,
+    /// The file's weight (0 for the sorry server).
+    pub file_weight: u32,
     /// Weight in use (override or file).
     pub weight: u32,
     pub healthy: bool,
@@ -303,8 +307,11 @@ impl<D: Dataplane> Reconciler<D> {
             .iter()
             .filter_map(|r| {
                 let key = RealKey::real(vs, r.address, r.port);
-                let id = self.reals.get(&key)?.id;
+                let slot = self.reals.get(&key)?;
+                let id = slot.id;
                 Some(RealView {
+                    generation: slot.info.generation,
+                    file_weight: r.weight,
                     weight: self.weight_of(&key, r.weight),
                     healthy: self.healthy(&key),
                     disabled: self.overrides.get(&key).is_some_and(|o| o.disabled),
@@ -324,6 +331,8 @@ impl<D: Dataplane> Reconciler<D> {
             if let Some(r) = self.reals.get(&key) {
                 out.push(RealView {
                     id: r.id,
+                    generation: r.info.generation,
+                    file_weight: 0,
                     weight: 0,
                     healthy: true,
                     disabled: false,

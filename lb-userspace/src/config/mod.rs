@@ -87,6 +87,8 @@ pub struct Config {
     pub manage_vips: bool,
     /// Connection table entries.
     pub flow_table_size: u32,
+    /// Unix socket of the control channel (`xdpvs status`, `xdpvs real ...`).
+    pub control_socket: PathBuf,
     pub virtual_servers: Vec<VirtualServer>,
 }
 

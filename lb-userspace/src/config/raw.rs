@@ -16,6 +16,8 @@ pub struct RawConfig {
     pub manage_vips: Option<bool>,
     #[serde(default)]
     pub flow_table_size: Option<u32>,
+    #[serde(default)]
+    pub control_socket: Option<String>,
     /// One address, or a list with at most one per family.
     #[serde(default)]
     pub tunnel_source: Option<RawAddrs>,

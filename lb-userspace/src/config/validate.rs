@@ -206,6 +206,20 @@ impl<'a> Validator<'a> {
                 format!("{flow_table_size} is out of range {MIN_FLOW_TABLE}..={MAX_FLOW_TABLE}"),
             );
         }
+        let control_socket = PathBuf::from(
+            raw.control_socket
+                .as_deref()
+                .unwrap_or(crate::control::DEFAULT_SOCKET),
+        );
+        if !control_socket.is_absolute() || control_socket.file_name().is_none() {
+            self.error(
+                "control_socket",
+                format!(
+                    "`{}` must be an absolute path to a socket file",
+                    control_socket.display()
+                ),
+            );
+        }
         let tunnel_sources = self.tunnel_sources(raw.tunnel_source.as_ref());
         if raw.virtual_servers.len() > MAX_VS as usize {
             self.error(
@@ -261,6 +275,7 @@ impl<'a> Validator<'a> {
             },
             manage_vips: raw.manage_vips.unwrap_or(true),
             flow_table_size,
+            control_socket,
             virtual_servers,
         }
     }

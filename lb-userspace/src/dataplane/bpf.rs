@@ -158,6 +158,24 @@ impl BpfDataplane {
         Ok(h.keys().filter(Result::is_ok).count())
     }
 
+    /// Returns: connection table entries per (real id, generation): a full walk, for
+    /// status (about a microsecond per entry).
+    pub fn flows_by_real(
+        &self,
+    ) -> Result<std::collections::HashMap<(u32, u32), u64>, DataplaneError> {
+        let m = self
+            .ebpf
+            .map(FLOWS)
+            .ok_or(DataplaneError::MissingMap(FLOWS))?;
+        let h: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> =
+            HashMap::try_from(m).map_err(map_err(FLOWS))?;
+        let mut out = std::collections::HashMap::new();
+        for (_, v) in h.iter().filter_map(Result::ok) {
+            *out.entry((v.real_id, v.real_generation)).or_default() += 1;
+        }
+        Ok(out)
+    }
+
     fn zero_counters(&mut self, name: &'static str, index: u32) -> Result<(), DataplaneError> {
         let m = self
             .ebpf

@@ -36,6 +36,17 @@ impl Daemon {
     /// Starts `xdpvs <args>` in `ns`, logging to `log`, and waits until the log shows
     /// `ready`. Panics with the log if it exits or is not ready within 20 s.
     pub fn spawn(ns: &Netns, args: &[String], log: &Path, ready: &str) -> Self {
+        Self::spawn_env(ns, args, log, ready, &[])
+    }
+
+    /// As [`Daemon::spawn`], with extra environment variables.
+    pub fn spawn_env(
+        ns: &Netns,
+        args: &[String],
+        log: &Path,
+        ready: &str,
+        env: &[(&str, String)],
+    ) -> Self {
         let bin = binary();
         assert!(
             bin.exists(),
@@ -48,6 +59,7 @@ impl Daemon {
             .args(["netns", "exec", &ns.name])
             .arg(&bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -341,7 +341,11 @@ impl Lab {
             Kind::Tunnel => "tunnel",
         };
         let nat = method == "nat";
-        let mut y = format!("interfaces: [{}]\nxdp_mode: auto\n", self.lb_ifs.join(", "));
+        let mut y = format!(
+            "interfaces: [{}]\nxdp_mode: auto\ncontrol_socket: '{}'\n",
+            self.lb_ifs.join(", "),
+            self.socket().display()
+        );
         if self.kind == Kind::Tunnel {
             y.push_str(&format!("tunnel_source: '{}'\n", net(self.fam, 100, 1)));
         }
@@ -378,6 +382,29 @@ impl Lab {
         let path = self.dir.join("xdpvs.yaml");
         std::fs::write(&path, y).expect("write config");
         path
+    }
+
+    /// Returns: the daemon's control socket in this lab.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("xdpvs.sock")
+    }
+
+    /// Runs `xdpvs <args> --socket <the lab's>` in the balancer's namespace.
+    /// Returns: its exit code, stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.lb.name])
+            .arg(crate::daemon::binary())
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("running xdpvs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Polls through the VIP until each of `reals` (0-based) has answered (its probe made

@@ -1,5 +1,6 @@
 //! Root-run tests: one binary, run serially by `cargo xtask test` as root.
 
+mod control_e2e;
 mod dr_e2e;
 mod health_e2e;
 mod methods;

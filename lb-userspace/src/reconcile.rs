@@ -243,6 +243,11 @@ impl<D: Dataplane> Reconciler<D> {
                     .find(|r| r.address == key.addr && r.port == key.port)
             })
             .is_some_and(|r| r.health_check.kind == CheckType::None);
+        self.is_up(key, unprobed)
+    }
+
+    /// [`Reconciler::healthy`] for a real whose configuration is at hand (no search).
+    fn is_up(&self, key: &RealKey, unprobed: bool) -> bool {
         unprobed || self.health.get(key).copied().unwrap_or(false)
     }
 
@@ -264,7 +269,8 @@ impl<D: Dataplane> Reconciler<D> {
                 let key = RealKey::real(&vs.name, r.address, r.port);
                 let weight = self.weight_of(&key, r.weight);
                 let disabled = self.overrides.get(&key).is_some_and(|o| o.disabled);
-                if weight == 0 || disabled || !self.healthy(&key) {
+                let up = self.is_up(&key, r.health_check.kind == CheckType::None);
+                if weight == 0 || disabled || !up {
                     return None;
                 }
                 Some(maglev::Backend {
@@ -313,7 +319,7 @@ impl<D: Dataplane> Reconciler<D> {
                     generation: slot.info.generation,
                     file_weight: r.weight,
                     weight: self.weight_of(&key, r.weight),
-                    healthy: self.healthy(&key),
+                    healthy: self.is_up(&key, r.health_check.kind == CheckType::None),
                     disabled: self.overrides.get(&key).is_some_and(|o| o.disabled),
                     in_table: table.contains(&id),
                     key,
@@ -601,11 +607,10 @@ impl<D: Dataplane> Reconciler<D> {
             tracing::info!(vs = %name, "virtual server removed");
         }
         for key in gone_reals {
-            if self.reals[&key].info.flags & REAL_F_ACTIVE == 0 {
-                // Already inactive: still retire its generation.
-                self.clear_flags(&key, REAL_F_ACTIVE)?;
-            } else {
-                self.clear_flags(&key, REAL_F_ACTIVE | REAL_F_NEW)?;
+            // A real that already lost REAL_F_ACTIVE had its generation retired then.
+            let left = self.reals[&key].info.flags;
+            if left != 0 {
+                self.clear_flags(&key, left)?;
             }
             let slot = self.reals.remove(&key).expect("listed above");
             self.health.remove(&key);

@@ -117,12 +117,14 @@ impl BpfDataplane {
         Array::try_from(m).map_err(map_err(name))
     }
 
+    /// Returns: map `name`, for reading.
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
     /// Returns: the counters at `index` of a per-CPU counter map, summed over CPUs.
     pub fn counters(&self, name: &'static str, index: u32) -> Result<Counters, DataplaneError> {
-        let m = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
+        let m = self.map(name)?;
         let a: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(m).map_err(map_err(name))?;
         let v = a.get(&index, 0).map_err(map_err(name))?;
         Ok(v.iter().fold(Counters::default(), |acc, c| Counters {
@@ -137,25 +139,11 @@ impl BpfDataplane {
     /// Returns: packets counted under each verdict reason, summed over CPUs.
     pub fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
         let name = lb_common::maps::VERDICTS;
-        let m = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
+        let m = self.map(name)?;
         let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).map_err(map_err(name))?;
         (0..lb_common::reason::COUNT)
             .map(|i| a.get(&i, 0).map(|v| v.iter().sum()).map_err(map_err(name)))
             .collect()
-    }
-
-    /// Returns: the number of entries in the connection table (a full walk; for status).
-    pub fn flow_count(&self) -> Result<usize, DataplaneError> {
-        let m = self
-            .ebpf
-            .map(FLOWS)
-            .ok_or(DataplaneError::MissingMap(FLOWS))?;
-        let h: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(m).map_err(map_err(FLOWS))?;
-        Ok(h.keys().filter(Result::is_ok).count())
     }
 
     /// Returns: connection table entries per (real id, generation): a full walk, for
@@ -163,10 +151,7 @@ impl BpfDataplane {
     pub fn flows_by_real(
         &self,
     ) -> Result<std::collections::HashMap<(u32, u32), u64>, DataplaneError> {
-        let m = self
-            .ebpf
-            .map(FLOWS)
-            .ok_or(DataplaneError::MissingMap(FLOWS))?;
+        let m = self.map(FLOWS)?;
         let h: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> =
             HashMap::try_from(m).map_err(map_err(FLOWS))?;
         let mut out = std::collections::HashMap::new();

@@ -209,7 +209,8 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn endpoint(a: IpAddr, port: u16) -> String {
+/// Returns: `addr:port`, or `[addr]:port` for IPv6.
+pub fn endpoint(a: IpAddr, port: u16) -> String {
     match a {
         IpAddr::V4(_) => format!("{a}:{port}"),
         IpAddr::V6(_) => format!("[{a}]:{port}"),

@@ -26,7 +26,7 @@ use crate::{
     control::{self, RealAction, Request, Response},
     dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
     health::{Health, Report},
-    netlink,
+    metrics, netlink,
     reconcile::{L2Next, Override, RealKey, Reconciler},
 };
 
@@ -70,6 +70,14 @@ struct Daemon {
     socket: Option<PathBuf>,
     /// Connection table size (for status).
     flow_table_size: u32,
+    /// Where `/metrics` is served, if anywhere.
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Keeps the scrape channel open while metrics are off (so it never closes).
+    scrape_tx: Option<tokio::sync::mpsc::Sender<metrics::Ask>>,
+    /// Reloads applied and rejected, and whether the last one was applied.
+    reloads_ok: u64,
+    reloads_failed: u64,
+    last_reload_ok: bool,
 }
 
 fn ring_count(config: &Config) -> u32 {
@@ -102,6 +110,11 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         reports: Some(reports),
         socket: None,
         flow_table_size: config.flow_table_size,
+        metrics_listen: None,
+        scrape_tx: None,
+        reloads_ok: 0,
+        reloads_failed: 0,
+        last_reload_ok: true,
         path: path.to_owned(),
         handle,
         rec: Reconciler::new(BpfDataplane::new(ebpf), MAX_VS, opts.ring_count),
@@ -192,9 +205,30 @@ impl Daemon {
         }
         self.sync_vips(config).await?;
         let calls = self.listen(&config.control_socket)?;
+        let scrapes = self.listen_metrics(config.metrics_listen).await?;
         tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), probed_reals = self.health.len(), control_socket = %config.control_socket.display(), "xdpvs running");
         notify_ready();
-        self.serve(calls).await
+        self.serve(calls, scrapes).await
+    }
+
+    /// Binds `metrics_listen` (if set) and starts the task serving `/metrics`.
+    /// Returns: the channel its scrapes arrive on (never delivers if metrics are off).
+    async fn listen_metrics(
+        &mut self,
+        addr: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<metrics::Ask>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<metrics::Ask>(16);
+        self.metrics_listen = addr;
+        let Some(addr) = addr else {
+            self.scrape_tx = Some(tx);
+            return Ok(rx);
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics_listen {addr}"))?;
+        tracing::info!(address = %addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, tx));
+        Ok(rx)
     }
 
     /// Creates the control socket (mode 0600) and a task accepting its connections.
@@ -230,7 +264,11 @@ impl Daemon {
         Ok(rx)
     }
 
-    async fn serve(&mut self, mut calls: tokio::sync::mpsc::Receiver<Call>) -> anyhow::Result<()> {
+    async fn serve(
+        &mut self,
+        mut calls: tokio::sync::mpsc::Receiver<Call>,
+        mut scrapes: tokio::sync::mpsc::Receiver<metrics::Ask>,
+    ) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -245,6 +283,9 @@ impl Daemon {
                 Some((req, reply)) = calls.recv() => {
                     let resp = self.on_control(req).await;
                     let _ = reply.send(resp);
+                }
+                Some(reply) = scrapes.recv() => {
+                    let _ = reply.send(self.snapshot().map_err(|e| format!("{e:#}")));
                 }
                 _ = tick.tick() => { self.refresh_next_hops().await?; }
             }
@@ -279,9 +320,20 @@ impl Daemon {
         Ok(())
     }
 
-    /// Re-reads the file; a bad file is reported and changes nothing.
-    /// Returns: what was applied, or why nothing was.
+    /// Re-reads the file; a bad file is reported and changes nothing. Counted for
+    /// metrics. Returns: what was applied, or why nothing was.
     async fn reload(&mut self) -> Result<String, String> {
+        let r = self.reload_file().await;
+        self.last_reload_ok = r.is_ok();
+        if r.is_ok() {
+            self.reloads_ok += 1;
+        } else {
+            self.reloads_failed += 1;
+        }
+        r
+    }
+
+    async fn reload_file(&mut self) -> Result<String, String> {
         let config = match config::load(&self.path, &Host) {
             Ok(c) => c,
             Err(e) => {
@@ -315,6 +367,9 @@ impl Daemon {
         }
         if self.socket.as_deref() != Some(config.control_socket.as_path()) {
             tracing::warn!("a control_socket change takes effect on restart");
+        }
+        if self.metrics_listen != config.metrics_listen {
+            tracing::warn!("a metrics_listen change takes effect on restart");
         }
         tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), "configuration reloaded");
         Ok(format!(
@@ -476,6 +531,28 @@ impl Daemon {
             verdicts,
             flow_table_entries: flows.values().sum(),
             flow_table_size: u64::from(self.flow_table_size),
+        })
+    }
+
+    /// What one scrape of `/metrics` shows.
+    fn snapshot(&self) -> anyhow::Result<metrics::Snapshot> {
+        let probes = self
+            .health
+            .counts()
+            .map(|(k, c)| metrics::ProbeSample {
+                vs: k.vs.clone(),
+                real: control::endpoint(k.addr, k.port),
+                ok: c.ok,
+                failed: c.failed,
+                latency: c.latency.clone(),
+            })
+            .collect();
+        Ok(metrics::Snapshot {
+            status: self.status()?,
+            probes,
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            last_reload_ok: self.last_reload_ok,
         })
     }
 

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -24,6 +25,11 @@ use crate::{
     config::{CheckType, Config, HealthCheck},
     reconcile::RealKey,
 };
+
+/// Upper bounds (seconds) of the probe latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 /// Most bytes read looking for an HTTP status line.
 const STATUS_LINE_MAX: usize = 1024;
@@ -211,6 +217,26 @@ struct Probe {
     handle: JoinHandle<()>,
     tracker: Tracker,
     last: Option<LastProbe>,
+    counts: ProbeCounts,
+}
+
+/// What one real's probes found since its probe (re)started, for metrics.
+#[derive(Clone, Debug)]
+pub struct ProbeCounts {
+    pub ok: u64,
+    pub failed: u64,
+    /// Latency of the successful probes, in seconds.
+    pub latency: Histogram,
+}
+
+impl ProbeCounts {
+    fn new() -> Self {
+        Self {
+            ok: 0,
+            failed: 0,
+            latency: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 /// Every probed real's task and state machine.
@@ -281,6 +307,7 @@ impl Health {
                     handle,
                     tracker,
                     last: None,
+                    counts: ProbeCounts::new(),
                 },
             );
         }
@@ -293,6 +320,13 @@ impl Health {
             return None;
         }
         let ok = report.result.is_ok();
+        match &report.result {
+            Ok(d) => {
+                p.counts.ok += 1;
+                p.counts.latency.observe(d.as_secs_f64());
+            }
+            Err(_) => p.counts.failed += 1,
+        }
         p.last = Some(LastProbe {
             at: Instant::now(),
             result: report.result.clone(),
@@ -310,6 +344,11 @@ impl Health {
     /// Returns: the last probe of real `key`, if it is probed and was probed.
     pub fn last(&self, key: &RealKey) -> Option<&LastProbe> {
         self.probes.get(key)?.last.as_ref()
+    }
+
+    /// Returns: every probed real's counts (in no particular order).
+    pub fn counts(&self) -> impl Iterator<Item = (&RealKey, &ProbeCounts)> {
+        self.probes.iter().map(|(k, p)| (k, &p.counts))
     }
 
     /// Returns: how many reals are probed.

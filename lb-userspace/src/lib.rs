@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod netlink;
 pub mod realserver;
 pub mod reconcile;

@@ -201,12 +201,17 @@ impl Stream {
     }
 }
 
-/// One GET to `addr`. Returns: the body, or the error.
-pub fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+/// Sends `request` to `addr` and reads the answer until the server closes.
+/// Returns: the response head and body.
+fn exchange(
+    addr: SocketAddr,
+    request: &str,
+    timeout: Duration,
+) -> Result<(String, String), String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
+    s.write_all(request.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)
@@ -214,10 +219,32 @@ pub fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let (head, body) = resp
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("bad response {resp:?}"))?;
+    Ok((head.to_string(), body.to_string()))
+}
+
+/// One GET to `addr`. Returns: the body, or the error.
+pub fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+    let (head, body) = exchange(addr, "GET / HTTP/1.0\r\nHost: vip\r\n\r\n", timeout)?;
     if !head.starts_with("HTTP/1.0 200") {
         return Err(format!("status: {head}"));
     }
     Ok(body.trim().to_string())
+}
+
+/// An HTTP/1.1 GET of `path` from `addr`, with an `Accept` header if given.
+/// Returns: the response head (status line and headers) and the body, whatever the
+/// status.
+pub fn fetch(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+) -> Result<(String, String), String> {
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+    exchange(addr, &req, timeout)
 }
 
 /// A UDP server on a thread inside a namespace: answers each datagram with its name,

@@ -18,6 +18,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
+    // promtool: the metrics end-to-end test validates /metrics with it.
+    ("promtool", "prometheus"),
 ];
 
 #[derive(Parser)]

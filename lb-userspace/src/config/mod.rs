@@ -89,6 +89,8 @@ pub struct Config {
     pub flow_table_size: u32,
     /// Unix socket of the control channel (`xdpvs status`, `xdpvs real ...`).
     pub control_socket: PathBuf,
+    /// Where Prometheus metrics are served (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub virtual_servers: Vec<VirtualServer>,
 }
 

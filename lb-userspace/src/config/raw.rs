@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub flow_table_size: Option<u32>,
     #[serde(default)]
     pub control_socket: Option<String>,
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// One address, or a list with at most one per family.
     #[serde(default)]
     pub tunnel_source: Option<RawAddrs>,

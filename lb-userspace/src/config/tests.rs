@@ -42,6 +42,7 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.interfaces, vec!["eth0"]);
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert!(c.manage_vips);
+    assert_eq!(c.metrics_listen, None, "metrics are off unless asked for");
     let vs = &c.virtual_servers[0];
     assert_eq!(
         (
@@ -158,6 +159,7 @@ fn each_error_names_line_and_field() {
         ("missing field", "    protocol: tcp\n", "", 4, "virtual_servers[0]", "missing field `protocol`"),
         ("wrong type", "weight: 1", "weight: heavy", 13, "virtual_servers[0].real_servers[0].weight", "invalid type"),
         ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
+        ("bad metrics address", "xdp_mode: auto", "xdp_mode: auto\nmetrics_listen: localhost", 3, "metrics_listen", "not ADDRESS:PORT"),
         ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
         ("bad duration unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2x }", 10, "virtual_servers[0].health_check.interval", "unknown unit"),
         ("duration without unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2 }", 10, "virtual_servers[0].health_check.interval", "needs a unit"),

@@ -220,6 +220,18 @@ impl<'a> Validator<'a> {
                 ),
             );
         }
+        let metrics_listen = raw.metrics_listen.as_deref().and_then(|text| {
+            match text.trim().parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.error(
+                        "metrics_listen",
+                        format!("`{text}` is not ADDRESS:PORT (e.g. 127.0.0.1:9464 or [::1]:9464)"),
+                    );
+                    None
+                }
+            }
+        });
         let tunnel_sources = self.tunnel_sources(raw.tunnel_source.as_ref());
         if raw.virtual_servers.len() > MAX_VS as usize {
             self.error(
@@ -276,6 +288,7 @@ impl<'a> Validator<'a> {
             manage_vips: raw.manage_vips.unwrap_or(true),
             flow_table_size,
             control_socket,
+            metrics_listen,
             virtual_servers,
         }
     }

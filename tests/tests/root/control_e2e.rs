@@ -162,6 +162,11 @@ fn status_adds_up_and_real_commands_drain_enable_and_reweight() {
     );
     assert_eq!(status(&lab)["virtual_servers"].as_array().unwrap().len(), 1);
     assert!(!tally(&lab, 10).is_empty());
+    // Metrics are off unless metrics_listen is set.
+    let refused = lab
+        .lb
+        .run(|| std::net::TcpStream::connect("127.0.0.1:9464").is_err());
+    assert!(refused, "a metrics listener without metrics_listen");
 }
 
 #[test]

@@ -5,4 +5,5 @@ mod dr_e2e;
 mod health_e2e;
 mod methods;
 mod methods_e2e;
+mod metrics_e2e;
 mod testrun;

@@ -1,10 +1,10 @@
-//! Command line: `xdpvs run | check | status | reload | real | realserver decap`.
+//! Command line: `xdpvs run | check | status | reload | real | realserver setup|decap`.
 
 use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::XdpMode;
+use crate::{config::XdpMode, realserver::setup::SetupMethod};
 
 /// xdpvs: a layer-4 load balancer on XDP (direct routing, NAT, IP tunnelling; Maglev).
 #[derive(Parser, Debug)]
@@ -100,6 +100,29 @@ pub enum RealCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum RealserverCommand {
+    /// Print (default), apply or undo what this host needs to be a real server for
+    /// direct routing or tunnelling: the VIPs on loopback, no ARP answers for them
+    /// (arp_ignore=1, arp_announce=2), loose rp_filter and the decapsulator for tunnels.
+    Setup {
+        /// A VIP this real serves (repeat for several).
+        #[arg(long = "vip", required_unless_present = "undo")]
+        vips: Vec<IpAddr>,
+        /// The virtual servers' forwarding method.
+        #[arg(long, value_enum, default_value_t = SetupMethod::Dr)]
+        method: SetupMethod,
+        /// Tunnel: the interface tunnelled packets arrive on.
+        #[arg(long, short)]
+        interface: Option<String>,
+        /// Make the changes (recorded in --state for --undo).
+        #[arg(long, conflicts_with = "undo")]
+        apply: bool,
+        /// Revert what --apply changed.
+        #[arg(long)]
+        undo: bool,
+        /// Where --apply records its changes.
+        #[arg(long, default_value = crate::realserver::setup::DEFAULT_STATE)]
+        state: PathBuf,
+    },
     /// Unwrap tunnelled (IPIP / IPv6-in-IPv6) packets for the given VIPs in XDP and pass
     /// them up the stack, for the tunnel method. Runs until SIGTERM/SIGINT, then detaches.
     /// The VIPs must also be on a local interface (e.g. `ip addr add VIP/32 dev lo`).

@@ -141,6 +141,37 @@ fn main() -> ExitCode {
         },
         Command::Realserver {
             command:
+                RealserverCommand::Setup {
+                    vips,
+                    method,
+                    interface,
+                    apply,
+                    undo,
+                    state,
+                },
+        } => {
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            use realserver::setup;
+            let iface = interface.as_deref();
+            let r = if undo {
+                rt.block_on(setup::undo(&state))
+            } else if apply {
+                rt.block_on(setup::apply(&vips, method, iface, &state))
+            } else {
+                rt.block_on(setup::print(&vips, method, iface))
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xdpvs realserver setup: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Realserver {
+            command:
                 RealserverCommand::Decap {
                     interface,
                     vips,

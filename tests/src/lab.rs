@@ -6,14 +6,16 @@
 //!
 //! ```text
 //! dr:       client .2, lb .1, reals .11+ on net 100 (one bridge); VIP 100.100 on the
-//!           reals' lo; replies go straight to the client.
+//!           reals' lo (by `xdpvs realserver setup --apply`); replies go straight to
+//!           the client.
 //! nat:      client .2 -- net 100 -- lb .1 | lb .1 -- net 200 -- reals .11+ (default
 //!           route via lb); VIP 100.100; reals serve port 8080 for VIP port 80.
 //! nat-one:  one bridge: lb (100.1 and 150.1), client 150.2, reals 100.11+ (default via
 //!           lb); VIP 150.100.
 //! tunnel:   net 100: client .2, lb .1, router .254 | net 200: router .1, reals .11+;
-//!           the lb encapsulates to the reals through the router; the reals decapsulate
-//!           with `xdpvs realserver decap` and answer the client through the router.
+//!           the lb encapsulates to the reals through the router; the reals are set up
+//!           by `xdpvs realserver setup --apply --method tunnel`, decapsulate with
+//!           `xdpvs realserver decap` and answer the client through the router.
 //! ```
 
 use std::{
@@ -198,7 +200,7 @@ impl Lab {
                 for (i, r) in reals.iter().enumerate() {
                     b.plug(r, &real_dev(i), &sw, &format!("{p}r{}s", i + 1), false);
                     b.addr(r, &real_dev(i), real_addrs[i]);
-                    hold_vip(r, &real_dev(i), vip);
+                    setup_real(r, &setup_state(&dir, i), vip, None);
                 }
                 infra.push(sw);
             }
@@ -271,7 +273,7 @@ impl Lab {
                     b.plug(r, &real_dev(i), &sw_b, &format!("{p}r{}s", i + 1), false);
                     b.addr(r, &real_dev(i), real_addrs[i]);
                     b.default_via(r, net(fam, 200, 1));
-                    hold_vip(r, &real_dev(i), vip);
+                    setup_real(r, &setup_state(&dir, i), vip, Some(&real_dev(i)));
                 }
                 infra.extend([sw_a, sw_b, router]);
             }
@@ -652,31 +654,33 @@ impl Drop for Traffic {
     }
 }
 
-/// Puts `vip` on the real's loopback and, for IPv4, keeps the real from answering ARP
-/// for it on `dev` (arp_ignore=1, arp_announce=2). IPv6 needs nothing: Linux answers
-/// neighbour solicitations only for addresses of the receiving interface.
-pub fn hold_vip(r: &Netns, dev: &str, vip: IpAddr) {
-    let (fam, host) = if vip.is_ipv4() {
-        ("-4", 32)
-    } else {
-        ("-6", 128)
-    };
-    r.exec(&[
-        "ip",
-        fam,
-        "addr",
-        "add",
-        &format!("{vip}/{host}"),
-        "dev",
-        "lo",
-    ]);
-    if vip.is_ipv4() {
-        for conf in ["all", dev] {
-            for setting in ["arp_ignore=1", "arp_announce=2"] {
-                r.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.{setting}")]);
-            }
-        }
+/// Where the lab's real `i` (0-based) records what `xdpvs realserver setup` changed.
+pub fn setup_state(dir: &std::path::Path, i: usize) -> PathBuf {
+    dir.join(format!("realserver{}.json", i + 1))
+}
+
+/// Makes `r` a real server for `vip` with `xdpvs realserver setup --apply`: direct
+/// routing, or tunnelling with packets arriving on `tunnel_dev`. Panics with its output
+/// if it fails.
+pub fn setup_real(r: &Netns, state: &std::path::Path, vip: IpAddr, tunnel_dev: Option<&str>) {
+    let vip = vip.to_string();
+    let state = state.display().to_string();
+    let mut args = vec![
+        "realserver",
+        "setup",
+        "--apply",
+        "--vip",
+        &vip,
+        "--state",
+        &state,
+    ];
+    if let Some(dev) = tunnel_dev {
+        args.extend(["--method", "tunnel", "--interface", dev]);
     }
+    let bin = crate::daemon::binary();
+    let mut full = vec![bin.to_str().expect("utf-8 path")];
+    full.extend(args);
+    r.exec(&full);
 }
 
 impl Drop for Lab {

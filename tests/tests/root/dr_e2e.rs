@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use tests::{
     daemon::Daemon,
-    lab::{Family, Kind, Lab, Spec},
+    lab::{self, Family, Kind, Lab, Spec},
+    netns::Netns,
 };
 
 fn tally(results: &[Result<String, String>]) -> HashMap<String, usize> {
@@ -56,6 +57,71 @@ fn dr_spreads_300_requests_over_three_reals() {
     );
     let link = lab.lb.exec(&["ip", "link", "show", "dev", &lab.lb_ifs[0]]);
     assert!(!link.contains("xdp"), "XDP left attached: {link}");
+}
+
+/// What `xdpvs realserver setup` touches in `ns`: the ARP sysctls and loopback's
+/// addresses.
+fn real_side(ns: &Netns) -> (String, String) {
+    let sysctls = ns.exec(&[
+        "sysctl",
+        "-n",
+        "net.ipv4.conf.all.arp_ignore",
+        "net.ipv4.conf.all.arp_announce",
+    ]);
+    let lo = ns.exec(&["ip", "-br", "addr", "show", "dev", "lo"]);
+    (sysctls, lo)
+}
+
+#[test]
+fn realserver_setup_makes_a_working_dr_real_and_undo_restores_it() {
+    // The lab made both reals with `xdpvs realserver setup --apply` (no other commands).
+    let lab = Lab::new(Kind::Dr, Family::V4, 2);
+    // The client's namespace is as fresh as the reals' were.
+    let fresh = real_side(&lab.client);
+    let (sysctls, lo) = real_side(&lab.reals[0]);
+    assert_eq!(sysctls.split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
+    assert!(lo.contains("10.100.0.100/32"), "{lo}");
+    let cfg = lab.write_config();
+    let d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1], &d);
+
+    // The ARP problem, solved: on a segment shared by the client, the balancer and two
+    // reals holding the VIP, only the balancer answers ARP for it.
+    let vip = lab.vip.to_string();
+    lab.client.exec(&["ip", "neigh", "flush", "to", &vip]);
+    assert!(lab.requests(20).iter().all(Result::is_ok));
+    let neigh = lab.client.exec(&["ip", "neigh", "show", "to", &vip]);
+    let lb_link = lab
+        .lb
+        .exec(&["ip", "-br", "link", "show", "dev", &lab.lb_ifs[0]]);
+    let lb_mac = lb_link.split_whitespace().nth(2).expect("MAC").to_string();
+    assert!(
+        neigh.contains(&format!("lladdr {lb_mac}")),
+        "the client resolved the VIP to {neigh:?}, not the balancer's {lb_mac}"
+    );
+
+    // --undo puts real1 back as it was: the sysctls and loopback of a fresh namespace.
+    let state = lab::setup_state(&lab.dir, 0);
+    let bin = tests::daemon::binary();
+    let state_arg = state.display().to_string();
+    let out = lab.reals[0].exec(&[
+        bin.to_str().unwrap(),
+        "realserver",
+        "setup",
+        "--undo",
+        "--state",
+        &state_arg,
+    ]);
+    println!("{out}");
+    assert!(out.contains("removed: 10.100.0.100 from lo"), "{out}");
+    assert_eq!(real_side(&lab.reals[0]), fresh, "undo left changes");
+    assert!(!state.exists(), "state file left after undo");
+
+    // Applied again, real1 serves again.
+    lab::setup_real(&lab.reals[0], &state, lab.vip, None);
+    lab.wait_serving(&[0, 1], &d);
+    let t = tally(&lab.requests(60));
+    assert_eq!(t.values().sum::<usize>(), 60, "{t:?}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `xdpvs realserver ...`: what a real server needs from xdpvs.
+//! `xdpvs realserver decap`: the tunnel method's decapsulator.
 //!
 //! `decap` attaches the decapsulator (tunnel method) to the interface tunnelled packets
 //! arrive on and keeps its maps true: the VIPs given on the command line, and this

@@ -118,13 +118,13 @@ impl Step {
     pub fn command(&self) -> String {
         match self {
             Step::Sysctl { sysctl, want, .. } => format!("sysctl -w {}={want}", sysctl.key()),
+            Step::Address { addr, .. } if addr.is_ipv4() => {
+                format!("ip -4 addr add {addr}/32 dev lo")
+            }
+            // Deprecated, as `--apply` adds it: never the source of the host's own
+            // connections.
             Step::Address { addr, .. } => {
-                let (fam, len) = if addr.is_ipv4() {
-                    ("-4", 32)
-                } else {
-                    ("-6", 128)
-                };
-                format!("ip {fam} addr add {addr}/{len} dev lo")
+                format!("ip -6 addr add {addr}/128 dev lo nodad preferred_lft 0")
             }
             Step::Run { command, .. } => command.clone(),
         }
@@ -540,7 +540,10 @@ mod tests {
             .filter(|s| s.needed())
             .map(Step::command)
             .collect();
-        assert_eq!(cmds, ["ip -6 addr add 2001:db8::100/128 dev lo"]);
+        assert_eq!(
+            cmds,
+            ["ip -6 addr add 2001:db8::100/128 dev lo nodad preferred_lft 0"]
+        );
 
         let mut host = fresh();
         host.sysctls

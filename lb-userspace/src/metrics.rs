@@ -37,6 +37,8 @@ pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 const HEAD_MAX: usize = 8192;
 /// How long a client may take to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most clients served at once; others are closed at once.
+const MAX_CLIENTS: usize = 32;
 
 /// One probed real's probe counts.
 #[derive(Clone, Debug)]
@@ -373,6 +375,7 @@ pub fn to_classic_text(openmetrics: &str) -> String {
 
 /// Serves `/metrics` on `listener` until the daemon's task goes away.
 pub async fn serve(listener: TcpListener, daemon: mpsc::Sender<Ask>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let conn = match listener.accept().await {
             Ok((c, _)) => c,
@@ -382,9 +385,14 @@ pub async fn serve(listener: TcpListener, daemon: mpsc::Sender<Ask>) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: {MAX_CLIENTS} clients already; connection closed");
+            continue;
+        };
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(CLIENT_TIMEOUT, answer(conn, daemon)).await;
+            drop(slot);
         });
     }
 }

@@ -15,6 +15,8 @@
 //!   NAT and tunnel virtual servers. These programs rewrite the frame, and the kernel
 //!   re-runs a repeated packet on the already rewritten bytes, so they are measured
 //!   like new flows: one run per packet, averaged, beside `floor_xdp_pass_single`.
+//! - `flow_table_walk`: the walk of the connection table that `xdpvs status` and each
+//!   metrics scrape make to count flows per real, over the new flows just created;
 //! - `health_probes`: the daemon's prober with 1,000 reals probed over TCP every second
 //!   for 10 s (reals are loopback addresses with one listener behind them): probes
 //!   done, their latency, and the CPU time of the thread that runs them.
@@ -231,6 +233,16 @@ fn main() {
         1,
     );
     line("vip_new_flow", new as f64 / f64::from(NEW_FLOWS), 1);
+    // What `xdpvs status` and each /metrics scrape pay to count flows per real.
+    let start = std::time::Instant::now();
+    let flows = f.rec.dp.flows_by_real().expect("walking FLOWS");
+    let took = start.elapsed();
+    let entries: u64 = flows.values().sum();
+    println!(
+        "{{\"bench\":\"flow_table_walk\",\"entries\":{entries},\"ms\":{:.1},\"ns_per_entry\":{:.0}}}",
+        took.as_secs_f64() * 1e3,
+        took.as_nanos() as f64 / entries.max(1) as f64
+    );
     // With a NAT virtual server, a packet for no VIP is also looked up as a NAT reply.
     y.push_str(ROUTED);
     f.apply_config(&y);

@@ -280,13 +280,8 @@ impl Daemon {
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
                 _ = hup.recv() => { let _ = self.reload().await; }
                 Some(r) = reports.recv() => self.on_probe(r)?,
-                Some((req, reply)) = calls.recv() => {
-                    let resp = self.on_control(req).await;
-                    let _ = reply.send(resp);
-                }
-                Some(reply) = scrapes.recv() => {
-                    let _ = reply.send(self.snapshot().map_err(|e| format!("{e:#}")));
-                }
+                Some((req, reply)) = calls.recv() => self.on_control(req, reply).await,
+                Some(reply) = scrapes.recv() => self.on_scrape(reply),
                 _ = tick.tick() => { self.refresh_next_hops().await?; }
             }
         }
@@ -378,15 +373,26 @@ impl Daemon {
         ))
     }
 
-    /// Answers one control request.
-    async fn on_control(&mut self, req: Request) -> Response {
-        match req {
-            Request::Status => match self.status() {
-                Ok(s) => Response {
-                    ok: true,
-                    message: None,
-                    status: Some(s),
-                },
+    /// Answers one control request. A status is read now; its flow counts are filled in
+    /// by a walk of the connection table on a blocking thread, so a large table does
+    /// not hold up this task.
+    async fn on_control(&mut self, req: Request, reply: tokio::sync::oneshot::Sender<Response>) {
+        let resp = match req {
+            Request::Status => match self.status_parts() {
+                Ok((status, count)) => {
+                    tokio::spawn(async move {
+                        let resp = match count.fill(status).await {
+                            Ok(s) => Response {
+                                ok: true,
+                                message: None,
+                                status: Some(s),
+                            },
+                            Err(e) => Response::error(format!("{e:#}")),
+                        };
+                        let _ = reply.send(resp);
+                    });
+                    return;
+                }
                 Err(e) => Response::error(format!("{e:#}")),
             },
             Request::Reload => match self.reload().await {
@@ -397,7 +403,8 @@ impl Daemon {
                 Ok(m) => Response::ok(m),
                 Err(e) => Response::error(format!("{e:#}")),
             },
-        }
+        };
+        let _ = reply.send(resp);
     }
 
     /// `xdpvs real disable|enable|weight`: a runtime override of one real.
@@ -455,8 +462,10 @@ impl Daemon {
         Ok(format!("{vs} {}:{}: {what}", key.addr, key.port))
     }
 
-    /// Everything `xdpvs status` shows, read from the maps now.
-    fn status(&self) -> anyhow::Result<control::Status> {
+    /// Everything `xdpvs status` shows but the flow counts, read from the maps now.
+    /// Returns: that; each real's (id, generation) in the status's order; and what [`FlowCount::fill`]
+    /// needs to count the flows.
+    fn status_parts(&self) -> anyhow::Result<(control::Status, FlowCount)> {
         use lb_common::maps::{STATS_REAL, STATS_VS};
         let stats = |c: lb_common::Counters| control::Stats {
             packets: c.packets,
@@ -465,7 +474,8 @@ impl Daemon {
             reply_packets: c.reply_packets,
             reply_bytes: c.reply_bytes,
         };
-        let flows = self.rec.dp.flows_by_real()?;
+        let reader = self.rec.dp.flows_reader()?;
+        let mut keys = Vec::new();
         let mut vss = Vec::new();
         for vs in self.rec.virtual_servers() {
             let Some((vs_index, _)) = self.rec.vs_slot(&vs.name) else {
@@ -478,6 +488,7 @@ impl Daemon {
                     .iter()
                     .find(|r| r.address == v.key.addr && r.port == v.key.port && !v.key.sorry);
                 let last = self.health.last(&v.key);
+                keys.push((v.id, v.generation));
                 reals.push(control::RealStatus {
                     address: v.key.addr,
                     port: v.key.port,
@@ -488,7 +499,7 @@ impl Daemon {
                     disabled: v.disabled,
                     in_table: v.in_table,
                     sorry: v.key.sorry,
-                    flows: flows.get(&(v.id, v.generation)).copied().unwrap_or(0),
+                    flows: 0,
                     stats: stats(self.rec.dp.counters(STATS_REAL, v.id)?),
                     last_probe: last.map(|l| match &l.result {
                         Ok(_) => "ok".to_string(),
@@ -525,17 +536,37 @@ impl Daemon {
             .enumerate()
             .map(|(i, n)| (lb_common::reason::name(i as u32).to_string(), n))
             .collect();
-        Ok(control::Status {
+        let status = control::Status {
             config: self.path.display().to_string(),
             virtual_servers: vss,
             verdicts,
-            flow_table_entries: flows.values().sum(),
+            flow_table_entries: 0,
             flow_table_size: u64::from(self.flow_table_size),
-        })
+        };
+        Ok((status, FlowCount { keys, reader }))
     }
 
-    /// What one scrape of `/metrics` shows.
-    fn snapshot(&self) -> anyhow::Result<metrics::Snapshot> {
+    /// Answers one scrape of `/metrics`, as [`Daemon::on_control`] answers a status.
+    fn on_scrape(&self, reply: metrics::Ask) {
+        let (snapshot, count) = match self.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(format!("{e:#}")));
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let r = match count.fill(snapshot.status).await {
+                Ok(status) => Ok(metrics::Snapshot { status, ..snapshot }),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            let _ = reply.send(r);
+        });
+    }
+
+    /// What one scrape of `/metrics` shows, but the flow counts (see
+    /// [`Daemon::status_parts`]).
+    fn snapshot(&self) -> anyhow::Result<(metrics::Snapshot, FlowCount)> {
         let probes = self
             .health
             .counts()
@@ -547,13 +578,15 @@ impl Daemon {
                 latency: c.latency.clone(),
             })
             .collect();
-        Ok(metrics::Snapshot {
-            status: self.status()?,
+        let (status, count) = self.status_parts()?;
+        let snapshot = metrics::Snapshot {
+            status,
             probes,
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
             last_reload_ok: self.last_reload_ok,
-        })
+        };
+        Ok((snapshot, count))
     }
 
     fn register_iface(&mut self, index: u32, mac: [u8; 6]) -> anyhow::Result<()> {
@@ -696,6 +729,33 @@ impl Daemon {
         }
         // Dropping the BPF object (with the Daemon) detaches XDP everywhere.
         tracing::info!("XDP detached; stopped");
+    }
+}
+
+/// The flow counts a status still needs: the reals' (id, generation) in the status's
+/// order, and a handle on the connection table.
+struct FlowCount {
+    keys: Vec<(u32, u32)>,
+    reader: bpf::FlowsReader,
+}
+
+impl FlowCount {
+    /// Fills in `status`'s flow counts from a walk of the connection table on a
+    /// blocking thread.
+    async fn fill(self, mut status: control::Status) -> anyhow::Result<control::Status> {
+        let reader = self.reader;
+        let flows = tokio::task::spawn_blocking(move || reader.count())
+            .await
+            .context("walking the connection table")??;
+        let reals = status
+            .virtual_servers
+            .iter_mut()
+            .flat_map(|v| v.reals.iter_mut());
+        for (r, key) in reals.zip(&self.keys) {
+            r.flows = flows.get(key).copied().unwrap_or(0);
+        }
+        status.flow_table_entries = flows.values().sum();
+        Ok(status)
     }
 }
 

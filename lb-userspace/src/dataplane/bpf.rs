@@ -151,14 +151,23 @@ impl BpfDataplane {
     pub fn flows_by_real(
         &self,
     ) -> Result<std::collections::HashMap<(u32, u32), u64>, DataplaneError> {
-        let m = self.map(FLOWS)?;
-        let h: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(m).map_err(map_err(FLOWS))?;
-        let mut out = std::collections::HashMap::new();
-        for (_, v) in h.iter().filter_map(Result::ok) {
-            *out.entry((v.real_id, v.real_generation)).or_default() += 1;
-        }
-        Ok(out)
+        self.flows_reader()?.count()
+    }
+
+    /// Returns: a handle of its own on the connection table, so that it can be walked on
+    /// another thread while the daemon's task goes on.
+    pub fn flows_reader(&self) -> Result<FlowsReader, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        let aya::maps::Map::LruHashMap(m) = self.map(FLOWS)? else {
+            return Err(DataplaneError::MissingMap(FLOWS));
+        };
+        let fd = m
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DataplaneError::Dup { map: FLOWS, source })?;
+        let data = MapData::from_fd(fd).map_err(map_err(FLOWS))?;
+        Ok(FlowsReader(data))
     }
 
     fn zero_counters(&mut self, name: &'static str, index: u32) -> Result<(), DataplaneError> {
@@ -221,5 +230,21 @@ impl Dataplane for BpfDataplane {
             self.zero_counters(STATS_REAL, i)?;
         }
         Ok(())
+    }
+}
+
+/// An owned handle on the connection table (see [`BpfDataplane::flows_reader`]).
+pub struct FlowsReader(MapData);
+
+impl FlowsReader {
+    /// Returns: entries per (real id, generation), from a full walk.
+    pub fn count(self) -> Result<std::collections::HashMap<(u32, u32), u64>, DataplaneError> {
+        let h: HashMap<MapData, lb_common::FlowKey, lb_common::FlowState> =
+            HashMap::try_from(aya::maps::Map::LruHashMap(self.0)).map_err(map_err(FLOWS))?;
+        let mut out = std::collections::HashMap::new();
+        for (_, v) in h.iter().filter_map(Result::ok) {
+            *out.entry((v.real_id, v.real_generation)).or_default() += 1;
+        }
+        Ok(out)
     }
 }

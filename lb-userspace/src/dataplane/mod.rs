@@ -19,6 +19,12 @@ pub enum DataplaneError {
     Cpus(#[source] std::io::Error),
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
+    #[error("BPF map {map}: duplicating its descriptor: {source}")]
+    Dup {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Writes the daemon makes. Each call is one or a few map updates; the reconciler

@@ -72,8 +72,6 @@ struct Daemon {
     flow_table_size: u32,
     /// Where `/metrics` is served, if anywhere.
     metrics_listen: Option<std::net::SocketAddr>,
-    /// Keeps the scrape channel open while metrics are off (so it never closes).
-    scrape_tx: Option<tokio::sync::mpsc::Sender<metrics::Ask>>,
     /// Reloads applied and rejected, and whether the last one was applied.
     reloads_ok: u64,
     reloads_failed: u64,
@@ -111,7 +109,6 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         socket: None,
         flow_table_size: config.flow_table_size,
         metrics_listen: None,
-        scrape_tx: None,
         reloads_ok: 0,
         reloads_failed: 0,
         last_reload_ok: true,
@@ -212,7 +209,7 @@ impl Daemon {
     }
 
     /// Binds `metrics_listen` (if set) and starts the task serving `/metrics`.
-    /// Returns: the channel its scrapes arrive on (never delivers if metrics are off).
+    /// Returns: the channel its scrapes arrive on (closed at once if metrics are off).
     async fn listen_metrics(
         &mut self,
         addr: Option<std::net::SocketAddr>,
@@ -220,7 +217,6 @@ impl Daemon {
         let (tx, rx) = tokio::sync::mpsc::channel::<metrics::Ask>(16);
         self.metrics_listen = addr;
         let Some(addr) = addr else {
-            self.scrape_tx = Some(tx);
             return Ok(rx);
         };
         let listener = tokio::net::TcpListener::bind(addr)
@@ -281,7 +277,7 @@ impl Daemon {
                 _ = hup.recv() => { let _ = self.reload().await; }
                 Some(r) = reports.recv() => self.on_probe(r)?,
                 Some((req, reply)) = calls.recv() => self.on_control(req, reply).await,
-                Some(reply) = scrapes.recv() => self.on_scrape(reply),
+                Some(reply) = scrapes.recv(), if self.metrics_listen.is_some() => self.on_scrape(reply),
                 _ = tick.tick() => { self.refresh_next_hops().await?; }
             }
         }
@@ -380,16 +376,13 @@ impl Daemon {
         let resp = match req {
             Request::Status => match self.status_parts() {
                 Ok((status, count)) => {
-                    tokio::spawn(async move {
-                        let resp = match count.fill(status).await {
-                            Ok(s) => Response {
-                                ok: true,
-                                message: None,
-                                status: Some(s),
-                            },
-                            Err(e) => Response::error(format!("{e:#}")),
-                        };
-                        let _ = reply.send(resp);
+                    count.fill_then(status, reply, |r| match r {
+                        Ok(s) => Response {
+                            ok: true,
+                            message: None,
+                            status: Some(s),
+                        },
+                        Err(e) => Response::error(format!("{e:#}")),
                     });
                     return;
                 }
@@ -463,8 +456,7 @@ impl Daemon {
     }
 
     /// Everything `xdpvs status` shows but the flow counts, read from the maps now.
-    /// Returns: that; each real's (id, generation) in the status's order; and what [`FlowCount::fill`]
-    /// needs to count the flows.
+    /// Returns: that, and what [`FlowCount::fill_then`] needs to count the flows.
     fn status_parts(&self) -> anyhow::Result<(control::Status, FlowCount)> {
         use lb_common::maps::{STATS_REAL, STATS_VS};
         let stats = |c: lb_common::Counters| control::Stats {
@@ -555,12 +547,9 @@ impl Daemon {
                 return;
             }
         };
-        tokio::spawn(async move {
-            let r = match count.fill(snapshot.status).await {
-                Ok(status) => Ok(metrics::Snapshot { status, ..snapshot }),
-                Err(e) => Err(format!("{e:#}")),
-            };
-            let _ = reply.send(r);
+        count.fill_then(snapshot.status, reply, move |r| match r {
+            Ok(status) => Ok(metrics::Snapshot { status, ..snapshot }),
+            Err(e) => Err(format!("{e:#}")),
         });
     }
 
@@ -740,8 +729,19 @@ struct FlowCount {
 }
 
 impl FlowCount {
-    /// Fills in `status`'s flow counts from a walk of the connection table on a
-    /// blocking thread.
+    /// Fills in `status`'s flow counts on a task of its own (the walk on a blocking
+    /// thread), then sends `answer` of the result to `reply`.
+    fn fill_then<T: Send + 'static>(
+        self,
+        status: control::Status,
+        reply: tokio::sync::oneshot::Sender<T>,
+        answer: impl FnOnce(anyhow::Result<control::Status>) -> T + Send + 'static,
+    ) {
+        tokio::spawn(async move {
+            let _ = reply.send(answer(self.fill(status).await));
+        });
+    }
+
     async fn fill(self, mut status: control::Status) -> anyhow::Result<control::Status> {
         let reader = self.reader;
         let flows = tokio::task::spawn_blocking(move || reader.count())

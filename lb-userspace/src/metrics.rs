@@ -7,7 +7,7 @@
 //! client (curl, `promtool check metrics`, older scrapers) gets the classic text format
 //! (0.0.4), converted line by line by [`to_classic_text`].
 
-use std::{borrow::Cow, fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, time::Duration};
 
 use prometheus_client::{
     collector::Collector,
@@ -346,12 +346,10 @@ pub fn to_classic_text(openmetrics: &str) -> String {
             }
         }
     }
-    let classic_name = |name: &str| -> Cow<'static, str> {
-        match types.get(name) {
-            Some(&"counter") => Cow::Owned(format!("{name}_total")),
-            Some(&"info") => Cow::Owned(format!("{name}_info")),
-            _ => Cow::Owned(name.to_string()),
-        }
+    let classic_name = |name: &str| match types.get(name) {
+        Some(&"counter") => format!("{name}_total"),
+        Some(&"info") => format!("{name}_info"),
+        _ => name.to_string(),
     };
     let mut out = String::with_capacity(openmetrics.len());
     for line in openmetrics.lines() {

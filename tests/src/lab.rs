@@ -659,28 +659,26 @@ pub fn setup_state(dir: &std::path::Path, i: usize) -> PathBuf {
     dir.join(format!("realserver{}.json", i + 1))
 }
 
+/// Runs `xdpvs realserver setup <args> --state <state>` in `r`. Returns: its output;
+/// panics with it if the command fails.
+pub fn realserver_setup(r: &Netns, state: &std::path::Path, args: &[&str]) -> String {
+    let bin = crate::daemon::binary();
+    let state = state.display().to_string();
+    let mut full = vec![bin.to_str().expect("utf-8 path"), "realserver", "setup"];
+    full.extend_from_slice(args);
+    full.extend(["--state", &state]);
+    r.exec(&full)
+}
+
 /// Makes `r` a real server for `vip` with `xdpvs realserver setup --apply`: direct
-/// routing, or tunnelling with packets arriving on `tunnel_dev`. Panics with its output
-/// if it fails.
+/// routing, or tunnelling with packets arriving on `tunnel_dev`.
 pub fn setup_real(r: &Netns, state: &std::path::Path, vip: IpAddr, tunnel_dev: Option<&str>) {
     let vip = vip.to_string();
-    let state = state.display().to_string();
-    let mut args = vec![
-        "realserver",
-        "setup",
-        "--apply",
-        "--vip",
-        &vip,
-        "--state",
-        &state,
-    ];
+    let mut args = vec!["--apply", "--vip", &vip];
     if let Some(dev) = tunnel_dev {
         args.extend(["--method", "tunnel", "--interface", dev]);
     }
-    let bin = crate::daemon::binary();
-    let mut full = vec![bin.to_str().expect("utf-8 path")];
-    full.extend(args);
-    r.exec(&full);
+    realserver_setup(r, state, &args);
 }
 
 impl Drop for Lab {

@@ -160,12 +160,10 @@ pub fn plan(
             "{v} cannot be a VIP"
         );
     }
-    let interface = match (method, interface) {
-        (SetupMethod::Tunnel, None) => anyhow::bail!(
-            "--method tunnel needs --interface: the interface tunnelled packets arrive on"
-        ),
-        (_, i) => i,
-    };
+    anyhow::ensure!(
+        method != SetupMethod::Tunnel || interface.is_some(),
+        "--method tunnel needs --interface: the interface tunnelled packets arrive on"
+    );
     let v4 = vips.iter().any(IpAddr::is_ipv4);
     let read = |s: &Sysctl| {
         host.sysctl(s).with_context(|| {
@@ -351,18 +349,28 @@ fn write_sysctl(sysctl: &Sysctl, value: &str) -> anyhow::Result<()> {
         .with_context(|| format!("setting {}={value} (run as root)", sysctl.key()))
 }
 
-async fn loopback_addresses(
+/// Returns: a netlink connection, and loopback's interface index.
+async fn loopback() -> anyhow::Result<(rtnetlink::Handle, u32)> {
+    let handle = netlink::connect().context("netlink")?;
+    let lo = netlink::interface(&handle, "lo").await?.index;
+    Ok((handle, lo))
+}
+
+/// Returns: [`plan`] for this host as it is now (`lo` is loopback's index).
+async fn plan_live(
     handle: &rtnetlink::Handle,
     lo: u32,
     vips: &[IpAddr],
-) -> anyhow::Result<BTreeSet<IpAddr>> {
-    let mut out = BTreeSet::new();
+    method: SetupMethod,
+    interface: Option<&str>,
+) -> anyhow::Result<Vec<Step>> {
+    let mut loopback = BTreeSet::new();
     for &v in vips {
         if netlink::has_address(handle, lo, v).await? {
-            out.insert(v);
+            loopback.insert(v);
         }
     }
-    Ok(out)
+    plan(vips, method, interface, &Live { loopback })
 }
 
 /// `xdpvs realserver setup` without `--apply`/`--undo`: prints the plan.
@@ -371,12 +379,9 @@ pub async fn print(
     method: SetupMethod,
     interface: Option<&str>,
 ) -> anyhow::Result<()> {
-    let handle = netlink::connect().context("netlink")?;
-    let lo = netlink::interface(&handle, "lo").await?.index;
-    let live = Live {
-        loopback: loopback_addresses(&handle, lo, vips).await?,
-    };
-    print!("{}", render(&plan(vips, method, interface, &live)?, method));
+    let (handle, lo) = loopback().await?;
+    let steps = plan_live(&handle, lo, vips, method, interface).await?;
+    print!("{}", render(&steps, method));
     Ok(())
 }
 
@@ -388,22 +393,17 @@ pub async fn apply(
     interface: Option<&str>,
     state_path: &Path,
 ) -> anyhow::Result<()> {
-    let handle = netlink::connect().context("netlink")?;
-    let lo = netlink::interface(&handle, "lo").await?.index;
-    let live = Live {
-        loopback: loopback_addresses(&handle, lo, vips).await?,
-    };
-    let steps = plan(vips, method, interface, &live)?;
+    let (handle, lo) = loopback().await?;
+    let steps = plan_live(&handle, lo, vips, method, interface).await?;
     let mut state = State::load(state_path)?.unwrap_or_default();
     let mut changed = 0;
     for s in &steps {
-        if !s.needed() {
-            if let Step::Run { command, why } = s {
-                println!("still to do: run {command}  ({why})");
-            }
-            continue;
-        }
         match s {
+            Step::Run { command, why } => {
+                println!("still to do: run {command}  ({why})");
+                continue;
+            }
+            _ if !s.needed() => continue,
             Step::Sysctl {
                 sysctl, want, now, ..
             } => {
@@ -416,7 +416,6 @@ pub async fn apply(
                     state.addresses.push(*addr);
                 }
             }
-            Step::Run { .. } => {}
         }
         state.save(state_path)?;
         changed += 1;
@@ -443,8 +442,7 @@ pub async fn undo(state_path: &Path) -> anyhow::Result<()> {
         println!("nothing to undo: no state at {}", state_path.display());
         return Ok(());
     };
-    let handle = netlink::connect().context("netlink")?;
-    let lo = netlink::interface(&handle, "lo").await?.index;
+    let (handle, lo) = loopback().await?;
     // Addresses first: the VIP leaves before ARP settings loosen.
     for addr in &state.addresses {
         netlink::del_address(&handle, lo, *addr).await?;
@@ -509,14 +507,19 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn dr_on_a_fresh_host_needs_arp_settings_before_the_vip() {
-        let steps = plan(&[vip("10.0.0.100")], SetupMethod::Dr, None, &fresh()).unwrap();
-        let cmds: Vec<String> = steps
+    /// Returns: the commands of the steps `--apply` would make.
+    fn needed(steps: &[Step]) -> Vec<String> {
+        steps
             .iter()
             .filter(|s| s.needed())
             .map(Step::command)
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn dr_on_a_fresh_host_needs_arp_settings_before_the_vip() {
+        let steps = plan(&[vip("10.0.0.100")], SetupMethod::Dr, None, &fresh()).unwrap();
+        let cmds = needed(&steps);
         assert_eq!(
             cmds,
             [
@@ -535,11 +538,7 @@ mod tests {
     #[test]
     fn ipv6_needs_only_the_vip_and_what_is_in_place_is_left() {
         let steps = plan(&[vip("2001:db8::100")], SetupMethod::Dr, None, &fresh()).unwrap();
-        let cmds: Vec<String> = steps
-            .iter()
-            .filter(|s| s.needed())
-            .map(Step::command)
-            .collect();
+        let cmds = needed(&steps);
         assert_eq!(
             cmds,
             ["ip -6 addr add 2001:db8::100/128 dev lo nodad preferred_lft 0"]
@@ -569,11 +568,7 @@ mod tests {
             .to_string()
             .contains("needs --interface"));
         let steps = plan(&vips, SetupMethod::Tunnel, Some("eth1"), &fresh()).unwrap();
-        let cmds: Vec<String> = steps
-            .iter()
-            .filter(|s| s.needed())
-            .map(Step::command)
-            .collect();
+        let cmds = needed(&steps);
         assert!(
             cmds.contains(&"sysctl -w net.ipv4.conf.eth1.rp_filter=2".to_string()),
             "{cmds:?}"

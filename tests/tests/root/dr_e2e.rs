@@ -102,16 +102,7 @@ fn realserver_setup_makes_a_working_dr_real_and_undo_restores_it() {
 
     // --undo puts real1 back as it was: the sysctls and loopback of a fresh namespace.
     let state = lab::setup_state(&lab.dir, 0);
-    let bin = tests::daemon::binary();
-    let state_arg = state.display().to_string();
-    let out = lab.reals[0].exec(&[
-        bin.to_str().unwrap(),
-        "realserver",
-        "setup",
-        "--undo",
-        "--state",
-        &state_arg,
-    ]);
+    let out = lab::realserver_setup(&lab.reals[0], &state, &["--undo"]);
     println!("{out}");
     assert!(out.contains("removed: 10.100.0.100 from lo"), "{out}");
     assert_eq!(real_side(&lab.reals[0]), fresh, "undo left changes");

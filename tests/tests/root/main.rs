@@ -1,9 +1,13 @@
 //! Root-run tests: one binary, run serially by `cargo xtask test` as root.
+//!
+//! Named by layer: `testrun_*` run the BPF programs on crafted frames
+//! (BPF_PROG_TEST_RUN) with maps filled by the daemon's own code; `e2e_*` run the
+//! `xdpvs` binary between network namespaces with real servers and clients.
 
-mod control_e2e;
-mod dr_e2e;
-mod health_e2e;
-mod methods;
-mod methods_e2e;
-mod metrics_e2e;
-mod testrun;
+mod e2e_control;
+mod e2e_dr;
+mod e2e_health;
+mod e2e_methods;
+mod e2e_metrics;
+mod testrun_balance;
+mod testrun_methods;

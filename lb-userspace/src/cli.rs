@@ -52,13 +52,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// The daemon's control socket.
-        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        #[arg(long, default_value = crate::config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Make the daemon re-read its configuration (as SIGHUP) and report the outcome.
     Reload {
         /// The daemon's control socket.
-        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        #[arg(long, default_value = crate::config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Runtime maintenance of one real: drain it, put it back, or change its weight.
@@ -68,7 +68,7 @@ pub enum Command {
         #[command(subcommand)]
         command: RealCommand,
         /// The daemon's control socket.
-        #[arg(long, global = true, default_value = crate::control::DEFAULT_SOCKET)]
+        #[arg(long, global = true, default_value = crate::config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Helpers for the real servers behind xdpvs.
@@ -134,10 +134,32 @@ pub enum RealserverCommand {
         #[arg(long = "vip", required_unless_present = "detach")]
         vips: Vec<IpAddr>,
         /// XDP attach mode.
-        #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
-        xdp_mode: XdpMode,
+        #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+        xdp_mode: XdpModeArg,
         /// Remove a decapsulator left attached to the interface, then exit.
         #[arg(long)]
         detach: bool,
     },
+}
+
+/// `--xdp-mode`: the command line's spelling of [`XdpMode`], so that the configuration
+/// model does not depend on clap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) mode where the driver supports it, generic (SKB) mode otherwise.
+    Auto,
+    /// Driver mode only; fail if the driver lacks XDP.
+    Native,
+    /// Generic mode: works on any interface, slower.
+    Generic,
+}
+
+impl From<XdpModeArg> for XdpMode {
+    fn from(m: XdpModeArg) -> Self {
+        match m {
+            XdpModeArg::Auto => XdpMode::Auto,
+            XdpModeArg::Native => XdpMode::Native,
+            XdpModeArg::Generic => XdpMode::Generic,
+        }
+    }
 }

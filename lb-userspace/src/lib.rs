@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod realserver;
 pub mod reconcile;
+pub mod status;
 
 /// The BPF object (lb-ebpf), built by build.rs and embedded at compile time.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs"));

@@ -42,7 +42,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 /// Sends one request. Returns: the response if the daemon said ok; prints the error
 /// and gives the exit code otherwise.
 fn ask(socket: &std::path::Path, req: &control::Request) -> Result<control::Response, ExitCode> {
-    match control::request(socket, req) {
+    match control::client::request(socket, req) {
         Ok(r) if r.ok => Ok(r),
         Ok(r) => {
             eprintln!("xdpvs: {}", r.message.unwrap_or_default());
@@ -84,9 +84,12 @@ fn status(socket: &std::path::Path, stats: bool, rate: bool, json: bool) -> Exit
             Err(c) => return c,
         };
         let secs = start.elapsed().as_secs_f64();
-        print!("{}", control::render(&second, stats, Some((&first, secs))));
+        print!(
+            "{}",
+            control::render::render(&second, stats, Some((&first, secs)))
+        );
     } else {
-        print!("{}", control::render(&first, stats, None));
+        print!("{}", control::render::render(&first, stats, None));
     }
     ExitCode::SUCCESS
 }
@@ -185,7 +188,7 @@ fn main() -> ExitCode {
             let r = if detach {
                 rt.block_on(realserver::detach(&interface))
             } else {
-                rt.block_on(realserver::decap(&interface, &vips, xdp_mode))
+                rt.block_on(realserver::decap(&interface, &vips, xdp_mode.into()))
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,

@@ -25,8 +25,8 @@ use std::{
 use lb_common::{
     maps::MAX_REALS,
     user::{addr_words, mask_words},
-    RealInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, REAL_F_ACTIVE, REAL_F_NEW,
-    SETTING_NAT,
+    IfaceInfo, RealInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, REAL_F_ACTIVE,
+    REAL_F_NEW, SETTING_NAT,
 };
 
 use crate::{
@@ -126,7 +126,7 @@ pub enum ReconcileError {
 
 /// The daemon's picture of what is in the maps.
 pub struct Reconciler<D: Dataplane> {
-    pub dp: D,
+    dp: D,
     vss: BTreeMap<String, VsSlot>,
     reals: BTreeMap<RealKey, RealSlot>,
     /// Last contents written to each ring (slot -> real id), to write only changes.
@@ -171,6 +171,17 @@ impl<D: Dataplane> Reconciler<D> {
             health: HashMap::new(),
             overrides: HashMap::new(),
         }
+    }
+
+    /// Returns: the data path, for reads (writes go through the reconciler).
+    pub fn dataplane(&self) -> &D {
+        &self.dp
+    }
+
+    /// Registers interface `ifindex` as one frames may leave by.
+    pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), ReconcileError> {
+        self.dp.set_iface(ifindex, info)?;
+        Ok(())
     }
 
     fn set_settings(&mut self, bits: u32) -> Result<(), ReconcileError> {

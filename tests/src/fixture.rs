@@ -14,21 +14,25 @@
 
 use std::{fs::File, net::IpAddr, os::fd::AsRawFd as _, path::Path};
 
-use crate::netns::{unique_prefix, Netns};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
     flow_hash,
-    maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS, MAX_VS, PROG_LB, PROG_PASS, VERDICTS},
+    maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS, MAX_VS, PROG_LB, PROG_PASS},
     AddrKey, FlowKey, IfaceInfo,
 };
 use xdpvs::{
     config::{self, Config, SystemFacts},
-    dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
+    dataplane::{
+        bpf::{self, BpfDataplane, Programs},
+        DataplaneRead as _,
+    },
     reconcile::{fmt_mac, L2Next, RealKey, Reconciler},
 };
+
+use crate::netns::{unique_prefix, Netns};
 
 /// Test runs happen on the loopback device of the test's namespace (ifindex 1): a
 /// real reached "through" it is forwarded with XDP_TX.
@@ -63,6 +67,9 @@ impl SystemFacts for AnyInterface {
 
 pub struct Fixture {
     pub rec: Reconciler<BpfDataplane>,
+    programs: Programs,
+    /// The decapsulator's maps: `DECAP_VIPS`, `DECAP_LOCAL`, `DECAP_STATS`.
+    decap: [Map; 3],
     pub config: Config,
     pub net: Netns,
 }
@@ -120,14 +127,16 @@ impl Fixture {
     pub fn new(yaml: &str) -> Self {
         crate::require_root();
         let net = enter_namespace();
-        let ebpf = bpf::load(bpf::LoadOptions {
+        let mut ebpf = bpf::load(bpf::LoadOptions {
             flow_entries: 65536,
             ring_count: 16,
         })
         .expect("load BPF object");
-        let mut rec = Reconciler::new(BpfDataplane::new(ebpf), MAX_VS, 16);
-        rec.dp
-            .set_iface(
+        let decap = [DECAP_VIPS, DECAP_LOCAL, DECAP_STATS]
+            .map(|name| ebpf.take_map(name).expect("decapsulator map"));
+        let (dp, programs) = BpfDataplane::new(ebpf).expect("maps");
+        let mut rec = Reconciler::new(dp, MAX_VS, 16);
+        rec.set_iface(
                 TEST_IFINDEX,
                 &IfaceInfo {
                     mac: LB_MAC,
@@ -137,6 +146,8 @@ impl Fixture {
             .expect("iface");
         let mut f = Fixture {
             rec,
+            programs,
+            decap,
             config: Self::parse(yaml),
             net,
         };
@@ -195,13 +206,7 @@ impl Fixture {
     }
 
     fn prog(&self, name: &str) -> &Xdp {
-        self.rec
-            .dp
-            .ebpf
-            .program(name)
-            .expect("program")
-            .try_into()
-            .expect("xdp")
+        self.programs.program(name).expect("XDP program")
     }
 
     /// Runs the balancer on `frame` `repeat` times.
@@ -234,22 +239,20 @@ impl Fixture {
 
     /// Returns: packets counted under verdict `reason` since load.
     pub fn verdicts(&self, reason: u32) -> u64 {
-        let m = self.rec.dp.ebpf.map(VERDICTS).expect("map");
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
-        a.get(&reason, 0).expect("get").iter().sum()
+        self.rec.dataplane().verdicts().expect("verdicts")[reason as usize]
     }
 
     /// Returns: the decapsulator's counter `i` (`lb_common::DECAP_*`).
     pub fn decap_count(&self, i: u32) -> u64 {
-        let m = self.rec.dp.ebpf.map(DECAP_STATS).expect("map");
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(&self.decap[2]).expect("percpu");
         a.get(&i, 0).expect("get").iter().sum()
     }
 
     /// Fills the decapsulator's maps as `xdpvs realserver decap` does.
     pub fn set_decap(&mut self, vips: &[IpAddr], local: &[IpAddr]) {
-        for (name, addrs) in [(DECAP_VIPS, vips), (DECAP_LOCAL, local)] {
-            let m = self.rec.dp.ebpf.map_mut(name).expect("map");
+        let [vip_map, local_map, _] = &mut self.decap;
+        for (m, addrs) in [(vip_map, vips), (local_map, local)] {
             let mut h: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(m).expect("hash");
             for a in addrs {
                 h.insert(AddrKey::new(*a), 1, 0).expect("insert");

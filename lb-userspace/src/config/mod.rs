@@ -20,9 +20,11 @@ pub use locate::{Locator, Pos};
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest real weight accepted (LVS's limit too).
 pub const MAX_WEIGHT: u32 = 65535;
+/// Where the daemon's control socket is unless `control_socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/xdpvs/xdpvs.sock";
 
 /// How XDP is attached (also `--xdp-mode` of `xdpvs realserver decap`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpMode {
     /// Native (driver) mode where the driver supports it, generic (SKB) mode otherwise.
     Auto,

@@ -1,8 +1,6 @@
 //! One row per error the loader must report, with the line and field it must name.
 
-use std::path::Path;
-
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use super::*;
 

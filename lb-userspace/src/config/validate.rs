@@ -209,7 +209,7 @@ impl<'a> Validator<'a> {
         let control_socket = PathBuf::from(
             raw.control_socket
                 .as_deref()
-                .unwrap_or(crate::control::DEFAULT_SOCKET),
+                .unwrap_or(super::DEFAULT_SOCKET),
         );
         if !control_socket.is_absolute() || control_socket.file_name().is_none() {
             self.error(

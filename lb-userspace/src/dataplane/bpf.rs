@@ -1,7 +1,7 @@
 //! The real data path: the embedded BPF object loaded with aya, and its maps.
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{Xdp, XdpMode},
     util::nr_cpus,
     Ebpf, EbpfLoader,
@@ -9,12 +9,12 @@ use aya::{
 use lb_common::{
     maps::{
         FLOWS, IFACES, NAT_STATE, PROG_DECAP, PROG_LB, PROG_PASS, REALS, SETTINGS, STATS_REAL,
-        STATS_VS, VS_MAP, VS_RINGS,
+        STATS_VS, VERDICTS, VS_MAP, VS_RINGS,
     },
-    Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
+    Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
 
-use super::{Dataplane, DataplaneError};
+use super::{Dataplane, DataplaneError, DataplaneRead, FlowReader};
 
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -81,87 +81,131 @@ pub fn attach(
     Ok(())
 }
 
-/// The loaded object's maps, written through [`Dataplane`].
+/// The balancer's maps, each typed once, written through [`Dataplane`] and read through
+/// [`DataplaneRead`]. The programs stay in [`Programs`].
 pub struct BpfDataplane {
-    pub ebpf: Ebpf,
+    vs: HashMap<MapData, VsKey, VsInfo>,
+    rings: Array<MapData, u32>,
+    reals: Array<MapData, RealInfo>,
+    ifaces: HashMap<MapData, u32, IfaceInfo>,
+    settings: Array<MapData, u32>,
+    stats_vs: PerCpuArray<MapData, Counters>,
+    stats_real: PerCpuArray<MapData, Counters>,
+    verdicts: PerCpuArray<MapData, u64>,
+    /// The connection table, kept untyped: readers get a descriptor of their own.
+    flows: MapData,
+}
+
+/// The loaded object's XDP programs, to attach (and, in tests, to run).
+pub struct Programs(Ebpf);
+
+impl Programs {
+    /// Attaches program `name` to `ifindex`. `XdpMode::Default` lets the kernel pick
+    /// native mode where the driver has it and generic mode elsewhere.
+    pub fn attach(&mut self, name: &str, ifindex: u32, mode: XdpMode) -> Result<(), anyhow::Error> {
+        attach(&mut self.0, name, ifindex, mode)
+    }
+
+    /// Returns: program `name`, e.g. for a BPF_PROG_TEST_RUN.
+    pub fn program(&self, name: &str) -> Option<&Xdp> {
+        self.0.program(name)?.try_into().ok()
+    }
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 
+/// Returns: map `name`, taken out of `ebpf`.
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
+    ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
+}
+
+/// Returns: map `name` out of `ebpf`, as the typed map `T`.
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    T::try_from(take(ebpf, name)?).map_err(map_err(name))
+}
+
 impl BpfDataplane {
-    pub fn new(ebpf: Ebpf) -> Self {
-        Self { ebpf }
+    /// Takes the balancer's maps out of a loaded object. Returns: them, and the object
+    /// with its programs.
+    pub fn new(mut ebpf: Ebpf) -> Result<(Self, Programs), DataplaneError> {
+        let flows = match take(&mut ebpf, FLOWS)? {
+            Map::LruHashMap(m) => m,
+            _ => return Err(DataplaneError::MissingMap(FLOWS)),
+        };
+        let dp = Self {
+            vs: typed(&mut ebpf, VS_MAP)?,
+            rings: typed(&mut ebpf, VS_RINGS)?,
+            reals: typed(&mut ebpf, REALS)?,
+            ifaces: typed(&mut ebpf, IFACES)?,
+            settings: typed(&mut ebpf, SETTINGS)?,
+            stats_vs: typed(&mut ebpf, STATS_VS)?,
+            stats_real: typed(&mut ebpf, STATS_REAL)?,
+            verdicts: typed(&mut ebpf, VERDICTS)?,
+            flows,
+        };
+        Ok((dp, Programs(ebpf)))
     }
+}
 
-    fn hash<K: aya::Pod, V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<HashMap<&mut MapData, K, V>, DataplaneError> {
-        let m = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        HashMap::try_from(m).map_err(map_err(name))
+/// Returns: the counters at `index` of a per-CPU counter map, summed over CPUs.
+fn sum(
+    map: &PerCpuArray<MapData, Counters>,
+    name: &'static str,
+    index: u32,
+) -> Result<Counters, DataplaneError> {
+    let v = map.get(&index, 0).map_err(map_err(name))?;
+    Ok(v.iter().fold(Counters::default(), |acc, c| Counters {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+        new_flows: acc.new_flows + c.new_flows,
+        reply_packets: acc.reply_packets + c.reply_packets,
+        reply_bytes: acc.reply_bytes + c.reply_bytes,
+    }))
+}
+
+/// Zeroes the counters at `index` of a per-CPU counter map.
+fn zero(
+    map: &mut PerCpuArray<MapData, Counters>,
+    name: &'static str,
+    index: u32,
+) -> Result<(), DataplaneError> {
+    let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+    let zeros =
+        PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(DataplaneError::Cpus)?;
+    map.set(index, zeros, 0).map_err(map_err(name))
+}
+
+impl DataplaneRead for BpfDataplane {
+    type Flows = FlowsReader;
+
+    fn vs_counters(&self, vs_index: u32) -> Result<Counters, DataplaneError> {
+        sum(&self.stats_vs, STATS_VS, vs_index)
     }
-
-    fn array<V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<Array<&mut MapData, V>, DataplaneError> {
-        let m = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        Array::try_from(m).map_err(map_err(name))
+    fn real_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        sum(&self.stats_real, STATS_REAL, id)
     }
-
-    /// Returns: map `name`, for reading.
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
-        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
-    }
-
-    /// Returns: the counters at `index` of a per-CPU counter map, summed over CPUs.
-    pub fn counters(&self, name: &'static str, index: u32) -> Result<Counters, DataplaneError> {
-        let m = self.map(name)?;
-        let a: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(m).map_err(map_err(name))?;
-        let v = a.get(&index, 0).map_err(map_err(name))?;
-        Ok(v.iter().fold(Counters::default(), |acc, c| Counters {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-            new_flows: acc.new_flows + c.new_flows,
-            reply_packets: acc.reply_packets + c.reply_packets,
-            reply_bytes: acc.reply_bytes + c.reply_bytes,
-        }))
-    }
-
-    /// Returns: packets counted under each verdict reason, summed over CPUs.
-    pub fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
-        let name = lb_common::maps::VERDICTS;
-        let m = self.map(name)?;
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).map_err(map_err(name))?;
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
         (0..lb_common::reason::COUNT)
-            .map(|i| a.get(&i, 0).map(|v| v.iter().sum()).map_err(map_err(name)))
+            .map(|i| {
+                self.verdicts
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(VERDICTS))
+            })
             .collect()
     }
-
-    /// Returns: connection table entries per (real id, generation): a full walk, for
-    /// status and metrics (about 1.7 µs per entry, `cargo xtask bench`).
-    pub fn flows_by_real(
-        &self,
-    ) -> Result<std::collections::HashMap<(u32, u32), u64>, DataplaneError> {
-        self.flows_reader()?.count()
-    }
-
-    /// Returns: a handle of its own on the connection table, so that it can be walked on
-    /// another thread while the daemon's task goes on.
-    pub fn flows_reader(&self) -> Result<FlowsReader, DataplaneError> {
+    /// A descriptor of its own on the connection table, so that it can be walked on
+    /// another thread while the daemon's task goes on (about 1.7 µs per entry, `cargo
+    /// xtask bench`).
+    fn flow_reader(&self) -> Result<FlowsReader, DataplaneError> {
         use std::os::fd::AsFd as _;
-        let aya::maps::Map::LruHashMap(m) = self.map(FLOWS)? else {
-            return Err(DataplaneError::MissingMap(FLOWS));
-        };
-        let fd = m
+        let fd = self
+            .flows
             .fd()
             .as_fd()
             .try_clone_to_owned()
@@ -169,54 +213,33 @@ impl BpfDataplane {
         let data = MapData::from_fd(fd).map_err(map_err(FLOWS))?;
         Ok(FlowsReader(data))
     }
-
-    fn zero_counters(&mut self, name: &'static str, index: u32) -> Result<(), DataplaneError> {
-        let m = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let mut a: PerCpuArray<&mut MapData, Counters> =
-            PerCpuArray::try_from(m).map_err(map_err(name))?;
-        let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
-            .map_err(DataplaneError::Cpus)?;
-        a.set(index, zeros, 0).map_err(map_err(name))
-    }
 }
 
 impl Dataplane for BpfDataplane {
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
-        self.hash::<u32, IfaceInfo>(IFACES)?
+        self.ifaces
             .insert(ifindex, *info, 0)
             .map_err(map_err(IFACES))
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
-        self.array::<RealInfo>(REALS)?
-            .set(id, *info, 0)
-            .map_err(map_err(REALS))
+        self.reals.set(id, *info, 0).map_err(map_err(REALS))
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
-        let mut a = self.array::<u32>(VS_RINGS)?;
         for &(slot, real) in slots {
-            a.set(ring_id * RING_STRIDE + slot, real, 0)
+            self.rings
+                .set(ring_id * RING_STRIDE + slot, real, 0)
                 .map_err(map_err(VS_RINGS))?;
         }
         Ok(())
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
-        self.hash::<VsKey, VsInfo>(VS_MAP)?
-            .insert(*key, *info, 0)
-            .map_err(map_err(VS_MAP))
+        self.vs.insert(*key, *info, 0).map_err(map_err(VS_MAP))
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
-        self.array::<u32>(SETTINGS)?
-            .set(0, bits, 0)
-            .map_err(map_err(SETTINGS))
+        self.settings.set(0, bits, 0).map_err(map_err(SETTINGS))
     }
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
-        self.hash::<VsKey, VsInfo>(VS_MAP)?
-            .remove(key)
-            .map_err(map_err(VS_MAP))
+        self.vs.remove(key).map_err(map_err(VS_MAP))
     }
     fn reset_counters(
         &mut self,
@@ -224,23 +247,22 @@ impl Dataplane for BpfDataplane {
         real_id: Option<u32>,
     ) -> Result<(), DataplaneError> {
         if let Some(i) = vs_index {
-            self.zero_counters(STATS_VS, i)?;
+            zero(&mut self.stats_vs, STATS_VS, i)?;
         }
         if let Some(i) = real_id {
-            self.zero_counters(STATS_REAL, i)?;
+            zero(&mut self.stats_real, STATS_REAL, i)?;
         }
         Ok(())
     }
 }
 
-/// An owned handle on the connection table (see [`BpfDataplane::flows_reader`]).
+/// An owned handle on the connection table (see [`DataplaneRead::flow_reader`]).
 pub struct FlowsReader(MapData);
 
-impl FlowsReader {
-    /// Returns: entries per (real id, generation), from a full walk.
-    pub fn count(self) -> Result<std::collections::HashMap<(u32, u32), u64>, DataplaneError> {
-        let h: HashMap<MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(aya::maps::Map::LruHashMap(self.0)).map_err(map_err(FLOWS))?;
+impl FlowReader for FlowsReader {
+    fn count(self) -> Result<std::collections::HashMap<(u32, u32), u64>, DataplaneError> {
+        let h: HashMap<MapData, FlowKey, FlowState> =
+            HashMap::try_from(Map::LruHashMap(self.0)).map_err(map_err(FLOWS))?;
         let mut out = std::collections::HashMap::new();
         for (_, v) in h.iter().filter_map(Result::ok) {
             *out.entry((v.real_id, v.real_generation)).or_default() += 1;

@@ -1,10 +1,11 @@
-//! An in-memory data path: the maps as plain collections, for reconciler tests.
+//! An in-memory data path: the maps as plain collections, for reconciler tests and for
+//! the status and metrics views (a test sets the counters the data path would keep).
 
 use std::collections::HashMap;
 
-use lb_common::{IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE};
+use lb_common::{Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE};
 
-use super::{Dataplane, DataplaneError};
+use super::{Dataplane, DataplaneError, DataplaneRead, FlowReader};
 
 #[derive(Default, Debug)]
 pub struct MemoryDataplane {
@@ -16,6 +17,13 @@ pub struct MemoryDataplane {
     pub settings: u32,
     /// Number of ring slot writes, to check that only changed slots are written.
     pub slot_writes: usize,
+    /// Counters by virtual server index and by real id (absent: zero).
+    pub vs_counters: HashMap<u32, Counters>,
+    pub real_counters: HashMap<u32, Counters>,
+    /// Packets per verdict reason (absent: zero).
+    pub verdicts: HashMap<u32, u64>,
+    /// Connection table entries per (real id, generation).
+    pub flows: HashMap<(u32, u32), u64>,
 }
 
 impl MemoryDataplane {
@@ -69,5 +77,33 @@ impl Dataplane for MemoryDataplane {
         _real: Option<u32>,
     ) -> Result<(), DataplaneError> {
         Ok(())
+    }
+}
+
+impl DataplaneRead for MemoryDataplane {
+    type Flows = MemoryFlows;
+
+    fn vs_counters(&self, vs_index: u32) -> Result<Counters, DataplaneError> {
+        Ok(self.vs_counters.get(&vs_index).copied().unwrap_or_default())
+    }
+    fn real_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        Ok(self.real_counters.get(&id).copied().unwrap_or_default())
+    }
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
+        Ok((0..lb_common::reason::COUNT)
+            .map(|i| self.verdicts.get(&i).copied().unwrap_or(0))
+            .collect())
+    }
+    fn flow_reader(&self) -> Result<MemoryFlows, DataplaneError> {
+        Ok(MemoryFlows(self.flows.clone()))
+    }
+}
+
+/// A copy of the in-memory connection table's counts.
+pub struct MemoryFlows(HashMap<(u32, u32), u64>);
+
+impl FlowReader for MemoryFlows {
+    fn count(self) -> Result<HashMap<(u32, u32), u64>, DataplaneError> {
+        Ok(self.0)
     }
 }

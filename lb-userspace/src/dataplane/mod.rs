@@ -1,9 +1,13 @@
-//! The data path as the daemon sees it: a few writes, behind a trait so that the
-//! reconciler's logic is tested without a kernel ([`memory::MemoryDataplane`]).
+//! The data path as the daemon sees it: a few writes ([`Dataplane`]) and a few reads
+//! ([`DataplaneRead`]), behind traits so that the reconciler's logic and the status and
+//! metrics views are tested without a kernel ([`memory::MemoryDataplane`]).
 
 pub mod bpf;
 pub mod memory;
 
+use std::collections::HashMap;
+
+pub use lb_common::Counters;
 use lb_common::{IfaceInfo, RealInfo, VsInfo, VsKey};
 
 /// A failed write to the data path.
@@ -48,4 +52,24 @@ pub trait Dataplane {
         vs_index: Option<u32>,
         real_id: Option<u32>,
     ) -> Result<(), DataplaneError>;
+}
+
+/// Reads the daemon makes for status and metrics, all of them summed over CPUs.
+pub trait DataplaneRead {
+    /// A reader of the connection table that can walk it on another thread.
+    type Flows: FlowReader + Send + 'static;
+    /// Returns: the counters of virtual server index `vs_index`.
+    fn vs_counters(&self, vs_index: u32) -> Result<Counters, DataplaneError>;
+    /// Returns: the counters of real id `id`.
+    fn real_counters(&self, id: u32) -> Result<Counters, DataplaneError>;
+    /// Returns: packets counted under each verdict reason (`lb_common::reason`).
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError>;
+    /// Returns: a reader of the connection table of its own.
+    fn flow_reader(&self) -> Result<Self::Flows, DataplaneError>;
+}
+
+/// A handle on the connection table.
+pub trait FlowReader {
+    /// Returns: entries per (real id, generation), from a full walk.
+    fn count(self) -> Result<HashMap<(u32, u32), u64>, DataplaneError>;
 }

@@ -25,6 +25,7 @@ use tests::{
     fixture::Fixture,
     packet::{V4Packet, V6Packet},
 };
+use xdpvs::dataplane::{DataplaneRead as _, FlowReader};
 
 const REPEAT: u32 = 1_000_000;
 const NEW_FLOWS: u32 = 100_000;
@@ -235,7 +236,12 @@ fn main() {
     line("vip_new_flow", new as f64 / f64::from(NEW_FLOWS), 1);
     // What `xdpvs status` and each /metrics scrape pay to count flows per real.
     let start = std::time::Instant::now();
-    let flows = f.rec.dp.flows_by_real().expect("walking FLOWS");
+    let flows = f
+        .rec
+        .dataplane()
+        .flow_reader()
+        .and_then(FlowReader::count)
+        .expect("walking FLOWS");
     let took = start.elapsed();
     let entries: u64 = flows.values().sum();
     println!(

@@ -1,0 +1,284 @@
+//! The host's networking as the data path needs it: the interfaces XDP runs on, the
+//! VIP addresses on them, and the next hop of every real (routes and neighbours read
+//! through rtnetlink, unresolved neighbours solicited). What it learns goes into the
+//! maps through the [`Reconciler`]; what it added to the host it removes on exit.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use lb_common::IfaceInfo;
+use rtnetlink::Handle;
+
+use crate::{
+    config::{Config, Method},
+    dataplane::Dataplane,
+    netlink,
+    reconcile::{L2Next, Reconciler},
+};
+
+/// A real whose neighbour entry is not fresh is solicited at most this often.
+const SOLICIT_EVERY: Duration = Duration::from_secs(5);
+
+/// The host side of a running daemon.
+pub struct Host {
+    handle: Handle,
+    /// Interfaces XDP is attached to (first: where VIPs are added).
+    attached: Vec<netlink::Interface>,
+    /// Interfaces registered in IFACES (attached ones and egress ones found by routing).
+    known_ifaces: HashSet<u32>,
+    /// VIPs this daemon added (and so removes), with their ifindex.
+    added_vips: Vec<(u32, IpAddr)>,
+    last_solicit: HashMap<IpAddr, Instant>,
+    /// Reals already warned about (no route, or not on a connected network).
+    warned: HashSet<IpAddr>,
+}
+
+impl Host {
+    /// Opens rtnetlink and looks up the configuration's interfaces.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let handle = netlink::connect().context("netlink")?;
+        let mut attached = Vec::new();
+        for name in &config.interfaces {
+            attached.push(
+                netlink::interface(&handle, name)
+                    .await
+                    .with_context(|| format!("interface {name}"))?,
+            );
+        }
+        Ok(Self {
+            handle,
+            attached,
+            known_ifaces: HashSet::new(),
+            added_vips: Vec::new(),
+            last_solicit: HashMap::new(),
+            warned: HashSet::new(),
+        })
+    }
+
+    /// Returns: the interfaces XDP is attached to, in the configuration's order.
+    pub fn attached(&self) -> &[netlink::Interface] {
+        &self.attached
+    }
+
+    /// Registers the attached interfaces in IFACES (frames may leave by them).
+    pub fn register_attached<D: Dataplane>(
+        &mut self,
+        rec: &mut Reconciler<D>,
+    ) -> anyhow::Result<()> {
+        for i in self.attached.clone() {
+            self.register_iface(rec, i.index, i.mac)?;
+        }
+        Ok(())
+    }
+
+    fn register_iface<D: Dataplane>(
+        &mut self,
+        rec: &mut Reconciler<D>,
+        index: u32,
+        mac: [u8; 6],
+    ) -> anyhow::Result<()> {
+        if self.known_ifaces.insert(index) {
+            rec.set_iface(index, &IfaceInfo { mac, _pad: [0; 2] })?;
+        }
+        Ok(())
+    }
+
+    /// Adds the VIPs of `config` to the first interface when it manages VIPs (so the
+    /// kernel answers ARP and neighbour solicitations for them), and removes those it
+    /// added that are gone.
+    pub async fn sync_vips(&mut self, config: &Config) -> anyhow::Result<()> {
+        let index = self.attached[0].index;
+        let want: BTreeSet<IpAddr> = if config.manage_vips {
+            config.virtual_servers.iter().map(|v| v.address).collect()
+        } else {
+            BTreeSet::new()
+        };
+        let mut keep = Vec::new();
+        for (i, vip) in std::mem::take(&mut self.added_vips) {
+            if want.contains(&vip) {
+                keep.push((i, vip));
+            } else {
+                netlink::del_address(&self.handle, i, vip).await?;
+                tracing::info!(vip = %vip, "VIP address removed");
+            }
+        }
+        self.added_vips = keep;
+        for vip in want {
+            if self.added_vips.iter().any(|(_, v)| *v == vip)
+                || netlink::has_address(&self.handle, index, vip).await?
+            {
+                continue;
+            }
+            netlink::add_address(&self.handle, index, vip).await?;
+            self.added_vips.push((index, vip));
+            tracing::info!(vip = %vip, interface = %self.attached[0].name, "VIP address added");
+        }
+        Ok(())
+    }
+
+    /// Removes every VIP this daemon added.
+    pub async fn remove_vips(&mut self) {
+        for (i, vip) in std::mem::take(&mut self.added_vips) {
+            match netlink::del_address(&self.handle, i, vip).await {
+                Ok(()) => tracing::info!(vip = %vip, "VIP address removed"),
+                Err(e) => tracing::error!(vip = %vip, "could not remove VIP address: {e}"),
+            }
+        }
+    }
+
+    /// Reads routes and neighbours for every real, updates the maps, solicits the
+    /// unresolved. Returns: how many reals still have no resolved next hop.
+    pub async fn refresh_next_hops<D: Dataplane>(
+        &mut self,
+        rec: &mut Reconciler<D>,
+    ) -> anyhow::Result<usize> {
+        let neigh = netlink::neighbours(&self.handle).await?;
+        let mut missing = self.refresh_routed(rec, &neigh).await?;
+        for addr in rec.real_addresses_of(true) {
+            let Some(route) = self.route_to_real(addr).await? else {
+                missing += 1;
+                continue;
+            };
+            if let Some(gw) = route.gateway {
+                if self.warned.insert(addr) {
+                    tracing::error!(real = %addr, gateway = %gw, "real server is behind a router: direct routing needs it on a connected network");
+                }
+            }
+            if !self.known_ifaces.contains(&route.oif) {
+                // A real reached through an interface XDP is not attached to: frames are
+                // redirected there, and need its MAC as their source.
+                let name = ifname(route.oif);
+                let i = netlink::interface(&self.handle, &name).await?;
+                self.register_iface(rec, i.index, i.mac)?;
+            }
+            let entry = neigh
+                .iter()
+                .find(|n| n.addr == addr && n.ifindex == route.oif);
+            if let Some(n) = entry {
+                rec.set_next_hop(
+                    addr,
+                    L2Next {
+                        ifindex: route.oif,
+                        mac: n.mac,
+                    },
+                )?;
+            } else {
+                missing += 1;
+            }
+            self.solicit_unless_fresh(addr, entry);
+        }
+        Ok(missing)
+    }
+
+    /// NAT and tunnel reals: the data path asks the FIB for their next hop (the real,
+    /// or the router toward it) and drops while that neighbour is unresolved; keep it
+    /// resolved. Returns: how many have no usable neighbour entry.
+    async fn refresh_routed<D: Dataplane>(
+        &mut self,
+        rec: &Reconciler<D>,
+        neigh: &[netlink::Neighbour],
+    ) -> anyhow::Result<usize> {
+        let mut missing = 0;
+        for addr in rec.real_addresses_of(false) {
+            let Some(route) = self.route_to_real(addr).await? else {
+                missing += 1;
+                continue;
+            };
+            let hop = route.gateway.unwrap_or(addr);
+            let entry = neigh
+                .iter()
+                .find(|n| n.addr == hop && n.ifindex == route.oif);
+            if entry.is_none() {
+                missing += 1;
+            }
+            self.solicit_unless_fresh(addr, entry);
+        }
+        Ok(missing)
+    }
+
+    /// Returns: the kernel's route to real `addr`; warns once when there is none.
+    async fn route_to_real(&mut self, addr: IpAddr) -> anyhow::Result<Option<netlink::RouteTo>> {
+        let route = netlink::route_to(&self.handle, addr).await?;
+        if route.is_none() && self.warned.insert(addr) {
+            tracing::warn!(real = %addr, "no route to real server");
+        }
+        Ok(route)
+    }
+
+    /// Makes the kernel resolve the next hop toward `addr` again unless its neighbour
+    /// `entry` is fresh, at most once every SOLICIT_EVERY per real.
+    fn solicit_unless_fresh(&mut self, addr: IpAddr, entry: Option<&netlink::Neighbour>) {
+        let due = self
+            .last_solicit
+            .get(&addr)
+            .is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
+        if entry.is_none_or(|n| !n.fresh) && due {
+            if let Err(e) = netlink::solicit(addr) {
+                tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
+            }
+            self.last_solicit.insert(addr, Instant::now());
+        }
+    }
+}
+
+/// Returns: the sysctl that must be 1 for the FIB lookup of NAT/tunnel traffic
+/// arriving on `ifname` in `family`, if it is not.
+fn forwarding_off(ifname: &str, v6: bool) -> Option<String> {
+    let key = if v6 {
+        format!("net.ipv6.conf.{ifname}.forwarding")
+    } else {
+        format!("net.ipv4.conf.{ifname}.forwarding")
+    };
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "1" => None,
+        _ => Some(key),
+    }
+}
+
+/// Checks what the configuration needs of the host beyond the file: NAT and tunnel
+/// virtual servers route through the kernel's FIB, which answers only for interfaces
+/// with forwarding enabled.
+pub fn preflight(config: &Config, attached: &[netlink::Interface]) -> anyhow::Result<()> {
+    // false: IPv4, true: IPv6.
+    let families: BTreeSet<bool> = config
+        .virtual_servers
+        .iter()
+        .filter(|v| v.method != Method::Dr)
+        .map(|v| v.address.is_ipv6())
+        .collect();
+    let missing: BTreeSet<String> = families
+        .iter()
+        .flat_map(|&v6| {
+            attached
+                .iter()
+                .filter_map(move |i| forwarding_off(&i.name, v6))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.into_iter().map(|k| format!("{k}=1")).collect();
+    anyhow::bail!(
+        "NAT and tunnel virtual servers need forwarding enabled on the interfaces XDP runs on; set: sysctl -w {}",
+        list.join(" ")
+    )
+}
+
+/// Returns: the name of interface `index` (empty if it has none).
+fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}

@@ -1,0 +1,403 @@
+//! `xdpvs run`: load, attach, keep the maps true, clean up.
+//!
+//! One task owns the BPF object and every map (through the [`Reconciler`]); signals,
+//! probe reports, control requests, scrapes and the neighbour refresh tick reach it
+//! through `select!`, so map updates never race. This module is the lifecycle and that
+//! loop; the host's networking is in [`host`], what status and metrics show in
+//! [`views`].
+//!
+//! Lifecycle: nothing is pinned. On SIGTERM/SIGINT, or on a failure after start-up
+//! began, the daemon removes the VIPs it added and drops the BPF object, which detaches
+//! XDP from every interface: a stopped xdpvs leaves the host as it found it.
+
+mod host;
+pub mod views;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use lb_common::maps::{DEFAULT_RING_COUNT, MAX_VS, PROG_LB};
+use tokio::signal::unix::{signal, SignalKind};
+
+use self::{host::Host, views::Reloads};
+use crate::{
+    config::{self, Config, ConfigErrors},
+    control::{
+        self,
+        server::{Call, Socket},
+        RealAction, Request, Response,
+    },
+    dataplane::bpf::{self, BpfDataplane, Programs},
+    health::{Health, Report},
+    metrics,
+    reconcile::{Override, RealKey, Reconciler},
+};
+
+/// How often next hops are re-read from the kernel.
+const REFRESH: Duration = Duration::from_secs(1);
+/// How long start-up waits for reals' MACs before attaching anyway.
+const INITIAL_RESOLVE: Duration = Duration::from_secs(3);
+
+/// A start-up or run failure; a bad configuration is told apart for exit code 64.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+struct Daemon {
+    path: PathBuf,
+    rec: Reconciler<BpfDataplane>,
+    /// The loaded programs (dropping them detaches XDP everywhere).
+    programs: Programs,
+    host: Host,
+    health: Health,
+    /// Where probe tasks report; taken by `serve`.
+    reports: Option<tokio::sync::mpsc::Receiver<Report>>,
+    /// The control socket this daemon created (removed when dropped).
+    socket: Option<Socket>,
+    /// Connection table size (for status).
+    flow_table_size: u32,
+    /// Where `/metrics` is served, if anywhere.
+    metrics_listen: Option<std::net::SocketAddr>,
+    reloads: Reloads,
+}
+
+fn ring_count(config: &Config) -> u32 {
+    // Two rings per virtual server, room to double the count on reload.
+    let want = (config.virtual_servers.len() as u32 * 4).max(DEFAULT_RING_COUNT);
+    want.min(2 * MAX_VS)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(path: &Path) -> Result<(), RunError> {
+    let config = config::load(path, &config::Host)?;
+    let host = Host::open(&config).await?;
+    let opts = bpf::LoadOptions {
+        flow_entries: config.flow_table_size,
+        ring_count: ring_count(&config),
+    };
+    let ebpf = bpf::load(opts)
+        .context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
+    let (dp, programs) = BpfDataplane::new(ebpf).context("the BPF object's maps")?;
+    let (health, reports) = Health::new();
+    let mut d = Daemon {
+        path: path.to_owned(),
+        rec: Reconciler::new(dp, MAX_VS, opts.ring_count),
+        programs,
+        host,
+        health,
+        reports: Some(reports),
+        socket: None,
+        flow_table_size: config.flow_table_size,
+        metrics_listen: None,
+        reloads: Reloads::default(),
+    };
+    let result = d.start_and_serve(&config).await;
+    d.cleanup().await;
+    result.map_err(RunError::Other)
+}
+
+impl Daemon {
+    async fn start_and_serve(&mut self, config: &Config) -> anyhow::Result<()> {
+        host::preflight(config, self.host.attached())?;
+        self.host.register_attached(&mut self.rec)?;
+        self.rec.apply(config).context("filling the BPF maps")?;
+        self.health.sync(config, |k| self.rec.healthy(k));
+        let deadline = Instant::now() + INITIAL_RESOLVE;
+        loop {
+            let missing = self.host.refresh_next_hops(&mut self.rec).await?;
+            if missing == 0 || Instant::now() >= deadline {
+                if missing > 0 {
+                    tracing::warn!(missing, "some real servers' next hops are not resolved yet; their packets are dropped until they are");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for i in self.host.attached() {
+            self.programs
+                .attach(PROG_LB, i.index, config.xdp_mode.into())
+                .with_context(|| format!("interface {}", i.name))?;
+            tracing::info!(interface = %i.name, ifindex = i.index, mode = ?config.xdp_mode, "XDP attached");
+        }
+        self.host.sync_vips(config).await?;
+        let (socket, calls) = control::server::listen(&config.control_socket)?;
+        self.socket = Some(socket);
+        let scrapes = self.listen_metrics(config.metrics_listen).await?;
+        tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), probed_reals = self.health.len(), control_socket = %config.control_socket.display(), "xdpvs running");
+        notify_ready();
+        self.serve(calls, scrapes).await
+    }
+
+    /// Binds `metrics_listen` (if set) and starts the task serving `/metrics`.
+    /// Returns: the channel its scrapes arrive on (closed at once if metrics are off).
+    async fn listen_metrics(
+        &mut self,
+        addr: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<metrics::Ask>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<metrics::Ask>(16);
+        self.metrics_listen = addr;
+        let Some(addr) = addr else {
+            return Ok(rx);
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics_listen {addr}"))?;
+        tracing::info!(address = %addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, tx));
+        Ok(rx)
+    }
+
+    async fn serve(
+        &mut self,
+        mut calls: tokio::sync::mpsc::Receiver<Call>,
+        mut scrapes: tokio::sync::mpsc::Receiver<metrics::Ask>,
+    ) -> anyhow::Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut tick = tokio::time::interval(REFRESH);
+        let mut reports = self.reports.take().expect("serve runs once");
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
+                _ = hup.recv() => { let _ = self.reload().await; }
+                Some(r) = reports.recv() => self.on_probe(r)?,
+                Some((req, reply)) = calls.recv() => self.on_control(req, reply).await,
+                Some(reply) = scrapes.recv(), if self.metrics_listen.is_some() => self.on_scrape(reply),
+                _ = tick.tick() => { self.host.refresh_next_hops(&mut self.rec).await?; }
+            }
+        }
+    }
+
+    /// Counts a probe result; a health transition updates the real's table at once.
+    fn on_probe(&mut self, report: Report) -> anyhow::Result<()> {
+        let Some(t) = self.health.record(report) else {
+            return Ok(());
+        };
+        self.rec.set_health(&t.key, t.healthy)?;
+        let (vs, real, port) = (&t.key.vs, t.key.addr, t.key.port);
+        match &t.reason {
+            None => {
+                tracing::info!(vs = %vs, real = %real, port, "real server is up: back in the table")
+            }
+            Some(why) => {
+                tracing::warn!(vs = %vs, real = %real, port, reason = %why, "real server is down: out of the table, its flows re-steered")
+            }
+        }
+        let views = self.rec.real_views(vs);
+        let serving = views.iter().filter(|v| v.in_table && !v.key.sorry).count();
+        let sorry = views.iter().any(|v| v.in_table && v.key.sorry);
+        if serving == 0 && !t.healthy {
+            if sorry {
+                tracing::warn!(vs = %vs, "no real server takes new flows: the sorry server does");
+            } else {
+                tracing::error!(vs = %vs, "no real server takes new flows: new flows are dropped (drop_no_real)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the file; a bad file is reported and changes nothing. Counted for
+    /// metrics. Returns: what was applied, or why nothing was.
+    async fn reload(&mut self) -> Result<String, String> {
+        let r = self.reload_file().await;
+        self.reloads.count(r.is_ok());
+        r
+    }
+
+    async fn reload_file(&mut self) -> Result<String, String> {
+        let config = match config::load(&self.path, &config::Host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(config = %self.path.display(), "reload rejected, running configuration unchanged: {e}");
+                return Err(format!(
+                    "reload rejected, running configuration unchanged: {e}"
+                ));
+            }
+        };
+        if let Err(e) = host::preflight(&config, self.host.attached()) {
+            tracing::error!(config = %self.path.display(), "reload rejected, running configuration unchanged: {e:#}");
+            return Err(format!(
+                "reload rejected, running configuration unchanged: {e:#}"
+            ));
+        }
+        let names: Vec<&String> = self.host.attached().iter().map(|i| &i.name).collect();
+        if config.interfaces.iter().collect::<Vec<_>>() != names {
+            tracing::warn!("interface changes take effect on restart; other changes are applied");
+        }
+        if let Err(e) = self.rec.apply(&config) {
+            tracing::error!("reload failed while applying: {e}");
+            return Err(format!("reload failed while applying: {e}"));
+        }
+        self.health.sync(&config, |k| self.rec.healthy(k));
+        if let Err(e) = self.host.sync_vips(&config).await {
+            tracing::error!("reload: VIP addresses: {e:#}");
+        }
+        if let Err(e) = self.host.refresh_next_hops(&mut self.rec).await {
+            tracing::error!("reload: next hops: {e:#}");
+        }
+        if self.socket.as_ref().map(|s| s.path()) != Some(config.control_socket.as_path()) {
+            tracing::warn!("a control_socket change takes effect on restart");
+        }
+        if self.metrics_listen != config.metrics_listen {
+            tracing::warn!("a metrics_listen change takes effect on restart");
+        }
+        tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), "configuration reloaded");
+        Ok(format!(
+            "configuration reloaded: {} virtual servers",
+            config.virtual_servers.len()
+        ))
+    }
+
+    /// Answers one control request. A status is read now; its flow counts are filled in
+    /// by a walk of the connection table on a blocking thread, so a large table does
+    /// not hold up this task.
+    async fn on_control(&mut self, req: Request, reply: tokio::sync::oneshot::Sender<Response>) {
+        let resp = match req {
+            Request::Status => match self.views().status() {
+                Ok((status, count)) => {
+                    count.fill_then(status, reply, |r| match r {
+                        Ok(s) => Response {
+                            ok: true,
+                            message: None,
+                            status: Some(s),
+                        },
+                        Err(e) => Response::error(format!("{e:#}")),
+                    });
+                    return;
+                }
+                Err(e) => Response::error(format!("{e:#}")),
+            },
+            Request::Reload => match self.reload().await {
+                Ok(m) => Response::ok(m),
+                Err(e) => Response::error(e),
+            },
+            Request::Real { vs, real, action } => match self.real_override(&vs, &real, action) {
+                Ok(m) => Response::ok(m),
+                Err(e) => Response::error(format!("{e:#}")),
+            },
+        };
+        let _ = reply.send(resp);
+    }
+
+    /// `xdpvs real disable|enable|weight`: a runtime override of one real.
+    fn real_override(
+        &mut self,
+        vs: &str,
+        real: &str,
+        action: RealAction,
+    ) -> anyhow::Result<String> {
+        let (addr, port) = control::parse_real(real)
+            .ok_or_else(|| anyhow::anyhow!("`{real}` is not ADDRESS or ADDRESS:PORT"))?;
+        if !self.rec.virtual_servers().any(|v| v.name == vs) {
+            anyhow::bail!("no virtual server named `{vs}`");
+        }
+        let matches: Vec<RealKey> = self
+            .rec
+            .real_views(vs)
+            .into_iter()
+            .filter(|v| !v.key.sorry && v.key.addr == addr && port.is_none_or(|p| p == v.key.port))
+            .map(|v| v.key)
+            .collect();
+        let key = match matches.as_slice() {
+            [k] => k.clone(),
+            [] => anyhow::bail!("virtual server `{vs}` has no real {real}"),
+            _ => anyhow::bail!(
+                "virtual server `{vs}` has several reals at {addr}: give ADDRESS:PORT"
+            ),
+        };
+        let file_weight = self.rec.file_weight(&key).unwrap_or(0);
+        let mut o = self.rec.override_of(&key).unwrap_or(Override {
+            weight: None,
+            disabled: false,
+            file_weight,
+        });
+        if let RealAction::Weight(w) = action {
+            if w > config::MAX_WEIGHT {
+                anyhow::bail!("weight {w} is out of range 0..={}", config::MAX_WEIGHT);
+            }
+        }
+        match action {
+            RealAction::Disable => o.disabled = true,
+            RealAction::Enable => o.disabled = false,
+            RealAction::Weight(w) => o.weight = Some(w),
+        }
+        let change = (o.disabled || o.weight.is_some_and(|w| w != file_weight)).then_some(o);
+        self.rec.set_override(&key, change)?;
+        let what = match action {
+            RealAction::Disable => {
+                "disabled (draining: no new connections, established ones continue)".to_string()
+            }
+            RealAction::Enable => "enabled".to_string(),
+            RealAction::Weight(w) => format!("weight set to {w} (file: {file_weight})"),
+        };
+        tracing::info!(vs = %vs, real = %key.addr, port = key.port, "runtime override: real {what}");
+        Ok(format!("{vs} {}:{}: {what}", key.addr, key.port))
+    }
+
+    /// What status and metrics read, as of now.
+    fn views(&self) -> views::Sources<'_, BpfDataplane> {
+        views::Sources {
+            config: &self.path,
+            rec: &self.rec,
+            health: &self.health,
+            flow_table_size: self.flow_table_size,
+            reloads: self.reloads,
+        }
+    }
+
+    /// Answers one scrape of `/metrics`, as [`Daemon::on_control`] answers a status.
+    fn on_scrape(&self, reply: metrics::Ask) {
+        let (snapshot, count) = match self.views().snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(format!("{e:#}")));
+                return;
+            }
+        };
+        count.fill_then(snapshot.status, reply, move |r| match r {
+            Ok(status) => Ok(metrics::Snapshot { status, ..snapshot }),
+            Err(e) => Err(format!("{e:#}")),
+        });
+    }
+
+    async fn cleanup(&mut self) {
+        self.socket = None;
+        self.host.remove_vips().await;
+        // Dropping the programs (with the Daemon) detaches XDP everywhere.
+        tracing::info!("XDP detached; stopped");
+    }
+}
+
+/// Tells systemd (Type=notify) that start-up is complete, when run under it.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("sd_notify: {e}");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = r {
+        tracing::warn!("sd_notify READY=1 failed: {e}");
+    }
+}

@@ -1,0 +1,343 @@
+//! Health probes: one tokio task per probed real, each bounded by its timeout, so a
+//! slow real never delays another's verdict; and the rise/fall state machine that turns
+//! probe results into health transitions.
+//!
+//! The tasks only probe and report ([`Report`] over a channel). The daemon's task owns
+//! the state machines ([`Health`]) and the maps, so health changes are applied in the
+//! same order as every other change.
+
+mod probe;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::{sync::mpsc, task::JoinHandle};
+
+pub use self::probe::{probe, Failure};
+use crate::{
+    config::{CheckType, Config, HealthCheck},
+    reconcile::RealKey,
+};
+
+/// Upper bounds (seconds) of the probe latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Rise/fall: how many consecutive results agree against the current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracker {
+    pub healthy: bool,
+    /// Consecutive results contradicting `healthy`.
+    streak: u32,
+}
+
+impl Tracker {
+    pub fn new(healthy: bool) -> Self {
+        Self { healthy, streak: 0 }
+    }
+
+    /// Counts one probe result. Returns: whether the state flipped.
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
+        if ok == self.healthy {
+            self.streak = 0;
+            return false;
+        }
+        self.streak += 1;
+        let needed = if ok { rise } else { fall };
+        if self.streak >= needed.max(1) {
+            self.healthy = ok;
+            self.streak = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// One probe's outcome, sent by a probe task.
+#[derive(Debug)]
+pub struct Report {
+    pub key: RealKey,
+    /// The task that sent it (a replaced task's late reports are ignored).
+    pub task: u64,
+    pub result: Result<Duration, Failure>,
+}
+
+/// A health transition to apply.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub key: RealKey,
+    pub healthy: bool,
+    /// What the last probe found (`None`: it succeeded).
+    pub reason: Option<Failure>,
+}
+
+/// The last probe of a real, for status and metrics.
+#[derive(Clone, Debug)]
+pub struct LastProbe {
+    pub at: Instant,
+    pub result: Result<Duration, Failure>,
+}
+
+struct Probe {
+    addr: IpAddr,
+    check: HealthCheck,
+    task: u64,
+    handle: JoinHandle<()>,
+    tracker: Tracker,
+    last: Option<LastProbe>,
+    counts: ProbeCounts,
+}
+
+/// What one real's probes found since its probe (re)started, for metrics.
+#[derive(Clone, Debug)]
+pub struct ProbeCounts {
+    pub ok: u64,
+    pub failed: u64,
+    /// Latency of the successful probes, in seconds.
+    pub latency: Histogram,
+}
+
+impl ProbeCounts {
+    fn new() -> Self {
+        Self {
+            ok: 0,
+            failed: 0,
+            latency: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+}
+
+/// Every probed real's task and state machine.
+pub struct Health {
+    tx: mpsc::Sender<Report>,
+    probes: HashMap<RealKey, Probe>,
+    next_task: u64,
+}
+
+impl Health {
+    /// Returns: the manager, and the channel its tasks report on.
+    pub fn new() -> (Self, mpsc::Receiver<Report>) {
+        let (tx, rx) = mpsc::channel(4096);
+        (
+            Self {
+                tx,
+                probes: HashMap::new(),
+                next_task: 0,
+            },
+            rx,
+        )
+    }
+
+    /// Starts, restarts (probe changed) and stops tasks so that exactly the probed reals
+    /// of `config` are probed. `healthy` gives a real's health now (its state machine
+    /// starts from it).
+    pub fn sync(&mut self, config: &Config, healthy: impl Fn(&RealKey) -> bool) {
+        let mut wanted: HashMap<RealKey, (IpAddr, &HealthCheck)> = HashMap::new();
+        for vs in &config.virtual_servers {
+            for r in &vs.real_servers {
+                if r.health_check.kind != CheckType::None {
+                    wanted.insert(
+                        RealKey::real(&vs.name, r.address, r.port),
+                        (r.address, &r.health_check),
+                    );
+                }
+            }
+        }
+        self.probes.retain(|k, p| {
+            let keep = wanted
+                .get(k)
+                .is_some_and(|(a, c)| *a == p.addr && **c == p.check);
+            if !keep {
+                p.handle.abort();
+            }
+            keep
+        });
+        for (key, (addr, check)) in wanted {
+            if self.probes.contains_key(&key) {
+                continue;
+            }
+            self.next_task += 1;
+            let task = self.next_task;
+            let handle = tokio::spawn(run_probe(
+                key.clone(),
+                task,
+                addr,
+                check.clone(),
+                self.tx.clone(),
+            ));
+            let tracker = Tracker::new(healthy(&key));
+            self.probes.insert(
+                key,
+                Probe {
+                    addr,
+                    check: check.clone(),
+                    task,
+                    handle,
+                    tracker,
+                    last: None,
+                    counts: ProbeCounts::new(),
+                },
+            );
+        }
+    }
+
+    /// Counts a report. Returns: the transition it causes, if any.
+    pub fn record(&mut self, report: Report) -> Option<Transition> {
+        let p = self.probes.get_mut(&report.key)?;
+        if p.task != report.task {
+            return None;
+        }
+        let ok = report.result.is_ok();
+        match &report.result {
+            Ok(d) => {
+                p.counts.ok += 1;
+                p.counts.latency.observe(d.as_secs_f64());
+            }
+            Err(_) => p.counts.failed += 1,
+        }
+        p.last = Some(LastProbe {
+            at: Instant::now(),
+            result: report.result.clone(),
+        });
+        if !p.tracker.record(ok, p.check.rise, p.check.fall) {
+            return None;
+        }
+        Some(Transition {
+            key: report.key,
+            healthy: ok,
+            reason: report.result.err(),
+        })
+    }
+
+    /// Returns: the last probe of real `key`, if it is probed and was probed.
+    pub fn last(&self, key: &RealKey) -> Option<&LastProbe> {
+        self.probes.get(key)?.last.as_ref()
+    }
+
+    /// Returns: every probed real's counts (in no particular order).
+    pub fn counts(&self) -> impl Iterator<Item = (&RealKey, &ProbeCounts)> {
+        self.probes.iter().map(|(k, p)| (k, &p.counts))
+    }
+
+    /// Returns: how many reals are probed.
+    pub fn len(&self) -> usize {
+        self.probes.len()
+    }
+
+    /// Returns: whether no real is probed.
+    pub fn is_empty(&self) -> bool {
+        self.probes.is_empty()
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        for p in self.probes.values() {
+            p.handle.abort();
+        }
+    }
+}
+
+/// Returns: where in its interval a real's probes fall, so that many reals probed at
+/// one interval are spread over it instead of all firing together.
+fn phase(key: &RealKey, interval: Duration) -> Duration {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let frac = (h.finish() % 1000) as u32;
+    interval * frac / 1000
+}
+
+/// A probe task: probes at once, then every interval at the real's own phase (a probe
+/// never overlaps the next: the timeout is at most the interval), reporting each
+/// result.
+async fn run_probe(
+    key: RealKey,
+    task: u64,
+    addr: IpAddr,
+    check: HealthCheck,
+    tx: mpsc::Sender<Report>,
+) {
+    let start = tokio::time::Instant::now() + phase(&key, check.interval);
+    let mut tick = tokio::time::interval_at(start, check.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            tick.tick().await;
+        }
+        let result = probe(addr, &check).await;
+        let report = Report {
+            key: key.clone(),
+            task,
+            result,
+        };
+        if tx.send(report).await.is_err() {
+            return;
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    #[test]
+    fn rise_and_fall_need_consecutive_results() {
+        let mut t = Tracker::new(false);
+        assert!(!t.record(true, 2, 3));
+        assert!(!t.record(false, 2, 3), "a failure resets the rise streak");
+        assert!(!t.record(true, 2, 3));
+        assert!(t.record(true, 2, 3), "second success in a row: healthy");
+        assert!(t.healthy);
+        assert!(!t.record(false, 2, 3));
+        assert!(!t.record(false, 2, 3));
+        assert!(!t.record(true, 2, 3), "a success resets the fall streak");
+        for _ in 0..2 {
+            assert!(!t.record(false, 2, 3));
+        }
+        assert!(t.record(false, 2, 3), "third failure in a row: unhealthy");
+        assert!(!t.healthy);
+    }
+
+    #[tokio::test]
+    async fn tasks_report_transitions_with_the_reason() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let text = format!(
+            "interfaces: [lo]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.1\n    port: {port}\n    protocol: tcp\n    health_check: {{ interval: 100ms, timeout: 100ms, rise: 2, fall: 2 }}\n    real_servers: [{{ address: 127.0.0.1 }}]\n"
+        );
+        struct Any;
+        impl crate::config::SystemFacts for Any {
+            fn interface_exists(&self, _: &str) -> bool {
+                true
+            }
+        }
+        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), &text, &Any).unwrap();
+        let (mut h, mut rx) = Health::new();
+        h.sync(&cfg, |_| false);
+        let up = loop {
+            tokio::select! {
+                Some(r) = rx.recv() => if let Some(t) = h.record(r) { break t },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("no transition within 5 s"),
+            }
+        };
+        assert!(up.healthy && up.reason.is_none());
+        drop(l);
+        let down = loop {
+            tokio::select! {
+                Some(r) = rx.recv() => if let Some(t) = h.record(r) { break t },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("no transition within 5 s"),
+            }
+        };
+        assert!(!down.healthy);
+        assert_eq!(down.reason, Some(Failure::Refused));
+    }
+}

@@ -1,0 +1,250 @@
+//! One probe of one real: a TCP connect, or an HTTP request whose status is checked,
+//! bounded by the probe's timeout. Stateless: the rise/fall state machines that turn
+//! results into transitions live in [`super`].
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use crate::config::{CheckType, HealthCheck};
+
+/// Most bytes read looking for an HTTP status line.
+const STATUS_LINE_MAX: usize = 1024;
+
+/// Why a probe failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection was refused (RST): nothing listens on the port.
+    Refused,
+    /// No answer within the probe's timeout.
+    Timeout(Duration),
+    /// The real or its network is unreachable.
+    Unreachable(String),
+    /// HTTP: the status is not one of those expected.
+    Status(u16),
+    /// HTTP: what came back is not an HTTP response.
+    BadResponse(String),
+    /// Any other socket error.
+    Io(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Refused => f.write_str("connection refused"),
+            Failure::Timeout(d) => write!(f, "timeout after {}", crate::config::fmt_duration(*d)),
+            Failure::Unreachable(e) => write!(f, "unreachable: {e}"),
+            Failure::Status(s) => write!(f, "status {s}"),
+            Failure::BadResponse(e) => write!(f, "bad response: {e}"),
+            Failure::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => Failure::Refused,
+        K::HostUnreachable | K::NetworkUnreachable => Failure::Unreachable(e.to_string()),
+        _ => Failure::Io(e.to_string()),
+    }
+}
+
+/// The Host header of an HTTP probe: the configured one, else the real's address (and
+/// port when not 80), as a browser would write it.
+fn host_header(addr: IpAddr, check: &HealthCheck) -> String {
+    if let Some(h) = &check.host {
+        return h.clone();
+    }
+    let a = match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    if check.port == 80 {
+        a
+    } else {
+        format!("{a}:{}", check.port)
+    }
+}
+
+/// Reads an HTTP response's status line. Returns: the status code.
+async fn read_status(conn: &mut TcpStream) -> Result<u16, Failure> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..end]);
+            let mut parts = line.split_whitespace();
+            let version = parts.next().unwrap_or("");
+            let code = parts.next().and_then(|c| c.parse::<u16>().ok());
+            return match code {
+                Some(c) if version.starts_with("HTTP/") && (100..=599).contains(&c) => Ok(c),
+                _ => Err(Failure::BadResponse(format!(
+                    "status line `{}`",
+                    line.trim_end()
+                ))),
+            };
+        }
+        if buf.len() >= STATUS_LINE_MAX {
+            return Err(Failure::BadResponse("no status line".into()));
+        }
+        let n = conn.read(&mut chunk).await.map_err(io_failure)?;
+        if n == 0 {
+            return Err(Failure::BadResponse(if buf.is_empty() {
+                "connection closed without a response".into()
+            } else {
+                "connection closed inside the status line".into()
+            }));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn probe_inner(addr: IpAddr, check: &HealthCheck) -> Result<(), Failure> {
+    let target = SocketAddr::new(addr, check.port);
+    let mut conn = TcpStream::connect(target).await.map_err(io_failure)?;
+    if check.kind != CheckType::Http {
+        return Ok(());
+    }
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: xdpvs-health/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        check.path,
+        host_header(addr, check),
+        env!("CARGO_PKG_VERSION")
+    );
+    conn.write_all(req.as_bytes()).await.map_err(io_failure)?;
+    let status = read_status(&mut conn).await?;
+    if check.status_ok(status) {
+        Ok(())
+    } else {
+        Err(Failure::Status(status))
+    }
+}
+
+/// Probes real `addr` once with `check`, within its timeout.
+/// Returns: the time the probe took, or why it failed.
+pub async fn probe(addr: IpAddr, check: &HealthCheck) -> Result<Duration, Failure> {
+    let start = Instant::now();
+    match tokio::time::timeout(check.timeout, probe_inner(addr, check)).await {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(f)) => Err(f),
+        Err(_) => Err(Failure::Timeout(check.timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    fn check(kind: CheckType, port: u16) -> HealthCheck {
+        HealthCheck {
+            kind,
+            port,
+            path: "/health".into(),
+            host: None,
+            expect_status: vec![(200, 299)],
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(300),
+            rise: 2,
+            fall: 3,
+        }
+    }
+
+    /// An HTTP server on loopback answering every request with `status` after `delay`.
+    /// Returns: its port, and what it received first.
+    async fn http_server(
+        status: &'static str,
+        delay: Duration,
+    ) -> (u16, tokio::sync::oneshot::Receiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 1024];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                tokio::time::sleep(delay).await;
+                let _ = c.write_all(status.as_bytes()).await;
+            }
+        });
+        (port, rx)
+    }
+
+    /// A port on loopback nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn tcp_probe_succeeds_on_a_listener_and_is_refused_without_one() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(probe(LO, &check(CheckType::Tcp, port)).await.is_ok());
+        drop(l);
+        assert_eq!(
+            probe(LO, &check(CheckType::Tcp, closed_port())).await,
+            Err(Failure::Refused)
+        );
+    }
+
+    #[tokio::test]
+    async fn http_probe_matches_the_status_and_sends_path_and_host() {
+        let (port, first) = http_server("HTTP/1.1 204 No Content\r\n\r\n", Duration::ZERO).await;
+        let c = check(CheckType::Http, port);
+        assert!(probe(LO, &c).await.is_ok());
+        let req = first.await.unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
+            "{req}"
+        );
+
+        let (port, _) = http_server("HTTP/1.0 503 Unavailable\r\n\r\n", Duration::ZERO).await;
+        assert_eq!(
+            probe(LO, &check(CheckType::Http, port)).await,
+            Err(Failure::Status(503))
+        );
+        let (port, _) = http_server("SSH-2.0-OpenSSH\r\n", Duration::ZERO).await;
+        assert!(matches!(
+            probe(LO, &check(CheckType::Http, port)).await,
+            Err(Failure::BadResponse(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_is_a_timeout_within_the_bound() {
+        let (port, _) = http_server("HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(5)).await;
+        let c = check(CheckType::Http, port);
+        let start = Instant::now();
+        assert_eq!(probe(LO, &c).await, Err(Failure::Timeout(c.timeout)));
+        let took = start.elapsed();
+        assert!(
+            took >= c.timeout && took < c.timeout + Duration::from_secs(1),
+            "{took:?}"
+        );
+    }
+}

@@ -178,6 +178,12 @@ impl<D: Dataplane> Reconciler<D> {
         &self.dp
     }
 
+    /// Returns: the data path, for a test to set what it would have counted.
+    #[cfg(test)]
+    pub(crate) fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
     /// Registers interface `ifindex` as one frames may leave by.
     pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), ReconcileError> {
         self.dp.set_iface(ifindex, info)?;

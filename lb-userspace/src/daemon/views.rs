@@ -207,3 +207,190 @@ impl<R: FlowReader + Send + 'static> FlowCount<R> {
         Ok(status)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use lb_common::{reason, Counters};
+
+    use super::*;
+    use crate::{
+        config::{self, SystemFacts},
+        dataplane::memory::MemoryDataplane,
+        metrics,
+        reconcile::RealKey,
+    };
+
+    struct AnyInterface;
+    impl SystemFacts for AnyInterface {
+        fn interface_exists(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    const YAML: &str = "\
+interfaces: [eth0]
+virtual_servers:
+  - name: web
+    address: 10.0.0.100
+    port: 80
+    protocol: tcp
+    table_size: 1009
+    persistence: { timeout: 300s, netmask: 24 }
+    health_check: { type: none }
+    sorry_server: { address: 10.0.9.9 }
+    real_servers:
+      - { address: 10.0.1.1, weight: 2 }
+      - { address: 10.0.1.2, weight: 0 }
+  - name: dns
+    address: 10.0.0.100
+    port: 53
+    protocol: udp
+    method: nat
+    table_size: 1009
+    health_check: { type: tcp, port: 5353 }
+    real_servers:
+      - { address: 10.0.2.1, port: 5353 }
+";
+
+    fn counters(packets: u64) -> Counters {
+        Counters {
+            packets,
+            bytes: packets * 100,
+            new_flows: packets / 10,
+            reply_packets: packets / 2,
+            reply_bytes: packets * 50,
+        }
+    }
+
+    /// A reconciler on the in-memory data path with `YAML` applied, and what the data
+    /// path would have counted: per VS and per real counters, verdicts, flows.
+    fn world() -> (Reconciler<MemoryDataplane>, Health) {
+        let cfg = config::parse(Path::new("xdpvs.yaml"), YAML, &AnyInterface).unwrap();
+        let mut rec = Reconciler::new(MemoryDataplane::default(), 8, 16);
+        rec.apply(&cfg).unwrap();
+        let id =
+            |vs: &str, a: &str, port| rec.real_id(&RealKey::real(vs, a.parse().unwrap(), port));
+        let (r1, r2) = (
+            id("web", "10.0.1.1", 80).unwrap(),
+            id("web", "10.0.1.2", 80).unwrap(),
+        );
+        let (web, _) = rec.vs_slot("web").unwrap();
+        let (dns, _) = rec.vs_slot("dns").unwrap();
+        let gen1 = rec.real_views("web")[0].generation;
+        let dp = rec.dataplane_mut();
+        dp.vs_counters.insert(web, counters(1000));
+        dp.vs_counters.insert(dns, counters(30));
+        dp.real_counters.insert(r1, counters(990));
+        dp.real_counters.insert(r2, counters(10));
+        dp.verdicts.insert(reason::DROP_NO_REAL, 7);
+        dp.flows.insert((r1, gen1), 5);
+        // An entry of an earlier generation of r1's id is not r1's.
+        dp.flows.insert((r1, gen1.wrapping_sub(1)), 3);
+        (rec, Health::new().0)
+    }
+
+    fn sources<'a>(
+        rec: &'a Reconciler<MemoryDataplane>,
+        health: &'a Health,
+    ) -> Sources<'a, MemoryDataplane> {
+        Sources {
+            config: Path::new("/etc/xdpvs/xdpvs.yaml"),
+            rec,
+            health,
+            flow_table_size: 4096,
+            reloads: Reloads {
+                ok: 2,
+                failed: 1,
+                last_ok: false,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn status_shows_every_real_with_its_counters_health_and_flows() {
+        let (rec, health) = world();
+        let (status, count) = sources(&rec, &health).status().unwrap();
+        let status = count.fill(status).await.unwrap();
+        assert_eq!(status.config, "/etc/xdpvs/xdpvs.yaml");
+        assert_eq!(status.flow_table_size, 4096);
+        assert_eq!(
+            status.flow_table_entries, 8,
+            "every entry, of any generation"
+        );
+        assert_eq!(status.verdicts["drop_no_real"], 7);
+        assert_eq!(status.verdicts.len(), reason::COUNT as usize);
+        let names: Vec<&str> = status
+            .virtual_servers
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names, ["dns", "web"]);
+        let web = &status.virtual_servers[1];
+        assert_eq!((web.protocol.as_str(), web.method.as_str()), ("tcp", "dr"));
+        assert_eq!(web.persistence.as_deref(), Some("persistent 5m /24"));
+        assert_eq!(web.stats.packets, 1000);
+        assert_eq!(web.stats.reply_bytes, 50_000);
+        let rows: Vec<(String, u32, &str, bool, bool, u64, u64)> = web
+            .reals
+            .iter()
+            .map(|r| {
+                (
+                    status::endpoint(r.address, r.port),
+                    r.weight,
+                    r.health.as_str(),
+                    r.in_table,
+                    r.sorry,
+                    r.flows,
+                    r.stats.packets,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("10.0.1.1:80".to_string(), 2, "up", true, false, 5, 990),
+                ("10.0.1.2:80".to_string(), 0, "up", false, false, 0, 10),
+                ("10.0.9.9:80".to_string(), 0, "up", false, true, 0, 0),
+            ]
+        );
+        assert!(web
+            .reals
+            .iter()
+            .all(|r| r.check == "none" && r.last_probe.is_none()));
+        // A probed real that no probe has answered yet: down, out of the table, http.
+        let dns = &status.virtual_servers[0];
+        assert_eq!((dns.method.as_str(), dns.stats.packets), ("nat", 30));
+        let r = &dns.reals[0];
+        assert_eq!(
+            (r.health.as_str(), r.in_table, r.check.as_str()),
+            ("down", false, "tcp")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_scrape_shows_the_status_figures_and_the_daemons_own() {
+        let (rec, health) = world();
+        let (snapshot, count) = sources(&rec, &health).snapshot().unwrap();
+        let status = count.fill(snapshot.status.clone()).await.unwrap();
+        let text = metrics::encode(metrics::Snapshot { status, ..snapshot });
+        for line in [
+            "xdpvs_vs_packets_total{vs=\"web\",vip=\"10.0.0.100:80\",protocol=\"tcp\",method=\"dr\"} 1000",
+            "xdpvs_real_packets_total{vs=\"web\",real=\"10.0.1.1:80\",role=\"real\"} 990",
+            "xdpvs_real_flows{vs=\"web\",real=\"10.0.1.1:80\",role=\"real\"} 5",
+            "xdpvs_real_in_table{vs=\"web\",real=\"10.0.1.2:80\",role=\"real\"} 0",
+            "xdpvs_datapath_packets_total{verdict=\"drop_no_real\"} 7",
+            "xdpvs_flow_table_entries 8",
+            "xdpvs_flow_table_capacity 4096",
+            "xdpvs_config_reloads_total{result=\"ok\"} 2",
+            "xdpvs_config_reloads_total{result=\"failed\"} 1",
+            "xdpvs_config_last_reload_successful 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! One packet through the balancer: parse, find the virtual server, choose the real,
 //! forward with the virtual server's method.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
 
 use crate::{
@@ -10,29 +10,8 @@ use crate::{
     maps::VS_MAP,
     parse::{self, Parsed},
     stats,
+    verdict::Verdict,
 };
-
-/// What to do with a packet and why.
-#[derive(Clone, Copy)]
-pub struct Verdict {
-    pub action: u32,
-    pub reason: u32,
-}
-
-impl Verdict {
-    pub const fn pass(reason: u32) -> Self {
-        Self {
-            action: xdp_action::XDP_PASS,
-            reason,
-        }
-    }
-    pub const fn drop(reason: u32) -> Self {
-        Self {
-            action: xdp_action::XDP_DROP,
-            reason,
-        }
-    }
-}
 
 /// Returns: `Ok` with the verdict of a forwarded packet, `Err` with the verdict of one
 /// that was passed or dropped (both are final; the split keeps `?` usable).
@@ -58,7 +37,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     }
     let choice = lookup::choose(&p.key, vs).map_err(|m| match m {
         Miss::NoReal => Verdict::drop(reason::DROP_NO_REAL),
-        Miss::Internal => Verdict::drop(reason::DROP_INTERNAL),
+        Miss::Internal => Verdict::internal(),
     })?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
@@ -66,7 +45,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         METHOD_DR => forward::dr::forward(ctx, real)?,
         METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
-        _ => return Err(Verdict::drop(reason::DROP_INTERNAL)),
+        _ => return Err(Verdict::internal()),
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
     Ok(verdict)

@@ -21,12 +21,12 @@ use aya_ebpf::{
 use lb_common::{reason, FAMILY_V4};
 
 use crate::{
-    balance::Verdict,
     csum,
     parse::{
         ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN,
         IPV6_HLEN,
     },
+    verdict::Verdict,
 };
 
 /// Most bytes of the offending packet quoted in the answer.

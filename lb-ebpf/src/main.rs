@@ -12,6 +12,7 @@ mod lookup;
 mod maps;
 mod parse;
 mod stats;
+mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

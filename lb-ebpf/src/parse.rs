@@ -12,7 +12,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
-use crate::{balance::Verdict, csum};
+use crate::{csum, verdict::Verdict};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;

@@ -8,22 +8,16 @@ use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_redirect, programs:
 use lb_common::{reason, IfaceInfo};
 
 use crate::{
-    balance::Verdict,
     fib, icmp,
     maps::IFACES,
     parse::{ptr_at, EthHdr, Parsed},
+    verdict::Verdict,
 };
-
-/// The verdict for a header the program itself checked moments ago and now cannot
-/// reach: data path bug, counted as `drop_internal`.
-pub const fn internal() -> Verdict {
-    Verdict::drop(reason::DROP_INTERNAL)
-}
 
 /// Sets the frame's destination and source MAC addresses.
 #[inline(always)]
 pub fn set_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Verdict> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(internal())?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Verdict::internal())?;
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         (*eth).dst = dst;

@@ -14,11 +14,11 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UDP, SETTING_NAT};
 
 use crate::{
-    balance::Verdict,
     csum, fib,
-    forward::{internal, next_hop, set_macs, transmit},
+    forward::{next_hop, set_macs, transmit},
     maps::{NAT_STATE, SETTINGS},
     parse::{l4_csum_off, ptr_at, Ipv4Hdr, Ipv6Hdr, Parsed},
+    verdict::Verdict,
 };
 
 /// Which end of a packet a rewrite changes.
@@ -127,7 +127,7 @@ pub fn forward(
         // the next request tries again.
         let _ = NAT_STATE.insert(&reply, &state, 0);
     }
-    rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(internal())?;
+    rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
     set_macs(ctx, hop.dmac, hop.smac)?;
     Ok(transmit(ctx, hop.ifindex))
 }
@@ -159,7 +159,7 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         state.vport_be,
         p.key.dport_be,
     )?;
-    rewrite(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(internal())?;
+    rewrite(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(Verdict::internal())?;
     set_macs(ctx, hop.dmac, hop.smac)?;
     let v = transmit(ctx, hop.ifindex);
     Ok((

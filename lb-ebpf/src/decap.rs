@@ -15,12 +15,12 @@ use aya_ebpf::{
 use lb_common::{AddrKey, DECAP_DONE, DECAP_SKIPPED, FAMILY_V4, FAMILY_V6};
 
 use crate::{
+    headers::{
+        ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
+        IPPROTO_IPV6, IPV6_HLEN,
+    },
     maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS},
-    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN},
 };
-
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
 
 fn count(i: u32) {
     if let Some(c) = DECAP_STATS.get_ptr_mut(i) {

@@ -7,6 +7,7 @@ mod csum;
 mod decap;
 mod fib;
 mod forward;
+mod headers;
 mod icmp;
 mod lookup;
 mod maps;

@@ -8,9 +8,11 @@ use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_redirect, programs:
 use lb_common::{reason, IfaceInfo};
 
 use crate::{
-    fib, icmp,
+    fib,
+    headers::{ptr_at, EthHdr},
+    icmp,
     maps::IFACES,
-    parse::{ptr_at, EthHdr, Parsed},
+    parse::Parsed,
     verdict::Verdict,
 };
 

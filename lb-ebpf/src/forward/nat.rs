@@ -16,8 +16,9 @@ use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UD
 use crate::{
     csum, fib,
     forward::{next_hop, set_macs, transmit},
+    headers::{ptr_at, Ipv4Hdr, Ipv6Hdr},
     maps::{NAT_STATE, SETTINGS},
-    parse::{l4_csum_off, ptr_at, Ipv4Hdr, Ipv6Hdr, Parsed},
+    parse::{l4_complete, l4_csum_off, Parsed},
     verdict::Verdict,
 };
 
@@ -145,7 +146,7 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         Some(s) => *s,
         None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
     };
-    if !crate::parse::l4_complete(ctx, p) {
+    if !l4_complete(ctx, p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
     if p.vlan {

@@ -15,13 +15,14 @@ use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD,
 use crate::{
     fib,
     forward::{next_hop, set_macs, transmit},
-    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+    headers::{
+        ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
+        IPPROTO_IPV6, IP_DF,
+    },
+    parse::Parsed,
     verdict::Verdict,
 };
 
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
-const IP_DF: u16 = 0x4000;
 const OUTER_TTL: u8 = 64;
 
 /// Encapsulates a packet of virtual server `vs` to `real`.

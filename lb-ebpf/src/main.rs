@@ -3,13 +3,13 @@
 #![no_main]
 
 mod balance;
+mod choose;
 mod csum;
 mod decap;
 mod fib;
 mod forward;
 mod headers;
 mod icmp;
-mod lookup;
 mod maps;
 mod parse;
 mod stats;

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, RealInfo};
 
 use crate::{
-    forward::{egress_iface, set_macs, transmit},
+    forward::egress::{egress_iface, set_macs, transmit},
     verdict::Verdict,
 };
 

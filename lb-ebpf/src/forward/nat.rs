@@ -15,7 +15,7 @@ use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UD
 
 use crate::{
     csum, fib,
-    forward::{next_hop, set_macs, transmit},
+    forward::egress::{next_hop, set_macs, transmit},
     headers::{ptr_at, Ipv4Hdr, Ipv6Hdr},
     maps::{NAT_STATE, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},

@@ -14,7 +14,7 @@ use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD,
 
 use crate::{
     fib,
-    forward::{next_hop, set_macs, transmit},
+    forward::egress::{next_hop, set_macs, transmit},
     headers::{
         ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
         IPPROTO_IPV6, IP_DF,

@@ -13,5 +13,11 @@ pub mod netlink;
 pub mod realserver;
 pub mod reconcile;
 
-/// The BPF object (lb-ebpf), built by build.rs and embedded at compile time.
+/// The balancer's BPF object (lb-ebpf's `xdpvs`: the programs and maps that
+/// `lb_common::maps` names), built by build.rs and embedded at compile time.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs"));
+
+/// The real server's BPF object (lb-ebpf's `xdpvs-realserver`: the decapsulator and the
+/// maps that `lb_common::realserver::maps` names), for `xdpvs realserver decap`.
+pub static BPF_REALSERVER_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs-realserver"));

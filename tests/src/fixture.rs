@@ -1,5 +1,6 @@
 //! The XDP program loaded for BPF_PROG_TEST_RUN, its maps filled by the daemon's own
 //! code (YAML -> config -> Reconciler -> maps). Used by the fixture tests and the bench.
+//! The real server's decapsulator, a separate object, has its own [`DecapFixture`].
 //!
 //! Each fixture owns a network namespace, entered by the calling thread, in which the
 //! test runs happen (the kernel runs them on that namespace's loopback). For the
@@ -18,15 +19,21 @@ use crate::netns::{unique_prefix, Netns};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
+    Ebpf,
 };
 use lb_common::{
     flow_hash,
-    maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS, MAX_VS, PROG_LB, PROG_PASS, VERDICTS},
-    AddrKey, FlowKey, IfaceInfo,
+    maps::{MAX_VS, PROG_LB, PROG_PASS, VERDICTS},
+    realserver::{
+        maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS},
+        AddrKey,
+    },
+    FlowKey, IfaceInfo,
 };
 use xdpvs::{
     config::{self, Config, SystemFacts},
     dataplane::{bpf, bpf::BpfDataplane, Dataplane as _},
+    realserver::decap,
     reconcile::{fmt_mac, L2Next, RealKey, Reconciler},
 };
 
@@ -194,32 +201,9 @@ impl Fixture {
         self.rec.set_health(&key, healthy).expect("health");
     }
 
-    fn prog(&self, name: &str) -> &Xdp {
-        self.rec
-            .dp
-            .ebpf
-            .program(name)
-            .expect("program")
-            .try_into()
-            .expect("xdp")
-    }
-
     /// Runs the balancer on `frame` `repeat` times.
     pub fn run_n(&self, prog: &str, frame: &[u8], repeat: u32) -> Run {
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        };
-        let r = self.prog(prog).test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        Run {
-            action: r.return_value,
-            out,
-            ns: r.duration.as_nanos() as u64,
-        }
+        test_run(&self.rec.dp.ebpf, prog, frame, repeat)
     }
 
     /// Runs the balancer once.
@@ -239,24 +223,6 @@ impl Fixture {
         a.get(&reason, 0).expect("get").iter().sum()
     }
 
-    /// Returns: the decapsulator's counter `i` (`lb_common::DECAP_*`).
-    pub fn decap_count(&self, i: u32) -> u64 {
-        let m = self.rec.dp.ebpf.map(DECAP_STATS).expect("map");
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
-        a.get(&i, 0).expect("get").iter().sum()
-    }
-
-    /// Fills the decapsulator's maps as `xdpvs realserver decap` does.
-    pub fn set_decap(&mut self, vips: &[IpAddr], local: &[IpAddr]) {
-        for (name, addrs) in [(DECAP_VIPS, vips), (DECAP_LOCAL, local)] {
-            let m = self.rec.dp.ebpf.map_mut(name).expect("map");
-            let mut h: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(m).expect("hash");
-            for a in addrs {
-                h.insert(AddrKey::new(*a), 1, 0).expect("insert");
-            }
-        }
-    }
-
     /// Returns: the address of the real that Maglev gives `key` on virtual server `vs`
     /// (computed here from the shared flow hash and the live table).
     pub fn predict(&self, vs: &str, key: &FlowKey) -> IpAddr {
@@ -273,5 +239,68 @@ impl Fixture {
             .find(|r| self.rec.real_id(&RealKey::real(vs, r.address, r.port)) == Some(id))
             .map(|r| r.address)
             .expect("real of predicted id")
+    }
+}
+
+/// Runs program `prog` of `ebpf` on `frame` `repeat` times.
+/// Returns: the verdict and output of the last run, and the mean time per run.
+fn test_run(ebpf: &Ebpf, prog: &str, frame: &[u8], repeat: u32) -> Run {
+    let prog: &Xdp = ebpf
+        .program(prog)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    };
+    let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    Run {
+        action: r.return_value,
+        out,
+        ns: r.duration.as_nanos() as u64,
+    }
+}
+
+/// The real server's object (the decapsulator) loaded for BPF_PROG_TEST_RUN by the code
+/// `xdpvs realserver decap` uses. It routes nothing, so it needs no namespace.
+pub struct DecapFixture {
+    pub ebpf: Ebpf,
+}
+
+impl DecapFixture {
+    /// Loads the real server's object, its maps empty.
+    pub fn load() -> Self {
+        crate::require_root();
+        Self {
+            ebpf: decap::load().expect("load the real server's BPF object"),
+        }
+    }
+
+    /// Runs program `prog` on `frame` `repeat` times.
+    pub fn run_n(&self, prog: &str, frame: &[u8], repeat: u32) -> Run {
+        test_run(&self.ebpf, prog, frame, repeat)
+    }
+
+    /// Returns: the decapsulator's counter `i` (`lb_common::realserver::DECAP_*`).
+    pub fn decap_count(&self, i: u32) -> u64 {
+        let m = self.ebpf.map(DECAP_STATS).expect("map");
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
+        a.get(&i, 0).expect("get").iter().sum()
+    }
+
+    /// Fills the decapsulator's maps as `xdpvs realserver decap` does.
+    pub fn set_decap(&mut self, vips: &[IpAddr], local: &[IpAddr]) {
+        for (name, addrs) in [(DECAP_VIPS, vips), (DECAP_LOCAL, local)] {
+            let m = self.ebpf.map_mut(name).expect("map");
+            let mut h: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(m).expect("hash");
+            for a in addrs {
+                h.insert(AddrKey::new(*a), 1, 0).expect("insert");
+            }
+        }
     }
 }

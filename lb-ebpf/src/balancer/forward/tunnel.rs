@@ -11,14 +11,14 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD, IPIP_OVERHEAD};
+use lb_ebpf::headers::{
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6,
+    IP_DF,
+};
 
 use crate::{
     fib,
     forward::egress::{next_hop, set_macs, transmit},
-    headers::{
-        ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
-        IPPROTO_IPV6, IP_DF,
-    },
     parse::Parsed,
     verdict::Verdict,
 };

@@ -19,16 +19,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{reason, FAMILY_V4};
-
-use crate::{
+use lb_ebpf::{
     csum,
     headers::{
         ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN,
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IP_DF,
     },
-    parse::Parsed,
-    verdict::Verdict,
 };
+
+use crate::{parse::Parsed, verdict::Verdict};
 
 /// Most bytes of the offending packet quoted in the answer.
 pub const QUOTE_MAX: usize = 128;

@@ -12,11 +12,14 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UDP, SETTING_NAT};
+use lb_ebpf::{
+    csum,
+    headers::{ptr_at, Ipv4Hdr, Ipv6Hdr},
+};
 
 use crate::{
-    csum, fib,
+    fib,
     forward::egress::{next_hop, set_macs, transmit},
-    headers::{ptr_at, Ipv4Hdr, Ipv6Hdr},
     maps::{NAT_STATE, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
     verdict::Verdict,

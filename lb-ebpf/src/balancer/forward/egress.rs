@@ -4,15 +4,9 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{reason, IfaceInfo};
+use lb_ebpf::headers::{ptr_at, EthHdr};
 
-use crate::{
-    fib,
-    headers::{ptr_at, EthHdr},
-    icmp,
-    maps::IFACES,
-    parse::Parsed,
-    verdict::Verdict,
-};
+use crate::{fib, icmp, maps::IFACES, parse::Parsed, verdict::Verdict};
 
 /// Sets the frame's destination and source MAC addresses.
 #[inline(always)]

@@ -11,14 +11,12 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
-
-use crate::{
-    headers::{
-        ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN,
-        TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
-    },
-    verdict::Verdict,
+use lb_ebpf::headers::{
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN,
+    TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
 };
+
+use crate::verdict::Verdict;
 
 /// What balancing needs to know about a frame.
 pub struct Parsed {

@@ -1,14 +1,12 @@
-//! xdpvs data path. Entry points only; the work is in the modules, one topic each.
+//! The load balancer's BPF object (`xdpvs`). Entry points only; the work is in the
+//! modules, one topic each.
 #![no_std]
 #![no_main]
 
 mod balance;
 mod choose;
-mod csum;
-mod decap;
 mod fib;
 mod forward;
-mod headers;
 mod icmp;
 mod maps;
 mod parse;
@@ -25,13 +23,6 @@ pub fn xdpvs_lb(ctx: XdpContext) -> u32 {
     };
     stats::count_verdict(verdict.reason);
     verdict.action
-}
-
-/// The real-server decapsulator (`xdpvs realserver decap`): unwraps tunnelled packets
-/// for configured VIPs, passes everything up the stack.
-#[xdp]
-pub fn xdpvs_decap(ctx: XdpContext) -> u32 {
-    decap::try_decap(&ctx)
 }
 
 /// XDP_PASS and nothing else. veth hands XDP_TX'd or redirected frames only to a peer

@@ -36,7 +36,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
 /// Returns: the virtual server the flow `key` is addressed to, if its destination
 /// address, port and protocol are one.
 #[inline(always)]
-fn virtual_server(key: &FlowKey) -> Option<&VsInfo> {
+fn virtual_server(key: &FlowKey) -> Option<&'static VsInfo> {
     let vs_key = VsKey {
         addr: key.dst,
         port_be: key.dport_be,

@@ -1,4 +1,5 @@
-//! Types shared by the xdpvs BPF programs (`lb-ebpf`) and the daemon (`lb-userspace`).
+//! Types shared by the xdpvs BPF programs (`lb-ebpf`) and the daemon (`lb-userspace`):
+//! the balancer's at the top and in [`maps`], the real server's in [`realserver`].
 //!
 //! Every map key and value is `#[repr(C)]` with fixed-width fields and explicit padding,
 //! and its size is pinned by a `const` assertion: a change of layout breaks the build
@@ -11,6 +12,7 @@
 
 pub mod hash;
 pub mod maps;
+pub mod realserver;
 pub mod reason;
 #[cfg(feature = "user")]
 pub mod user;
@@ -204,33 +206,10 @@ pub struct PersistState {
 }
 const _: () = assert!(core::mem::size_of::<PersistState>() == 16);
 
-/// An address and its family: key of the decapsulator's [`maps::DECAP_VIPS`] and
-/// [`maps::DECAP_LOCAL`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AddrKey {
-    /// Address, network order words.
-    pub addr: [u32; 4],
-    /// [`FAMILY_V4`] or [`FAMILY_V6`].
-    pub family: u8,
-    /// Zero.
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
-
 /// Bytes an IPv4-in-IPv4 tunnel adds (the outer IPv4 header, no options).
 pub const IPIP_OVERHEAD: u32 = 20;
 /// Bytes an IPv6-in-IPv6 tunnel adds (the outer IPv6 header).
 pub const IP6IP6_OVERHEAD: u32 = 40;
-
-/// Index of the decapsulator's counters in [`maps::DECAP_STATS`]: packets stripped of
-/// their outer header and passed up.
-pub const DECAP_DONE: u32 = 0;
-/// Tunnelled packets passed untouched: inner destination not a configured VIP, outer
-/// destination not local, or inner header unreadable.
-pub const DECAP_SKIPPED: u32 = 1;
-/// Number of decapsulator counters.
-pub const DECAP_COUNT: u32 = 2;
 
 /// [`maps::SETTINGS`] bit: some virtual server uses NAT, so packets for no VIP are
 /// looked up as possible NAT replies (otherwise that lookup is skipped).

@@ -1,5 +1,8 @@
-//! Names and default sizes of the BPF maps. The BPF side declares each map under the
-//! static of the same name; userspace looks maps up through these constants only.
+//! Names and default sizes of the balancer object's maps, and its program names.
+//! lb-ebpf's `xdpvs` declares each map under the static of the same name; userspace
+//! looks maps up through these constants only, and a test of lb-userspace checks that
+//! the built object holds exactly [`ALL`] and [`PROGRAMS`]. The real server's object
+//! has its own list, [`crate::realserver::maps`].
 //!
 //! | map | holds | written by | read by |
 //! |---|---|---|---|
@@ -14,9 +17,6 @@
 //! | `VERDICTS` | [`crate::reason`] -> packets per CPU (`u64`) | XDP | daemon |
 //! | `SETTINGS` | 0 -> `SETTING_*` bits (`u32`) | daemon | XDP |
 //! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU) | XDP | XDP |
-//! | `DECAP_VIPS` | [`crate::AddrKey`] -> `u8` | `xdpvs realserver decap` | decap XDP |
-//! | `DECAP_LOCAL` | [`crate::AddrKey`] -> `u8` | `xdpvs realserver decap` | decap XDP |
-//! | `DECAP_STATS` | `DECAP_*` -> packets per CPU (`u64`) | decap XDP | `xdpvs realserver decap` |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -45,24 +45,21 @@ pub const SETTINGS: &str = "SETTINGS";
 /// NAT replies: the reply 5-tuple of every NAT flow -> the VIP:port to restore. LRU
 /// hash, as large as `FLOWS`.
 pub const NAT_STATE: &str = "NAT_STATE";
-/// Decapsulator: VIPs whose tunnelled packets are unwrapped. Hash map.
-pub const DECAP_VIPS: &str = "DECAP_VIPS";
-/// Decapsulator: the real server's own addresses (the tunnel's outer destinations).
-pub const DECAP_LOCAL: &str = "DECAP_LOCAL";
-/// Decapsulator counters. Per-CPU array of `u64`.
-pub const DECAP_STATS: &str = "DECAP_STATS";
 
-/// Program names, as the BPF object exports them.
+/// Every map of the balancer object.
+pub const ALL: &[&str] = &[
+    VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, STATS_VS, STATS_REAL, VERDICTS, SETTINGS,
+    NAT_STATE,
+];
+
+/// The load balancer, attached to every interface of the configuration.
 pub const PROG_LB: &str = "xdpvs_lb";
 /// A do-nothing XDP program (XDP_PASS). veth delivers XDP_TX/redirected frames only to
 /// a peer that has an XDP program attached; tests and the demo attach this one there.
 pub const PROG_PASS: &str = "xdpvs_pass";
 
-/// The real-server decapsulator (IPIP / IPv6-in-IPv6 to a VIP -> inner packet).
-pub const PROG_DECAP: &str = "xdpvs_decap";
-
-/// Most VIPs and local addresses the decapsulator holds.
-pub const MAX_DECAP_ADDRS: u32 = 1024;
+/// Every program of the balancer object.
+pub const PROGRAMS: &[&str] = &[PROG_LB, PROG_PASS];
 
 /// Most virtual servers the data path holds (VS_MAP entries, STATS_VS slots).
 pub const MAX_VS: u32 = 256;

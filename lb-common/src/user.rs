@@ -1,10 +1,11 @@
-//! Userspace-only impls: `aya::Pod` for every map type and conversions from std types.
+//! Userspace-only impls: `aya::Pod` for every balancer map type and conversions from std
+//! types (the real server's are in `realserver::user`).
 
 use core::net::IpAddr;
 
 use crate::{
-    AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
-    VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
+    Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo, VsInfo,
+    VsKey, FAMILY_V4, FAMILY_V6,
 };
 
 // SAFETY: all of these are repr(C), built only of integers and byte arrays, with
@@ -17,7 +18,6 @@ unsafe impl aya::Pod for FlowState {}
 unsafe impl aya::Pod for IfaceInfo {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for NatState {}
-unsafe impl aya::Pod for AddrKey {}
 unsafe impl aya::Pod for PersistKey {}
 unsafe impl aya::Pod for PersistState {}
 
@@ -62,18 +62,6 @@ pub fn mask_words(prefix: u8, family: u8) -> [u32; 4] {
         *w = u32::from_ne_bytes(host_order.to_be_bytes());
     }
     out
-}
-
-impl AddrKey {
-    /// The key of `addr`.
-    pub fn new(addr: IpAddr) -> Self {
-        let (addr, family) = addr_words(addr);
-        Self {
-            addr,
-            family,
-            _pad: [0; 3],
-        }
-    }
 }
 
 impl VsKey {

@@ -1,5 +1,6 @@
 //! The XDP program loaded for BPF_PROG_TEST_RUN, its maps filled by the daemon's own
 //! code (YAML -> config -> Reconciler -> maps). Used by the fixture tests and the bench.
+//! The real server's decapsulator, a separate object, has its own [`DecapFixture`].
 //!
 //! Each fixture owns a network namespace, entered by the calling thread, in which the
 //! test runs happen (the kernel runs them on that namespace's loopback). For the
@@ -15,13 +16,18 @@
 use std::{fs::File, net::IpAddr, os::fd::AsRawFd as _, path::Path};
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
+    Ebpf,
 };
 use lb_common::{
     flow_hash,
-    maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS, MAX_VS, PROG_LB, PROG_PASS},
-    AddrKey, FlowKey, IfaceInfo,
+    maps::{MAX_VS, PROG_LB, PROG_PASS},
+    realserver::{
+        maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS},
+        AddrKey,
+    },
+    FlowKey, IfaceInfo,
 };
 use xdpvs::{
     config::{self, Config, SystemFacts},
@@ -29,6 +35,7 @@ use xdpvs::{
         bpf::{self, BpfDataplane, Programs},
         DataplaneRead as _,
     },
+    realserver::decap,
     reconcile::{fmt_mac, L2Next, RealKey, Reconciler},
 };
 
@@ -68,8 +75,6 @@ impl SystemFacts for AnyInterface {
 pub struct Fixture {
     pub rec: Reconciler<BpfDataplane>,
     programs: Programs,
-    /// The decapsulator's maps: `DECAP_VIPS`, `DECAP_LOCAL`, `DECAP_STATS`.
-    decap: [Map; 3],
     pub config: Config,
     pub net: Netns,
 }
@@ -127,13 +132,11 @@ impl Fixture {
     pub fn new(yaml: &str) -> Self {
         crate::require_root();
         let net = enter_namespace();
-        let mut ebpf = bpf::load(bpf::LoadOptions {
+        let ebpf = bpf::load(bpf::LoadOptions {
             flow_entries: 65536,
             ring_count: 16,
         })
         .expect("load BPF object");
-        let decap = [DECAP_VIPS, DECAP_LOCAL, DECAP_STATS]
-            .map(|name| ebpf.take_map(name).expect("decapsulator map"));
         let (dp, programs) = BpfDataplane::new(ebpf).expect("maps");
         let mut rec = Reconciler::new(dp, MAX_VS, 16);
         rec.set_iface(
@@ -147,7 +150,6 @@ impl Fixture {
         let mut f = Fixture {
             rec,
             programs,
-            decap,
             config: Self::parse(yaml),
             net,
         };
@@ -205,26 +207,13 @@ impl Fixture {
         self.rec.set_health(&key, healthy).expect("health");
     }
 
-    fn prog(&self, name: &str) -> &Xdp {
-        self.programs.program(name).expect("XDP program")
-    }
-
     /// Runs the balancer on `frame` `repeat` times.
     pub fn run_n(&self, prog: &str, frame: &[u8], repeat: u32) -> Run {
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
+        test_run(
+            self.programs.program(prog).expect("XDP program"),
+            frame,
             repeat,
-            ..Default::default()
-        };
-        let r = self.prog(prog).test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        Run {
-            action: r.return_value,
-            out,
-            ns: r.duration.as_nanos() as u64,
-        }
+        )
     }
 
     /// Runs the balancer once.
@@ -240,23 +229,6 @@ impl Fixture {
     /// Returns: packets counted under verdict `reason` since load.
     pub fn verdicts(&self, reason: u32) -> u64 {
         self.rec.dataplane().verdicts().expect("verdicts")[reason as usize]
-    }
-
-    /// Returns: the decapsulator's counter `i` (`lb_common::DECAP_*`).
-    pub fn decap_count(&self, i: u32) -> u64 {
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&self.decap[2]).expect("percpu");
-        a.get(&i, 0).expect("get").iter().sum()
-    }
-
-    /// Fills the decapsulator's maps as `xdpvs realserver decap` does.
-    pub fn set_decap(&mut self, vips: &[IpAddr], local: &[IpAddr]) {
-        let [vip_map, local_map, _] = &mut self.decap;
-        for (m, addrs) in [(vip_map, vips), (local_map, local)] {
-            let mut h: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(m).expect("hash");
-            for a in addrs {
-                h.insert(AddrKey::new(*a), 1, 0).expect("insert");
-            }
-        }
     }
 
     /// Returns: the address of the real that Maglev gives `key` on virtual server `vs`
@@ -275,5 +247,69 @@ impl Fixture {
             .find(|r| self.rec.real_id(&RealKey::real(vs, r.address, r.port)) == Some(id))
             .map(|r| r.address)
             .expect("real of predicted id")
+    }
+}
+
+/// Runs `prog` on `frame` `repeat` times.
+/// Returns: the verdict and output of the last run, and the mean time per run.
+fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Run {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    };
+    let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    Run {
+        action: r.return_value,
+        out,
+        ns: r.duration.as_nanos() as u64,
+    }
+}
+
+/// The real server's object (the decapsulator) loaded for BPF_PROG_TEST_RUN by the code
+/// `xdpvs realserver decap` uses. It routes nothing, so it needs no namespace.
+pub struct DecapFixture {
+    pub ebpf: Ebpf,
+}
+
+impl DecapFixture {
+    /// Loads the real server's object, its maps empty.
+    pub fn load() -> Self {
+        crate::require_root();
+        Self {
+            ebpf: decap::load().expect("load the real server's BPF object"),
+        }
+    }
+
+    /// Runs program `prog` on `frame` `repeat` times.
+    pub fn run_n(&self, prog: &str, frame: &[u8], repeat: u32) -> Run {
+        let prog: &Xdp = self
+            .ebpf
+            .program(prog)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        test_run(prog, frame, repeat)
+    }
+
+    /// Returns: the decapsulator's counter `i` (`lb_common::realserver::DECAP_*`).
+    pub fn decap_count(&self, i: u32) -> u64 {
+        let m = self.ebpf.map(DECAP_STATS).expect("map");
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m).expect("percpu");
+        a.get(&i, 0).expect("get").iter().sum()
+    }
+
+    /// Fills the decapsulator's maps as `xdpvs realserver decap` does.
+    pub fn set_decap(&mut self, vips: &[IpAddr], local: &[IpAddr]) {
+        for (name, addrs) in [(DECAP_VIPS, vips), (DECAP_LOCAL, local)] {
+            let m = self.ebpf.map_mut(name).expect("map");
+            let mut h: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(m).expect("hash");
+            for a in addrs {
+                h.insert(AddrKey::new(*a), 1, 0).expect("insert");
+            }
+        }
     }
 }

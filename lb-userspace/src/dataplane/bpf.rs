@@ -8,8 +8,8 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        FLOWS, IFACES, NAT_STATE, PROG_DECAP, PROG_LB, PROG_PASS, REALS, SETTINGS, STATS_REAL,
-        STATS_VS, VERDICTS, VS_MAP, VS_RINGS,
+        FLOWS, IFACES, NAT_STATE, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, VERDICTS,
+        VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
@@ -42,7 +42,7 @@ pub fn load(opts: LoadOptions) -> Result<Ebpf, anyhow::Error> {
         .map_max_entries(FLOWS, opts.flow_entries)
         .map_max_entries(NAT_STATE, opts.flow_entries)
         .load(crate::BPF_OBJECT)?;
-    for name in [PROG_LB, PROG_PASS, PROG_DECAP] {
+    for &name in PROGRAMS {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow::anyhow!("program {name} missing from the BPF object"))?

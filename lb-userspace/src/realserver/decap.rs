@@ -1,8 +1,10 @@
 //! `xdpvs realserver decap`: the tunnel method's decapsulator.
 //!
-//! `decap` attaches the decapsulator (tunnel method) to the interface tunnelled packets
-//! arrive on and keeps its maps true: the VIPs given on the command line, and this
-//! host's own addresses (the accepted outer destinations), re-read every few seconds.
+//! `decap` loads the real server's own BPF object ([`crate::BPF_REALSERVER_OBJECT`]: the
+//! decapsulator and its three small maps, none of the balancer's), attaches it to the
+//! interface tunnelled packets arrive on and keeps its maps true: the VIPs given on the
+//! command line, and this host's own addresses (the accepted outer destinations),
+//! re-read every few seconds.
 //! It runs until SIGTERM/SIGINT and detaches on exit; `--detach` removes one left
 //! attached by anything else.
 
@@ -11,10 +13,11 @@ use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
+    programs::Xdp,
     Ebpf,
 };
-use lb_common::{
-    maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS, MAX_DECAP_ADDRS, PROG_DECAP},
+use lb_common::realserver::{
+    maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS, MAX_DECAP_ADDRS, PROGRAMS, PROG_DECAP},
     AddrKey, DECAP_DONE, DECAP_SKIPPED,
 };
 use rtnetlink::Handle;
@@ -24,6 +27,22 @@ use crate::{config::XdpMode, dataplane::bpf, netlink};
 
 /// How often the host's addresses are re-read.
 const ADDRESS_REFRESH: Duration = Duration::from_secs(2);
+
+/// Loads the real server's BPF object; its programs are loaded (verified) but attached
+/// nowhere. The root-run tests load it through here too.
+/// Returns: the object.
+pub fn load() -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(crate::BPF_REALSERVER_OBJECT)?;
+    for &name in PROGRAMS {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the real server's object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("the kernel rejected XDP program {name}"))?;
+    }
+    Ok(ebpf)
+}
 
 fn addr_map<'a>(
     ebpf: &'a mut Ebpf,
@@ -72,11 +91,8 @@ pub async fn decap(interface: &str, vips: &[IpAddr], mode: XdpMode) -> anyhow::R
     );
     let handle = netlink::connect().context("netlink")?;
     let iface = netlink::interface(&handle, interface).await?;
-    let mut ebpf = bpf::load(bpf::LoadOptions {
-        flow_entries: 1024,
-        ring_count: 2,
-    })
-    .context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
+    let mut ebpf =
+        load().context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
     let mut vip_set = BTreeSet::new();
     sync_addrs(
         &mut ebpf,

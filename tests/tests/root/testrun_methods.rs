@@ -5,9 +5,13 @@
 
 use std::net::IpAddr;
 
-use lb_common::{flow_hash, maps::PROG_DECAP, reason, FlowKey, DECAP_DONE, PROTO_TCP};
+use lb_common::{
+    flow_hash,
+    realserver::{maps::PROG_DECAP, DECAP_DONE},
+    reason, FlowKey, PROTO_TCP,
+};
 use tests::{
-    fixture::{real_mac, Fixture, CLIENT_MAC, FIB_MAC, GW_MAC, LB_MAC},
+    fixture::{real_mac, DecapFixture, Fixture, CLIENT_MAC, FIB_MAC, GW_MAC, LB_MAC},
     packet::{eth, icmp4_too_big, icmp6_too_big, ipv4_header, ipv6_header, V4Packet, V6Packet},
 };
 
@@ -352,7 +356,7 @@ fn dr_v6_rewrites_only_macs_and_ipv6_extension_headers_pass() {
 
 #[test]
 fn decap_unwraps_only_tunnelled_packets_for_configured_vips() {
-    let mut f = Fixture::new(YAML);
+    let mut f = DecapFixture::load();
     let real4: IpAddr = "10.0.9.11".parse().unwrap();
     let real6: IpAddr = "fd00:9::11".parse().unwrap();
     f.set_decap(

@@ -11,17 +11,18 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD, IPIP_OVERHEAD};
-
-use crate::{
-    balance::Verdict,
-    fib,
-    forward::{internal, next_hop, set_macs, transmit},
-    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+use lb_ebpf::headers::{
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6,
+    IP_DF,
 };
 
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
-const IP_DF: u16 = 0x4000;
+use crate::{
+    fib,
+    forward::egress::{next_hop, set_macs, transmit},
+    parse::Parsed,
+    verdict::Verdict,
+};
+
 const OUTER_TTL: u8 = 64;
 
 /// Encapsulates a packet of virtual server `vs` to `real`.
@@ -55,24 +56,24 @@ pub fn forward(
     let hop = next_hop(ctx, p, &r, overhead as u32)?;
     // Inner TOS / traffic class, read before the headers move.
     let tos = if v4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { (*ip).tos }
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
         // SAFETY: bounds checked by ptr_at.
         ((u32::from_be(unsafe { (*ip).ver_tc_flow }) >> 20) & 0xff) as u8
     };
     // SAFETY: helper call on this program's own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
-        return Err(internal());
+        return Err(Verdict::internal());
     }
     set_macs(ctx, hop.dmac, hop.smac)?;
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(internal())?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Verdict::internal())?;
     // SAFETY: bounds checked by ptr_at. The bytes are new headroom: every field is set.
     unsafe { (*eth).proto_be = if v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be() };
     if v4 {
-        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
         let h = Ipv4Hdr::new(
             tos,
             outer_len as u16,
@@ -85,7 +86,7 @@ pub fn forward(
         // SAFETY: bounds checked by ptr_at.
         unsafe { *ip = h };
     } else {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(internal())?;
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
         let label = flow_hash(&p.key);
         let h = Ipv6Hdr::new(
             tos,

@@ -19,33 +19,20 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{reason, FAMILY_V4};
-
-use crate::{
-    balance::Verdict,
+use lb_ebpf::{
     csum,
-    parse::{
-        ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN,
-        IPV6_HLEN,
+    headers::{
+        ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IP_DF,
     },
 };
 
+use crate::{parse::Parsed, verdict::Verdict};
+
 /// Most bytes of the offending packet quoted in the answer.
 pub const QUOTE_MAX: usize = 128;
-const ICMP_HLEN: usize = 8;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-const IP_DF: u16 = 0x4000;
 /// TOS of ICMP errors (precedence "internetwork control"), as Linux sends them.
 const TOS_INTERNETCONTROL: u8 = 0xc0;
-
-#[repr(C)]
-struct IcmpHdr {
-    kind: u8,
-    code: u8,
-    check: u16,
-    /// IPv4: unused (2 bytes) + next-hop MTU (2 bytes); IPv6: MTU (4 bytes). Network order.
-    rest_be: u32,
-}
 
 /// Answers the packet `p` (untagged, not yet rewritten) with "too big, use `mtu`".
 /// Returns: the final verdict: XDP_TX with the answer, or a drop.

@@ -12,13 +12,17 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UDP, SETTING_NAT};
+use lb_ebpf::{
+    csum,
+    headers::{ptr_at, Ipv4Hdr, Ipv6Hdr},
+};
 
 use crate::{
-    balance::Verdict,
-    csum, fib,
-    forward::{internal, next_hop, set_macs, transmit},
+    fib,
+    forward::egress::{next_hop, set_macs, transmit},
     maps::{NAT_STATE, SETTINGS},
-    parse::{l4_csum_off, ptr_at, Ipv4Hdr, Ipv6Hdr, Parsed},
+    parse::{l4_complete, l4_csum_off, Parsed},
+    verdict::Verdict,
 };
 
 /// Which end of a packet a rewrite changes.
@@ -127,7 +131,7 @@ pub fn forward(
         // the next request tries again.
         let _ = NAT_STATE.insert(&reply, &state, 0);
     }
-    rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(internal())?;
+    rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
     set_macs(ctx, hop.dmac, hop.smac)?;
     Ok(transmit(ctx, hop.ifindex))
 }
@@ -145,7 +149,7 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         Some(s) => *s,
         None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
     };
-    if !crate::parse::l4_complete(ctx, p) {
+    if !l4_complete(ctx, p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
     if p.vlan {
@@ -159,7 +163,7 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         state.vport_be,
         p.key.dport_be,
     )?;
-    rewrite(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(internal())?;
+    rewrite(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(Verdict::internal())?;
     set_macs(ctx, hop.dmac, hop.smac)?;
     let v = transmit(ctx, hop.ifindex);
     Ok((

@@ -5,8 +5,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, RealInfo};
 
 use crate::{
-    balance::Verdict,
-    forward::{egress_iface, set_macs, transmit},
+    forward::egress::{egress_iface, set_macs, transmit},
+    verdict::Verdict,
 };
 
 /// Rewrites destination MAC to the real's and source MAC to the egress interface's.

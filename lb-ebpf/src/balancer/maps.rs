@@ -1,4 +1,4 @@
-//! The maps, declared under the names `lb_common::maps` exports. Sizes here are the
+//! The balancer's maps, declared under the names `lb_common::maps` exports. Sizes here are the
 //! defaults; the daemon overrides `VS_RINGS` and `FLOWS` at load time.
 
 use aya_ebpf::{
@@ -7,11 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps::{
-        DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_DECAP_ADDRS, MAX_IFACES, MAX_REALS, MAX_VS,
-    },
-    reason, AddrKey, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState,
-    RealInfo, VsInfo, VsKey, DECAP_COUNT, RING_STRIDE,
+    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_REALS, MAX_VS},
+    reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
+    VsInfo, VsKey, RING_STRIDE,
 };
 
 /// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
@@ -60,15 +58,3 @@ pub static SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static NAT_STATE: LruHashMap<FlowKey, NatState> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
-
-/// Decapsulator: VIPs to unwrap packets for. Written by `xdpvs realserver decap`.
-#[map]
-pub static DECAP_VIPS: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
-
-/// Decapsulator: this host's addresses (accepted outer destinations).
-#[map]
-pub static DECAP_LOCAL: HashMap<AddrKey, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
-
-/// Decapsulator counters, per CPU.
-#[map]
-pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_COUNT, 0);

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use lb_common::{reason, FAMILY_V4};
 
-use crate::balance::Verdict;
+use crate::verdict::Verdict;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;

@@ -12,16 +12,18 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, maps::HashMap,
     programs::XdpContext,
 };
-use lb_common::{AddrKey, DECAP_DONE, DECAP_SKIPPED, FAMILY_V4, FAMILY_V6};
-
-use crate::{
-    maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS},
-    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN},
+use lb_common::{
+    realserver::{AddrKey, DECAP_DONE, DECAP_SKIPPED},
+    FAMILY_V4, FAMILY_V6,
+};
+use lb_ebpf::headers::{
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6,
+    IPV6_HLEN,
 };
 
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
+use crate::maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS};
 
+/// Counts one packet under decapsulator counter `i` (`DECAP_*`).
 fn count(i: u32) {
     if let Some(c) = DECAP_STATS.get_ptr_mut(i) {
         // SAFETY: per-CPU slot, valid for this run.

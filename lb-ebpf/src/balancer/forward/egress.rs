@@ -1,29 +1,17 @@
-//! Forwarding methods, one module each, and what they share: leaving by the right port.
-
-pub mod dr;
-pub mod nat;
-pub mod tunnel;
+//! What the forwarding methods share: leaving by the right port with the right MAC
+//! addresses (the next hop of the methods that route, the egress interface's facts,
+//! XDP_TX or XDP_REDIRECT).
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{reason, IfaceInfo};
+use lb_ebpf::headers::{ptr_at, EthHdr};
 
-use crate::{
-    balance::Verdict,
-    fib, icmp,
-    maps::IFACES,
-    parse::{ptr_at, EthHdr, Parsed},
-};
-
-/// The verdict for a header the program itself checked moments ago and now cannot
-/// reach: data path bug, counted as `drop_internal`.
-pub const fn internal() -> Verdict {
-    Verdict::drop(reason::DROP_INTERNAL)
-}
+use crate::{fib, icmp, maps::IFACES, parse::Parsed, verdict::Verdict};
 
 /// Sets the frame's destination and source MAC addresses.
 #[inline(always)]
 pub fn set_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Verdict> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(internal())?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Verdict::internal())?;
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         (*eth).dst = dst;

@@ -1,4 +1,4 @@
-//! Bounds-checked header access and the parse of a frame into what balancing needs.
+//! The parse of a frame into what balancing needs: the flow key and where the headers are.
 //!
 //! Policy, applied here:
 //! - One 802.1Q tag is understood; a second (QinQ) makes the frame "not IP" -> kernel.
@@ -11,120 +11,12 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_ebpf::headers::{
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN,
+    TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
+};
 
-use crate::{balance::Verdict, csum};
-
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const VLAN_HLEN: usize = 4;
-pub const IPV4_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-const TCP_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-/// Offset of the checksum in a TCP header.
-pub const TCP_CSUM_OFF: usize = 16;
-/// Offset of the checksum in a UDP header.
-pub const UDP_CSUM_OFF: usize = 6;
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub proto_be: u16,
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub ver_ihl: u8,
-    pub tos: u8,
-    pub tot_len_be: u16,
-    pub id_be: u16,
-    pub frag_off_be: u16,
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: u16,
-    pub src: u32,
-    pub dst: u32,
-}
-
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub ver_tc_flow: u32,
-    pub payload_len_be: u16,
-    pub next_hdr: u8,
-    pub hop_limit: u8,
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-}
-
-impl Ipv4Hdr {
-    /// A header the balancer originates (tunnel outer header, ICMP answer): no options,
-    /// id 0, checksum computed. Lengths and flags in host order, addresses as on the wire.
-    #[inline(always)]
-    pub fn new(
-        tos: u8,
-        tot_len: u16,
-        frag_off: u16,
-        ttl: u8,
-        proto: u8,
-        src: u32,
-        dst: u32,
-    ) -> Self {
-        let mut h = Self {
-            ver_ihl: 0x45,
-            tos,
-            tot_len_be: tot_len.to_be(),
-            id_be: 0,
-            frag_off_be: frag_off.to_be(),
-            ttl,
-            proto,
-            check: 0,
-            src,
-            dst,
-        };
-        // SAFETY: Ipv4Hdr is 20 bytes of plain integers, readable as ten u16 words.
-        let words = unsafe { &*(&h as *const Self as *const [u16; 10]) };
-        h.check = !csum::fold(csum::sum_words(0, words));
-        h
-    }
-}
-
-impl Ipv6Hdr {
-    /// A header the balancer originates. Lengths in host order, addresses as on the wire.
-    #[inline(always)]
-    pub fn new(
-        tclass: u8,
-        flow: u32,
-        payload_len: u16,
-        next_hdr: u8,
-        hop_limit: u8,
-        src: [u32; 4],
-        dst: [u32; 4],
-    ) -> Self {
-        Self {
-            ver_tc_flow: ((6u32 << 28) | (u32::from(tclass) << 20) | (flow & 0xf_ffff)).to_be(),
-            payload_len_be: payload_len.to_be(),
-            next_hdr,
-            hop_limit,
-            src,
-            dst,
-        }
-    }
-}
-
-/// Returns: a pointer to a `T` at `off` bytes into the frame, or `None` when the frame
-/// is too short to hold it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *mut T)
-}
+use crate::verdict::Verdict;
 
 /// What balancing needs to know about a frame.
 pub struct Parsed {

@@ -3,11 +3,14 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    flow_hash, FlowKey, FlowState, PersistKey, PersistState, RealInfo, VsInfo, NO_REAL,
+    flow_hash, reason, FlowKey, FlowState, PersistKey, PersistState, RealInfo, VsInfo, NO_REAL,
     REAL_F_ACTIVE, REAL_F_NEW, RING_STRIDE,
 };
 
-use crate::maps::{FLOWS, PERSIST, REALS, VS_RINGS};
+use crate::{
+    maps::{FLOWS, PERSIST, REALS, VS_RINGS},
+    verdict::Verdict,
+};
 
 /// A persistence entry's last-seen time is rewritten at most this often (ns), so that
 /// the established fast path does not write a shared cache line on every packet.
@@ -19,13 +22,6 @@ pub struct Choice {
     pub real: *const RealInfo,
     /// The flow was (re)scheduled by this packet.
     pub new_flow: bool,
-}
-
-pub enum Miss {
-    /// The ring slot is empty: the virtual server has no real taking new flows.
-    NoReal,
-    /// A ring or real index out of range: daemon/data-path disagreement.
-    Internal,
 }
 
 /// Returns: real `id` if it still is the holder of `generation` and has every bit of
@@ -86,8 +82,10 @@ fn persist_lookup(pk: &PersistKey, vs: &VsInfo, now: u64) -> Option<(u32, *const
 /// Picks the real for `key` on virtual server `vs`, recording new choices in FLOWS (and
 /// PERSIST). An entry naming a real that is gone (inactive, or its id reused) is
 /// re-steered.
+/// Returns: the choice, or the drop verdict: `drop_no_real` when the ring slot is empty
+/// (no real takes new flows), `drop_internal` for a ring or real index out of range.
 #[inline(always)]
-pub fn choose(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Miss> {
+pub fn real(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
     let persistent = vs.persist_timeout_ns != 0;
     // SAFETY: LRU hash value; a concurrent update can at worst give a stale but
     // well-formed FlowState, which is then validated against REALS.
@@ -116,14 +114,14 @@ pub fn choose(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Miss> {
         Some(s) => s,
         None => {
             if vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
-                return Err(Miss::Internal);
+                return Err(Verdict::internal());
             }
             let slot = vs.ring_id * RING_STRIDE + flow_hash(key) % vs.ring_size;
-            let real_id = *VS_RINGS.get(slot).ok_or(Miss::Internal)?;
+            let real_id = *VS_RINGS.get(slot).ok_or(Verdict::internal())?;
             if real_id == NO_REAL {
-                return Err(Miss::NoReal);
+                return Err(Verdict::drop(reason::DROP_NO_REAL));
             }
-            (real_id, REALS.get_ptr(real_id).ok_or(Miss::Internal)?)
+            (real_id, REALS.get_ptr(real_id).ok_or(Verdict::internal())?)
         }
     };
     // SAFETY: as above.

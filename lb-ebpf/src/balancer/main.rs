@@ -1,17 +1,17 @@
-//! xdpvs data path. Entry points only; the work is in the modules, one topic each.
+//! The load balancer's BPF object (`xdpvs`). Entry points only; the work is in the
+//! modules, one topic each.
 #![no_std]
 #![no_main]
 
 mod balance;
-mod csum;
-mod decap;
+mod choose;
 mod fib;
 mod forward;
 mod icmp;
-mod lookup;
 mod maps;
 mod parse;
 mod stats;
+mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
@@ -23,13 +23,6 @@ pub fn xdpvs_lb(ctx: XdpContext) -> u32 {
     };
     stats::count_verdict(verdict.reason);
     verdict.action
-}
-
-/// The real-server decapsulator (`xdpvs realserver decap`): unwraps tunnelled packets
-/// for configured VIPs, passes everything up the stack.
-#[xdp]
-pub fn xdpvs_decap(ctx: XdpContext) -> u32 {
-    decap::try_decap(&ctx)
 }
 
 /// XDP_PASS and nothing else. veth hands XDP_TX'd or redirected frames only to a peer

@@ -1,0 +1,49 @@
+//! One packet through the balancer: parse, find the virtual server, choose the real,
+//! forward with the virtual server's method.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{reason, FlowKey, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
+
+use crate::{choose, forward, maps::VS_MAP, parse, stats, verdict::Verdict};
+
+/// Returns: `Ok` with the verdict of a forwarded packet, `Err` with the verdict of one
+/// that was passed or dropped (both are final; the split keeps `?` usable).
+#[inline(always)]
+pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let p = parse::parse(ctx)?;
+    let Some(vs) = virtual_server(&p.key) else {
+        // Not for a VIP: maybe a real's reply to a NAT flow.
+        let (verdict, vs_index) = forward::nat::reply(ctx, &p)?;
+        stats::count_reply(vs_index, p.len);
+        return Ok(verdict);
+    };
+    if !parse::l4_complete(ctx, &p) {
+        return Err(Verdict::drop(reason::DROP_MALFORMED));
+    }
+    let choice = choose::real(&p.key, vs)?;
+    // SAFETY: array value pointer, valid for this run.
+    let real = unsafe { &*choice.real };
+    let verdict = match vs.method {
+        METHOD_DR => forward::dr::forward(ctx, real)?,
+        METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow)?,
+        METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
+        _ => return Err(Verdict::internal()),
+    };
+    stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
+    Ok(verdict)
+}
+
+/// Returns: the virtual server the flow `key` is addressed to, if its destination
+/// address, port and protocol are one.
+#[inline(always)]
+fn virtual_server(key: &FlowKey) -> Option<&'static VsInfo> {
+    let vs_key = VsKey {
+        addr: key.dst,
+        port_be: key.dport_be,
+        proto: key.proto,
+        family: key.family,
+    };
+    // SAFETY: VS_MAP is BPF_F_NO_PREALLOC: a replaced value stays valid until this
+    // program returns (RCU), so the reference cannot alias a newer value.
+    unsafe { VS_MAP.get(&vs_key) }
+}

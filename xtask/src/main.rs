@@ -3,6 +3,7 @@
 //! on a fresh machine before `setup` has installed what the BPF build needs.
 
 mod cmd;
+mod layers;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -28,8 +29,11 @@ enum Cmd {
     Setup,
     /// Build the BPF object and target/release/xdpvs.
     Build,
-    /// Run every test: unit tests, then the root-run BPF and namespace tests.
+    /// Run every test: static checks, unit tests, then the root-run BPF and namespace tests.
     Test,
+    /// Check that imports between sibling modules of lb-ebpf and lb-userspace run one
+    /// way (no cycle).
+    Layers,
     /// Build a topology in namespaces, run xdpvs, send requests, print who answered.
     Demo,
     /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN).
@@ -57,6 +61,7 @@ fn test() -> Result<()> {
     if !is_root() {
         bail!("`cargo xtask test` runs network-namespace and XDP tests and needs root");
     }
+    layers::check(&root())?;
     run(Command::new("cargo").args([
         "clippy",
         "-q",
@@ -90,6 +95,7 @@ fn main() -> Result<()> {
             build()
         }
         Cmd::Test => test(),
+        Cmd::Layers => layers::check(&root()),
         Cmd::Demo => {
             setup()?;
             build()?;

@@ -31,6 +31,32 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// What a captured command did.
+pub struct Captured {
+    /// Whether it exited successfully.
+    pub ok: bool,
+    /// Its standard output, then its standard error.
+    pub text: String,
+}
+
+/// Runs `cmd` in the workspace root, echoing it first but keeping its output, for a
+/// caller that has to read the output to tell one failure from another.
+///
+/// Returns: its exit status and output, or an error when it cannot start.
+pub fn capture(cmd: &mut Command) -> Result<Captured> {
+    eprintln!("xtask: {cmd:?}");
+    let out = cmd
+        .current_dir(root())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok(Captured {
+        ok: out.status.success(),
+        text,
+    })
+}
+
 /// Runs `cmd args` quietly, for probing what is installed.
 ///
 /// Returns: its trimmed standard output when it ran and succeeded.

@@ -3,6 +3,7 @@
 //! on a fresh machine before `setup` has installed what the BPF build needs.
 
 mod cmd;
+mod deny;
 mod layers;
 mod setup;
 
@@ -31,6 +32,9 @@ enum Cmd {
     Build,
     /// Run every test: static checks, unit tests, then the root-run BPF and namespace tests.
     Test,
+    /// Run cargo-deny: licences, bans and duplicates, sources, and security advisories
+    /// when a database can be had (see docs/testing.md).
+    Deny,
     /// Check that imports between sibling modules of lb-ebpf and lb-userspace run one
     /// way (no cycle).
     Layers,
@@ -62,6 +66,7 @@ fn test() -> Result<()> {
         bail!("`cargo xtask test` runs network-namespace and XDP tests and needs root");
     }
     layers::check(&root())?;
+    let advisories = deny::check()?;
     run(Command::new("cargo").args([
         "clippy",
         "-q",
@@ -84,7 +89,12 @@ fn test() -> Result<()> {
     // Root-run tests share the host's namespaces directory: run them one at a time.
     run(Command::new("cargo")
         .args(["test", "-p", "tests", "--", "--test-threads=1"])
-        .env("XDPVS_BIN", xdpvs_bin()))
+        .env("XDPVS_BIN", xdpvs_bin()))?;
+    // Said again at the end, where it cannot scroll away.
+    if let Some(text) = deny::banner(&advisories) {
+        eprintln!("{text}");
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -95,6 +105,10 @@ fn main() -> Result<()> {
             build()
         }
         Cmd::Test => test(),
+        Cmd::Deny => {
+            setup::cargo_deny()?;
+            deny::check().map(drop)
+        }
         Cmd::Layers => layers::check(&root()),
         Cmd::Demo => {
             setup()?;

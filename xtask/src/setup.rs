@@ -13,6 +13,10 @@ use crate::cmd::{have, is_root, output, run};
 /// Where bpf-linker finds the nightly's own LLVM (see docs/testing.md).
 const LLVM_PREFIX: &str = "/opt/xdpvs-llvm";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-deny for `cargo xtask test`'s dependency checks. 0.20.2 needs rustc 1.88 and
+/// builds with the stable 1.95 here; installing it from crates.io takes about 350 s of
+/// CPU (3 to 10 minutes on two cores, depending on what else runs), once per machine.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 /// Debian packages the tests, demo and set-up use.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -30,6 +34,7 @@ pub fn setup() -> Result<()> {
     let sysroot = nightly_with_rust_src()?;
     link_nightly_llvm(&sysroot)?;
     bpf_linker()?;
+    cargo_deny()?;
     mount_bpffs()?;
     eprintln!("xtask: setup complete");
     Ok(())
@@ -128,6 +133,26 @@ fn bpf_linker() -> Result<()> {
         ])
         .args(["--no-default-features", "--features", "llvm-22", "--force"])
         .env("LLVM_PREFIX", LLVM_PREFIX))
+}
+
+/// Installs cargo-deny `CARGO_DENY_VERSION` from crates.io unless that exact version
+/// answers already. `--locked` builds it with the dependency versions its authors
+/// tested.
+///
+/// Returns: an error when `cargo install` fails.
+pub fn cargo_deny() -> Result<()> {
+    let want = format!("cargo-deny {CARGO_DENY_VERSION}");
+    if output("cargo", &["deny", "--version"]).as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-deny",
+        "--version",
+        CARGO_DENY_VERSION,
+        "--force",
+    ]))
 }
 
 /// Mounts bpffs, for operators who pin and for bpftool.

@@ -14,8 +14,8 @@ use crate::cmd::{have, is_root, output, run};
 const LLVM_PREFIX: &str = "/opt/xdpvs-llvm";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-deny for `cargo xtask test`'s dependency checks. 0.20.2 needs rustc 1.88 and
-/// builds with the stable 1.95 here; installing it from crates.io takes about 350 s of
-/// CPU (3 to 10 minutes on two cores, depending on what else runs), once per machine.
+/// builds with the stable 1.95 here; installing it from crates.io takes 350 s of CPU
+/// once per machine (10.5 minutes on two cores busy with other builds).
 const CARGO_DENY_VERSION: &str = "0.20.2";
 /// Debian packages the tests, demo and set-up use.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[

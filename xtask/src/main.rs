@@ -85,6 +85,8 @@ fn test() -> Result<()> {
     ]))?;
     run(Command::new("cargo").args(["test", "-p", "lb-common", "--features", "user"]))?;
     run(Command::new("cargo").args(["test", "-p", "lb-userspace"]))?;
+    // xtask's own checks (the cycle finder, the advisories triage) are code too.
+    run(Command::new("cargo").args(["test", "-p", "xtask"]))?;
     build()?;
     // Root-run tests share the host's namespaces directory: run them one at a time.
     run(Command::new("cargo")

@@ -33,6 +33,7 @@ use crate::{
     config::{CheckType, Config, Method, VirtualServer},
     dataplane::{Dataplane, DataplaneError},
     maglev,
+    model::RealKey,
 };
 
 /// Where a real server's frames go: learnt from the kernel's routes and neighbours.
@@ -40,28 +41,6 @@ use crate::{
 pub struct L2Next {
     pub ifindex: u32,
     pub mac: [u8; 6],
-}
-
-/// A real server (or the sorry server) of a virtual server: its identity here.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RealKey {
-    pub vs: String,
-    pub addr: IpAddr,
-    pub port: u16,
-    /// The virtual server's sorry server rather than one of its reals.
-    pub sorry: bool,
-}
-
-impl RealKey {
-    /// The key of real `addr:port` of virtual server `vs`.
-    pub fn real(vs: &str, addr: IpAddr, port: u16) -> Self {
-        Self {
-            vs: vs.to_string(),
-            addr,
-            port,
-            sorry: false,
-        }
-    }
 }
 
 /// A runtime change to a real that the file does not hold (`xdpvs real ...`).
@@ -293,12 +272,7 @@ impl<D: Dataplane> Reconciler<D> {
             .collect();
         if out.is_empty() {
             if let Some(s) = vs.sorry_server {
-                let key = RealKey {
-                    vs: vs.name.clone(),
-                    addr: s.address,
-                    port: s.port,
-                    sorry: true,
-                };
+                let key = RealKey::sorry(&vs.name, s.address, s.port);
                 if let Some(slot) = self.reals.get(&key) {
                     out.push(maglev::Backend {
                         id: slot.id,
@@ -339,12 +313,7 @@ impl<D: Dataplane> Reconciler<D> {
             })
             .collect();
         if let Some(s) = slot.cfg.sorry_server {
-            let key = RealKey {
-                vs: vs.to_string(),
-                addr: s.address,
-                port: s.port,
-                sorry: true,
-            };
+            let key = RealKey::sorry(vs, s.address, s.port);
             if let Some(r) = self.reals.get(&key) {
                 out.push(RealView {
                     id: r.id,
@@ -524,12 +493,7 @@ impl<D: Dataplane> Reconciler<D> {
                 wanted_reals.push(RealKey::real(&vs.name, r.address, r.port));
             }
             if let Some(s) = vs.sorry_server {
-                wanted_reals.push(RealKey {
-                    vs: vs.name.clone(),
-                    addr: s.address,
-                    port: s.port,
-                    sorry: true,
-                });
+                wanted_reals.push(RealKey::sorry(&vs.name, s.address, s.port));
             }
         }
         // Overrides made against a weight the file no longer has are dropped.
@@ -1020,12 +984,7 @@ mod tests {
             &[("10.0.1.1", 1)],
         );
         r.apply(&c).unwrap();
-        let sorry = RealKey {
-            vs: "web".into(),
-            addr: "10.0.9.9".parse().unwrap(),
-            port: 80,
-            sorry: true,
-        };
+        let sorry = RealKey::sorry("web", "10.0.9.9".parse().unwrap(), 80);
         let sid = r.real_id(&sorry).unwrap();
         assert_eq!(ids_in_table(&r), [sid].into());
         r.set_health(&rk("10.0.1.1"), true).unwrap();

@@ -29,7 +29,8 @@ use xdpvs::{
         bpf::{self, BpfDataplane, Programs},
         DataplaneRead as _,
     },
-    reconcile::{fmt_mac, L2Next, RealKey, Reconciler},
+    model::RealKey,
+    reconcile::{fmt_mac, L2Next, Reconciler},
 };
 
 use crate::netns::{unique_prefix, Netns};
@@ -137,13 +138,13 @@ impl Fixture {
         let (dp, programs) = BpfDataplane::new(ebpf).expect("maps");
         let mut rec = Reconciler::new(dp, MAX_VS, 16);
         rec.set_iface(
-                TEST_IFINDEX,
-                &IfaceInfo {
-                    mac: LB_MAC,
-                    _pad: [0; 2],
-                },
-            )
-            .expect("iface");
+            TEST_IFINDEX,
+            &IfaceInfo {
+                mac: LB_MAC,
+                _pad: [0; 2],
+            },
+        )
+        .expect("iface");
         let mut f = Fixture {
             rec,
             programs,
@@ -244,8 +245,7 @@ impl Fixture {
 
     /// Returns: the decapsulator's counter `i` (`lb_common::DECAP_*`).
     pub fn decap_count(&self, i: u32) -> u64 {
-        let a: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(&self.decap[2]).expect("percpu");
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&self.decap[2]).expect("percpu");
         a.get(&i, 0).expect("get").iter().sum()
     }
 

@@ -33,7 +33,8 @@ use crate::{
     dataplane::bpf::{self, BpfDataplane, Programs},
     health::{Health, Report},
     metrics,
-    reconcile::{Override, RealKey, Reconciler},
+    model::RealKey,
+    reconcile::{Override, Reconciler},
 };
 
 /// How often next hops are re-read from the kernel.

@@ -20,7 +20,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 pub use self::probe::{probe, Failure};
 use crate::{
     config::{CheckType, Config, HealthCheck},
-    reconcile::RealKey,
+    model::RealKey,
 };
 
 /// Upper bounds (seconds) of the probe latency histogram's buckets.

@@ -316,11 +316,10 @@ impl Daemon {
             ),
         };
         let file_weight = self.rec.file_weight(&key).unwrap_or(0);
-        let mut o = self.rec.override_of(&key).unwrap_or(Override {
-            weight: None,
-            disabled: false,
-            file_weight,
-        });
+        let mut o = self
+            .rec
+            .override_of(&key)
+            .unwrap_or(Override::new(file_weight));
         if let RealAction::Weight(w) = action {
             if w > config::MAX_WEIGHT {
                 anyhow::bail!("weight {w} is out of range 0..={}", config::MAX_WEIGHT);

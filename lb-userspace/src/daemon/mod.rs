@@ -109,7 +109,7 @@ impl Daemon {
         host::preflight(config, self.host.attached())?;
         self.host.register_attached(&mut self.rec)?;
         self.rec.apply(config).context("filling the BPF maps")?;
-        self.health.sync(config, |k| self.rec.healthy(k));
+        self.health.sync(config);
         let deadline = Instant::now() + INITIAL_RESOLVE;
         loop {
             let missing = self.host.refresh_next_hops(&mut self.rec).await?;
@@ -180,7 +180,7 @@ impl Daemon {
 
     /// Counts a probe result; a health transition updates the real's table at once.
     fn on_probe(&mut self, report: Report) -> anyhow::Result<()> {
-        let Some(t) = self.health.record(report) else {
+        let Some(t) = self.health.record(report, |k| self.rec.healthy(k)) else {
             return Ok(());
         };
         self.rec.set_health(&t.key, t.healthy)?;
@@ -238,7 +238,7 @@ impl Daemon {
             tracing::error!("reload failed while applying: {e}");
             return Err(format!("reload failed while applying: {e}"));
         }
-        self.health.sync(&config, |k| self.rec.healthy(k));
+        self.health.sync(&config);
         if let Err(e) = self.host.sync_vips(&config).await {
             tracing::error!("reload: VIP addresses: {e:#}");
         }

@@ -16,7 +16,8 @@ use crate::{
 /// The reals' learnt health and runtime overrides.
 #[derive(Debug, Default)]
 pub(super) struct Policy {
-    /// Health of probed reals (absent: not yet healthy).
+    /// Health of probed reals (absent: not yet healthy). The one record of it: the
+    /// probes' rise/fall state machines count their results against it.
     health: HashMap<RealKey, bool>,
     overrides: HashMap<RealKey, Override>,
 }

@@ -33,8 +33,7 @@ use crate::{
     dataplane::bpf::{self, BpfDataplane, Programs},
     health::{Health, Report},
     metrics,
-    model::RealKey,
-    reconcile::{Override, Reconciler},
+    reconcile::{Override, RealView, Reconciler},
 };
 
 /// How often next hops are re-read from the kernel.
@@ -301,21 +300,19 @@ impl Daemon {
         if !self.rec.virtual_servers().any(|v| v.name == vs) {
             anyhow::bail!("no virtual server named `{vs}`");
         }
-        let matches: Vec<RealKey> = self
+        let matches: Vec<RealView> = self
             .rec
             .real_views(vs)
             .into_iter()
             .filter(|v| !v.key.sorry && v.key.addr == addr && port.is_none_or(|p| p == v.key.port))
-            .map(|v| v.key)
             .collect();
-        let key = match matches.as_slice() {
-            [k] => k.clone(),
+        let (key, file_weight) = match matches.as_slice() {
+            [v] => (v.key.clone(), v.file_weight),
             [] => anyhow::bail!("virtual server `{vs}` has no real {real}"),
             _ => anyhow::bail!(
                 "virtual server `{vs}` has several reals at {addr}: give ADDRESS:PORT"
             ),
         };
-        let file_weight = self.rec.file_weight(&key).unwrap_or(0);
         let mut o = self
             .rec
             .override_of(&key)

@@ -82,10 +82,6 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
             };
             let mut reals = Vec::new();
             for v in self.rec.real_views(&vs.name) {
-                let cfg = vs
-                    .real_servers
-                    .iter()
-                    .find(|r| r.address == v.key.addr && r.port == v.key.port && !v.key.sorry);
                 let last = self.health.last(&v.key);
                 keys.push((v.id, v.generation));
                 reals.push(RealStatus {
@@ -94,7 +90,7 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
                     weight: v.weight,
                     file_weight: v.file_weight,
                     health: if v.healthy { "up" } else { "down" }.to_string(),
-                    check: cfg.map_or("none".to_string(), |r| r.health_check.kind.to_string()),
+                    check: v.check.to_string(),
                     disabled: v.disabled,
                     in_table: v.in_table,
                     sorry: v.key.sorry,

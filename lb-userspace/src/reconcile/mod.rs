@@ -161,6 +161,7 @@ impl<D: Dataplane> Reconciler<D> {
             file_weight,
             weight: self.policy.weight(&key, file_weight),
             healthy: self.policy.is_up(&key, check == CheckType::None),
+            check,
             disabled: self.policy.disabled(&key),
             in_table: table.contains(&id),
             key,
@@ -200,15 +201,5 @@ impl<D: Dataplane> Reconciler<D> {
     /// Returns: the runtime override of `key`, if any.
     pub fn override_of(&self, key: &RealKey) -> Option<Override> {
         self.policy.override_of(key)
-    }
-
-    /// Returns: the file's weight of real `key`, if it is configured.
-    pub fn file_weight(&self, key: &RealKey) -> Option<u32> {
-        self.tables.config(&key.vs).and_then(|v| {
-            v.real_servers
-                .iter()
-                .find(|r| r.address == key.addr && r.port == key.port)
-                .map(|r| r.weight)
-        })
     }
 }

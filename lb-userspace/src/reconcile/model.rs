@@ -2,7 +2,7 @@
 //! overrides from the operator, next hops learnt from the kernel, and what an operator
 //! sees of a real.
 
-use crate::model::RealKey;
+use crate::{config::CheckType, model::RealKey};
 
 /// Where a real server's frames go: learnt from the kernel's routes and neighbours.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub struct RealView {
     /// Weight in use (override or file).
     pub weight: u32,
     pub healthy: bool,
+    /// How its health is probed (`None` for the sorry server).
+    pub check: CheckType,
     pub disabled: bool,
     /// In the Maglev table: takes new flows.
     pub in_table: bool,

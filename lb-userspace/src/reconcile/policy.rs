@@ -27,11 +27,7 @@ impl Policy {
     /// as healthy: the sorry server and unprobed reals always do.
     pub fn healthy(&self, key: &RealKey, vs: Option<&VirtualServer>) -> bool {
         let unprobed = vs
-            .and_then(|v| {
-                v.real_servers
-                    .iter()
-                    .find(|r| r.address == key.addr && r.port == key.port)
-            })
+            .and_then(|v| v.real_server(key.addr, key.port))
             .is_some_and(|r| r.health_check.kind == CheckType::None);
         self.is_up(key, unprobed)
     }

@@ -77,7 +77,7 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
         let mut keys = Vec::new();
         let mut vss = Vec::new();
         for vs in self.rec.virtual_servers() {
-            let Some((vs_index, _)) = self.rec.vs_slot(&vs.name) else {
+            let Some(vs_index) = self.rec.vs_index(&vs.name) else {
                 continue;
             };
             let mut reals = Vec::new();

@@ -17,7 +17,7 @@
 //!    are re-steered and never come back to it;
 //! 4. virtual servers that went away are removed, then their reals.
 //!
-//! Where each part lives: [`model`] holds what callers hand in and get back (overrides,
+//! Where each part lives: `model` holds what callers hand in and get back (overrides,
 //! next hops, views); `policy` decides who is in a table and which flags a real carries,
 //! from the learnt health and the overrides it holds; the mechanism writes that: `reals`
 //! (real ids, generations, `REALS` values), `tables` (virtual server slots, the
@@ -89,9 +89,9 @@ impl<D: Dataplane> Reconciler<D> {
         self.reals.id(key)
     }
 
-    /// Returns: the (vs_index, live ring id) of a virtual server by name.
-    pub fn vs_slot(&self, name: &str) -> Option<(u32, u32)> {
-        self.tables.slot(name)
+    /// Returns: the index of virtual server `name` (its counters' key).
+    pub fn vs_index(&self, name: &str) -> Option<u32> {
+        self.tables.vs_index(name)
     }
 
     /// Returns: the Maglev table the data path reads for virtual server `name`.
@@ -116,7 +116,9 @@ impl<D: Dataplane> Reconciler<D> {
             .addresses(|k| self.tables.is_dr(&k.vs).is_some_and(|d| d == dr))
     }
 
-    /// Returns: whether real `key` counts as healthy (unprobed reals always do).
+    /// Returns: whether real `key` counts as healthy (unprobed reals and the sorry
+    /// server always do). This is the one record of the reals' health: the probes'
+    /// rise/fall state machines count their results against it.
     pub fn healthy(&self, key: &RealKey) -> bool {
         self.policy.healthy(key, self.tables.config(&key.vs))
     }

@@ -12,7 +12,7 @@ pub struct L2Next {
 }
 
 /// A runtime change to a real that the file does not hold (`xdpvs real ...`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Override {
     /// Weight used instead of the file's.
     pub weight: Option<u32>,

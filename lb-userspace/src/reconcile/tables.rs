@@ -107,9 +107,9 @@ impl Tables {
         self.vss.values().map(|v| &v.cfg)
     }
 
-    /// Returns: the (vs_index, live ring id) of virtual server `name`.
-    pub fn slot(&self, name: &str) -> Option<(u32, u32)> {
-        self.vss.get(name).map(|v| (v.vs_index, v.rings[v.live]))
+    /// Returns: the index of virtual server `name`.
+    pub fn vs_index(&self, name: &str) -> Option<u32> {
+        self.vss.get(name).map(|v| v.vs_index)
     }
 
     /// Returns: the Maglev table the data path reads for virtual server `name`.

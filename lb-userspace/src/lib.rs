@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
+pub mod model;
 pub mod netlink;
 pub mod realserver;
 pub mod reconcile;

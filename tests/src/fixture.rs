@@ -35,8 +35,9 @@ use xdpvs::{
         bpf::{self, BpfDataplane, Programs},
         DataplaneRead as _,
     },
+    model::RealKey,
     realserver::decap,
-    reconcile::{fmt_mac, L2Next, RealKey, Reconciler},
+    reconcile::{fmt_mac, L2Next, Reconciler},
 };
 
 use crate::netns::{unique_prefix, Netns};

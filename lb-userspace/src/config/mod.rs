@@ -115,6 +115,17 @@ pub struct VirtualServer {
     pub real_servers: Vec<RealServer>,
 }
 
+impl VirtualServer {
+    /// The one way a real's configuration is found from its address and port (which
+    /// validation keeps unique among a virtual server's reals).
+    /// Returns: real `address:port` of this virtual server, if it has one.
+    pub fn real_server(&self, address: IpAddr, port: u16) -> Option<&RealServer> {
+        self.real_servers
+            .iter()
+            .find(|r| r.address == address && r.port == port)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RealServer {
     pub address: IpAddr,

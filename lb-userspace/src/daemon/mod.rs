@@ -33,7 +33,7 @@ use crate::{
     dataplane::bpf::{self, BpfDataplane, Programs},
     health::{Health, Report},
     metrics,
-    reconcile::{Override, RealKey, Reconciler},
+    reconcile::{Override, RealView, Reconciler},
 };
 
 /// How often next hops are re-read from the kernel.
@@ -108,7 +108,7 @@ impl Daemon {
         host::preflight(config, self.host.attached())?;
         self.host.register_attached(&mut self.rec)?;
         self.rec.apply(config).context("filling the BPF maps")?;
-        self.health.sync(config, |k| self.rec.healthy(k));
+        self.health.sync(config);
         let deadline = Instant::now() + INITIAL_RESOLVE;
         loop {
             let missing = self.host.refresh_next_hops(&mut self.rec).await?;
@@ -179,7 +179,7 @@ impl Daemon {
 
     /// Counts a probe result; a health transition updates the real's table at once.
     fn on_probe(&mut self, report: Report) -> anyhow::Result<()> {
-        let Some(t) = self.health.record(report) else {
+        let Some(t) = self.health.record(report, |k| self.rec.healthy(k)) else {
             return Ok(());
         };
         self.rec.set_health(&t.key, t.healthy)?;
@@ -237,7 +237,7 @@ impl Daemon {
             tracing::error!("reload failed while applying: {e}");
             return Err(format!("reload failed while applying: {e}"));
         }
-        self.health.sync(&config, |k| self.rec.healthy(k));
+        self.health.sync(&config);
         if let Err(e) = self.host.sync_vips(&config).await {
             tracing::error!("reload: VIP addresses: {e:#}");
         }
@@ -300,26 +300,23 @@ impl Daemon {
         if !self.rec.virtual_servers().any(|v| v.name == vs) {
             anyhow::bail!("no virtual server named `{vs}`");
         }
-        let matches: Vec<RealKey> = self
+        let matches: Vec<RealView> = self
             .rec
             .real_views(vs)
             .into_iter()
             .filter(|v| !v.key.sorry && v.key.addr == addr && port.is_none_or(|p| p == v.key.port))
-            .map(|v| v.key)
             .collect();
-        let key = match matches.as_slice() {
-            [k] => k.clone(),
+        let (key, file_weight) = match matches.as_slice() {
+            [v] => (v.key.clone(), v.file_weight),
             [] => anyhow::bail!("virtual server `{vs}` has no real {real}"),
             _ => anyhow::bail!(
                 "virtual server `{vs}` has several reals at {addr}: give ADDRESS:PORT"
             ),
         };
-        let file_weight = self.rec.file_weight(&key).unwrap_or(0);
-        let mut o = self.rec.override_of(&key).unwrap_or(Override {
-            weight: None,
-            disabled: false,
-            file_weight,
-        });
+        let mut o = self
+            .rec
+            .override_of(&key)
+            .unwrap_or(Override::new(file_weight));
         if let RealAction::Weight(w) = action {
             if w > config::MAX_WEIGHT {
                 anyhow::bail!("weight {w} is out of range 0..={}", config::MAX_WEIGHT);

@@ -77,15 +77,11 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
         let mut keys = Vec::new();
         let mut vss = Vec::new();
         for vs in self.rec.virtual_servers() {
-            let Some((vs_index, _)) = self.rec.vs_slot(&vs.name) else {
+            let Some(vs_index) = self.rec.vs_index(&vs.name) else {
                 continue;
             };
             let mut reals = Vec::new();
             for v in self.rec.real_views(&vs.name) {
-                let cfg = vs
-                    .real_servers
-                    .iter()
-                    .find(|r| r.address == v.key.addr && r.port == v.key.port && !v.key.sorry);
                 let last = self.health.last(&v.key);
                 keys.push((v.id, v.generation));
                 reals.push(RealStatus {
@@ -94,7 +90,7 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
                     weight: v.weight,
                     file_weight: v.file_weight,
                     health: if v.healthy { "up" } else { "down" }.to_string(),
-                    check: cfg.map_or("none".to_string(), |r| r.health_check.kind.to_string()),
+                    check: v.check.to_string(),
                     disabled: v.disabled,
                     in_table: v.in_table,
                     sorry: v.key.sorry,
@@ -219,7 +215,7 @@ mod tests {
         config::{self, SystemFacts},
         dataplane::memory::MemoryDataplane,
         metrics,
-        reconcile::RealKey,
+        model::RealKey,
     };
 
     struct AnyInterface;
@@ -276,8 +272,8 @@ virtual_servers:
             id("web", "10.0.1.1", 80).unwrap(),
             id("web", "10.0.1.2", 80).unwrap(),
         );
-        let (web, _) = rec.vs_slot("web").unwrap();
-        let (dns, _) = rec.vs_slot("dns").unwrap();
+        let web = rec.vs_index("web").unwrap();
+        let dns = rec.vs_index("dns").unwrap();
         let gen1 = rec.real_views("web")[0].generation;
         let dp = rec.dataplane_mut();
         dp.vs_counters.insert(web, counters(1000));

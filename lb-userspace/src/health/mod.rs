@@ -4,7 +4,9 @@
 //!
 //! The tasks only probe and report ([`Report`] over a channel). The daemon's task owns
 //! the state machines ([`Health`]) and the maps, so health changes are applied in the
-//! same order as every other change.
+//! same order as every other change. Whether a real is up is held once, by the
+//! reconciler: a state machine keeps only its streak and is told that state with each
+//! result it counts.
 
 mod probe;
 
@@ -20,7 +22,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 pub use self::probe::{probe, Failure};
 use crate::{
     config::{CheckType, Config, HealthCheck},
-    reconcile::RealKey,
+    model::RealKey,
 };
 
 /// Upper bounds (seconds) of the probe latency histogram's buckets.
@@ -28,29 +30,25 @@ pub const LATENCY_BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// Rise/fall: how many consecutive results agree against the current state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Rise/fall: how many consecutive results agree against a real's health. The health
+/// itself is not kept here (the reconciler holds it); each result is counted against it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tracker {
-    pub healthy: bool,
-    /// Consecutive results contradicting `healthy`.
+    /// Consecutive results contradicting the real's health.
     streak: u32,
 }
 
 impl Tracker {
-    pub fn new(healthy: bool) -> Self {
-        Self { healthy, streak: 0 }
-    }
-
-    /// Counts one probe result. Returns: whether the state flipped.
-    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
-        if ok == self.healthy {
+    /// Counts one probe result against `healthy`, the real's health now.
+    /// Returns: whether that health flips (to `ok`).
+    pub fn record(&mut self, healthy: bool, ok: bool, rise: u32, fall: u32) -> bool {
+        if ok == healthy {
             self.streak = 0;
             return false;
         }
         self.streak += 1;
         let needed = if ok { rise } else { fall };
         if self.streak >= needed.max(1) {
-            self.healthy = ok;
             self.streak = 0;
             return true;
         }
@@ -134,9 +132,9 @@ impl Health {
     }
 
     /// Starts, restarts (probe changed) and stops tasks so that exactly the probed reals
-    /// of `config` are probed. `healthy` gives a real's health now (its state machine
-    /// starts from it).
-    pub fn sync(&mut self, config: &Config, healthy: impl Fn(&RealKey) -> bool) {
+    /// of `config` are probed. A new or restarted probe's state machine starts with no
+    /// streak.
+    pub fn sync(&mut self, config: &Config) {
         let mut wanted: HashMap<RealKey, (IpAddr, &HealthCheck)> = HashMap::new();
         for vs in &config.virtual_servers {
             for r in &vs.real_servers {
@@ -170,7 +168,6 @@ impl Health {
                 check.clone(),
                 self.tx.clone(),
             ));
-            let tracker = Tracker::new(healthy(&key));
             self.probes.insert(
                 key,
                 Probe {
@@ -178,7 +175,7 @@ impl Health {
                     check: check.clone(),
                     task,
                     handle,
-                    tracker,
+                    tracker: Tracker::default(),
                     last: None,
                     counts: ProbeCounts::new(),
                 },
@@ -186,8 +183,13 @@ impl Health {
         }
     }
 
-    /// Counts a report. Returns: the transition it causes, if any.
-    pub fn record(&mut self, report: Report) -> Option<Transition> {
+    /// Counts a report against `healthy`, which gives a real's health now (the
+    /// reconciler's). Returns: the transition it causes, if any.
+    pub fn record(
+        &mut self,
+        report: Report,
+        healthy: impl Fn(&RealKey) -> bool,
+    ) -> Option<Transition> {
         let p = self.probes.get_mut(&report.key)?;
         if p.task != report.task {
             return None;
@@ -204,7 +206,10 @@ impl Health {
             at: Instant::now(),
             result: report.result.clone(),
         });
-        if !p.tracker.record(ok, p.check.rise, p.check.fall) {
+        if !p
+            .tracker
+            .record(healthy(&report.key), ok, p.check.rise, p.check.fall)
+        {
             return None;
         }
         Some(Transition {
@@ -289,9 +294,29 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    /// A real's health as its owner keeps it, and the tracker counting against it.
+    struct Owned {
+        healthy: bool,
+        tracker: Tracker,
+    }
+
+    impl Owned {
+        fn record(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
+            let flips = self.tracker.record(self.healthy, ok, rise, fall);
+            if flips {
+                self.healthy = ok;
+            }
+            flips
+        }
+    }
+
     #[test]
     fn rise_and_fall_need_consecutive_results() {
-        let mut t = Tracker::new(false);
+        let mut t = Owned {
+            healthy: false,
+            tracker: Tracker::default(),
+        };
         assert!(!t.record(true, 2, 3));
         assert!(!t.record(false, 2, 3), "a failure resets the rise streak");
         assert!(!t.record(true, 2, 3));
@@ -322,18 +347,19 @@ mod tests {
         }
         let cfg = crate::config::parse(std::path::Path::new("t.yaml"), &text, &Any).unwrap();
         let (mut h, mut rx) = Health::new();
-        h.sync(&cfg, |_| false);
+        h.sync(&cfg);
         let up = loop {
             tokio::select! {
-                Some(r) = rx.recv() => if let Some(t) = h.record(r) { break t },
+                Some(r) = rx.recv() => if let Some(t) = h.record(r, |_| false) { break t },
                 _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("no transition within 5 s"),
             }
         };
         assert!(up.healthy && up.reason.is_none());
         drop(l);
+        // The owner of the real's health has recorded it up.
         let down = loop {
             tokio::select! {
-                Some(r) = rx.recv() => if let Some(t) = h.record(r) { break t },
+                Some(r) = rx.recv() => if let Some(t) = h.record(r, |_| true) { break t },
                 _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("no transition within 5 s"),
             }
         };

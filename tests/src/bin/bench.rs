@@ -149,9 +149,12 @@ fn probes() {
         .expect("runtime");
     let (probes, failed, ups, mut lat, cpu) = rt.block_on(async {
         let (mut h, mut rx) = xdpvs::health::Health::new();
+        // The reals' health as the daemon's reconciler would hold it: the trackers
+        // count against it.
+        let mut up = std::collections::HashSet::new();
         let cpu0 = thread_cpu();
         let start = Instant::now();
-        h.sync(&cfg, |_| false);
+        h.sync(&cfg);
         let (mut n, mut failed, mut ups, mut lat) = (0u64, 0u64, 0u64, Vec::new());
         loop {
             tokio::select! {
@@ -161,8 +164,13 @@ fn probes() {
                         Ok(d) => lat.push(*d),
                         Err(_) => failed += 1,
                     }
-                    if h.record(r).is_some() {
+                    if let Some(t) = h.record(r, |k| up.contains(k)) {
                         ups += 1;
+                        if t.healthy {
+                            up.insert(t.key);
+                        } else {
+                            up.remove(&t.key);
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until((start + WINDOW).into()) => break,

@@ -1,0 +1,213 @@
+//! Keeps the data path equal to the configuration and the reals' health: ids for
+//! virtual servers and reals, Maglev tables, and the order of writes that keeps every
+//! packet's view consistent.
+//!
+//! A real is in its virtual server's table when it is healthy, its weight (runtime
+//! override, else the file's) is above 0, and it is not disabled. While no real is, the
+//! sorry server (if any) fills the table.
+//!
+//! Order of every change, so that the data path never follows a reference to something
+//! not yet written and never sends a new flow to a real on its way out:
+//! 1. reals gaining flags (new, recovered, back in a table) are written (REALS);
+//! 2. each changed table is written into its virtual server's *idle* ring, changed
+//!    slots only, then the virtual server's value is replaced to point at it (one
+//!    atomic map update);
+//! 3. reals losing flags are written: a real that stops taking packets (failed or
+//!    removed) also gets a new generation, so flows and persistence entries naming it
+//!    are re-steered and never come back to it;
+//! 4. virtual servers that went away are removed, then their reals.
+//!
+//! Where each part lives: `model` holds what callers hand in and get back (overrides,
+//! next hops, views); `policy` decides who is in a table and which flags a real carries,
+//! from the learnt health and the overrides it holds; the mechanism writes that: `reals`
+//! (real ids, generations, `REALS` values), `tables` (virtual server slots, the
+//! double-buffered rings and their shadows, decision 0001) and `order` (the order above).
+
+mod model;
+mod order;
+mod policy;
+mod reals;
+mod tables;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::HashSet, net::IpAddr};
+
+use lb_common::IfaceInfo;
+
+pub use self::model::{fmt_mac, L2Next, Override, RealView};
+use self::{policy::Policy, reals::Reals, tables::Tables};
+use crate::{
+    config::{CheckType, VirtualServer},
+    dataplane::{Dataplane, DataplaneError},
+    model::RealKey,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("out of {what}: at most {max} (load-time capacity)")]
+    Capacity { what: &'static str, max: u32 },
+}
+
+/// The daemon's picture of what is in the maps, and the one writer of them.
+pub struct Reconciler<D: Dataplane> {
+    dp: D,
+    tables: Tables,
+    reals: Reals,
+    /// `SETTING_*` bits last written.
+    settings: u32,
+    policy: Policy,
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    /// `ring_count` rings and `max_vs` virtual server slots exist in the data path.
+    pub fn new(dp: D, max_vs: u32, ring_count: u32) -> Self {
+        Self {
+            dp,
+            tables: Tables::new(max_vs, ring_count),
+            reals: Reals::new(),
+            settings: 0,
+            policy: Policy::default(),
+        }
+    }
+
+    /// Returns: the data path, for reads (writes go through the reconciler).
+    pub fn dataplane(&self) -> &D {
+        &self.dp
+    }
+
+    /// Returns: the data path, for a test to set what it would have counted.
+    #[cfg(test)]
+    pub(crate) fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
+    /// Registers interface `ifindex` as one frames may leave by.
+    pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), ReconcileError> {
+        self.dp.set_iface(ifindex, info)?;
+        Ok(())
+    }
+
+    /// Returns: the real id of `key`, if it is in the data path.
+    pub fn real_id(&self, key: &RealKey) -> Option<u32> {
+        self.reals.id(key)
+    }
+
+    /// Returns: the index of virtual server `name` (its counters' key).
+    pub fn vs_index(&self, name: &str) -> Option<u32> {
+        self.tables.vs_index(name)
+    }
+
+    /// Returns: the Maglev table the data path reads for virtual server `name`.
+    pub fn live_table(&self, name: &str) -> Option<&[u32]> {
+        self.tables.live_table(name)
+    }
+
+    /// Returns: the applied configuration of every virtual server, by name.
+    pub fn virtual_servers(&self) -> impl Iterator<Item = &VirtualServer> {
+        self.tables.configs()
+    }
+
+    /// Returns: every real address the data path needs a next hop for.
+    pub fn real_addresses(&self) -> Vec<IpAddr> {
+        self.reals.addresses(|_| true)
+    }
+
+    /// Returns: the real addresses of virtual servers whose method is (`dr == true`) or is
+    /// not (`false`) direct routing: the first need a MAC, the others a routed next hop.
+    pub fn real_addresses_of(&self, dr: bool) -> Vec<IpAddr> {
+        self.reals
+            .addresses(|k| self.tables.is_dr(&k.vs).is_some_and(|d| d == dr))
+    }
+
+    /// Returns: whether real `key` counts as healthy (unprobed reals and the sorry
+    /// server always do). This is the one record of the reals' health: the probes'
+    /// rise/fall state machines count their results against it.
+    pub fn healthy(&self, key: &RealKey) -> bool {
+        self.policy.healthy(key, self.tables.config(&key.vs))
+    }
+
+    /// Returns: what an operator sees of every real and sorry server of `vs`.
+    pub fn real_views(&self, vs: &str) -> Vec<RealView> {
+        let Some(cfg) = self.tables.config(vs) else {
+            return Vec::new();
+        };
+        let table: HashSet<u32> = self
+            .policy
+            .backends(cfg, |k| self.reals.id(k))
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        let reals = cfg.real_servers.iter().map(|r| {
+            let key = RealKey::real(vs, r.address, r.port);
+            (key, r.weight, r.health_check.kind)
+        });
+        let sorry = cfg
+            .sorry_server
+            .map(|s| (RealKey::sorry(vs, s.address, s.port), 0, CheckType::None));
+        reals
+            .chain(sorry)
+            .filter_map(|(key, file_weight, check)| self.view(key, file_weight, check, &table))
+            .collect()
+    }
+
+    /// Returns: what an operator sees of real `key` (the file's weight `file_weight`,
+    /// probed by `check`; `table`: the ids in its table), if it is in the data path.
+    fn view(
+        &self,
+        key: RealKey,
+        file_weight: u32,
+        check: CheckType,
+        table: &HashSet<u32>,
+    ) -> Option<RealView> {
+        let (id, generation) = self.reals.id_and_generation(&key)?;
+        Some(RealView {
+            id,
+            generation,
+            file_weight,
+            weight: self.policy.weight(&key, file_weight),
+            healthy: self.policy.is_up(&key, check == CheckType::None),
+            check,
+            disabled: self.policy.disabled(&key),
+            in_table: table.contains(&id),
+            key,
+        })
+    }
+
+    /// Records where `addr` is reached and rewrites the reals at that address.
+    pub fn set_next_hop(&mut self, addr: IpAddr, hop: L2Next) -> Result<(), ReconcileError> {
+        self.reals.set_next_hop(&mut self.dp, addr, hop)
+    }
+
+    /// Records the probed health of real `key` and updates its table.
+    /// Returns: whether anything changed.
+    pub fn set_health(&mut self, key: &RealKey, healthy: bool) -> Result<bool, ReconcileError> {
+        if !self.reals.contains(key) || !self.policy.set_health(key, healthy) {
+            return Ok(false);
+        }
+        self.sync(&key.vs)?;
+        Ok(true)
+    }
+
+    /// Sets or clears the runtime override of real `key` (`None`: back to the file).
+    /// Returns: `false` when no such real exists.
+    pub fn set_override(
+        &mut self,
+        key: &RealKey,
+        change: Option<Override>,
+    ) -> Result<bool, ReconcileError> {
+        if key.sorry || !self.reals.contains(key) {
+            return Ok(false);
+        }
+        self.policy.set_override(key, change);
+        self.sync(&key.vs)?;
+        Ok(true)
+    }
+
+    /// Returns: the runtime override of `key`, if any.
+    pub fn override_of(&self, key: &RealKey) -> Option<Override> {
+        self.policy.override_of(key)
+    }
+}

@@ -1,0 +1,119 @@
+//! The order of writes the module doc describes: reals gaining flags, tables, reals
+//! losing flags, removals; for a whole configuration (`apply`) or one virtual server
+//! whose reals' health or overrides changed (`sync`).
+
+use lb_common::SETTING_NAT;
+
+use super::{policy::Policy, ReconcileError, Reconciler};
+use crate::{
+    config::{Config, Method},
+    dataplane::Dataplane,
+    model::RealKey,
+};
+
+/// Returns: every real and sorry server `config` names, in file order (the order new
+/// reals get their ids in).
+fn wanted_reals(config: &Config) -> Vec<RealKey> {
+    let mut out = Vec::new();
+    for vs in &config.virtual_servers {
+        for r in &vs.real_servers {
+            out.push(RealKey::real(&vs.name, r.address, r.port));
+        }
+        if let Some(s) = vs.sorry_server {
+            out.push(RealKey::sorry(&vs.name, s.address, s.port));
+        }
+    }
+    out
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    /// Makes the data path match `config` (reals keep their health and, unless the
+    /// file changed their weight, their runtime overrides). On error the data path
+    /// may hold part of the change; every step leaves it consistent (each table swap
+    /// is atomic).
+    pub fn apply(&mut self, config: &Config) -> Result<(), ReconcileError> {
+        self.tables.check_capacity(config)?;
+        let wanted = wanted_reals(config);
+        self.policy.drop_stale_overrides(config);
+        // 1. New reals, not yet in any table (no flags).
+        for key in &wanted {
+            if !self.reals.contains(key) {
+                self.reals.add(&mut self.dp, key)?;
+            }
+        }
+        let tables = &self.tables;
+        self.policy
+            .keep_newly_probed_serving(config, |name| tables.config(name));
+        // NAT reply handling is switched on before the first NAT virtual server appears,
+        // and off only after the last one is gone.
+        let settings = if config
+            .virtual_servers
+            .iter()
+            .any(|v| v.method == Method::Nat)
+        {
+            SETTING_NAT
+        } else {
+            0
+        };
+        self.set_settings(self.settings | settings)?;
+        // 2. Virtual servers: slots for new ones, configurations recorded; then reals'
+        // flags and tables. Reals leaving a virtual server that stays first leave its
+        // table.
+        for vs in &config.virtual_servers {
+            self.tables.prepare(&mut self.dp, vs)?;
+        }
+        for vs in &config.virtual_servers {
+            self.sync(&vs.name)?;
+        }
+        // 3. Removals.
+        self.tables.remove_absent(&mut self.dp, config)?;
+        let gone: Vec<RealKey> = self
+            .reals
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.reals.remove(&mut self.dp, &key)?;
+            self.policy.forget(&key);
+        }
+        self.set_settings(settings)?;
+        Ok(())
+    }
+
+    /// Brings the flags of virtual server `name`'s reals and its table in line with
+    /// the policy, in the order the module documents (steps 1-3).
+    pub(super) fn sync(&mut self, name: &str) -> Result<(), ReconcileError> {
+        let Some(cfg) = self.tables.config(name) else {
+            return Ok(());
+        };
+        let table = self.policy.backends(cfg, |k| self.reals.id(k));
+        let flags: Vec<(RealKey, u32)> = self
+            .reals
+            .of_vs(name)
+            .map(|(k, id)| {
+                let in_table = table.iter().any(|b| b.id == id);
+                (k.clone(), Policy::flags(self.healthy(k), in_table))
+            })
+            .collect();
+        // 1. Gains first.
+        for (key, want) in &flags {
+            self.reals.gain(&mut self.dp, key, *want)?;
+        }
+        // 2. The table.
+        self.tables.install(&mut self.dp, name, &table)?;
+        // 3. Losses.
+        for (key, want) in &flags {
+            self.reals.lose(&mut self.dp, key, *want)?;
+        }
+        Ok(())
+    }
+
+    fn set_settings(&mut self, bits: u32) -> Result<(), ReconcileError> {
+        if bits != self.settings {
+            self.dp.set_settings(bits)?;
+            self.settings = bits;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! Real ids and the `REALS` values: which id each real has, the generation each id is
+//! at, the free ids, the flags each real carries and where its frames go.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use lb_common::{maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE};
+
+use super::{
+    model::{fmt_mac, L2Next},
+    ReconcileError,
+};
+use crate::{dataplane::Dataplane, model::RealKey};
+
+#[derive(Debug)]
+struct RealSlot {
+    id: u32,
+    /// The value last written to `REALS`.
+    info: RealInfo,
+}
+
+/// Every real in the data path, and the ids free for new ones.
+#[derive(Debug)]
+pub(super) struct Reals {
+    slots: BTreeMap<RealKey, RealSlot>,
+    free: Vec<u32>,
+    /// Generation last given out for each real id.
+    generations: Vec<u32>,
+    /// Known next hops by real address.
+    next_hops: HashMap<IpAddr, L2Next>,
+}
+
+impl Reals {
+    pub fn new() -> Self {
+        Self {
+            slots: BTreeMap::new(),
+            // Reversed so that pop() hands out 0, 1, 2, ...
+            free: (0..MAX_REALS).rev().collect(),
+            generations: vec![0; MAX_REALS as usize],
+            next_hops: HashMap::new(),
+        }
+    }
+
+    /// Returns: the id of real `key`, if it is in the data path.
+    pub fn id(&self, key: &RealKey) -> Option<u32> {
+        self.slots.get(key).map(|r| r.id)
+    }
+
+    /// Returns: the id of real `key` and the generation it is at, if it is in the data
+    /// path.
+    pub fn id_and_generation(&self, key: &RealKey) -> Option<(u32, u32)> {
+        self.slots.get(key).map(|r| (r.id, r.info.generation))
+    }
+
+    /// Returns: whether real `key` is in the data path.
+    pub fn contains(&self, key: &RealKey) -> bool {
+        self.slots.contains_key(key)
+    }
+
+    /// Returns: every real in the data path, in key order.
+    pub fn keys(&self) -> impl Iterator<Item = &RealKey> {
+        self.slots.keys()
+    }
+
+    /// Returns: the reals of virtual server `vs` with their ids, in key order.
+    pub fn of_vs<'a>(&'a self, vs: &'a str) -> impl Iterator<Item = (&'a RealKey, u32)> {
+        self.slots
+            .iter()
+            .filter(move |(k, _)| k.vs == vs)
+            .map(|(k, r)| (k, r.id))
+    }
+
+    /// Returns: the addresses of the reals `wanted` picks, sorted, each once.
+    pub fn addresses(&self, wanted: impl Fn(&RealKey) -> bool) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .slots
+            .keys()
+            .filter(|k| wanted(k))
+            .map(|k| k.addr)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Gives real `key` an id at a new generation, with zeroed counters, and writes it
+    /// with no flags (in no table yet).
+    pub fn add(&mut self, dp: &mut impl Dataplane, key: &RealKey) -> Result<(), ReconcileError> {
+        let id = self.free.pop().ok_or(ReconcileError::Capacity {
+            what: "real servers",
+            max: MAX_REALS,
+        })?;
+        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+        let info = self.real_info(key.addr, key.port, self.generations[id as usize]);
+        dp.reset_counters(None, Some(id))?;
+        dp.set_real(id, &info)?;
+        self.slots.insert(key.clone(), RealSlot { id, info });
+        Ok(())
+    }
+
+    fn real_info(&self, addr: IpAddr, port: u16, generation: u32) -> RealInfo {
+        let (words, family) = addr_words(addr);
+        let hop = self.next_hops.get(&addr).copied().unwrap_or_default();
+        RealInfo {
+            addr: words,
+            mac: hop.mac,
+            port_be: port.to_be(),
+            ifindex: hop.ifindex,
+            generation,
+            flags: 0,
+            family,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Records where `addr` is reached and rewrites the reals at that address.
+    pub fn set_next_hop(
+        &mut self,
+        dp: &mut impl Dataplane,
+        addr: IpAddr,
+        hop: L2Next,
+    ) -> Result<(), ReconcileError> {
+        if self.next_hops.get(&addr) == Some(&hop) {
+            return Ok(());
+        }
+        self.next_hops.insert(addr, hop);
+        for (key, slot) in self.slots.iter_mut().filter(|(k, _)| k.addr == addr) {
+            slot.info.mac = hop.mac;
+            slot.info.ifindex = hop.ifindex;
+            dp.set_real(slot.id, &slot.info)?;
+            tracing::info!(real = %key.addr, vs = %key.vs, ifindex = hop.ifindex, mac = %fmt_mac(&hop.mac), "real server next hop updated");
+        }
+        Ok(())
+    }
+
+    /// Writes the flags of `want` that real `key` lacks (a gain: written before any
+    /// table names it).
+    pub fn gain(
+        &mut self,
+        dp: &mut impl Dataplane,
+        key: &RealKey,
+        want: u32,
+    ) -> Result<(), ReconcileError> {
+        let slot = self.slots.get_mut(key).expect("caller listed it");
+        let gained = want & !slot.info.flags;
+        if gained != 0 {
+            slot.info.flags |= gained;
+            dp.set_real(slot.id, &slot.info)?;
+        }
+        Ok(())
+    }
+
+    /// Clears the flags real `key` has beyond `want` (a loss: written after the tables
+    /// stopped naming it).
+    pub fn lose(
+        &mut self,
+        dp: &mut impl Dataplane,
+        key: &RealKey,
+        want: u32,
+    ) -> Result<(), ReconcileError> {
+        let lost = self.slots[key].info.flags & !want;
+        if lost != 0 {
+            self.clear_flags(dp, key, lost)?;
+        }
+        Ok(())
+    }
+
+    /// Takes real `key` out of the data path (clearing the flags it has left) and puts
+    /// its id at the back of the free list.
+    pub fn remove(&mut self, dp: &mut impl Dataplane, key: &RealKey) -> Result<(), ReconcileError> {
+        // A real that already lost REAL_F_ACTIVE had its generation retired then.
+        self.lose(dp, key, 0)?;
+        let slot = self.slots.remove(key).expect("caller listed it");
+        self.free.insert(0, slot.id); // reused last: stale flow state ages out first
+        let what = if key.sorry {
+            "sorry server removed"
+        } else {
+            "real server removed"
+        };
+        tracing::info!(vs = %key.vs, real = %key.addr, port = key.port, "{what}");
+        Ok(())
+    }
+
+    /// Clears `flags` of real `key`; losing `REAL_F_ACTIVE` also gives it a new
+    /// generation, so that nothing pinned to it before comes back to it.
+    fn clear_flags(
+        &mut self,
+        dp: &mut impl Dataplane,
+        key: &RealKey,
+        flags: u32,
+    ) -> Result<(), ReconcileError> {
+        let slot = self.slots.get_mut(key).expect("caller checked");
+        slot.info.flags &= !flags;
+        if flags & REAL_F_ACTIVE != 0 {
+            let g = &mut self.generations[slot.id as usize];
+            *g = g.wrapping_add(1);
+            slot.info.generation = *g;
+        }
+        dp.set_real(slot.id, &slot.info)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,283 @@
+use std::path::Path;
+
+use lb_common::{VsKey, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, SETTING_NAT};
+
+use super::*;
+use crate::{
+    config::{self, Config, SystemFacts},
+    dataplane::memory::MemoryDataplane,
+};
+
+struct Facts;
+impl SystemFacts for Facts {
+    fn interface_exists(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// One virtual server with `extra` YAML lines (indented as its fields) and reals.
+fn cfg_with(extra: &str, reals: &[(&str, u32)]) -> Config {
+    let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    table_size: 1009\n");
+    t.push_str(extra);
+    t.push_str("    real_servers:\n");
+    for (a, w) in reals {
+        t.push_str(&format!("      - {{ address: {a}, weight: {w} }}\n"));
+    }
+    config::parse(Path::new("t.yaml"), &t, &Facts).unwrap()
+}
+
+/// Unprobed reals: healthy from the start.
+fn cfg(reals: &[(&str, u32)]) -> Config {
+    cfg_with("    health_check: { type: none }\n", reals)
+}
+
+fn rk(a: &str) -> RealKey {
+    RealKey::real("web", a.parse().unwrap(), 80)
+}
+
+fn ids_in_table(r: &Reconciler<MemoryDataplane>) -> std::collections::BTreeSet<u32> {
+    r.dp.table(&key())
+        .unwrap()
+        .into_iter()
+        .filter(|&i| i != NO_REAL)
+        .collect()
+}
+
+fn key() -> VsKey {
+    VsKey::new("10.0.0.100".parse().unwrap(), 80, 6)
+}
+
+#[test]
+fn apply_installs_a_table_of_the_configured_reals() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
+    let t = r.dp.table(&key()).unwrap();
+    assert_eq!(t.len(), 1009);
+    let ids: std::collections::HashSet<u32> = t.iter().copied().collect();
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        assert_eq!(r.dp.reals[&id].flags & REAL_F_ACTIVE, REAL_F_ACTIVE);
+    }
+}
+
+#[test]
+fn a_change_goes_to_the_idle_ring_and_flips() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
+    let ring0 = r.dp.vs[&key()].ring_id;
+    let before = r.dp.table(&key()).unwrap();
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)]))
+        .unwrap();
+    let ring1 = r.dp.vs[&key()].ring_id;
+    assert_ne!(ring0, ring1, "new table must be written to the other ring");
+    // The old ring is untouched until the next change.
+    let old: Vec<u32> = (0..1009)
+        .map(|s| r.dp.rings[&(ring0 * lb_common::RING_STRIDE + s)])
+        .collect();
+    assert_eq!(old, before);
+    // Same config again: nothing written, nothing flipped.
+    let writes = r.dp.slot_writes;
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)]))
+        .unwrap();
+    assert_eq!(r.dp.slot_writes, writes);
+    assert_eq!(r.dp.vs[&key()].ring_id, ring1);
+    // A third change writes only the slots that differ from that ring's old content.
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
+    assert_eq!(r.dp.vs[&key()].ring_id, ring0);
+    assert_eq!(
+        r.dp.slot_writes, writes,
+        "ring0 already held exactly this table"
+    );
+}
+
+#[test]
+fn removed_real_is_inactive_and_kept_ids_are_stable() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
+    let k1 = RealKey::real("web", "10.0.1.1".parse().unwrap(), 80);
+    let k2 = RealKey::real("web", "10.0.1.2".parse().unwrap(), 80);
+    let (id1, id2) = (r.real_id(&k1).unwrap(), r.real_id(&k2).unwrap());
+    r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+    assert_eq!(r.real_id(&k1), Some(id1));
+    assert_eq!(r.dp.reals[&id2].flags & REAL_F_ACTIVE, 0);
+    assert!(r.dp.table(&key()).unwrap().iter().all(|&id| id == id1));
+}
+
+#[test]
+fn zero_weight_leaves_the_table_but_stays_active() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 0)])).unwrap();
+    let id2 = r
+        .real_id(&RealKey::real("web", "10.0.1.2".parse().unwrap(), 80))
+        .unwrap();
+    assert!(!r.dp.table(&key()).unwrap().contains(&id2));
+    assert_eq!(
+        r.dp.reals[&id2].flags & REAL_F_ACTIVE,
+        REAL_F_ACTIVE,
+        "drained, not removed"
+    );
+    r.apply(&cfg(&[("10.0.1.1", 0), ("10.0.1.2", 0)])).unwrap();
+    assert!(r.dp.table(&key()).unwrap().iter().all(|&id| id == NO_REAL));
+}
+
+#[test]
+fn next_hop_updates_reach_the_real() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+    let hop = L2Next {
+        ifindex: 7,
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    r.set_next_hop("10.0.1.1".parse().unwrap(), hop).unwrap();
+    let id = r
+        .real_id(&RealKey::real("web", "10.0.1.1".parse().unwrap(), 80))
+        .unwrap();
+    assert_eq!((r.dp.reals[&id].ifindex, r.dp.reals[&id].mac), (7, hop.mac));
+}
+
+#[test]
+fn nat_reply_lookup_is_switched_on_only_while_a_nat_vs_exists() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+    assert_eq!(r.dp.settings, 0);
+    let nat = "interfaces: [eth0]\nvirtual_servers:\n  - { name: n, address: 10.0.0.1, port: 80, protocol: tcp, method: nat, health_check: { type: none }, real_servers: [{ address: 10.0.1.1, port: 8080 }] }\n";
+    r.apply(&config::parse(Path::new("t.yaml"), nat, &Facts).unwrap())
+        .unwrap();
+    assert_eq!(r.dp.settings, SETTING_NAT);
+    r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+    assert_eq!(r.dp.settings, 0);
+}
+
+#[test]
+fn probed_reals_start_out_of_the_table_and_enter_when_healthy() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg_with("", &[("10.0.1.1", 1), ("10.0.1.2", 1)]))
+        .unwrap();
+    assert!(ids_in_table(&r).is_empty(), "no real is healthy yet");
+    let (id1, id2) = (
+        r.real_id(&rk("10.0.1.1")).unwrap(),
+        r.real_id(&rk("10.0.1.2")).unwrap(),
+    );
+    assert_eq!(r.dp.reals[&id1].flags, 0);
+    assert!(r.set_health(&rk("10.0.1.1"), true).unwrap());
+    assert_eq!(ids_in_table(&r), [id1].into());
+    assert_eq!(r.dp.reals[&id1].flags, REAL_F_ACTIVE | REAL_F_NEW);
+    r.set_health(&rk("10.0.1.2"), true).unwrap();
+    assert_eq!(ids_in_table(&r), [id1, id2].into());
+    assert!(!r.set_health(&rk("10.0.1.2"), true).unwrap(), "no change");
+}
+
+#[test]
+fn a_failed_real_leaves_the_table_and_its_generation_is_retired() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let c = cfg_with("", &[("10.0.1.1", 1), ("10.0.1.2", 1)]);
+    r.apply(&c).unwrap();
+    r.set_health(&rk("10.0.1.1"), true).unwrap();
+    r.set_health(&rk("10.0.1.2"), true).unwrap();
+    let id2 = r.real_id(&rk("10.0.1.2")).unwrap();
+    let gen = r.dp.reals[&id2].generation;
+    r.set_health(&rk("10.0.1.2"), false).unwrap();
+    assert!(!ids_in_table(&r).contains(&id2));
+    assert_eq!(r.dp.reals[&id2].flags, 0);
+    assert_ne!(
+        r.dp.reals[&id2].generation, gen,
+        "flows pinned to it must not return"
+    );
+    // A reload keeps the health it learnt.
+    r.apply(&c).unwrap();
+    assert!(!ids_in_table(&r).contains(&id2));
+    r.set_health(&rk("10.0.1.2"), true).unwrap();
+    assert!(ids_in_table(&r).contains(&id2));
+}
+
+#[test]
+fn weight_zero_drains_active_without_new_flows() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();
+    let id2 = r.real_id(&rk("10.0.1.2")).unwrap();
+    let gen = r.dp.reals[&id2].generation;
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 0)])).unwrap();
+    assert_eq!(
+        r.dp.reals[&id2].flags, REAL_F_ACTIVE,
+        "draining: no REAL_F_NEW"
+    );
+    assert_eq!(r.dp.reals[&id2].generation, gen, "its flows go on");
+}
+
+#[test]
+fn the_sorry_server_fills_the_table_only_while_no_real_takes_flows() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let c = cfg_with(
+        "    sorry_server: { address: 10.0.9.9 }\n",
+        &[("10.0.1.1", 1)],
+    );
+    r.apply(&c).unwrap();
+    let sorry = RealKey::sorry("web", "10.0.9.9".parse().unwrap(), 80);
+    let sid = r.real_id(&sorry).unwrap();
+    assert_eq!(ids_in_table(&r), [sid].into());
+    r.set_health(&rk("10.0.1.1"), true).unwrap();
+    let id1 = r.real_id(&rk("10.0.1.1")).unwrap();
+    assert_eq!(ids_in_table(&r), [id1].into());
+    assert_eq!(
+        r.dp.reals[&sid].flags, REAL_F_ACTIVE,
+        "its own flows finish"
+    );
+    r.set_health(&rk("10.0.1.1"), false).unwrap();
+    assert_eq!(ids_in_table(&r), [sid].into());
+    // Without a sorry server: an empty table (new flows dropped and counted).
+    r.apply(&cfg_with("", &[("10.0.1.1", 1)])).unwrap();
+    assert!(ids_in_table(&r).is_empty());
+    assert_eq!(r.real_id(&sorry), None);
+}
+
+#[test]
+fn overrides_drain_and_reweight_until_the_file_changes_the_weight() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let c = cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)]);
+    r.apply(&c).unwrap();
+    let id2 = r.real_id(&rk("10.0.1.2")).unwrap();
+    let disable = Override {
+        disabled: true,
+        ..Override::new(1)
+    };
+    assert!(r.set_override(&rk("10.0.1.2"), Some(disable)).unwrap());
+    assert!(!ids_in_table(&r).contains(&id2));
+    assert_eq!(r.dp.reals[&id2].flags, REAL_F_ACTIVE);
+    // Same file again: the override stays.
+    r.apply(&c).unwrap();
+    assert!(!ids_in_table(&r).contains(&id2));
+    // The file changes that real's weight: the file wins.
+    r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 3)])).unwrap();
+    assert!(ids_in_table(&r).contains(&id2));
+    assert_eq!(r.override_of(&rk("10.0.1.2")), None);
+    // A weight override changes the share.
+    let w = Override {
+        weight: Some(1),
+        ..Override::new(3)
+    };
+    r.set_override(&rk("10.0.1.2"), Some(w)).unwrap();
+    let t = r.dp.table(&key()).unwrap();
+    let share = t.iter().filter(|&&i| i == id2).count() as f64 / t.len() as f64;
+    assert!((share - 0.5).abs() < 0.02, "share {share}");
+    assert!(
+        !r.set_override(&rk("10.9.9.9"), None).unwrap(),
+        "unknown real"
+    );
+}
+
+#[test]
+fn persistence_reaches_the_virtual_server_value() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+    assert_eq!(r.dp.vs[&key()].persist_timeout_ns, 0);
+    let ring = r.dp.vs[&key()].ring_id;
+    r.apply(&cfg_with(
+        "    health_check: { type: none }\n    persistence: { timeout: 300s, netmask: 24 }\n",
+        &[("10.0.1.1", 1)],
+    ))
+    .unwrap();
+    let v = r.dp.vs[&key()];
+    assert_eq!(v.persist_timeout_ns, 300_000_000_000);
+    assert_eq!(v.persist_mask[0].to_ne_bytes(), [255, 255, 255, 0]);
+    assert_eq!(v.ring_id, ring, "same table: only the value is rewritten");
+}

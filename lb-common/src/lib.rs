@@ -119,10 +119,22 @@ pub struct RealInfo {
     pub flags: u32,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
-    /// Zero.
-    pub _pad: [u8; 3],
+    /// What holds this id: [`REAL_ROLE_FREE`], [`REAL_ROLE_REAL`] or
+    /// [`REAL_ROLE_SORRY`]. Not read by the data path: a daemon that adopts the maps
+    /// reads back which ids are in use.
+    pub role: u8,
+    /// The `vs_index` of the virtual server this real belongs to (with `role`, what a
+    /// daemon adopting the maps needs to name the real). Not read by the data path.
+    pub vs_index: u16,
 }
 const _: () = assert!(core::mem::size_of::<RealInfo>() == 40);
+
+/// [`RealInfo::role`]: the id is free (no real holds it; its generation is kept).
+pub const REAL_ROLE_FREE: u8 = 0;
+/// [`RealInfo::role`]: a real server of the virtual server `vs_index`.
+pub const REAL_ROLE_REAL: u8 = 1;
+/// [`RealInfo::role`]: the sorry server of the virtual server `vs_index`.
+pub const REAL_ROLE_SORRY: u8 = 2;
 
 /// A connection's 5-tuple as received from the client. Key of [`maps::FLOWS`], and the
 /// input of [`flow_hash`].

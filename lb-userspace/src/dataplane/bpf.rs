@@ -8,13 +8,13 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        FLOWS, IFACES, NAT_STATE, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, VERDICTS,
-        VS_MAP, VS_RINGS,
+        FLOWS, IFACES, MAX_REALS, NAT_STATE, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS,
+        VERDICTS, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
 
-use super::{Dataplane, DataplaneError, DataplaneRead, FlowReader};
+use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
 
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -253,6 +253,29 @@ impl Dataplane for BpfDataplane {
             zero(&mut self.stats_real, STATS_REAL, i)?;
         }
         Ok(())
+    }
+}
+
+impl DataplaneContents for BpfDataplane {
+    fn virtual_servers(&self) -> Result<Vec<(VsKey, VsInfo)>, DataplaneError> {
+        self.vs.iter().map(|r| r.map_err(map_err(VS_MAP))).collect()
+    }
+    fn reals(&self) -> Result<Vec<RealInfo>, DataplaneError> {
+        (0..MAX_REALS)
+            .map(|id| self.reals.get(&id, 0).map_err(map_err(REALS)))
+            .collect()
+    }
+    fn ring(&self, ring_id: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
+        (0..len)
+            .map(|s| {
+                self.rings
+                    .get(&(ring_id * RING_STRIDE + s), 0)
+                    .map_err(map_err(VS_RINGS))
+            })
+            .collect()
+    }
+    fn settings(&self) -> Result<u32, DataplaneError> {
+        self.settings.get(&0, 0).map_err(map_err(SETTINGS))
     }
 }
 

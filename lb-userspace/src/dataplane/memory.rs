@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use lb_common::{Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE};
+use lb_common::{maps::MAX_REALS, Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE};
 
-use super::{Dataplane, DataplaneError, DataplaneRead, FlowReader};
+use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
 
 #[derive(Default, Debug)]
 pub struct MemoryDataplane {
@@ -17,6 +17,8 @@ pub struct MemoryDataplane {
     pub settings: u32,
     /// Number of ring slot writes, to check that only changed slots are written.
     pub slot_writes: usize,
+    /// Number of `REALS` and `VS_MAP` writes, to check what is rewritten.
+    pub value_writes: usize,
     /// Counters by virtual server index and by real id (absent: zero).
     pub vs_counters: HashMap<u32, Counters>,
     pub real_counters: HashMap<u32, Counters>,
@@ -50,6 +52,7 @@ impl Dataplane for MemoryDataplane {
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
         self.reals.insert(id, *info);
+        self.value_writes += 1;
         Ok(())
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
@@ -61,6 +64,7 @@ impl Dataplane for MemoryDataplane {
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
         self.vs.insert(*key, *info);
+        self.value_writes += 1;
         Ok(())
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
@@ -105,5 +109,29 @@ pub struct MemoryFlows(HashMap<(u32, u32), u64>);
 impl FlowReader for MemoryFlows {
     fn count(self) -> Result<HashMap<(u32, u32), u64>, DataplaneError> {
         Ok(self.0)
+    }
+}
+
+impl DataplaneContents for MemoryDataplane {
+    fn virtual_servers(&self) -> Result<Vec<(VsKey, VsInfo)>, DataplaneError> {
+        Ok(self.vs.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn reals(&self) -> Result<Vec<RealInfo>, DataplaneError> {
+        Ok((0..MAX_REALS)
+            .map(|id| self.reals.get(&id).copied().unwrap_or_default())
+            .collect())
+    }
+    fn ring(&self, ring_id: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
+        Ok((0..len)
+            .map(|s| {
+                self.rings
+                    .get(&(ring_id * RING_STRIDE + s))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+    fn settings(&self) -> Result<u32, DataplaneError> {
+        Ok(self.settings)
     }
 }

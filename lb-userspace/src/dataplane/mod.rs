@@ -73,3 +73,17 @@ pub trait FlowReader {
     /// Returns: entries per (real id, generation), from a full walk.
     fn count(self) -> Result<HashMap<(u32, u32), u64>, DataplaneError>;
 }
+
+/// What the data path holds, read back, so that a daemon can take over maps an earlier
+/// one wrote (a restart with the maps pinned) instead of rewriting them.
+pub trait DataplaneContents {
+    /// Returns: every virtual server in `VS_MAP`.
+    fn virtual_servers(&self) -> Result<Vec<(VsKey, VsInfo)>, DataplaneError>;
+    /// Returns: every `REALS` value, indexed by real id (free ids too: their generation
+    /// is what the next holder's is counted from).
+    fn reals(&self) -> Result<Vec<RealInfo>, DataplaneError>;
+    /// Returns: the first `len` slots of Maglev ring `ring_id`.
+    fn ring(&self, ring_id: u32, len: u32) -> Result<Vec<u32>, DataplaneError>;
+    /// Returns: the `SETTING_*` bits.
+    fn settings(&self) -> Result<u32, DataplaneError>;
+}

@@ -23,6 +23,7 @@
 //! (real ids, generations, `REALS` values), `tables` (virtual server slots, the
 //! double-buffered rings and their shadows, decision 0001) and `order` (the order above).
 
+mod adopt;
 mod model;
 mod order;
 mod policy;
@@ -35,7 +36,10 @@ use std::{collections::HashSet, net::IpAddr};
 
 use lb_common::IfaceInfo;
 
-pub use self::model::{fmt_mac, L2Next, Override, RealView};
+pub use self::{
+    adopt::Adopted,
+    model::{fmt_mac, L2Next, Override, RealView},
+};
 use self::{policy::Policy, reals::Reals, tables::Tables};
 use crate::{
     config::{CheckType, VirtualServer},
@@ -49,6 +53,8 @@ pub enum ReconcileError {
     Dataplane(#[from] DataplaneError),
     #[error("out of {what}: at most {max} (load-time capacity)")]
     Capacity { what: &'static str, max: u32 },
+    #[error("the maps being adopted name {what} {id}, which this data path does not have")]
+    Adopt { what: &'static str, id: u32 },
 }
 
 /// The daemon's picture of what is in the maps, and the one writer of them.
@@ -76,6 +82,12 @@ impl<D: Dataplane> Reconciler<D> {
     /// Returns: the data path, for reads (writes go through the reconciler).
     pub fn dataplane(&self) -> &D {
         &self.dp
+    }
+
+    /// Returns: the data path, given back (a test reads what was written).
+    #[cfg(test)]
+    pub(crate) fn into_dataplane(self) -> D {
+        self.dp
     }
 
     /// Returns: the data path, for a test to set what it would have counted.

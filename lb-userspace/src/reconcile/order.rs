@@ -35,12 +35,6 @@ impl<D: Dataplane> Reconciler<D> {
         self.tables.check_capacity(config)?;
         let wanted = wanted_reals(config);
         self.policy.drop_stale_overrides(config);
-        // 1. New reals, not yet in any table (no flags).
-        for key in &wanted {
-            if !self.reals.contains(key) {
-                self.reals.add(&mut self.dp, key)?;
-            }
-        }
         let tables = &self.tables;
         self.policy
             .keep_newly_probed_serving(config, |name| tables.config(name));
@@ -56,12 +50,23 @@ impl<D: Dataplane> Reconciler<D> {
             0
         };
         self.set_settings(self.settings | settings)?;
-        // 2. Virtual servers: slots for new ones, configurations recorded; then reals'
-        // flags and tables. Reals leaving a virtual server that stays first leave its
-        // table.
+        // Virtual servers: slots for new ones (nothing the data path reads is written
+        // before their tables), configurations recorded.
         for vs in &config.virtual_servers {
             self.tables.prepare(&mut self.dp, vs)?;
         }
+        // 1. New reals, not yet in any table (no flags); every real names its virtual
+        // server's index.
+        for key in &wanted {
+            let vs_index = self.tables.vs_index(&key.vs).expect("prepared above");
+            if self.reals.contains(key) {
+                self.reals.set_owner(&mut self.dp, key, vs_index)?;
+            } else {
+                self.reals.add(&mut self.dp, key, vs_index)?;
+            }
+        }
+        // 2. Reals' flags and tables. Reals leaving a virtual server that stays first
+        // leave its table.
         for vs in &config.virtual_servers {
             self.sync(&vs.name)?;
         }

@@ -6,7 +6,10 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE};
+use lb_common::{
+    maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE, REAL_ROLE_FREE, REAL_ROLE_REAL,
+    REAL_ROLE_SORRY,
+};
 
 use super::{
     model::{fmt_mac, L2Next},
@@ -41,6 +44,73 @@ impl Reals {
             generations: vec![0; MAX_REALS as usize],
             next_hops: HashMap::new(),
         }
+    }
+
+    /// Takes over the `REALS` values an earlier daemon wrote (`all`, indexed by id):
+    /// every id keeps its generation; an id held by a real of a virtual server that
+    /// `vs_name` names keeps its real, its flags and its next hop.
+    /// Returns: the reals taken over with their flags, and the ids held by reals of
+    /// virtual servers `vs_name` does not name (still to be cleared).
+    pub fn adopt(
+        &mut self,
+        all: &[RealInfo],
+        vs_name: impl Fn(u32) -> Option<String>,
+    ) -> (Vec<(RealKey, u32)>, Vec<u32>) {
+        let mut taken = Vec::new();
+        let mut orphans = Vec::new();
+        let mut free = Vec::new();
+        for (id, info) in (0u32..).zip(all.iter().take(MAX_REALS as usize)) {
+            self.generations[id as usize] = info.generation;
+            if info.role == REAL_ROLE_FREE {
+                free.push(id);
+                continue;
+            }
+            let named = vs_name(u32::from(info.vs_index));
+            let addr = lb_common::user::words_addr(info.addr, info.family);
+            let (Some(vs), Some(addr)) = (named, addr) else {
+                orphans.push(id);
+                continue;
+            };
+            let port = u16::from_be(info.port_be);
+            let key = if info.role == REAL_ROLE_SORRY {
+                RealKey::sorry(&vs, addr, port)
+            } else {
+                RealKey::real(&vs, addr, port)
+            };
+            if info.ifindex != 0 {
+                let hop = L2Next {
+                    ifindex: info.ifindex,
+                    mac: info.mac,
+                };
+                self.next_hops.insert(addr, hop);
+            }
+            taken.push((key.clone(), info.flags));
+            self.slots.insert(key, RealSlot { id, info: *info });
+        }
+        // Reversed so that pop() hands out the lowest free id first, as at start.
+        free.reverse();
+        self.free = free;
+        (taken, orphans)
+    }
+
+    /// Clears real id `id`, held by a real of a virtual server that is gone, and frees
+    /// it (losing `REAL_F_ACTIVE` retires its generation, as for any removed real).
+    pub fn clear_orphan(
+        &mut self,
+        dp: &mut impl Dataplane,
+        id: u32,
+        mut info: RealInfo,
+    ) -> Result<(), ReconcileError> {
+        if info.flags & REAL_F_ACTIVE != 0 {
+            let g = &mut self.generations[id as usize];
+            *g = g.wrapping_add(1);
+            info.generation = *g;
+        }
+        info.flags = 0;
+        info.role = REAL_ROLE_FREE;
+        dp.set_real(id, &info)?;
+        self.free.insert(0, id);
+        Ok(())
     }
 
     /// Returns: the id of real `key`, if it is in the data path.
@@ -85,15 +155,28 @@ impl Reals {
         v
     }
 
-    /// Gives real `key` an id at a new generation, with zeroed counters, and writes it
-    /// with no flags (in no table yet).
-    pub fn add(&mut self, dp: &mut impl Dataplane, key: &RealKey) -> Result<(), ReconcileError> {
+    /// Gives real `key` of the virtual server at `vs_index` an id at a new generation,
+    /// with zeroed counters, and writes it with no flags (in no table yet).
+    pub fn add(
+        &mut self,
+        dp: &mut impl Dataplane,
+        key: &RealKey,
+        vs_index: u32,
+    ) -> Result<(), ReconcileError> {
         let id = self.free.pop().ok_or(ReconcileError::Capacity {
             what: "real servers",
             max: MAX_REALS,
         })?;
         self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-        let info = self.real_info(key.addr, key.port, self.generations[id as usize]);
+        let info = RealInfo {
+            role: if key.sorry {
+                REAL_ROLE_SORRY
+            } else {
+                REAL_ROLE_REAL
+            },
+            vs_index: vs_index as u16,
+            ..self.real_info(key.addr, key.port, self.generations[id as usize])
+        };
         dp.reset_counters(None, Some(id))?;
         dp.set_real(id, &info)?;
         self.slots.insert(key.clone(), RealSlot { id, info });
@@ -111,8 +194,26 @@ impl Reals {
             generation,
             flags: 0,
             family,
-            _pad: [0; 3],
+            role: REAL_ROLE_FREE,
+            vs_index: 0,
         }
+    }
+
+    /// Records that real `key` belongs to the virtual server at `vs_index` (a virtual
+    /// server that changed its VIP, port or protocol got a new index). The data path
+    /// does not read it; a daemon adopting the maps does.
+    pub fn set_owner(
+        &mut self,
+        dp: &mut impl Dataplane,
+        key: &RealKey,
+        vs_index: u32,
+    ) -> Result<(), ReconcileError> {
+        let slot = self.slots.get_mut(key).expect("caller listed it");
+        if u32::from(slot.info.vs_index) != vs_index {
+            slot.info.vs_index = vs_index as u16;
+            dp.set_real(slot.id, &slot.info)?;
+        }
+        Ok(())
     }
 
     /// Records where `addr` is reached and rewrites the reals at that address.
@@ -172,7 +273,9 @@ impl Reals {
     pub fn remove(&mut self, dp: &mut impl Dataplane, key: &RealKey) -> Result<(), ReconcileError> {
         // A real that already lost REAL_F_ACTIVE had its generation retired then.
         self.lose(dp, key, 0)?;
-        let slot = self.slots.remove(key).expect("caller listed it");
+        let mut slot = self.slots.remove(key).expect("caller listed it");
+        slot.info.role = REAL_ROLE_FREE;
+        dp.set_real(slot.id, &slot.info)?;
         self.free.insert(0, slot.id); // reused last: stale flow state ages out first
         let what = if key.sorry {
             "sorry server removed"

@@ -53,7 +53,7 @@ fn method_code(m: Method) -> u8 {
 }
 
 /// Returns: the `VS_MAP` key of `vs`, and its value but for index and ring.
-fn vs_value(vs: &VirtualServer) -> (VsKey, VsInfo) {
+pub(super) fn vs_value(vs: &VirtualServer) -> (VsKey, VsInfo) {
     let (words, family) = addr_words(vs.address);
     let key = VsKey {
         addr: words,
@@ -268,6 +268,63 @@ impl Tables {
             let slot = self.vss.remove(&name).expect("listed above");
             self.release(dp, slot)?;
             tracing::info!(vs = %name, "virtual server removed");
+        }
+        Ok(())
+    }
+
+    /// Takes over virtual server `vs`, found in `VS_MAP` under `key` with `info` (written
+    /// by an earlier daemon) and live ring contents `live`. Its idle ring is given by
+    /// [`Tables::adopt_idle_rings`] once every live ring is known.
+    /// Returns: an error when the found index or ring is beyond this data path's size.
+    pub fn adopt(
+        &mut self,
+        vs: &VirtualServer,
+        key: VsKey,
+        info: VsInfo,
+        live: Vec<u32>,
+    ) -> Result<(), ReconcileError> {
+        let taken = |free: &mut Vec<u32>, id: u32, what| {
+            let at = free
+                .iter()
+                .position(|&f| f == id)
+                .ok_or(ReconcileError::Adopt { what, id })?;
+            free.remove(at);
+            Ok::<(), ReconcileError>(())
+        };
+        taken(&mut self.free_vs, info.vs_index, "virtual server index")?;
+        taken(&mut self.free_rings, info.ring_id, "Maglev ring")?;
+        let params = VsInfo {
+            vs_index: 0,
+            ring_id: 0,
+            ..info
+        };
+        self.shadows.insert(info.ring_id, live);
+        self.vss.insert(
+            vs.name.clone(),
+            VsSlot {
+                key,
+                vs_index: info.vs_index,
+                rings: [info.ring_id, info.ring_id],
+                live: 0,
+                params,
+                cfg: vs.clone(),
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives every adopted virtual server a free ring as its idle one (its contents are
+    /// unknown, so the first table written there is written whole).
+    /// Returns: an error when too few rings are free.
+    pub fn adopt_idle_rings(&mut self) -> Result<(), ReconcileError> {
+        for slot in self.vss.values_mut().filter(|s| s.rings[0] == s.rings[1]) {
+            let ring = self.free_rings.pop().ok_or(ReconcileError::Capacity {
+                what: "Maglev rings",
+                max: 0,
+            })?;
+            self.shadows.remove(&ring);
+            slot.rings[1] = ring;
         }
         Ok(())
     }

@@ -281,3 +281,100 @@ fn persistence_reaches_the_virtual_server_value() {
     assert_eq!(v.persist_mask[0].to_ne_bytes(), [255, 255, 255, 0]);
     assert_eq!(v.ring_id, ring, "same table: only the value is rewritten");
 }
+
+/// Two virtual servers (probed reals, a sorry server, a NAT one), applied and made
+/// healthy, with next hops: what an earlier daemon would leave in the maps.
+fn earlier_daemon() -> (Reconciler<MemoryDataplane>, Config) {
+    let text = "interfaces: [eth0]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    table_size: 1009\n    sorry_server: { address: 10.0.9.9 }\n    real_servers: [{ address: 10.0.1.1 }, { address: 10.0.1.2, weight: 2 }, { address: 10.0.1.3 }]\n  - { name: dns, address: 10.0.0.100, port: 53, protocol: udp, method: nat, table_size: 1009, real_servers: [{ address: 10.0.2.1, port: 5353 }] }\n";
+    let c = config::parse(Path::new("t.yaml"), text, &Facts).unwrap();
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&c).unwrap();
+    r.set_health(&rk("10.0.1.1"), true).unwrap();
+    r.set_health(&rk("10.0.1.2"), true).unwrap();
+    // 10.0.1.3 failed after serving: out of the table, its generation retired.
+    r.set_health(&rk("10.0.1.3"), true).unwrap();
+    r.set_health(&rk("10.0.1.3"), false).unwrap();
+    let hop = L2Next {
+        ifindex: 3,
+        mac: [2, 0, 0, 0, 1, 1],
+    };
+    r.set_next_hop("10.0.1.1".parse().unwrap(), hop).unwrap();
+    (r, c)
+}
+
+#[test]
+fn an_adopted_data_path_with_the_same_configuration_is_not_rewritten() {
+    let (earlier, c) = earlier_daemon();
+    let ids: Vec<Option<u32>> = ["10.0.1.1", "10.0.1.2", "10.0.1.3"]
+        .iter()
+        .map(|a| earlier.real_id(&rk(a)))
+        .collect();
+    let dp = earlier.into_dataplane();
+    let (vs, reals, rings, settings) = (
+        dp.vs.clone(),
+        dp.reals.clone(),
+        dp.rings.clone(),
+        dp.settings,
+    );
+    let (slots, values) = (dp.slot_writes, dp.value_writes);
+    let (mut r, found) = Reconciler::adopt(dp, 8, 16, &c).unwrap();
+    assert_eq!(found.virtual_servers, ["dns", "web"]);
+    assert_eq!(
+        found.reals, 5,
+        "three reals, the sorry server and dns's real"
+    );
+    assert!(found.removed.is_empty());
+    r.apply(&c).unwrap();
+    let dp = r.dataplane();
+    assert_eq!(
+        (dp.slot_writes, dp.value_writes),
+        (slots, values),
+        "nothing rewritten: no ring slot, no real, no virtual server"
+    );
+    assert_eq!((&dp.vs, &dp.reals, &dp.rings), (&vs, &reals, &rings));
+    assert_eq!(dp.settings, settings);
+    let now: Vec<Option<u32>> = ["10.0.1.1", "10.0.1.2", "10.0.1.3"]
+        .iter()
+        .map(|a| r.real_id(&rk(a)))
+        .collect();
+    assert_eq!(now, ids, "every real keeps its id");
+    assert!(r.healthy(&rk("10.0.1.1")) && r.healthy(&rk("10.0.1.2")));
+    assert!(!r.healthy(&rk("10.0.1.3")), "it was out when adopted");
+    // What adoption learnt goes on as before: a change writes the idle ring.
+    r.set_health(&rk("10.0.1.3"), true).unwrap();
+    assert!(ids_in_table(&r).contains(&ids[2].unwrap()));
+    assert_ne!(r.dataplane().vs[&key()].ring_id, vs[&key()].ring_id);
+}
+
+#[test]
+fn adoption_removes_what_the_configuration_no_longer_has() {
+    let (earlier, _) = earlier_daemon();
+    let id3 = earlier.real_id(&rk("10.0.1.3")).unwrap();
+    let dns_real = earlier
+        .real_id(&RealKey::real("dns", "10.0.2.1".parse().unwrap(), 5353))
+        .unwrap();
+    let dp = earlier.into_dataplane();
+    let dns_gen = dp.reals[&dns_real].generation;
+    // dns is gone, 10.0.1.3 is gone, a new real 10.0.1.4 comes.
+    let c = cfg_with(
+        "    sorry_server: { address: 10.0.9.9 }\n",
+        &[("10.0.1.1", 1), ("10.0.1.2", 2), ("10.0.1.4", 1)],
+    );
+    let (mut r, found) = Reconciler::adopt(dp, 8, 16, &c).unwrap();
+    assert_eq!(found.removed, ["10.0.0.100:53/udp"]);
+    let dp = r.dataplane();
+    assert_eq!(dp.vs.len(), 1, "dns's virtual server is gone at once");
+    let gone = dp.reals[&dns_real];
+    assert_eq!((gone.flags, gone.role), (0, lb_common::REAL_ROLE_FREE));
+    assert_ne!(
+        gone.generation, dns_gen,
+        "flows pinned to it never come back"
+    );
+    r.apply(&c).unwrap();
+    assert_eq!(r.real_id(&rk("10.0.1.3")), None);
+    assert_eq!(r.dataplane().reals[&id3].role, lb_common::REAL_ROLE_FREE);
+    // The new real is probed and not healthy yet: the adopted two serve.
+    let id4 = r.real_id(&rk("10.0.1.4")).unwrap();
+    assert!(!ids_in_table(&r).contains(&id4));
+    assert_eq!(ids_in_table(&r).len(), 2);
+}

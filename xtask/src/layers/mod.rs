@@ -7,6 +7,7 @@
 
 mod graph;
 mod source;
+mod targets;
 mod tree;
 
 use std::path::Path;
@@ -19,44 +20,38 @@ use self::graph::Edges;
 /// `crate::config::raw`.
 pub type ModPath = Vec<String>;
 
-/// The crates whose module graphs must be free of cycles.
-const CRATES: &[&str] = &["lb-ebpf", "lb-userspace"];
-
-/// Checks every crate root of `CRATES` under the workspace `root`, each as its own
-/// module tree, printing one line per tree and every cycle found.
+/// Checks every library and binary target of the workspace at `root`, each as its own
+/// module tree, printing one line per tree and every cycle found. Every member is
+/// checked, not a list of them: the rule is the workspace's, and a new crate or binary is
+/// covered the day it appears.
 ///
 /// Returns: an error when any sibling graph has a cycle or a tree cannot be read.
 pub fn check(root: &Path) -> Result<()> {
-    let mut found = 0;
     let read = |rel: &Path| std::fs::read_to_string(root.join(rel)).ok();
-    for name in CRATES {
-        for file in ["lib.rs", "main.rs"] {
-            let tree_root = Path::new(name).join("src").join(file);
-            if !root.join(&tree_root).exists() {
-                continue;
+    let mut found = 0;
+    for target in targets::list(root)? {
+        let files = tree::load(&target.root, &read)
+            .with_context(|| format!("reading the modules of {}", target.root.display()))?;
+        let scopes = graph::scopes(&tree::imports(&files));
+        let what = format!("{} {}", target.package, target.what);
+        let mut cycles = 0;
+        for (parent, edges) in &scopes {
+            for cycle in graph::cycles(edges) {
+                eprintln!("{}", describe(&what, parent, &cycle, edges));
+                cycles += 1;
             }
-            let files = tree::load(&tree_root, &read)
-                .with_context(|| format!("reading the modules of {}", tree_root.display()))?;
-            let scopes = graph::scopes(&tree::imports(&files));
-            let what = format!("{name} ({})", tree_root.display());
-            let mut cycles = 0;
-            for (parent, edges) in &scopes {
-                for cycle in graph::cycles(edges) {
-                    eprintln!("{}", describe(&what, parent, &cycle, edges));
-                    cycles += 1;
-                }
-            }
-            let edge_count: usize = scopes.values().map(|e| e.len()).sum();
-            eprintln!(
-                "xtask: layers: {what}: {} files, {edge_count} imports between sibling modules, {}",
-                files.len(),
-                match cycles {
-                    0 => "no cycle".to_string(),
-                    n => format!("{n} cycle(s)"),
-                }
-            );
-            found += cycles;
         }
+        let edge_count: usize = scopes.values().map(|e| e.len()).sum();
+        eprintln!(
+            "xtask: layers: {what} ({}): {} files, {edge_count} imports between sibling modules, {}",
+            target.root.display(),
+            files.len(),
+            match cycles {
+                0 => "no cycle".to_string(),
+                n => format!("{n} cycle(s)"),
+            }
+        );
+        found += cycles;
     }
     if found > 0 {
         bail!(

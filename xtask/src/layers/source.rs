@@ -12,14 +12,14 @@ use syn::{
     ext::IdentExt as _,
     punctuated::Punctuated,
     visit::{self, Visit},
-    Attribute, Expr, ImplItem, Item, ItemMod, ItemUse, Lit, Macro, Meta, MetaList, Token, UseTree,
-    VisRestricted,
+    Attribute, Expr, ExprLit, ImplItem, Item, ItemMod, ItemUse, Lit, Macro, Meta, MetaList,
+    MetaNameValue, Token, UseTree, VisRestricted,
 };
 
 use super::ModPath;
 
 /// A crate-relative path as written, before it is resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct PathRef {
     /// The module whose code holds the path (inline modules included).
     pub from: ModPath,
@@ -29,7 +29,7 @@ pub struct PathRef {
 }
 
 /// A `mod name;` item: its body is another file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct ModDecl {
     pub module: ModPath,
     /// Where rustc looks for the body, in order: `name.rs` then `name/mod.rs`, or the
@@ -56,10 +56,9 @@ pub struct FileModules {
 pub fn read(text: &str, file: &Path, module: ModPath, dir: PathBuf) -> syn::Result<FileModules> {
     let ast = syn::parse_file(text)?;
     let mut reader = Reader {
-        file_dir: file.parent().unwrap_or(Path::new("")).to_path_buf(),
+        path_dir: file.parent().unwrap_or(Path::new("")).to_path_buf(),
         dir,
         scope: module,
-        inline_depth: 0,
         out: FileModules::default(),
     };
     // `#![cfg(test)]` at the top makes the whole file test code.
@@ -70,14 +69,13 @@ pub fn read(text: &str, file: &Path, module: ModPath, dir: PathBuf) -> syn::Resu
 }
 
 struct Reader {
-    /// The directory the file is in: a top-level `#[path]` is relative to it.
-    file_dir: PathBuf,
+    /// What a `#[path]` at the current place is relative to: the file's directory at the
+    /// top of the file, `dir` inside an inline module.
+    path_dir: PathBuf,
     /// Where a `mod name;` at the current place looks for its file.
     dir: PathBuf,
     /// The module being read.
     scope: ModPath,
-    /// How many inline modules the current place is in.
-    inline_depth: usize,
     out: FileModules,
 }
 
@@ -179,14 +177,7 @@ impl<'ast> Visit<'ast> for Reader {
         let Some((_, items)) = &m.content else {
             let (files, dir) = match path {
                 Some(path) => {
-                    // A top-level `#[path]` is relative to the file's directory; one inside
-                    // an inline module to the directory that module stands for.
-                    let base = if self.inline_depth == 0 {
-                        &self.file_dir
-                    } else {
-                        &self.dir
-                    };
-                    let file = base.join(path);
+                    let file = self.path_dir.join(path);
                     let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
                     (vec![file], dir)
                 }
@@ -204,15 +195,14 @@ impl<'ast> Visit<'ast> for Reader {
         self.out.inline.push(module.clone());
         let dir = self.dir.join(path.unwrap_or(name));
         let outer = (
+            std::mem::replace(&mut self.path_dir, dir.clone()),
             std::mem::replace(&mut self.dir, dir),
             std::mem::replace(&mut self.scope, module),
         );
-        self.inline_depth += 1;
         for item in items {
             self.visit_item(item);
         }
-        self.inline_depth -= 1;
-        (self.dir, self.scope) = outer;
+        (self.path_dir, self.dir, self.scope) = outer;
     }
 
     fn visit_item_use(&mut self, u: &'ast ItemUse) {
@@ -268,13 +258,13 @@ fn item_attrs(item: &Item) -> &[Attribute] {
 /// Returns: the file a `#[path = "..."]` attribute names, if there is one.
 fn path_attr(attrs: &[Attribute]) -> Option<String> {
     attrs.iter().find_map(|a| match &a.meta {
-        Meta::NameValue(nv) if nv.path.is_ident("path") => match &nv.value {
-            Expr::Lit(e) => match &e.lit {
-                Lit::Str(s) => Some(s.value()),
-                _ => None,
-            },
-            _ => None,
-        },
+        Meta::NameValue(MetaNameValue {
+            path,
+            value: Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }),
+            ..
+        }) if path.is_ident("path") => Some(s.value()),
         _ => None,
     })
 }

@@ -10,10 +10,10 @@ use std::{
     path::PathBuf,
 };
 
-use super::tree::{Import, ModPath};
+use super::{tree::Import, ModPath};
 
 /// Where an edge was first seen: the file (relative to the crate's `src/`) and line.
-pub type Site = (PathBuf, u32);
+pub type Site = (PathBuf, usize);
 
 /// Edges among the children of one module: `(from, to)` -> the first site that draws
 /// the edge (first by file name, then line, so the report is stable).
@@ -117,7 +117,7 @@ mod tests {
             .map(|(i, (a, b))| {
                 (
                     (a.to_string(), b.to_string()),
-                    (PathBuf::from("f.rs"), i as u32 + 1),
+                    (PathBuf::from("f.rs"), i + 1),
                 )
             })
             .collect()

@@ -35,8 +35,8 @@ enum Cmd {
     /// Run cargo-deny: licences, bans and duplicates, sources, and security advisories
     /// when a database can be had (see docs/testing.md).
     Deny,
-    /// Check that imports between sibling modules of lb-ebpf and lb-userspace run one
-    /// way (no cycle).
+    /// Check that imports between sibling modules of every crate target of the
+    /// workspace run one way (no cycle).
     Layers,
     /// Build a topology in namespaces, run xdpvs, send requests, print who answered.
     Demo,

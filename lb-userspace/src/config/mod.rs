@@ -20,8 +20,32 @@ pub use locate::{Locator, Pos};
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest real weight accepted (LVS's limit too).
 pub const MAX_WEIGHT: u32 = 65535;
-/// Where the daemon's control socket is unless `control_socket` says otherwise.
+/// Where the daemon's control socket is unless `control_socket` says otherwise (for the
+/// instance `default`; another instance's is [`default_socket`]).
 pub const DEFAULT_SOCKET: &str = "/run/xdpvs/xdpvs.sock";
+/// The instance a daemon is unless `instance` says otherwise.
+pub const DEFAULT_INSTANCE: &str = "default";
+/// Where the data path is pinned unless `pin_path` says otherwise.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdpvs";
+
+/// Returns: the control socket of instance `instance` unless the file names one: two
+/// daemons of two instances never share a socket by accident.
+pub fn default_socket(instance: &str) -> PathBuf {
+    if instance == DEFAULT_INSTANCE {
+        PathBuf::from(DEFAULT_SOCKET)
+    } else {
+        PathBuf::from(format!("/run/xdpvs/{instance}.sock"))
+    }
+}
+
+/// Returns: whether `name` can name an instance (it becomes a directory and a file
+/// name): 1 to 32 letters, digits, `-` or `_`.
+pub fn valid_instance(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
 
 /// How XDP is attached (also `--xdp-mode` of `xdpvs realserver decap`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +115,10 @@ pub struct Config {
     pub flow_table_size: u32,
     /// Unix socket of the control channel (`xdpvs status`, `xdpvs real ...`).
     pub control_socket: PathBuf,
+    /// This daemon's name on the host: its pins live under `pin_path/instance/`.
+    pub instance: String,
+    /// The bpffs directory the data path is pinned under (one directory per instance).
+    pub pin_path: PathBuf,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub virtual_servers: Vec<VirtualServer>,

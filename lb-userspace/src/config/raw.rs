@@ -19,6 +19,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub control_socket: Option<String>,
     #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub pin_path: Option<String>,
+    #[serde(default)]
     pub metrics_listen: Option<String>,
     /// One address, or a list with at most one per family.
     #[serde(default)]

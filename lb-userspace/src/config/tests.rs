@@ -41,6 +41,11 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert!(c.manage_vips);
     assert_eq!(c.metrics_listen, None, "metrics are off unless asked for");
+    assert_eq!(
+        (c.instance.as_str(), c.pin_path.to_str()),
+        ("default", Some("/sys/fs/bpf/xdpvs"))
+    );
+    assert_eq!(c.control_socket.to_str(), Some("/run/xdpvs/xdpvs.sock"));
     let vs = &c.virtual_servers[0];
     assert_eq!(
         (
@@ -159,6 +164,8 @@ fn each_error_names_line_and_field() {
         ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
         ("bad metrics address", "xdp_mode: auto", "xdp_mode: auto\nmetrics_listen: localhost", 3, "metrics_listen", "not ADDRESS:PORT"),
         ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
+        ("bad instance name", "xdp_mode: auto", "xdp_mode: auto\ninstance: 'a/b'", 3, "instance", "letters, digits"),
+        ("relative pin path", "xdp_mode: auto", "xdp_mode: auto\npin_path: bpf/xdpvs", 3, "pin_path", "absolute path"),
         ("bad duration unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2x }", 10, "virtual_servers[0].health_check.interval", "unknown unit"),
         ("duration without unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2 }", 10, "virtual_servers[0].health_check.interval", "needs a unit"),
         ("timeout over interval", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 1s, timeout: 2s }", 10, "virtual_servers[0].health_check.timeout", "at most the interval"),

@@ -206,11 +206,26 @@ impl<'a> Validator<'a> {
                 format!("{flow_table_size} is out of range {MIN_FLOW_TABLE}..={MAX_FLOW_TABLE}"),
             );
         }
-        let control_socket = PathBuf::from(
-            raw.control_socket
-                .as_deref()
-                .unwrap_or(super::DEFAULT_SOCKET),
-        );
+        let instance = raw
+            .instance
+            .unwrap_or_else(|| super::DEFAULT_INSTANCE.to_string());
+        if !super::valid_instance(&instance) {
+            self.error(
+                "instance",
+                format!("`{instance}` must be 1 to 32 letters, digits, `-` or `_`"),
+            );
+        }
+        let pin_path = PathBuf::from(raw.pin_path.as_deref().unwrap_or(super::DEFAULT_PIN_PATH));
+        if !pin_path.is_absolute() {
+            self.error(
+                "pin_path",
+                format!("`{}` must be an absolute path", pin_path.display()),
+            );
+        }
+        let control_socket = raw
+            .control_socket
+            .as_deref()
+            .map_or_else(|| super::default_socket(&instance), PathBuf::from);
         if !control_socket.is_absolute() || control_socket.file_name().is_none() {
             self.error(
                 "control_socket",
@@ -288,6 +303,8 @@ impl<'a> Validator<'a> {
             manage_vips: raw.manage_vips.unwrap_or(true),
             flow_table_size,
             control_socket,
+            instance,
+            pin_path,
             metrics_listen,
             virtual_servers,
         }

@@ -1,9 +1,11 @@
-//! One probe of one real: a TCP connect, or an HTTP request whose status is checked,
-//! bounded by the probe's timeout. Stateless: the rise/fall state machines that turn
-//! results into transitions live in [`super`].
+//! One probe of one real: a TCP connect, or an HTTP request (over TLS for `https`) whose
+//! status is checked, bounded by the probe's timeout. Stateless: the rise/fall state
+//! machines that turn results into transitions live in [`super`].
 //!
 //! HTTP is spoken by hyper's client, one connection per probe; only the response's head
 //! is read, then the connection is dropped.
+
+mod tls;
 
 use std::{
     fmt,
@@ -46,6 +48,9 @@ pub enum Failure {
     Status(u16),
     /// HTTP: what came back is not an HTTP response.
     BadResponse(String),
+    /// HTTPS: the TLS handshake failed (certificate not trusted or not for the name,
+    /// no common protocol, not TLS at all) or the TLS session broke.
+    Tls(String),
     /// Any other socket error.
     Io(String),
 }
@@ -58,6 +63,7 @@ impl fmt::Display for Failure {
             Failure::Unreachable(e) => write!(f, "unreachable: {e}"),
             Failure::Status(s) => write!(f, "status {s}"),
             Failure::BadResponse(e) => write!(f, "bad response: {e}"),
+            Failure::Tls(e) => write!(f, "tls: {e}"),
             Failure::Io(e) => f.write_str(e),
         }
     }
@@ -73,13 +79,13 @@ fn io_failure(e: &std::io::Error) -> Failure {
     }
 }
 
-/// Returns: what a failed HTTP exchange means for the probe: the socket's error when
-/// there is one under hyper's, else a bad response.
+/// Returns: what a failed HTTP exchange means for the probe: the socket's or the TLS
+/// session's error when there is one under hyper's, else a bad response.
 fn http_failure(e: hyper::Error) -> Failure {
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io_failure(io);
+            return tls::session_failure(io);
         }
         source = s.source();
     }
@@ -156,6 +162,10 @@ async fn probe_inner(addr: IpAddr, check: &HealthCheck) -> Result<(), Failure> {
     let status = match check.kind {
         CheckType::None | CheckType::Tcp => return Ok(()),
         CheckType::Http => http_status(conn, addr, check).await?,
+        CheckType::Https => {
+            let tls = tls::handshake(conn, target, check).await?;
+            http_status(tls, addr, check).await?
+        }
     };
     if check.status_ok(status) {
         Ok(())
@@ -197,6 +207,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             rise: 2,
             fall: 3,
+            verify: crate::config::Verify::SystemRoots,
         }
     }
 

@@ -228,11 +228,14 @@ impl fmt::Debug for CaFile {
 /// addresses and not sent (SNI carries DNS names only).
 /// Returns: the name, or why `host` cannot be one.
 pub fn tls_name(host: &str) -> Result<ServerName<'static>, String> {
-    let bare = match host.rsplit_once(':') {
+    let bare = if let Some(v6) = host.strip_prefix('[') {
         // `[v6]` or `[v6]:port`
-        _ if host.starts_with('[') => host[1..].split(']').next().unwrap_or(""),
-        Some((name, port)) if !name.contains(':') && port.parse::<u16>().is_ok() => name,
-        _ => host,
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if !name.contains(':') && port.parse::<u16>().is_ok() => name,
+            _ => host,
+        }
     };
     ServerName::try_from(bare)
         .map(|n| n.to_owned())

@@ -300,6 +300,25 @@ fn https_probes_verify_against_system_roots_a_ca_file_or_not_at_all() {
 }
 
 #[test]
+fn the_tls_name_is_host_without_its_port() {
+    use rustls_pki_types::ServerName;
+    let name = |h: &str| tls_name(h).map(|n| n.to_str().into_owned());
+    assert_eq!(name("www.example.com"), Ok("www.example.com".into()));
+    assert_eq!(name("www.example.com:8443"), Ok("www.example.com".into()));
+    assert_eq!(name("10.0.1.11:443"), Ok("10.0.1.11".into()));
+    assert!(matches!(
+        tls_name("[2001:db8::1]:443"),
+        Ok(ServerName::IpAddress(_))
+    ));
+    assert!(matches!(
+        tls_name("2001:db8::1"),
+        Ok(ServerName::IpAddress(_))
+    ));
+    assert!(tls_name("bad..name").is_err());
+    assert!(tls_name("host:port").is_err());
+}
+
+#[test]
 fn a_bad_ca_file_is_named_with_what_is_wrong() {
     let cert = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()])
         .unwrap()

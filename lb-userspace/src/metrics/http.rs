@@ -35,7 +35,7 @@ const MAX_CLIENTS: usize = 32;
 /// without an answer.
 #[derive(Debug, thiserror::Error)]
 #[error("the daemon's task has gone")]
-pub struct DaemonGone;
+struct DaemonGone;
 
 /// Serves `/metrics` on `listener` until the daemon's task goes away.
 pub async fn serve(listener: TcpListener, daemon: mpsc::Sender<Ask>) {

@@ -79,18 +79,27 @@ fn io_failure(e: &std::io::Error) -> Failure {
     }
 }
 
-/// Returns: what a failed HTTP exchange means for the probe: the socket's or the TLS
-/// session's error when there is one under hyper's, else a bad response.
+/// Returns: the failure of a real that closed the connection before its response.
+fn closed_without_response() -> Failure {
+    Failure::BadResponse("connection closed without a response".into())
+}
+
+/// Returns: what a failed HTTP exchange means for the probe: the TLS session's or the
+/// socket's error when there is one under hyper's, else a bad response.
 fn http_failure(e: hyper::Error) -> Failure {
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return tls::session_failure(io);
+            return tls::tls_failure(io).unwrap_or_else(|| match io.kind() {
+                // A TLS session closed without close_notify.
+                std::io::ErrorKind::UnexpectedEof => closed_without_response(),
+                _ => io_failure(io),
+            });
         }
         source = s.source();
     }
     if e.is_incomplete_message() {
-        return Failure::BadResponse("connection closed without a response".into());
+        return closed_without_response();
     }
     Failure::BadResponse(e.to_string())
 }

@@ -40,19 +40,25 @@ pub async fn handshake(
     connector
         .connect(server_name(target, check), tcp)
         .await
-        .map_err(|e| session_failure(&e))
+        .map_err(|e| handshake_failure(&e))
 }
 
-/// Returns: what an error of a TLS session (or of a plain socket) means for the probe:
-/// rustls's own error when it has one, a close during the handshake, else the socket's.
-pub fn session_failure(e: &std::io::Error) -> Failure {
-    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        return Failure::Tls(tls.to_string());
-    }
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return Failure::Tls("the real closed the connection during the handshake".into());
-    }
-    io_failure(e)
+/// Returns: what a failed handshake means for the probe: rustls's own error, a close
+/// by the real, or the socket's error.
+fn handshake_failure(e: &std::io::Error) -> Failure {
+    tls_failure(e).unwrap_or_else(|| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            Failure::Tls("the real closed the connection during the handshake".into())
+        }
+        _ => io_failure(e),
+    })
+}
+
+/// Returns: the TLS failure an I/O error of a TLS session carries (rustls's own error
+/// under it), if it does.
+pub fn tls_failure(e: &std::io::Error) -> Option<Failure> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(Failure::Tls(tls.to_string()))
 }
 
 /// The name the handshake sends as SNI and checks the certificate against: `host`
@@ -306,7 +312,7 @@ mod tests {
         })
     }
 
-    fn tls_failure(r: Result<Duration, Failure>) -> String {
+    fn tls_message(r: Result<Duration, Failure>) -> String {
         match r {
             Err(Failure::Tls(m)) => m,
             other => panic!("not a TLS failure: {other:?}"),
@@ -335,7 +341,7 @@ mod tests {
         let pki = pki();
         let (port, _) = https_server(&pki, 200).await;
         let c = check(port, Some("real.test"), Verify::SystemRoots);
-        let m = tls_failure(probe(LO, &c).await);
+        let m = tls_message(probe(LO, &c).await);
         assert!(
             m == "invalid peer certificate: UnknownIssuer" || m.starts_with("no trusted root"),
             "{m}"
@@ -348,7 +354,7 @@ mod tests {
             "tls: invalid peer certificate: UnknownIssuer"
         );
         let c = check(port, Some("other.test"), ca_file(&pki.ca));
-        let m = tls_failure(probe(LO, &c).await);
+        let m = tls_message(probe(LO, &c).await);
         assert!(
             m.starts_with(
                 "invalid peer certificate: certificate not valid for name \"other.test\""
@@ -387,7 +393,24 @@ mod tests {
             }
         });
         let c = check(port, Some("real.test"), Verify::Insecure);
-        let m = tls_failure(probe(LO, &c).await);
+        let m = tls_message(probe(LO, &c).await);
         assert!(m.contains("corrupt message"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn a_close_during_the_handshake_is_a_tls_failure() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+            }
+        });
+        let c = check(port, None, Verify::Insecure);
+        assert_eq!(
+            probe(LO, &c).await.unwrap_err().to_string(),
+            "tls: the real closed the connection during the handshake"
+        );
     }
 }

@@ -63,11 +63,14 @@ pub async fn serve(listener: TcpListener, daemon: mpsc::Sender<Ask>) {
 }
 
 /// Returns: hyper's HTTP/1 server settings for metrics clients: one request per
-/// connection, a bounded head, and header names written as `Content-Type` (as before
-/// hyper, and as scripts grepping the head expect).
+/// connection, answered even if the client has shut its side down, a bounded head,
+/// and header names written as `Content-Type` (as before hyper, and as scripts
+/// grepping the head expect).
 fn http_builder() -> http1::Builder {
     let mut b = http1::Builder::new();
     b.keep_alive(false)
+        // A client may shut its side down once its request is sent (`nc -N`).
+        .half_close(true)
         .max_header_size(HEAD_MAX)
         .max_headers(HEADERS_MAX)
         .title_case_headers(true)
@@ -169,13 +172,14 @@ mod tests {
     }
 
     /// Serves on loopback with a fake daemon that answers every ask with
-    /// [`snapshot`]`(ok)`. Returns: the address.
-    async fn server(ok: bool) -> SocketAddr {
+    /// [`snapshot`]`(ok)` after `delay`. Returns: the address.
+    async fn server(ok: bool, delay: Duration) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, mut rx) = mpsc::channel::<Ask>(4);
         tokio::spawn(async move {
             while let Some(ask) = rx.recv().await {
+                tokio::time::sleep(delay).await;
                 let _ = ask.send(snapshot(ok));
             }
         });
@@ -209,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn negotiates_the_format_and_routes() {
-        let addr = server(true).await;
+        let addr = server(true, Duration::ZERO).await;
         let (status, kind, body) = request(addr, Method::GET, "/metrics?x=1", None).await;
         assert_eq!((status, kind.as_str()), (200, CLASSIC));
         assert!(body.contains("# TYPE xdpvs_build_info gauge\n"), "{body}");
@@ -231,7 +235,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_snapshot_is_a_500_with_the_reason() {
-        let addr = server(false).await;
+        let addr = server(false, Duration::ZERO).await;
         let (status, _, body) = request(addr, Method::GET, "/metrics", None).await;
         assert_eq!(status, 500);
         assert_eq!(
@@ -250,8 +254,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_half_closes_after_its_request_is_answered() {
+        // The answer comes after the client's EOF, as a daemon's snapshot takes time.
+        let addr = server(true, Duration::from_millis(200)).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
+    }
+
+    #[tokio::test]
     async fn one_request_per_connection_with_title_case_headers() {
-        let addr = server(true).await;
+        let addr = server(true, Duration::ZERO).await;
         let out = raw_exchange(
             addr,
             b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -268,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_heads_are_refused() {
-        let addr = server(true).await;
+        let addr = server(true, Duration::ZERO).await;
         let big = format!(
             "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
             "a".repeat(HEAD_MAX)
@@ -288,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn clients_beyond_the_limit_are_closed_at_once() {
-        let addr = server(true).await;
+        let addr = server(true, Duration::ZERO).await;
         // MAX_CLIENTS connections that send nothing hold every slot.
         let mut idle = Vec::new();
         for _ in 0..MAX_CLIENTS {

@@ -93,6 +93,10 @@ pub struct RawHealthCheck {
     pub rise: Option<u32>,
     #[serde(default)]
     pub fall: Option<u32>,
+    #[serde(default)]
+    pub insecure: Option<bool>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 impl RawHealthCheck {
@@ -111,6 +115,8 @@ impl RawHealthCheck {
             timeout: over.timeout.clone().or_else(|| self.timeout.clone()),
             rise: over.rise.or(self.rise),
             fall: over.fall.or(self.fall),
+            insecure: over.insecure.or(self.insecure),
+            ca_file: over.ca_file.clone().or_else(|| self.ca_file.clone()),
         }
     }
 }
@@ -121,6 +127,7 @@ pub enum RawCheckType {
     None,
     Tcp,
     Http,
+    Https,
 }
 
 /// `200`, `"200-399"`, or a list of either.

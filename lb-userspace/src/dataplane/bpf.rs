@@ -120,12 +120,6 @@ pub struct BpfDataplane {
 pub struct Programs(Ebpf);
 
 impl Programs {
-    /// Attaches program `name` to `ifindex`. `XdpMode::Default` lets the kernel pick
-    /// native mode where the driver has it and generic mode elsewhere.
-    pub fn attach(&mut self, name: &str, ifindex: u32, mode: XdpMode) -> Result<(), anyhow::Error> {
-        attach(&mut self.0, name, ifindex, mode)
-    }
-
     /// Attaches the balancer to interface `ifname` through its link pinned under `pins`
     /// (see [`Pins::attach`]). Returns: whether a program was replaced on a pinned link.
     pub fn attach_pinned(

@@ -102,9 +102,7 @@ impl Reals {
         mut info: RealInfo,
     ) -> Result<(), ReconcileError> {
         if info.flags & REAL_F_ACTIVE != 0 {
-            let g = &mut self.generations[id as usize];
-            *g = g.wrapping_add(1);
-            info.generation = *g;
+            info.generation = self.next_generation(id);
         }
         info.flags = 0;
         info.role = REAL_ROLE_FREE;
@@ -167,7 +165,7 @@ impl Reals {
             what: "real servers",
             max: MAX_REALS,
         })?;
-        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+        let generation = self.next_generation(id);
         let info = RealInfo {
             role: if key.sorry {
                 REAL_ROLE_SORRY
@@ -175,7 +173,7 @@ impl Reals {
                 REAL_ROLE_REAL
             },
             vs_index: vs_index as u16,
-            ..self.real_info(key.addr, key.port, self.generations[id as usize])
+            ..self.real_info(key.addr, key.port, generation)
         };
         dp.reset_counters(None, Some(id))?;
         dp.set_real(id, &info)?;
@@ -294,14 +292,22 @@ impl Reals {
         key: &RealKey,
         flags: u32,
     ) -> Result<(), ReconcileError> {
+        let id = self.slots.get(key).expect("caller checked").id;
+        let retired = (flags & REAL_F_ACTIVE != 0).then(|| self.next_generation(id));
         let slot = self.slots.get_mut(key).expect("caller checked");
         slot.info.flags &= !flags;
-        if flags & REAL_F_ACTIVE != 0 {
-            let g = &mut self.generations[slot.id as usize];
-            *g = g.wrapping_add(1);
-            slot.info.generation = *g;
+        if let Some(g) = retired {
+            slot.info.generation = g;
         }
         dp.set_real(slot.id, &slot.info)?;
         Ok(())
+    }
+
+    /// Gives id `id` its next generation: flow and persistence state naming the id at
+    /// an earlier one is no longer its holder's. Returns: the new generation.
+    fn next_generation(&mut self, id: u32) -> u32 {
+        let g = &mut self.generations[id as usize];
+        *g = g.wrapping_add(1);
+        *g
     }
 }

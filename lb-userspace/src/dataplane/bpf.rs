@@ -16,25 +16,8 @@ use lb_common::{
     Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
 
+pub use super::LoadOptions;
 use super::{pins::Pins, Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
-
-/// Sizes chosen at load time.
-#[derive(Clone, Copy, Debug)]
-pub struct LoadOptions {
-    /// Connection table entries.
-    pub flow_entries: u32,
-    /// Maglev rings (two per virtual server).
-    pub ring_count: u32,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            flow_entries: lb_common::maps::DEFAULT_FLOW_ENTRIES,
-            ring_count: lb_common::maps::DEFAULT_RING_COUNT,
-        }
-    }
-}
 
 /// Loads the BPF object with the given sizes; every XDP program is loaded (verified)
 /// but attached nowhere, and no map is pinned.

@@ -11,6 +11,24 @@ use std::collections::HashMap;
 pub use lb_common::Counters;
 use lb_common::{IfaceInfo, RealInfo, VsInfo, VsKey};
 
+/// Sizes chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Connection table entries.
+    pub flow_entries: u32,
+    /// Maglev rings (two per virtual server).
+    pub ring_count: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            flow_entries: lb_common::maps::DEFAULT_FLOW_ENTRIES,
+            ring_count: lb_common::maps::DEFAULT_RING_COUNT,
+        }
+    }
+}
+
 /// A failed write to the data path.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {

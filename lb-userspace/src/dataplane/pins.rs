@@ -9,9 +9,10 @@
 //! A pinned map is reused only when the kernel's definition of it (type, key and value
 //! size, entries, flags) is the one this release's object has. Otherwise it is dropped
 //! and made anew: the program still attached keeps using the old one until the swap.
-//! The maps the reconciler writes hold references to each other and the connection
-//! and persistence tables name real ids, so when one of those is dropped all of them
-//! are.
+//! The maps the reconciler writes hold references to each other, so when one of those
+//! is dropped all of them are, and with them the connection and persistence tables,
+//! whose entries name real ids that the new maps give out afresh. The connection or
+//! persistence table alone can be dropped on its own.
 
 use std::{
     collections::HashMap,
@@ -33,11 +34,13 @@ use lb_common::{
     RING_STRIDE,
 };
 
-use super::bpf::LoadOptions;
+use super::LoadOptions;
 
-/// The maps the reconciler writes (they refer to each other by index and id) and the
-/// tables that name real ids: reused together or dropped together.
-const TOGETHER: [&str; 7] = [VS_MAP, VS_RINGS, REALS, IFACES, SETTINGS, FLOWS, PERSIST];
+/// The maps the reconciler writes: they refer to each other by index and id, so they
+/// are reused together or made anew together.
+const RECONCILED: [&str; 5] = [VS_MAP, VS_RINGS, REALS, IFACES, SETTINGS];
+/// The tables whose entries name real ids: dropped with the reconciler's maps.
+const NAMING_REALS: [&str; 2] = [FLOWS, PERSIST];
 
 /// A failure to prepare, read or remove pins.
 #[derive(Debug, thiserror::Error)]
@@ -190,9 +193,9 @@ impl Pins {
                 Some(_) => {}
             }
         }
-        let together_lost = dropped.iter().any(|(n, _)| TOGETHER.contains(n));
+        let together_lost = dropped.iter().any(|(n, _)| RECONCILED.contains(n));
         if together_lost {
-            for name in TOGETHER {
+            for name in RECONCILED.into_iter().chain(NAMING_REALS) {
                 if !dropped.iter().any(|(n, _)| *n == name) {
                     dropped.push((name, format!("{name}: dropped with the maps it refers to")));
                 }

@@ -54,6 +54,25 @@ pub enum Command {
         /// The daemon's control socket.
         #[arg(long, default_value = crate::config::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// The daemon's configuration file: its control socket, and where to look for
+        /// a data path left forwarding when no daemon answers.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Take an instance off the host: its XDP programs, pinned maps, the VIPs its
+    /// daemons added, its state file. What an operator runs to really stop the
+    /// balancer (a stopped daemon leaves the data path forwarding). Refuses while the
+    /// daemon runs.
+    Teardown {
+        /// The instance's configuration file (its instance, pin_path and socket).
+        #[arg(long, short, conflicts_with = "instance")]
+        config: Option<PathBuf>,
+        /// The instance, when no configuration file is at hand.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Where the instance is pinned (with --instance).
+        #[arg(long, requires = "instance")]
+        pin_path: Option<PathBuf>,
     },
     /// Make the daemon re-read its configuration (as SIGHUP) and report the outcome.
     Reload {

@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod instance;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

@@ -6,7 +6,9 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use xdpvs::{
     cli::{Cli, Command, LogFormat, RealCommand, RealserverCommand},
-    config, control, daemon, realserver,
+    config, control, daemon,
+    instance::Instance,
+    realserver,
 };
 
 /// EX_USAGE (sysexits.h): the configuration is wrong.
@@ -94,6 +96,38 @@ fn status(socket: &std::path::Path, stats: bool, rate: bool, json: bool) -> Exit
     ExitCode::SUCCESS
 }
 
+/// Returns: the configuration at `path`, or the exit code after printing its errors.
+fn load_config(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load(path, &config::Host).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+/// `xdpvs teardown`: prints what it removed.
+fn teardown(instance: &Instance) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(instance.teardown()) {
+        Ok(removed) if removed.is_empty() => {
+            println!("instance `{}`: nothing to remove", instance.name);
+            ExitCode::SUCCESS
+        }
+        Ok(removed) => {
+            for what in removed {
+                println!("removed {what}");
+            }
+            println!("instance `{}` torn down", instance.name);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xdpvs teardown: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
@@ -103,7 +137,42 @@ fn main() -> ExitCode {
             rate,
             json,
             socket,
-        } => status(&socket, stats, rate, json),
+            config,
+        } => {
+            let instance = match config.as_deref().map(load_config).transpose() {
+                Ok(Some(c)) => Instance::of(&c),
+                Ok(None) => Instance::named(
+                    config::DEFAULT_INSTANCE,
+                    std::path::Path::new(config::DEFAULT_PIN_PATH),
+                    &socket,
+                ),
+                Err(code) => return code,
+            };
+            if !instance.daemon_running() {
+                if let Some(message) = instance.unattended() {
+                    eprintln!("xdpvs: {message}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            status(&instance.socket, stats, rate, json)
+        }
+        Command::Teardown {
+            config,
+            instance,
+            pin_path,
+        } => {
+            let instance = match (config, instance) {
+                (Some(path), _) => match load_config(&path) {
+                    Ok(c) => Instance::of(&c),
+                    Err(code) => return code,
+                },
+                (None, name) => Instance::by_name(
+                    name.as_deref().unwrap_or(config::DEFAULT_INSTANCE),
+                    pin_path.as_deref(),
+                ),
+            };
+            teardown(&instance)
+        }
         Command::Reload { socket } => match ask(&socket, &control::Request::Reload) {
             Ok(r) => {
                 println!("{}", r.message.unwrap_or_default());

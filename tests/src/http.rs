@@ -1,9 +1,12 @@
 //! A minimal HTTP/1.0 server that answers every request with its own name, and a
 //! client: enough to see which real server answered, with kernels verifying checksums.
+//! For https probes, a test CA and a TLS server, both from the `openssl` command.
 
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -333,4 +336,125 @@ pub fn udp_exchange(
         }
     }
     Err(last)
+}
+
+/// A certificate authority of a test's own, made with `openssl` in a directory: its
+/// certificate is what an https probe's `ca_file` names.
+pub struct TestCa {
+    dir: PathBuf,
+    /// Base name of its files in `dir`.
+    file: String,
+    /// The CA's certificate (PEM).
+    pub cert: PathBuf,
+}
+
+/// Runs `openssl` in `dir` with the words of `line`. Panics with its output if it fails.
+fn openssl(dir: &Path, line: &str) {
+    let out = Command::new("openssl")
+        .args(line.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .expect("openssl (cargo xtask setup installs Debian's openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestCa {
+    /// Makes a CA with common name `name` (no spaces), its certificate and key as
+    /// `<file>.pem` and `<file>.key` in `dir`.
+    pub fn new(dir: &Path, file: &str, name: &str) -> Self {
+        openssl(
+            dir,
+            &format!("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN={name} -keyout {file}.key -out {file}.pem"),
+        );
+        Self {
+            dir: dir.to_path_buf(),
+            file: file.to_string(),
+            cert: dir.join(format!("{file}.pem")),
+        }
+    }
+
+    /// Issues a server certificate for DNS name `dns`, as `<file>.pem` and `<file>.key`
+    /// in the CA's directory. Returns: the certificate's and the key's paths.
+    pub fn issue(&self, file: &str, dns: &str) -> (PathBuf, PathBuf) {
+        let ext = format!("subjectAltName=DNS:{dns}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n");
+        std::fs::write(self.dir.join(format!("{file}.ext")), ext).expect("extensions file");
+        openssl(
+            &self.dir,
+            &format!("req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN={dns} -keyout {file}.key -out {file}.csr"),
+        );
+        let ca = &self.file;
+        openssl(
+            &self.dir,
+            &format!("x509 -req -days 2 -in {file}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -extfile {file}.ext -out {file}.pem"),
+        );
+        let at = |ext: &str| self.dir.join(format!("{file}.{ext}"));
+        (at("pem"), at("key"))
+    }
+}
+
+/// An HTTPS server in a namespace: `openssl s_server -HTTP`, which answers `GET /name`
+/// with the file `name` of its directory as a complete HTTP response; so `GET /health`
+/// answers [`TlsServer::health_status`]'s status. Stopped with SIGTERM on drop.
+pub struct TlsServer {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl TlsServer {
+    /// Serves on `bind` inside `ns` with certificate `cert` and key `key`, from `dir`
+    /// (created); `/health` answers 200 until told otherwise. Waits until it listens.
+    pub fn start(ns: &Netns, dir: &Path, bind: SocketAddr, cert: &Path, key: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("TLS server directory");
+        let log = std::fs::File::create(dir.join("s_server.log")).expect("TLS server log");
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "openssl", "s_server", "-quiet", "-HTTP",
+            ])
+            .arg("-accept")
+            .arg(bind.to_string())
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("openssl s_server (cargo xtask setup installs Debian's openssl)");
+        let s = Self {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        s.health_status(HEALTHY);
+        let listening = crate::wait_for(Duration::from_secs(5), || {
+            !ns.exec(&["ss", "-Hltn", &format!("sport = :{}", bind.port())])
+                .trim()
+                .is_empty()
+        });
+        assert!(listening, "openssl s_server did not listen on {bind}");
+        s
+    }
+
+    /// Makes `GET /health` answer `status` from now on.
+    pub fn health_status(&self, status: u16) {
+        let answer =
+            format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        // Renamed into place: the server never reads half a file.
+        let new = self.dir.join("health.new");
+        std::fs::write(&new, answer).expect("health answer");
+        std::fs::rename(&new, self.dir.join("health")).expect("health answer");
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }

@@ -24,6 +24,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // promtool: the metrics end-to-end test validates /metrics with it.
     ("promtool", "prometheus"),
+    // openssl: the https probe end-to-end test makes its certificates and TLS servers.
+    ("openssl", "openssl"),
 ];
 
 /// Installs everything, cheapest checks first.

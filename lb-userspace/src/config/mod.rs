@@ -4,6 +4,7 @@
 //! file, line, column and field path, so an operator fixes a file in one pass.
 
 mod locate;
+mod pem;
 mod raw;
 mod validate;
 
@@ -11,17 +12,43 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 pub use locate::{Locator, Pos};
+use rustls_pki_types::{CertificateDer, ServerName};
 
 /// Default Maglev table size (slots): prime, and about 650 slots per real at 100 reals.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest real weight accepted (LVS's limit too).
 pub const MAX_WEIGHT: u32 = 65535;
-/// Where the daemon's control socket is unless `control_socket` says otherwise.
+/// Where the daemon's control socket is unless `control_socket` says otherwise (for the
+/// instance `default`; another instance's is [`default_socket`]).
 pub const DEFAULT_SOCKET: &str = "/run/xdpvs/xdpvs.sock";
+/// The instance a daemon is unless `instance` says otherwise.
+pub const DEFAULT_INSTANCE: &str = "default";
+/// Where the data path is pinned unless `pin_path` says otherwise.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdpvs";
+
+/// Returns: the control socket of instance `instance` unless the file names one: two
+/// daemons of two instances never share a socket by accident.
+pub fn default_socket(instance: &str) -> PathBuf {
+    if instance == DEFAULT_INSTANCE {
+        PathBuf::from(DEFAULT_SOCKET)
+    } else {
+        PathBuf::from(format!("/run/xdpvs/{instance}.sock"))
+    }
+}
+
+/// Returns: whether `name` can name an instance (it becomes a directory and a file
+/// name): 1 to 32 letters, digits, `-` or `_`.
+pub fn valid_instance(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
 
 /// How XDP is attached (also `--xdp-mode` of `xdpvs realserver decap`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +118,10 @@ pub struct Config {
     pub flow_table_size: u32,
     /// Unix socket of the control channel (`xdpvs status`, `xdpvs real ...`).
     pub control_socket: PathBuf,
+    /// This daemon's name on the host: its pins live under `pin_path/instance/`.
+    pub instance: String,
+    /// The bpffs directory the data path is pinned under (one directory per instance).
+    pub pin_path: PathBuf,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub virtual_servers: Vec<VirtualServer>,
@@ -162,6 +193,8 @@ pub enum CheckType {
     Tcp,
     /// An HTTP GET answers with an expected status.
     Http,
+    /// The same over TLS, the real's certificate verified unless told otherwise.
+    Https,
 }
 
 impl fmt::Display for CheckType {
@@ -170,6 +203,7 @@ impl fmt::Display for CheckType {
             CheckType::None => "none",
             CheckType::Tcp => "tcp",
             CheckType::Http => "http",
+            CheckType::Https => "https",
         })
     }
 }
@@ -192,6 +226,59 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that make a healthy real unhealthy.
     pub fall: u32,
+    /// HTTPS: how the real's certificate is checked.
+    pub verify: Verify,
+}
+
+/// How an https probe checks the real's certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Verify {
+    /// Against the system's trusted roots (Debian: `/etc/ssl/certs`, from
+    /// `ca-certificates`).
+    SystemRoots,
+    /// Against the certificates of `ca_file` only (an internal CA).
+    CaFile(CaFile),
+    /// Not at all (`insecure: true`): any certificate for any name is taken.
+    Insecure,
+}
+
+/// The certificates of a `ca_file`, read and checked when the configuration is loaded
+/// (a reload reads the file again, and a changed file restarts the probes using it).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CaFile {
+    pub path: PathBuf,
+    /// DER, in file order; shared by every real whose probe names the file.
+    pub certs: Arc<[CertificateDer<'static>]>,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaFile({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+/// The name an https probe sends as SNI and checks the certificate against: `host`
+/// without its port, if any. An IP address is checked against the certificate's IP
+/// addresses and not sent (SNI carries DNS names only).
+/// Returns: the name, or why `host` cannot be one.
+pub fn tls_name(host: &str) -> Result<ServerName<'static>, String> {
+    let bare = if let Some(v6) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if !name.contains(':') && port.parse::<u16>().is_ok() => name,
+            _ => host,
+        }
+    };
+    ServerName::try_from(bare)
+        .map(|n| n.to_owned())
+        .map_err(|_| format!("`{bare}` is not a DNS name or an IP address"))
 }
 
 impl HealthCheck {

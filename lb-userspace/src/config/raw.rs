@@ -19,6 +19,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub control_socket: Option<String>,
     #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub pin_path: Option<String>,
+    #[serde(default)]
     pub metrics_listen: Option<String>,
     /// One address, or a list with at most one per family.
     #[serde(default)]
@@ -89,6 +93,10 @@ pub struct RawHealthCheck {
     pub rise: Option<u32>,
     #[serde(default)]
     pub fall: Option<u32>,
+    #[serde(default)]
+    pub insecure: Option<bool>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 impl RawHealthCheck {
@@ -107,6 +115,8 @@ impl RawHealthCheck {
             timeout: over.timeout.clone().or_else(|| self.timeout.clone()),
             rise: over.rise.or(self.rise),
             fall: over.fall.or(self.fall),
+            insecure: over.insecure.or(self.insecure),
+            ca_file: over.ca_file.clone().or_else(|| self.ca_file.clone()),
         }
     }
 }
@@ -117,6 +127,7 @@ pub enum RawCheckType {
     None,
     Tcp,
     Http,
+    Https,
 }
 
 /// `200`, `"200-399"`, or a list of either.

@@ -41,6 +41,11 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert!(c.manage_vips);
     assert_eq!(c.metrics_listen, None, "metrics are off unless asked for");
+    assert_eq!(
+        (c.instance.as_str(), c.pin_path.to_str()),
+        ("default", Some("/sys/fs/bpf/xdpvs"))
+    );
+    assert_eq!(c.control_socket.to_str(), Some("/run/xdpvs/xdpvs.sock"));
     let vs = &c.virtual_servers[0];
     assert_eq!(
         (
@@ -159,6 +164,8 @@ fn each_error_names_line_and_field() {
         ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
         ("bad metrics address", "xdp_mode: auto", "xdp_mode: auto\nmetrics_listen: localhost", 3, "metrics_listen", "not ADDRESS:PORT"),
         ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
+        ("bad instance name", "xdp_mode: auto", "xdp_mode: auto\ninstance: 'a/b'", 3, "instance", "letters, digits"),
+        ("relative pin path", "xdp_mode: auto", "xdp_mode: auto\npin_path: bpf/xdpvs", 3, "pin_path", "absolute path"),
         ("bad duration unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2x }", 10, "virtual_servers[0].health_check.interval", "unknown unit"),
         ("duration without unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2 }", 10, "virtual_servers[0].health_check.interval", "needs a unit"),
         ("timeout over interval", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 1s, timeout: 2s }", 10, "virtual_servers[0].health_check.timeout", "at most the interval"),
@@ -175,6 +182,16 @@ fn each_error_names_line_and_field() {
         ("sorry server of another family", "scheduler: maglev", "scheduler: maglev\n    sorry_server: { address: '2001:db8::9' }", 10, "virtual_servers[0].sorry_server.address", "address family"),
         ("sorry server port on dr", "scheduler: maglev", "scheduler: maglev\n    sorry_server: { address: 10.0.9.9, port: 8080 }", 10, "virtual_servers[0].sorry_server.port", "cannot change the port"),
         ("sorry server is a real", "scheduler: maglev", "scheduler: maglev\n    sorry_server: { address: 10.0.1.11 }", 10, "virtual_servers[0].sorry_server.address", "one of the real servers"),
+        ("unknown field on https", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: https, verify: false }", 10, "virtual_servers[0].health_check.verify", "unknown field"),
+        ("insecure on an http probe", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: http, insecure: true }", 10, "virtual_servers[0].health_check.insecure", "type https only (type is http)"),
+        ("ca_file on a tcp probe", "scheduler: maglev", "scheduler: maglev\n    health_check: { ca_file: /etc/ssl/ca.pem }", 10, "virtual_servers[0].health_check.ca_file", "type https only (type is tcp)"),
+        ("insecure on a real's tcp probe", "        weight: 1", "        weight: 1\n        health_check: { insecure: false }", 14, "virtual_servers[0].real_servers[0].health_check.insecure", "type https only"),
+        ("ca_file missing", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: https, ca_file: /nonexistent/xdpvs-ca.pem }", 10, "virtual_servers[0].health_check.ca_file", "cannot read `/nonexistent/xdpvs-ca.pem`"),
+        ("ca_file relative", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: https, ca_file: ca.pem }", 10, "virtual_servers[0].health_check.ca_file", "must be an absolute path"),
+        ("ca_file of a real missing", "        weight: 1", "        weight: 1\n        health_check: { type: https, ca_file: /nonexistent/r.pem }", 14, "virtual_servers[0].real_servers[0].health_check.ca_file", "cannot read"),
+        ("insecure and ca_file together", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: https, insecure: true, ca_file: /nonexistent/ca.pem }", 10, "virtual_servers[0].health_check.insecure", "set one of them"),
+        ("https host not a name", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: https, host: 'bad..name' }", 10, "virtual_servers[0].health_check.host", "not a DNS name or an IP address"),
+        ("path a URL cannot carry", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: http, path: '/a<b>' }", 10, "virtual_servers[0].health_check.path", "percent-encode"),
     ];
     for (what, from, to, line, field, msg) in rows {
         assert!(GOOD.contains(from), "{what}: fixture lacks {from:?}");
@@ -193,6 +210,168 @@ fn each_error_names_line_and_field() {
         assert!(
             e.to_string().starts_with(&format!("lb.yaml:{line}:")),
             "{what}: {e}"
+        );
+    }
+}
+
+/// A directory of one test under the temporary one, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdpvs-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Writes `text` to file `name` in it. Returns: the file's path.
+    fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `GOOD` with this https probe on the virtual server and `real` on its first real.
+fn https(vs: &str, real: &str) -> String {
+    GOOD.replacen(
+        "scheduler: maglev\n",
+        &format!("scheduler: maglev\n    health_check: {vs}\n"),
+        1,
+    )
+    .replacen(
+        "        weight: 1\n",
+        &format!("        weight: 1\n        health_check: {real}\n"),
+        1,
+    )
+}
+
+#[test]
+fn https_probes_verify_against_system_roots_a_ca_file_or_not_at_all() {
+    let pem = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()])
+        .unwrap()
+        .cert
+        .pem();
+    let dir = TempDir::new("https-verify");
+    let ca = dir.file("ca.pem", &format!("# an internal CA\n{pem}"));
+    let ca = ca.display();
+    let verify = |text: &str| -> Vec<Verify> {
+        parse(Path::new("lb.yaml"), text, &Facts)
+            .unwrap()
+            .virtual_servers[0]
+            .real_servers
+            .iter()
+            .map(|r| r.health_check.verify.clone())
+            .collect()
+    };
+    let c = parse(
+        Path::new("lb.yaml"),
+        &https("{ type: https }", "{}"),
+        &Facts,
+    )
+    .unwrap();
+    let h = &c.virtual_servers[0].real_servers[0].health_check;
+    assert_eq!(
+        (h.kind, h.port, &h.verify),
+        (CheckType::Https, 80, &Verify::SystemRoots),
+        "the real's port, and the system's roots"
+    );
+    let v = verify(&https(&format!("{{ type: https, ca_file: '{ca}' }}"), "{}"));
+    let Verify::CaFile(file) = &v[1] else {
+        panic!("{v:?}");
+    };
+    assert_eq!(file.certs.len(), 1);
+    assert_eq!(v[0], v[1]);
+    // The real's own choice wins over the virtual server's.
+    let v = verify(&https(
+        &format!("{{ type: https, ca_file: '{ca}' }}"),
+        "{ insecure: true }",
+    ));
+    assert_eq!(v[0], Verify::Insecure);
+    assert!(matches!(v[1], Verify::CaFile(_)), "{v:?}");
+    let v = verify(&https(
+        "{ type: https, insecure: true }",
+        &format!("{{ ca_file: '{ca}' }}"),
+    ));
+    assert!(matches!(v[0], Verify::CaFile(_)), "{v:?}");
+    assert_eq!(v[1], Verify::Insecure);
+    // A real that chose tcp for itself inherits the virtual server's TLS fields quietly.
+    let v = verify(&https("{ type: https, insecure: true }", "{ type: tcp }"));
+    assert_eq!(v[1], Verify::Insecure);
+}
+
+#[test]
+fn the_tls_name_is_host_without_its_port() {
+    use rustls_pki_types::ServerName;
+    let name = |h: &str| tls_name(h).map(|n| n.to_str().into_owned());
+    assert_eq!(name("www.example.com"), Ok("www.example.com".into()));
+    assert_eq!(name("www.example.com:8443"), Ok("www.example.com".into()));
+    assert_eq!(name("10.0.1.11:443"), Ok("10.0.1.11".into()));
+    assert!(matches!(
+        tls_name("[2001:db8::1]:443"),
+        Ok(ServerName::IpAddress(_))
+    ));
+    assert!(matches!(
+        tls_name("2001:db8::1"),
+        Ok(ServerName::IpAddress(_))
+    ));
+    assert!(tls_name("bad..name").is_err());
+    assert!(tls_name("host:port").is_err());
+}
+
+#[test]
+fn a_bad_ca_file_is_named_with_what_is_wrong() {
+    let cert = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()])
+        .unwrap()
+        .cert
+        .pem();
+    let not_der = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let cases = [
+        ("empty.pem", String::new(), "holds no PEM certificate"),
+        (
+            "key.pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            "holds no PEM certificate",
+        ),
+        (
+            "cut.pem",
+            cert[..cert.len() - 30].to_string(),
+            "is not a valid PEM file",
+        ),
+        (
+            "junk.pem",
+            format!("{cert}{not_der}"),
+            "certificate 2 is not a CA certificate",
+        ),
+    ];
+    let dir = TempDir::new("bad-ca-file");
+    for (name, text, want) in cases {
+        let path = dir.file(name, &text);
+        let errs = errors(&https(
+            &format!("{{ type: https, ca_file: '{}' }}", path.display()),
+            "{}",
+        ));
+        let e = errs
+            .iter()
+            .find(|e| e.field == "virtual_servers[0].health_check.ca_file")
+            .unwrap_or_else(|| panic!("{name}: {errs:#?}"));
+        assert!(e.message.contains(want), "{name}: {}", e.message);
+        assert!(
+            e.message.contains(&path.display().to_string()),
+            "{name}: {}",
+            e.message
+        );
+        assert_eq!(e.pos.map(|p| p.line), Some(10), "{name}: {e}");
+        assert_eq!(
+            errs.len(),
+            1,
+            "{name}: reported once, not once per real: {errs:#?}"
         );
     }
 }

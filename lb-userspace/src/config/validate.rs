@@ -1,12 +1,13 @@
 //! From text to a typed [`Config`], collecting every error with its position.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use hyper::http::uri::PathAndQuery;
 use lb_common::maps::{MAX_REALS, MAX_VS};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -19,8 +20,9 @@ use super::{
         RawProtocol, RawRealServer, RawScheduler, RawSorryServer, RawStatus, RawStatusItem,
         RawVirtualServer, RawXdpMode,
     },
-    CheckType, Config, ConfigError, ConfigErrors, HealthCheck, Method, Persistence, Protocol,
-    RealServer, SorryServer, SystemFacts, VirtualServer, XdpMode, DEFAULT_TABLE_SIZE, MAX_WEIGHT,
+    CaFile, CheckType, Config, ConfigError, ConfigErrors, HealthCheck, Method, Persistence,
+    Protocol, RealServer, SorryServer, SystemFacts, Verify, VirtualServer, XdpMode,
+    DEFAULT_TABLE_SIZE, MAX_WEIGHT,
 };
 
 /// Probe defaults (the example values, and keepalived's habits).
@@ -56,6 +58,9 @@ pub struct Validator<'a> {
     loc: Locator,
     facts: &'a dyn SystemFacts,
     errors: Vec<ConfigError>,
+    /// Each `ca_file` read so far (text as written -> certificates or what is wrong), so
+    /// that a file named by a virtual server is read once, not once per real.
+    ca_files: HashMap<String, Result<CaFile, String>>,
 }
 
 /// Returns: whether `n` is prime (trial division; n is at most 2^32).
@@ -99,6 +104,7 @@ impl<'a> Validator<'a> {
             loc: Locator::new(text),
             facts,
             errors: Vec::new(),
+            ca_files: HashMap::new(),
         }
     }
 
@@ -206,11 +212,26 @@ impl<'a> Validator<'a> {
                 format!("{flow_table_size} is out of range {MIN_FLOW_TABLE}..={MAX_FLOW_TABLE}"),
             );
         }
-        let control_socket = PathBuf::from(
-            raw.control_socket
-                .as_deref()
-                .unwrap_or(super::DEFAULT_SOCKET),
-        );
+        let instance = raw
+            .instance
+            .unwrap_or_else(|| super::DEFAULT_INSTANCE.to_string());
+        if !super::valid_instance(&instance) {
+            self.error(
+                "instance",
+                format!("`{instance}` must be 1 to 32 letters, digits, `-` or `_`"),
+            );
+        }
+        let pin_path = PathBuf::from(raw.pin_path.as_deref().unwrap_or(super::DEFAULT_PIN_PATH));
+        if !pin_path.is_absolute() {
+            self.error(
+                "pin_path",
+                format!("`{}` must be an absolute path", pin_path.display()),
+            );
+        }
+        let control_socket = raw
+            .control_socket
+            .as_deref()
+            .map_or_else(|| super::default_socket(&instance), PathBuf::from);
         if !control_socket.is_absolute() || control_socket.file_name().is_none() {
             self.error(
                 "control_socket",
@@ -288,6 +309,8 @@ impl<'a> Validator<'a> {
             manage_vips: raw.manage_vips.unwrap_or(true),
             flow_table_size,
             control_socket,
+            instance,
+            pin_path,
             metrics_listen,
             virtual_servers,
         }
@@ -532,6 +555,7 @@ impl<'a> Validator<'a> {
             RawCheckType::None => CheckType::None,
             RawCheckType::Tcp => CheckType::Tcp,
             RawCheckType::Http => CheckType::Http,
+            RawCheckType::Https => CheckType::Https,
         };
         let interval = match &m.interval {
             Some(d) => self.duration(&field(level(real.interval.is_some()), "interval"), d),
@@ -553,6 +577,7 @@ impl<'a> Validator<'a> {
                 timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
                 rise: 1,
                 fall: 1,
+                verify: Verify::SystemRoots,
             });
         }
         if let Some(i) = interval {
@@ -600,8 +625,10 @@ impl<'a> Validator<'a> {
                 format!("a udp virtual server's {kind} probe needs health_check.port, the port of a TCP service on the real (or type none)"),
             );
         }
-        // HTTP-only fields on a TCP probe are a mistake, unless they were inherited from
-        // the virtual server and the real chose tcp for itself.
+        // HTTP-only fields on a TCP probe (and TLS-only ones on any but https) are a
+        // mistake, unless they were inherited from the virtual server and the real chose
+        // its type for itself.
+        let inherited = |lvl: Level| lvl == Level::Vs && kind_level == Level::Real;
         let http_only = [
             ("path", real.path.is_some(), m.path.is_some()),
             ("host", real.host.is_some(), m.host.is_some()),
@@ -614,29 +641,61 @@ impl<'a> Validator<'a> {
         if kind == CheckType::Tcp {
             for (name, set_by_real, set) in http_only {
                 let lvl = level(set_by_real);
-                if set && !(lvl == Level::Vs && kind_level == Level::Real) {
+                if set && !inherited(lvl) {
                     self.error(
                         &field(lvl, name),
-                        "applies to type http only (type is tcp, the default for a tcp virtual server)",
+                        "applies to type http only (or https): type is tcp, the default for a tcp virtual server",
+                    );
+                }
+            }
+        }
+        let tls_only = [
+            ("insecure", real.insecure.is_some(), m.insecure.is_some()),
+            ("ca_file", real.ca_file.is_some(), m.ca_file.is_some()),
+        ];
+        if kind != CheckType::Https {
+            for (name, set_by_real, set) in tls_only {
+                let lvl = level(set_by_real);
+                if set && !inherited(lvl) {
+                    self.error(
+                        &field(lvl, name),
+                        format!("applies to type https only (type is {kind})"),
                     );
                 }
             }
         }
         let path = m.path.clone().unwrap_or_else(|| "/".to_string());
-        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // No spaces or control characters, nor what a request target cannot carry as is
+        // (hyper's URI parser decides; `#` would silently cut the path).
+        let plain = !path.chars().any(|c| c.is_whitespace() || c.is_control());
+        let target = !path.contains('#') && path.parse::<PathAndQuery>().is_ok();
+        if !path.starts_with('/') || !plain || !target {
             self.error(
                 &field(level(real.path.is_some()), "path"),
-                format!("`{path}` must start with '/' and hold no spaces or control characters"),
+                format!("`{path}` must start with '/' and hold no spaces or control characters (and no < > \\ ^ ` #: percent-encode them)"),
             );
         }
         if let Some(h) = &m.host {
+            let host_field = field(level(real.host.is_some()), "host");
             if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 self.error(
-                    &field(level(real.host.is_some()), "host"),
+                    &host_field,
                     format!("`{h}` is not a valid Host header value"),
                 );
+            } else if kind == CheckType::Https {
+                if let Err(e) = super::tls_name(h) {
+                    self.error(
+                        &host_field,
+                        format!("{e}: https sends it as SNI and checks the certificate against it"),
+                    );
+                }
             }
         }
+        let verify = if kind == CheckType::Https {
+            self.verify(&m, real, &field)
+        } else {
+            Some(Verify::SystemRoots)
+        };
         let expect_status = match &m.expect_status {
             None => vec![DEFAULT_EXPECT],
             Some(raw) => self.statuses(
@@ -657,7 +716,59 @@ impl<'a> Validator<'a> {
             timeout: timeout?,
             rise: m.rise.unwrap_or(DEFAULT_RISE),
             fall: m.fall.unwrap_or(DEFAULT_FALL),
+            verify: verify?,
         })
+    }
+
+    /// How an https probe checks certificates: `insecure: true`, else against `ca_file`,
+    /// else against the system's roots. Set at one level, `insecure: true` and `ca_file`
+    /// contradict each other; set at both, the real's own choice wins.
+    /// Returns: the choice, or `None` after reporting what is wrong.
+    fn verify(
+        &mut self,
+        merged: &RawHealthCheck,
+        real: &RawHealthCheck,
+        field: &dyn Fn(Level, &str) -> String,
+    ) -> Option<Verify> {
+        let insecure_level = if real.insecure.is_some() {
+            Level::Real
+        } else {
+            Level::Vs
+        };
+        let ca_level = if real.ca_file.is_some() {
+            Level::Real
+        } else {
+            Level::Vs
+        };
+        match (merged.insecure == Some(true), &merged.ca_file) {
+            (true, Some(_)) if insecure_level == ca_level => {
+                self.error(
+                    &field(insecure_level, "insecure"),
+                    "insecure: true skips verification, so ca_file would go unused: set one of them",
+                );
+                None
+            }
+            (true, Some(_)) if insecure_level == Level::Real => Some(Verify::Insecure),
+            (true, None) => Some(Verify::Insecure),
+            (_, Some(path)) => self.ca_file(&field(ca_level, "ca_file"), path),
+            (false, None) => Some(Verify::SystemRoots),
+        }
+    }
+
+    /// Reads `ca_file` `text` (once per file), reporting a bad file at `field`.
+    /// Returns: its certificates, or `None` after reporting what is wrong.
+    fn ca_file(&mut self, field: &str, text: &str) -> Option<Verify> {
+        let read = self
+            .ca_files
+            .entry(text.to_string())
+            .or_insert_with(|| {
+                let path = PathBuf::from(text);
+                super::pem::read_ca_file(&path).map(|certs| CaFile { path, certs })
+            })
+            .clone();
+        read.map(Verify::CaFile)
+            .map_err(|message| self.error(field, message))
+            .ok()
     }
 
     /// `200`, `"200-399"`, or a list of either. Returns: the ranges (empty after errors).

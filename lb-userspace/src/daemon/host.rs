@@ -59,6 +59,17 @@ impl Host {
         })
     }
 
+    /// Takes over the VIPs an earlier daemon of this instance added (it removes them
+    /// when its file no longer has them, as its own).
+    pub fn adopt_vips(&mut self, vips: Vec<(u32, IpAddr)>) {
+        self.added_vips = vips;
+    }
+
+    /// Returns: the VIPs this instance added (interface index, address).
+    pub fn added_vips(&self) -> Vec<(u32, IpAddr)> {
+        self.added_vips.clone()
+    }
+
     /// Returns: the interfaces XDP is attached to, in the configuration's order.
     pub fn attached(&self) -> &[netlink::Interface] {
         &self.attached

@@ -6,9 +6,13 @@
 //! loop; the host's networking is in [`host`], the answers to control requests and
 //! scrapes in [`requests`], what status and metrics show in [`views`].
 //!
-//! Lifecycle: nothing is pinned. On SIGTERM/SIGINT, or on a failure after start-up
-//! began, the daemon removes the VIPs it added and drops the BPF object, which detaches
-//! XDP from every interface: a stopped xdpvs leaves the host as it found it.
+//! Lifecycle (decision 0005): the data path is pinned (`dataplane::pins`). A daemon
+//! that finds its instance's pins adopts them: the maps with their contents, the
+//! reconciler's picture read back from them, the VIPs the earlier daemon added; its
+//! program replaces the earlier one on the same links, atomically. On SIGTERM/SIGINT,
+//! or when it dies, the data path goes on forwarding with its last state; `xdpvs
+//! teardown` removes it. Only a first start that fails before attaching removes what
+//! it added.
 
 mod host;
 mod requests;
@@ -20,7 +24,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::maps::{DEFAULT_RING_COUNT, MAX_VS, PROG_LB};
+use lb_common::maps::{DEFAULT_RING_COUNT, MAX_VS};
 use tokio::signal::unix::{signal, SignalKind};
 
 use self::{host::Host, views::Reloads};
@@ -30,8 +34,12 @@ use crate::{
         self,
         server::{Call, Socket},
     },
-    dataplane::bpf::{self, BpfDataplane, Programs},
+    dataplane::{
+        bpf::{self, BpfDataplane, Programs},
+        pins,
+    },
     health::{Health, Report},
+    instance::{self, Instance},
     metrics,
     reconcile::Reconciler,
 };
@@ -52,8 +60,15 @@ pub enum RunError {
 
 struct Daemon {
     path: PathBuf,
+    instance: Instance,
+    /// No earlier run left a data path: a failed start removes what it added.
+    fresh: bool,
+    /// The program is attached: from here on, stopping leaves the data path forwarding.
+    attached: bool,
+    /// When this daemon started serving (for the state file).
+    started_at: Option<u64>,
     rec: Reconciler<BpfDataplane>,
-    /// The loaded programs (dropping them detaches XDP everywhere).
+    /// The loaded programs (their links are pinned: dropping them detaches nothing).
     programs: Programs,
     host: Host,
     health: Health,
@@ -77,18 +92,51 @@ fn ring_count(config: &Config) -> u32 {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(path: &Path) -> Result<(), RunError> {
     let config = config::load(path, &config::Host)?;
-    let host = Host::open(&config).await?;
-    let opts = bpf::LoadOptions {
+    let instance = Instance::of(&config);
+    if instance.daemon_running() {
+        return Err(anyhow::anyhow!(
+            "another xdpvs daemon answers on {}; stop it first",
+            instance.socket.display()
+        )
+        .into());
+    }
+    let mut host = Host::open(&config).await?;
+    let mut opts = bpf::LoadOptions {
         flow_entries: config.flow_table_size,
         ring_count: ring_count(&config),
     };
-    let ebpf = bpf::load(opts)
+    pins::mount_bpffs(&config.pin_path).context("pin_path")?;
+    let fresh = !instance.pins.exist();
+    let plan = instance
+        .pins
+        .prepare(crate::BPF_OBJECT, &mut opts)
+        .context("the pinned data path")?;
+    for why in &plan.dropped {
+        tracing::warn!(instance = %instance.name, "pinned map made anew, its contents dropped: {why}");
+    }
+    let ebpf = bpf::load_pinned(opts, &instance.pins)
         .context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
     let (dp, programs) = BpfDataplane::new(ebpf).context("the BPF object's maps")?;
+    let rec = if plan.adopt {
+        let (rec, found) = Reconciler::adopt(dp, MAX_VS, opts.ring_count, &config)
+            .context("adopting the pinned data path")?;
+        tracing::info!(instance = %instance.name, pins = %instance.pins.dir().display(), virtual_servers = ?found.virtual_servers, reals = found.reals, "adopted the pinned data path of an earlier run");
+        for vs in &found.removed {
+            tracing::info!(vs = %vs, "left over from the earlier run: virtual server removed");
+        }
+        rec
+    } else {
+        Reconciler::new(dp, MAX_VS, opts.ring_count)
+    };
+    host.adopt_vips(instance.load_state().added_vips);
     let (health, reports) = Health::new();
     let mut d = Daemon {
         path: path.to_owned(),
-        rec: Reconciler::new(dp, MAX_VS, opts.ring_count),
+        instance,
+        fresh,
+        attached: false,
+        started_at: None,
+        rec,
         programs,
         host,
         health,
@@ -120,13 +168,10 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for i in self.host.attached() {
-            self.programs
-                .attach(PROG_LB, i.index, config.xdp_mode.into())
-                .with_context(|| format!("interface {}", i.name))?;
-            tracing::info!(interface = %i.name, ifindex = i.index, mode = ?config.xdp_mode, "XDP attached");
-        }
+        self.attach(config)?;
         self.host.sync_vips(config).await?;
+        self.started_at = Some(instance::now());
+        self.save_state(None);
         let (socket, calls) = control::server::listen(&config.control_socket)?;
         self.socket = Some(socket);
         let scrapes = self.listen_metrics(config.metrics_listen).await?;
@@ -241,6 +286,7 @@ impl Daemon {
         if let Err(e) = self.host.sync_vips(&config).await {
             tracing::error!("reload: VIP addresses: {e:#}");
         }
+        self.save_state(None);
         if let Err(e) = self.host.refresh_next_hops(&mut self.rec).await {
             tracing::error!("reload: next hops: {e:#}");
         }
@@ -257,11 +303,60 @@ impl Daemon {
         ))
     }
 
+    /// Attaches the program to every configured interface through its pinned link
+    /// (replacing the earlier program atomically where there is one), and removes the
+    /// links of interfaces the configuration no longer has.
+    fn attach(&mut self, config: &Config) -> anyhow::Result<()> {
+        let pins = &self.instance.pins;
+        for i in self.host.attached() {
+            let replaced = self
+                .programs
+                .attach_pinned(pins, i.index, &i.name, config.xdp_mode.into())
+                .with_context(|| format!("interface {}", i.name))?;
+            self.attached = true;
+            let what = if replaced {
+                "XDP program replaced on the pinned link"
+            } else {
+                "XDP attached"
+            };
+            tracing::info!(interface = %i.name, ifindex = i.index, mode = ?config.xdp_mode, "{what}");
+        }
+        for name in pins.linked_interfaces() {
+            if !self.host.attached().iter().any(|i| i.name == name) {
+                pins.unlink(&name)?;
+                tracing::info!(interface = %name, "left over from the earlier run: XDP link removed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the VIPs this instance added, and when it started and stopped, for the
+    /// next daemon and for teardown. A failure is logged: it loses no traffic.
+    fn save_state(&self, stopped_at: Option<u64>) {
+        let state = instance::State {
+            added_vips: self.host.added_vips(),
+            started_at: self.started_at,
+            stopped_at,
+        };
+        if let Err(e) = self.instance.save_state(&state) {
+            tracing::error!("recording the instance's state: {e:#}");
+        }
+    }
+
+    /// Ends the run. A first start that failed before attaching removes what it added;
+    /// otherwise the data path is left forwarding with its last state.
     async fn cleanup(&mut self) {
         self.socket = None;
-        self.host.remove_vips().await;
-        // Dropping the programs (with the Daemon) detaches XDP everywhere.
-        tracing::info!("XDP detached; stopped");
+        if self.fresh && !self.attached {
+            self.host.remove_vips().await;
+            match self.instance.pins.remove_all() {
+                Ok(_) => tracing::info!("start-up failed: nothing left behind"),
+                Err(e) => tracing::error!("start-up failed; removing the pins: {e}"),
+            }
+            return;
+        }
+        self.save_state(Some(instance::now()));
+        tracing::info!(instance = %self.instance.name, pins = %self.instance.pins.dir().display(), "stopped: the data path is left forwarding with its last state, without health checks; `xdpvs run` takes it over, `xdpvs teardown` removes it");
     }
 }
 

@@ -1,5 +1,7 @@
 //! The real data path: the embedded BPF object loaded with aya, and its maps.
 
+use std::path::PathBuf;
+
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{Xdp, XdpMode},
@@ -8,13 +10,13 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        FLOWS, IFACES, MAX_REALS, NAT_STATE, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS,
+        ALL, FLOWS, IFACES, MAX_REALS, NAT_STATE, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS,
         VERDICTS, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
 
-use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
+use super::{pins::Pins, Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
 
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -35,13 +37,31 @@ impl Default for LoadOptions {
 }
 
 /// Loads the BPF object with the given sizes; every XDP program is loaded (verified)
-/// but attached nowhere.
+/// but attached nowhere, and no map is pinned.
 pub fn load(opts: LoadOptions) -> Result<Ebpf, anyhow::Error> {
-    let mut ebpf = EbpfLoader::new()
+    load_with(opts, None)
+}
+
+/// As [`load`], every map pinned under `pins`: a map already pinned there is reused with
+/// its contents ([`Pins::prepare`] first removes those that cannot be), the others are
+/// created and pinned.
+pub fn load_pinned(opts: LoadOptions, pins: &Pins) -> Result<Ebpf, anyhow::Error> {
+    load_with(opts, Some(pins))
+}
+
+fn load_with(opts: LoadOptions, pins: Option<&Pins>) -> Result<Ebpf, anyhow::Error> {
+    let paths: Vec<(&str, PathBuf)> = pins
+        .map(|p| ALL.iter().map(|&n| (n, p.map(n))).collect())
+        .unwrap_or_default();
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(VS_RINGS, opts.ring_count * RING_STRIDE)
         .map_max_entries(FLOWS, opts.flow_entries)
-        .map_max_entries(NAT_STATE, opts.flow_entries)
-        .load(crate::BPF_OBJECT)?;
+        .map_max_entries(NAT_STATE, opts.flow_entries);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(crate::BPF_OBJECT)?;
     for &name in PROGRAMS {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
@@ -104,6 +124,23 @@ impl Programs {
     /// native mode where the driver has it and generic mode elsewhere.
     pub fn attach(&mut self, name: &str, ifindex: u32, mode: XdpMode) -> Result<(), anyhow::Error> {
         attach(&mut self.0, name, ifindex, mode)
+    }
+
+    /// Attaches the balancer to interface `ifname` through its link pinned under `pins`
+    /// (see [`Pins::attach`]). Returns: whether a program was replaced on a pinned link.
+    pub fn attach_pinned(
+        &mut self,
+        pins: &Pins,
+        ifindex: u32,
+        ifname: &str,
+        mode: XdpMode,
+    ) -> Result<bool, anyhow::Error> {
+        let prog: &mut Xdp = self
+            .0
+            .program_mut(lb_common::maps::PROG_LB)
+            .ok_or_else(|| anyhow::anyhow!("program {} missing", lb_common::maps::PROG_LB))?
+            .try_into()?;
+        Ok(pins.attach(prog, ifindex, ifname, mode)?)
     }
 
     /// Returns: program `name`, e.g. for a BPF_PROG_TEST_RUN.

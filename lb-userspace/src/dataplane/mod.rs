@@ -4,6 +4,7 @@
 
 pub mod bpf;
 pub mod memory;
+pub mod pins;
 
 use std::collections::HashMap;
 

@@ -1,22 +1,39 @@
-//! One probe of one real: a TCP connect, or an HTTP request whose status is checked,
-//! bounded by the probe's timeout. Stateless: the rise/fall state machines that turn
-//! results into transitions live in [`super`].
+//! One probe of one real: a TCP connect, or an HTTP request (over TLS for `https`) whose
+//! status is checked, bounded by the probe's timeout. Stateless: the rise/fall state
+//! machines that turn results into transitions live in [`super`].
+//!
+//! HTTP is spoken by hyper's client, one connection per probe; only the response's head
+//! is read, then the connection is dropped.
+
+mod tls;
 
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
+    pin::pin,
     time::{Duration, Instant},
 };
 
+use http_body_util::Empty;
+use hyper::{
+    body::Bytes,
+    client::conn::http1,
+    header::{HeaderValue, ACCEPT, CONNECTION, HOST, USER_AGENT},
+    Request,
+};
+use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 
 use crate::config::{CheckType, HealthCheck};
 
-/// Most bytes read looking for an HTTP status line.
-const STATUS_LINE_MAX: usize = 1024;
+/// Largest response head read, in bytes (hyper's buffer): a real cannot make a probe
+/// hold more.
+const RESPONSE_HEAD_MAX: usize = 64 * 1024;
+/// What the probe says it is.
+const USER_AGENT_VALUE: &str = concat!("xdpvs-health/", env!("CARGO_PKG_VERSION"));
 
 /// Why a probe failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +48,9 @@ pub enum Failure {
     Status(u16),
     /// HTTP: what came back is not an HTTP response.
     BadResponse(String),
+    /// HTTPS: the TLS handshake failed (certificate not trusted or not for the name,
+    /// no common protocol, not TLS at all) or the TLS session broke.
+    Tls(String),
     /// Any other socket error.
     Io(String),
 }
@@ -43,18 +63,45 @@ impl fmt::Display for Failure {
             Failure::Unreachable(e) => write!(f, "unreachable: {e}"),
             Failure::Status(s) => write!(f, "status {s}"),
             Failure::BadResponse(e) => write!(f, "bad response: {e}"),
+            Failure::Tls(e) => write!(f, "tls: {e}"),
             Failure::Io(e) => f.write_str(e),
         }
     }
 }
 
-fn io_failure(e: std::io::Error) -> Failure {
+/// Returns: what a socket error means for the probe.
+fn io_failure(e: &std::io::Error) -> Failure {
     use std::io::ErrorKind as K;
     match e.kind() {
         K::ConnectionRefused => Failure::Refused,
         K::HostUnreachable | K::NetworkUnreachable => Failure::Unreachable(e.to_string()),
         _ => Failure::Io(e.to_string()),
     }
+}
+
+/// Returns: the failure of a real that closed the connection before its response.
+fn closed_without_response() -> Failure {
+    Failure::BadResponse("connection closed without a response".into())
+}
+
+/// Returns: what a failed HTTP exchange means for the probe: the TLS session's or the
+/// socket's error when there is one under hyper's, else a bad response.
+fn http_failure(e: hyper::Error) -> Failure {
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return tls::tls_failure(io).unwrap_or_else(|| match io.kind() {
+                // A TLS session closed without close_notify.
+                std::io::ErrorKind::UnexpectedEof => closed_without_response(),
+                _ => io_failure(io),
+            });
+        }
+        source = s.source();
+    }
+    if e.is_incomplete_message() {
+        return closed_without_response();
+    }
+    Failure::BadResponse(e.to_string())
 }
 
 /// The Host header of an HTTP probe: the configured one, else the real's address (and
@@ -74,53 +121,61 @@ fn host_header(addr: IpAddr, check: &HealthCheck) -> String {
     }
 }
 
-/// Reads an HTTP response's status line. Returns: the status code.
-async fn read_status(conn: &mut TcpStream) -> Result<u16, Failure> {
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    loop {
-        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&buf[..end]);
-            let mut parts = line.split_whitespace();
-            let version = parts.next().unwrap_or("");
-            let code = parts.next().and_then(|c| c.parse::<u16>().ok());
-            return match code {
-                Some(c) if version.starts_with("HTTP/") && (100..=599).contains(&c) => Ok(c),
-                _ => Err(Failure::BadResponse(format!(
-                    "status line `{}`",
-                    line.trim_end()
-                ))),
-            };
-        }
-        if buf.len() >= STATUS_LINE_MAX {
-            return Err(Failure::BadResponse("no status line".into()));
-        }
-        let n = conn.read(&mut chunk).await.map_err(io_failure)?;
-        if n == 0 {
-            return Err(Failure::BadResponse(if buf.is_empty() {
-                "connection closed without a response".into()
-            } else {
-                "connection closed inside the status line".into()
-            }));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+/// Returns: the probe's request: `GET path` with Host, User-Agent, `Accept: */*` and
+/// `Connection: close`.
+fn request(addr: IpAddr, check: &HealthCheck) -> Result<Request<Empty<Bytes>>, Failure> {
+    let host = HeaderValue::from_bytes(host_header(addr, check).as_bytes());
+    Request::get(check.path.as_str())
+        .header(
+            HOST,
+            host.map_err(|e| Failure::Io(format!("Host header: {e}")))?,
+        )
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .header(ACCEPT, "*/*")
+        .header(CONNECTION, "close")
+        .body(Empty::new())
+        .map_err(|e| Failure::Io(format!("request: {e}")))
+}
+
+/// Sends the probe's request on `io` and reads the response's head.
+/// Returns: the status code.
+async fn http_status<T>(io: T, addr: IpAddr, check: &HealthCheck) -> Result<u16, Failure>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = http1::Builder::new()
+        // Header names as `Host`, `User-Agent` (as before hyper; some servers care).
+        .title_case_headers(true)
+        .max_buf_size(RESPONSE_HEAD_MAX)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(http_failure)?;
+    let req = request(addr, check)?;
+    // The connection is driven here, beside the request, rather than on a task of its
+    // own: a probe costs no spawn, and dropping both closes the socket.
+    let mut conn = pin!(conn);
+    let mut response = pin!(sender.send_request(req));
+    let response = tokio::select! {
+        biased;
+        r = &mut response => r,
+        _ = &mut conn => response.await,
+    };
+    Ok(response.map_err(http_failure)?.status().as_u16())
 }
 
 async fn probe_inner(addr: IpAddr, check: &HealthCheck) -> Result<(), Failure> {
     let target = SocketAddr::new(addr, check.port);
-    let mut conn = TcpStream::connect(target).await.map_err(io_failure)?;
-    if check.kind != CheckType::Http {
-        return Ok(());
-    }
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: xdpvs-health/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        check.path,
-        host_header(addr, check),
-        env!("CARGO_PKG_VERSION")
-    );
-    conn.write_all(req.as_bytes()).await.map_err(io_failure)?;
-    let status = read_status(&mut conn).await?;
+    let conn = TcpStream::connect(target)
+        .await
+        .map_err(|e| io_failure(&e))?;
+    let status = match check.kind {
+        CheckType::None | CheckType::Tcp => return Ok(()),
+        CheckType::Http => http_status(conn, addr, check).await?,
+        CheckType::Https => {
+            let tls = tls::handshake(conn, target, check).await?;
+            http_status(tls, addr, check).await?
+        }
+    };
     if check.status_ok(status) {
         Ok(())
     } else {
@@ -161,6 +216,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             rise: 2,
             fall: 3,
+            verify: crate::config::Verify::SystemRoots,
         }
     }
 
@@ -222,6 +278,11 @@ mod tests {
             req.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
             "{req}"
         );
+        let agent = format!(
+            "\r\nUser-Agent: xdpvs-health/{}\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(req.contains(&agent), "{req}");
 
         let (port, _) = http_server("HTTP/1.0 503 Unavailable\r\n\r\n", Duration::ZERO).await;
         assert_eq!(

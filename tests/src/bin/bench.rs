@@ -19,7 +19,9 @@
 //!   metrics scrape make to count flows per real, over the new flows just created;
 //! - `health_probes`: the daemon's prober with 1,000 reals probed over TCP every second
 //!   for 10 s (reals are loopback addresses with one listener behind them): probes
-//!   done, their latency, and the CPU time of the thread that runs them.
+//!   done, their latency, and the CPU time of the thread that runs them, in all and
+//!   per probe; `health_probes_http`: the same over HTTP (hyper's client, a `GET` per
+//!   probe, each answered 200 by a small server on a thread of its own).
 
 use tests::{
     fixture::Fixture,
@@ -100,35 +102,81 @@ fn thread_cpu() -> std::time::Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// 1,000 reals probed every second for 10 s by the daemon's own prober.
-fn probes() {
+/// A server for the probe bench on every address, on a thread and runtime of its own
+/// (its CPU is not the prober's): answers each request with an empty 200 and closes;
+/// a connection that sends nothing (a TCP probe) is just closed. Stops on drop.
+struct ProbeServer {
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeServer {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
+        let port = listener.local_addr().expect("port").port();
+        // A backlog for a thousand simultaneous connections (listen again to raise it).
+        // SAFETY: listen on the listener's own fd.
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = async {
+                        while let Ok((c, _)) = l.accept().await {
+                            tokio::spawn(answer_probe(c));
+                        }
+                    } => {}
+                }
+            });
+        });
+        Self {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProbeServer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads a request head (if any) from `c` and answers it with an empty 200.
+async fn answer_probe(mut c: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = c
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await;
+}
+
+/// 1,000 reals probed every second for 10 s by the daemon's own prober, with the probe
+/// `check` (a `health_check` flow mapping), against `server`; printed as bench `name`.
+fn probes(name: &str, check: &str, server: &ProbeServer) {
     use std::time::{Duration, Instant};
     const REALS: usize = 1000;
     const WINDOW: Duration = Duration::from_secs(10);
-    // Each probe holds a socket for a moment; all 1,000 may be open at once.
-    let lim = libc::rlimit {
-        rlim_cur: 8192,
-        rlim_max: 8192,
-    };
-    // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
-    let port = listener.local_addr().expect("port").port();
-    // A backlog for a thousand simultaneous connections (listen again to raise it).
-    // SAFETY: listen on the listener's own fd.
-    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s = stop.clone();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let acceptor = std::thread::spawn(move || {
-        while !s.load(std::sync::atomic::Ordering::Relaxed) {
-            match listener.accept() {
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
-    });
-    let mut y = format!("interfaces: [lo]\nvirtual_servers:\n  - name: many\n    address: 10.0.0.1\n    port: {port}\n    protocol: tcp\n    health_check: {{ interval: 1s, timeout: 500ms, rise: 1, fall: 1 }}\n    real_servers:\n");
+    let mut y = format!("interfaces: [lo]\nvirtual_servers:\n  - name: many\n    address: 10.0.0.1\n    port: {}\n    protocol: tcp\n    health_check: {check}\n    real_servers:\n", server.port);
     for i in 0..REALS {
         y.push_str(&format!(
             "      - address: 127.1.{}.{}\n",
@@ -178,20 +226,41 @@ fn probes() {
         }
         (n, failed, ups, lat, thread_cpu() - cpu0)
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = acceptor.join();
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .map_or(0, |d| d.as_micros())
     };
     println!(
-        "{{\"bench\":\"health_probes\",\"reals\":{REALS},\"interval_ms\":1000,\"seconds\":{},\"probes\":{probes},\"failed\":{failed},\"transitions\":{ups},\"latency_us_p50\":{},\"latency_us_p99\":{},\"cpu_ms\":{},\"cpu_percent_of_one_core\":{:.1}}}",
+        "{{\"bench\":\"{name}\",\"reals\":{REALS},\"interval_ms\":1000,\"seconds\":{},\"probes\":{probes},\"failed\":{failed},\"transitions\":{ups},\"latency_us_p50\":{},\"latency_us_p99\":{},\"cpu_ms\":{},\"cpu_percent_of_one_core\":{:.1},\"cpu_us_per_probe\":{:.1}}}",
         WINDOW.as_secs(),
         pct(0.5),
         pct(0.99),
         cpu.as_millis(),
-        100.0 * cpu.as_secs_f64() / WINDOW.as_secs_f64()
+        100.0 * cpu.as_secs_f64() / WINDOW.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / probes.max(1) as f64
+    );
+}
+
+/// The prober over TCP and over HTTP, against one local server.
+fn all_probes() {
+    // Each probe holds a socket for a moment; all 1,000 may be open at once.
+    let lim = libc::rlimit {
+        rlim_cur: 8192,
+        rlim_max: 8192,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let server = ProbeServer::start();
+    probes(
+        "health_probes",
+        "{ interval: 1s, timeout: 500ms, rise: 1, fall: 1 }",
+        &server,
+    );
+    probes(
+        "health_probes_http",
+        "{ type: http, path: /health, interval: 1s, timeout: 500ms, rise: 1, fall: 1 }",
+        &server,
     );
 }
 
@@ -200,7 +269,7 @@ fn line(name: &str, ns: f64, repeat: u32) {
 }
 
 fn main() {
-    probes();
+    all_probes();
     let mut y = String::from("interfaces: [lo]\ntunnel_source: [10.0.1.1, 'fd00:1::1']\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    real_servers:\n");
     for i in 1..=10 {
         y.push_str(&format!("      - address: 10.0.1.{i}\n"));

@@ -10,6 +10,7 @@ use std::{
 
 use tests::{
     daemon::Daemon,
+    http::{TestCa, TlsServer},
     lab::{Family, Kind, Lab, Spec},
     wait_for,
 };
@@ -332,4 +333,125 @@ fn the_sorry_server_answers_while_every_real_is_down() {
         after.iter().all(|r| r.as_deref() == Ok("real1")),
         "{after:?}"
     );
+}
+
+/// The name the reals' certificates carry, sent by the probes as SNI.
+const TLS_NAME: &str = "real.xdpvs.test";
+
+/// Starts real `i`'s HTTPS server (port 443) with certificate `cert`.
+fn start_tls(
+    lab: &Lab,
+    i: usize,
+    (cert, key): &(std::path::PathBuf, std::path::PathBuf),
+) -> TlsServer {
+    let bind = std::net::SocketAddr::new(lab.real_addrs[i], 443);
+    TlsServer::start(
+        &lab.reals[i],
+        &lab.dir.join(format!("tls{}", i + 1)),
+        bind,
+        cert,
+        key,
+    )
+}
+
+/// Asserts that new connections all go to real1.
+fn only_real1(lab: &Lab, d: &Daemon, why: &str) {
+    let answers = lab.requests(20);
+    assert!(
+        answers.iter().all(|r| r.as_deref() == Ok("real1")),
+        "{why}: real2 still takes new connections: {answers:?}\n{}",
+        d.log_text()
+    );
+}
+
+/// Waits until real2 answers through the VIP again.
+fn real2_back(lab: &Lab, d: &Daemon, why: &str) {
+    let back = wait_for(BACK_WITHIN + Duration::from_secs(3), || {
+        lab.requests(4).iter().any(|r| r.as_deref() == Ok("real2"))
+    });
+    assert!(back, "{why}: real2 not answering again:\n{}", d.log_text());
+}
+
+#[test]
+fn https_probes_verify_the_certificate_and_follow_the_tls_server() {
+    let lab = Lab::new(Kind::Dr, Family::V4, 2);
+    let ca = TestCa::new(&lab.dir, "ca", "xdpvs-test-CA");
+    let good = ca.issue("real", TLS_NAME);
+    let other_ca = TestCa::new(&lab.dir, "other-ca", "another-CA");
+    let untrusted = other_ca.issue("untrusted", TLS_NAME);
+    let real1 = start_tls(&lab, 0, &good);
+    let mut real2 = start_tls(&lab, 1, &good);
+    let probes = format!(
+        "{{ type: https, port: 443, path: /health, host: {TLS_NAME}, ca_file: '{}', interval: 500ms, timeout: 300ms, rise: 2, fall: 2 }}",
+        ca.cert.display()
+    );
+    let cfg = lab.write_spec(&Spec {
+        health: Some(Box::leak(probes.into_boxed_str())),
+        ..Spec::default()
+    });
+    let d = Daemon::start(&lab.lb, &cfg);
+    // Both reals serve: their certificates were verified against ca_file.
+    lab.wait_serving(&[0, 1], &d);
+    let mut ups = 2;
+
+    // A status outside expect_status, over TLS.
+    real2.health_status(503);
+    wait_log(
+        &d,
+        "reason=status 503",
+        1,
+        OUT_WITHIN + Duration::from_secs(2),
+    );
+    only_real1(&lab, &d, "status 503");
+    real2.health_status(200);
+    ups += 1;
+    wait_log(
+        &d,
+        "real server is up",
+        ups,
+        BACK_WITHIN + Duration::from_secs(2),
+    );
+    real2_back(&lab, &d, "status 200 again");
+
+    // The TLS server stops: refused; it starts again: back.
+    drop(real2);
+    wait_log(
+        &d,
+        "reason=connection refused",
+        1,
+        OUT_WITHIN + Duration::from_secs(2),
+    );
+    only_real1(&lab, &d, "TLS server stopped");
+    real2 = start_tls(&lab, 1, &good);
+    ups += 1;
+    wait_log(
+        &d,
+        "real server is up",
+        ups,
+        BACK_WITHIN + Duration::from_secs(2),
+    );
+    real2_back(&lab, &d, "TLS server restarted");
+
+    // A certificate the probe cannot trust (another CA): out, with the reason.
+    drop(real2);
+    real2 = start_tls(&lab, 1, &untrusted);
+    wait_log(
+        &d,
+        "reason=tls: invalid peer certificate: UnknownIssuer",
+        1,
+        OUT_WITHIN + Duration::from_secs(2),
+    );
+    only_real1(&lab, &d, "untrusted certificate");
+    drop(real2);
+    real2 = start_tls(&lab, 1, &good);
+    ups += 1;
+    wait_log(
+        &d,
+        "real server is up",
+        ups,
+        BACK_WITHIN + Duration::from_secs(2),
+    );
+    real2_back(&lab, &d, "trusted certificate again");
+    println!("https probes: status 503, a stopped TLS server and an untrusted certificate each took real2 out, and it came back each time");
+    drop((real1, real2));
 }

@@ -153,3 +153,17 @@ pub fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> Vec<u8> {
     k.extend_from_slice(&[proto, family, 0, 0]);
     k
 }
+
+/// Writes `key` -> `value` into the pinned map at `pin` (`bpftool map update`).
+/// Panics if bpftool fails.
+pub fn update(pin: &Path, key: &[u8], value: &[u8]) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
+    let (k, v) = (hex(key), hex(value));
+    let mut args = vec!["bpftool", "map", "update", "pinned"];
+    args.push(pin.to_str().expect("utf-8 path"));
+    args.extend(["key", "hex"]);
+    args.extend(k.iter().map(String::as_str));
+    args.extend(["value", "hex"]);
+    args.extend(v.iter().map(String::as_str));
+    sh(&args);
+}

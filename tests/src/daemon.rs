@@ -1,5 +1,6 @@
 //! `xdpvs run` as an operator starts it: a child process in the balancer's namespace,
-//! reading a YAML file. Stopped with SIGTERM on drop.
+//! reading a YAML file. Stopped with SIGTERM on drop; since SIGTERM leaves the data path
+//! forwarding, the lab that owns the instance tears it down (`xdpvs teardown`).
 
 use std::{
     path::{Path, PathBuf},
@@ -25,12 +26,18 @@ impl Daemon {
     /// Starts `xdpvs run --config <config>` in `ns` and waits until it reports running.
     /// Panics with the daemon's log if it exits or does not come up within 20 s.
     pub fn start(ns: &Netns, config: &Path) -> Self {
+        Self::start_as(ns, config, &binary(), &config.with_extension("log"))
+    }
+
+    /// As [`Daemon::start`], running the binary `bin` and logging to `log`: an upgrade
+    /// runs a copy of the binary, and each start of a restart test keeps its own log.
+    pub fn start_as(ns: &Netns, config: &Path, bin: &Path, log: &Path) -> Self {
         let args = [
             "run".to_string(),
             "--config".to_string(),
             config.display().to_string(),
         ];
-        Self::spawn(ns, &args, &config.with_extension("log"), "xdpvs running")
+        Self::launch(ns, bin, &args, log, "xdpvs running", &[])
     }
 
     /// Starts `xdpvs <args>` in `ns`, logging to `log`, and waits until the log shows
@@ -47,7 +54,18 @@ impl Daemon {
         ready: &str,
         env: &[(&str, String)],
     ) -> Self {
-        let bin = binary();
+        Self::launch(ns, &binary(), args, log, ready, env)
+    }
+
+    /// Runs `bin <args>` in `ns` with `env`, stderr to `log`, and waits for `ready`.
+    fn launch(
+        ns: &Netns,
+        bin: &Path,
+        args: &[String],
+        log: &Path,
+        ready: &str,
+        env: &[(&str, String)],
+    ) -> Self {
         assert!(
             bin.exists(),
             "{} not built: run `cargo xtask test` (it builds it)",
@@ -57,7 +75,7 @@ impl Daemon {
         let log_file = std::fs::File::create(&log).expect("daemon log");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
-            .arg(&bin)
+            .arg(bin)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -111,6 +129,14 @@ impl Daemon {
         }
         let _ = child.kill();
         child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Kills the daemon with SIGKILL (a crash: it cleans nothing up) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

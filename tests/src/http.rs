@@ -146,6 +146,8 @@ pub struct Stream {
     conn: TcpStream,
     /// The server that answered.
     pub server: String,
+    /// The client's end of the connection.
+    pub local: SocketAddr,
     /// Bytes sent and echoed back intact.
     pub verified: u64,
     chunks: u64,
@@ -169,9 +171,13 @@ impl Stream {
             }
             name.push(b[0]);
         }
+        let local = conn
+            .local_addr()
+            .map_err(|e| format!("local address: {e}"))?;
         Ok(Self {
             conn,
             server: String::from_utf8_lossy(&name).trim().to_string(),
+            local,
             verified: 0,
             chunks: 0,
         })
@@ -253,6 +259,8 @@ pub fn fetch(
 /// A UDP server on a thread inside a namespace: answers each datagram with its name,
 /// a colon and the datagram; stops on drop.
 pub struct UdpEcho {
+    /// Datagrams received.
+    pub received: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -260,7 +268,8 @@ pub struct UdpEcho {
 impl UdpEcho {
     pub fn start(ns: &Netns, bind: SocketAddr, name: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, name) = (stop.clone(), name.to_string());
+        let received = Arc::new(AtomicU64::new(0));
+        let (s, c, name) = (stop.clone(), received.clone(), name.to_string());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = ns.spawn(move || {
             let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
@@ -270,6 +279,7 @@ impl UdpEcho {
             let mut buf = [0u8; 2048];
             while !s.load(Ordering::Relaxed) {
                 if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    c.fetch_add(1, Ordering::Relaxed);
                     let mut out = format!("{name}:").into_bytes();
                     out.extend_from_slice(&buf[..n]);
                     let _ = sock.send_to(&out, peer);
@@ -280,6 +290,7 @@ impl UdpEcho {
             .recv_timeout(Duration::from_secs(5))
             .expect("UDP server did not start");
         Self {
+            received,
             stop,
             thread: Some(thread),
         }

@@ -21,22 +21,21 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
+    path::{Path, PathBuf},
+    sync::atomic::Ordering,
+    time::Duration,
 };
 
 use aya::{programs::XdpMode, Ebpf};
 use lb_common::maps::PROG_PASS;
 use xdpvs::dataplane::bpf;
 
+pub use crate::load::{Sample, StreamClient, StreamResult, Traffic, UdpFlow, UdpReport};
 use crate::{
     daemon::Daemon,
     http::{NamedServer, UdpEcho},
     netns::{unique_prefix, veth, Netns},
+    pins::Bpffs,
 };
 
 /// Loads the BPF object inside `ns` and attaches the pass program to `dev`. veth
@@ -90,10 +89,16 @@ pub const NAT_REAL_PORT: u16 = 8080;
 pub const UDP_VS_PORT: u16 = 53;
 pub const UDP_REAL_PORT: u16 = 5353;
 
+/// A lab. Its daemon's instance (named after the lab) pins under a bpffs of the lab's
+/// own; on drop the lab tears the instance down (`xdpvs teardown`), unmounts the bpffs
+/// and deletes its namespaces. A [`Daemon`] started in it must be declared after the
+/// lab, so that it is stopped (dropped) first.
 pub struct Lab {
     pub kind: Kind,
     pub fam: Family,
     pub dir: PathBuf,
+    /// The daemon's instance name: the lab's unique prefix.
+    pub instance: String,
     pub vip: IpAddr,
     /// The balancer's interfaces, in config order.
     pub lb_ifs: Vec<String>,
@@ -102,7 +107,8 @@ pub struct Lab {
     pub udp: Vec<UdpEcho>,
     pub decaps: Vec<Daemon>,
     passes: Vec<Ebpf>,
-    // Field order is drop order: namespaces last.
+    // Field order is drop order: the bpffs after the teardown in `drop`, namespaces last.
+    pub bpffs: Bpffs,
     pub client: Netns,
     pub lb: Netns,
     pub reals: Vec<Netns>,
@@ -173,6 +179,7 @@ impl Lab {
         let p = unique_prefix();
         let dir = std::env::temp_dir().join(format!("{p}-xdpvs"));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        let bpffs = Bpffs::mount(&std::env::temp_dir().join(format!("{p}-bpffs")));
         let mut b = Builder {
             p: p.clone(),
             fam,
@@ -297,6 +304,7 @@ impl Lab {
             kind,
             fam,
             dir,
+            instance: p.clone(),
             vip,
             lb_ifs,
             real_addrs,
@@ -304,6 +312,7 @@ impl Lab {
             udp,
             decaps: Vec::new(),
             passes: b.passes,
+            bpffs,
             client,
             lb,
             reals,
@@ -344,7 +353,8 @@ impl Lab {
         };
         let nat = method == "nat";
         let mut y = format!(
-            "interfaces: [{}]\nxdp_mode: auto\ncontrol_socket: '{}'\n",
+            "{}interfaces: [{}]\nxdp_mode: auto\ncontrol_socket: '{}'\n",
+            self.pin_lines(),
             self.lb_ifs.join(", "),
             self.socket().display()
         );
@@ -391,15 +401,47 @@ impl Lab {
         self.dir.join("xdpvs.sock")
     }
 
+    /// The configuration lines that keep the daemon's pins in the lab's bpffs, under
+    /// the lab's own instance. Every file a lab's daemon reads starts with them.
+    pub fn pin_lines(&self) -> String {
+        format!(
+            "instance: {}\npin_path: '{}'\n",
+            self.instance,
+            self.bpffs.path.display()
+        )
+    }
+
+    /// Returns: the directory the instance pins in (`<pin_path>/<instance>`).
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.path.join(&self.instance)
+    }
+
+    /// Returns: where the instance pins the map `name` (see `lb_common::maps`).
+    pub fn map_pin(&self, name: &str) -> PathBuf {
+        self.pin_dir().join("maps").join(name)
+    }
+
+    /// Returns: the daemon's own state file of the instance.
+    pub fn state_file(&self) -> PathBuf {
+        Path::new("/run/xdpvs").join(format!("{}.state.json", self.instance))
+    }
+
     /// Runs `xdpvs <args> --socket <the lab's>` in the balancer's namespace.
     /// Returns: its exit code, stdout and stderr.
     pub fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let socket = self.socket().display().to_string();
+        let mut full = args.to_vec();
+        full.extend(["--socket", &socket]);
+        self.xdpvs(&full)
+    }
+
+    /// Runs `xdpvs <args>` in the balancer's namespace.
+    /// Returns: its exit code, stdout and stderr.
+    pub fn xdpvs(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &self.lb.name])
             .arg(crate::daemon::binary())
             .args(args)
-            .arg("--socket")
-            .arg(self.socket())
             .output()
             .expect("running xdpvs");
         (
@@ -407,6 +449,32 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `xdpvs teardown` of the lab's instance, named by instance and pin path (a test
+    /// may have left a broken file behind). Whatever it leaves, the bpffs goes on drop.
+    fn teardown_on_drop(&self) {
+        let pin_path = self.bpffs.path.display().to_string();
+        let (code, out, err) = self.xdpvs(&[
+            "teardown",
+            "--instance",
+            &self.instance,
+            "--pin-path",
+            &pin_path,
+        ]);
+        if code != Some(0) {
+            eprintln!(
+                "lab {}: xdpvs teardown exited {code:?}: {out}{err}",
+                self.instance
+            );
+        }
+        if self.state_file().exists() {
+            eprintln!(
+                "lab {}: removing the state file teardown left",
+                self.instance
+            );
+            let _ = std::fs::remove_file(self.state_file());
+        }
     }
 
     /// Polls through the VIP until each of `reals` (0-based) has answered (its probe made
@@ -454,55 +522,35 @@ impl Lab {
     /// Starts a client that sends one request after another (each with a 1 s timeout,
     /// 20 ms apart, at most `max` of them) until stopped.
     pub fn traffic(&self, max: usize) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log: Arc<Mutex<Vec<Sample>>> = Arc::default();
-        let vip = SocketAddr::new(self.vip, 80);
-        let (s, l) = (stop.clone(), log.clone());
-        let thread = self.client.spawn(move || {
-            for _ in 0..max {
-                if s.load(Ordering::Relaxed) {
-                    break;
-                }
-                let r = crate::http::get(vip, Duration::from_secs(1));
-                l.lock().expect("traffic log").push((Instant::now(), r));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Traffic {
-            stop,
-            log,
-            thread: Some(thread),
-        }
+        self.traffic_every(Duration::from_millis(20), Duration::from_secs(1), max)
+    }
+
+    /// Starts a client that sends a request to VIP:80 every `every`, each with
+    /// `timeout`, at most `max` of them, until stopped.
+    pub fn traffic_every(&self, every: Duration, timeout: Duration, max: usize) -> Traffic {
+        Traffic::start(
+            &self.client,
+            SocketAddr::new(self.vip, 80),
+            every,
+            timeout,
+            max,
+        )
     }
 
     /// Opens a long-lived stream to VIP:80 on a client thread that sends a chunk every
     /// 100 ms until stopped.
     pub fn stream(&self) -> StreamClient {
-        let stop = Arc::new(AtomicBool::new(false));
-        let vip = SocketAddr::new(self.vip, 80);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let s = stop.clone();
-        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let pr = progress.clone();
-        let thread = self.client.spawn(move || {
-            let mut st = crate::http::Stream::open(vip, Duration::from_secs(3))?;
-            let _ = tx.send(st.server.clone());
-            while !s.load(Ordering::Relaxed) {
-                st.chunk()?;
-                pr.store(st.chunks(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Ok((st.server.clone(), st.chunks(), st.verified))
-        });
-        let server = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("the stream did not open");
-        StreamClient {
-            server,
-            stop,
-            progress,
-            thread: Some(thread),
-        }
+        StreamClient::open(&self.client, SocketAddr::new(self.vip, 80))
+    }
+
+    /// Starts one UDP flow to VIP:53 (NAT labs), a datagram `every`, at most `max`.
+    pub fn udp_flow(&self, every: Duration, max: u64) -> UdpFlow {
+        UdpFlow::start(
+            &self.client,
+            SocketAddr::new(self.vip, UDP_VS_PORT),
+            every,
+            max,
+        )
     }
 
     /// Sends `n` HTTP requests from the client to VIP:80, one connection each.
@@ -566,94 +614,6 @@ pub struct Spec {
     pub sorry: Option<usize>,
 }
 
-/// One request of a [`Traffic`] client: when it ended, and who answered.
-pub type Sample = (Instant, Result<String, String>);
-
-/// A client sending requests in a loop (see [`Lab::traffic`]).
-pub struct Traffic {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<Sample>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    /// Returns: the requests made so far.
-    pub fn samples(&self) -> Vec<Sample> {
-        self.log.lock().expect("traffic log").clone()
-    }
-
-    /// Stops the client. Returns: every request made.
-    pub fn finish(mut self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("traffic thread");
-        }
-        self.samples()
-    }
-}
-
-/// How a stream ended: (server, chunks, bytes) echoed intact, or the first error.
-pub type StreamResult = Result<(String, u64, u64), String>;
-
-/// The client of a long-lived stream (see [`Lab::stream`]).
-pub struct StreamClient {
-    /// The real serving it.
-    pub server: String,
-    stop: Arc<AtomicBool>,
-    progress: Arc<std::sync::atomic::AtomicU64>,
-    thread: Option<std::thread::JoinHandle<StreamResult>>,
-}
-
-impl StreamClient {
-    /// Returns: the 0-based index of the real serving the stream (`real3` -> 2).
-    pub fn real_index(&self) -> usize {
-        self.server
-            .trim_start_matches("real")
-            .parse::<usize>()
-            .expect("server names are realN")
-            - 1
-    }
-
-    /// Returns: chunks echoed intact so far.
-    pub fn chunks(&self) -> u64 {
-        self.progress.load(Ordering::Relaxed)
-    }
-
-    /// Returns: whether the stream has failed (its thread ended on its own).
-    pub fn failed(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| t.is_finished())
-    }
-
-    /// Stops sending and closes the stream. Returns: (server, chunks, bytes) verified, or
-    /// the first error.
-    pub fn finish(mut self) -> StreamResult {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .expect("finished once")
-            .join()
-            .expect("stream thread")
-    }
-}
-
-impl Drop for StreamClient {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Where the lab's real `i` (0-based) records what `xdpvs realserver setup` changed.
 pub fn setup_state(dir: &std::path::Path, i: usize) -> PathBuf {
     dir.join(format!("realserver{}.json", i + 1))
@@ -687,6 +647,7 @@ impl Drop for Lab {
         self.servers.clear();
         self.udp.clear();
         self.passes.clear();
+        self.teardown_on_drop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,13 +1,16 @@
 //! Helpers for xdpvs's root-run tests and demo: network namespaces and veths that clean
 //! up after themselves, threads that act inside a namespace, a tiny HTTP server and
-//! client, the daemon as a child process, and packet building for BPF test runs.
+//! client, the daemon as a child process, a bpffs for its pins, and packet building for
+//! BPF test runs.
 
 pub mod daemon;
 pub mod fixture;
 pub mod http;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod packet;
+pub mod pins;
 
 /// Panics unless running as root: a root-only test must fail loudly, never pass quietly.
 pub fn require_root() {

@@ -7,6 +7,7 @@ use tests::{
     daemon::Daemon,
     lab::{self, Family, Kind, Lab, Spec},
     netns::Netns,
+    pins,
 };
 
 fn tally(results: &[Result<String, String>]) -> HashMap<String, usize> {
@@ -19,7 +20,7 @@ fn tally(results: &[Result<String, String>]) -> HashMap<String, usize> {
 }
 
 #[test]
-fn dr_spreads_300_requests_over_three_reals() {
+fn dr_spreads_300_requests_over_three_reals_and_sigterm_leaves_it_forwarding() {
     let lab = Lab::new(Kind::Dr, Family::V4, 3);
     let cfg = lab.write_config();
     let mut d = Daemon::start(&lab.lb, &cfg);
@@ -40,23 +41,61 @@ fn dr_spreads_300_requests_over_three_reals() {
         assert!(n >= 45, "{name} answered {n} of 300 (< 15%): {t:?}");
     }
     // The servers really saw the connections (not some other responder).
-    let served: u64 = lab
-        .servers
+    assert_eq!(served(&lab), 300);
+    assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM\n{}", d.log_text());
+    assert!(
+        d.log_text().contains("left forwarding"),
+        "SIGTERM does not say it left the data path forwarding:\n{}",
+        d.log_text()
+    );
+
+    // Issue 12: SIGTERM leaves the data path forwarding: the VIP and XDP stay, and
+    // requests through the VIP are still answered, by the reals' servers.
+    assert_eq!(vip_and_xdp(&lab), (true, true), "after SIGTERM");
+    lab.reset_served();
+    let unattended = lab.requests(30);
+    assert!(
+        unattended.iter().all(Result::is_ok),
+        "requests failed with the daemon stopped: {unattended:?}"
+    );
+    println!(
+        "daemon stopped: {} of 30 requests answered",
+        unattended.len()
+    );
+    assert_eq!(served(&lab), 30, "the reals' servers answered them");
+
+    // `xdpvs teardown` removes what the instance left: VIP, XDP, pins.
+    let cfg = cfg.display().to_string();
+    let (code, out, err) = lab.xdpvs(&["teardown", "--config", &cfg]);
+    assert_eq!(code, Some(0), "teardown: {out}{err}");
+    assert_eq!(vip_and_xdp(&lab), (false, false), "after teardown");
+    let left = pins::listing(&lab.pin_dir());
+    assert!(left.is_empty(), "pins left after teardown: {left:?}");
+    assert!(!lab.state_file().exists(), "state file left after teardown");
+    let failed = lab.requests(1);
+    assert!(
+        failed[0].is_err(),
+        "the VIP still answers after teardown: {failed:?}"
+    );
+    let (code, out, err) = lab.xdpvs(&["teardown", "--config", &cfg]);
+    assert_eq!(code, Some(0), "a second teardown: {out}{err}");
+}
+
+/// Requests the reals' servers answered since their counters were last zeroed.
+fn served(lab: &Lab) -> u64 {
+    lab.servers
         .iter()
         .map(|s| s.served.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
-    assert_eq!(served, 300);
-    assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM\n{}", d.log_text());
-    // The daemon removed the VIP it added.
+        .sum()
+}
+
+/// Returns: whether the balancer's interface holds the VIP, and whether it has XDP.
+fn vip_and_xdp(lab: &Lab) -> (bool, bool) {
     let addrs = lab
         .lb
         .exec(&["ip", "-br", "addr", "show", "dev", &lab.lb_ifs[0]]);
-    assert!(
-        !addrs.contains(&lab.vip.to_string()),
-        "VIP left behind: {addrs}"
-    );
     let link = lab.lb.exec(&["ip", "link", "show", "dev", &lab.lb_ifs[0]]);
-    assert!(!link.contains("xdp"), "XDP left attached: {link}");
+    (addrs.contains(&lab.vip.to_string()), link.contains("xdp"))
 }
 
 /// What `xdpvs realserver setup` touches in `ns`: the ARP sysctls and loopback's
@@ -137,7 +176,9 @@ fn dr_weights_1_1_2_give_the_third_real_half() {
 fn bad_config_exits_64_and_leaves_nothing() {
     let lab = Lab::new(Kind::Dr, Family::V4, 1);
     let cfg = lab.dir.join("bad.yaml");
-    std::fs::write(&cfg, format!("interfaces: [{}]\nvirtual_servers:\n  - name: web\n    address: 10.100.0.300\n    port: 80\n    protocol: tcp\n", lab.lb_ifs[0])).unwrap();
+    let fresh = pins::listing(&lab.bpffs.path);
+    // The pin lines go last so that the error keeps its line.
+    std::fs::write(&cfg, format!("interfaces: [{}]\nvirtual_servers:\n  - name: web\n    address: 10.100.0.300\n    port: 80\n    protocol: tcp\n{}", lab.lb_ifs[0], lab.pin_lines())).unwrap();
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.lb.name])
         .arg(tests::daemon::binary())
@@ -153,4 +194,9 @@ fn bad_config_exits_64_and_leaves_nothing() {
     );
     let link = lab.lb.exec(&["ip", "link", "show", "dev", &lab.lb_ifs[0]]);
     assert!(!link.contains("xdp"), "{link}");
+    // Not even pins or a state file (a fresh bpffs holds the kernel's own
+    // `maps.debug` and `progs.debug`).
+    let pinned = pins::listing(&lab.bpffs.path);
+    assert_eq!(pinned, fresh, "a bad file left pins");
+    assert!(!lab.state_file().exists(), "a bad file left a state file");
 }

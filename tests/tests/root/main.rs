@@ -9,5 +9,6 @@ mod e2e_dr;
 mod e2e_health;
 mod e2e_methods;
 mod e2e_metrics;
+mod e2e_restart;
 mod testrun_balance;
 mod testrun_methods;

@@ -1,0 +1,169 @@
+//! A bpffs of the test's own, and reading what the daemon pinned in it.
+//!
+//! `ip netns exec` remounts /sys, so /sys/fs/bpf inside it is not the host's: a daemon
+//! started there would pin into a view nobody else sees. Tests therefore mount a bpffs
+//! of their own in the host's mount namespace (visible under `ip netns exec`, which
+//! remounts only /sys), point the configuration's `pin_path` at it, and unmount it on
+//! drop, so nothing pinned outlives a test, even one that fails.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::Value;
+
+use crate::netns::sh;
+
+/// A bpffs mounted at a directory of its own; unmounted and removed on drop.
+pub struct Bpffs {
+    pub path: PathBuf,
+}
+
+impl Bpffs {
+    /// Creates `path` and mounts a fresh bpffs on it. Panics if either fails.
+    pub fn mount(path: &Path) -> Self {
+        std::fs::create_dir_all(path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        let p = path.to_str().expect("utf-8 path");
+        sh(&["mount", "-t", "bpf", "bpf", p]);
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Busy (a process's working directory): detach it now, freed when idle.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Every file and directory under `dir`, relative to it, sorted; directories end in `/`.
+/// Returns: the listing (empty if `dir` does not exist).
+pub fn listing(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(base)
+                .expect("under base")
+                .display()
+                .to_string();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(format!("{rel}/"));
+                walk(base, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Runs `bpftool -j <args>`. Returns: its JSON output; panics if it fails.
+fn bpftool(args: &[&str]) -> Value {
+    let mut full = vec!["bpftool", "-j"];
+    full.extend_from_slice(args);
+    let out = sh(&full);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{full:?}: {e}: {out}"))
+}
+
+/// Parses bpftool's byte array (`["0x0a", "0x00", ...]`). Returns: the bytes.
+fn hex_bytes(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a byte array: {v}"))
+        .iter()
+        .map(|b| {
+            let s = b.as_str().unwrap_or_else(|| panic!("not a hex byte: {b}"));
+            u8::from_str_radix(s.trim_start_matches("0x"), 16)
+                .unwrap_or_else(|e| panic!("hex byte {s}: {e}"))
+        })
+        .collect()
+}
+
+/// Every entry of the pinned map at `pin` (not per-CPU), as raw bytes.
+/// Returns: (key, value) pairs; panics if bpftool cannot read the map.
+pub fn dump(pin: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let p = pin.to_str().expect("utf-8 path");
+    let v = bpftool(&["map", "dump", "pinned", p]);
+    v.as_array()
+        .unwrap_or_else(|| panic!("dump of {p}: {v}"))
+        .iter()
+        .map(|e| {
+            let value = e
+                .get("value")
+                .unwrap_or_else(|| panic!("{p}: no single value (a per-CPU map?): {e}"));
+            (hex_bytes(&e["key"]), hex_bytes(value))
+        })
+        .collect()
+}
+
+/// Returns: the value stored under `key` in the pinned map at `pin`, if any.
+pub fn lookup(pin: &Path, key: &[u8]) -> Option<Vec<u8>> {
+    dump(pin)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+/// What bpftool says of the pinned map at `pin` (`type`, `name`, `bytes_key`,
+/// `bytes_value`, `max_entries`, `id`, ...). Returns: its JSON object.
+pub fn map_info(pin: &Path) -> Value {
+    bpftool(&["map", "show", "pinned", pin.to_str().expect("utf-8 path")])
+}
+
+/// The key of a connection in `FLOWS` (and of a reply in `NAT_STATE`), as the data
+/// path stores it: addresses in wire order (IPv4 in the first four of 16 bytes), ports
+/// in network order, protocol, family (4 or 6), two bytes of padding. Built here from
+/// the layout rather than with lb-common's `FlowKey`, so a test checks the layout too.
+/// Returns: the 40 key bytes.
+pub fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> Vec<u8> {
+    fn addr(a: IpAddr) -> [u8; 16] {
+        match a {
+            IpAddr::V4(v4) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&v4.octets());
+                b
+            }
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    }
+    let family = if src.is_ipv4() { 4 } else { 6 };
+    let mut k = Vec::with_capacity(40);
+    k.extend_from_slice(&addr(src.ip()));
+    k.extend_from_slice(&addr(dst.ip()));
+    k.extend_from_slice(&src.port().to_be_bytes());
+    k.extend_from_slice(&dst.port().to_be_bytes());
+    k.extend_from_slice(&[proto, family, 0, 0]);
+    k
+}
+
+/// Writes `key` -> `value` into the pinned map at `pin` (`bpftool map update`).
+/// Panics if bpftool fails.
+pub fn update(pin: &Path, key: &[u8], value: &[u8]) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
+    let (k, v) = (hex(key), hex(value));
+    let mut args = vec!["bpftool", "map", "update", "pinned"];
+    args.push(pin.to_str().expect("utf-8 path"));
+    args.extend(["key", "hex"]);
+    args.extend(k.iter().map(String::as_str));
+    args.extend(["value", "hex"]);
+    args.extend(v.iter().map(String::as_str));
+    sh(&args);
+}

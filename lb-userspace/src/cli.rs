@@ -74,6 +74,18 @@ pub enum Command {
         #[arg(long, requires = "instance")]
         pin_path: Option<PathBuf>,
     },
+    /// Exit 0 only while this node should take traffic: the daemon answers and every
+    /// virtual server has at least its `min_healthy` real servers in its table. For
+    /// keepalived's `vrrp_script` and anything else that decides whether traffic comes
+    /// here; cheap and without side effects. Prints why not.
+    Ready {
+        /// The daemon's control socket.
+        #[arg(long, default_value = crate::config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print nothing (the exit status says it).
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Make the daemon re-read its configuration (as SIGHUP) and report the outcome.
     Reload {
         /// The daemon's control socket.

@@ -173,6 +173,26 @@ fn main() -> ExitCode {
             };
             teardown(&instance)
         }
+        Command::Ready { socket, quiet } => {
+            match control::client::request(&socket, &control::Request::Ready) {
+                Ok(r) => {
+                    if !quiet {
+                        println!("{}", r.message.unwrap_or_default());
+                    }
+                    if r.ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    if !quiet {
+                        println!("not ready: {e}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Reload { socket } => match ask(&socket, &control::Request::Reload) {
             Ok(r) => {
                 println!("{}", r.message.unwrap_or_default());

@@ -143,6 +143,9 @@ pub struct VirtualServer {
     pub persistence: Option<Persistence>,
     /// Where new flows go while no real takes them.
     pub sorry_server: Option<SorryServer>,
+    /// Reals that must take new flows (be in the table) for this node to take traffic
+    /// for the virtual server (`xdpvs ready`, for keepalived or a routing daemon).
+    pub min_healthy: u32,
     pub real_servers: Vec<RealServer>,
 }
 

@@ -68,6 +68,8 @@ pub struct RawVirtualServer {
     #[serde(default)]
     pub sorry_server: Option<RawSorryServer>,
     #[serde(default)]
+    pub min_healthy: Option<u32>,
+    #[serde(default)]
     pub real_servers: Vec<Value>,
 }
 

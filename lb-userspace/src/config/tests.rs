@@ -164,6 +164,7 @@ fn each_error_names_line_and_field() {
         ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
         ("bad metrics address", "xdp_mode: auto", "xdp_mode: auto\nmetrics_listen: localhost", 3, "metrics_listen", "not ADDRESS:PORT"),
         ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
+        ("min_healthy over the reals", "scheduler: maglev", "scheduler: maglev\n    min_healthy: 9", 10, "virtual_servers[0].min_healthy", "never take traffic"),
         ("bad instance name", "xdp_mode: auto", "xdp_mode: auto\ninstance: 'a/b'", 3, "instance", "letters, digits"),
         ("relative pin path", "xdp_mode: auto", "xdp_mode: auto\npin_path: bpf/xdpvs", 3, "pin_path", "absolute path"),
         ("bad duration unit", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 2x }", 10, "virtual_servers[0].health_check.interval", "unknown unit"),

@@ -500,6 +500,16 @@ impl<'a> Validator<'a> {
             .sorry_server
             .as_ref()
             .and_then(|s| self.sorry_server(prefix, s, address, raw.port, method, &real_servers));
+        let min_healthy = raw.min_healthy.unwrap_or(1);
+        if min_healthy as usize > real_servers.len().max(1) {
+            self.error(
+                &format!("{prefix}.min_healthy"),
+                format!(
+                    "{min_healthy} is more than the {} real servers listed: the node would never take traffic",
+                    real_servers.len()
+                ),
+            );
+        }
         if self.errors.len() != errors_before {
             return None;
         }
@@ -513,6 +523,7 @@ impl<'a> Validator<'a> {
             tunnel_source,
             persistence,
             sorry_server,
+            min_healthy,
             real_servers,
         })
     }

@@ -19,6 +19,9 @@ use crate::status::Status;
 pub enum Request {
     /// Everything `xdpvs status` shows.
     Status,
+    /// Whether this node should take traffic (`xdpvs ready`): `ok` says it, the message
+    /// says why not. Cheap: read in the daemon's task, no walk of the connection table.
+    Ready,
     /// Re-read the configuration file (as SIGHUP), reporting the outcome.
     Reload,
     /// A runtime override of one real.

@@ -34,6 +34,14 @@ impl Daemon {
                 }
                 Err(e) => Response::error(format!("{e:#}")),
             },
+            Request::Ready => {
+                let r = self.views().readiness();
+                Response {
+                    ok: r.ready,
+                    message: Some(r.summary()),
+                    status: None,
+                }
+            }
             Request::Reload => match self.reload().await {
                 Ok(m) => Response::ok(m),
                 Err(e) => Response::error(e),

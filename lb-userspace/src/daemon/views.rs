@@ -165,6 +165,61 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
     }
 }
 
+/// Whether this node should take traffic: every virtual server has at least its
+/// `min_healthy` reals taking new flows (the sorry server does not count).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// One line per virtual server, those below `min_healthy` first.
+    pub lines: Vec<String>,
+}
+
+impl Readiness {
+    /// Returns: the lines as one message.
+    pub fn summary(&self) -> String {
+        let verdict = if self.ready {
+            "ready: every virtual server has its min_healthy real servers"
+        } else {
+            "not ready"
+        };
+        std::iter::once(verdict.to_string())
+            .chain(self.lines.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
+    /// Returns: whether this node should take traffic, from the reconciler's tables.
+    pub fn readiness(&self) -> Readiness {
+        let mut below = Vec::new();
+        let mut fine = Vec::new();
+        for vs in self.rec.virtual_servers() {
+            let serving = self
+                .rec
+                .real_views(&vs.name)
+                .iter()
+                .filter(|v| v.in_table && !v.key.sorry)
+                .count();
+            let line = format!(
+                "{}: {serving} of {} real servers take new flows (min_healthy {})",
+                vs.name,
+                vs.real_servers.len(),
+                vs.min_healthy
+            );
+            if serving < vs.min_healthy as usize {
+                below.push(line);
+            } else {
+                fine.push(line);
+            }
+        }
+        Readiness {
+            ready: below.is_empty(),
+            lines: below.into_iter().chain(fine).collect(),
+        }
+    }
+}
+
 /// The flow counts a status still needs: the reals' (id, generation) in the status's
 /// order, and a reader of the connection table.
 pub struct FlowCount<R> {
@@ -362,6 +417,39 @@ virtual_servers:
         assert_eq!(
             (r.health.as_str(), r.in_table, r.check.as_str()),
             ("down", false, "tcp")
+        );
+    }
+
+    #[test]
+    fn a_node_is_ready_while_every_virtual_server_has_its_min_healthy_reals() {
+        let (mut rec, health) = world();
+        // web: 10.0.1.1 serves (10.0.1.2 has weight 0); dns: its probed real is not up.
+        let r = sources(&rec, &health).readiness();
+        assert!(!r.ready);
+        assert_eq!(
+            r.lines,
+            [
+                "dns: 0 of 1 real servers take new flows (min_healthy 1)",
+                "web: 1 of 2 real servers take new flows (min_healthy 1)",
+            ]
+        );
+        let dns = RealKey::real("dns", "10.0.2.1".parse().unwrap(), 5353);
+        rec.set_health(&dns, true).unwrap();
+        let r = sources(&rec, &health).readiness();
+        assert!(r.ready, "{}", r.summary());
+        // Draining web's one serving real: the sorry server takes its new flows, but
+        // does not make the virtual server ready.
+        let web1 = RealKey::real("web", "10.0.1.1".parse().unwrap(), 80);
+        let drained = crate::reconcile::Override {
+            disabled: true,
+            ..crate::reconcile::Override::new(2)
+        };
+        rec.set_override(&web1, Some(drained)).unwrap();
+        let r = sources(&rec, &health).readiness();
+        assert!(!r.ready);
+        assert_eq!(
+            r.lines[0],
+            "web: 0 of 2 real servers take new flows (min_healthy 1)"
         );
     }
 

@@ -455,3 +455,64 @@ fn https_probes_verify_the_certificate_and_follow_the_tls_server() {
     println!("https probes: status 503, a stopped TLS server and an untrusted certificate each took real2 out, and it came back each time");
     drop((real1, real2));
 }
+
+/// Returns: whether `xdpvs ready` exits 0 for the lab's daemon.
+fn ready(lab: &Lab) -> bool {
+    lab.cli(&["ready", "--quiet"]).0 == Some(0)
+}
+
+#[test]
+fn ready_follows_min_healthy_and_the_daemon() {
+    let mut lab = Lab::new(Kind::Dr, Family::V4, 3);
+    let cfg = lab.write_spec(&Spec {
+        vs_extra: "    min_healthy: 2\n".to_string(),
+        ..Spec::default()
+    });
+    let d = Daemon::start(&lab.lb, &cfg);
+    // Reals start unhealthy: not ready until two of three pass their probes.
+    assert!(
+        wait_for(Duration::from_secs(10), || ready(&lab)),
+        "never ready:\n{}",
+        d.log_text()
+    );
+    let (code, out, _) = lab.cli(&["ready"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("web: 3 of 3 real servers take new flows (min_healthy 2)"),
+        "{out}"
+    );
+    // One real down: two still serve, still ready.
+    lab.stop_server(0);
+    assert!(wait_for(OUT_WITHIN, || lab
+        .cli(&["ready"])
+        .1
+        .contains("web: 2 of 3")));
+    assert!(ready(&lab));
+    // A second one down: below min_healthy within the probes' bound.
+    let stopped = Instant::now();
+    lab.stop_server(1);
+    assert!(
+        wait_for(OUT_WITHIN, || !ready(&lab)),
+        "still ready {:?} after the second real stopped",
+        stopped.elapsed()
+    );
+    println!(
+        "xdpvs ready turned 1 {:?} after the second real stopped",
+        stopped.elapsed()
+    );
+    let (code, out, _) = lab.cli(&["ready"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("not ready") && out.contains("web: 1 of 3"),
+        "{out}"
+    );
+    lab.start_server(1);
+    assert!(wait_for(BACK_WITHIN + Duration::from_secs(2), || ready(
+        &lab
+    )));
+    // No daemon: not ready, whatever the data path still does.
+    drop(d);
+    let (code, out, _) = lab.cli(&["ready"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not ready"), "{out}");
+}

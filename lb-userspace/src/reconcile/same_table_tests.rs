@@ -13,12 +13,12 @@ use std::{
     path::Path,
 };
 
-use lb_common::NO_REAL;
+use lb_common::{maps::VS_RINGS, IfaceInfo, RealInfo, VsInfo, VsKey, NO_REAL};
 
 use super::{tables::vs_value, Reconciler};
 use crate::{
     config::{self, CheckType, Config, SystemFacts},
-    dataplane::memory::MemoryDataplane,
+    dataplane::{memory::MemoryDataplane, Dataplane, DataplaneError},
     model::RealKey,
 };
 
@@ -494,4 +494,79 @@ fn known_answer_pins_how_reals_are_named_to_maglev() {
         .collect();
     let [a, b, c] = reals;
     assert_eq!(t, [b, a, c, a, a, c, c, c, b, a, b, b, a]);
+}
+
+/// The in-memory data path, but a ring write longer than `budget` slots writes that many
+/// and fails, as a map update can part-way through a table.
+#[derive(Default)]
+struct Flaky {
+    dp: MemoryDataplane,
+    budget: Option<usize>,
+}
+
+impl Dataplane for Flaky {
+    fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
+        self.dp.set_iface(ifindex, info)
+    }
+    fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
+        self.dp.set_real(id, info)
+    }
+    fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        match self.budget {
+            Some(n) if slots.len() > n => {
+                self.dp.set_ring_slots(ring_id, &slots[..n])?;
+                let io_error = std::io::Error::from_raw_os_error(12); // ENOMEM
+                let source = aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error,
+                };
+                Err(DataplaneError::Map {
+                    map: VS_RINGS,
+                    source: source.into(),
+                })
+            }
+            _ => self.dp.set_ring_slots(ring_id, slots),
+        }
+    }
+    fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
+        self.dp.set_vs(key, info)
+    }
+    fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
+        self.dp.remove_vs(key)
+    }
+    fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
+        self.dp.set_settings(bits)
+    }
+    fn reset_counters(&mut self, vs: Option<u32>, real: Option<u32>) -> Result<(), DataplaneError> {
+        self.dp.reset_counters(vs, real)
+    }
+}
+
+#[test]
+fn a_ring_write_that_failed_part_way_is_rewritten_whole() {
+    let web = |reals: usize| {
+        parse(&[Vs {
+            shape: 0,
+            table_size: 1009,
+            reals: (1..=reals).map(|h| (address(0, h), 80, 1, false)).collect(),
+            sorry: None,
+        }])
+    };
+    let mut r = Reconciler::new(Flaky::default(), 8, 16);
+    r.apply(&web(2)).unwrap(); // ring A
+    r.apply(&web(3)).unwrap(); // ring B, live
+    r.dataplane_mut().budget = Some(20);
+    assert!(r.apply(&web(4)).is_err(), "ring A half written");
+    r.dataplane_mut().budget = None;
+    // Back to what ring A held before: the slots the failed write changed must be
+    // written back, or the data path reads reals the reconciler thinks are not there.
+    r.apply(&web(2)).unwrap();
+    let key = vs_value(r.virtual_servers().next().unwrap()).0;
+    let read = r.dataplane().dp.table(&key).unwrap();
+    let live = r.live_table("web").unwrap();
+    let stale = read.iter().zip(live).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        stale, 0,
+        "slots the data path reads otherwise than the reconciler"
+    );
 }

@@ -6,9 +6,18 @@
 //! a slot per `w_max` of credit, so the shares are exactly proportional to the weights,
 //! small weights included (1:2 gives 1:2).
 //!
-//! The table depends only on the set of (identity, weight) pairs and the size: backends
-//! are sorted by identity, and the hash is fixed. Two balancers with the same
-//! configuration build identical tables, which ECMP scale-out relies on.
+//! The contract active-active scale-out behind ECMP relies on (a connection that ECMP
+//! moves to another node keeps its real): read as identities slot by slot, the table
+//! depends only on the size and the set of (identity, weight) pairs of the backends
+//! with weight above 0. Not on their order (they are sorted by identity before anything
+//! else), nor on their ids: ids are only what a slot holds, and they differ between
+//! nodes (the reconciler hands them out in the order reals first appear, across
+//! reloads). Identities must be distinct, which config validation ensures (a real listed
+//! twice in a virtual server is refused, and the sorry server's identity has its own
+//! prefix). Nothing else goes in: the hash has fixed seeds and the table is built anew
+//! each time, never from the one before, so history (reloads, restarts) cannot show.
+//! The known-answer test pins the hash and the algorithm: changing either changes every
+//! deployed table, and nodes running different versions disagree until all are upgraded.
 
 use lb_common::NO_REAL;
 
@@ -38,7 +47,8 @@ fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     h ^ (h >> 31)
 }
 
-/// Builds a Maglev table of `size` slots (`size` prime).
+/// Builds a Maglev table of `size` slots (`size` prime) from `backends` in any order,
+/// their identities distinct (see the module doc).
 /// Returns: `size` real ids; every slot is `NO_REAL` when no backend has weight.
 pub fn build(backends: &[Backend], size: u32) -> Vec<u32> {
     let m = size as usize;
@@ -47,7 +57,13 @@ pub fn build(backends: &[Backend], size: u32) -> Vec<u32> {
     if live.is_empty() || m == 0 {
         return table;
     }
+    // The id only breaks ties between equal identities, which the caller never passes:
+    // the table would then depend on ids, which differ between nodes.
     live.sort_by(|a, b| a.identity.cmp(&b.identity).then(a.id.cmp(&b.id)));
+    debug_assert!(
+        live.windows(2).all(|w| w[0].identity != w[1].identity),
+        "Maglev backends with the same identity"
+    );
     let m64 = m as u64;
     let perm: Vec<(u64, u64)> = live
         .iter()
@@ -188,6 +204,29 @@ mod tests {
         let t1 = build(&b, 65537);
         b.reverse();
         assert_eq!(t1, build(&b, 65537));
+    }
+
+    #[test]
+    fn ids_do_not_matter_only_identities_do() {
+        // Two nodes that gave the same reals other ids (another file order, another
+        // history) hold the same real in every slot.
+        let a = backends(&[1, 2, 3, 1, 5, 0, 2]);
+        let b: Vec<Backend> = a
+            .iter()
+            .map(|x| Backend {
+                id: 100 - x.id,
+                ..x.clone()
+            })
+            .rev()
+            .collect();
+        let identity = |bs: &[Backend], t: Vec<u32>| -> Vec<Vec<u8>> {
+            t.iter()
+                .map(|&id| bs.iter().find(|x| x.id == id).unwrap().identity.clone())
+                .collect()
+        };
+        let (ta, tb) = (build(&a, 1009), build(&b, 1009));
+        assert_ne!(ta, tb, "the ids differ, so the raw tables do");
+        assert_eq!(identity(&a, ta), identity(&b, tb));
     }
 
     #[test]

@@ -28,6 +28,8 @@ mod model;
 mod order;
 mod policy;
 mod reals;
+#[cfg(test)]
+mod same_table_tests;
 mod tables;
 #[cfg(test)]
 mod tests;

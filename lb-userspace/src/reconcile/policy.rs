@@ -53,7 +53,9 @@ impl Policy {
 
     /// Returns: the Maglev backends of `vs` now: its healthy, enabled reals of weight
     /// above 0, or else its sorry server. `id_of` gives a real's id; a real without
-    /// one is left out.
+    /// one is left out. They come in file order, which does not show in the table (nor
+    /// do the ids): Maglev orders them by identity. The identities' spelling does show,
+    /// on every node alike (maglev's module doc); a test pins it.
     pub fn backends(
         &self,
         vs: &VirtualServer,

@@ -38,7 +38,8 @@ struct VsSlot {
 #[derive(Debug)]
 pub(super) struct Tables {
     vss: BTreeMap<String, VsSlot>,
-    /// Last contents written to each ring (slot -> real id), to write only changes.
+    /// Last contents written to each ring (slot -> real id), to write only changes;
+    /// absent while unknown (never written by this daemon, or a write failed).
     shadows: HashMap<u32, Vec<u32>>,
     free_vs: Vec<u32>,
     free_rings: Vec<u32>,
@@ -233,6 +234,11 @@ impl Tables {
             .filter(|(i, id)| shadow.and_then(|s| s.get(*i)) != Some(id))
             .map(|(i, &id)| (i as u32, id))
             .collect();
+        // The ring's contents are unknown until the write succeeds: a write that fails
+        // part-way must leave no shadow, or the next table written here would skip the
+        // slots that differ only from what was half written (the data path would read
+        // reals this table does not have). Without one, the next write is whole.
+        self.shadows.remove(&ring);
         dp.set_ring_slots(ring, &changed)?;
         let info = VsInfo {
             vs_index: slot.vs_index,

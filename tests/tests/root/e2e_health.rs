@@ -364,6 +364,30 @@ fn only_real1(lab: &Lab, d: &Daemon, why: &str) {
     );
 }
 
+/// Waits until the daemon logs real2 out with `reason`, then asserts that new
+/// connections all go to real1.
+fn real2_out(lab: &Lab, d: &Daemon, reason: &str, why: &str) {
+    wait_log(
+        d,
+        &format!("reason={reason}"),
+        1,
+        OUT_WITHIN + Duration::from_secs(2),
+    );
+    only_real1(lab, d, why);
+}
+
+/// Waits until the daemon logs its `ups`-th "real server is up", then until real2
+/// answers through the VIP again.
+fn real2_up(lab: &Lab, d: &Daemon, ups: usize, why: &str) {
+    wait_log(
+        d,
+        "real server is up",
+        ups,
+        BACK_WITHIN + Duration::from_secs(2),
+    );
+    real2_back(lab, d, why);
+}
+
 /// Waits until real2 answers through the VIP again.
 fn real2_back(lab: &Lab, d: &Daemon, why: &str) {
     let back = wait_for(BACK_WITHIN + Duration::from_secs(3), || {
@@ -396,62 +420,31 @@ fn https_probes_verify_the_certificate_and_follow_the_tls_server() {
 
     // A status outside expect_status, over TLS.
     real2.health_status(503);
-    wait_log(
-        &d,
-        "reason=status 503",
-        1,
-        OUT_WITHIN + Duration::from_secs(2),
-    );
-    only_real1(&lab, &d, "status 503");
+    real2_out(&lab, &d, "status 503", "status 503");
     real2.health_status(200);
     ups += 1;
-    wait_log(
-        &d,
-        "real server is up",
-        ups,
-        BACK_WITHIN + Duration::from_secs(2),
-    );
-    real2_back(&lab, &d, "status 200 again");
+    real2_up(&lab, &d, ups, "status 200 again");
 
     // The TLS server stops: refused; it starts again: back.
     drop(real2);
-    wait_log(
-        &d,
-        "reason=connection refused",
-        1,
-        OUT_WITHIN + Duration::from_secs(2),
-    );
-    only_real1(&lab, &d, "TLS server stopped");
+    real2_out(&lab, &d, "connection refused", "TLS server stopped");
     real2 = start_tls(&lab, 1, &good);
     ups += 1;
-    wait_log(
-        &d,
-        "real server is up",
-        ups,
-        BACK_WITHIN + Duration::from_secs(2),
-    );
-    real2_back(&lab, &d, "TLS server restarted");
+    real2_up(&lab, &d, ups, "TLS server restarted");
 
     // A certificate the probe cannot trust (another CA): out, with the reason.
     drop(real2);
     real2 = start_tls(&lab, 1, &untrusted);
-    wait_log(
+    real2_out(
+        &lab,
         &d,
-        "reason=tls: invalid peer certificate: UnknownIssuer",
-        1,
-        OUT_WITHIN + Duration::from_secs(2),
+        "tls: invalid peer certificate: UnknownIssuer",
+        "untrusted certificate",
     );
-    only_real1(&lab, &d, "untrusted certificate");
     drop(real2);
     real2 = start_tls(&lab, 1, &good);
     ups += 1;
-    wait_log(
-        &d,
-        "real server is up",
-        ups,
-        BACK_WITHIN + Duration::from_secs(2),
-    );
-    real2_back(&lab, &d, "trusted certificate again");
+    real2_up(&lab, &d, ups, "trusted certificate again");
     println!("https probes: status 503, a stopped TLS server and an untrusted certificate each took real2 out, and it came back each time");
     drop((real1, real2));
 }

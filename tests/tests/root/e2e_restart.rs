@@ -54,6 +54,15 @@ impl<'a> Restarts<'a> {
     }
 
     /// Starts `bin run --config <cfg>` and waits until it is running.
+    /// Starts `bin` on `cfg` and waits until the lab's reals `reals` answer through the
+    /// VIP. Returns: the restarts, with that daemon running.
+    fn serving(lab: &'a Lab, cfg: PathBuf, bin: &Path, reals: &[usize]) -> Self {
+        let mut r = Self::new(lab, cfg);
+        r.start(bin);
+        lab.wait_serving(reals, r.daemon());
+        r
+    }
+
     fn start(&mut self, bin: &Path) {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let log = self
@@ -252,10 +261,8 @@ fn within<'s>(samples: &'s [Sample], w: &Window) -> Vec<&'s Sample> {
 fn forwarding_survives_restarts(kind: Kind) {
     let lab = Lab::new(kind, Family::V4, 2);
     let cfg = lab.write_config();
-    let mut r = Restarts::new(&lab, cfg);
     let bin = daemon::binary();
-    r.start(&bin);
-    lab.wait_serving(&[0, 1], r.daemon());
+    let mut r = Restarts::serving(&lab, cfg, &bin, &[0, 1]);
     let stream = lab.stream();
     flows_on(&stream, 3, &r);
     let kept = Kept::record(&lab, &stream);
@@ -382,10 +389,8 @@ fn answers_on(flow: &UdpFlow, n: usize, r: &Restarts) {
 fn a_udp_flow_loses_no_datagram_across_five_restarts() {
     let lab = Lab::new(Kind::Nat, Family::V4, 2);
     let cfg = lab.write_config();
-    let mut r = Restarts::new(&lab, cfg);
     let bin = daemon::binary();
-    r.start(&bin);
-    lab.wait_serving(&[0, 1], r.daemon());
+    let mut r = Restarts::serving(&lab, cfg, &bin, &[0, 1]);
     // The UDP virtual server's probes (the reals' HTTP port) say up as well.
     assert!(
         wait_for(Duration::from_secs(10), || lab
@@ -447,10 +452,8 @@ fn key_size(pin: &Path) -> u64 {
 fn an_incompatible_pinned_map_is_replaced_and_its_contents_dropped() {
     let lab = Lab::new(Kind::Dr, Family::V4, 2);
     let cfg = lab.write_config();
-    let mut r = Restarts::new(&lab, cfg);
     let bin = daemon::binary();
-    r.start(&bin);
-    lab.wait_serving(&[0, 1], r.daemon());
+    let mut r = Restarts::serving(&lab, cfg, &bin, &[0, 1]);
     let stream = lab.stream();
     flows_on(&stream, 3, &r);
     r.stop();
@@ -557,9 +560,7 @@ fn teardown_leaves_the_balancer_and_the_bpffs_as_they_were() {
     let lab = Lab::new(Kind::Dr, Family::V4, 2);
     let cfg = lab.write_config();
     let before = snapshot(&lab);
-    let mut r = Restarts::new(&lab, cfg.clone());
-    r.start(&daemon::binary());
-    lab.wait_serving(&[0, 1], r.daemon());
+    let mut r = Restarts::serving(&lab, cfg.clone(), &daemon::binary(), &[0, 1]);
     let answers = lab.requests(30);
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     r.stop();
@@ -583,9 +584,7 @@ fn teardown_leaves_the_balancer_and_the_bpffs_as_they_were() {
 fn status_says_unattended_after_sigterm_and_teardown_refuses_while_running() {
     let lab = Lab::new(Kind::Dr, Family::V4, 1);
     let cfg = lab.write_config();
-    let mut r = Restarts::new(&lab, cfg.clone());
-    r.start(&daemon::binary());
-    lab.wait_serving(&[0], r.daemon());
+    let mut r = Restarts::serving(&lab, cfg.clone(), &daemon::binary(), &[0]);
     let cfg = cfg.display().to_string();
 
     // Teardown while the daemon runs: refused, nothing removed.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{self, Config},
+    control,
     dataplane::pins::Pins,
     netlink,
 };
@@ -98,7 +99,7 @@ impl Instance {
 
     /// Returns: whether a daemon answers on the instance's control socket.
     pub fn daemon_running(&self) -> bool {
-        std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        control::client::answers(&self.socket)
     }
 
     /// Returns: what to tell an operator who asks for the status of an instance whose

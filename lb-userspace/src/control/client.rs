@@ -28,6 +28,11 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// Returns: whether a daemon answers on `socket` (a connection is accepted).
+pub fn answers(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
+}
+
 /// Sends `req` to the daemon at `socket`. Returns: its response.
 pub fn request(socket: &Path, req: &Request) -> Result<Response, ClientError> {
     let p = socket.display().to_string();

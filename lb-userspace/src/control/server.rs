@@ -43,7 +43,7 @@ pub fn listen(path: &Path) -> anyhow::Result<(Socket, mpsc::Receiver<Call>)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if super::client::answers(path) {
             anyhow::bail!(
                 "another xdpvs daemon answers on {}; stop it first",
                 path.display()

@@ -163,33 +163,7 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
         };
         Ok((snapshot, count))
     }
-}
 
-/// Whether this node should take traffic: every virtual server has at least its
-/// `min_healthy` reals taking new flows (the sorry server does not count).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Readiness {
-    pub ready: bool,
-    /// One line per virtual server, those below `min_healthy` first.
-    pub lines: Vec<String>,
-}
-
-impl Readiness {
-    /// Returns: the lines as one message.
-    pub fn summary(&self) -> String {
-        let verdict = if self.ready {
-            "ready: every virtual server has its min_healthy real servers"
-        } else {
-            "not ready"
-        };
-        std::iter::once(verdict.to_string())
-            .chain(self.lines.iter().cloned())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
     /// Returns: whether this node should take traffic, from the reconciler's tables.
     pub fn readiness(&self) -> Readiness {
         let mut below = Vec::new();
@@ -217,6 +191,30 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
             ready: below.is_empty(),
             lines: below.into_iter().chain(fine).collect(),
         }
+    }
+}
+
+/// Whether this node should take traffic: every virtual server has at least its
+/// `min_healthy` reals taking new flows (the sorry server does not count).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// One line per virtual server, those below `min_healthy` first.
+    pub lines: Vec<String>,
+}
+
+impl Readiness {
+    /// Returns: the lines as one message.
+    pub fn summary(&self) -> String {
+        let verdict = if self.ready {
+            "ready: every virtual server has its min_healthy real servers"
+        } else {
+            "not ready"
+        };
+        std::iter::once(verdict.to_string())
+            .chain(self.lines.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

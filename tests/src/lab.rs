@@ -79,7 +79,7 @@ pub fn net(fam: Family, n: u8, host: u16) -> IpAddr {
     }
 }
 
-fn cidr(fam: Family, a: IpAddr) -> String {
+pub fn cidr(fam: Family, a: IpAddr) -> String {
     format!("{a}/{}", if fam == Family::V4 { 24 } else { 64 })
 }
 
@@ -115,14 +115,28 @@ pub struct Lab {
     pub infra: Vec<Netns>,
 }
 
-struct Builder {
-    p: String,
-    fam: Family,
-    passes: Vec<Ebpf>,
+/// Builds a topology of namespaces, bridges and veths under one unique prefix: the
+/// labs here and the multi-node labs of other tests (HA pairs, ECMP clusters) use it.
+pub struct Builder {
+    pub p: String,
+    pub fam: Family,
+    /// Pass programs attached to bridge ports that XDP transmits to; keep them alive
+    /// as long as the topology.
+    pub passes: Vec<Ebpf>,
 }
 
 impl Builder {
-    fn ip(&self, ns: &Netns, args: &[&str]) {
+    /// Returns: a builder for names under `prefix` (see `netns::unique_prefix`).
+    pub fn new(prefix: &str, fam: Family) -> Self {
+        Builder {
+            p: prefix.to_string(),
+            fam,
+            passes: Vec::new(),
+        }
+    }
+
+    /// Runs `ip [-6] <args>` in `ns`.
+    pub fn ip(&self, ns: &Netns, args: &[&str]) {
         let mut full = vec!["ip"];
         if self.fam == Family::V6 {
             full.push("-6");
@@ -131,7 +145,7 @@ impl Builder {
         ns.exec(&full);
     }
 
-    fn addr(&self, ns: &Netns, dev: &str, a: IpAddr) {
+    pub fn addr(&self, ns: &Netns, dev: &str, a: IpAddr) {
         let c = cidr(self.fam, a);
         if self.fam == Family::V6 {
             self.ip(ns, &["addr", "add", &c, "dev", dev, "nodad"]);
@@ -140,11 +154,11 @@ impl Builder {
         }
     }
 
-    fn default_via(&self, ns: &Netns, gw: IpAddr) {
+    pub fn default_via(&self, ns: &Netns, gw: IpAddr) {
         self.ip(ns, &["route", "add", "default", "via", &gw.to_string()]);
     }
 
-    fn forwarding(&self, ns: &Netns) {
+    pub fn forwarding(&self, ns: &Netns) {
         let key = if self.fam == Family::V4 {
             "net.ipv4.conf.all.forwarding=1"
         } else {
@@ -154,7 +168,7 @@ impl Builder {
     }
 
     /// A bridge in a namespace of its own.
-    fn switch(&self, name: &str) -> Netns {
+    pub fn switch(&self, name: &str) -> Netns {
         let sw = Netns::new(&format!("{}-{name}", self.p));
         sw.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
         sw.exec(&["ip", "link", "set", "br0", "up"]);
@@ -163,7 +177,7 @@ impl Builder {
 
     /// Plugs `dev` in `ns` into the bridge of `sw` (port `port`); `xdp_peer` attaches
     /// the pass program to the port, for a device XDP transmits on.
-    fn plug(&mut self, ns: &Netns, dev: &str, sw: &Netns, port: &str, xdp_peer: bool) {
+    pub fn plug(&mut self, ns: &Netns, dev: &str, sw: &Netns, port: &str, xdp_peer: bool) {
         veth(dev, ns, port, sw);
         sw.exec(&["ip", "link", "set", port, "master", "br0"]);
         if xdp_peer {
@@ -180,11 +194,7 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("{p}-xdpvs"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let bpffs = Bpffs::mount(&std::env::temp_dir().join(format!("{p}-bpffs")));
-        let mut b = Builder {
-            p: p.clone(),
-            fam,
-            passes: Vec::new(),
-        };
+        let mut b = Builder::new(&p, fam);
         let client = Netns::new(&format!("{p}-c"));
         let lb = Netns::new(&format!("{p}-lb"));
         let reals: Vec<Netns> = (0..n)

@@ -26,6 +26,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     // openssl: the https probe end-to-end test makes its certificates and TLS servers.
     ("openssl", "openssl"),
+    // keepalived and bird2: the HA and scale-out end-to-end tests run them as an operator
+    // would, in the tests' namespaces (no service is started on the host).
+    ("keepalived", "keepalived"),
+    ("bird", "bird2"),
 ];
 
 /// Installs everything, cheapest checks first.
@@ -61,7 +65,30 @@ fn debian_packages() -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    stop_host_services(&missing);
+    Ok(())
+}
+
+/// Packages whose Debian unit starts a daemon on the host at install. The tests run
+/// their own copies in namespaces; one on the host would speak VRRP or BGP on its
+/// networks with Debian's sample configuration.
+const HOST_SERVICES: &[(&str, &str)] = &[("keepalived", "keepalived"), ("bird2", "bird")];
+
+/// Stops and disables the services that installing `installed` started, where systemd
+/// runs (elsewhere, as in containers, the packages start nothing).
+fn stop_host_services(installed: &[&str]) {
+    if !Path::new("/run/systemd/system").exists() {
+        return;
+    }
+    for (pkg, unit) in HOST_SERVICES {
+        if installed.contains(pkg) {
+            eprintln!("xtask: disabling the host's {unit} service that installing {pkg} started");
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", unit])
+                .status();
+        }
+    }
 }
 
 /// BPF programs are built with `-Z build-std=core`, which needs the nightly's rust-src.

@@ -1,4 +1,5 @@
-//! Command line: `xdpvs run | check | status | reload | real | realserver setup|decap`.
+//! Command line: `xdpvs run | check | status | teardown | ready | withdraw | announce |
+//! reload | real | realserver setup|decap`.
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -85,6 +86,28 @@ pub enum Command {
         /// Print nothing (the exit status says it).
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Take this node out: it announces no VIP to the routing layer (config `announce`)
+    /// and `xdpvs ready` fails, so keepalived moves the VIPs away; kept across daemon
+    /// restarts until `xdpvs announce`. With no daemon running, removes the announcing
+    /// routes it left (for systemd's ExecStopPost after a crash).
+    Withdraw {
+        /// The daemon's control socket.
+        #[arg(long, default_value = crate::config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The daemon's configuration file (its socket, instance and announce table).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Put a withdrawn node back: VIPs whose virtual servers have their `min_healthy`
+    /// real servers are announced again, and `xdpvs ready` answers as before.
+    Announce {
+        /// The daemon's control socket.
+        #[arg(long, default_value = crate::config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The daemon's configuration file (its socket and instance).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Make the daemon re-read its configuration (as SIGHUP) and report the outcome.
     Reload {

@@ -34,6 +34,13 @@ pub struct State {
     /// When the last daemon stopped and left the data path forwarding (`None` while
     /// one runs).
     pub stopped_at: Option<u64>,
+    /// Taken out by `xdpvs withdraw` (until `xdpvs announce`): the next daemon stays out.
+    #[serde(default)]
+    pub withdrawn: bool,
+    /// The routing table the daemon announced VIPs in, for withdrawing them when no
+    /// daemon runs (`xdpvs withdraw`, teardown).
+    #[serde(default)]
+    pub announce_table: Option<u32>,
 }
 
 /// One instance: its name, its pins, its state file and its control socket.
@@ -97,6 +104,31 @@ impl Instance {
             .with_context(|| format!("writing {}", self.state.display()))
     }
 
+    /// Records, for the next daemon, whether the node is withdrawn (`xdpvs withdraw` or
+    /// `announce` while no daemon runs).
+    pub fn set_withdrawn(&self, withdrawn: bool) -> anyhow::Result<()> {
+        let state = State {
+            withdrawn,
+            ..self.load_state()
+        };
+        self.save_state(&state)
+    }
+
+    /// Removes the routes announcing this instance's VIPs while no daemon runs: from
+    /// the table its last daemon recorded, else from `table`. Returns: the table and
+    /// the VIPs withdrawn, `None` when no table is known.
+    pub async fn withdraw_routes(
+        &self,
+        table: Option<u32>,
+    ) -> anyhow::Result<Option<(u32, Vec<IpAddr>)>> {
+        let Some(table) = self.load_state().announce_table.or(table) else {
+            return Ok(None);
+        };
+        let handle = netlink::connect().context("netlink")?;
+        let vips = netlink::withdraw_table(&handle, table).await?;
+        Ok(Some((table, vips)))
+    }
+
     /// Returns: whether a daemon answers on the instance's control socket.
     pub fn daemon_running(&self) -> bool {
         control::client::answers(&self.socket)
@@ -124,7 +156,8 @@ impl Instance {
     }
 
     /// Takes the instance off the host: its XDP links (detaching the program), the
-    /// VIPs its daemons added, its pinned maps and directories, its state file.
+    /// routes announcing its VIPs, the VIPs its daemons added, its pinned maps and
+    /// directories, its state file.
     /// Refuses while a daemon runs. Running it again finds nothing and succeeds.
     /// Returns: what was removed, for the operator.
     pub async fn teardown(&self) -> anyhow::Result<Vec<String>> {
@@ -136,6 +169,12 @@ impl Instance {
         }
         let state = self.load_state();
         let mut removed = self.pins.remove_all()?;
+        if let Some(table) = state.announce_table {
+            let handle = netlink::connect().context("netlink")?;
+            for vip in netlink::withdraw_table(&handle, table).await? {
+                removed.push(format!("the route announcing {vip} (table {table})"));
+            }
+        }
         if !state.added_vips.is_empty() {
             let handle = netlink::connect().context("netlink")?;
             for (ifindex, vip) in &state.added_vips {

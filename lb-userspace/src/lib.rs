@@ -1,6 +1,7 @@
 //! xdpvs: an XDP layer-4 load balancer. The library holds everything the `xdpvs`
 //! binary does, so the root-run tests can drive the same code.
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod control;

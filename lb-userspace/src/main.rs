@@ -104,6 +104,90 @@ fn load_config(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     })
 }
 
+/// The instance `xdpvs status|withdraw|announce` talk about: the configuration's, or
+/// the default instance answering on `socket`.
+fn instance_of(
+    config: Option<&std::path::Path>,
+    socket: &std::path::Path,
+) -> Result<(Instance, Option<config::Config>), ExitCode> {
+    match config.map(load_config).transpose()? {
+        Some(c) => Ok((Instance::of(&c), Some(c))),
+        None => Ok((
+            Instance::named(
+                config::DEFAULT_INSTANCE,
+                std::path::Path::new(config::DEFAULT_PIN_PATH),
+                socket,
+            ),
+            None,
+        )),
+    }
+}
+
+/// `xdpvs withdraw`: asks the daemon, or removes the routes itself when none runs.
+fn withdraw(instance: &Instance, config: Option<&config::Config>) -> ExitCode {
+    if instance.daemon_running() {
+        return match ask(&instance.socket, &control::Request::Withdraw) {
+            Ok(r) => {
+                println!("{}", r.message.unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(c) => c,
+        };
+    }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let table = config.and_then(|c| c.announce).map(|a| a.table);
+    match rt.block_on(instance.withdraw_routes(table)) {
+        Ok(Some((table, vips))) => {
+            println!(
+                "no daemon answers on {}: removed the routes of {} VIPs from table {table}",
+                instance.socket.display(),
+                vips.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!(
+                "no daemon answers on {} and no announce table is known: nothing is announced",
+                instance.socket.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xdpvs withdraw: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `xdpvs announce`: asks the daemon, or clears the mark for the next one.
+fn announce(instance: &Instance) -> ExitCode {
+    if instance.daemon_running() {
+        return match ask(&instance.socket, &control::Request::Announce) {
+            Ok(r) => {
+                println!("{}", r.message.unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(c) => c,
+        };
+    }
+    match instance.set_withdrawn(false) {
+        Ok(()) => {
+            println!(
+                "no daemon answers on {}: the next one announces (instance `{}` is no longer withdrawn)",
+                instance.socket.display(),
+                instance.name
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xdpvs announce: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `xdpvs teardown`: prints what it removed.
 fn teardown(instance: &Instance) -> ExitCode {
     let Some(rt) = runtime() else {
@@ -139,13 +223,8 @@ fn main() -> ExitCode {
             socket,
             config,
         } => {
-            let instance = match config.as_deref().map(load_config).transpose() {
-                Ok(Some(c)) => Instance::of(&c),
-                Ok(None) => Instance::named(
-                    config::DEFAULT_INSTANCE,
-                    std::path::Path::new(config::DEFAULT_PIN_PATH),
-                    &socket,
-                ),
+            let instance = match instance_of(config.as_deref(), &socket) {
+                Ok((i, _)) => i,
                 Err(code) => return code,
             };
             if !instance.daemon_running() {
@@ -193,6 +272,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Withdraw { socket, config } => match instance_of(config.as_deref(), &socket) {
+            Ok((instance, config)) => withdraw(&instance, config.as_ref()),
+            Err(code) => code,
+        },
+        Command::Announce { socket, config } => match instance_of(config.as_deref(), &socket) {
+            Ok((instance, _)) => announce(&instance),
+            Err(code) => code,
+        },
         Command::Reload { socket } => match ask(&socket, &control::Request::Reload) {
             Ok(r) => {
                 println!("{}", r.message.unwrap_or_default());

@@ -1,5 +1,6 @@
 //! What the daemon asks of the kernel's networking through rtnetlink: interfaces, VIP
-//! addresses, routes to reals and their neighbour (ARP/NDP) entries.
+//! addresses, routes to reals and their neighbour (ARP/NDP) entries, and the routes
+//! that announce VIPs to a routing daemon.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
@@ -8,7 +9,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, CacheInfo},
     link::{LinkAttribute, LinkXdp},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
-    route::{RouteAddress, RouteAttribute},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -299,4 +300,93 @@ pub fn solicit(addr: IpAddr) -> std::io::Result<()> {
     let sock = UdpSocket::bind(bind)?;
     sock.send_to(b"xdpvs neighbour probe", SocketAddr::new(addr, 9))?;
     Ok(())
+}
+
+/// The routing protocol number of the routes that announce VIPs (`proto 250` in `ip
+/// route`): xdpvs adds, and removes, only routes of its own protocol.
+pub const RTPROT_XDPVS: u8 = 250;
+
+/// The blackhole route for `vip` (/32 or /128) in `table`, protocol [`RTPROT_XDPVS`].
+/// Blackhole: the table is read by a routing daemon, never consulted for forwarding.
+fn announce_route(table: u32, vip: IpAddr) -> Result<RouteMessage, NetlinkError> {
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(vip, host_prefix(vip))
+        .map_err(|e| NetlinkError::Route(format!("route for {vip}: {e}")))?
+        .table_id(table)
+        .protocol(RouteProtocol::Other(RTPROT_XDPVS))
+        .kind(RouteType::BlackHole)
+        .build())
+}
+
+/// Adds (or keeps) the route announcing `vip` in `table`.
+pub async fn announce(handle: &Handle, table: u32, vip: IpAddr) -> Result<(), NetlinkError> {
+    handle
+        .route()
+        .add(announce_route(table, vip)?)
+        .replace()
+        .execute()
+        .await
+        .map_err(req(format!("adding the route of {vip} to table {table}")))
+}
+
+/// Deletes the route announcing `vip` from `table`; one already gone is no error.
+pub async fn withdraw(handle: &Handle, table: u32, vip: IpAddr) -> Result<(), NetlinkError> {
+    const ESRCH: i32 = 3;
+    match handle
+        .route()
+        .del(announce_route(table, vip)?)
+        .execute()
+        .await
+    {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ESRCH => Ok(()),
+        r => r.map_err(req(format!(
+            "deleting the route of {vip} from table {table}"
+        ))),
+    }
+}
+
+/// Returns: the VIPs announced in `table` (its routes of protocol [`RTPROT_XDPVS`]).
+pub async fn announced(handle: &Handle, table: u32) -> Result<Vec<IpAddr>, NetlinkError> {
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        let msg = if v6 {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        };
+        let mut s = handle.route().get(msg).execute();
+        while let Some(m) = s.try_next().await.map_err(req("listing routes"))? {
+            let in_table = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.table));
+            if in_table != table || m.header.protocol != RouteProtocol::Other(RTPROT_XDPVS) {
+                continue;
+            }
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => out.push(IpAddr::V4(*d)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => out.push(IpAddr::V6(*d)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes every route of protocol [`RTPROT_XDPVS`] from `table`, for a node whose
+/// daemon is not running (`xdpvs withdraw --config`, teardown). Returns: the VIPs
+/// withdrawn.
+pub async fn withdraw_table(handle: &Handle, table: u32) -> Result<Vec<IpAddr>, NetlinkError> {
+    let vips = announced(handle, table).await?;
+    for vip in &vips {
+        withdraw(handle, table, *vip).await?;
+    }
+    Ok(vips)
 }

@@ -71,6 +71,24 @@ pub struct Status {
     /// Connection table entries in use, and its size.
     pub flow_table_entries: u64,
     pub flow_table_size: u64,
+    /// The routing table VIPs are announced in (config `announce`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_table: Option<u32>,
+    /// Taken out by `xdpvs withdraw`: `xdpvs ready` fails, nothing is announced.
+    #[serde(default)]
+    pub withdrawn: bool,
+    /// Per VIP, whether this node takes its traffic and why (see `announce::plan`);
+    /// with `announce_table`, the VIPs that have a route there.
+    #[serde(default)]
+    pub announcements: Vec<Announcement>,
+}
+
+/// Whether this node should take a VIP's traffic, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub address: IpAddr,
+    pub announced: bool,
+    pub reason: String,
 }
 
 /// Returns: `addr:port`, or `[addr]:port` for IPv6.

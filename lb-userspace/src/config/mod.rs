@@ -124,7 +124,18 @@ pub struct Config {
     pub pin_path: PathBuf,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the VIPs this node should take traffic for are announced, if anywhere.
+    pub announce: Option<Announce>,
     pub virtual_servers: Vec<VirtualServer>,
+}
+
+/// Announcing VIPs to the routing layer (decision 0006): while this node should take a
+/// VIP's traffic, the daemon keeps a route for it in a kernel routing table of its own,
+/// which a routing daemon (bird, FRR) exports by BGP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announce {
+    /// The kernel routing table (not 0, nor the kernel's own 253 to 255).
+    pub table: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -24,11 +24,19 @@ pub struct RawConfig {
     pub pin_path: Option<String>,
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub announce: Option<RawAnnounce>,
     /// One address, or a list with at most one per family.
     #[serde(default)]
     pub tunnel_source: Option<RawAddrs>,
     #[serde(default)]
     pub virtual_servers: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnnounce {
+    pub table: u32,
 }
 
 #[derive(Debug, Deserialize)]

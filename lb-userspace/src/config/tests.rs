@@ -35,12 +35,20 @@ fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 #[test]
+fn announce_names_a_table_of_its_own() {
+    let text = format!("announce:\n  table: 4242\n{GOOD}");
+    let c = parse(Path::new("lb.yaml"), &text, &Facts).unwrap();
+    assert_eq!(c.announce, Some(crate::config::Announce { table: 4242 }));
+}
+
+#[test]
 fn good_config_parses_with_defaults() {
     let c = parse(Path::new("lb.yaml"), GOOD, &Facts).unwrap();
     assert_eq!(c.interfaces, vec!["eth0"]);
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert!(c.manage_vips);
     assert_eq!(c.metrics_listen, None, "metrics are off unless asked for");
+    assert_eq!(c.announce, None, "nothing is announced unless asked for");
     assert_eq!(
         (c.instance.as_str(), c.pin_path.to_str()),
         ("default", Some("/sys/fs/bpf/xdpvs"))
@@ -164,6 +172,8 @@ fn each_error_names_line_and_field() {
         ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
         ("bad metrics address", "xdp_mode: auto", "xdp_mode: auto\nmetrics_listen: localhost", 3, "metrics_listen", "not ADDRESS:PORT"),
         ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
+        ("announce in the main table", "xdp_mode: auto", "xdp_mode: auto\nannounce:\n  table: 254", 4, "announce.table", "not a table of its own"),
+        ("announce without a table", "xdp_mode: auto", "xdp_mode: auto\nannounce: { metric: 5 }", 3, "announce.metric", "unknown field `metric`"),
         ("min_healthy over the reals", "scheduler: maglev", "scheduler: maglev\n    min_healthy: 9", 10, "virtual_servers[0].min_healthy", "never take traffic"),
         ("bad instance name", "xdp_mode: auto", "xdp_mode: auto\ninstance: 'a/b'", 3, "instance", "letters, digits"),
         ("relative pin path", "xdp_mode: auto", "xdp_mode: auto\npin_path: bpf/xdpvs", 3, "pin_path", "absolute path"),

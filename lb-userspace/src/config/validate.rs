@@ -253,6 +253,19 @@ impl<'a> Validator<'a> {
                 }
             }
         });
+        let announce = raw.announce.and_then(|a| {
+            if matches!(a.table, 0 | 253..=255) {
+                self.error(
+                    "announce.table",
+                    format!(
+                        "{} is not a table of its own (0 is unspecified, 253 to 255 are the kernel's default, main and local)",
+                        a.table
+                    ),
+                );
+                return None;
+            }
+            Some(super::Announce { table: a.table })
+        });
         let tunnel_sources = self.tunnel_sources(raw.tunnel_source.as_ref());
         if raw.virtual_servers.len() > MAX_VS as usize {
             self.error(
@@ -312,6 +325,7 @@ impl<'a> Validator<'a> {
             instance,
             pin_path,
             metrics_listen,
+            announce,
             virtual_servers,
         }
     }

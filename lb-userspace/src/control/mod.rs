@@ -24,6 +24,11 @@ pub enum Request {
     Ready,
     /// Re-read the configuration file (as SIGHUP), reporting the outcome.
     Reload,
+    /// Take this node out (`xdpvs withdraw`): announce no VIP, fail `ready`; kept across
+    /// restarts until [`Request::Announce`].
+    Withdraw,
+    /// Put this node back (`xdpvs announce`).
+    Announce,
     /// A runtime override of one real.
     Real {
         vs: String,
@@ -91,6 +96,10 @@ mod tests {
         for r in [
             Request::Status,
             Request::Reload,
+            Request::Withdraw,
+            Request::Announce,
+            Request::Withdraw,
+            Request::Announce,
             Request::Real {
                 vs: "web".into(),
                 real: "10.0.1.1:80".into(),

@@ -116,5 +116,91 @@ pub fn render(status: &Status, stats: bool, rate: Option<(&Status, f64)>) -> Str
         "Connection table: {} of {} entries\n",
         status.flow_table_entries, status.flow_table_size
     ));
+    out.push_str(&announcements(status));
     out
+}
+
+/// The VIPs this node announces (config `announce`) and why not the others, and
+/// whether the node is withdrawn.
+fn announcements(status: &Status) -> String {
+    let mut out = String::new();
+    if status.withdrawn {
+        out.push_str(
+            "Node withdrawn: no VIP is announced, `xdpvs ready` fails (`xdpvs announce` puts it back)\n",
+        );
+    }
+    let Some(table) = status.announce_table else {
+        return out;
+    };
+    out.push_str(&format!("Announced in routing table {table}:\n"));
+    for a in &status.announcements {
+        let yes = if a.announced { "yes" } else { "no" };
+        out.push_str(&format!("  {:<39} {yes:<3}  {}\n", a.address, a.reason));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Announcement;
+
+    fn status() -> Status {
+        Status {
+            config: "/etc/xdpvs/xdpvs.yaml".into(),
+            virtual_servers: Vec::new(),
+            verdicts: Default::default(),
+            flow_table_entries: 0,
+            flow_table_size: 1024,
+            announce_table: None,
+            withdrawn: false,
+            announcements: vec![
+                Announcement {
+                    address: "10.0.0.1".parse().unwrap(),
+                    announced: true,
+                    reason: "web at min_healthy or above".into(),
+                },
+                Announcement {
+                    address: "10.0.0.2".parse().unwrap(),
+                    announced: false,
+                    reason: "dns: 0 of 1 real servers take new flows (min_healthy 1)".into(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn announced_vips_are_listed_with_why_only_when_announcing() {
+        let plain = render(&status(), false, None);
+        assert!(!plain.contains("Announced"), "{plain}");
+        let s = Status {
+            announce_table: Some(4242),
+            ..status()
+        };
+        let text = render(&s, false, None);
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        assert_eq!(
+            tail,
+            [
+                "  10.0.0.2                                no   dns: 0 of 1 real servers take new flows (min_healthy 1)",
+                "  10.0.0.1                                yes  web at min_healthy or above",
+                "Announced in routing table 4242:",
+            ]
+        );
+        let withdrawn = Status {
+            withdrawn: true,
+            ..status()
+        };
+        assert!(render(&withdrawn, false, None).contains("Node withdrawn"));
+    }
+
+    #[test]
+    fn a_status_without_the_announce_fields_still_parses() {
+        let mut v = serde_json::to_value(status()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("withdrawn");
+        o.remove("announcements");
+        let s: Status = serde_json::from_value(v).unwrap();
+        assert!(!s.withdrawn && s.announcements.is_empty());
+    }
 }

@@ -70,6 +70,11 @@ impl Host {
         self.added_vips.clone()
     }
 
+    /// Returns: the rtnetlink handle (for the announcing routes).
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
     /// Returns: the interfaces XDP is attached to, in the configuration's order.
     pub fn attached(&self) -> &[netlink::Interface] {
         &self.attached

@@ -16,6 +16,7 @@
 
 mod host;
 mod requests;
+mod routes;
 pub mod views;
 
 use std::{
@@ -27,7 +28,7 @@ use anyhow::Context as _;
 use lb_common::maps::{DEFAULT_RING_COUNT, MAX_VS};
 use tokio::signal::unix::{signal, SignalKind};
 
-use self::{host::Host, views::Reloads};
+use self::{host::Host, routes::Routes, views::Reloads};
 use crate::{
     config::{self, Config, ConfigErrors},
     control::{
@@ -71,6 +72,10 @@ struct Daemon {
     /// The loaded programs (their links are pinned: dropping them detaches nothing).
     programs: Programs,
     host: Host,
+    /// The routes announcing VIPs (config `announce`).
+    routes: Routes,
+    /// Taken out by `xdpvs withdraw` (kept across restarts in the state file).
+    withdrawn: bool,
     health: Health,
     /// Where probe tasks report; taken by `serve`.
     reports: Option<tokio::sync::mpsc::Receiver<Report>>,
@@ -128,7 +133,9 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     } else {
         Reconciler::new(dp, MAX_VS, opts.ring_count)
     };
-    host.adopt_vips(instance.load_state().added_vips);
+    let state = instance.load_state();
+    host.adopt_vips(state.added_vips);
+    let routes = Routes::new(host.handle());
     let (health, reports) = Health::new();
     let mut d = Daemon {
         path: path.to_owned(),
@@ -139,6 +146,8 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         rec,
         programs,
         host,
+        routes,
+        withdrawn: state.withdrawn,
         health,
         reports: Some(reports),
         socket: None,
@@ -170,6 +179,14 @@ impl Daemon {
         }
         self.attach(config)?;
         self.host.sync_vips(config).await?;
+        self.routes
+            .use_table(config.announce.map(|a| a.table))
+            .await
+            .context("the announce table")?;
+        if self.withdrawn {
+            tracing::warn!("this node is withdrawn (`xdpvs withdraw` before the restart): it announces nothing and `xdpvs ready` fails until `xdpvs announce`");
+        }
+        self.sync_routes().await;
         self.started_at = Some(instance::now());
         self.save_state(None);
         let (socket, calls) = control::server::listen(&config.control_socket)?;
@@ -214,18 +231,37 @@ impl Daemon {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
                 _ = hup.recv() => { let _ = self.reload().await; }
-                Some(r) = reports.recv() => self.on_probe(r)?,
-                Some((req, reply)) = calls.recv() => self.on_control(req, reply).await,
+                Some(r) = reports.recv() => if self.on_probe(r)? { self.sync_routes().await },
+                Some((req, reply)) = calls.recv() => {
+                    self.on_control(req, reply).await;
+                    self.sync_routes().await;
+                }
                 Some(reply) = scrapes.recv(), if self.metrics_listen.is_some() => self.on_scrape(reply),
-                _ = tick.tick() => { self.host.refresh_next_hops(&mut self.rec).await?; }
+                _ = tick.tick() => {
+                    self.host.refresh_next_hops(&mut self.rec).await?;
+                    self.sync_routes().await;
+                }
             }
         }
     }
 
+    /// Keeps the announce table true to what this node should take traffic for. A
+    /// failure is logged and retried at the next tick.
+    async fn sync_routes(&mut self) {
+        if self.routes.table().is_none() {
+            return;
+        }
+        let plan = self.views().announcements();
+        if let Err(e) = self.routes.sync(&plan).await {
+            tracing::error!("keeping the announce table: {e:#}");
+        }
+    }
+
     /// Counts a probe result; a health transition updates the real's table at once.
-    fn on_probe(&mut self, report: Report) -> anyhow::Result<()> {
+    /// Returns: whether a real's health changed.
+    fn on_probe(&mut self, report: Report) -> anyhow::Result<bool> {
         let Some(t) = self.health.record(report, |k| self.rec.healthy(k)) else {
-            return Ok(());
+            return Ok(false);
         };
         self.rec.set_health(&t.key, t.healthy)?;
         let (vs, real, port) = (&t.key.vs, t.key.addr, t.key.port);
@@ -247,7 +283,7 @@ impl Daemon {
                 tracing::error!(vs = %vs, "no real server takes new flows: new flows are dropped (drop_no_real)");
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Re-reads the file; a bad file is reported and changes nothing. Counted for
@@ -286,6 +322,14 @@ impl Daemon {
         if let Err(e) = self.host.sync_vips(&config).await {
             tracing::error!("reload: VIP addresses: {e:#}");
         }
+        if let Err(e) = self
+            .routes
+            .use_table(config.announce.map(|a| a.table))
+            .await
+        {
+            tracing::error!("reload: the announce table: {e:#}");
+        }
+        self.sync_routes().await;
         self.save_state(None);
         if let Err(e) = self.host.refresh_next_hops(&mut self.rec).await {
             tracing::error!("reload: next hops: {e:#}");
@@ -330,13 +374,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// Records the VIPs this instance added, and when it started and stopped, for the
-    /// next daemon and for teardown. A failure is logged: it loses no traffic.
+    /// Records the VIPs this instance added, when it started and stopped, whether it is
+    /// withdrawn and where it announces, for the next daemon, teardown and `withdraw`. A failure is logged: it loses no traffic.
     fn save_state(&self, stopped_at: Option<u64>) {
         let state = instance::State {
             added_vips: self.host.added_vips(),
             started_at: self.started_at,
             stopped_at,
+            withdrawn: self.withdrawn,
+            announce_table: self.routes.table(),
         };
         if let Err(e) = self.instance.save_state(&state) {
             tracing::error!("recording the instance's state: {e:#}");
@@ -347,6 +393,9 @@ impl Daemon {
     /// otherwise the data path is left forwarding with its last state.
     async fn cleanup(&mut self) {
         self.socket = None;
+        // Not running: the routing layer must send this node nothing (the data path
+        // left forwarding serves what still arrives, e.g. until routers converge).
+        self.routes.withdraw_all().await;
         if self.fresh && !self.attached {
             self.host.remove_vips().await;
             match self.instance.pins.remove_all() {

@@ -42,6 +42,40 @@ impl Daemon {
                     status: None,
                 }
             }
+            Request::Withdraw => {
+                self.withdrawn = true;
+                self.save_state(None);
+                tracing::warn!("node withdrawn by `xdpvs withdraw`: no VIP is announced and `xdpvs ready` fails until `xdpvs announce`");
+                Response::ok("withdrawn: no VIP is announced and `xdpvs ready` fails until `xdpvs announce` (kept across restarts)")
+            }
+            Request::Announce => {
+                let was = std::mem::replace(&mut self.withdrawn, false);
+                self.save_state(None);
+                if was {
+                    tracing::info!(
+                        "node back by `xdpvs announce`: VIPs at min_healthy are announced"
+                    );
+                }
+                let lines: Vec<String> = self
+                    .views()
+                    .announcements()
+                    .iter()
+                    .map(|a| {
+                        let what = if a.announced {
+                            "announced"
+                        } else {
+                            "not announced"
+                        };
+                        format!("{} {what}: {}", a.address, a.reason)
+                    })
+                    .collect();
+                Response::ok(
+                    std::iter::once("announcing".to_string())
+                        .chain(lines)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            }
             Request::Reload => match self.reload().await {
                 Ok(m) => Response::ok(m),
                 Err(e) => Response::error(e),
@@ -107,13 +141,15 @@ impl Daemon {
     }
 
     /// What status and metrics read, as of now.
-    fn views(&self) -> views::Sources<'_, BpfDataplane> {
+    pub(super) fn views(&self) -> views::Sources<'_, BpfDataplane> {
         views::Sources {
             config: &self.path,
             rec: &self.rec,
             health: &self.health,
             flow_table_size: self.flow_table_size,
             reloads: self.reloads,
+            withdrawn: self.withdrawn,
+            announce_table: self.routes.table(),
         }
     }
 

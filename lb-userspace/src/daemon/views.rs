@@ -10,12 +10,13 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::{
+    announce::{self, Serving},
     config,
     dataplane::{Counters, Dataplane, DataplaneRead, FlowReader},
     health::Health,
     metrics,
     reconcile::Reconciler,
-    status::{self, RealStatus, Stats, Status, VsStatus},
+    status::{self, Announcement, RealStatus, Stats, Status, VsStatus},
 };
 
 /// Reloads applied and rejected, and whether the last one was applied.
@@ -56,6 +57,10 @@ pub struct Sources<'a, D: Dataplane + DataplaneRead> {
     pub health: &'a Health,
     pub flow_table_size: u32,
     pub reloads: Reloads,
+    /// Taken out by `xdpvs withdraw`.
+    pub withdrawn: bool,
+    /// The routing table VIPs are announced in (config `announce`).
+    pub announce_table: Option<u32>,
 }
 
 fn stats(c: Counters) -> Stats {
@@ -135,6 +140,9 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
             verdicts,
             flow_table_entries: 0,
             flow_table_size: u64::from(self.flow_table_size),
+            announce_table: self.announce_table,
+            withdrawn: self.withdrawn,
+            announcements: self.announcements(),
         };
         Ok((status, FlowCount { keys, reader }))
     }
@@ -164,42 +172,52 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
         Ok((snapshot, count))
     }
 
+    /// Returns: every virtual server with the count of its reals taking new flows.
+    pub fn serving(&self) -> Vec<Serving> {
+        self.rec
+            .virtual_servers()
+            .map(|vs| Serving {
+                name: vs.name.clone(),
+                address: vs.address,
+                serving: self
+                    .rec
+                    .real_views(&vs.name)
+                    .iter()
+                    .filter(|v| v.in_table && !v.key.sorry)
+                    .count(),
+                reals: vs.real_servers.len(),
+                min_healthy: vs.min_healthy,
+            })
+            .collect()
+    }
+
+    /// Returns: per VIP, whether this node takes its traffic and why.
+    pub fn announcements(&self) -> Vec<Announcement> {
+        announce::plan(&self.serving(), self.withdrawn)
+    }
+
     /// Returns: whether this node should take traffic, from the reconciler's tables.
     pub fn readiness(&self) -> Readiness {
-        let mut below = Vec::new();
-        let mut fine = Vec::new();
-        for vs in self.rec.virtual_servers() {
-            let serving = self
-                .rec
-                .real_views(&vs.name)
-                .iter()
-                .filter(|v| v.in_table && !v.key.sorry)
-                .count();
-            let line = format!(
-                "{}: {serving} of {} real servers take new flows (min_healthy {})",
-                vs.name,
-                vs.real_servers.len(),
-                vs.min_healthy
-            );
-            if serving < vs.min_healthy as usize {
-                below.push(line);
-            } else {
-                fine.push(line);
-            }
-        }
+        let serving = self.serving();
+        let below = serving.iter().filter(|v| !v.enough()).map(Serving::line);
+        let fine = serving.iter().filter(|v| v.enough()).map(Serving::line);
+        let withdrawn = self.withdrawn.then(|| announce::WITHDRAWN.to_string());
+        let lines: Vec<String> = withdrawn.into_iter().chain(below).chain(fine).collect();
         Readiness {
-            ready: below.is_empty(),
-            lines: below.into_iter().chain(fine).collect(),
+            ready: !self.withdrawn && serving.iter().all(Serving::enough),
+            lines,
         }
     }
 }
 
-/// Whether this node should take traffic: every virtual server has at least its
-/// `min_healthy` reals taking new flows (the sorry server does not count).
+/// Whether this node should take traffic: it is not withdrawn and every virtual server
+/// has at least its `min_healthy` reals taking new flows (the sorry server does not
+/// count).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Readiness {
     pub ready: bool,
-    /// One line per virtual server, those below `min_healthy` first.
+    /// Whether the node is withdrawn, then one line per virtual server, those below
+    /// `min_healthy` first.
     pub lines: Vec<String>,
 }
 
@@ -354,6 +372,8 @@ virtual_servers:
                 failed: 1,
                 last_ok: false,
             },
+            withdrawn: false,
+            announce_table: None,
         }
     }
 
@@ -449,6 +469,16 @@ virtual_servers:
             r.lines[0],
             "web: 0 of 2 real servers take new flows (min_healthy 1)"
         );
+        rec.set_override(&web1, None).unwrap();
+        assert!(sources(&rec, &health).readiness().ready);
+        let withdrawn = Sources {
+            withdrawn: true,
+            ..sources(&rec, &health)
+        };
+        let r = withdrawn.readiness();
+        assert!(!r.ready, "a withdrawn node takes no traffic");
+        assert_eq!(r.lines[0], announce::WITHDRAWN);
+        assert!(withdrawn.announcements().iter().all(|a| !a.announced));
     }
 
     #[tokio::test]

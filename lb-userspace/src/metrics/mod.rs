@@ -299,7 +299,17 @@ impl Snapshot {
             "config_last_reload_successful",
             help,
             i64::from(self.last_reload_ok),
-        )
+        )?;
+        let help = "1 while the node is taken out by `xdpvs withdraw`.";
+        scalar(e, "node_withdrawn", help, i64::from(s.withdrawn))?;
+        let takes = s.announcements.iter().map(|a| {
+            (
+                vec![("vip", a.address.to_string())],
+                ConstGauge::new(i64::from(a.announced)),
+            )
+        });
+        let help = "1 while this node should take the VIP's traffic (announced, with `announce`; `xdpvs ready`).";
+        family(e, "vip_takes_traffic", help, None, MetricType::Gauge, takes)
     }
 }
 
@@ -415,6 +425,13 @@ mod tests {
                     .collect(),
                 flow_table_entries: 6,
                 flow_table_size: 65536,
+                announce_table: Some(4242),
+                withdrawn: false,
+                announcements: vec![status::Announcement {
+                    address: "2001:db8::80".parse().unwrap(),
+                    announced: true,
+                    reason: "web at min_healthy or above".into(),
+                }],
             },
             probes: vec![ProbeSample {
                 vs: "web".into(),
@@ -449,6 +466,8 @@ mod tests {
             "xdpvs_flow_table_capacity 65536\n",
             "xdpvs_datapath_packets_total{verdict=\"drop_no_real\"} 2\n",
             "xdpvs_config_reloads_total{result=\"failed\"} 1\n",
+            "xdpvs_node_withdrawn 0\n",
+            "xdpvs_vip_takes_traffic{vip=\"2001:db8::80\"} 1\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

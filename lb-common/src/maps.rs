@@ -12,6 +12,7 @@
 //! | `FLOWS` | [`crate::FlowKey`] -> [`crate::FlowState`] (LRU) | XDP | XDP, daemon |
 //! | `PERSIST` | [`crate::PersistKey`] -> [`crate::PersistState`] (LRU) | XDP | XDP |
 //! | `IFACES` | ifindex -> [`crate::IfaceInfo`] | daemon | XDP |
+//! | `OWN_MACS` | MAC (`[u8; 8]`, zero-padded) -> ifindex (`u32`) | daemon | XDP |
 //! | `STATS_VS` | vs index -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `STATS_REAL` | real id -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `VERDICTS` | [`crate::reason`] -> packets per CPU (`u64`) | XDP | daemon |
@@ -33,6 +34,11 @@ pub const FLOWS: &str = "FLOWS";
 pub const PERSIST: &str = "PERSIST";
 /// Transmitting interfaces by ifindex. Hash map.
 pub const IFACES: &str = "IFACES";
+/// The other MACs this host answers for on the attached interfaces (a macvlan on
+/// them, keepalived's `use_vmac`): frames to them are the host's own, not flooded
+/// frames for another host. Hash map of MAC (bytes 0..6, two zero bytes) -> the
+/// ifindex of the device that has it.
+pub const OWN_MACS: &str = "OWN_MACS";
 /// Per-virtual-server counters. Per-CPU array.
 pub const STATS_VS: &str = "STATS_VS";
 /// Per-real counters. Per-CPU array.
@@ -48,8 +54,8 @@ pub const NAT_STATE: &str = "NAT_STATE";
 
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
-    VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, STATS_VS, STATS_REAL, VERDICTS, SETTINGS,
-    NAT_STATE,
+    VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, OWN_MACS, STATS_VS, STATS_REAL, VERDICTS,
+    SETTINGS, NAT_STATE,
 ];
 
 /// The load balancer, attached to every interface of the configuration.
@@ -72,3 +78,10 @@ pub const DEFAULT_RING_COUNT: u32 = 64;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// Most transmitting interfaces.
 pub const MAX_IFACES: u32 = 64;
+/// Most extra MACs of this host (`OWN_MACS`).
+pub const MAX_OWN_MACS: u32 = 64;
+
+/// Returns: `mac` as an `OWN_MACS` key.
+pub const fn own_mac_key(mac: [u8; 6]) -> [u8; 8] {
+    [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]
+}

@@ -47,8 +47,14 @@ pub const DROP_TOO_BIG: u32 = 17;
 /// NAT/tunnel on a VLAN-tagged frame (the FIB lookup knows no tags): dropped.
 pub const DROP_VLAN: u32 = 18;
 
+/// A frame for a VIP whose destination MAC is neither the receiving interface's, nor
+/// one it also answers for (`OWN_MACS`), nor broadcast/multicast: a switch flooded a
+/// frame meant for another host (another balancer on the segment). Passed untouched;
+/// the kernel drops it as PACKET_OTHERHOST.
+pub const PASS_OTHER_HOST: u32 = 19;
+
 /// Number of reasons; size of the `VERDICTS` map.
-pub const COUNT: u32 = 19;
+pub const COUNT: u32 = 20;
 
 /// Stable, Prometheus-friendly name of a reason.
 /// Returns: the name, or `"unknown"` for an index out of range.
@@ -73,6 +79,7 @@ pub const fn name(reason: u32) -> &'static str {
         ICMP_TOO_BIG => "icmp_too_big",
         DROP_TOO_BIG => "drop_too_big",
         DROP_VLAN => "drop_vlan",
+        PASS_OTHER_HOST => "pass_other_host",
         _ => "unknown",
     }
 }

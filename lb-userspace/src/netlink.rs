@@ -71,6 +71,37 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface, Netlink
     })
 }
 
+/// Returns: the devices stacked on one of `parents` (a macvlan, keepalived's
+/// `use_vmac` device, a VLAN), as (MAC, their own ifindex), for those whose MAC differs
+/// from their parent's: the other MACs frames for this host arrive with.
+pub async fn child_macs(
+    handle: &Handle,
+    parents: &[Interface],
+) -> Result<std::collections::BTreeMap<[u8; 6], u32>, NetlinkError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(m) = links.try_next().await.map_err(req("listing links"))? {
+        let mut parent = None;
+        let mut mac = None;
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::Link(p) => parent = Some(*p),
+                LinkAttribute::Address(b) if b.len() == 6 => {
+                    mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]])
+                }
+                _ => {}
+            }
+        }
+        let (Some(parent), Some(mac)) = (parent, mac) else {
+            continue;
+        };
+        if parents.iter().any(|p| p.index == parent && p.mac != mac) && mac != [0; 6] {
+            out.insert(mac, m.header.index);
+        }
+    }
+    Ok(out)
+}
+
 /// Returns: whether `addr` is already configured on interface `index`.
 pub async fn has_address(handle: &Handle, index: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
     let mut s = handle

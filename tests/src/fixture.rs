@@ -45,8 +45,9 @@ use crate::netns::{unique_prefix, Netns};
 /// Test runs happen on the loopback device of the test's namespace (ifindex 1): a
 /// real reached "through" it is forwarded with XDP_TX.
 pub const TEST_IFINDEX: u32 = 1;
-/// The source MAC the balancer writes (registered for TEST_IFINDEX).
-pub const LB_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 0x01];
+/// The balancer's MAC (registered for TEST_IFINDEX): the source MAC it writes, and the
+/// destination of the frames the tests craft.
+pub const LB_MAC: [u8; 6] = crate::packet::BALANCER_MAC;
 
 /// MAC of the fixture's routed interface (source MAC of NAT and tunnel output).
 pub const FIB_MAC: [u8; 6] = [0x02, 0x46, 0x49, 0x42, 0, 0x01];

@@ -20,6 +20,11 @@ pub fn csum(data: &[u8]) -> u16 {
 
 pub const TCP_SYN: u8 = 0x02;
 
+/// The destination MAC of crafted frames unless a test says otherwise: the balancer's
+/// own (the fixture registers it for the interface test runs arrive on), since the
+/// data path forwards only frames addressed to its host.
+pub const BALANCER_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0, 0, 0x01];
+
 /// An Ethernet + IPv4 + TCP/UDP frame.
 #[derive(Clone, Debug)]
 pub struct V4Packet {
@@ -38,7 +43,7 @@ pub struct V4Packet {
 impl V4Packet {
     pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
         Self {
-            dst_mac: [0x02, 0, 0, 0, 0, 0xaa],
+            dst_mac: BALANCER_MAC,
             src_mac: [0x02, 0, 0, 0, 0, 0xcc],
             vlan: None,
             src,
@@ -204,7 +209,7 @@ pub struct V6Packet {
 impl V6Packet {
     pub fn tcp(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Self {
         Self {
-            dst_mac: [0x02, 0, 0, 0, 0, 0xaa],
+            dst_mac: BALANCER_MAC,
             src_mac: [0x02, 0, 0, 0, 0, 0xcc],
             src,
             dst,

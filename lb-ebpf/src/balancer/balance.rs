@@ -1,10 +1,11 @@
-//! One packet through the balancer: parse, find the virtual server, choose the real,
-//! forward with the virtual server's method.
+//! One packet through the balancer: parse, find the virtual server, make sure the
+//! frame is addressed to this host, choose the real, forward with the virtual
+//! server's method.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
 
-use crate::{choose, forward, maps::VS_MAP, parse, stats, verdict::Verdict};
+use crate::{choose, forward, l2, maps::VS_MAP, parse, stats, verdict::Verdict};
 
 /// Returns: `Ok` with the verdict of a forwarded packet, `Err` with the verdict of one
 /// that was passed or dropped (both are final; the split keeps `?` usable).
@@ -17,6 +18,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         stats::count_reply(vs_index, p.len);
         return Ok(verdict);
     };
+    l2::addressed_here(ctx)?;
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }

@@ -8,6 +8,7 @@ mod choose;
 mod fib;
 mod forward;
 mod icmp;
+mod l2;
 mod maps;
 mod parse;
 mod stats;

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_REALS, MAX_VS},
+    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VS},
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
     VsInfo, VsKey, RING_STRIDE,
 };
@@ -37,6 +37,10 @@ pub static PERSIST: LruHashMap<PersistKey, PersistState> =
 /// ifindex -> interface facts (its MAC). Written by the daemon.
 #[map]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Other MACs this host answers for (padded MAC -> ifindex). Written by the daemon.
+#[map]
+pub static OWN_MACS: HashMap<[u8; 8], u32> = HashMap::with_max_entries(MAX_OWN_MACS, 0);
 
 /// Per-VS counters, per CPU.
 #[map]

@@ -32,6 +32,9 @@ pub struct Host {
     known_ifaces: HashSet<u32>,
     /// VIPs this daemon added (and so removes), with their ifindex.
     added_vips: Vec<(u32, IpAddr)>,
+    /// The other MACs of the attached interfaces, as last written to `OWN_MACS`
+    /// (`None`: not written yet, so the first refresh replaces whatever is there).
+    own_macs: Option<std::collections::BTreeMap<[u8; 6], u32>>,
     last_solicit: HashMap<IpAddr, Instant>,
     /// Reals already warned about (no route, or not on a connected network).
     warned: HashSet<IpAddr>,
@@ -54,6 +57,7 @@ impl Host {
             attached,
             known_ifaces: HashSet::new(),
             added_vips: Vec::new(),
+            own_macs: None,
             last_solicit: HashMap::new(),
             warned: HashSet::new(),
         })
@@ -99,6 +103,24 @@ impl Host {
     ) -> anyhow::Result<()> {
         if self.known_ifaces.insert(index) {
             rec.set_iface(index, &IfaceInfo { mac, _pad: [0; 2] })?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads the other MACs this host answers for on the attached interfaces (the
+    /// devices stacked on them: a macvlan, keepalived's `use_vmac`) and writes them to
+    /// `OWN_MACS` when they changed.
+    pub async fn refresh_own_macs<D: Dataplane>(
+        &mut self,
+        rec: &mut Reconciler<D>,
+    ) -> anyhow::Result<()> {
+        let macs = netlink::child_macs(&self.handle, &self.attached).await?;
+        if self.own_macs.as_ref() != Some(&macs) {
+            rec.set_own_macs(&macs)?;
+            for (mac, ifindex) in &macs {
+                tracing::info!(mac = %crate::reconcile::fmt_mac(mac), ifindex, "frames to this MAC are this host's own (a device on an attached interface)");
+            }
+            self.own_macs = Some(macs);
         }
         Ok(())
     }

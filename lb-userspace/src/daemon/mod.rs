@@ -164,6 +164,7 @@ impl Daemon {
     async fn start_and_serve(&mut self, config: &Config) -> anyhow::Result<()> {
         host::preflight(config, self.host.attached())?;
         self.host.register_attached(&mut self.rec)?;
+        self.host.refresh_own_macs(&mut self.rec).await?;
         self.rec.apply(config).context("filling the BPF maps")?;
         self.health.sync(config);
         let deadline = Instant::now() + INITIAL_RESOLVE;
@@ -239,6 +240,9 @@ impl Daemon {
                 Some(reply) = scrapes.recv(), if self.metrics_listen.is_some() => self.on_scrape(reply),
                 _ = tick.tick() => {
                     self.host.refresh_next_hops(&mut self.rec).await?;
+                    if let Err(e) = self.host.refresh_own_macs(&mut self.rec).await {
+                        tracing::error!("reading the attached interfaces' other MACs: {e:#}");
+                    }
                     self.sync_routes().await;
                 }
             }

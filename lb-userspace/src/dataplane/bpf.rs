@@ -1,6 +1,6 @@
 //! The real data path: the embedded BPF object loaded with aya, and its maps.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
@@ -10,8 +10,8 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        ALL, FLOWS, IFACES, MAX_REALS, NAT_STATE, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS,
-        VERDICTS, VS_MAP, VS_RINGS,
+        own_mac_key, ALL, FLOWS, IFACES, MAX_REALS, NAT_STATE, OWN_MACS, PROGRAMS, REALS, SETTINGS,
+        STATS_REAL, STATS_VS, VERDICTS, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
@@ -91,6 +91,7 @@ pub struct BpfDataplane {
     rings: Array<MapData, u32>,
     reals: Array<MapData, RealInfo>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
+    own_macs: HashMap<MapData, [u8; 8], u32>,
     settings: Array<MapData, u32>,
     stats_vs: PerCpuArray<MapData, Counters>,
     stats_real: PerCpuArray<MapData, Counters>,
@@ -156,6 +157,7 @@ impl BpfDataplane {
             rings: typed(&mut ebpf, VS_RINGS)?,
             reals: typed(&mut ebpf, REALS)?,
             ifaces: typed(&mut ebpf, IFACES)?,
+            own_macs: typed(&mut ebpf, OWN_MACS)?,
             settings: typed(&mut ebpf, SETTINGS)?,
             stats_vs: typed(&mut ebpf, STATS_VS)?,
             stats_real: typed(&mut ebpf, STATS_REAL)?,
@@ -234,6 +236,22 @@ impl Dataplane for BpfDataplane {
         self.ifaces
             .insert(ifindex, *info, 0)
             .map_err(map_err(IFACES))
+    }
+    fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {
+        let want: BTreeMap<[u8; 8], u32> =
+            macs.iter().map(|(m, i)| (own_mac_key(*m), *i)).collect();
+        let have: Vec<[u8; 8]> = self
+            .own_macs
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(OWN_MACS))?;
+        for k in have.iter().filter(|k| !want.contains_key(*k)) {
+            self.own_macs.remove(k).map_err(map_err(OWN_MACS))?;
+        }
+        for (k, i) in &want {
+            self.own_macs.insert(k, i, 0).map_err(map_err(OWN_MACS))?;
+        }
+        Ok(())
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
         self.reals.set(id, *info, 0).map_err(map_err(REALS))

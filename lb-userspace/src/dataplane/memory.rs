@@ -1,7 +1,7 @@
 //! An in-memory data path: the maps as plain collections, for reconciler tests and for
 //! the status and metrics views (a test sets the counters the data path would keep).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use lb_common::{maps::MAX_REALS, Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE};
 
@@ -10,6 +10,7 @@ use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowRea
 #[derive(Default, Debug)]
 pub struct MemoryDataplane {
     pub ifaces: HashMap<u32, IfaceInfo>,
+    pub own_macs: BTreeMap<[u8; 6], u32>,
     pub reals: HashMap<u32, RealInfo>,
     /// `ring_id * RING_STRIDE + slot` -> real id.
     pub rings: HashMap<u32, u32>,
@@ -48,6 +49,10 @@ impl MemoryDataplane {
 impl Dataplane for MemoryDataplane {
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
         self.ifaces.insert(ifindex, *info);
+        Ok(())
+    }
+    fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {
+        self.own_macs = macs.clone();
         Ok(())
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {

@@ -6,7 +6,7 @@ pub mod bpf;
 pub mod memory;
 pub mod pins;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub use lb_common::Counters;
 use lb_common::{IfaceInfo, RealInfo, VsInfo, VsKey};
@@ -55,6 +55,8 @@ pub enum DataplaneError {
 pub trait Dataplane {
     /// Registers an interface frames may leave by.
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError>;
+    /// Makes `OWN_MACS` hold exactly `macs` (MAC -> ifindex of the device that has it).
+    fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError>;
     /// Writes real `id`.
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError>;
     /// Writes `(slot, real_id)` pairs into ring `ring_id`.

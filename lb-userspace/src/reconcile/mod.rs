@@ -104,6 +104,17 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(())
     }
 
+    /// Sets the other MACs this host answers for on the attached interfaces (MAC ->
+    /// ifindex of the device that has it): frames to them are not flooded frames for
+    /// another host.
+    pub fn set_own_macs(
+        &mut self,
+        macs: &std::collections::BTreeMap<[u8; 6], u32>,
+    ) -> Result<(), ReconcileError> {
+        self.dp.set_own_macs(macs)?;
+        Ok(())
+    }
+
     /// Returns: the real id of `key`, if it is in the data path.
     pub fn real_id(&self, key: &RealKey) -> Option<u32> {
         self.reals.id(key)

@@ -508,6 +508,12 @@ impl Dataplane for Flaky {
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
         self.dp.set_iface(ifindex, info)
     }
+    fn set_own_macs(
+        &mut self,
+        macs: &std::collections::BTreeMap<[u8; 6], u32>,
+    ) -> Result<(), DataplaneError> {
+        self.dp.set_own_macs(macs)
+    }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
         self.dp.set_real(id, info)
     }

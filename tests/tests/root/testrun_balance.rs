@@ -135,6 +135,42 @@ fn traffic_not_for_a_virtual_server_passes_untouched() {
 }
 
 #[test]
+fn a_frame_for_another_hosts_mac_is_passed_untouched_never_forwarded() {
+    let mut f = three();
+    let other = [0x02, 0x99, 0, 0, 0, 0x42];
+    let mut p = V4Packet::tcp(CLIENT, 5000, VIP, 80);
+    p.dst_mac = other;
+    let frame = p.build();
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_PASS, "flooded frame for another host");
+    assert_eq!(r.out, frame, "passed untouched");
+    assert_eq!(f.verdicts(reason::PASS_OTHER_HOST), 1);
+    assert_eq!(f.verdicts(reason::FWD_TX), 0);
+
+    // Broadcast and multicast destinations are this host's as much as any.
+    for dst in [[0xff; 6], [0x01, 0x00, 0x5e, 0, 0, 1]] {
+        let mut p = V4Packet::tcp(CLIENT, 5000, VIP, 80);
+        p.dst_mac = dst;
+        let frame = p.build();
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_TX, "destination {dst:02x?}");
+        assert_dr_rewrite(&frame, &r.out, f.predict("web", &key(5000)));
+    }
+
+    // A MAC the host also answers for (a macvlan on the interface) is its own.
+    let macs = [(other, 7)].into_iter().collect();
+    f.rec.set_own_macs(&macs).expect("OWN_MACS");
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_TX, "a MAC of this host's");
+    assert_dr_rewrite(&frame, &r.out, f.predict("web", &key(5000)));
+    f.rec
+        .set_own_macs(&Default::default())
+        .expect("OWN_MACS emptied");
+    assert_eq!(f.run(&frame).action, XDP_PASS, "removed again");
+    assert_eq!(f.verdicts(reason::PASS_OTHER_HOST), 2);
+}
+
+#[test]
 fn truncated_and_garbage_frames_are_never_forwarded() {
     let f = three();
     let good = V4Packet::tcp(CLIENT, 1000, VIP, 80).build();

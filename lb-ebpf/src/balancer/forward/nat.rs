@@ -20,6 +20,7 @@ use lb_ebpf::{
 use crate::{
     fib,
     forward::egress::{next_hop, set_macs, transmit},
+    l2::addressed_here,
     maps::{NAT_STATE, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
     verdict::Verdict,
@@ -149,6 +150,7 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         Some(s) => *s,
         None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
     };
+    addressed_here(ctx)?;
     if !l4_complete(ctx, p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }

@@ -53,8 +53,14 @@ pub const DROP_VLAN: u32 = 18;
 /// the kernel drops it as PACKET_OTHERHOST.
 pub const PASS_OTHER_HOST: u32 = 19;
 
+/// An ICMP or ICMPv6 error about a flow of a direct-routing or tunnel virtual server
+/// (a router's "fragmentation needed" / "packet too big" about a real's reply, sent
+/// to the VIP): forwarded to the real that serves the flow, by the virtual server's
+/// method, so that path MTU discovery works.
+pub const FWD_ICMP_ERROR: u32 = 20;
+
 /// Number of reasons; size of the `VERDICTS` map.
-pub const COUNT: u32 = 20;
+pub const COUNT: u32 = 21;
 
 /// Stable, Prometheus-friendly name of a reason.
 /// Returns: the name, or `"unknown"` for an index out of range.
@@ -80,6 +86,7 @@ pub const fn name(reason: u32) -> &'static str {
         DROP_TOO_BIG => "drop_too_big",
         DROP_VLAN => "drop_vlan",
         PASS_OTHER_HOST => "pass_other_host",
+        FWD_ICMP_ERROR => "fwd_icmp_error",
         _ => "unknown",
     }
 }

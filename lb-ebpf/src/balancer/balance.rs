@@ -13,12 +13,18 @@ use crate::{choose, forward, l2, maps::VS_MAP, parse, stats, verdict::Verdict};
 pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx)?;
     let Some(vs) = virtual_server(&p.key) else {
+        if p.icmp {
+            return Err(Verdict::pass(reason::PASS_NOT_VS));
+        }
         // Not for a VIP: maybe a real's reply to a NAT flow.
         let (verdict, vs_index) = forward::nat::reply(ctx, &p)?;
         stats::count_reply(vs_index, p.len);
         return Ok(verdict);
     };
     l2::addressed_here(ctx)?;
+    if p.icmp {
+        return icmp_error(ctx, &p, vs);
+    }
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
@@ -33,6 +39,27 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
     Ok(verdict)
+}
+
+/// Forwards an ICMP error about a flow of `vs` to the real that serves the flow, by the
+/// virtual server's method, creating no state. NAT virtual servers' errors are left to
+/// the kernel for now.
+/// Returns: the verdict, `fwd_icmp_error` when forwarded.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, p: &parse::Parsed, vs: &VsInfo) -> Result<Verdict, Verdict> {
+    let choice = choose::serving(&p.key, vs)?;
+    // SAFETY: array value pointer, valid for this run.
+    let real = unsafe { &*choice.real };
+    let sent = match vs.method {
+        METHOD_DR => forward::dr::forward(ctx, real)?,
+        METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
+        _ => return Err(Verdict::pass(reason::PASS_NOT_VS)),
+    };
+    stats::count_forward(vs.vs_index, choice.real_id, p.len, false);
+    Ok(Verdict {
+        action: sent.action,
+        reason: reason::FWD_ICMP_ERROR,
+    })
 }
 
 /// Returns: the virtual server the flow `key` is addressed to, if its destination

@@ -86,13 +86,25 @@ fn persist_lookup(pk: &PersistKey, vs: &VsInfo, now: u64) -> Option<(u32, *const
 /// (no real takes new flows), `drop_internal` for a ring or real index out of range.
 #[inline(always)]
 pub fn real(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
+    pick(key, vs, true)
+}
+
+/// Finds the real that serves `key` as [`real`] would, writing nothing: for an ICMP
+/// error about the flow, which must not create or refresh state.
+#[inline(always)]
+pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
+    pick(key, vs, false)
+}
+
+#[inline(always)]
+fn pick(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict> {
     let persistent = vs.persist_timeout_ns != 0;
     // SAFETY: LRU hash value; a concurrent update can at worst give a stale but
     // well-formed FlowState, which is then validated against REALS.
     if let Some(f) = unsafe { FLOWS.get(key) } {
         if f.vs_index == vs.vs_index {
             if let Some(real) = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE) {
-                if persistent {
+                if persistent && record {
                     persist_touch(key, vs, f.real_id);
                 }
                 return Ok(Choice {
@@ -124,6 +136,13 @@ pub fn real(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
             (real_id, REALS.get_ptr(real_id).ok_or(Verdict::internal())?)
         }
     };
+    if !record {
+        return Ok(Choice {
+            real_id,
+            real,
+            new_flow: false,
+        });
+    }
     // SAFETY: as above.
     let generation = unsafe { (*real).generation };
     let state = FlowState {

@@ -6,14 +6,19 @@
 //!   the kernel: only the first carries ports, and splitting a datagram across reals
 //!   would break it.
 //! - IPv6: TCP/UDP must follow the fixed header; extension headers -> kernel.
+//! - An ICMP or ICMPv6 error (destination unreachable, packet too big, time exceeded,
+//!   parameter problem) addressed to the source of the packet it quotes is parsed as
+//!   the flow that packet belongs to, turned around (client -> VIP): a router's
+//!   "fragmentation needed" about a real's reply from the VIP goes to the real that
+//!   serves the flow. Other ICMP is not a virtual server's.
 //! - Anything unreadable before the virtual server is known is passed to the kernel,
 //!   which drops what is really broken; the data path never forwards what it could not read.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use lb_ebpf::headers::{
-    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN,
-    TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPV6_HLEN, TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
 };
 
 use crate::verdict::Verdict;
@@ -31,6 +36,9 @@ pub struct Parsed {
     pub vlan: bool,
     /// Frame length in bytes (as received).
     pub len: u64,
+    /// An ICMP error: `key` is the flow of the packet it quotes (client -> VIP), and
+    /// `l4_off` the ICMP header's offset.
+    pub icmp: bool,
 }
 
 const fn pass(reason: u32) -> Verdict {
@@ -92,7 +100,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
                 return Err(pass(reason::PASS_MALFORMED));
             }
             match next {
-                PROTO_TCP | PROTO_UDP => {}
+                PROTO_TCP | PROTO_UDP | IPPROTO_ICMPV6 => {}
                 // hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP, shim6
                 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => {
                     return Err(pass(reason::PASS_IPV6_EXT))
@@ -110,6 +118,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         }
         _ => return Err(pass(reason::PASS_NOT_IP)),
     };
+    if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
+        return Ok(Parsed {
+            key: quoted_flow(ctx, &key, l4_off)?,
+            l3_off,
+            l4_off,
+            ip_len,
+            vlan: l3_off != ETH_HLEN,
+            len,
+            icmp: true,
+        });
+    }
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
         return Err(pass(reason::PASS_NOT_VS));
     }
@@ -125,7 +144,80 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         ip_len,
         vlan: l3_off != ETH_HLEN,
         len,
+        icmp: false,
     })
+}
+
+/// Length of the ICMP and ICMPv6 error header before the quoted packet.
+const ICMP_ERR_HLEN: usize = 8;
+
+/// Reads the flow an ICMP error at `icmp_off` is about, from the packet it quotes: the
+/// quoted packet went from `outer.dst` (the VIP) to a client, so the flow is that
+/// packet turned around. Returns: its key, or a pass verdict for any other ICMP (an
+/// informational message, an error quoting something else, a quote too short to
+/// hold the ports, a non-first fragment).
+#[inline(always)]
+fn quoted_flow(ctx: &XdpContext, outer: &FlowKey, icmp_off: usize) -> Result<FlowKey, Verdict> {
+    let not_ours = pass(reason::PASS_NOT_VS);
+    // Type and code, read together: a one-byte bounds check compiles to a comparison
+    // the verifier cannot use.
+    let kind: *const [u8; 2] = ptr_at(ctx, icmp_off).ok_or(not_ours)?;
+    // SAFETY: bounds checked by ptr_at.
+    let kind = unsafe { (*kind)[0] };
+    let inner_off = icmp_off + ICMP_ERR_HLEN;
+    let mut key = FlowKey {
+        family: outer.family,
+        ..FlowKey::default()
+    };
+    let ports_off = if outer.family == FAMILY_V4 {
+        // Destination unreachable (fragmentation needed among them), time exceeded,
+        // parameter problem.
+        if outer.proto != IPPROTO_ICMP || !matches!(kind, 3 | 11 | 12) {
+            return Err(not_ours);
+        }
+        let ip: *const Ipv4Hdr = ptr_at(ctx, inner_off).ok_or(not_ours)?;
+        // SAFETY: bounds checked by ptr_at.
+        let (ver_ihl, frag, proto, src, dst) = unsafe {
+            (
+                (*ip).ver_ihl,
+                u16::from_be((*ip).frag_off_be),
+                (*ip).proto,
+                (*ip).src,
+                (*ip).dst,
+            )
+        };
+        let hlen = ((ver_ihl & 0x0f) as usize) * 4;
+        if ver_ihl >> 4 != 4 || hlen < 20 || frag & 0x1fff != 0 {
+            return Err(not_ours);
+        }
+        key.proto = proto;
+        key.src[0] = dst;
+        key.dst[0] = src;
+        inner_off + hlen
+    } else {
+        // Destination unreachable, packet too big, time exceeded, parameter problem.
+        if outer.proto != IPPROTO_ICMPV6 || !matches!(kind, 1..=4) {
+            return Err(not_ours);
+        }
+        let ip: *const Ipv6Hdr = ptr_at(ctx, inner_off).ok_or(not_ours)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe {
+            key.proto = (*ip).next_hdr;
+            key.src = (*ip).dst;
+            key.dst = (*ip).src;
+        }
+        inner_off + IPV6_HLEN
+    };
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP || key.dst != outer.dst {
+        return Err(not_ours);
+    }
+    let ports: *const [u16; 2] = ptr_at(ctx, ports_off).ok_or(not_ours)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        key.sport_be = (*ports)[1];
+        key.dport_be = (*ports)[0];
+    }
+    Ok(key)
 }
 
 /// Returns: the offset of the TCP or UDP checksum field.

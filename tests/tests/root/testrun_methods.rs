@@ -57,7 +57,10 @@ virtual_servers:
       real_servers: [{ address: 'fd00:9::11' }, { address: 'fd00:9::12' }] }
   - { name: dr6, address: '2001:db8:f::102', port: 80, protocol: tcp, method: dr,
       real_servers: [{ address: 'fd00:1::21' }, { address: 'fd00:1::22' }] }
+  - { name: dr4, address: 10.0.0.102, port: 80, protocol: tcp, method: dr,
+      real_servers: [{ address: 10.0.1.21 }, { address: 10.0.1.22 }] }
 ";
+const DR_VIP4: [u8; 4] = [10, 0, 0, 102];
 
 fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
     FlowKey::new(src, sport, dst, dport, proto)
@@ -316,6 +319,139 @@ fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
     let r = f.run(&big6);
     assert_eq!(r.action, XDP_TX);
     assert_eq!(r.out, icmp6_too_big(&big6, 1460, 128));
+}
+
+/// Returns: the connection table's entries.
+fn flow_entries(f: &Fixture) -> u64 {
+    use xdpvs::dataplane::{DataplaneRead as _, FlowReader as _};
+    let reader = f.rec.dataplane().flow_reader().expect("flow reader");
+    reader.count().expect("count").values().sum()
+}
+
+#[test]
+fn icmp_errors_about_dr_and_tunnel_flows_reach_the_flows_real_v4_and_v6() {
+    let f = Fixture::new(YAML);
+    let flows_before = flow_entries(&f);
+    // What a router on the client's path sends when a real's reply (from the VIP) is
+    // too big for it: "fragmentation needed" / "packet too big", addressed to the VIP,
+    // arriving at the balancer's MAC.
+    for (vs, vip) in [("dr4", DR_VIP4), ("tun4", TUN_VIP4)] {
+        for sport in [1000u16, 2000, 3000] {
+            let reply = V4Packet {
+                src_mac: LB_MAC,
+                dst_mac: GW_MAC,
+                ..V4Packet::tcp(vip, 80, CLIENT4, sport)
+            }
+            .build();
+            let err = icmp4_too_big(&reply, 1280, 28);
+            let real = f.predict(vs, &key(CLIENT4.into(), sport, vip.into(), 80, PROTO_TCP));
+            let r = f.run(&err);
+            let want = if vs == "dr4" {
+                assert_eq!(r.action, XDP_TX, "{vs} {sport}");
+                let mut w = err.clone();
+                w[0..6].copy_from_slice(&real_mac(real));
+                w[6..12].copy_from_slice(&LB_MAC);
+                w
+            } else {
+                assert_eq!(r.action, XDP_REDIRECT, "{vs} {sport}");
+                let inner = &err[14..];
+                let mut w = eth(GW_MAC, FIB_MAC, None, 0x0800);
+                w.extend_from_slice(&ipv4_header(
+                    0xc0,
+                    20 + inner.len(),
+                    0,
+                    0x4000,
+                    64,
+                    4,
+                    TUN_SRC4,
+                    v4(real),
+                ));
+                w.extend_from_slice(inner);
+                w
+            };
+            assert_eq!(r.out, want, "{vs} sport {sport}: the error goes to {real}");
+        }
+    }
+    let (client, dr6, tun6) = (
+        v6("2001:db8:c::7"),
+        v6("2001:db8:f::102"),
+        v6("2001:db8:f::101"),
+    );
+    for (vs, vip) in [("dr6", dr6), ("tun6", tun6)] {
+        let reply = V6Packet {
+            src_mac: LB_MAC,
+            dst_mac: GW_MAC,
+            ..V6Packet::tcp(vip, 80, client, 4444)
+        }
+        .build();
+        let err = icmp6_too_big(&reply, 1280, 48);
+        let k = key(client.into(), 4444, vip.into(), 80, PROTO_TCP);
+        let real = f.predict(vs, &k);
+        let r = f.run(&err);
+        let want = if vs == "dr6" {
+            assert_eq!(r.action, XDP_TX, "{vs}");
+            let mut w = err.clone();
+            w[0..6].copy_from_slice(&real_mac(real));
+            w[6..12].copy_from_slice(&LB_MAC);
+            w
+        } else {
+            assert_eq!(r.action, XDP_REDIRECT, "{vs}");
+            let inner = &err[14..];
+            let mut w = eth(GW_MAC, FIB_MAC, None, 0x86dd);
+            w.extend_from_slice(&ipv6_header(
+                0,
+                flow_hash(&k) & 0xf_ffff,
+                inner.len(),
+                41,
+                64,
+                v6("fd00:1::1"),
+                v6of(real),
+            ));
+            w.extend_from_slice(inner);
+            w
+        };
+        assert_eq!(r.out, want, "{vs}: the error goes to {real}");
+    }
+    assert_eq!(f.verdicts(reason::FWD_ICMP_ERROR), 8);
+    assert_eq!(
+        flow_entries(&f),
+        flows_before,
+        "an error creates no connection table entry"
+    );
+
+    // Not forwarded: an error quoting a packet from another address than the one it
+    // is sent to, an error about a NAT flow (left to the kernel), an echo request.
+    let reply = V4Packet {
+        src_mac: LB_MAC,
+        ..V4Packet::tcp([10, 0, 0, 99], 80, CLIENT4, 1000)
+    }
+    .build();
+    let mut forged = icmp4_too_big(&reply, 1280, 28);
+    forged[30..34].copy_from_slice(&DR_VIP4);
+    forged[24..26].copy_from_slice(&[0, 0]);
+    let c = tests::packet::csum(&forged[14..34]);
+    forged[24..26].copy_from_slice(&c.to_be_bytes());
+    let nat_reply = V4Packet {
+        src_mac: LB_MAC,
+        ..V4Packet::tcp(NAT_VIP4, 80, CLIENT4, 1000)
+    }
+    .build();
+    let nat_err = icmp4_too_big(&nat_reply, 1280, 28);
+    let mut echo = eth(LB_MAC, GW_MAC, None, 0x0800);
+    let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
+    let c = tests::packet::csum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    echo.extend_from_slice(&ipv4_header(0, 28, 0, 0, 64, 1, CLIENT4, DR_VIP4));
+    echo.extend_from_slice(&icmp);
+    for (what, frame) in [
+        ("error quoting another source", &forged),
+        ("error about a NAT flow", &nat_err),
+        ("echo request", &echo),
+    ] {
+        let r = f.run(frame);
+        assert_eq!((r.action, &r.out), (XDP_PASS, frame), "{what}");
+    }
+    assert_eq!(f.verdicts(reason::FWD_ICMP_ERROR), 8);
 }
 
 #[test]

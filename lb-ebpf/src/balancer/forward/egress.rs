@@ -33,6 +33,8 @@ pub fn next_hop(
 ) -> Result<fib::Hop, Verdict> {
     match fib::lookup(ctx, r) {
         Ok(hop) => Ok(hop),
+        // Never an ICMP error about an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
+        Err(fib::Miss::TooBig(_)) if p.icmp => Err(Verdict::drop(reason::DROP_TOO_BIG)),
         Err(fib::Miss::TooBig(mtu)) => Err(icmp::too_big(ctx, p, mtu.saturating_sub(overhead))),
         Err(fib::Miss::Drop(v)) => Err(v),
     }

@@ -20,9 +20,24 @@ use crate::netns::Netns;
 /// [`NamedServer::health_status`].
 pub const HEALTHY: u16 = 200;
 
+/// Returns: the N of a `GET /bytes/N` request.
+fn bytes_asked(req: &[u8]) -> Option<usize> {
+    let rest = req.strip_prefix(b"GET /bytes/")?;
+    let end = rest.iter().position(|b| *b == b' ')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Returns: `n` bytes of a pattern that a lost, repeated or reordered segment
+/// would break (letters by position).
+pub fn pattern(n: usize) -> String {
+    (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect()
+}
+
 /// A server running on a thread inside a namespace; stops on drop. It answers:
 /// - `GET /health`: an empty page with status [`NamedServer::health_status`] (probes;
 ///   not counted);
+/// - `GET /bytes/N`: 200 with N bytes of [`pattern`] (large responses: path MTU),
+///   counted;
 /// - any other GET: 200 with its name, counted in `served`;
 /// - `ECHO\n`: its name on a line, then everything it receives back, until the client
 ///   closes (a long-lived stream, on a thread of its own);
@@ -101,6 +116,8 @@ impl NamedServer {
                         }
                         let (status, body, counted) = if req.starts_with(b"GET /health ") {
                             (h.load(Ordering::Relaxed), String::new(), false)
+                        } else if let Some(n) = bytes_asked(req) {
+                            (200, pattern(n), true)
                         } else if req.starts_with(b"GET ") {
                             (200, format!("{name}\n"), true)
                         } else {

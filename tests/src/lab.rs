@@ -8,12 +8,16 @@
 //! dr:       client .2, lb .1, reals .11+ on net 100 (one bridge); VIP 100.100 on the
 //!           reals' lo (by `xdpvs realserver setup --apply`); replies go straight to
 //!           the client.
+//! dr-routed: client 150.2 -- router 150.254 | router 100.254 -- net 100: lb .1,
+//!           reals .11+ (default via the router); VIP 100.100 as in dr. The client's
+//!           path crosses a router whose links can be narrowed (path MTU).
 //! nat:      client .2 -- net 100 -- lb .1 | lb .1 -- net 200 -- reals .11+ (default
 //!           route via lb); VIP 100.100; reals serve port 8080 for VIP port 80.
 //! nat-one:  one bridge: lb (100.1 and 150.1), client 150.2, reals 100.11+ (default via
 //!           lb); VIP 150.100.
-//! tunnel:   net 100: client .2, lb .1, router .254 | net 200: router .1, reals .11+;
-//!           the lb encapsulates to the reals through the router; the reals are set up
+//! tunnel:   client 150.2 -- router 150.254 | net 100: lb .1, router .254 | net 200:
+//!           router .1, reals .11+; the client reaches the VIP through the router,
+//!           the lb encapsulates to the reals through it; the reals are set up
 //!           by `xdpvs realserver setup --apply --method tunnel`, decapsulate with
 //!           `xdpvs realserver decap` and answer the client through the router.
 //! ```
@@ -66,6 +70,7 @@ pub enum Family {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Dr,
+    DrRouted,
     Nat,
     NatOneNic,
     Tunnel,
@@ -221,6 +226,30 @@ impl Lab {
                 }
                 infra.push(sw);
             }
+            Kind::DrRouted => {
+                let sw_c = b.switch("sc");
+                let sw = b.switch("sw");
+                let router = Netns::new(&format!("{p}-rt"));
+                b.plug(&client, &format!("{p}c"), &sw_c, &format!("{p}cs"), false);
+                b.addr(&client, &format!("{p}c"), net(fam, 150, 2));
+                b.default_via(&client, net(fam, 150, 254));
+                b.plug(&router, &format!("{p}tc"), &sw_c, &format!("{p}tcs"), false);
+                b.addr(&router, &format!("{p}tc"), net(fam, 150, 254));
+                b.plug(&router, &format!("{p}tb"), &sw, &format!("{p}tbs"), false);
+                b.addr(&router, &format!("{p}tb"), net(fam, 100, 254));
+                b.forwarding(&router);
+                b.plug(&lb, &lb_ifs[0], &sw, &format!("{p}os"), true);
+                b.addr(&lb, &lb_ifs[0], net(fam, 100, 1));
+                vip = net(fam, 100, 100);
+                real_addrs = (0..n).map(|i| net(fam, 100, 11 + i as u16)).collect();
+                for (i, r) in reals.iter().enumerate() {
+                    b.plug(r, &real_dev(i), &sw, &format!("{p}r{}s", i + 1), false);
+                    b.addr(r, &real_dev(i), real_addrs[i]);
+                    b.default_via(r, net(fam, 100, 254));
+                    setup_real(r, &setup_state(&dir, i), vip, None);
+                }
+                infra.extend([sw_c, sw, router]);
+            }
             Kind::Nat => {
                 let out_sw = b.switch("so");
                 let in_sw = b.switch("si");
@@ -260,12 +289,15 @@ impl Lab {
                 infra.push(sw);
             }
             Kind::Tunnel => {
+                let sw_c = b.switch("sc");
                 let sw_a = b.switch("sa");
                 let sw_b = b.switch("sb");
                 let router = Netns::new(&format!("{p}-rt"));
-                b.plug(&client, &format!("{p}c"), &sw_a, &format!("{p}cs"), false);
-                b.addr(&client, &format!("{p}c"), net(fam, 100, 2));
-                b.default_via(&client, net(fam, 100, 254));
+                b.plug(&client, &format!("{p}c"), &sw_c, &format!("{p}cs"), false);
+                b.addr(&client, &format!("{p}c"), net(fam, 150, 2));
+                b.default_via(&client, net(fam, 150, 254));
+                b.plug(&router, &format!("{p}tc"), &sw_c, &format!("{p}tcs"), false);
+                b.addr(&router, &format!("{p}tc"), net(fam, 150, 254));
                 b.plug(&lb, &lb_ifs[0], &sw_a, &format!("{p}os"), true);
                 b.addr(&lb, &lb_ifs[0], net(fam, 100, 1));
                 b.forwarding(&lb);
@@ -292,7 +324,7 @@ impl Lab {
                     b.default_via(r, net(fam, 200, 1));
                     setup_real(r, &setup_state(&dir, i), vip, Some(&real_dev(i)));
                 }
-                infra.extend([sw_a, sw_b, router]);
+                infra.extend([sw_c, sw_a, sw_b, router]);
             }
         }
 
@@ -357,7 +389,7 @@ impl Lab {
     /// Writes the balancer's configuration as `spec` says. Returns: its path.
     pub fn write_spec(&self, spec: &Spec) -> PathBuf {
         let method = match self.kind {
-            Kind::Dr => "dr",
+            Kind::Dr | Kind::DrRouted => "dr",
             Kind::Nat | Kind::NatOneNic => "nat",
             Kind::Tunnel => "tunnel",
         };
@@ -404,6 +436,19 @@ impl Lab {
         let path = self.dir.join("xdpvs.yaml");
         std::fs::write(&path, y).expect("write config");
         path
+    }
+
+    /// Narrows the client's side of the router (dr-routed and tunnel labs) to `mtu`:
+    /// the reals' large replies then meet a router that answers "fragmentation
+    /// needed" / "packet too big" to the VIP they come from.
+    pub fn narrow_client_path(&self, mtu: u32) {
+        assert!(
+            matches!(self.kind, Kind::DrRouted | Kind::Tunnel),
+            "only the dr-routed and tunnel labs have a router on the client's path"
+        );
+        let router = self.infra.last().expect("the router namespace");
+        let dev = format!("{}tc", self.instance);
+        router.exec(&["ip", "link", "set", &dev, "mtu", &mtu.to_string()]);
     }
 
     /// Returns: the daemon's control socket in this lab.

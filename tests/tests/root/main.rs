@@ -8,6 +8,7 @@ mod e2e_announce;
 mod e2e_control;
 mod e2e_dr;
 mod e2e_health;
+mod e2e_icmp;
 mod e2e_methods;
 mod e2e_metrics;
 mod e2e_restart;

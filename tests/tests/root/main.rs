@@ -6,6 +6,7 @@
 
 mod e2e_control;
 mod e2e_dr;
+mod e2e_ha;
 mod e2e_health;
 mod e2e_methods;
 mod e2e_metrics;

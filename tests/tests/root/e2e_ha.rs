@@ -4,7 +4,8 @@
 //! out until its probes see the reals. While the master's link is cut and restored and
 //! its daemon stopped, a client sends a request every 50 ms and keeps an echoed stream
 //! open: the stream must never break, requests may fail only in the gap of the cut,
-//! and each move is timed and printed.
+//! and each move is timed and printed. Behind NAT the reals' gateway moves with the
+//! VIP (a sync group), and new connections are answered through the backup.
 
 use std::{
     collections::HashSet,
@@ -13,7 +14,7 @@ use std::{
 
 use tests::{
     ha::{HaLab, Method},
-    lab::Sample,
+    lab::{Sample, StreamClient},
     wait_for,
 };
 
@@ -39,13 +40,7 @@ const STREAM_WAIT: Duration = Duration::from_secs(20);
 
 /// Waits until the stream has echoed `more` chunks beyond `from`; panics if it breaks
 /// or stalls for 20 s.
-fn stream_goes_on(
-    lab: &HaLab,
-    stream: &tests::lab::StreamClient,
-    from: u64,
-    more: u64,
-    when: &str,
-) {
+fn stream_goes_on(lab: &HaLab, stream: &StreamClient, from: u64, more: u64, when: &str) {
     let ok = wait_for(Duration::from_secs(20), || {
         stream.failed() || stream.chunks() >= from + more
     });

@@ -336,6 +336,15 @@ pub enum Method {
     Nat,
 }
 
+/// A directory removed (with its contents) on drop.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An HA pair (see the module's drawing).
 pub struct HaLab {
     pub method: Method,
@@ -352,6 +361,8 @@ pub struct HaLab {
     pub reals: Vec<Netns>,
     /// The bridges' namespaces: outside, and inside (NAT).
     pub switches: Vec<Netns>,
+    /// Removes `dir` last, also when building the lab panicked half-way.
+    _dir: DirGuard,
 }
 
 impl HaLab {
@@ -364,6 +375,7 @@ impl HaLab {
         let nat = method == Method::Nat;
         let dir = std::env::temp_dir().join(format!("{p}-ha"));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir_guard = DirGuard(dir.clone());
         let mut b = Builder::new(&p, fam);
         let mut switches = vec![b.switch("so")];
         if nat {
@@ -462,6 +474,7 @@ impl HaLab {
             client,
             reals,
             switches,
+            _dir: dir_guard,
         }
     }
 
@@ -645,6 +658,5 @@ impl Drop for HaLab {
         self.nodes.clear();
         self.servers.clear();
         self.passes.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod fixture;
+pub mod ha;
 pub mod http;
 pub mod lab;
 pub mod load;

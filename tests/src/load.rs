@@ -95,15 +95,22 @@ pub struct StreamClient {
 
 impl StreamClient {
     /// Opens a long-lived stream from `ns` to `vip` on a thread that sends a chunk every
-    /// 100 ms until stopped. Panics if it does not open within 5 s.
+    /// 100 ms until stopped, each echo awaited up to 3 s. Panics if it does not open
+    /// within 5 s.
     pub fn open(ns: &Netns, vip: SocketAddr) -> Self {
+        Self::open_with(ns, vip, Duration::from_secs(3))
+    }
+
+    /// As [`StreamClient::open`], each echo awaited up to `timeout`: a stream that must
+    /// outlast a gap in forwarding (a failover) waits for TCP's retransmissions.
+    pub fn open_with(ns: &Netns, vip: SocketAddr, timeout: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let s = stop.clone();
         let progress = Arc::new(AtomicU64::new(0));
         let pr = progress.clone();
         let thread = ns.spawn(move || {
-            let mut st = crate::http::Stream::open(vip, Duration::from_secs(3))?;
+            let mut st = crate::http::Stream::open(vip, timeout)?;
             let _ = tx.send((st.server.clone(), st.local));
             while !s.load(Ordering::Relaxed) {
                 st.chunk()?;

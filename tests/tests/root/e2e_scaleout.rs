@@ -28,6 +28,9 @@ const ROUTE_BOUND: Duration = Duration::from_secs(5);
 /// 1 s, so with this timeout such a request fails, and one that ends later than this
 /// after the route changed started after it.
 const REQ_TIMEOUT: Duration = Duration::from_secs(1);
+/// Streams opened at most to get enough through each node (a stream is a thread and a
+/// connection; with an even spread, 12 give two nodes six each).
+const MAX_STREAMS: usize = 40;
 
 /// Returns: every node's new flows for `vs`, by node number.
 fn new_flows(lab: &Scaleout, vs: &str) -> BTreeMap<usize, u64> {
@@ -55,7 +58,7 @@ fn spread(lab: &Scaleout, vs: &str, vip: IpAddr, count: usize) -> BTreeMap<usize
 }
 
 /// Opens streams to `vip` until each of `nodes` carries at least `per_node` of them (at
-/// most 24). Returns: each stream with the node it went through.
+/// most [`MAX_STREAMS`]). Returns: each stream with the node it went through.
 fn streams_over(
     lab: &Scaleout,
     vip: IpAddr,
@@ -68,7 +71,7 @@ fn streams_over(
             .iter()
             .all(|n| out.iter().filter(|(_, m)| m == n).count() >= per_node)
     };
-    while !enough(&out) && out.len() < 24 {
+    while !enough(&out) && out.len() < MAX_STREAMS {
         let s = lab.stream(vip);
         // The stream's first chunk has crossed its node once the server named itself.
         let through = lab.stream_nodes(&s, vip);
@@ -82,7 +85,7 @@ fn streams_over(
     }
     assert!(
         enough(&out),
-        "24 streams did not give each of nodes {nodes:?} {per_node}"
+        "{MAX_STREAMS} streams did not give each of nodes {nodes:?} {per_node}"
     );
     out
 }

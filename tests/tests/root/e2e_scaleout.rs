@@ -91,7 +91,8 @@ fn streams_over(
 }
 
 /// Waits until every stream has echoed `more` chunks beyond what it had, none failing.
-fn streams_go_on(lab: &Scaleout, streams: &[(StreamClient, usize)], more: u64, what: &str) {
+/// On failure, closes them all and panics with each broken stream's error.
+fn streams_go_on(lab: &Scaleout, streams: &mut Vec<(StreamClient, usize)>, more: u64, what: &str) {
     let marks: Vec<u64> = streams.iter().map(|(s, _)| s.chunks()).collect();
     let ok = wait_for(Duration::from_secs(10), || {
         streams
@@ -99,14 +100,23 @@ fn streams_go_on(lab: &Scaleout, streams: &[(StreamClient, usize)], more: u64, w
             .zip(&marks)
             .all(|((s, _), m)| s.failed() || s.chunks() >= m + more)
     });
-    let broken: Vec<String> = streams
-        .iter()
-        .filter(|(s, _)| s.failed())
-        .map(|(s, n)| format!("{} (node{n}, {})", s.local, s.server))
+    if ok && !streams.iter().any(|(s, _)| s.failed()) {
+        return;
+    }
+    let report: Vec<String> = std::mem::take(streams)
+        .into_iter()
+        .map(|(s, n)| {
+            let (local, real, chunks) = (s.local, s.server.clone(), s.chunks());
+            let end = match s.finish() {
+                Ok(_) => "went on".to_string(),
+                Err(e) => e,
+            };
+            format!("{local} (node{n}, {real}, {chunks} chunks): {end}")
+        })
         .collect();
-    assert!(
-        broken.is_empty() && ok,
-        "{what}: streams broke: {broken:?} (or stalled)\n{}",
+    panic!(
+        "{what}: streams broke or stalled:\n{}\n{}",
+        report.join("\n"),
         lab.diagnostics()
     );
 }
@@ -185,25 +195,47 @@ fn scaleout_two_nodes_share_connections_and_a_cut_node_is_routed_around() {
         assert!(*c >= 60, "node{n} took {c} of 300 (< 20%): {per_node:?}");
     }
 
-    let streams = streams_over(&lab, web, &[1, 2], 2);
+    let mut streams = streams_over(&lab, web, &[1, 2], 2);
     let on: Vec<(usize, String)> = streams
         .iter()
         .map(|(s, n)| (*n, s.server.clone()))
         .collect();
     println!("streams (node, real): {on:?}");
-    streams_go_on(&lab, &streams, 3, "before the cut");
+    streams_go_on(&lab, &mut streams, 3, "before the cut");
 
     let traffic = lab.traffic(web, REQ_TIMEOUT, 3000);
-    assert!(wait_for(Duration::from_secs(5), || traffic.samples().len() >= 20));
+    assert!(
+        wait_for(Duration::from_secs(5), || traffic.samples().len() >= 20),
+        "the request client did not start"
+    );
+    let at_cut: Vec<u64> = streams.iter().map(|(s, _)| s.chunks()).collect();
     let cut = Instant::now();
-    lab.set_port(1, false);
+    lab.cut(1);
     let gone = lab.wait_nexthops(web, &[2], CUT_BOUND);
     let routed_around = cut + gone;
     println!("node1 cut off: the router's route left it after {gone:?}");
     lab.wait_nexthops(lab.vips[1], &[2], CUT_BOUND);
+    // How long node1's streams stalled: until each has echoed two chunks more than at
+    // the cut (so at least one sent after it). TCP's retransmission timer adds to the
+    // routing's time.
+    let echoed_again = wait_for(Duration::from_secs(10), || {
+        streams
+            .iter()
+            .zip(&at_cut)
+            .all(|((s, n), m)| *n != 1 || s.failed() || s.chunks() >= m + 2)
+    });
+    println!(
+        "node1's streams echoed again {:?} after the cut",
+        cut.elapsed()
+    );
+    assert!(
+        echoed_again,
+        "node1's streams stalled\n{}",
+        lab.diagnostics()
+    );
 
     // Every stream goes on; those of node1 now through node2, to the same real.
-    streams_go_on(&lab, &streams, 10, "after the cut");
+    streams_go_on(&lab, &mut streams, 10, "after the cut");
     let web_port = std::net::SocketAddr::new(web, 80);
     for (s, n) in &streams {
         if *n == 1 {
@@ -215,14 +247,15 @@ fn scaleout_two_nodes_share_connections_and_a_cut_node_is_routed_around() {
         }
     }
     let settled = Instant::now() + REQ_TIMEOUT;
-    assert!(wait_for(Duration::from_secs(10), || {
+    let enough = wait_for(Duration::from_secs(10), || {
         traffic
             .samples()
             .iter()
             .filter(|(t, _)| *t > settled)
             .count()
             >= 50
-    }));
+    });
+    assert!(enough, "the request client stalled after the cut");
     let samples = traffic.finish();
     let late = failed_after(&samples, routed_around + REQ_TIMEOUT);
     assert!(
@@ -241,8 +274,8 @@ fn scaleout_two_nodes_share_connections_and_a_cut_node_is_routed_around() {
 fn scaleout_a_third_node_joins_without_breaking_a_stream() {
     let mut lab = Scaleout::new(2);
     let web = lab.vips[0];
-    let streams = streams_over(&lab, web, &[1, 2], 6);
-    streams_go_on(&lab, &streams, 3, "before the join");
+    let mut streams = streams_over(&lab, web, &[1, 2], 6);
+    streams_go_on(&lab, &mut streams, 3, "before the join");
 
     let t0 = Instant::now();
     lab.add_node();
@@ -253,7 +286,7 @@ fn scaleout_a_third_node_joins_without_breaking_a_stream() {
         "node3 started (xdpvs serving, then bird) in {started:?}; routed 3-way {joined:?} after"
     );
 
-    streams_go_on(&lab, &streams, 10, "after the join");
+    streams_go_on(&lab, &mut streams, 10, "after the join");
     // Hash-threshold ECMP moves a third of the flows to node3 and a sixth from node1 to
     // node2: those reach the real they had through a node that never saw them.
     let moved: Vec<(usize, Vec<usize>)> = streams
@@ -342,32 +375,32 @@ fn scaleout_a_vip_without_reals_on_one_node_is_withdrawn_there_only() {
 fn scaleout_withdraw_announce_and_stop_take_a_node_out_and_back() {
     let mut lab = Scaleout::new(2);
     let (web, api) = (lab.vips[0], lab.vips[1]);
-    let streams = streams_over(&lab, web, &[1, 2], 2);
+    let mut streams = streams_over(&lab, web, &[1, 2], 2);
     let traffic = lab.traffic(web, REQ_TIMEOUT, 6000);
     // Between steps, requests and streams must have gone on through the new routes.
-    let goes_on = |lab: &Scaleout, what: &str| {
+    let goes_on = |lab: &Scaleout, streams: &mut Vec<(StreamClient, usize)>, what: &str| {
         let mark = traffic.samples().len();
         let ok = wait_for(Duration::from_secs(10), || {
             traffic.samples().len() >= mark + 15
         });
         assert!(ok, "{what}: the request client stalled");
-        streams_go_on(lab, &streams, 5, what);
+        streams_go_on(lab, streams, 5, what);
     };
-    goes_on(&lab, "both nodes in");
+    goes_on(&lab, &mut streams, "both nodes in");
 
     let (code, out, err) = lab.node(1).cli(&["withdraw"]);
     assert_eq!(code, Some(0), "withdraw: {out}{err}");
     let took = lab.wait_nexthops(web, &[2], ROUTE_BOUND);
     lab.wait_nexthops(api, &[2], ROUTE_BOUND);
     println!("xdpvs withdraw: node1 left the routes after {took:?}");
-    goes_on(&lab, "node1 withdrawn");
+    goes_on(&lab, &mut streams, "node1 withdrawn");
 
     let (code, out, err) = lab.node(1).cli(&["announce"]);
     assert_eq!(code, Some(0), "announce: {out}{err}");
     let took = lab.wait_nexthops(web, &[1, 2], ROUTE_BOUND);
     lab.wait_nexthops(api, &[1, 2], ROUTE_BOUND);
     println!("xdpvs announce: node1 back in the routes after {took:?}");
-    goes_on(&lab, "node1 announced again");
+    goes_on(&lab, &mut streams, "node1 announced again");
 
     // Taken out, a node stays out across a restart of its xdpvs.
     let (code, out, err) = lab.node(1).cli(&["withdraw"]);
@@ -388,24 +421,24 @@ fn scaleout_withdraw_announce_and_stop_take_a_node_out_and_back() {
         [2].into(),
         "withdrawn node1 back after a restart"
     );
-    goes_on(&lab, "node1 restarted withdrawn");
+    goes_on(&lab, &mut streams, "node1 restarted withdrawn");
     let (code, out, err) = lab.node(1).cli(&["announce"]);
     assert_eq!(code, Some(0), "announce: {out}{err}");
     lab.wait_nexthops(web, &[1, 2], ROUTE_BOUND);
-    goes_on(&lab, "node1 announced after its restart");
+    goes_on(&lab, &mut streams, "node1 announced after its restart");
 
     // A stopped xdpvs withdraws every VIP of its node.
     assert_eq!(lab.node_mut(1).stop_daemon(), Some(0), "exit on SIGTERM");
     let took = lab.wait_nexthops(web, &[2], ROUTE_BOUND);
     lab.wait_nexthops(api, &[2], ROUTE_BOUND);
     println!("xdpvs stopped on node1: it left the routes after {took:?}");
-    goes_on(&lab, "xdpvs stopped on node1");
+    goes_on(&lab, &mut streams, "xdpvs stopped on node1");
 
     // A crashed one cannot: `xdpvs withdraw --config` (ExecStopPost) does it for it.
     lab.node_mut(1).start_daemon();
     lab.wait_nexthops(web, &[1, 2], ROUTE_BOUND);
     lab.wait_nexthops(api, &[1, 2], ROUTE_BOUND);
-    goes_on(&lab, "xdpvs started again on node1");
+    goes_on(&lab, &mut streams, "xdpvs started again on node1");
     lab.node_mut(1).kill_daemon();
     let table = lab.node(1).announced();
     assert_eq!(
@@ -427,7 +460,7 @@ fn scaleout_withdraw_announce_and_stop_take_a_node_out_and_back() {
         "after a crash, xdpvs withdraw --config took node1 out of the routes in {took:?}: {}",
         out.trim()
     );
-    goes_on(&lab, "node1 withdrawn after a crash");
+    goes_on(&lab, &mut streams, "node1 withdrawn after a crash");
 
     let samples = traffic.finish();
     let failed: Vec<&String> = samples

@@ -4,6 +4,7 @@
 //! BPF test runs.
 
 pub mod daemon;
+pub mod ecmp;
 pub mod fixture;
 pub mod ha;
 pub mod http;

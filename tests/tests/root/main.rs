@@ -13,5 +13,6 @@ mod e2e_icmp;
 mod e2e_methods;
 mod e2e_metrics;
 mod e2e_restart;
+mod e2e_scaleout;
 mod testrun_balance;
 mod testrun_methods;

@@ -410,17 +410,12 @@ impl Scaleout {
             .collect()
     }
 
-    /// Cuts node `n` off: its port on the bridge goes down, and the bridge keeps
-    /// sending the node's MAC address there (a static entry), as a switch does to a
-    /// node that hangs with its link up. (A bridge forgets the addresses of a port that
-    /// goes down and floods their frames to every port, where the other nodes' XDP
-    /// would take them up at once and hide the routing's part.)
+    /// Cuts node `n` off: its port on the bridge goes down. The bridge then forgets
+    /// the node's MAC and floods the router's frames for it to every port; the other
+    /// nodes' XDP passes them to their kernels (`pass_other_host`), so only the
+    /// routers' withdrawal moves the traffic.
     pub fn cut(&self, n: usize) {
         let node = self.node(n);
-        let mac = node.mac();
-        self.sw.exec(&[
-            "bridge", "fdb", "replace", &mac, "dev", &node.port, "master", "static",
-        ]);
         self.sw.exec(&["ip", "link", "set", &node.port, "down"]);
     }
 }

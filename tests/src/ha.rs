@@ -396,13 +396,10 @@ impl HaLab {
                 ports.push((format!("{p}l{}i", i + 1), "eth1", &switches[1]));
             }
             for (port, dev, sw) in &ports {
+                // The bridge floods frames whose MAC it has not learnt (as after a
+                // port goes down) to the other node too: its XDP must pass them
+                // (`pass_other_host`), never balance them.
                 b.plug(&ns, dev, sw, port, true);
-                // A NIC drops unicast frames for other MACs before XDP sees them; a
-                // veth does not, and a bridge floods frames whose MAC it has not
-                // learnt (as after a port goes down). Without this, the backup would
-                // balance frames flooded to it for the master's MAC, and answer
-                // before it holds the VIP.
-                sw.exec(&["bridge", "link", "set", "dev", port, "flood", "off"]);
             }
             let addr = net(fam, 100, host);
             b.addr(&ns, "eth0", addr);

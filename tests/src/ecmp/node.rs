@@ -146,18 +146,6 @@ impl Node {
         self.bird = Some(Bird::start(&self.ns, &self.bird_config, &socket, &log));
     }
 
-    /// Returns: the MAC address of the node's interface.
-    pub fn mac(&self) -> String {
-        let out = self
-            .ns
-            .exec(&["ip", "-j", "link", "show", "dev", &self.dev]);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        v[0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no MAC address in {out}"))
-            .to_string()
-    }
-
     /// Returns: the routes xdpvs keeps in the announce table (`ip route show table N
     /// proto 250`; a table that never held a route does not exist and has none).
     pub fn announced(&self) -> String {

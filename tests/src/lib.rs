@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod ecmp;
 pub mod fixture;
+pub mod fuzz;
 pub mod ha;
 pub mod http;
 pub mod lab;

@@ -335,4 +335,27 @@ fn main() {
         REPEAT,
     );
     routed(&f);
+    fuzz();
+}
+
+/// The fuzzer's long run: ten times the test's packets, its figures as one line.
+/// Fails (panics) on any broken invariant, as the test does.
+fn fuzz() {
+    const PACKETS: u64 = 10_000_000;
+    // The fixture enters a namespace of its own: run it on a thread of its own.
+    std::thread::spawn(|| {
+        let mut fuzzer = tests::fuzz::Fuzzer::new();
+        let start = std::time::Instant::now();
+        let r = fuzzer.run(PACKETS, 0xfeed_f00d);
+        let secs = start.elapsed().as_secs_f64();
+        assert!(r.problems.is_empty(), "fuzz: {}", r.problems.join("\n"));
+        let fwd: u64 = r.forwarded.values().sum();
+        println!(
+            "{{\"bench\":\"fuzz\",\"packets\":{},\"forwarded\":{fwd},\"problems\":0,\"seconds\":{secs:.1},\"packets_per_s\":{:.0}}}",
+            r.runs,
+            r.runs as f64 / secs
+        );
+    })
+    .join()
+    .expect("fuzz run");
 }

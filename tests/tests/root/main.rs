@@ -15,4 +15,5 @@ mod e2e_metrics;
 mod e2e_restart;
 mod e2e_scaleout;
 mod testrun_balance;
+mod testrun_fuzz;
 mod testrun_methods;

@@ -31,6 +31,8 @@ pub const ICMP_HLEN: usize = 8;
 pub const TCP_CSUM_OFF: usize = 16;
 /// Offset of the checksum in a UDP header.
 pub const UDP_CSUM_OFF: usize = 6;
+/// Offset of the checksum in an ICMP / ICMPv6 header.
+pub const ICMP_CSUM_OFF: usize = 2;
 
 /// IP protocol number of ICMP.
 pub const IPPROTO_ICMP: u8 = 1;

@@ -82,6 +82,8 @@ enum Forward {
     Dr,
     Nat,
     Tunnel,
+    /// An ICMP error about a NAT flow, translated.
+    NatIcmp,
 }
 
 /// A 5-tuple: source, source port, destination, destination port, protocol.
@@ -210,6 +212,32 @@ impl Fuzzer {
             );
             let (src, sport, dst, dport, proto) = tuple(&r.out).expect("NAT request");
             self.nat_replies.insert((dst, dport, src, sport, proto));
+            // The real's port unreachable about what it received.
+            let received = &r.out[14..];
+            let real_err = match (dst, src) {
+                (IpAddr::V4(d), IpAddr::V4(s)) => crate::packet::icmp4_error(
+                    LB_MAC,
+                    [2, 0, 0, 0, 0, 9],
+                    d.octets(),
+                    s.octets(),
+                    3,
+                    3,
+                    [0; 4],
+                    &received[..28],
+                ),
+                (IpAddr::V6(d), IpAddr::V6(s)) => crate::packet::icmp6_error(
+                    LB_MAC,
+                    [2, 0, 0, 0, 0, 9],
+                    d.octets(),
+                    s.octets(),
+                    1,
+                    4,
+                    [0; 4],
+                    &received[..60],
+                ),
+                _ => unreachable!("one family"),
+            };
+            t.push(real_err);
             let reply = match (dst, src) {
                 (IpAddr::V4(d), IpAddr::V4(s)) => {
                     let p = V4Packet {
@@ -228,7 +256,11 @@ impl Fuzzer {
             t.push(reply);
         }
         // ICMP errors about DR and tunnel flows, as a router sends them to the VIP.
-        for (vip, sport) in [([10, 0, 0, 100], 2001u16), ([10, 0, 0, 102], 2002)] {
+        for (vip, sport) in [
+            ([10, 0, 0, 100], 2001u16),
+            ([10, 0, 0, 102], 2002),
+            ([10, 0, 0, 101], 2004),
+        ] {
             let reply = V4Packet {
                 src_mac: LB_MAC,
                 ..V4Packet::tcp(vip, 80, CLIENT4, sport)
@@ -302,11 +334,17 @@ impl Fuzzer {
                     return None;
                 }
                 let sport = be16(frame, inner.l4)?;
-                let _ = be16(frame, inner.l4 + 2)?;
-                match vs_of(inner.src, sport, inner.proto)?.method {
-                    Method::Dr => Some(Forward::Dr),
-                    Method::Tunnel if !vlan => Some(Forward::Tunnel),
-                    _ => None,
+                let dport = be16(frame, inner.l4 + 2)?;
+                match vs_of(inner.src, sport, inner.proto).map(|v| v.method) {
+                    Some(Method::Dr) => Some(Forward::Dr),
+                    Some(Method::Tunnel) if !vlan => Some(Forward::Tunnel),
+                    Some(Method::Nat) if !vlan => Some(Forward::NatIcmp),
+                    Some(_) => None,
+                    // A NAT real's error about a flow, on its way to the client.
+                    None => {
+                        let reply = (inner.dst, dport, inner.src, sport, inner.proto);
+                        (self.nat_replies.contains(&reply) && !vlan).then_some(Forward::NatIcmp)
+                    }
                 }
             }
             _ => None,
@@ -542,6 +580,27 @@ fn checksums_ok(f: &[u8], l3: usize) -> (bool, bool) {
     (header_ok, l4_ok)
 }
 
+/// Whether the outer IPv4 header checksum and the ICMP (ICMPv6) checksum of an
+/// untagged frame verify.
+fn icmp_checksums_ok(f: &[u8]) -> (bool, bool) {
+    let Some(ip) = parse_ip(f, 14, be16(f, 12).unwrap_or(0)) else {
+        return (false, false);
+    };
+    let end = if ip.v4 {
+        14 + usize::from(be16(f, 16).unwrap_or(0))
+    } else {
+        14 + 40 + usize::from(be16(f, 18).unwrap_or(0))
+    };
+    let msg = &f[ip.l4.min(end)..end];
+    match (ip.src, ip.dst) {
+        (IpAddr::V4(_), _) => (csum(&f[14..ip.l4]) == 0, csum(msg) == 0),
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            (true, pseudo_csum(&s.octets(), &d.octets(), 58, msg) == 0)
+        }
+        _ => (false, false),
+    }
+}
+
 /// Checks that `out` is what forwarding `input` as `kind` makes.
 fn forwarded_as(kind: Forward, input: &[u8], out: &[u8]) -> Result<(), String> {
     match kind {
@@ -578,6 +637,18 @@ fn forwarded_as(kind: Forward, input: &[u8], out: &[u8]) -> Result<(), String> {
                     }
                 }
                 n => return Err(format!("an outer header of {n} bytes")),
+            }
+        }
+        Forward::NatIcmp => {
+            if out.len() != input.len() {
+                return Err("its length changed".into());
+            }
+            if icmp_checksums_ok(input) != icmp_checksums_ok(out) {
+                return Err(format!(
+                    "checksums (IP header, ICMP) went from {:?} to {:?}",
+                    icmp_checksums_ok(input),
+                    icmp_checksums_ok(out)
+                ));
             }
         }
         Forward::Nat => {
@@ -693,7 +764,14 @@ fn mutate(t: &[u8], rng: &mut Rng) -> Vec<u8> {
         }
         // A random EtherType.
         _ => {
-            let et = [0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806, rng.next_u64() as u16][rng.below(6)];
+            let et = [
+                0x0800u16,
+                0x86dd,
+                0x8100,
+                0x88a8,
+                0x0806,
+                rng.next_u64() as u16,
+            ][rng.below(6)];
             f[12..14].copy_from_slice(&et.to_be_bytes());
         }
     }

@@ -316,6 +316,54 @@ pub fn icmp6_too_big(frame: &[u8], mtu: u32, quote: usize) -> Vec<u8> {
     f
 }
 
+/// An ICMPv4 error frame from `smac` to `dmac`, `src` to `dst`: `kind`, `code`, the
+/// four bytes after the checksum (`rest`: unused, or the next-hop MTU) and the quoted
+/// bytes, with both checksums computed here.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp4_error(
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quoted);
+    let c = csum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth(dmac, smac, None, 0x0800);
+    f.extend_from_slice(&ipv4_header(0xc0, 20 + icmp.len(), 0, 0, 64, 1, src, dst));
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// An ICMPv6 error frame, as [`icmp4_error`] (checksum with the pseudo-header).
+#[allow(clippy::too_many_arguments)]
+pub fn icmp6_error(
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quoted);
+    let c = pseudo_csum(&src, &dst, 58, &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth(dmac, smac, None, 0x86dd);
+    f.extend_from_slice(&ipv6_header(0, 0, icmp.len(), 58, 255, src, dst));
+    f.extend_from_slice(&icmp);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,10 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx)?;
     let Some(vs) = virtual_server(&p.key) else {
         if p.icmp {
-            return Err(Verdict::pass(reason::PASS_NOT_VS));
+            // Maybe a NAT real's error about a flow, on its way to the client.
+            let (verdict, vs_index) = forward::nat::icmp_from_real(ctx, &p)?;
+            stats::count_reply(vs_index, p.len);
+            return Ok(verdict);
         }
         // Not for a VIP: maybe a real's reply to a NAT flow.
         let (verdict, vs_index) = forward::nat::reply(ctx, &p)?;
@@ -42,8 +45,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
 }
 
 /// Forwards an ICMP error about a flow of `vs` to the real that serves the flow, by the
-/// virtual server's method, creating no state. NAT virtual servers' errors are left to
-/// the kernel for now.
+/// virtual server's method (NAT translates it), creating no state.
 /// Returns: the verdict, `fwd_icmp_error` when forwarded.
 #[inline(always)]
 fn icmp_error(ctx: &XdpContext, p: &parse::Parsed, vs: &VsInfo) -> Result<Verdict, Verdict> {
@@ -53,7 +55,8 @@ fn icmp_error(ctx: &XdpContext, p: &parse::Parsed, vs: &VsInfo) -> Result<Verdic
     let sent = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, real)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
-        _ => return Err(Verdict::pass(reason::PASS_NOT_VS)),
+        METHOD_NAT => forward::nat::icmp_to_real(ctx, p, real)?,
+        _ => return Err(Verdict::internal()),
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len, false);
     Ok(Verdict {

@@ -39,6 +39,9 @@ pub struct Parsed {
     /// An ICMP error: `key` is the flow of the packet it quotes (client -> VIP), and
     /// `l4_off` the ICMP header's offset.
     pub icmp: bool,
+    /// ICMP error: offsets of the quoted packet's IP header and of its ports.
+    pub inner_l3: usize,
+    pub inner_l4: usize,
 }
 
 const fn pass(reason: u32) -> Verdict {
@@ -119,14 +122,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         _ => return Err(pass(reason::PASS_NOT_IP)),
     };
     if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
+        let (key, inner_l4) = quoted_flow(ctx, &key, l4_off)?;
         return Ok(Parsed {
-            key: quoted_flow(ctx, &key, l4_off)?,
+            key,
             l3_off,
             l4_off,
             ip_len,
             vlan: l3_off != ETH_HLEN,
             len,
             icmp: true,
+            inner_l3: l4_off + ICMP_ERR_HLEN,
+            inner_l4,
         });
     }
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
@@ -145,19 +151,27 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         vlan: l3_off != ETH_HLEN,
         len,
         icmp: false,
+        inner_l3: 0,
+        inner_l4: 0,
     })
 }
 
 /// Length of the ICMP and ICMPv6 error header before the quoted packet.
-const ICMP_ERR_HLEN: usize = 8;
+pub const ICMP_ERR_HLEN: usize = 8;
 
 /// Reads the flow an ICMP error at `icmp_off` is about, from the packet it quotes: the
 /// quoted packet went from `outer.dst` (the VIP) to a client, so the flow is that
-/// packet turned around. Returns: its key, or a pass verdict for any other ICMP (an
-/// informational message, an error quoting something else, a quote too short to
-/// hold the ports, a non-first fragment).
+/// packet turned around. (A NAT real's error about a packet it received, sent to the
+/// client, reads as the reply direction of that flow: real -> client.)
+/// Returns: its key and the offset of the quoted ports, or a pass verdict for any
+/// other ICMP (an informational message, an error quoting something else, a quote
+/// too short to hold the ports, a non-first fragment).
 #[inline(always)]
-fn quoted_flow(ctx: &XdpContext, outer: &FlowKey, icmp_off: usize) -> Result<FlowKey, Verdict> {
+fn quoted_flow(
+    ctx: &XdpContext,
+    outer: &FlowKey,
+    icmp_off: usize,
+) -> Result<(FlowKey, usize), Verdict> {
     let not_ours = pass(reason::PASS_NOT_VS);
     // Type and code, read together: a one-byte bounds check compiles to a comparison
     // the verifier cannot use.
@@ -217,7 +231,7 @@ fn quoted_flow(ctx: &XdpContext, outer: &FlowKey, icmp_off: usize) -> Result<Flo
         key.sport_be = (*ports)[1];
         key.dport_be = (*ports)[0];
     }
-    Ok(key)
+    Ok((key, ports_off))
 }
 
 /// Returns: the offset of the TCP or UDP checksum field.

@@ -30,7 +30,7 @@ fn a_million_mutated_packets_break_no_invariant() {
         report.problems.join("\n")
     );
     // The templates are valid packets: a run that forwards nothing tests nothing.
-    for kind in ["Dr", "Nat", "Tunnel"] {
+    for kind in ["Dr", "Nat", "Tunnel", "NatIcmp"] {
         assert!(
             report.forwarded.get(kind).copied().unwrap_or(0) > 1000,
             "too few packets forwarded as {kind}: {:?}",

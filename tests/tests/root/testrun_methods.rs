@@ -12,7 +12,10 @@ use lb_common::{
 };
 use tests::{
     fixture::{real_mac, DecapFixture, Fixture, CLIENT_MAC, FIB_MAC, GW_MAC, LB_MAC},
-    packet::{eth, icmp4_too_big, icmp6_too_big, ipv4_header, ipv6_header, V4Packet, V6Packet},
+    packet::{
+        eth, icmp4_error, icmp4_too_big, icmp6_error, icmp6_too_big, ipv4_header, ipv6_header,
+        V4Packet, V6Packet,
+    },
 };
 
 const XDP_DROP: u32 = 1;
@@ -420,7 +423,7 @@ fn icmp_errors_about_dr_and_tunnel_flows_reach_the_flows_real_v4_and_v6() {
     );
 
     // Not forwarded: an error quoting a packet from another address than the one it
-    // is sent to, an error about a NAT flow (left to the kernel), an echo request.
+    // is sent to, an echo request.
     let reply = V4Packet {
         src_mac: LB_MAC,
         ..V4Packet::tcp([10, 0, 0, 99], 80, CLIENT4, 1000)
@@ -431,12 +434,6 @@ fn icmp_errors_about_dr_and_tunnel_flows_reach_the_flows_real_v4_and_v6() {
     forged[24..26].copy_from_slice(&[0, 0]);
     let c = tests::packet::csum(&forged[14..34]);
     forged[24..26].copy_from_slice(&c.to_be_bytes());
-    let nat_reply = V4Packet {
-        src_mac: LB_MAC,
-        ..V4Packet::tcp(NAT_VIP4, 80, CLIENT4, 1000)
-    }
-    .build();
-    let nat_err = icmp4_too_big(&nat_reply, 1280, 28);
     let mut echo = eth(LB_MAC, GW_MAC, None, 0x0800);
     let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
     let c = tests::packet::csum(&icmp);
@@ -445,13 +442,110 @@ fn icmp_errors_about_dr_and_tunnel_flows_reach_the_flows_real_v4_and_v6() {
     echo.extend_from_slice(&icmp);
     for (what, frame) in [
         ("error quoting another source", &forged),
-        ("error about a NAT flow", &nat_err),
         ("echo request", &echo),
     ] {
         let r = f.run(frame);
         assert_eq!((r.action, &r.out), (XDP_PASS, frame), "{what}");
     }
     assert_eq!(f.verdicts(reason::FWD_ICMP_ERROR), 8);
+}
+
+#[test]
+fn icmp_errors_about_nat_flows_are_translated_both_ways() {
+    let f = Fixture::new(YAML);
+    // A real's port unreachable about a UDP datagram it got through NAT reaches the
+    // client quoting the datagram the client sent (to VIP:53), from the VIP.
+    let req = V4Packet::udp(CLIENT4, 5000, NAT_VIP4, 53).build();
+    let r = f.run(&req);
+    assert_eq!(r.action, XDP_REDIRECT, "the datagram goes to the real");
+    let real: [u8; 4] = [10, 0, 1, 53];
+    let received = &r.out[14..];
+    let err = icmp4_error(
+        LB_MAC,
+        real_mac(real.into()),
+        real,
+        CLIENT4,
+        3,
+        3,
+        [0; 4],
+        &received[..28],
+    );
+    let r = f.run(&err);
+    assert_eq!(r.action, XDP_REDIRECT, "toward the client");
+    let want = icmp4_error(
+        CLIENT_MAC,
+        FIB_MAC,
+        NAT_VIP4,
+        CLIENT4,
+        3,
+        3,
+        [0; 4],
+        &req[14..42],
+    );
+    assert_eq!(
+        r.out, want,
+        "the client sees the VIP's error about its own datagram"
+    );
+
+    // A router's fragmentation-needed about a reply from VIP:80 reaches the real that
+    // serves the flow, quoting the reply as the real sent it (from real:8080).
+    let syn = V4Packet::tcp(CLIENT4, 6000, NAT_VIP4, 80).build();
+    assert_eq!(f.run(&syn).action, XDP_REDIRECT);
+    let real = v4(f.predict(
+        "nat4",
+        &key(CLIENT4.into(), 6000, NAT_VIP4.into(), 80, PROTO_TCP),
+    ));
+    let seen_by_client = V4Packet::tcp(NAT_VIP4, 80, CLIENT4, 6000).build();
+    let sent_by_real = V4Packet::tcp(real, 8080, CLIENT4, 6000).build();
+    let router = [192, 0, 2, 1];
+    let mtu = [0, 0, 0x05, 0x00];
+    let err = icmp4_error(
+        LB_MAC,
+        GW_MAC,
+        router,
+        NAT_VIP4,
+        3,
+        4,
+        mtu,
+        &seen_by_client[14..42],
+    );
+    let r = f.run(&err);
+    assert_eq!(r.action, XDP_REDIRECT, "toward the real");
+    let want = icmp4_error(
+        real_mac(real.into()),
+        FIB_MAC,
+        router,
+        real,
+        3,
+        4,
+        mtu,
+        &sent_by_real[14..42],
+    );
+    assert_eq!(r.out, want, "the real sees the error about its own reply");
+
+    // IPv6: a real's port unreachable quoting the whole TCP header (its checksum is
+    // translated too).
+    let (client, vip) = (v6("2001:db8:c::7"), v6("2001:db8:f::100"));
+    let req = V6Packet::tcp(client, 7000, vip, 80).build();
+    let r = f.run(&req);
+    assert_eq!(r.action, XDP_REDIRECT);
+    let real = v6of(f.predict("nat6", &key(client.into(), 7000, vip.into(), 80, PROTO_TCP)));
+    let received = &r.out[14..];
+    let err = icmp6_error(
+        LB_MAC,
+        real_mac(real.into()),
+        real,
+        client,
+        1,
+        4,
+        [0; 4],
+        &received[..60],
+    );
+    let r = f.run(&err);
+    assert_eq!(r.action, XDP_REDIRECT);
+    let want = icmp6_error(CLIENT_MAC, FIB_MAC, vip, client, 1, 4, [0; 4], &req[14..74]);
+    assert_eq!(r.out, want);
+    assert_eq!(f.verdicts(reason::FWD_ICMP_ERROR), 3);
 }
 
 #[test]

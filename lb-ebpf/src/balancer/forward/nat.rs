@@ -9,12 +9,15 @@
 //! - A packet from a real that matches no state is not a NAT reply: passed untouched.
 //! - TTL is not decremented: like IPVS, the balancer is the service's endpoint.
 //! - A packet too big for the egress MTU is answered with ICMP (see `icmp`).
+//! - ICMP errors about NAT flows are translated both ways: a real's error goes to the
+//!   client as the VIP's, an error about a flow sent to the VIP goes to the flow's
+//!   real as the real's (outer address, quoted address and port, every checksum).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UDP, SETTING_NAT};
 use lb_ebpf::{
     csum,
-    headers::{ptr_at, Ipv4Hdr, Ipv6Hdr},
+    headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ICMP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
 use crate::{
@@ -175,4 +178,171 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         },
         state.vs_index,
     ))
+}
+
+/// Translates an ICMP error about a NAT flow in place. `outer` is the end of the outer
+/// header that changes to `addr` (the source of a real's error on its way to the
+/// client, the destination of an error about a NAT flow on its way to the real), where
+/// it is the flow's address (a router's error keeps its own); the quoted packet
+/// changes at its other end, to `addr:port_be`. Every checksum involved
+/// is updated incrementally: the outer IPv4 header's, the quoted IPv4 header's, the
+/// quoted TCP/UDP checksum where the quote holds it, and the ICMP checksum (with the
+/// pseudo-header for ICMPv6).
+/// Returns: `None` if a header is out of bounds.
+#[inline(always)]
+fn translate_error(
+    ctx: &XdpContext,
+    p: &Parsed,
+    outer: End,
+    addr: &[u32; 4],
+    port_be: u16,
+) -> Option<()> {
+    let v4 = p.key.family == FAMILY_V4;
+    // The outer address that changes is the quoted packet's other end.
+    let (old, old_port) = match outer {
+        End::Src => (&p.key.src, p.key.sport_be),
+        End::Dst => (&p.key.dst, p.key.dport_be),
+    };
+    let addr_acc = csum::diff_addr(0, old, addr);
+    let mut icmp_acc = csum::diff16(addr_acc, old_port, port_be);
+    // The outer address changes only where it is the flow's end (a real's own error,
+    // an error sent to the VIP); an error from a router between balancer and real
+    // keeps the router's.
+    let mut outer_same = true;
+    // SAFETY (each block): bounds checked by ptr_at; parse() read these headers.
+    if v4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, p.l3_off)?;
+        let inner: *mut Ipv4Hdr = ptr_at(ctx, p.inner_l3)?;
+        unsafe {
+            match outer {
+                End::Src if (*ip).src == old[0] => (*ip).src = addr[0],
+                End::Dst if (*ip).dst == old[0] => (*ip).dst = addr[0],
+                // From a router on the way, not from the flow's end: stays as it is.
+                _ => outer_same = false,
+            }
+            if outer_same {
+                (*ip).check = csum::apply((*ip).check, csum::diff32(0, old[0], addr[0]));
+            }
+            let before = (*inner).check;
+            (*inner).check = csum::apply(before, csum::diff32(0, old[0], addr[0]));
+            icmp_acc = csum::diff16(icmp_acc, before, (*inner).check);
+            match outer {
+                End::Src => (*inner).dst = addr[0],
+                End::Dst => (*inner).src = addr[0],
+            }
+        }
+    } else {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, p.l3_off)?;
+        let inner: *mut Ipv6Hdr = ptr_at(ctx, p.inner_l3)?;
+        unsafe {
+            match outer {
+                End::Src => {
+                    if (*ip).src == *old {
+                        (*ip).src = *addr;
+                    } else {
+                        outer_same = false;
+                    }
+                    (*inner).dst = *addr;
+                }
+                End::Dst => {
+                    if (*ip).dst == *old {
+                        (*ip).dst = *addr;
+                    } else {
+                        outer_same = false;
+                    }
+                    (*inner).src = *addr;
+                }
+            }
+        }
+        if outer_same {
+            // ICMPv6's pseudo-header holds the outer addresses.
+            icmp_acc += addr_acc;
+        }
+    }
+    let ports: *mut [u16; 2] = ptr_at(ctx, p.inner_l4)?;
+    unsafe {
+        match outer {
+            End::Src => (*ports)[1] = port_be,
+            End::Dst => (*ports)[0] = port_be,
+        }
+    }
+    // The quoted TCP/UDP checksum, where the quote is long enough to hold it (within
+    // the IP packet: bytes after it are not the ICMP message's).
+    let l4_check_off = p.inner_l4
+        + if p.key.proto == PROTO_UDP {
+            UDP_CSUM_OFF
+        } else {
+            TCP_CSUM_OFF
+        };
+    let quoted = l4_check_off + 2 <= p.l3_off + p.ip_len;
+    if let Some(check) = ptr_at::<u16>(ctx, l4_check_off).filter(|_| quoted) {
+        let check = check as *mut u16;
+        let l4_acc = csum::diff16(addr_acc, old_port, port_be);
+        unsafe {
+            let before = *check;
+            *check = if p.key.proto == PROTO_UDP {
+                csum::apply_udp(before, l4_acc)
+            } else {
+                csum::apply(before, l4_acc)
+            };
+            icmp_acc = csum::diff16(icmp_acc, before, *check);
+        }
+    }
+    let icmp_check: *mut u16 = ptr_at(ctx, p.l4_off + ICMP_CSUM_OFF)?;
+    unsafe { *icmp_check = csum::apply(*icmp_check, icmp_acc) };
+    Some(())
+}
+
+/// Sends a NAT real's ICMP error about a flow (a port unreachable for UDP, say) on to
+/// the client as the VIP's: outer source and quoted destination become VIP:port. `p`
+/// is the error, parsed as the flow's reply direction (real -> client).
+/// Returns: the verdict and the virtual server index, or a pass verdict when the error
+/// is about no NAT flow.
+#[inline(always)]
+pub fn icmp_from_real(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
+    if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
+        return Err(Verdict::pass(reason::PASS_NOT_VS));
+    }
+    // SAFETY: LRU hash value, copied out at once.
+    let state = match unsafe { NAT_STATE.get(&p.key) } {
+        Some(s) => *s,
+        None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
+    };
+    addressed_here(ctx)?;
+    if p.vlan {
+        return Err(Verdict::drop(reason::DROP_VLAN));
+    }
+    let hop = route(
+        ctx,
+        p,
+        &state.vip,
+        &p.key.dst,
+        state.vport_be,
+        p.key.dport_be,
+    )?;
+    translate_error(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(Verdict::internal())?;
+    set_macs(ctx, hop.dmac, hop.smac)?;
+    let v = transmit(ctx, hop.ifindex);
+    Ok((
+        Verdict {
+            action: v.action,
+            reason: reason::FWD_ICMP_ERROR,
+        },
+        state.vs_index,
+    ))
+}
+
+/// Sends an ICMP error about a NAT flow, addressed to the VIP (a router's "too big"
+/// about a reply), to the flow's real as the real's own: outer destination and quoted
+/// source become the real's address and port.
+/// Returns: the transmit verdict, or the final verdict of an error not forwarded.
+#[inline(always)]
+pub fn icmp_to_real(ctx: &XdpContext, p: &Parsed, real: &RealInfo) -> Result<Verdict, Verdict> {
+    if p.vlan {
+        return Err(Verdict::drop(reason::DROP_VLAN));
+    }
+    let hop = route(ctx, p, &p.key.src, &real.addr, p.key.sport_be, real.port_be)?;
+    translate_error(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
+    set_macs(ctx, hop.dmac, hop.smac)?;
+    Ok(transmit(ctx, hop.ifindex))
 }

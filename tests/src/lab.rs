@@ -441,14 +441,18 @@ impl Lab {
     /// Narrows the client's side of the router (dr-routed and tunnel labs) to `mtu`:
     /// the reals' large replies then meet a router that answers "fragmentation
     /// needed" / "packet too big" to the VIP they come from.
+    /// In the NAT lab the balancer itself is that router: its outside interface is
+    /// narrowed, and it answers the reals' large replies itself.
     pub fn narrow_client_path(&self, mtu: u32) {
-        assert!(
-            matches!(self.kind, Kind::DrRouted | Kind::Tunnel),
-            "only the dr-routed and tunnel labs have a router on the client's path"
-        );
-        let router = self.infra.last().expect("the router namespace");
-        let dev = format!("{}tc", self.instance);
-        router.exec(&["ip", "link", "set", &dev, "mtu", &mtu.to_string()]);
+        let (ns, dev) = match self.kind {
+            Kind::DrRouted | Kind::Tunnel => (
+                self.infra.last().expect("the router namespace"),
+                format!("{}tc", self.instance),
+            ),
+            Kind::Nat => (&self.lb, self.lb_ifs[0].clone()),
+            k => panic!("the {k:?} lab has no router on the client's path"),
+        };
+        ns.exec(&["ip", "link", "set", &dev, "mtu", &mtu.to_string()]);
     }
 
     /// Returns: the daemon's control socket in this lab.

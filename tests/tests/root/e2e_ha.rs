@@ -340,3 +340,75 @@ fn ha_nat_pair_moves_vip_and_gateway_together() {
         println!("nat, {what}: {n} requests answered");
     }
 }
+
+/// Issue 14: two balancers on one segment whose switch floods every unicast frame
+/// (learning off on every port, as a switch does for a MAC it has not learnt or has
+/// forgotten). Each request reaches the reals through exactly one balancer: the one
+/// holding the VIP forwards it, the other passes the flooded copy to its kernel
+/// (`pass_other_host`), which drops it.
+#[test]
+fn ha_dr_pair_on_a_flooding_segment_forwards_each_request_once() {
+    let mut lab = HaLab::new(Method::Dr, 3);
+    lab.start_daemons("{ interval: 250ms, timeout: 200ms, rise: 1, fall: 2 }");
+    lab.start_keepalived();
+    let owner = wait_for(Duration::from_secs(20), || lab.owner().is_some());
+    assert!(owner, "no node took the VIP:\n{}", lab.logs());
+    let all = wait_for(Duration::from_secs(20), || {
+        lab.requests(6).iter().filter(|r| r.is_ok()).count() == 6
+    });
+    assert!(all, "the VIP does not answer:\n{}", lab.logs());
+    let sw = &lab.switches[0];
+    let out = sw.exec(&["bridge", "-j", "link", "show"]);
+    let ports: Vec<String> = serde_json::from_str::<serde_json::Value>(&out)
+        .expect("bridge -j link")
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["ifname"].as_str().map(str::to_string))
+        .collect();
+    for p in &ports {
+        sw.exec(&["bridge", "link", "set", "dev", p, "learning", "off"]);
+    }
+    sw.exec(&["bridge", "fdb", "flush", "dev", "br0"]);
+
+    let master = lab.owner().expect("a VIP owner");
+    let backup = 1 - master;
+    let packets = |n: usize| -> u64 {
+        lab.nodes[n].status()["virtual_servers"][0]["stats"]["packets"]
+            .as_u64()
+            .expect("packets")
+    };
+    let (master_before, backup_before) = (packets(master), packets(backup));
+    let flooded_before = lab.nodes[backup].verdict("pass_other_host");
+    for s in &lab.servers {
+        s.served.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+    const N: usize = 100;
+    let answered = lab.requests(N).iter().filter(|r| r.is_ok()).count();
+    let served: u64 = lab
+        .servers
+        .iter()
+        .map(|s| s.served.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    let flooded = lab.nodes[backup].verdict("pass_other_host") - flooded_before;
+    println!(
+        "flooding segment: {answered} of {N} answered, {served} served; master forwarded {} packets, backup {} and passed {flooded} flooded frames",
+        packets(master) - master_before,
+        packets(backup) - backup_before
+    );
+    assert_eq!(answered, N, "every request answered:\n{}", lab.logs());
+    assert_eq!(served, N as u64, "each request served once");
+    assert!(
+        packets(master) - master_before >= 3 * N as u64,
+        "the VIP's holder forwarded the requests"
+    );
+    assert_eq!(
+        packets(backup),
+        backup_before,
+        "the other balancer forwarded none of the flooded frames"
+    );
+    assert!(
+        flooded >= N as u64,
+        "the flooding reached the other balancer, which passed each frame ({flooded})"
+    );
+}

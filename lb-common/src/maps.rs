@@ -13,6 +13,7 @@
 //! | `PERSIST` | [`crate::PersistKey`] -> [`crate::PersistState`] (LRU) | XDP | XDP |
 //! | `IFACES` | ifindex -> [`crate::IfaceInfo`] | daemon | XDP |
 //! | `OWN_MACS` | MAC (`[u8; 8]`, zero-padded) -> ifindex (`u32`) | daemon | XDP |
+//! | `FRAG_VS` | [`crate::VsKey`] with port 0 -> the virtual server's port (`u32`, network order in the low half) | daemon | XDP |
 //! | `STATS_VS` | vs index -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `STATS_REAL` | real id -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `VERDICTS` | [`crate::reason`] -> packets per CPU (`u64`) | XDP | daemon |
@@ -39,6 +40,11 @@ pub const IFACES: &str = "IFACES";
 /// frames for another host. Hash map of MAC (bytes 0..6, two zero bytes) -> the
 /// ifindex of the device that has it.
 pub const OWN_MACS: &str = "OWN_MACS";
+/// Fragmented datagrams: (VIP, protocol, family), port 0 -> the port of the one
+/// virtual server at that address that takes fragments (`fragments: true`). Fragments
+/// after the first carry no ports; every fragment of such a virtual server is
+/// balanced by addresses only, so all reach the same real. Hash map.
+pub const FRAG_VS: &str = "FRAG_VS";
 /// Per-virtual-server counters. Per-CPU array.
 pub const STATS_VS: &str = "STATS_VS";
 /// Per-real counters. Per-CPU array.
@@ -54,8 +60,8 @@ pub const NAT_STATE: &str = "NAT_STATE";
 
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
-    VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, OWN_MACS, STATS_VS, STATS_REAL, VERDICTS,
-    SETTINGS, NAT_STATE,
+    VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, OWN_MACS, FRAG_VS, STATS_VS, STATS_REAL,
+    VERDICTS, SETTINGS, NAT_STATE,
 ];
 
 /// The load balancer, attached to every interface of the configuration.

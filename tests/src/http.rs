@@ -106,6 +106,9 @@ impl NamedServer {
                     Ok((mut conn, _)) => {
                         let _ = conn.set_nonblocking(false);
                         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        // A client that stopped reading (a stalled download) must not
+                        // hold the server, nor its drop, for ever.
+                        let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
                         let mut buf = [0u8; 1024];
                         let n = conn.read(&mut buf).unwrap_or(0);
                         let req = &buf[..n];
@@ -293,7 +296,7 @@ impl UdpEcho {
             sock.set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
             ready_tx.send(()).expect("ready");
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::Relaxed) {
                 if let Ok((n, peer)) = sock.recv_from(&mut buf) {
                     c.fetch_add(1, Ordering::Relaxed);

@@ -5,13 +5,21 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
 
-use crate::{choose, forward, l2, maps::VS_MAP, parse, stats, verdict::Verdict};
+use crate::{
+    choose, forward, l2,
+    maps::{FRAG_VS, VS_MAP},
+    parse, stats,
+    verdict::Verdict,
+};
 
 /// Returns: `Ok` with the verdict of a forwarded packet, `Err` with the verdict of one
 /// that was passed or dropped (both are final; the split keeps `?` usable).
 #[inline(always)]
 pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx)?;
+    if p.frag {
+        return fragment(ctx, &p);
+    }
     let Some(vs) = virtual_server(&p.key) else {
         if p.icmp {
             // Maybe a NAT real's error about a flow, on its way to the client.
@@ -39,6 +47,46 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
         _ => return Err(Verdict::internal()),
+    };
+    stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
+    Ok(verdict)
+}
+
+/// Balances a fragment of a datagram to the virtual server at its address that takes
+/// fragments, by addresses only (its key's ports are zero), so that every fragment of
+/// the datagram reaches the same real. Fragments of other addresses, and of virtual
+/// servers that do not take them, are passed to the kernel.
+#[inline(always)]
+fn fragment(ctx: &XdpContext, p: &parse::Parsed) -> Result<Verdict, Verdict> {
+    let frag_key = VsKey {
+        addr: p.key.dst,
+        port_be: 0,
+        proto: p.key.proto,
+        family: p.key.family,
+    };
+    // SAFETY: hash map value, copied out at once.
+    let port = unsafe { FRAG_VS.get(&frag_key) }.copied();
+    let vs = port.and_then(|port| {
+        let key = VsKey {
+            port_be: port as u16,
+            ..frag_key
+        };
+        // SAFETY: as in `virtual_server`.
+        unsafe { VS_MAP.get(&key) }
+    });
+    let Some(vs) = vs else {
+        return Err(Verdict::pass(reason::PASS_FRAGMENT));
+    };
+    l2::addressed_here(ctx)?;
+    let choice = choose::real(&p.key, vs)?;
+    // SAFETY: array value pointer, valid for this run.
+    let real = unsafe { &*choice.real };
+    let verdict = match vs.method {
+        METHOD_DR => forward::dr::forward(ctx, real)?,
+        METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
+        // NAT cannot rewrite the ports of fragments after the first: the daemon never
+        // lets a NAT virtual server take fragments.
+        _ => return Err(Verdict::pass(reason::PASS_FRAGMENT)),
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
     Ok(verdict)

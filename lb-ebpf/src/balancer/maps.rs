@@ -42,6 +42,11 @@ pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACE
 #[map]
 pub static OWN_MACS: HashMap<[u8; 8], u32> = HashMap::with_max_entries(MAX_OWN_MACS, 0);
 
+/// (VIP, protocol, family) with port 0 -> the port of its virtual server that takes
+/// fragments. Written by the daemon.
+#[map]
+pub static FRAG_VS: HashMap<VsKey, u32> = HashMap::with_max_entries(MAX_VS, 0);
+
 /// Per-VS counters, per CPU.
 #[map]
 pub static STATS_VS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VS, 0);

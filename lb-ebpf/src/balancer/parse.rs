@@ -2,9 +2,11 @@
 //!
 //! Policy, applied here:
 //! - One 802.1Q tag is understood; a second (QinQ) makes the frame "not IP" -> kernel.
-//! - IPv4 options are allowed (the header length is honoured). Fragments are passed to
-//!   the kernel: only the first carries ports, and splitting a datagram across reals
-//!   would break it.
+//! - IPv4 options are allowed (the header length is honoured). A fragment (IPv4, or
+//!   IPv6 with a fragment header right after the fixed one) of TCP or UDP is parsed
+//!   with both ports zero, whether or not it is the first: only the first carries
+//!   ports, and every fragment of a datagram must reach the same real, so fragments
+//!   are balanced by addresses only (`frag`), for virtual servers that take them.
 //! - IPv6: TCP/UDP must follow the fixed header; extension headers -> kernel.
 //! - An ICMP or ICMPv6 error (destination unreachable, packet too big, time exceeded,
 //!   parameter problem) addressed to the source of the packet it quotes is parsed as
@@ -39,6 +41,8 @@ pub struct Parsed {
     /// An ICMP error: `key` is the flow of the packet it quotes (client -> VIP), and
     /// `l4_off` the ICMP header's offset.
     pub icmp: bool,
+    /// A fragment: `key` has both ports zero.
+    pub frag: bool,
     /// ICMP error: offsets of the quoted packet's IP header and of its ports.
     pub inner_l3: usize,
     pub inner_l4: usize,
@@ -63,6 +67,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
     }
     let mut key = FlowKey::default();
     let ip_len;
+    let mut fragment = false;
     let l4_off = match proto {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(pass(reason::PASS_MALFORMED))?;
@@ -80,9 +85,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             if ver_ihl >> 4 != 4 || hlen < 20 || tot_len < hlen || l3_off + tot_len > len as usize {
                 return Err(pass(reason::PASS_MALFORMED));
             }
-            if frag & 0x3fff != 0 {
-                return Err(pass(reason::PASS_FRAGMENT));
-            }
+            fragment = frag & 0x3fff != 0;
             ip_len = tot_len;
             key.family = FAMILY_V4;
             key.proto = l4proto;
@@ -102,6 +105,18 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             if u32::from_be(vtf) >> 28 != 6 || l3_off + IPV6_HLEN + payload > len as usize {
                 return Err(pass(reason::PASS_MALFORMED));
             }
+            let mut next = next;
+            let mut l4 = l3_off + IPV6_HLEN;
+            if next == IPPROTO_FRAGMENT {
+                let fh: *const [u8; 2] = ptr_at(ctx, l4).ok_or(pass(reason::PASS_MALFORMED))?;
+                // SAFETY: bounds checked by ptr_at.
+                next = unsafe { (*fh)[0] };
+                if next != PROTO_TCP && next != PROTO_UDP {
+                    return Err(pass(reason::PASS_FRAGMENT));
+                }
+                fragment = true;
+                l4 += IPV6_FRAG_HLEN;
+            }
             match next {
                 PROTO_TCP | PROTO_UDP | IPPROTO_ICMPV6 => {}
                 // hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP, shim6
@@ -117,10 +132,27 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
                 key.src = (*ip).src;
                 key.dst = (*ip).dst;
             }
-            l3_off + IPV6_HLEN
+            l4
         }
         _ => return Err(pass(reason::PASS_NOT_IP)),
     };
+    if fragment {
+        if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+            return Err(pass(reason::PASS_FRAGMENT));
+        }
+        return Ok(Parsed {
+            key,
+            l3_off,
+            l4_off,
+            ip_len,
+            vlan: l3_off != ETH_HLEN,
+            len,
+            frag: true,
+            icmp: false,
+            inner_l3: 0,
+            inner_l4: 0,
+        });
+    }
     if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
         let (key, inner_l4) = quoted_flow(ctx, &key, l4_off)?;
         return Ok(Parsed {
@@ -130,6 +162,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             ip_len,
             vlan: l3_off != ETH_HLEN,
             len,
+            frag: false,
             icmp: true,
             inner_l3: l4_off + ICMP_ERR_HLEN,
             inner_l4,
@@ -150,11 +183,16 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         ip_len,
         vlan: l3_off != ETH_HLEN,
         len,
+        frag: false,
         icmp: false,
         inner_l3: 0,
         inner_l4: 0,
     })
 }
+
+/// IPv6 next header of a fragment header, and its length.
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPV6_FRAG_HLEN: usize = 8;
 
 /// Length of the ICMP and ICMPv6 error header before the quoted packet.
 pub const ICMP_ERR_HLEN: usize = 8;

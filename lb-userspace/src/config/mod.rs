@@ -157,6 +157,10 @@ pub struct VirtualServer {
     /// Reals that must take new flows (be in the table) for this node to take traffic
     /// for the virtual server (`xdpvs ready`, for keepalived or a routing daemon).
     pub min_healthy: u32,
+    /// Takes fragmented datagrams: every fragment to its address and protocol is
+    /// balanced by addresses only, so all fragments of a datagram reach one real. At
+    /// most one virtual server per address and protocol; not for NAT.
+    pub fragments: bool,
     pub real_servers: Vec<RealServer>,
 }
 

@@ -78,6 +78,8 @@ pub struct RawVirtualServer {
     #[serde(default)]
     pub min_healthy: Option<u32>,
     #[serde(default)]
+    pub fragments: Option<bool>,
+    #[serde(default)]
     pub real_servers: Vec<Value>,
 }
 

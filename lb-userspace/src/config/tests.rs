@@ -35,6 +35,26 @@ fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 #[test]
+fn one_virtual_server_per_address_and_protocol_takes_fragments() {
+    let two = format!(
+        "{GOOD}  - {{ name: web2, address: 10.0.0.100, port: 8080, protocol: tcp, fragments: true,\n      real_servers: [{{ address: 10.0.1.11 }}] }}\n"
+    )
+    .replace("    scheduler: maglev\n", "    scheduler: maglev\n    fragments: true\n");
+    let errs = errors(&two);
+    let e = errs
+        .iter()
+        .find(|e| e.field == "virtual_servers[1].fragments")
+        .unwrap_or_else(|| panic!("no error for the second taker: {errs:#?}"));
+    assert!(e.message.contains("already takes fragments"), "{e}");
+    let one = GOOD.replace(
+        "    scheduler: maglev\n",
+        "    scheduler: maglev\n    fragments: true\n",
+    );
+    let c = parse(Path::new("lb.yaml"), &one, &Facts).unwrap();
+    assert!(c.virtual_servers[0].fragments);
+}
+
+#[test]
 fn announce_names_a_table_of_its_own() {
     let text = format!("announce:\n  table: 4242\n{GOOD}");
     let c = parse(Path::new("lb.yaml"), &text, &Facts).unwrap();
@@ -172,6 +192,7 @@ fn each_error_names_line_and_field() {
         ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
         ("bad metrics address", "xdp_mode: auto", "xdp_mode: auto\nmetrics_listen: localhost", 3, "metrics_listen", "not ADDRESS:PORT"),
         ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
+        ("fragments behind NAT", "method: dr", "method: nat\n    fragments: true", 9, "virtual_servers[0].fragments", "NAT cannot take fragments"),
         ("announce in the main table", "xdp_mode: auto", "xdp_mode: auto\nannounce:\n  table: 254", 4, "announce.table", "not a table of its own"),
         ("announce without a table", "xdp_mode: auto", "xdp_mode: auto\nannounce: { metric: 5 }", 3, "announce.metric", "unknown field `metric`"),
         ("min_healthy over the reals", "scheduler: maglev", "scheduler: maglev\n    min_healthy: 9", 10, "virtual_servers[0].min_healthy", "never take traffic"),

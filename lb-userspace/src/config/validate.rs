@@ -279,6 +279,7 @@ impl<'a> Validator<'a> {
         let mut virtual_servers = Vec::new();
         let mut names = HashSet::new();
         let mut services = HashSet::new();
+        let mut fragment_takers = HashSet::new();
         let mut total_reals = 0usize;
         for (i, v) in raw.virtual_servers.into_iter().enumerate() {
             let prefix = format!("virtual_servers[{i}]");
@@ -292,6 +293,15 @@ impl<'a> Validator<'a> {
                 self.error(
                     &format!("{prefix}.name"),
                     format!("virtual server name `{}` is used twice", vs.name),
+                );
+            }
+            if vs.fragments && !fragment_takers.insert((vs.address, vs.protocol)) {
+                self.error(
+                    &format!("{prefix}.fragments"),
+                    format!(
+                        "another virtual server at {} ({}) already takes fragments: fragments after the first carry no port, so one virtual server per address and protocol takes them",
+                        vs.address, vs.protocol
+                    ),
                 );
             }
             if !services.insert((vs.address, vs.port, vs.protocol)) {
@@ -524,6 +534,13 @@ impl<'a> Validator<'a> {
                 ),
             );
         }
+        let fragments = raw.fragments.unwrap_or(false);
+        if fragments && method == Method::Nat {
+            self.error(
+                &format!("{prefix}.fragments"),
+                "NAT cannot take fragments (fragments after the first carry no port to rewrite); use dr or tunnel",
+            );
+        }
         if self.errors.len() != errors_before {
             return None;
         }
@@ -538,6 +555,7 @@ impl<'a> Validator<'a> {
             persistence,
             sorry_server,
             min_healthy,
+            fragments,
             real_servers,
         })
     }

@@ -10,8 +10,8 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        own_mac_key, ALL, FLOWS, IFACES, MAX_REALS, NAT_STATE, OWN_MACS, PROGRAMS, REALS, SETTINGS,
-        STATS_REAL, STATS_VS, VERDICTS, VS_MAP, VS_RINGS,
+        own_mac_key, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_STATE, OWN_MACS, PROGRAMS, REALS,
+        SETTINGS, STATS_REAL, STATS_VS, VERDICTS, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
 };
@@ -92,6 +92,7 @@ pub struct BpfDataplane {
     reals: Array<MapData, RealInfo>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     own_macs: HashMap<MapData, [u8; 8], u32>,
+    frag_vs: HashMap<MapData, VsKey, u32>,
     settings: Array<MapData, u32>,
     stats_vs: PerCpuArray<MapData, Counters>,
     stats_real: PerCpuArray<MapData, Counters>,
@@ -158,6 +159,7 @@ impl BpfDataplane {
             reals: typed(&mut ebpf, REALS)?,
             ifaces: typed(&mut ebpf, IFACES)?,
             own_macs: typed(&mut ebpf, OWN_MACS)?,
+            frag_vs: typed(&mut ebpf, FRAG_VS)?,
             settings: typed(&mut ebpf, SETTINGS)?,
             stats_vs: typed(&mut ebpf, STATS_VS)?,
             stats_real: typed(&mut ebpf, STATS_REAL)?,
@@ -250,6 +252,22 @@ impl Dataplane for BpfDataplane {
         }
         for (k, i) in &want {
             self.own_macs.insert(k, i, 0).map_err(map_err(OWN_MACS))?;
+        }
+        Ok(())
+    }
+    fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError> {
+        let have: Vec<VsKey> = self
+            .frag_vs
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(FRAG_VS))?;
+        for k in have.iter().filter(|k| !takers.iter().any(|(t, _)| t == *k)) {
+            self.frag_vs.remove(k).map_err(map_err(FRAG_VS))?;
+        }
+        for (k, port_be) in takers {
+            self.frag_vs
+                .insert(k, u32::from(*port_be), 0)
+                .map_err(map_err(FRAG_VS))?;
         }
         Ok(())
     }

@@ -11,6 +11,8 @@ use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowRea
 pub struct MemoryDataplane {
     pub ifaces: HashMap<u32, IfaceInfo>,
     pub own_macs: BTreeMap<[u8; 6], u32>,
+    /// `FRAG_VS`: (VIP, protocol, family) with port 0 -> port (network order).
+    pub frag_vs: HashMap<VsKey, u16>,
     pub reals: HashMap<u32, RealInfo>,
     /// `ring_id * RING_STRIDE + slot` -> real id.
     pub rings: HashMap<u32, u32>,
@@ -53,6 +55,10 @@ impl Dataplane for MemoryDataplane {
     }
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {
         self.own_macs = macs.clone();
+        Ok(())
+    }
+    fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError> {
+        self.frag_vs = takers.iter().copied().collect();
         Ok(())
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {

@@ -57,6 +57,9 @@ pub trait Dataplane {
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError>;
     /// Makes `OWN_MACS` hold exactly `macs` (MAC -> ifindex of the device that has it).
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError>;
+    /// Makes `FRAG_VS` hold exactly `takers`: (VIP, protocol, family) with port 0 ->
+    /// the port of the virtual server there that takes fragments (network order).
+    fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError>;
     /// Writes real `id`.
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError>;
     /// Writes `(slot, real_id)` pairs into ring `ring_id`.

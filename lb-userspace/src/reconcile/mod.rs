@@ -66,6 +66,9 @@ pub struct Reconciler<D: Dataplane> {
     reals: Reals,
     /// `SETTING_*` bits last written.
     settings: u32,
+    /// `FRAG_VS` as last written (`None`: not yet, so the first apply writes it whole,
+    /// replacing whatever an earlier daemon left).
+    fragment_takers: Option<Vec<(lb_common::VsKey, u16)>>,
     policy: Policy,
 }
 
@@ -77,6 +80,7 @@ impl<D: Dataplane> Reconciler<D> {
             tables: Tables::new(max_vs, ring_count),
             reals: Reals::new(),
             settings: 0,
+            fragment_takers: None,
             policy: Policy::default(),
         }
     }

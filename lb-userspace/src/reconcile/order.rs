@@ -70,6 +70,22 @@ impl<D: Dataplane> Reconciler<D> {
         for vs in &config.virtual_servers {
             self.sync(&vs.name)?;
         }
+        // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
+        // fragment passes), so the order against the tables does not matter.
+        let takers: Vec<(lb_common::VsKey, u16)> = config
+            .virtual_servers
+            .iter()
+            .filter(|v| v.fragments)
+            .map(|v| {
+                let (key, _) = super::tables::vs_value(v);
+                let port_be = key.port_be;
+                (lb_common::VsKey { port_be: 0, ..key }, port_be)
+            })
+            .collect();
+        if self.fragment_takers.as_ref() != Some(&takers) {
+            self.dp.set_fragment_takers(&takers)?;
+            self.fragment_takers = Some(takers);
+        }
         // 3. Removals.
         self.tables.remove_absent(&mut self.dp, config)?;
         let gone: Vec<RealKey> = self

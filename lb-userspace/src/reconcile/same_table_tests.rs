@@ -514,6 +514,9 @@ impl Dataplane for Flaky {
     ) -> Result<(), DataplaneError> {
         self.dp.set_own_macs(macs)
     }
+    fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError> {
+        self.dp.set_fragment_takers(takers)
+    }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
         self.dp.set_real(id, info)
     }

@@ -61,6 +61,22 @@ fn apply_installs_a_table_of_the_configured_reals() {
 }
 
 #[test]
+fn a_virtual_server_that_takes_fragments_is_found_by_address_and_protocol() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let reals = [("10.0.1.1", 1)];
+    r.apply(&cfg_with(
+        "    health_check: { type: none }\n    fragments: true\n",
+        &reals,
+    ))
+    .unwrap();
+    let taker = VsKey::new("10.0.0.100".parse().unwrap(), 0, 6);
+    assert_eq!(r.dp.frag_vs.get(&taker), Some(&80u16.to_be()));
+    assert!(r.dp.vs.contains_key(&key()), "its own entry as before");
+    r.apply(&cfg(&reals)).unwrap();
+    assert!(r.dp.frag_vs.is_empty(), "fragments off: the entry goes");
+}
+
+#[test]
 fn a_change_goes_to_the_idle_ring_and_flips() {
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
     r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();

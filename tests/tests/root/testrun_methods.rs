@@ -659,3 +659,128 @@ fn decap_unwraps_only_tunnelled_packets_for_configured_vips() {
     );
     assert_eq!(f.decap_count(DECAP_DONE), 2);
 }
+
+const FRAG_YAML: &str = "\
+interfaces: [lo]
+tunnel_source: [10.0.1.1, fd00:1::1]
+virtual_servers:
+  - { name: dns, address: 10.0.0.110, port: 53, protocol: udp, method: dr, fragments: true,
+      real_servers: [{ address: 10.0.1.31 }, { address: 10.0.1.32 }, { address: 10.0.1.33 }] }
+  - { name: ntp, address: 10.0.0.110, port: 123, protocol: udp, method: dr,
+      real_servers: [{ address: 10.0.1.34 }] }
+  - { name: web, address: 10.0.0.110, port: 80, protocol: tcp, method: dr,
+      real_servers: [{ address: 10.0.1.35 }] }
+  - { name: dns6, address: '2001:db8:f::110', port: 53, protocol: udp, method: tunnel,
+      fragments: true, real_servers: [{ address: 'fd00:9::31' }, { address: 'fd00:9::32' }] }
+";
+
+/// Splits the UDP datagram of `frame` (untagged IPv4) into two fragments, the first
+/// carrying `first` bytes of it (a multiple of 8).
+fn fragments_v4(frame: &[u8], first: usize, id: u16) -> [Vec<u8>; 2] {
+    let ip = &frame[14..];
+    let (src, dst): ([u8; 4], [u8; 4]) = (
+        ip[12..16].try_into().unwrap(),
+        ip[16..20].try_into().unwrap(),
+    );
+    let payload = &ip[20..];
+    let part = |data: &[u8], frag: u16| {
+        let mut f = frame[..14].to_vec();
+        f.extend_from_slice(&ipv4_header(0, 20 + data.len(), id, frag, 64, 17, src, dst));
+        f.extend_from_slice(data);
+        f
+    };
+    [
+        part(&payload[..first], 0x2000),
+        part(&payload[first..], (first / 8) as u16),
+    ]
+}
+
+#[test]
+fn every_fragment_of_a_datagram_reaches_the_same_real_v4_dr_and_v6_tunnel() {
+    let f = Fixture::new(FRAG_YAML);
+    let vip = [10, 0, 0, 110];
+    let mut reals = std::collections::HashSet::new();
+    for c in 1..=20u8 {
+        let client = [192, 0, 2, c];
+        let mut p = V4Packet::udp(client, 40000 + u16::from(c), vip, 53);
+        p.payload = vec![0x42; 3000];
+        let frame = p.build();
+        let real = f.predict("dns", &key(client.into(), 0, vip.into(), 0, 17));
+        reals.insert(real);
+        for (i, part) in fragments_v4(&frame, 1480, u16::from(c)).iter().enumerate() {
+            let r = f.run(part);
+            assert_eq!(r.action, XDP_TX, "client {c}, fragment {i}");
+            let mut want = part.clone();
+            want[0..6].copy_from_slice(&real_mac(real));
+            want[6..12].copy_from_slice(&LB_MAC);
+            assert_eq!(
+                r.out, want,
+                "client {c}, fragment {i}: to {real}, by addresses"
+            );
+        }
+    }
+    assert!(reals.len() >= 2, "clients spread over the reals: {reals:?}");
+
+    // A datagram in one piece is balanced by its ports as before.
+    let whole = V4Packet::udp([192, 0, 2, 1], 999, vip, 53).build();
+    let real = f.predict("dns", &key([192, 0, 2, 1].into(), 999, vip.into(), 53, 17));
+    let r = f.run(&whole);
+    assert_eq!(&r.out[0..6], &real_mac(real));
+
+    // Fragments of a protocol no virtual server at the address takes: the kernel's.
+    let mut tcp = V4Packet::tcp([192, 0, 2, 1], 999, vip, 80);
+    tcp.payload = vec![0; 64];
+    let mut frag = tcp.build();
+    frag[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    frag[24..26].copy_from_slice(&[0, 0]);
+    let c = tests::packet::csum(&frag[14..34]);
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    let r = f.run(&frag);
+    assert_eq!((r.action, &r.out), (XDP_PASS, &frag), "TCP fragment");
+    assert_eq!(f.verdicts(reason::PASS_FRAGMENT), 1);
+
+    // IPv6: a fragment header after the fixed one; tunnelled to one real by addresses.
+    let (client, vip6) = (v6("2001:db8:c::7"), v6("2001:db8:f::110"));
+    let mut p = V6Packet::udp(client, 4000, vip6, 53);
+    // Small enough to fit the 1500-byte path once tunnelled.
+    p.payload = vec![0x24; 2000];
+    let whole = p.build();
+    let datagram = &whole[54..];
+    let k = key(client.into(), 0, vip6.into(), 0, 17);
+    let real = f.predict("dns6", &k);
+    for (i, (chunk, off_flags)) in [(&datagram[..1232], 1u16), (&datagram[1232..], 1232)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut frame = eth(LB_MAC, [2, 0, 0, 0, 0, 0xcc], None, 0x86dd);
+        let mut fh = vec![17, 0];
+        fh.extend_from_slice(&off_flags.to_be_bytes());
+        fh.extend_from_slice(&7u32.to_be_bytes());
+        frame.extend_from_slice(&ipv6_header(
+            0,
+            0,
+            fh.len() + chunk.len(),
+            44,
+            64,
+            client,
+            vip6,
+        ));
+        frame.extend_from_slice(&fh);
+        frame.extend_from_slice(chunk);
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_REDIRECT, "IPv6 fragment {i}");
+        let inner = &frame[14..];
+        let mut want = eth(GW_MAC, FIB_MAC, None, 0x86dd);
+        want.extend_from_slice(&ipv6_header(
+            0,
+            flow_hash(&k) & 0xf_ffff,
+            inner.len(),
+            41,
+            64,
+            v6("fd00:1::1"),
+            v6of(real),
+        ));
+        want.extend_from_slice(inner);
+        assert_eq!(r.out, want, "IPv6 fragment {i}: tunnelled to {real}");
+    }
+}

@@ -16,6 +16,13 @@ pub type Call = (Request, oneshot::Sender<Response>);
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request line, in bytes, newline included. A request is a few hundred bytes;
+/// a longer line is answered with an error as soon as this much has arrived, so a
+/// client cannot make the daemon hold an unbounded line in memory.
+const REQUEST_MAX: usize = 64 * 1024;
+/// How long the answer may take to be written: a client that never reads it is cut off
+/// rather than holding its task and descriptor for ever.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bound control socket; the file is removed on drop.
 pub struct Socket {
@@ -61,8 +68,18 @@ pub fn listen(path: &Path) -> anyhow::Result<(Socket, mpsc::Receiver<Call>)> {
     let listener = bound.with_context(|| format!("control socket {}", path.display()))?;
     let (tx, rx) = mpsc::channel::<Call>(16);
     tokio::spawn(async move {
-        while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(serve_client(conn, tx.clone()));
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    tokio::spawn(serve_client(conn, tx.clone()));
+                }
+                // Out of descriptors, say: the socket must outlive it, so wait and
+                // accept again rather than leave the loop (and the socket unanswered).
+                Err(e) => {
+                    tracing::warn!("control socket: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     });
     Ok((
@@ -73,15 +90,25 @@ pub fn listen(path: &Path) -> anyhow::Result<(Socket, mpsc::Receiver<Call>)> {
     ))
 }
 
-/// Answers one control connection: a JSON request line in, a JSON line out.
+/// Answers one control connection: a JSON request line in, a JSON line out. A line
+/// that is not a request (not JSON, not UTF-8, an unknown command, too long) gets an
+/// error answer; a client that sends nothing within [`REQUEST_TIMEOUT`] is closed
+/// without one.
 async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
     let (read, mut write) = conn.into_split();
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(read);
-    let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+    let mut line = Vec::new();
+    let mut reader = tokio::io::BufReader::new(read.take(REQUEST_MAX as u64 + 1));
+    let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
     let resp = match got {
-        Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
+        Ok(Ok(0)) => return,
+        Ok(Ok(n)) if n > REQUEST_MAX => {
+            tracing::warn!("control socket: request longer than {REQUEST_MAX} bytes refused");
+            Response::error(format!(
+                "bad request: longer than {REQUEST_MAX} bytes without a newline"
+            ))
+        }
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send((req, tx)).await.is_err() {
@@ -92,13 +119,158 @@ async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
                     Err(_) => return,
                 }
             }
-            Err(e) => Response::error(format!("bad request: {e}")),
+            Err(e) => {
+                tracing::warn!("control socket: bad request refused: {e}");
+                Response::error(format!("bad request: {e}"))
+            }
         },
-        _ => return,
+        Ok(Err(e)) => {
+            tracing::debug!("control socket: reading a request: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("control socket: no request within {REQUEST_TIMEOUT:?}; closed");
+            return;
+        }
     };
     let mut text = serde_json::to_string(&resp).unwrap_or_else(|e| {
         format!("{{\"ok\":false,\"message\":\"cannot encode the answer: {e}\"}}")
     });
     text.push('\n');
-    let _ = write.write_all(text.as_bytes()).await;
+    let sent = tokio::time::timeout(ANSWER_TIMEOUT, write.write_all(text.as_bytes())).await;
+    if sent.is_err() {
+        tracing::debug!(
+            "control socket: the answer was not read within {ANSWER_TIMEOUT:?}; closed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::UnixStream,
+    };
+
+    use super::*;
+
+    /// Listens on a fresh socket with a fake daemon answering every request with
+    /// `answer`. Returns: the socket (removed on drop) and its directory, for the test
+    /// to remove.
+    fn server(answer: Response) -> (Socket, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "xdpvs-control-{}-{}",
+            std::process::id(),
+            next_id()
+        ));
+        let (socket, mut calls) = listen(&dir.join("s.sock")).unwrap();
+        tokio::spawn(async move {
+            while let Some((_, reply)) = calls.recv().await {
+                let _ = reply.send(answer.clone());
+            }
+        });
+        (socket, dir)
+    }
+
+    /// Returns: a number unique in this process, for directory names.
+    fn next_id() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends `raw` (without closing) and reads the one answer line. Returns: it.
+    async fn exchange(path: &Path, raw: &[u8]) -> String {
+        let mut c = UnixStream::connect(path).await.unwrap();
+        c.write_all(raw).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut out))
+            .await
+            .expect("answered at once")
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lines_that_are_not_requests_get_an_error_answer() {
+        let (s, dir) = server(Response::ok("fine"));
+        for (raw, says) in [
+            (&b"\xff\xfe garbage\n"[..], "bad request"),
+            (b"{not json\n", "bad request"),
+            (
+                br#"{"cmd":"format_disks"}"#,
+                "unknown variant `format_disks`",
+            ),
+        ] {
+            let raw = [raw, b"\n"].concat();
+            let out = exchange(s.path(), &raw).await;
+            let r: Response = serde_json::from_str(&out).unwrap();
+            assert!(!r.ok, "{out}");
+            assert!(r.message.unwrap().contains(says), "{out}");
+        }
+        let out = exchange(s.path(), b"{\"cmd\":\"status\"}\n").await;
+        assert_eq!(out, "{\"ok\":true,\"message\":\"fine\"}\n");
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_is_refused_once_it_passes_the_limit() {
+        let (s, dir) = server(Response::ok("fine"));
+        let mut c = UnixStream::connect(s.path()).await.unwrap();
+        let (mut read, mut write) = c.split();
+        let started = Instant::now();
+        // Up to 10 MB without a newline, the connection kept open: the answer must
+        // come once the limit is passed, not after the whole line or a timeout.
+        let send = async {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..160 {
+                if write.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let mut out = Vec::new();
+        let answer = async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3), async { tokio::join!(send, answer) })
+            .await
+            .expect("refused well before the request timeout");
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("longer than 65536 bytes"), "{out:?}");
+        assert!(started.elapsed() < REQUEST_TIMEOUT);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_its_answer_is_cut_off() {
+        // An answer far larger than the socket's buffers.
+        const BIG: usize = 8 << 20;
+        let (s, dir) = server(Response::ok("y".repeat(BIG)));
+        let mut c = UnixStream::connect(s.path()).await.unwrap();
+        c.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+        tokio::time::sleep(ANSWER_TIMEOUT + Duration::from_secs(1)).await;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+            .await
+            .expect("closed by the daemon")
+            .unwrap();
+        assert!(
+            out.len() < BIG,
+            "the whole answer waited for the client ({} bytes)",
+            out.len()
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -4,6 +4,7 @@
 //! (BPF_PROG_TEST_RUN) with maps filled by the daemon's own code; `e2e_*` run the
 //! `xdpvs` binary between network namespaces with real servers and clients.
 
+mod e2e_abuse;
 mod e2e_announce;
 mod e2e_control;
 mod e2e_dr;

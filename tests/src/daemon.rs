@@ -104,6 +104,12 @@ impl Daemon {
         d
     }
 
+    /// Returns: the daemon's process id (`ip netns exec` execs it: same process), while
+    /// it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

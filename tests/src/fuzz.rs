@@ -693,7 +693,14 @@ fn mutate(t: &[u8], rng: &mut Rng) -> Vec<u8> {
         }
         // A random EtherType.
         _ => {
-            let et = [0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806, rng.next_u64() as u16][rng.below(6)];
+            let et = [
+                0x0800u16,
+                0x86dd,
+                0x8100,
+                0x88a8,
+                0x0806,
+                rng.next_u64() as u16,
+            ][rng.below(6)];
             f[12..14].copy_from_slice(&et.to_be_bytes());
         }
     }

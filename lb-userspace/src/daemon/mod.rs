@@ -15,6 +15,7 @@
 //! it added.
 
 mod host;
+pub mod privilege;
 mod requests;
 mod routes;
 pub mod views;
@@ -193,6 +194,9 @@ impl Daemon {
         let (socket, calls) = control::server::listen(&config.control_socket)?;
         self.socket = Some(socket);
         let scrapes = self.listen_metrics(config.metrics_listen).await?;
+        // Everything that needs more than CAP_NET_ADMIN is behind us (decision 0007).
+        privilege::drop_to_kept().context("dropping privileges after start-up")?;
+        tracing::info!(kept = %privilege::kept_names(), no_new_privs = true, "privileges dropped: every other capability is gone from the effective, permitted and bounding sets");
         tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), probed_reals = self.health.len(), control_socket = %config.control_socket.display(), "xdpvs running");
         notify_ready();
         self.serve(calls, scrapes).await
@@ -315,6 +319,8 @@ impl Daemon {
             ));
         }
         let names: Vec<&String> = self.host.attached().iter().map(|i| &i.name).collect();
+        // Runs with CAP_NET_ADMIN only (`privilege`): what would need more (attaching
+        // to new interfaces, new sockets, new pins or map sizes) waits for a restart.
         if config.interfaces.iter().collect::<Vec<_>>() != names {
             tracing::warn!("interface changes take effect on restart; other changes are applied");
         }

@@ -44,7 +44,7 @@ tunnel_source: [10.0.1.1, fd00:1::1]
 virtual_servers:
   - { name: dr4, address: 10.0.0.100, port: 80, protocol: tcp, method: dr,
       real_servers: [{ address: 10.0.1.11 }, { address: 10.0.1.12 }] }
-  - { name: dr4u, address: 10.0.0.100, port: 53, protocol: udp, method: dr,
+  - { name: dr4u, address: 10.0.0.100, port: 53, protocol: udp, method: dr, fragments: true,
       real_servers: [{ address: 10.0.1.13 }] }
   - { name: nat4, address: 10.0.0.101, port: 80, protocol: tcp, method: nat,
       real_servers: [{ address: 10.0.1.21, port: 8080 }, { address: 10.0.1.22, port: 8080 }] }
@@ -57,7 +57,7 @@ virtual_servers:
   - { name: nat6, address: '2001:db8:f::101', port: 80, protocol: tcp, method: nat,
       real_servers: [{ address: 'fd00:1::21', port: 8080 }] }
   - { name: tun6, address: '2001:db8:f::102', port: 80, protocol: tcp, method: tunnel,
-      real_servers: [{ address: 'fd00:9::11' }] }
+      fragments: true, real_servers: [{ address: 'fd00:9::11' }] }
 ";
 
 /// A virtual server as the oracle knows it.
@@ -67,6 +67,7 @@ struct Vs {
     port: u16,
     proto: u8,
     method: Method,
+    fragments: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +164,7 @@ impl Fuzzer {
                     xdpvs::config::Method::Nat => Method::Nat,
                     xdpvs::config::Method::Tunnel => Method::Tunnel,
                 },
+                fragments: v.fragments,
             })
             .collect();
         let mut f = Self {
@@ -297,6 +299,24 @@ impl Fuzzer {
                 .iter()
                 .find(|v| v.addr == addr && v.port == port && v.proto == proto)
         };
+        // Fragments, and errors quoting one, go by addresses to the taker, if any.
+        let taker = |addr: IpAddr, proto: u8| {
+            let vs = self
+                .vss
+                .iter()
+                .find(|v| v.addr == addr && v.proto == proto && v.fragments)?;
+            match vs.method {
+                Method::Dr => Some(Forward::Dr),
+                Method::Tunnel if !vlan => Some(Forward::Tunnel),
+                _ => None,
+            }
+        };
+        if ip.frag {
+            return match ip.proto {
+                6 | 17 => taker(ip.dst, ip.proto),
+                _ => None,
+            };
+        }
         match ip.proto {
             6 | 17 => {
                 let (sport, dport) = (be16(frame, ip.l4)?, be16(frame, ip.l4 + 2)?);
@@ -332,6 +352,9 @@ impl Fuzzer {
                 let inner = parse_quoted(frame, ip.l4 + 8, inner_type)?;
                 if !matches!(inner.proto, 6 | 17) || inner.src != ip.dst {
                     return None;
+                }
+                if inner.frag {
+                    return taker(inner.src, inner.proto);
                 }
                 let sport = be16(frame, inner.l4)?;
                 let dport = be16(frame, inner.l4 + 2)?;
@@ -468,6 +491,8 @@ fn hex(f: &[u8]) -> String {
 
 /// An IP header as the oracle reads it.
 struct Ip {
+    /// A fragment (IPv4 flags/offset, or an IPv6 fragment header first).
+    frag: bool,
     v4: bool,
     src: IpAddr,
     dst: IpAddr,
@@ -484,10 +509,11 @@ fn parse_ip(f: &[u8], l3: usize, ethertype: u16) -> Option<Ip> {
             let ihl = usize::from(h[0] & 0x0f) * 4;
             let tot = usize::from(u16::from_be_bytes([h[2], h[3]]));
             let frag = u16::from_be_bytes([h[6], h[7]]);
-            if h[0] >> 4 != 4 || ihl < 20 || tot < ihl || l3 + tot > f.len() || frag & 0x3fff != 0 {
+            if h[0] >> 4 != 4 || ihl < 20 || tot < ihl || l3 + tot > f.len() {
                 return None;
             }
             Some(Ip {
+                frag: frag & 0x3fff != 0,
                 v4: true,
                 src: IpAddr::from(<[u8; 4]>::try_from(&h[12..16]).ok()?),
                 dst: IpAddr::from(<[u8; 4]>::try_from(&h[16..20]).ok()?),
@@ -498,15 +524,27 @@ fn parse_ip(f: &[u8], l3: usize, ethertype: u16) -> Option<Ip> {
         0x86dd => {
             let h = f.get(l3..l3 + 40)?;
             let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
-            if h[0] >> 4 != 6 || l3 + 40 + payload > f.len() || !matches!(h[6], 6 | 17 | 58) {
+            if h[0] >> 4 != 6 || l3 + 40 + payload > f.len() {
+                return None;
+            }
+            let (frag, proto, l4) = match h[6] {
+                6 | 17 | 58 => (false, h[6], l3 + 40),
+                44 => {
+                    f.get(l3 + 41)?;
+                    (true, f[l3 + 40], l3 + 48)
+                }
+                _ => return None,
+            };
+            if frag && !matches!(proto, 6 | 17) {
                 return None;
             }
             Some(Ip {
+                frag,
                 v4: false,
                 src: IpAddr::from(<[u8; 16]>::try_from(&h[8..24]).ok()?),
                 dst: IpAddr::from(<[u8; 16]>::try_from(&h[24..40]).ok()?),
-                proto: h[6],
-                l4: l3 + 40,
+                proto,
+                l4,
             })
         }
         _ => None,
@@ -520,10 +558,11 @@ fn parse_quoted(f: &[u8], off: usize, ethertype: u16) -> Option<Ip> {
         let h = f.get(off..off + 20)?;
         let ihl = usize::from(h[0] & 0x0f) * 4;
         let frag = u16::from_be_bytes([h[6], h[7]]);
-        if h[0] >> 4 != 4 || ihl < 20 || frag & 0x1fff != 0 {
+        if h[0] >> 4 != 4 || ihl < 20 {
             return None;
         }
         Some(Ip {
+            frag: frag & 0x3fff != 0,
             v4: true,
             src: IpAddr::from(<[u8; 4]>::try_from(&h[12..16]).ok()?),
             dst: IpAddr::from(<[u8; 4]>::try_from(&h[16..20]).ok()?),
@@ -532,12 +571,19 @@ fn parse_quoted(f: &[u8], off: usize, ethertype: u16) -> Option<Ip> {
         })
     } else {
         let h = f.get(off..off + 40)?;
+        let (frag, proto, l4) = if h[6] == 44 {
+            f.get(off + 41)?;
+            (true, f[off + 40], off + 48)
+        } else {
+            (false, h[6], off + 40)
+        };
         Some(Ip {
+            frag,
             v4: false,
             src: IpAddr::from(<[u8; 16]>::try_from(&h[8..24]).ok()?),
             dst: IpAddr::from(<[u8; 16]>::try_from(&h[24..40]).ok()?),
-            proto: h[6],
-            l4: off + 40,
+            proto,
+            l4,
         })
     }
 }

@@ -17,10 +17,15 @@ use crate::{
 #[inline(always)]
 pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx)?;
-    if p.frag {
+    if p.frag && !p.icmp {
         return fragment(ctx, &p);
     }
-    let Some(vs) = virtual_server(&p.key) else {
+    let vs = if p.frag {
+        fragment_taker(&p.key)
+    } else {
+        virtual_server(&p.key)
+    };
+    let Some(vs) = vs else {
         if p.icmp {
             // Maybe a NAT real's error about a flow, on its way to the client.
             let (verdict, vs_index) = forward::nat::icmp_from_real(ctx, &p)?;
@@ -58,23 +63,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
 /// servers that do not take them, are passed to the kernel.
 #[inline(always)]
 fn fragment(ctx: &XdpContext, p: &parse::Parsed) -> Result<Verdict, Verdict> {
-    let frag_key = VsKey {
-        addr: p.key.dst,
-        port_be: 0,
-        proto: p.key.proto,
-        family: p.key.family,
-    };
-    // SAFETY: hash map value, copied out at once.
-    let port = unsafe { FRAG_VS.get(&frag_key) }.copied();
-    let vs = port.and_then(|port| {
-        let key = VsKey {
-            port_be: port as u16,
-            ..frag_key
-        };
-        // SAFETY: as in `virtual_server`.
-        unsafe { VS_MAP.get(&key) }
-    });
-    let Some(vs) = vs else {
+    let Some(vs) = fragment_taker(&p.key) else {
         return Err(Verdict::pass(reason::PASS_FRAGMENT));
     };
     l2::addressed_here(ctx)?;
@@ -90,6 +79,26 @@ fn fragment(ctx: &XdpContext, p: &parse::Parsed) -> Result<Verdict, Verdict> {
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
     Ok(verdict)
+}
+
+/// Returns: the virtual server at `key`'s destination address and protocol that takes
+/// fragments, if one does.
+#[inline(always)]
+fn fragment_taker(key: &FlowKey) -> Option<&'static VsInfo> {
+    let frag_key = VsKey {
+        addr: key.dst,
+        port_be: 0,
+        proto: key.proto,
+        family: key.family,
+    };
+    // SAFETY: hash map value, copied out at once.
+    let port = unsafe { FRAG_VS.get(&frag_key) }.copied()?;
+    let vs_key = VsKey {
+        port_be: port as u16,
+        ..frag_key
+    };
+    // SAFETY: as in `virtual_server`.
+    unsafe { VS_MAP.get(&vs_key) }
 }
 
 /// Forwards an ICMP error about a flow of `vs` to the real that serves the flow, by the

@@ -41,7 +41,7 @@ pub struct Parsed {
     /// An ICMP error: `key` is the flow of the packet it quotes (client -> VIP), and
     /// `l4_off` the ICMP header's offset.
     pub icmp: bool,
-    /// A fragment: `key` has both ports zero.
+    /// A fragment, or an ICMP error quoting one: `key` has both ports zero.
     pub frag: bool,
     /// ICMP error: offsets of the quoted packet's IP header and of its ports.
     pub inner_l3: usize,
@@ -154,7 +154,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         });
     }
     if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
-        let (key, inner_l4) = quoted_flow(ctx, &key, l4_off)?;
+        let (key, inner_l4, frag) = quoted_flow(ctx, &key, l4_off)?;
         return Ok(Parsed {
             key,
             l3_off,
@@ -162,7 +162,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             ip_len,
             vlan: l3_off != ETH_HLEN,
             len,
-            frag: false,
+            frag,
             icmp: true,
             inner_l3: l4_off + ICMP_ERR_HLEN,
             inner_l4,
@@ -209,7 +209,7 @@ fn quoted_flow(
     ctx: &XdpContext,
     outer: &FlowKey,
     icmp_off: usize,
-) -> Result<(FlowKey, usize), Verdict> {
+) -> Result<(FlowKey, usize, bool), Verdict> {
     let not_ours = pass(reason::PASS_NOT_VS);
     // Type and code, read together: a one-byte bounds check compiles to a comparison
     // the verifier cannot use.
@@ -221,6 +221,9 @@ fn quoted_flow(
         family: outer.family,
         ..FlowKey::default()
     };
+    // A quoted fragment (of a datagram a virtual server that takes fragments
+    // answered) is keyed by addresses only, as its datagram was balanced.
+    let mut fragment = false;
     let ports_off = if outer.family == FAMILY_V4 {
         // Destination unreachable (fragmentation needed among them), time exceeded,
         // parameter problem.
@@ -239,9 +242,10 @@ fn quoted_flow(
             )
         };
         let hlen = ((ver_ihl & 0x0f) as usize) * 4;
-        if ver_ihl >> 4 != 4 || hlen < 20 || frag & 0x1fff != 0 {
+        if ver_ihl >> 4 != 4 || hlen < 20 {
             return Err(not_ours);
         }
+        fragment = frag & 0x3fff != 0;
         key.proto = proto;
         key.src[0] = dst;
         key.dst[0] = src;
@@ -258,10 +262,21 @@ fn quoted_flow(
             key.src = (*ip).dst;
             key.dst = (*ip).src;
         }
-        inner_off + IPV6_HLEN
+        let mut off = inner_off + IPV6_HLEN;
+        if key.proto == IPPROTO_FRAGMENT {
+            let fh: *const [u8; 2] = ptr_at(ctx, off).ok_or(not_ours)?;
+            // SAFETY: bounds checked by ptr_at.
+            key.proto = unsafe { (*fh)[0] };
+            fragment = true;
+            off += IPV6_FRAG_HLEN;
+        }
+        off
     };
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP || key.dst != outer.dst {
         return Err(not_ours);
+    }
+    if fragment {
+        return Ok((key, ports_off, true));
     }
     let ports: *const [u16; 2] = ptr_at(ctx, ports_off).ok_or(not_ours)?;
     // SAFETY: bounds checked by ptr_at.
@@ -269,7 +284,7 @@ fn quoted_flow(
         key.sport_be = (*ports)[1];
         key.dport_be = (*ports)[0];
     }
-    Ok((key, ports_off))
+    Ok((key, ports_off, false))
 }
 
 /// Returns: the offset of the TCP or UDP checksum field.

@@ -88,6 +88,28 @@ impl Drop for Netns {
     }
 }
 
+/// Returns: the destinations of the routes xdpvs announces VIPs with in `ns`: its
+/// blackhole routes of protocol 250 in `table` (`ip route show table N proto 250`;
+/// a table that never held a route does not exist, and has none).
+pub fn announced(ns: &Netns, table: u32) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", &ns.name, "route", "show", "table"])
+        .arg(table.to_string())
+        .args(["proto", "250"])
+        .output()
+        .expect("ip route");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || err.contains("FIB table does not exist"),
+        "{}: ip route show table {table}: {err}",
+        ns.name
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("blackhole ").map(|d| d.trim().to_string()))
+        .collect()
+}
+
 /// Creates a veth pair `a`/`b`, moves each end into its namespace, sets both up and
 /// turns transmit checksum offload off (an XDP-forwarded frame must carry a complete
 /// checksum: veth otherwise hands over partial ones).

@@ -276,44 +276,34 @@ impl V6Packet {
 pub fn icmp4_too_big(frame: &[u8], mtu: u16, quote: usize) -> Vec<u8> {
     let ip = &frame[14..];
     let quote = quote.min(ip.len());
-    let mut icmp = vec![3, 4, 0, 0, 0, 0];
-    icmp.extend_from_slice(&mtu.to_be_bytes());
-    icmp.extend_from_slice(&ip[..quote]);
-    let c = csum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let src: [u8; 4] = ip[16..20].try_into().expect("4");
-    let dst: [u8; 4] = ip[12..16].try_into().expect("4");
-    let mut f = eth(
+    let mut rest = [0u8; 4];
+    rest[2..].copy_from_slice(&mtu.to_be_bytes());
+    icmp4_error(
         frame[6..12].try_into().expect("6"),
         frame[0..6].try_into().expect("6"),
-        None,
-        0x0800,
-    );
-    f.extend_from_slice(&ipv4_header(0xc0, 20 + icmp.len(), 0, 0, 64, 1, src, dst));
-    f.extend_from_slice(&icmp);
-    f
+        ip[16..20].try_into().expect("4"),
+        ip[12..16].try_into().expect("4"),
+        3,
+        4,
+        rest,
+        &ip[..quote],
+    )
 }
 
 /// The ICMPv6 "packet too big" (2/0) answer to `frame` (IPv6), as for IPv4.
 pub fn icmp6_too_big(frame: &[u8], mtu: u32, quote: usize) -> Vec<u8> {
     let ip = &frame[14..];
     let quote = quote.min(ip.len());
-    let src: [u8; 16] = ip[24..40].try_into().expect("16");
-    let dst: [u8; 16] = ip[8..24].try_into().expect("16");
-    let mut icmp = vec![2, 0, 0, 0];
-    icmp.extend_from_slice(&mtu.to_be_bytes());
-    icmp.extend_from_slice(&ip[..quote]);
-    let c = pseudo_csum(&src, &dst, 58, &icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut f = eth(
+    icmp6_error(
         frame[6..12].try_into().expect("6"),
         frame[0..6].try_into().expect("6"),
-        None,
-        0x86dd,
-    );
-    f.extend_from_slice(&ipv6_header(0, 0, icmp.len(), 58, 255, src, dst));
-    f.extend_from_slice(&icmp);
-    f
+        ip[24..40].try_into().expect("16"),
+        ip[8..24].try_into().expect("16"),
+        2,
+        0,
+        mtu.to_be_bytes(),
+        &ip[..quote],
+    )
 }
 
 /// An ICMPv4 error frame from `smac` to `dmac`, `src` to `dst`: `kind`, `code`, the

@@ -146,22 +146,9 @@ impl Node {
         self.bird = Some(Bird::start(&self.ns, &self.bird_config, &socket, &log));
     }
 
-    /// Returns: the routes xdpvs keeps in the announce table (`ip route show table N
-    /// proto 250`; a table that never held a route does not exist and has none).
-    pub fn announced(&self) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.ns.name, "route", "show", "table"])
-            .arg(ANNOUNCE_TABLE.to_string())
-            .args(["proto", "250"])
-            .output()
-            .expect("ip route");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || err.contains("FIB table does not exist"),
-            "node{}: ip route show table {ANNOUNCE_TABLE}: {err}",
-            self.n
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// Returns: the VIPs xdpvs announces in the node's announce table.
+    pub fn announced(&self) -> Vec<String> {
+        crate::netns::announced(&self.ns, ANNOUNCE_TABLE)
     }
 
     /// `xdpvs teardown` of the node's instance, by name and pin path.

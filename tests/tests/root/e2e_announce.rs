@@ -15,32 +15,9 @@ use tests::{
 
 const TABLE: &str = "4242";
 
-/// Returns: the destinations of xdpvs's routes in the announce table of `lab`'s
-/// balancer (`ip route show table 4242 proto 250`; a table that never held a route
-/// does not exist, and has none).
+/// Returns: the destinations of xdpvs's routes in the balancer's announce table.
 fn announced(lab: &Lab) -> Vec<String> {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &lab.lb.name,
-            "route",
-            "show",
-            "table",
-            TABLE,
-            "proto",
-            "250",
-        ])
-        .output()
-        .expect("ip route");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() || err.contains("FIB table does not exist"),
-        "ip route show table {TABLE}: {err}"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("blackhole ").map(|d| d.trim().to_string()))
-        .collect()
+    tests::netns::announced(&lab.lb, TABLE.parse().expect("table"))
 }
 
 /// Polls until the VIP's route is in the table (`want`) or not. Panics with the log.

@@ -104,25 +104,9 @@ fn real(s: &Value, vs: &str, addr: IpAddr) -> Option<Value> {
         .cloned()
 }
 
-/// Returns: the destinations of xdpvs's routes in the announce table of the balancer.
+/// Returns: the destinations of xdpvs's routes in the balancer's announce table.
 fn announced(lab: &Lab) -> Vec<String> {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &lab.lb.name,
-            "route",
-            "show",
-            "table",
-            TABLE,
-            "proto",
-            "250",
-        ])
-        .output()
-        .expect("ip route");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("blackhole ").map(|d| d.trim().to_string()))
-        .collect()
+    tests::netns::announced(&lab.lb, TABLE.parse().expect("table"))
 }
 
 /// Returns: whether `a` is an address of the balancer's first interface.

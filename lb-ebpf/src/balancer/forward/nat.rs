@@ -140,11 +140,10 @@ pub fn forward(
     Ok(transmit(ctx, hop.ifindex))
 }
 
-/// Restores VIP:port as the source of a reply from a real, if `p` is one.
-/// Returns: the verdict (a packet that is no NAT reply is passed untouched), and the
-/// virtual server index of a restored reply.
+/// Returns: the NAT state of the flow whose reply direction `p.key` is, for a frame
+/// addressed to this host; a pass verdict when NAT is off or there is none.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
+fn reply_state(ctx: &XdpContext, p: &Parsed) -> Result<NatState, Verdict> {
     if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
         return Err(Verdict::pass(reason::PASS_NOT_VS));
     }
@@ -154,9 +153,19 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
     };
     addressed_here(ctx)?;
-    if !l4_complete(ctx, p) {
-        return Err(Verdict::drop(reason::DROP_MALFORMED));
-    }
+    Ok(state)
+}
+
+/// Sends `p` on to its client once `restore` has made it the VIP's, counted under
+/// `reason`. Returns: the verdict and the virtual server index.
+#[inline(always)]
+fn to_client(
+    ctx: &XdpContext,
+    p: &Parsed,
+    state: &NatState,
+    reason: u32,
+    restore: impl FnOnce() -> Option<()>,
+) -> Result<(Verdict, u32), Verdict> {
     if p.vlan {
         return Err(Verdict::drop(reason::DROP_VLAN));
     }
@@ -168,16 +177,30 @@ pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
         state.vport_be,
         p.key.dport_be,
     )?;
-    rewrite(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(Verdict::internal())?;
+    restore().ok_or(Verdict::internal())?;
     set_macs(ctx, hop.dmac, hop.smac)?;
     let v = transmit(ctx, hop.ifindex);
     Ok((
         Verdict {
             action: v.action,
-            reason: reason::FWD_NAT_REPLY,
+            reason,
         },
         state.vs_index,
     ))
+}
+
+/// Restores VIP:port as the source of a reply from a real, if `p` is one.
+/// Returns: the verdict (a packet that is no NAT reply is passed untouched), and the
+/// virtual server index of a restored reply.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
+    let state = reply_state(ctx, p)?;
+    if !l4_complete(ctx, p) {
+        return Err(Verdict::drop(reason::DROP_MALFORMED));
+    }
+    to_client(ctx, p, &state, reason::FWD_NAT_REPLY, || {
+        rewrite(ctx, p, End::Src, &state.vip, state.vport_be)
+    })
 }
 
 /// Translates an ICMP error about a NAT flow in place. `outer` is the end of the outer
@@ -300,36 +323,10 @@ fn translate_error(
 /// is about no NAT flow.
 #[inline(always)]
 pub fn icmp_from_real(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
-    if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
-        return Err(Verdict::pass(reason::PASS_NOT_VS));
-    }
-    // SAFETY: LRU hash value, copied out at once.
-    let state = match unsafe { NAT_STATE.get(&p.key) } {
-        Some(s) => *s,
-        None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
-    };
-    addressed_here(ctx)?;
-    if p.vlan {
-        return Err(Verdict::drop(reason::DROP_VLAN));
-    }
-    let hop = route(
-        ctx,
-        p,
-        &state.vip,
-        &p.key.dst,
-        state.vport_be,
-        p.key.dport_be,
-    )?;
-    translate_error(ctx, p, End::Src, &state.vip, state.vport_be).ok_or(Verdict::internal())?;
-    set_macs(ctx, hop.dmac, hop.smac)?;
-    let v = transmit(ctx, hop.ifindex);
-    Ok((
-        Verdict {
-            action: v.action,
-            reason: reason::FWD_ICMP_ERROR,
-        },
-        state.vs_index,
-    ))
+    let state = reply_state(ctx, p)?;
+    to_client(ctx, p, &state, reason::FWD_ICMP_ERROR, || {
+        translate_error(ctx, p, End::Src, &state.vip, state.vport_be)
+    })
 }
 
 /// Sends an ICMP error about a NAT flow, addressed to the VIP (a router's "too big"

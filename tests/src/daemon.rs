@@ -151,3 +151,38 @@ impl Drop for Daemon {
         self.stop();
     }
 }
+
+/// Runs `xdpvs <args>` in `ns`, as an operator would (`ip netns exec`).
+/// Returns: its exit code, stdout and stderr.
+pub fn cli(ns: &Netns, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(binary())
+        .args(args)
+        .output()
+        .expect("running xdpvs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Takes `instance` (pinned under `pin_path`) off the host from `ns` with `xdpvs
+/// teardown` by name and pin path (a test may have left a broken file), on a lab's
+/// drop: a failure is reported, not raised, and a state file it left is removed.
+pub fn teardown(ns: &Netns, instance: &str, pin_path: &Path) {
+    let pin_path = pin_path.display().to_string();
+    let (code, out, err) = cli(
+        ns,
+        &["teardown", "--instance", instance, "--pin-path", &pin_path],
+    );
+    if code != Some(0) {
+        eprintln!("{instance}: xdpvs teardown exited {code:?}: {out}{err}");
+    }
+    let state = Path::new("/run/xdpvs").join(format!("{instance}.state.json"));
+    if state.exists() {
+        eprintln!("{instance}: removing the state file teardown left");
+        let _ = std::fs::remove_file(state);
+    }
+}

@@ -221,17 +221,7 @@ impl Node {
     }
 
     fn xdpvs(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(daemon::binary())
-            .args(args)
-            .output()
-            .expect("running xdpvs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        daemon::cli(&self.ns, args)
     }
 
     /// Returns: whether `xdpvs ready --quiet` passes here (what keepalived runs).
@@ -291,22 +281,7 @@ impl Node {
 
     /// `xdpvs teardown` of the node's instance, by name and pin path.
     fn teardown(&self) {
-        let pin_path = self.bpffs.path.display().to_string();
-        let (code, out, err) = self.xdpvs(&[
-            "teardown",
-            "--instance",
-            &self.instance,
-            "--pin-path",
-            &pin_path,
-        ]);
-        if code != Some(0) {
-            eprintln!(
-                "{} ({}): xdpvs teardown exited {code:?}: {out}{err}",
-                self.name, self.instance
-            );
-        }
-        let state = Path::new("/run/xdpvs").join(format!("{}.state.json", self.instance));
-        let _ = std::fs::remove_file(state);
+        daemon::teardown(&self.ns, &self.instance, &self.bpffs.path);
     }
 }
 

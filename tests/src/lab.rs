@@ -497,43 +497,13 @@ impl Lab {
     /// Runs `xdpvs <args>` in the balancer's namespace.
     /// Returns: its exit code, stdout and stderr.
     pub fn xdpvs(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.lb.name])
-            .arg(crate::daemon::binary())
-            .args(args)
-            .output()
-            .expect("running xdpvs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        crate::daemon::cli(&self.lb, args)
     }
 
     /// `xdpvs teardown` of the lab's instance, named by instance and pin path (a test
     /// may have left a broken file behind). Whatever it leaves, the bpffs goes on drop.
     fn teardown_on_drop(&self) {
-        let pin_path = self.bpffs.path.display().to_string();
-        let (code, out, err) = self.xdpvs(&[
-            "teardown",
-            "--instance",
-            &self.instance,
-            "--pin-path",
-            &pin_path,
-        ]);
-        if code != Some(0) {
-            eprintln!(
-                "lab {}: xdpvs teardown exited {code:?}: {out}{err}",
-                self.instance
-            );
-        }
-        if self.state_file().exists() {
-            eprintln!(
-                "lab {}: removing the state file teardown left",
-                self.instance
-            );
-            let _ = std::fs::remove_file(self.state_file());
-        }
+        crate::daemon::teardown(&self.lb, &self.instance, &self.bpffs.path);
     }
 
     /// Polls through the VIP until each of `reals` (0-based) has answered (its probe made

@@ -4,8 +4,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     time::Duration,
 };
 
@@ -47,17 +46,7 @@ pub struct Node {
 impl Node {
     /// Runs `xdpvs <args>` in the node's namespace. Returns: exit code, stdout, stderr.
     pub fn xdpvs(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(daemon::binary())
-            .args(args)
-            .output()
-            .expect("running xdpvs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        daemon::cli(&self.ns, args)
     }
 
     /// Runs `xdpvs <args> --socket <the node's>`. Returns: exit code, stdout, stderr.
@@ -153,22 +142,7 @@ impl Node {
 
     /// `xdpvs teardown` of the node's instance, by name and pin path.
     fn teardown_on_drop(&self) {
-        let pin_path = self.bpffs.path.display().to_string();
-        let (code, out, err) = self.xdpvs(&[
-            "teardown",
-            "--instance",
-            &self.instance,
-            "--pin-path",
-            &pin_path,
-        ]);
-        if code != Some(0) {
-            eprintln!("node{}: xdpvs teardown exited {code:?}: {out}{err}", self.n);
-        }
-        let state = Path::new("/run/xdpvs").join(format!("{}.state.json", self.instance));
-        if state.exists() {
-            eprintln!("node{}: removing the state file teardown left", self.n);
-            let _ = std::fs::remove_file(state);
-        }
+        daemon::teardown(&self.ns, &self.instance, &self.bpffs.path);
     }
 }
 

@@ -324,6 +324,48 @@ fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
     assert_eq!(r.out, icmp6_too_big(&big6, 1460, 128));
 }
 
+/// Returns: `frame` as direct routing sends it to `real`: only the MACs rewritten.
+fn dr_to(frame: &[u8], real: IpAddr) -> Vec<u8> {
+    let mut w = frame.to_vec();
+    w[0..6].copy_from_slice(&real_mac(real));
+    w[6..12].copy_from_slice(&LB_MAC);
+    w
+}
+
+/// Returns: the IP packet of `frame` as the tunnel sends it to `real` through the
+/// fixture's router: IPIP from the IPv4 tunnel source with `tos` copied and DF, or
+/// IPv6-in-IPv6 with the flow label of `k`.
+fn tunnelled(frame: &[u8], real: IpAddr, k: &FlowKey, tos: u8) -> Vec<u8> {
+    let inner = &frame[14..];
+    let mut w;
+    if real.is_ipv4() {
+        w = eth(GW_MAC, FIB_MAC, None, 0x0800);
+        w.extend_from_slice(&ipv4_header(
+            tos,
+            20 + inner.len(),
+            0,
+            0x4000,
+            64,
+            4,
+            TUN_SRC4,
+            v4(real),
+        ));
+    } else {
+        w = eth(GW_MAC, FIB_MAC, None, 0x86dd);
+        w.extend_from_slice(&ipv6_header(
+            tos,
+            flow_hash(k) & 0xf_ffff,
+            inner.len(),
+            41,
+            64,
+            v6("fd00:1::1"),
+            v6of(real),
+        ));
+    }
+    w.extend_from_slice(inner);
+    w
+}
+
 /// Returns: the connection table's entries.
 fn flow_entries(f: &Fixture) -> u64 {
     use xdpvs::dataplane::{DataplaneRead as _, FlowReader as _};
@@ -347,30 +389,15 @@ fn icmp_errors_about_dr_and_tunnel_flows_reach_the_flows_real_v4_and_v6() {
             }
             .build();
             let err = icmp4_too_big(&reply, 1280, 28);
-            let real = f.predict(vs, &key(CLIENT4.into(), sport, vip.into(), 80, PROTO_TCP));
+            let k = key(CLIENT4.into(), sport, vip.into(), 80, PROTO_TCP);
+            let real = f.predict(vs, &k);
             let r = f.run(&err);
             let want = if vs == "dr4" {
                 assert_eq!(r.action, XDP_TX, "{vs} {sport}");
-                let mut w = err.clone();
-                w[0..6].copy_from_slice(&real_mac(real));
-                w[6..12].copy_from_slice(&LB_MAC);
-                w
+                dr_to(&err, real)
             } else {
                 assert_eq!(r.action, XDP_REDIRECT, "{vs} {sport}");
-                let inner = &err[14..];
-                let mut w = eth(GW_MAC, FIB_MAC, None, 0x0800);
-                w.extend_from_slice(&ipv4_header(
-                    0xc0,
-                    20 + inner.len(),
-                    0,
-                    0x4000,
-                    64,
-                    4,
-                    TUN_SRC4,
-                    v4(real),
-                ));
-                w.extend_from_slice(inner);
-                w
+                tunnelled(&err, real, &k, 0xc0)
             };
             assert_eq!(r.out, want, "{vs} sport {sport}: the error goes to {real}");
         }
@@ -393,25 +420,10 @@ fn icmp_errors_about_dr_and_tunnel_flows_reach_the_flows_real_v4_and_v6() {
         let r = f.run(&err);
         let want = if vs == "dr6" {
             assert_eq!(r.action, XDP_TX, "{vs}");
-            let mut w = err.clone();
-            w[0..6].copy_from_slice(&real_mac(real));
-            w[6..12].copy_from_slice(&LB_MAC);
-            w
+            dr_to(&err, real)
         } else {
             assert_eq!(r.action, XDP_REDIRECT, "{vs}");
-            let inner = &err[14..];
-            let mut w = eth(GW_MAC, FIB_MAC, None, 0x86dd);
-            w.extend_from_slice(&ipv6_header(
-                0,
-                flow_hash(&k) & 0xf_ffff,
-                inner.len(),
-                41,
-                64,
-                v6("fd00:1::1"),
-                v6of(real),
-            ));
-            w.extend_from_slice(inner);
-            w
+            tunnelled(&err, real, &k, 0)
         };
         assert_eq!(r.out, want, "{vs}: the error goes to {real}");
     }
@@ -710,9 +722,7 @@ fn every_fragment_of_a_datagram_reaches_the_same_real_v4_dr_and_v6_tunnel() {
         for (i, part) in fragments_v4(&frame, 1480, u16::from(c)).iter().enumerate() {
             let r = f.run(part);
             assert_eq!(r.action, XDP_TX, "client {c}, fragment {i}");
-            let mut want = part.clone();
-            want[0..6].copy_from_slice(&real_mac(real));
-            want[6..12].copy_from_slice(&LB_MAC);
+            let want = dr_to(part, real);
             assert_eq!(
                 r.out, want,
                 "client {c}, fragment {i}: to {real}, by addresses"
@@ -769,18 +779,7 @@ fn every_fragment_of_a_datagram_reaches_the_same_real_v4_dr_and_v6_tunnel() {
         frame.extend_from_slice(chunk);
         let r = f.run(&frame);
         assert_eq!(r.action, XDP_REDIRECT, "IPv6 fragment {i}");
-        let inner = &frame[14..];
-        let mut want = eth(GW_MAC, FIB_MAC, None, 0x86dd);
-        want.extend_from_slice(&ipv6_header(
-            0,
-            flow_hash(&k) & 0xf_ffff,
-            inner.len(),
-            41,
-            64,
-            v6("fd00:1::1"),
-            v6of(real),
-        ));
-        want.extend_from_slice(inner);
+        let want = tunnelled(&frame, real, &k, 0);
         assert_eq!(r.out, want, "IPv6 fragment {i}: tunnelled to {real}");
     }
 }

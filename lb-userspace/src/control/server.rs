@@ -96,6 +96,15 @@ pub fn listen(path: &Path) -> anyhow::Result<(Socket, mpsc::Receiver<Call>)> {
 /// without one.
 async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    // The socket's mode keeps others out; its caller's credentials are checked too,
+    // for a socket whose mode or directory someone loosened.
+    if let Some(refusal) = refuse_caller(&conn) {
+        let (_, mut write) = conn.into_split();
+        let mut text = serde_json::to_string(&Response::error(refusal)).unwrap_or_default();
+        text.push('\n');
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, write.write_all(text.as_bytes())).await;
+        return;
+    }
     let (read, mut write) = conn.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read.take(REQUEST_MAX as u64 + 1));
@@ -142,6 +151,27 @@ async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
         tracing::debug!(
             "control socket: the answer was not read within {ANSWER_TIMEOUT:?}; closed"
         );
+    }
+}
+
+/// Returns: why the peer of `conn` may not use the control socket (it is neither root
+/// nor the daemon's own user, by SO_PEERCRED), or `None`.
+fn refuse_caller(conn: &tokio::net::UnixStream) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    match conn.peer_cred() {
+        Ok(c) if c.uid() == 0 || c.uid() == own => None,
+        Ok(c) => {
+            tracing::warn!(uid = c.uid(), pid = ?c.pid(), "control socket: a caller that is not root refused");
+            Some(format!(
+                "permission denied: uid {} may not use the control socket (root only)",
+                c.uid()
+            ))
+        }
+        Err(e) => {
+            tracing::warn!("control socket: the caller's credentials are unknown ({e}); refused");
+            Some("permission denied: the caller's credentials are unknown".to_string())
+        }
     }
 }
 

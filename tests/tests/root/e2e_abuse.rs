@@ -8,7 +8,7 @@
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::unix::net::UnixStream,
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -549,6 +549,35 @@ fn the_daemon_keeps_serving_while_its_endpoints_are_abused() {
         "as nobody: {err}"
     );
     println!("control: as nobody: {}", err.trim());
+    // With the socket's mode loosened by mistake, the daemon still refuses a caller
+    // that is not root, by its credentials (SO_PEERCRED).
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
+        .expect("chmod socket");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb.name])
+        .args([
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+        ])
+        .arg(tests::daemon::binary())
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("setpriv");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod socket back");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "as nobody, socket 0666: {err}");
+    assert!(
+        err.contains("uid 65534 may not use the control socket"),
+        "as nobody, socket 0666: {err}"
+    );
+    println!(
+        "control: as nobody with the socket open to all: {}",
+        err.trim()
+    );
 
     // Metrics: 40 clients that send nothing. The first 32 take every slot and are
     // closed by the 10 s limit; the rest, and a scrape meanwhile, are closed at once.

@@ -97,14 +97,10 @@ pub fn listen(path: &Path) -> anyhow::Result<(Socket, mpsc::Receiver<Call>)> {
 async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
     // The socket's mode keeps others out; its caller's credentials are checked too,
-    // for a socket whose mode or directory someone loosened.
-    if let Some(refusal) = refuse_caller(&conn) {
-        let (_, mut write) = conn.into_split();
-        let mut text = serde_json::to_string(&Response::error(refusal)).unwrap_or_default();
-        text.push('\n');
-        let _ = tokio::time::timeout(ANSWER_TIMEOUT, write.write_all(text.as_bytes())).await;
-        return;
-    }
+    // for a socket whose mode or directory someone loosened. A refused caller's
+    // request is read like any other (so that its client, which writes before it
+    // reads, gets the answer), then refused.
+    let refusal = refuse_caller(&conn);
     let (read, mut write) = conn.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read.take(REQUEST_MAX as u64 + 1));
@@ -117,6 +113,7 @@ async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
                 "bad request: longer than {REQUEST_MAX} bytes without a newline"
             ))
         }
+        Ok(Ok(_)) if refusal.is_some() => Response::error(refusal.unwrap_or_default()),
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();

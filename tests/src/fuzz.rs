@@ -350,6 +350,15 @@ impl Fuzzer {
                 }
                 let inner_type = if ip.v4 { 0x0800 } else { 0x86dd };
                 let inner = parse_quoted(frame, ip.l4 + 8, inner_type)?;
+                // The quoted ports must lie inside the IP packet.
+                let end = if ip.v4 {
+                    l3 + usize::from(be16(frame, l3 + 2)?)
+                } else {
+                    l3 + 40 + usize::from(be16(frame, l3 + 4)?)
+                };
+                if inner.l4 + 4 > end {
+                    return None;
+                }
                 if !matches!(inner.proto, 6 | 17) || inner.src != ip.dst {
                     return None;
                 }

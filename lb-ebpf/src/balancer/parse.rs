@@ -154,7 +154,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         });
     }
     if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
-        let (key, inner_l4, frag) = quoted_flow(ctx, &key, l4_off)?;
+        let (key, inner_l4, frag) = quoted_flow(ctx, &key, l4_off, l3_off + ip_len)?;
         return Ok(Parsed {
             key,
             l3_off,
@@ -201,14 +201,16 @@ pub const ICMP_ERR_HLEN: usize = 8;
 /// quoted packet went from `outer.dst` (the VIP) to a client, so the flow is that
 /// packet turned around. (A NAT real's error about a packet it received, sent to the
 /// client, reads as the reply direction of that flow: real -> client.)
-/// Returns: its key and the offset of the quoted ports, or a pass verdict for any
-/// other ICMP (an informational message, an error quoting something else, a quote
-/// too short to hold the ports, a non-first fragment).
+/// Returns: its key, the offset of the quoted ports and whether the quoted packet is a
+/// fragment, or a pass verdict for any other ICMP (an informational message, an error
+/// quoting something else, a quote too short to hold the ports within the packet
+/// `end`s).
 #[inline(always)]
 fn quoted_flow(
     ctx: &XdpContext,
     outer: &FlowKey,
     icmp_off: usize,
+    end: usize,
 ) -> Result<(FlowKey, usize, bool), Verdict> {
     let not_ours = pass(reason::PASS_NOT_VS);
     // Type and code, read together: a one-byte bounds check compiles to a comparison
@@ -273,6 +275,11 @@ fn quoted_flow(
         off
     };
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP || key.dst != outer.dst {
+        return Err(not_ours);
+    }
+    // What is read (and, behind NAT, rewritten) must lie inside the IP packet: bytes
+    // after it are no part of the ICMP message its checksum covers.
+    if ports_off + 4 > end {
         return Err(not_ours);
     }
     if fragment {

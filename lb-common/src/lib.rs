@@ -233,10 +233,48 @@ pub const SETTING_NAT: u32 = 1;
 pub struct IfaceInfo {
     /// The interface's own Ethernet address (new source MAC of forwarded frames).
     pub mac: [u8; 6],
+    /// `IFACE_F_*` bits.
+    pub flags: u8,
     /// Zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
+
+/// [`IfaceInfo::flags`]: a VLAN device, with an entry in [`maps::VLAN_OUT`].
+pub const IFACE_F_VLAN: u8 = 1;
+
+/// How frames leave by a VLAN device (802.1Q, or 802.1Q on 802.1ad for QinQ) stacked
+/// on an attached interface: value of [`maps::VLAN_OUT`], keyed by the VLAN device's
+/// ifindex. A redirect cannot target a VLAN device, so the frames are tagged here and
+/// sent on the plain device at the bottom of its stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VlanOut {
+    /// The plain device at the bottom of the stack (an attached interface): where the
+    /// frames are transmitted.
+    pub xmit_ifindex: u32,
+    /// Number of tags: 1, or 2 for a VLAN device on a VLAN device (QinQ).
+    pub tags: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+    /// Each tag's TPID (0x8100 or 0x88a8), outermost first, network order.
+    pub tpid_be: [u16; 2],
+    /// Each tag's VLAN id (priority and DEI zero), outermost first, network order.
+    pub vid_be: [u16; 2],
+}
+const _: () = assert!(core::mem::size_of::<VlanOut>() == 16);
+
+/// The VLAN a tagged frame arrived on: key of [`maps::VLAN_IN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VlanKey {
+    /// The ifindex the frame was received on (an attached interface).
+    pub ifindex: u32,
+    /// The frame's VLAN ids, outermost first, network order; the second is zero for a
+    /// frame with one tag.
+    pub vid_be: [u16; 2],
+}
+const _: () = assert!(core::mem::size_of::<VlanKey>() == 8);
 
 /// Per-CPU traffic counters of a virtual server or a real. Value of [`maps::STATS_VS`]
 /// and [`maps::STATS_REAL`]; userspace sums the CPUs.

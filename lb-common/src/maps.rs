@@ -12,6 +12,9 @@
 //! | `FLOWS` | [`crate::FlowKey`] -> [`crate::FlowState`] (LRU) | XDP | XDP, daemon |
 //! | `PERSIST` | [`crate::PersistKey`] -> [`crate::PersistState`] (LRU) | XDP | XDP |
 //! | `IFACES` | ifindex -> [`crate::IfaceInfo`] | daemon | XDP |
+//! | `VLAN_IN` | [`crate::VlanKey`] -> ifindex of the VLAN device (`u32`) | daemon | XDP |
+//! | `VLAN_OUT` | ifindex of a VLAN device -> [`crate::VlanOut`] | daemon | XDP |
+//! | `RX_TAGS` | 0 -> the VLAN tags of the frame being processed (`[u16; 6]`) per CPU | XDP | XDP |
 //! | `OWN_MACS` | MAC (`[u8; 8]`, zero-padded) -> ifindex (`u32`) | daemon | XDP |
 //! | `FRAG_VS` | [`crate::VsKey`] with port 0 -> the virtual server's port (`u32`, network order in the low half) | daemon | XDP |
 //! | `STATS_VS` | vs index -> [`crate::Counters`] per CPU | XDP | daemon |
@@ -35,6 +38,16 @@ pub const FLOWS: &str = "FLOWS";
 pub const PERSIST: &str = "PERSIST";
 /// Transmitting interfaces by ifindex. Hash map.
 pub const IFACES: &str = "IFACES";
+/// The VLAN devices of the attached interfaces, by what tagged frames on them carry:
+/// (receiving ifindex, VLAN ids) -> the VLAN device's ifindex, which the FIB lookups of
+/// NAT and tunnel take as the frame's input interface. Hash map.
+pub const VLAN_IN: &str = "VLAN_IN";
+/// The same VLAN devices by ifindex: the tags frames routed out of them get, and the
+/// device they are sent on. Hash map.
+pub const VLAN_OUT: &str = "VLAN_OUT";
+/// Scratch of the XDP program: the VLAN tags it took off the frame it is processing.
+/// Per-CPU array of one.
+pub const RX_TAGS: &str = "RX_TAGS";
 /// The other MACs this host answers for on the attached interfaces (a macvlan on
 /// them, keepalived's `use_vmac`): frames to them are the host's own, not flooded
 /// frames for another host. Hash map of MAC (bytes 0..6, two zero bytes) -> the
@@ -60,8 +73,8 @@ pub const NAT_STATE: &str = "NAT_STATE";
 
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
-    VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, OWN_MACS, FRAG_VS, STATS_VS, STATS_REAL,
-    VERDICTS, SETTINGS, NAT_STATE,
+    VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, VLAN_IN, VLAN_OUT, RX_TAGS, OWN_MACS, FRAG_VS,
+    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE,
 ];
 
 /// The load balancer, attached to every interface of the configuration.
@@ -84,6 +97,8 @@ pub const DEFAULT_RING_COUNT: u32 = 64;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// Most transmitting interfaces.
 pub const MAX_IFACES: u32 = 64;
+/// Most VLAN devices on the attached interfaces (`VLAN_IN`, `VLAN_OUT`).
+pub const MAX_VLANS: u32 = 256;
 /// Most extra MACs of this host (`OWN_MACS`).
 pub const MAX_OWN_MACS: u32 = 64;
 

@@ -44,7 +44,8 @@ pub const ICMP_TOO_BIG: u32 = 16;
 /// Tunnel: too big once encapsulated and may not be answered with ICMP (IPv4 without
 /// DF, or no room to build the reply): dropped.
 pub const DROP_TOO_BIG: u32 = 17;
-/// NAT/tunnel on a VLAN-tagged frame (the FIB lookup knows no tags): dropped.
+/// NAT/tunnel on a VLAN-tagged frame of a VLAN this host has no device for (the FIB
+/// cannot route it): dropped.
 pub const DROP_VLAN: u32 = 18;
 
 /// A frame for a VIP whose destination MAC is neither the receiving interface's, nor

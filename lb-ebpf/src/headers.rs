@@ -15,6 +15,8 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 /// EtherType of an 802.1Q tag.
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad (QinQ) service tag.
+pub const ETH_P_8021AD: u16 = 0x88a8;
 /// 802.1Q tag length, bytes.
 pub const VLAN_HLEN: usize = 4;
 /// IPv4 header length without options, bytes.

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, CacheInfo},
-    link::{LinkAttribute, LinkXdp},
+    link::{InfoData, InfoVlan, LinkAttribute, LinkInfo, LinkXdp},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
 };
@@ -100,6 +100,62 @@ pub async fn child_macs(
         }
     }
     Ok(out)
+}
+
+/// A link of the host, as far as the VLAN devices of the attached interfaces matter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    /// The device it is stacked on, if any.
+    pub parent: Option<u32>,
+    pub mac: [u8; 6],
+    /// For a VLAN device: its tag's (TPID, VLAN id), host order.
+    pub vlan: Option<(u16, u16)>,
+}
+
+/// Returns: every link of the host.
+pub async fn links(handle: &Handle) -> Result<Vec<Link>, NetlinkError> {
+    let mut out = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(m) = links.try_next().await.map_err(req("listing links"))? {
+        let mut l = Link {
+            index: m.header.index,
+            parent: None,
+            mac: [0; 6],
+            vlan: None,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::Link(p) => l.parent = Some(*p),
+                LinkAttribute::Address(b) if b.len() == 6 => l.mac.copy_from_slice(b),
+                LinkAttribute::LinkInfo(infos) => l.vlan = vlan_of(infos),
+                _ => {}
+            }
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Returns: the (TPID, VLAN id) of a VLAN device's link info.
+fn vlan_of(infos: &[LinkInfo]) -> Option<(u16, u16)> {
+    infos.iter().find_map(|i| match i {
+        LinkInfo::Data(InfoData::Vlan(v)) => {
+            let id = v.iter().find_map(|x| match x {
+                InfoVlan::Id(id) => Some(*id),
+                _ => None,
+            })?;
+            let tpid = v
+                .iter()
+                .find_map(|x| match x {
+                    InfoVlan::Protocol(p) => Some(u16::from(*p)),
+                    _ => None,
+                })
+                .unwrap_or(0x8100);
+            Some((tpid, id))
+        }
+        _ => None,
+    })
 }
 
 /// Returns: whether `addr` is already configured on interface `index`.

@@ -27,7 +27,7 @@ use lb_common::{
         maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS},
         AddrKey,
     },
-    FlowKey, IfaceInfo,
+    FlowKey, IfaceInfo, VlanKey, VlanOut, IFACE_F_VLAN,
 };
 use xdpvs::{
     config::{self, Config, SystemFacts},
@@ -55,6 +55,9 @@ pub const FIB_MAC: [u8; 6] = [0x02, 0x46, 0x49, 0x42, 0, 0x01];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0x43, 0x4c, 0, 0, 0x07];
 /// MAC of the router toward 10.0.9.0/24 and fd00:9::/64.
 pub const GW_MAC: [u8; 6] = [0x02, 0x47, 0x57, 0, 0, 0xfe];
+/// MACs of the interfaces standing in for VLAN devices (see `Fixture::add_vlans`).
+pub const VLAN_MAC: [u8; 6] = [0x02, 0x56, 0x4c, 0, 0, 0x64];
+pub const QINQ_MAC: [u8; 6] = [0x02, 0x56, 0x4c, 0, 0, 0xc8];
 /// MTU of the routed interface.
 pub const FIB_MTU: u32 = 1500;
 
@@ -145,7 +148,8 @@ impl Fixture {
             TEST_IFINDEX,
             &IfaceInfo {
                 mac: LB_MAC,
-                _pad: [0; 2],
+                flags: 0,
+                _pad: 0,
             },
         )
         .expect("iface");
@@ -203,6 +207,99 @@ impl Fixture {
         }
     }
 
+    /// Adds two VLANs to the fixture's world and registers them as the daemon would
+    /// register VLAN devices of the trunk (tagged test frames arrive on TEST_IFINDEX,
+    /// so that is the trunk). This kernel has no 802.1Q driver, so a veth stands in for
+    /// each VLAN device: the data path only needs an interface for the FIB to route
+    /// from and to, and the maps to say which tags go with it.
+    ///
+    /// ```text
+    ///   fxv (VLAN_MAC), VLAN 100: 10.0.100.1/24, fd00:100::1/64
+    ///        clients 198.51.100.0/24, 2001:db8:100::/64   neighbour: CLIENT_MAC
+    ///   fxq (QINQ_MAC), 802.1ad 300 + 802.1Q 200: 10.0.20.1/24, fd00:20::1/64
+    /// ```
+    /// Returns: the ifindexes of fxv and fxq.
+    pub fn add_vlans(&mut self) -> (u32, u32) {
+        let client = fmt_mac(&CLIENT_MAC);
+        for cmd in [
+            "ip link add fxv type veth peer name fxvp".to_string(),
+            "ip link add fxq type veth peer name fxqp".to_string(),
+            format!("ip link set fxv address {} up", fmt_mac(&VLAN_MAC)),
+            format!("ip link set fxq address {} up", fmt_mac(&QINQ_MAC)),
+            "ip link set fxvp up".to_string(),
+            "ip link set fxqp up".to_string(),
+            "ip addr add 10.0.100.1/24 dev fxv".to_string(),
+            "ip -6 addr add fd00:100::1/64 dev fxv nodad".to_string(),
+            "ip addr add 10.0.20.1/24 dev fxq".to_string(),
+            "ip -6 addr add fd00:20::1/64 dev fxq nodad".to_string(),
+            "ip route add 198.51.100.0/24 dev fxv".to_string(),
+            "ip -6 route add 2001:db8:100::/64 dev fxv".to_string(),
+            format!("ip neigh replace 198.51.100.7 lladdr {client} dev fxv nud permanent"),
+            format!("ip -6 neigh replace 2001:db8:100::7 lladdr {client} dev fxv nud permanent"),
+        ] {
+            let args: Vec<&str> = cmd.split(' ').collect();
+            self.net.exec(&args);
+        }
+        let index = |name: &str| {
+            let out = self
+                .net
+                .exec(&["cat", &format!("/sys/class/net/{name}/ifindex")]);
+            out.trim().parse::<u32>().expect("ifindex")
+        };
+        let (v, q) = (index("fxv"), index("fxq"));
+        let out = |tags: u8, tpid: [u16; 2], vid: [u16; 2]| VlanOut {
+            xmit_ifindex: TEST_IFINDEX,
+            tags,
+            _pad: [0; 3],
+            tpid_be: tpid.map(u16::to_be),
+            vid_be: vid.map(u16::to_be),
+        };
+        let iface = |mac: [u8; 6]| IfaceInfo {
+            mac,
+            flags: IFACE_F_VLAN,
+            _pad: 0,
+        };
+        let ins = [(vlan_key([100, 0]), v), (vlan_key([300, 200]), q)]
+            .into_iter()
+            .collect();
+        let outs = [
+            (v, (iface(VLAN_MAC), out(1, [0x8100, 0], [100, 0]))),
+            (q, (iface(QINQ_MAC), out(2, [0x88a8, 0x8100], [300, 200]))),
+        ]
+        .into_iter()
+        .collect();
+        self.rec.set_vlans(&ins, &outs).expect("vlans");
+        (v, q)
+    }
+
+    /// Makes real `addr` reached through interface `ifindex`, as the daemon would
+    /// after reading its route.
+    pub fn set_next_hop(&mut self, addr: IpAddr, ifindex: u32) {
+        let hop = L2Next {
+            ifindex,
+            mac: real_mac(addr),
+        };
+        self.rec.set_next_hop(addr, hop).expect("next hop");
+    }
+
+    /// Writes a permanent neighbour entry for `addr` on `dev` (its MAC: `real_mac`).
+    pub fn neighbour(&self, addr: IpAddr, dev: &str) {
+        let (a, m) = (addr.to_string(), fmt_mac(&real_mac(addr)));
+        let args = [
+            "ip",
+            "neigh",
+            "replace",
+            &a,
+            "lladdr",
+            &m,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ];
+        self.net.exec(&args);
+    }
+
     /// Sets the health of real `addr` (port 80) of virtual server `vs`, as a probe would.
     pub fn set_health(&mut self, vs: &str, addr: &str, healthy: bool) {
         let key = RealKey::real(vs, addr.parse().expect("address"), 80);
@@ -249,6 +346,14 @@ impl Fixture {
             .find(|r| self.rec.real_id(&RealKey::real(vs, r.address, r.port)) == Some(id))
             .map(|r| r.address)
             .expect("real of predicted id")
+    }
+}
+
+/// Returns: the `VLAN_IN` key of frames with VLAN ids `vid` on TEST_IFINDEX.
+fn vlan_key(vid: [u16; 2]) -> VlanKey {
+    VlanKey {
+        ifindex: TEST_IFINDEX,
+        vid_be: vid.map(u16::to_be),
     }
 }
 

@@ -196,6 +196,12 @@ impl Fuzzer {
             }
             .build(),
             V4Packet::tcp(CLIENT4, 1117, [10, 0, 0, 99], 80).build(),
+            // QinQ (802.1ad 5, 802.1Q 6) to the DR virtual server.
+            {
+                let mut f = V4Packet::tcp(CLIENT4, 1120, [10, 0, 0, 102], 80).build();
+                f.splice(12..12, [0x88, 0xa8, 0, 5, 0x81, 0, 0, 6]);
+                f
+            },
             V6Packet::tcp(c6, 1118, dr6, 80).build(),
             V6Packet::tcp(c6, 1119, nat6, 80).build(),
             V6Packet::tcp(c6, 1120, tun6, 80).build(),
@@ -287,12 +293,9 @@ impl Fuzzer {
         if frame.len() < 14 || (frame[0..6] != LB_MAC && frame[0] & 1 == 0) {
             return None;
         }
-        let (mut ethertype, mut l3) = (be16(frame, 12)?, 14);
-        let vlan = ethertype == 0x8100;
-        if vlan {
-            ethertype = be16(frame, 16)?;
-            l3 = 18;
-        }
+        let (ethertype, l3) = untagged(frame)?;
+        // No VLAN device is registered: NAT and tunnel cannot route tagged frames.
+        let vlan = l3 != 14;
         let ip = parse_ip(frame, l3, ethertype)?;
         let vs_of = |addr: IpAddr, port: u16, proto: u8| {
             self.vss
@@ -492,6 +495,20 @@ impl Default for Fuzzer {
 
 fn be16(f: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]))
+}
+
+/// Returns: the EtherType after the frame's VLAN tags and where the IP header starts:
+/// the data path reads an 802.1Q or 802.1ad tag, then at most one more 802.1Q tag
+/// (a third leaves an 802.1Q EtherType, which is no IP).
+fn untagged(f: &[u8]) -> Option<(u16, usize)> {
+    let (mut et, mut l3) = (be16(f, 12)?, 14);
+    if et == 0x8100 || et == 0x88a8 {
+        (et, l3) = (be16(f, 16)?, 18);
+        if et == 0x8100 {
+            (et, l3) = (be16(f, 20)?, 22);
+        }
+    }
+    Some((et, l3))
 }
 
 fn hex(f: &[u8]) -> String {
@@ -725,7 +742,7 @@ fn forwarded_as(kind: Forward, input: &[u8], out: &[u8]) -> Result<(), String> {
 /// Returns: `t` changed by one mutation, chosen at random.
 fn mutate(t: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut f = t.to_vec();
-    let l3 = if be16(&f, 12) == Some(0x8100) { 18 } else { 14 };
+    let l3 = untagged(&f).map_or(14, |(_, l3)| l3);
     let v4 = be16(&f, l3 - 2) == Some(0x0800);
     match rng.below(10) {
         // A few random bytes anywhere in the headers.

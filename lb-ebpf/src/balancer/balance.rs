@@ -16,6 +16,7 @@ use crate::{
 /// that was passed or dropped (both are final; the split keeps `?` usable).
 #[inline(always)]
 pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    l2::untag(ctx)?;
     let p = parse::parse(ctx)?;
     if p.frag && !p.icmp {
         return fragment(ctx, &p);
@@ -48,7 +49,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, real)?,
+        METHOD_DR => forward::dr::forward(ctx, &p, real)?,
         METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
         _ => return Err(Verdict::internal()),
@@ -71,7 +72,7 @@ fn fragment(ctx: &XdpContext, p: &parse::Parsed) -> Result<Verdict, Verdict> {
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, real)?,
+        METHOD_DR => forward::dr::forward(ctx, p, real)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
         // NAT cannot rewrite the ports of fragments after the first: the daemon never
         // lets a NAT virtual server take fragments.
@@ -110,7 +111,7 @@ fn icmp_error(ctx: &XdpContext, p: &parse::Parsed, vs: &VsInfo) -> Result<Verdic
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let sent = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, real)?,
+        METHOD_DR => forward::dr::forward(ctx, p, real)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
         METHOD_NAT => forward::nat::icmp_to_real(ctx, p, real)?,
         _ => return Err(Verdict::internal()),

@@ -43,18 +43,18 @@ pub struct Route<'a> {
     pub tot_len: u16,
 }
 
-/// Looks up the next hop of `r`, as the kernel would forward a packet received on the
-/// interface the frame came in by (forwarding must be enabled there).
+/// Looks up the next hop of `r`, as the kernel would forward a packet received on
+/// interface `input` (forwarding must be enabled there).
 /// Returns: the hop, or why not.
 #[inline(always)]
-pub fn lookup(ctx: &XdpContext, r: &Route) -> Result<Hop, Miss> {
+pub fn lookup(ctx: &XdpContext, input: u32, r: &Route) -> Result<Hop, Miss> {
     // SAFETY: all-zero is a valid bpf_fib_lookup (integers and byte arrays only).
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.l4_protocol = r.proto;
     p.sport = r.sport_be;
     p.dport = r.dport_be;
     p.__bindgen_anon_1.tot_len = r.tot_len;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.ifindex = input;
     if r.family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = r.src[0];

@@ -22,19 +22,23 @@ use lb_common::{reason, FAMILY_V4};
 use lb_ebpf::{
     csum,
     headers::{
-        ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN,
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IP_DF,
+        ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IP_DF,
     },
 };
 
-use crate::{parse::Parsed, verdict::Verdict};
+use crate::{
+    l2::{write_header, Tags},
+    parse::Parsed,
+    verdict::Verdict,
+};
 
 /// Most bytes of the offending packet quoted in the answer.
 pub const QUOTE_MAX: usize = 128;
 /// TOS of ICMP errors (precedence "internetwork control"), as Linux sends them.
 const TOS_INTERNETCONTROL: u8 = 0xc0;
 
-/// Answers the packet `p` (untagged, not yet rewritten) with "too big, use `mtu`".
+/// Answers the packet `p` (not yet rewritten; the answer gets the tags it came with) with "too big, use `mtu`".
 /// Returns: the final verdict: XDP_TX with the answer, or a drop.
 #[inline(always)]
 pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Verdict {
@@ -87,7 +91,7 @@ fn sum_quote(ctx: &XdpContext, off: usize, len: usize) -> Option<u64> {
 fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
     let v4 = p.key.family == FAMILY_V4;
     if v4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, p.l3_off)?;
         // SAFETY: bounds checked by ptr_at.
         if u16::from_be(unsafe { (*ip).frag_off_be }) & IP_DF == 0 {
             return None;
@@ -96,6 +100,8 @@ fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     let (mac_src, mac_dst) = unsafe { ((*eth).src, (*eth).dst) };
+    let tags = Tags::received();
+    let l2 = tags.header_len();
     let quote = if p.ip_len < QUOTE_MAX {
         p.ip_len
     } else {
@@ -103,18 +109,16 @@ fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
     };
     let ip_hlen = if v4 { IPV4_HLEN } else { IPV6_HLEN };
     let icmp_len = ICMP_HLEN + quote;
-    reshape(ctx, ip_hlen + ICMP_HLEN, ETH_HLEN + ip_hlen + icmp_len)?;
-
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        (*eth).dst = mac_src;
-        (*eth).src = mac_dst;
-        (*eth).proto_be = if v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be();
-    }
+    reshape(
+        ctx,
+        l2 - p.l3_off + ip_hlen + ICMP_HLEN,
+        l2 + ip_hlen + icmp_len,
+    )?;
+    let ethertype = if v4 { ETH_P_IP } else { ETH_P_IPV6 };
+    write_header(ctx, mac_src, mac_dst, &tags, ethertype)?;
     // Back from the packet's destination to its source.
     let (acc, kind, code, rest_be) = if v4 {
-        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, l2)?;
         let h = Ipv4Hdr::new(
             TOS_INTERNETCONTROL,
             (IPV4_HLEN + icmp_len) as u16,
@@ -128,7 +132,7 @@ fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
         unsafe { *ip = h };
         (0, 3, 4, (mtu & 0xffff).to_be())
     } else {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, l2)?;
         let h = Ipv6Hdr::new(
             0,
             0,
@@ -147,7 +151,7 @@ fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
             + u64::from(u16::from(IPPROTO_ICMPV6).to_be());
         (acc, 2, 0, mtu.to_be())
     };
-    let icmp: *mut IcmpHdr = ptr_at(ctx, ETH_HLEN + ip_hlen)?;
+    let icmp: *mut IcmpHdr = ptr_at(ctx, l2 + ip_hlen)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         *icmp = IcmpHdr {
@@ -157,7 +161,7 @@ fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
             rest_be,
         }
     };
-    let acc = acc + sum_quote(ctx, ETH_HLEN + ip_hlen + ICMP_HLEN, quote)?;
+    let acc = acc + sum_quote(ctx, l2 + ip_hlen + ICMP_HLEN, quote)?;
     // SAFETY: as above; the header is 8 bytes of plain integers.
     unsafe {
         let words: *const [u16; 4] = icmp as *const _;

@@ -19,9 +19,12 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 /// The load balancer, attached to every interface of the configuration.
 #[xdp]
 pub fn xdpvs_lb(ctx: XdpContext) -> u32 {
-    let verdict = match balance::try_balance(&ctx) {
+    let mut verdict = match balance::try_balance(&ctx) {
         Ok(v) | Err(v) => v,
     };
+    if verdict.action == xdp_action::XDP_PASS && !l2::retag(&ctx) {
+        verdict = verdict::Verdict::internal();
+    }
     stats::count_verdict(verdict.reason);
     verdict.action
 }

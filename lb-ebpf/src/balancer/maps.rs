@@ -7,9 +7,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VS},
+    maps::{
+        DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VLANS,
+        MAX_VS,
+    },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
-    VsInfo, VsKey, RING_STRIDE,
+    VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
 };
 
 /// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
@@ -37,6 +40,20 @@ pub static PERSIST: LruHashMap<PersistKey, PersistState> =
 /// ifindex -> interface facts (its MAC). Written by the daemon.
 #[map]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// (receiving ifindex, VLAN ids) -> the VLAN device's ifindex. Written by the daemon.
+#[map]
+pub static VLAN_IN: HashMap<VlanKey, u32> = HashMap::with_max_entries(MAX_VLANS, 0);
+
+/// VLAN device ifindex -> its tags and the device frames leave on. Written by the daemon.
+#[map]
+pub static VLAN_OUT: HashMap<u32, VlanOut> = HashMap::with_max_entries(MAX_VLANS, 0);
+
+/// The VLAN tags of the frame being processed, taken off at the start: `[count, TPID,
+/// TCI, TPID, TCI, 0]`, network order words but the count. Per CPU; written and read
+/// here within one program run.
+#[map]
+pub static RX_TAGS: PerCpuArray<[u16; 6]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Other MACs this host answers for (padded MAC -> ifindex). Written by the daemon.
 #[map]

@@ -1,7 +1,8 @@
 //! The parse of a frame into what balancing needs: the flow key and where the headers are.
 //!
 //! Policy, applied here:
-//! - One 802.1Q tag is understood; a second (QinQ) makes the frame "not IP" -> kernel.
+//! - VLAN tags are already off (`l2::untag`); a frame that still has one had three,
+//!   more than the data path understands: "not IP" -> kernel.
 //! - IPv4 options are allowed (the header length is honoured). A fragment (IPv4, or
 //!   IPv6 with a fragment header right after the fixed one) of TCP or UDP is parsed
 //!   with both ports zero, whether or not it is the first: only the first carries
@@ -19,8 +20,8 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use lb_ebpf::headers::{
-    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPV6_HLEN, TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPV6_HLEN, TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
 };
 
 use crate::verdict::Verdict;
@@ -34,8 +35,6 @@ pub struct Parsed {
     pub l4_off: usize,
     /// Length of the IP packet (header included) as its header states, in bytes.
     pub ip_len: usize,
-    /// The frame carries an 802.1Q tag.
-    pub vlan: bool,
     /// Frame length in bytes (as received).
     pub len: u64,
     /// An ICMP error: `key` is the flow of the packet it quotes (client -> VIP), and
@@ -52,19 +51,14 @@ const fn pass(reason: u32) -> Verdict {
     Verdict::pass(reason)
 }
 
-/// Parses Ethernet (+ one VLAN tag), IPv4/IPv6 and the TCP/UDP ports.
+/// Parses Ethernet (untagged), IPv4/IPv6 and the TCP/UDP ports.
 /// Returns: the flow key and offsets, or the verdict for a frame that is not balanced.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(pass(reason::PASS_MALFORMED))?;
-    let mut proto = u16::from_be(unsafe { (*eth).proto_be });
-    let mut l3_off = ETH_HLEN;
-    if proto == ETH_P_8021Q {
-        let inner: *const u16 = ptr_at(ctx, ETH_HLEN + 2).ok_or(pass(reason::PASS_MALFORMED))?;
-        proto = u16::from_be(unsafe { *inner });
-        l3_off += VLAN_HLEN;
-    }
+    let proto = u16::from_be(unsafe { (*eth).proto_be });
+    let l3_off = ETH_HLEN;
     let mut key = FlowKey::default();
     let ip_len;
     let mut fragment = false;
@@ -145,7 +139,6 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             l3_off,
             l4_off,
             ip_len,
-            vlan: l3_off != ETH_HLEN,
             len,
             frag: true,
             icmp: false,
@@ -160,7 +153,6 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             l3_off,
             l4_off,
             ip_len,
-            vlan: l3_off != ETH_HLEN,
             len,
             frag,
             icmp: true,
@@ -181,7 +173,6 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         l3_off,
         l4_off,
         ip_len,
-        vlan: l3_off != ETH_HLEN,
         len,
         frag: false,
         icmp: false,

@@ -15,6 +15,7 @@ use rtnetlink::Handle;
 
 use crate::{
     config::{Config, Method},
+    daemon::vlans,
     dataplane::Dataplane,
     netlink,
     reconcile::{L2Next, Reconciler},
@@ -35,6 +36,8 @@ pub struct Host {
     /// The other MACs of the attached interfaces, as last written to `OWN_MACS`
     /// (`None`: not written yet, so the first refresh replaces whatever is there).
     own_macs: Option<std::collections::BTreeMap<[u8; 6], u32>>,
+    /// The VLAN devices on the attached interfaces, as last written (`None`: not yet).
+    vlans: Option<std::collections::BTreeMap<u32, vlans::Vlan>>,
     last_solicit: HashMap<IpAddr, Instant>,
     /// Reals already warned about (no route, or not on a connected network).
     warned: HashSet<IpAddr>,
@@ -58,6 +61,7 @@ impl Host {
             known_ifaces: HashSet::new(),
             added_vips: Vec::new(),
             own_macs: None,
+            vlans: None,
             last_solicit: HashMap::new(),
             warned: HashSet::new(),
         })
@@ -102,7 +106,14 @@ impl Host {
         mac: [u8; 6],
     ) -> anyhow::Result<()> {
         if self.known_ifaces.insert(index) {
-            rec.set_iface(index, &IfaceInfo { mac, _pad: [0; 2] })?;
+            rec.set_iface(
+                index,
+                &IfaceInfo {
+                    mac,
+                    flags: 0,
+                    _pad: 0,
+                },
+            )?;
         }
         Ok(())
     }
@@ -122,6 +133,48 @@ impl Host {
             }
             self.own_macs = Some(macs);
         }
+        Ok(())
+    }
+
+    /// Re-reads the VLAN devices stacked on the attached interfaces and writes them to
+    /// `VLAN_IN`, `VLAN_OUT` and `IFACES` when they changed.
+    pub async fn refresh_vlans<D: Dataplane>(
+        &mut self,
+        rec: &mut Reconciler<D>,
+    ) -> anyhow::Result<()> {
+        let links = netlink::links(&self.handle).await?;
+        let attached: Vec<u32> = self.attached.iter().map(|i| i.index).collect();
+        let now = vlans::stacked(&links, &attached);
+        if self.vlans.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let ins = now.values().map(|v| (v.key, v.index)).collect();
+        let outs = now
+            .values()
+            .map(|v| (v.index, (v.iface(), v.out)))
+            .collect();
+        rec.set_vlans(&ins, &outs)?;
+        for v in now.values() {
+            // Registered here, with its tags: routing must not re-register it as plain.
+            self.known_ifaces.insert(v.index);
+            if self
+                .vlans
+                .as_ref()
+                .is_none_or(|was| !was.contains_key(&v.index))
+            {
+                tracing::info!(interface = %ifname(v.index), on = %ifname(v.out.xmit_ifindex), vlan = ?v.key.vid_be.map(u16::from_be), "VLAN device on an attached interface: its tagged frames are routed as arriving by it");
+            }
+        }
+        for gone in self
+            .vlans
+            .iter()
+            .flat_map(|was| was.keys())
+            .filter(|i| !now.contains_key(i))
+        {
+            self.known_ifaces.remove(gone);
+            tracing::info!(ifindex = gone, "VLAN device gone");
+        }
+        self.vlans = Some(now);
         Ok(())
     }
 

@@ -19,6 +19,7 @@ pub mod privilege;
 mod requests;
 mod routes;
 pub mod views;
+mod vlans;
 
 use std::{
     path::{Path, PathBuf},
@@ -166,6 +167,7 @@ impl Daemon {
         host::preflight(config, self.host.attached())?;
         self.host.register_attached(&mut self.rec)?;
         self.host.refresh_own_macs(&mut self.rec).await?;
+        self.host.refresh_vlans(&mut self.rec).await?;
         self.rec.apply(config).context("filling the BPF maps")?;
         self.health.sync(config);
         let deadline = Instant::now() + INITIAL_RESOLVE;
@@ -246,6 +248,9 @@ impl Daemon {
                     self.host.refresh_next_hops(&mut self.rec).await?;
                     if let Err(e) = self.host.refresh_own_macs(&mut self.rec).await {
                         tracing::error!("reading the attached interfaces' other MACs: {e:#}");
+                    }
+                    if let Err(e) = self.host.refresh_vlans(&mut self.rec).await {
+                        tracing::error!("reading the attached interfaces' VLAN devices: {e:#}");
                     }
                     self.sync_routes().await;
                 }

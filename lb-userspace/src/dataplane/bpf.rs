@@ -11,9 +11,10 @@ use aya::{
 use lb_common::{
     maps::{
         own_mac_key, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_STATE, OWN_MACS, PROGRAMS, REALS,
-        SETTINGS, STATS_REAL, STATS_VS, VERDICTS, VS_MAP, VS_RINGS,
+        SETTINGS, STATS_REAL, STATS_VS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
     },
-    Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE,
+    Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
+    IFACE_F_VLAN, RING_STRIDE,
 };
 
 pub use super::LoadOptions;
@@ -92,6 +93,8 @@ pub struct BpfDataplane {
     reals: Array<MapData, RealInfo>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     own_macs: HashMap<MapData, [u8; 8], u32>,
+    vlan_in: HashMap<MapData, VlanKey, u32>,
+    vlan_out: HashMap<MapData, u32, VlanOut>,
     frag_vs: HashMap<MapData, VsKey, u32>,
     settings: Array<MapData, u32>,
     stats_vs: PerCpuArray<MapData, Counters>,
@@ -159,6 +162,8 @@ impl BpfDataplane {
             reals: typed(&mut ebpf, REALS)?,
             ifaces: typed(&mut ebpf, IFACES)?,
             own_macs: typed(&mut ebpf, OWN_MACS)?,
+            vlan_in: typed(&mut ebpf, VLAN_IN)?,
+            vlan_out: typed(&mut ebpf, VLAN_OUT)?,
             frag_vs: typed(&mut ebpf, FRAG_VS)?,
             settings: typed(&mut ebpf, SETTINGS)?,
             stats_vs: typed(&mut ebpf, STATS_VS)?,
@@ -238,6 +243,51 @@ impl Dataplane for BpfDataplane {
         self.ifaces
             .insert(ifindex, *info, 0)
             .map_err(map_err(IFACES))
+    }
+    fn set_vlans(
+        &mut self,
+        ins: &BTreeMap<VlanKey, u32>,
+        outs: &BTreeMap<u32, (IfaceInfo, VlanOut)>,
+    ) -> Result<(), DataplaneError> {
+        // New devices are written before the frames that name them can be routed to
+        // them, and gone ones are unnamed before their other entries go.
+        for (i, (info, out)) in outs {
+            self.vlan_out.insert(i, out, 0).map_err(map_err(VLAN_OUT))?;
+            self.ifaces.insert(i, info, 0).map_err(map_err(IFACES))?;
+        }
+        let have: Vec<VlanKey> = self
+            .vlan_in
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(VLAN_IN))?;
+        for k in have.iter().filter(|k| !ins.contains_key(*k)) {
+            self.vlan_in.remove(k).map_err(map_err(VLAN_IN))?;
+        }
+        for (k, i) in ins {
+            self.vlan_in.insert(k, i, 0).map_err(map_err(VLAN_IN))?;
+        }
+        let gone: Vec<u32> = self
+            .vlan_out
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(VLAN_OUT))?
+            .into_iter()
+            .filter(|i| !outs.contains_key(i))
+            .collect();
+        for i in &gone {
+            self.vlan_out.remove(i).map_err(map_err(VLAN_OUT))?;
+        }
+        let stale: Vec<u32> = self
+            .ifaces
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(i, v)| v.flags & IFACE_F_VLAN != 0 && !outs.contains_key(i))
+            .map(|(i, _)| i)
+            .collect();
+        for i in &stale {
+            self.ifaces.remove(i).map_err(map_err(IFACES))?;
+        }
+        Ok(())
     }
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {
         let want: BTreeMap<[u8; 8], u32> =

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use lb_common::{maps::MAX_REALS, Counters, IfaceInfo, RealInfo, VsInfo, VsKey, RING_STRIDE};
+use lb_common::{
+    maps::MAX_REALS, Counters, IfaceInfo, RealInfo, VlanKey, VlanOut, VsInfo, VsKey, IFACE_F_VLAN,
+    RING_STRIDE,
+};
 
 use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
 
@@ -11,6 +14,8 @@ use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowRea
 pub struct MemoryDataplane {
     pub ifaces: HashMap<u32, IfaceInfo>,
     pub own_macs: BTreeMap<[u8; 6], u32>,
+    pub vlan_in: BTreeMap<VlanKey, u32>,
+    pub vlan_out: BTreeMap<u32, VlanOut>,
     /// `FRAG_VS`: (VIP, protocol, family) with port 0 -> port (network order).
     pub frag_vs: HashMap<VsKey, u16>,
     pub reals: HashMap<u32, RealInfo>,
@@ -51,6 +56,20 @@ impl MemoryDataplane {
 impl Dataplane for MemoryDataplane {
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
         self.ifaces.insert(ifindex, *info);
+        Ok(())
+    }
+    fn set_vlans(
+        &mut self,
+        ins: &BTreeMap<VlanKey, u32>,
+        outs: &BTreeMap<u32, (IfaceInfo, VlanOut)>,
+    ) -> Result<(), DataplaneError> {
+        self.vlan_in = ins.clone();
+        self.vlan_out = outs.iter().map(|(i, (_, o))| (*i, *o)).collect();
+        self.ifaces
+            .retain(|i, v| v.flags & IFACE_F_VLAN == 0 || outs.contains_key(i));
+        for (i, (info, _)) in outs {
+            self.ifaces.insert(*i, *info);
+        }
         Ok(())
     }
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {

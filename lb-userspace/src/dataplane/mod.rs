@@ -9,7 +9,7 @@ pub mod pins;
 use std::collections::{BTreeMap, HashMap};
 
 pub use lb_common::Counters;
-use lb_common::{IfaceInfo, RealInfo, VsInfo, VsKey};
+use lb_common::{IfaceInfo, RealInfo, VlanKey, VlanOut, VsInfo, VsKey};
 
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +55,14 @@ pub enum DataplaneError {
 pub trait Dataplane {
     /// Registers an interface frames may leave by.
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError>;
+    /// Makes `VLAN_IN` hold exactly `ins` and `VLAN_OUT` exactly `outs` (VLAN device
+    /// ifindex -> its `IFACES` and `VLAN_OUT` values), writes the devices' `IFACES`
+    /// entries and removes those of VLAN devices no longer listed.
+    fn set_vlans(
+        &mut self,
+        ins: &BTreeMap<VlanKey, u32>,
+        outs: &BTreeMap<u32, (IfaceInfo, VlanOut)>,
+    ) -> Result<(), DataplaneError>;
     /// Makes `OWN_MACS` hold exactly `macs` (MAC -> ifindex of the device that has it).
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError>;
     /// Makes `FRAG_VS` hold exactly `takers`: (VIP, protocol, family) with port 0 ->

@@ -108,6 +108,16 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(())
     }
 
+    /// Sets the VLAN devices of the attached interfaces (see `Dataplane::set_vlans`).
+    pub fn set_vlans(
+        &mut self,
+        ins: &std::collections::BTreeMap<lb_common::VlanKey, u32>,
+        outs: &std::collections::BTreeMap<u32, (IfaceInfo, lb_common::VlanOut)>,
+    ) -> Result<(), ReconcileError> {
+        self.dp.set_vlans(ins, outs)?;
+        Ok(())
+    }
+
     /// Sets the other MACs this host answers for on the attached interfaces (MAC ->
     /// ifindex of the device that has it): frames to them are not flooded frames for
     /// another host.

@@ -508,6 +508,13 @@ impl Dataplane for Flaky {
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
         self.dp.set_iface(ifindex, info)
     }
+    fn set_vlans(
+        &mut self,
+        ins: &std::collections::BTreeMap<lb_common::VlanKey, u32>,
+        outs: &std::collections::BTreeMap<u32, (IfaceInfo, lb_common::VlanOut)>,
+    ) -> Result<(), DataplaneError> {
+        self.dp.set_vlans(ins, outs)
+    }
     fn set_own_macs(
         &mut self,
         macs: &std::collections::BTreeMap<[u8; 6], u32>,

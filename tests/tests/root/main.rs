@@ -20,3 +20,4 @@ mod e2e_scaleout;
 mod testrun_balance;
 mod testrun_fuzz;
 mod testrun_methods;
+mod testrun_vlan;

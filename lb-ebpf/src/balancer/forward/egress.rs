@@ -1,12 +1,31 @@
-//! What the forwarding methods share: leaving by the right port with the right MAC
-//! addresses (the next hop of the methods that route, the egress interface's facts,
-//! XDP_TX or XDP_REDIRECT).
+//! What the forwarding methods share: leaving by the right port with the right layer-2
+//! header (the next hop of the methods that route, the egress interface's MAC and VLAN
+//! tags, XDP_TX or XDP_REDIRECT).
+//!
+//! VLAN policy:
+//! - A tagged frame is routed (NAT, tunnel) as the kernel would route it: from the VLAN
+//!   device its tags name (`VLAN_IN`). A VLAN with no device here is dropped
+//!   (`DROP_VLAN`): the kernel would drop it too.
+//! - A frame that leaves by a VLAN device gets that device's tags and is sent on the
+//!   plain device at the bottom of its stack (a redirect cannot target a VLAN device).
+//! - A frame that leaves by a plain device is untagged, except with direct routing,
+//!   which keeps the frame's own tags: the frame stays on the segment it came from.
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_redirect, programs::XdpContext};
-use lb_common::{reason, IfaceInfo};
-use lb_ebpf::headers::{ptr_at, EthHdr};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use lb_common::{reason, IfaceInfo, VlanKey, VlanOut, FAMILY_V4};
+use lb_ebpf::headers::{ptr_at, EthHdr, ETH_P_IP, ETH_P_IPV6};
 
-use crate::{fib, icmp, maps::IFACES, parse::Parsed, verdict::Verdict};
+use crate::{
+    fib, icmp,
+    l2::{write_header, Tags},
+    maps::{IFACES, VLAN_IN, VLAN_OUT},
+    parse::Parsed,
+    verdict::Verdict,
+};
 
 /// Sets the frame's destination and source MAC addresses.
 #[inline(always)]
@@ -20,6 +39,26 @@ pub fn set_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Verd
     Ok(())
 }
 
+/// Returns: the interface the kernel would say the frame came in by: the VLAN device
+/// its tags name, or the attached interface itself for an untagged frame; the drop
+/// verdict for a VLAN this host has no device for.
+#[inline(always)]
+fn input_ifindex(ctx: &XdpContext) -> Result<u32, Verdict> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let tags = Tags::received();
+    if tags.n == 0 {
+        return Ok(ifindex);
+    }
+    let key = VlanKey {
+        ifindex,
+        vid_be: tags.vids_be(),
+    };
+    // SAFETY: hash map value, copied at once.
+    unsafe { VLAN_IN.get(&key) }
+        .copied()
+        .ok_or(Verdict::drop(reason::DROP_VLAN))
+}
+
 /// Looks the next hop of `r` up in the kernel's FIB, for the methods that route. A
 /// packet too big for the egress once the method has added `overhead` bytes is answered
 /// with ICMP carrying the egress MTU less `overhead`.
@@ -31,7 +70,7 @@ pub fn next_hop(
     r: &fib::Route,
     overhead: u32,
 ) -> Result<fib::Hop, Verdict> {
-    match fib::lookup(ctx, r) {
+    match fib::lookup(ctx, input_ifindex(ctx)?, r) {
         Ok(hop) => Ok(hop),
         // Never an ICMP error about an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
         Err(fib::Miss::TooBig(_)) if p.icmp => Err(Verdict::drop(reason::DROP_TOO_BIG)),
@@ -43,9 +82,71 @@ pub fn next_hop(
 /// Looks up the interface a frame leaves by.
 /// Returns: its facts, or the drop verdict for an interface the daemon did not register.
 #[inline(always)]
-pub fn egress_iface(ifindex: u32) -> Result<&'static IfaceInfo, Verdict> {
-    // SAFETY: preallocated hash; the daemon only writes IFACES before attaching.
-    unsafe { IFACES.get(&ifindex) }.ok_or(Verdict::drop(reason::DROP_NO_IFACE))
+pub fn egress_iface(ifindex: u32) -> Result<IfaceInfo, Verdict> {
+    // SAFETY: hash map value, copied at once.
+    unsafe { IFACES.get(&ifindex) }
+        .copied()
+        .ok_or(Verdict::drop(reason::DROP_NO_IFACE))
+}
+
+/// Returns: how frames leave by `ifindex` if it is a VLAN device the daemon registered.
+#[inline(always)]
+pub fn vlan_out(ifindex: u32) -> Option<VlanOut> {
+    // SAFETY: hash map value, copied at once.
+    unsafe { VLAN_OUT.get(&ifindex) }.copied()
+}
+
+/// Where a rewritten frame goes.
+pub struct Out {
+    /// The device to transmit on.
+    pub xmit: u32,
+    /// Offset of the bytes after the new layer-2 header (the new headers a method adds,
+    /// or the IP packet).
+    pub l3_off: usize,
+}
+
+/// Gives `p` the layer-2 header of a frame leaving by interface `ifindex` (`vlan`: how,
+/// if it is a VLAN device) toward `dst` from `src`, with the tags the policy above says
+/// (`keep_tags` for direct routing), and room for `overhead` bytes of new headers
+/// before the IP packet.
+/// Returns: where the frame goes, or the final verdict of a frame not forwarded.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn relayer(
+    ctx: &XdpContext,
+    p: &Parsed,
+    ifindex: u32,
+    vlan: Option<VlanOut>,
+    dst: [u8; 6],
+    src: [u8; 6],
+    overhead: usize,
+    keep_tags: bool,
+) -> Result<Out, Verdict> {
+    let (tags, xmit) = match vlan {
+        Some(v) => (Tags::of_vlan(&v), v.xmit_ifindex),
+        None if keep_tags => (Tags::received(), ifindex),
+        None => (Tags::NONE, ifindex),
+    };
+    if tags.n == 0 && overhead == 0 {
+        set_macs(ctx, dst, src)?;
+        return Ok(Out {
+            xmit,
+            l3_off: p.l3_off,
+        });
+    }
+    let l2 = tags.header_len();
+    let grow = (l2 + overhead) as i32 - p.l3_off as i32;
+    // SAFETY: helper call on this program's own context.
+    if grow != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return Err(Verdict::internal());
+    }
+    let ethertype = if p.key.family == FAMILY_V4 {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    };
+    write_header(ctx, dst, src, &tags, ethertype).ok_or(Verdict::internal())?;
+    Ok(Out { xmit, l3_off: l2 })
 }
 
 /// Sends the (rewritten) frame out of `ifindex`: XDP_TX when that is where it came

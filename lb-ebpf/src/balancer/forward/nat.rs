@@ -22,7 +22,7 @@ use lb_ebpf::{
 
 use crate::{
     fib,
-    forward::egress::{next_hop, set_macs, transmit},
+    forward::egress::{next_hop, relayer, transmit, vlan_out},
     l2::addressed_here,
     maps::{NAT_STATE, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
@@ -110,9 +110,6 @@ pub fn forward(
     real: &RealInfo,
     new_flow: bool,
 ) -> Result<Verdict, Verdict> {
-    if p.vlan {
-        return Err(Verdict::drop(reason::DROP_VLAN));
-    }
     let hop = route(ctx, p, &p.key.src, &real.addr, p.key.sport_be, real.port_be)?;
     let reply = FlowKey {
         src: real.addr,
@@ -136,8 +133,17 @@ pub fn forward(
         let _ = NAT_STATE.insert(&reply, &state, 0);
     }
     rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
-    set_macs(ctx, hop.dmac, hop.smac)?;
-    Ok(transmit(ctx, hop.ifindex))
+    let out = relayer(
+        ctx,
+        p,
+        hop.ifindex,
+        vlan_out(hop.ifindex),
+        hop.dmac,
+        hop.smac,
+        0,
+        false,
+    )?;
+    Ok(transmit(ctx, out.xmit))
 }
 
 /// Returns: the NAT state of the flow whose reply direction `p.key` is, for a frame
@@ -166,9 +172,6 @@ fn to_client(
     reason: u32,
     restore: impl FnOnce() -> Option<()>,
 ) -> Result<(Verdict, u32), Verdict> {
-    if p.vlan {
-        return Err(Verdict::drop(reason::DROP_VLAN));
-    }
     let hop = route(
         ctx,
         p,
@@ -178,8 +181,17 @@ fn to_client(
         p.key.dport_be,
     )?;
     restore().ok_or(Verdict::internal())?;
-    set_macs(ctx, hop.dmac, hop.smac)?;
-    let v = transmit(ctx, hop.ifindex);
+    let out = relayer(
+        ctx,
+        p,
+        hop.ifindex,
+        vlan_out(hop.ifindex),
+        hop.dmac,
+        hop.smac,
+        0,
+        false,
+    )?;
+    let v = transmit(ctx, out.xmit);
     Ok((
         Verdict {
             action: v.action,
@@ -335,11 +347,17 @@ pub fn icmp_from_real(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Ve
 /// Returns: the transmit verdict, or the final verdict of an error not forwarded.
 #[inline(always)]
 pub fn icmp_to_real(ctx: &XdpContext, p: &Parsed, real: &RealInfo) -> Result<Verdict, Verdict> {
-    if p.vlan {
-        return Err(Verdict::drop(reason::DROP_VLAN));
-    }
     let hop = route(ctx, p, &p.key.src, &real.addr, p.key.sport_be, real.port_be)?;
     translate_error(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
-    set_macs(ctx, hop.dmac, hop.smac)?;
-    Ok(transmit(ctx, hop.ifindex))
+    let out = relayer(
+        ctx,
+        p,
+        hop.ifindex,
+        vlan_out(hop.ifindex),
+        hop.dmac,
+        hop.smac,
+        0,
+        false,
+    )?;
+    Ok(transmit(ctx, out.xmit))
 }

@@ -9,16 +9,13 @@
 //! between balancer and reals spreads flows (RFC 6438). A packet that would exceed the
 //! egress MTU once wrapped is answered with ICMP carrying MTU minus the overhead.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD, IPIP_OVERHEAD};
-use lb_ebpf::headers::{
-    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6,
-    IP_DF,
-};
+use lb_ebpf::headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, IPPROTO_IPIP, IPPROTO_IPV6, IP_DF};
 
 use crate::{
     fib,
-    forward::egress::{next_hop, set_macs, transmit},
+    forward::egress::{next_hop, relayer, transmit, vlan_out},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -34,9 +31,6 @@ pub fn forward(
     vs: &VsInfo,
     real: &RealInfo,
 ) -> Result<Verdict, Verdict> {
-    if p.vlan {
-        return Err(Verdict::drop(reason::DROP_VLAN));
-    }
     let v4 = p.key.family == FAMILY_V4;
     let overhead = if v4 { IPIP_OVERHEAD } else { IP6IP6_OVERHEAD } as usize;
     let outer_len = p.ip_len + overhead;
@@ -56,24 +50,27 @@ pub fn forward(
     let hop = next_hop(ctx, p, &r, overhead as u32)?;
     // Inner TOS / traffic class, read before the headers move.
     let tos = if v4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, p.l3_off).ok_or(Verdict::internal())?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { (*ip).tos }
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
+        let ip: *const Ipv6Hdr = ptr_at(ctx, p.l3_off).ok_or(Verdict::internal())?;
         // SAFETY: bounds checked by ptr_at.
         ((u32::from_be(unsafe { (*ip).ver_tc_flow }) >> 20) & 0xff) as u8
     };
-    // SAFETY: helper call on this program's own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
-        return Err(Verdict::internal());
-    }
-    set_macs(ctx, hop.dmac, hop.smac)?;
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Verdict::internal())?;
-    // SAFETY: bounds checked by ptr_at. The bytes are new headroom: every field is set.
-    unsafe { (*eth).proto_be = if v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be() };
+    // The new bytes are headroom: every field of the outer header is set below.
+    let out = relayer(
+        ctx,
+        p,
+        hop.ifindex,
+        vlan_out(hop.ifindex),
+        hop.dmac,
+        hop.smac,
+        overhead,
+        false,
+    )?;
     if v4 {
-        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, out.l3_off).ok_or(Verdict::internal())?;
         let h = Ipv4Hdr::new(
             tos,
             outer_len as u16,
@@ -86,7 +83,7 @@ pub fn forward(
         // SAFETY: bounds checked by ptr_at.
         unsafe { *ip = h };
     } else {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, out.l3_off).ok_or(Verdict::internal())?;
         let label = flow_hash(&p.key);
         let h = Ipv6Hdr::new(
             tos,
@@ -100,5 +97,5 @@ pub fn forward(
         // SAFETY: bounds checked by ptr_at.
         unsafe { *ip = h };
     }
-    Ok(transmit(ctx, hop.ifindex))
+    Ok(transmit(ctx, out.xmit))
 }

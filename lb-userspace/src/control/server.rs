@@ -2,7 +2,9 @@
 //! and hands each request, with a channel for its answer, to the daemon's task.
 
 use std::{
+    collections::VecDeque,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -23,6 +25,42 @@ const REQUEST_MAX: usize = 64 * 1024;
 /// How long the answer may take to be written: a client that never reads it is cut off
 /// rather than holding its task and descriptor for ever.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most connections waiting to send their request line. A new connection beyond this
+/// closes the oldest waiting one (answered "busy"): clients that hold connections open
+/// without a request cannot lock out one that sends its request at once, and the
+/// daemon holds at most this many such connections (a descriptor and a small buffer
+/// each).
+const WAITING_MAX: usize = 256;
+
+/// The connections still reading their request, oldest first: each one's number and
+/// the sender that closes it.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+impl Waiting {
+    /// Registers a new connection, closing the oldest waiting one when full.
+    /// Returns: its number and what tells it to close.
+    fn admit(&mut self) -> (u64, oneshot::Receiver<()>) {
+        if self.queue.len() >= WAITING_MAX {
+            if let Some((_, oldest)) = self.queue.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.next += 1;
+        self.queue.push_back((self.next, tx));
+        (self.next, rx)
+    }
+
+    /// Forgets connection `id` (its request is read, or it is gone).
+    fn done(&mut self, id: u64) {
+        self.queue.retain(|(i, _)| *i != id);
+    }
+}
 
 /// The bound control socket; the file is removed on drop.
 pub struct Socket {
@@ -67,11 +105,17 @@ pub fn listen(path: &Path) -> anyhow::Result<(Socket, mpsc::Receiver<Call>)> {
     unsafe { libc::umask(old) };
     let listener = bound.with_context(|| format!("control socket {}", path.display()))?;
     let (tx, rx) = mpsc::channel::<Call>(16);
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((conn, _)) => {
-                    tokio::spawn(serve_client(conn, tx.clone()));
+                    let (id, evicted) = lock(&waiting).admit();
+                    let (waiting, tx) = (waiting.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        serve_client(conn, tx, evicted, || lock(&waiting).done(id)).await;
+                        lock(&waiting).done(id);
+                    });
                 }
                 // Out of descriptors, say: the socket must outlive it, so wait and
                 // accept again rather than leave the loop (and the socket unanswered).
@@ -90,11 +134,31 @@ pub fn listen(path: &Path) -> anyhow::Result<(Socket, mpsc::Receiver<Call>)> {
     ))
 }
 
+/// How the wait for a request line ended.
+enum Got {
+    /// The read ended: the line's length (0 at end of stream), or an error.
+    Line(std::io::Result<usize>),
+    TimedOut,
+    /// Closed to make room for a newer connection.
+    Evicted,
+}
+
+/// Returns: the waiting list, locked (a panic elsewhere poisons nothing it guards).
+fn lock(w: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Answers one control connection: a JSON request line in, a JSON line out. A line
 /// that is not a request (not JSON, not UTF-8, an unknown command, too long) gets an
 /// error answer; a client that sends nothing within [`REQUEST_TIMEOUT`] is closed
-/// without one.
-async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
+/// without one; one closed to make room (`evicted`) before its line arrived is told
+/// so. `request_read` is called once the wait for the request line is over.
+async fn serve_client(
+    conn: tokio::net::UnixStream,
+    calls: mpsc::Sender<Call>,
+    evicted: oneshot::Receiver<()>,
+    request_read: impl FnOnce(),
+) {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
     // The socket's mode keeps others out; its caller's credentials are checked too,
     // for a socket whose mode or directory someone loosened. A refused caller's
@@ -104,17 +168,30 @@ async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
     let (read, mut write) = conn.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read.take(REQUEST_MAX as u64 + 1));
-    let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    let got = tokio::select! {
+        r = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)) => match r {
+            Ok(r) => Got::Line(r),
+            Err(_) => Got::TimedOut,
+        },
+        Ok(()) = evicted => Got::Evicted,
+    };
+    request_read();
     let resp = match got {
-        Ok(Ok(0)) => return,
-        Ok(Ok(n)) if n > REQUEST_MAX => {
+        Got::Evicted => {
+            tracing::debug!("control socket: {WAITING_MAX} connections waiting for a request; the oldest closed");
+            Response::error(format!(
+                "busy: {WAITING_MAX} connections were waiting to send a request and this was the oldest; try again"
+            ))
+        }
+        Got::Line(Ok(0)) => return,
+        Got::Line(Ok(n)) if n > REQUEST_MAX => {
             tracing::warn!("control socket: request longer than {REQUEST_MAX} bytes refused");
             Response::error(format!(
                 "bad request: longer than {REQUEST_MAX} bytes without a newline"
             ))
         }
-        Ok(Ok(_)) if refusal.is_some() => Response::error(refusal.unwrap_or_default()),
-        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+        Got::Line(Ok(_)) if refusal.is_some() => Response::error(refusal.unwrap_or_default()),
+        Got::Line(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send((req, tx)).await.is_err() {
@@ -130,11 +207,11 @@ async fn serve_client(conn: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
                 Response::error(format!("bad request: {e}"))
             }
         },
-        Ok(Err(e)) => {
+        Got::Line(Err(e)) => {
             tracing::debug!("control socket: reading a request: {e}");
             return;
         }
-        Err(_) => {
+        Got::TimedOut => {
             tracing::debug!("control socket: no request within {REQUEST_TIMEOUT:?}; closed");
             return;
         }
@@ -206,6 +283,19 @@ mod tests {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
         N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Returns: whether the peer of `c` has closed its end (without reading anything).
+    fn hung_up(c: &UnixStream) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut p = libc::pollfd {
+            fd: c.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
     }
 
     /// Sends `raw` (without closing) and reads the one answer line. Returns: it.
@@ -286,7 +376,13 @@ mod tests {
         let (s, dir) = server(Response::ok("y".repeat(BIG)));
         let mut c = UnixStream::connect(s.path()).await.unwrap();
         c.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
-        tokio::time::sleep(ANSWER_TIMEOUT + Duration::from_secs(1)).await;
+        // Not a byte read until the daemon hangs up (or a generous deadline passes):
+        // reading earlier would let the whole answer through.
+        let deadline = Instant::now() + ANSWER_TIMEOUT * 4;
+        while !hung_up(&c) {
+            assert!(Instant::now() < deadline, "the daemon never hung up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
             .await
@@ -296,6 +392,39 @@ mod tests {
             out.len() < BIG,
             "the whole answer waited for the client ({} bytes)",
             out.len()
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn connections_without_a_request_cannot_lock_out_one_with_a_request() {
+        let (s, dir) = server(Response::ok("fine"));
+        // Twice as many idle connections as are kept waiting.
+        let mut idle = Vec::new();
+        for _ in 0..2 * WAITING_MAX {
+            idle.push(UnixStream::connect(s.path()).await.unwrap());
+        }
+        let started = Instant::now();
+        let out = exchange(s.path(), b"{\"cmd\":\"status\"}\n").await;
+        assert_eq!(out, "{\"ok\":true,\"message\":\"fine\"}\n");
+        assert!(started.elapsed() < REQUEST_TIMEOUT, "answered at once");
+        // The oldest were closed, each told why; the newest still wait.
+        let mut busy = 0;
+        for c in &mut idle[..WAITING_MAX] {
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut out))
+                .await
+                .expect("closed at once")
+                .unwrap();
+            let r: Response = serde_json::from_slice(&out).unwrap();
+            assert!(r.message.unwrap().starts_with("busy:"));
+            busy += 1;
+        }
+        assert_eq!(busy, WAITING_MAX);
+        assert!(
+            !hung_up(&idle[2 * WAITING_MAX - 1]),
+            "the newest still waits"
         );
         drop(s);
         let _ = std::fs::remove_dir_all(dir);

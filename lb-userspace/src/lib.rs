@@ -13,6 +13,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod newest;
 pub mod realserver;
 pub mod reconcile;
 pub mod status;

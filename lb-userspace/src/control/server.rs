@@ -2,9 +2,7 @@
 //! and hands each request, with a channel for its answer, to the daemon's task.
 
 use std::{
-    collections::VecDeque,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -12,6 +10,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Request, Response};
+use crate::newest::Shared;
 
 /// A control request and where its answer goes.
 pub type Call = (Request, oneshot::Sender<Response>);
@@ -32,35 +31,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// daemon holds at most this many such connections (a descriptor and a small buffer
 /// each).
 const WAITING_MAX: usize = 256;
-
-/// The connections still reading their request, oldest first: each one's number and
-/// the sender that closes it.
-#[derive(Default)]
-struct Waiting {
-    next: u64,
-    queue: VecDeque<(u64, oneshot::Sender<()>)>,
-}
-
-impl Waiting {
-    /// Registers a new connection, closing the oldest waiting one when full.
-    /// Returns: its number and what tells it to close.
-    fn admit(&mut self) -> (u64, oneshot::Receiver<()>) {
-        if self.queue.len() >= WAITING_MAX {
-            if let Some((_, oldest)) = self.queue.pop_front() {
-                let _ = oldest.send(());
-            }
-        }
-        let (tx, rx) = oneshot::channel();
-        self.next += 1;
-        self.queue.push_back((self.next, tx));
-        (self.next, rx)
-    }
-
-    /// Forgets connection `id` (its request is read, or it is gone).
-    fn done(&mut self, id: u64) {
-        self.queue.retain(|(i, _)| *i != id);
-    }
-}
 
 /// The bound control socket; the file is removed on drop.
 pub struct Socket {
@@ -105,16 +75,16 @@ pub fn listen(path: &Path) -> anyhow::Result<(Socket, mpsc::Receiver<Call>)> {
     unsafe { libc::umask(old) };
     let listener = bound.with_context(|| format!("control socket {}", path.display()))?;
     let (tx, rx) = mpsc::channel::<Call>(16);
-    let waiting = Arc::new(Mutex::new(Waiting::default()));
+    let waiting = Shared::new(WAITING_MAX);
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((conn, _)) => {
-                    let (id, evicted) = lock(&waiting).admit();
+                    let (id, evicted) = waiting.admit();
                     let (waiting, tx) = (waiting.clone(), tx.clone());
                     tokio::spawn(async move {
-                        serve_client(conn, tx, evicted, || lock(&waiting).done(id)).await;
-                        lock(&waiting).done(id);
+                        serve_client(conn, tx, evicted, || waiting.release(id)).await;
+                        waiting.release(id);
                     });
                 }
                 // Out of descriptors, say: the socket must outlive it, so wait and
@@ -141,11 +111,6 @@ enum Got {
     TimedOut,
     /// Closed to make room for a newer connection.
     Evicted,
-}
-
-/// Returns: the waiting list, locked (a panic elsewhere poisons nothing it guards).
-fn lock(w: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
-    w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Answers one control connection: a JSON request line in, a JSON line out. A line

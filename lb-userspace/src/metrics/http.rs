@@ -3,7 +3,7 @@
 //! encoded as OpenMetrics when the client asks for it and as the classic text format
 //! otherwise. Every connection carries one request and is closed after the answer.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::{
@@ -16,10 +16,11 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{mpsc, oneshot},
 };
 
 use super::{encode, to_classic_text, Ask, CLASSIC, OPENMETRICS};
+use crate::newest::Shared;
 
 /// Longest request head (request line and headers), in bytes; a longer one is answered
 /// 431 and the connection closed.
@@ -28,7 +29,7 @@ const HEAD_MAX: usize = 8192;
 const HEADERS_MAX: usize = 64;
 /// How long a client may take to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most clients served at once; others are closed at once.
+/// Most clients held at once; a new one beyond closes the oldest.
 const MAX_CLIENTS: usize = 32;
 
 /// The daemon's task has gone (the daemon is stopping): the connection is closed
@@ -39,7 +40,7 @@ struct DaemonGone;
 
 /// Serves `/metrics` on `listener` until the daemon's task goes away.
 pub async fn serve(listener: TcpListener, daemon: mpsc::Sender<Ask>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let held = Shared::new(MAX_CLIENTS);
     let http = http_builder();
     loop {
         let conn = match listener.accept().await {
@@ -50,14 +51,18 @@ pub async fn serve(listener: TcpListener, daemon: mpsc::Sender<Ask>) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("metrics: {MAX_CLIENTS} clients already; connection closed");
-            continue;
-        };
-        let (daemon, http) = (daemon.clone(), http.clone());
+        // Beyond MAX_CLIENTS the oldest connection is closed: idle clients cannot keep
+        // a scraper out.
+        let (id, evicted) = held.admit();
+        let (daemon, http, held) = (daemon.clone(), http.clone(), held.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(CLIENT_TIMEOUT, client(&http, conn, daemon)).await;
-            drop(slot);
+            tokio::select! {
+                _ = tokio::time::timeout(CLIENT_TIMEOUT, client(&http, conn, daemon)) => {}
+                Ok(()) = evicted => {
+                    tracing::debug!("metrics: {MAX_CLIENTS} clients; the oldest closed");
+                }
+            }
+            held.release(id);
         });
     }
 }

@@ -598,8 +598,9 @@ fn the_daemon_keeps_serving_while_its_endpoints_are_abused() {
         err.trim()
     );
 
-    // Metrics: 40 clients that send nothing. The first 32 take every slot and are
-    // closed by the 10 s limit; the rest, and a scrape meanwhile, are closed at once.
+    // Metrics: 40 clients that send nothing. The daemon holds the newest 32, closing
+    // the oldest for each new one; the 32 it holds are closed by the 10 s limit, but
+    // for the oldest, closed to make room for a scrape meanwhile, which is answered.
     let since = Instant::now();
     let n = METRICS_MAX_CLIENTS + 8;
     let idle = Holders::start(
@@ -611,10 +612,10 @@ fn the_daemon_keeps_serving_while_its_endpoints_are_abused() {
         Duration::from_secs(20),
     );
     assert!(wait_for(Duration::from_secs(5), || idle.opened() >= n));
-    let refused = scrape(&lab);
+    let answered = scrape(&lab);
     assert!(
-        refused.is_err(),
-        "a scrape got an answer with every slot held: {refused:?}"
+        answered.as_ref().is_ok_and(|h| h.starts_with("HTTP/1.1 200")),
+        "a scrape with 40 idle clients held: {answered:?}"
     );
     let what = "metrics: 40 idle clients";
     still_serving(&lab, &traffic, since, what);
@@ -637,12 +638,14 @@ fn the_daemon_keeps_serving_while_its_endpoints_are_abused() {
         .collect();
     let longest = by_limit.iter().max().copied().copied().unwrap_or_default();
     println!(
-        "metrics: of {n} idle clients {at_once} closed at once, {} after {} ms at most; a scrape meanwhile: {refused:?}",
+        "metrics: of {n} idle clients {at_once} closed at once, {} after {} ms at most; a scrape meanwhile: {:?}",
         by_limit.len(),
-        longest.as_millis()
+        longest.as_millis(),
+        answered.map(|h| h.lines().next().unwrap_or_default().to_string())
     );
-    assert_eq!(at_once, n - METRICS_MAX_CLIENTS, "{held:?}");
-    assert_eq!(by_limit.len(), METRICS_MAX_CLIENTS, "{held:?}");
+    // The 8 oldest made room for the newest clients, one more for the scrape.
+    assert_eq!(at_once, n - METRICS_MAX_CLIENTS + 1, "{held:?}");
+    assert_eq!(by_limit.len(), METRICS_MAX_CLIENTS - 1, "{held:?}");
     assert!(
         by_limit.iter().all(
             |d| **d >= METRICS_CLIENT_TIMEOUT - Duration::from_millis(500)

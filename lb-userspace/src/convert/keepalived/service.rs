@@ -1,0 +1,367 @@
+//! `virtual_server` blocks and their `real_server`s.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use super::{at, check, group, inherited_option, no_equivalent, parser::Stmt, Inherited};
+use crate::{
+    config::{CheckType, Method, Protocol},
+    convert::{
+        assemble::{add_real, add_service, scheduler},
+        finding::{At, Findings},
+        plan::{Check, Entry, Persistence, Plan, Real, Service, Sorry},
+        text::prefix_len,
+        ConvertError,
+    },
+};
+
+/// keepalived's persistence timeout when `persistence_timeout` has no value.
+const PERSIST_DEFAULT_S: u64 = 360;
+
+/// What a virtual server's block says, before it is applied to each of its addresses.
+struct Body<'a> {
+    method: Method,
+    protocol: Protocol,
+    /// Why the virtual server cannot be converted at all.
+    refused: Option<String>,
+    persistence: Option<u64>,
+    granularity: Option<&'a Stmt>,
+    sorry: Option<(IpAddr, Option<u16>)>,
+    quorum: Option<(u32, At)>,
+    inherited: Inherited,
+    notes: Vec<String>,
+    reals: Vec<&'a Stmt>,
+}
+
+fn parse_err(s: &Stmt, message: String) -> ConvertError {
+    ConvertError::Parse {
+        file: s.file.clone(),
+        line: s.line,
+        message,
+    }
+}
+
+/// Returns: `IP [PORT]` from the arguments of `s`.
+fn addr_port(s: &Stmt) -> Result<(IpAddr, Option<u16>), ConvertError> {
+    let addr = s
+        .args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| parse_err(s, format!("expected an IP address after `{}`", s.keyword)))?;
+    let port = match s.args.get(1) {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().map_err(|_| {
+            parse_err(s, format!("expected a port after the address, found `{p}`"))
+        })?),
+    };
+    Ok((addr, port))
+}
+
+/// Converts one `virtual_server` into one entry per address (one, or a group's).
+pub fn virtual_server(
+    s: &Stmt,
+    groups: &HashMap<&str, &Stmt>,
+    plan: &mut Plan,
+    f: &mut Findings,
+) -> Result<(), ConvertError> {
+    let here = at(s);
+    let title = format!("{here}: virtual_server {}", s.args.join(" "));
+    let refuse = |plan: &mut Plan, f: &mut Findings, why: String| {
+        let c = f.warn(
+            &here,
+            format!("virtual_server {}: {why}: not converted", s.args.join(" ")),
+        );
+        plan.entries.push(Entry::Refused(vec![c]));
+    };
+    let mut group_notes = Vec::new();
+    let members: Vec<group::Member> = match s.args.first().map(String::as_str) {
+        Some("fwmark") => {
+            refuse(plan, f, "xdpvs matches address, port and protocol, not firewall marks (write one virtual server per address and port)".to_string());
+            return Ok(());
+        }
+        Some("group") => {
+            let name = s.args.get(1).map(String::as_str).unwrap_or_default();
+            let Some(g) = groups.get(name) else {
+                refuse(plan, f, format!("no virtual_server_group named `{name}`"));
+                return Ok(());
+            };
+            match group::expand(g.block.as_deref().unwrap_or_default(), f, &mut group_notes) {
+                Ok(m) if m.is_empty() => {
+                    refuse(plan, f, format!("group `{name}` has no address to convert"));
+                    return Ok(());
+                }
+                Ok(m) => m,
+                Err(why) => {
+                    refuse(plan, f, why);
+                    return Ok(());
+                }
+            }
+        }
+        _ => {
+            let (address, port) = addr_port(s)?;
+            vec![group::Member {
+                address,
+                port,
+                at: here.clone(),
+            }]
+        }
+    };
+    let body = body(s, f);
+    if let Some(why) = &body.refused {
+        refuse(plan, f, why.clone());
+        return Ok(());
+    }
+    for m in members {
+        let Some(port) = m.port.filter(|&p| p > 0) else {
+            let c = f.warn(
+                &m.at,
+                format!("virtual_server {} without a port (a persistent service on every port): xdpvs balances one port per virtual server: not converted", m.address),
+            );
+            plan.entries.push(Entry::Refused(vec![c]));
+            continue;
+        };
+        let mut comments = vec![title.clone()];
+        if m.at != here {
+            comments.push(format!("{}: member {} port {port}", m.at, m.address));
+        }
+        comments.extend(group_notes.iter().cloned());
+        comments.extend(body.notes.iter().cloned());
+        let mut svc = Service {
+            comments,
+            address: m.address,
+            port,
+            protocol: body.protocol,
+            method: body.method,
+            persistence: None,
+            sorry: body.sorry.map(|(address, port)| Sorry { address, port }),
+            min_healthy: None,
+            check: None,
+            reals: Vec::new(),
+        };
+        svc.persistence = persistence(&body, m.address.is_ipv4(), &mut svc.comments, f);
+        for r in &body.reals {
+            let (real, rat) = real(r, &svc, &body.inherited, f)?;
+            add_real(&mut svc, real, &rat, f);
+        }
+        if let Some((q, qat)) = &body.quorum {
+            quorum(&mut svc, *q, qat, f);
+        }
+        add_service(plan, svc, &m.at, f);
+    }
+    Ok(())
+}
+
+/// Reads a virtual server's own statements (not its reals').
+fn body<'a>(s: &'a Stmt, f: &mut Findings) -> Body<'a> {
+    let mut b = Body {
+        // keepalived's default forwarding method is NAT.
+        method: Method::Nat,
+        protocol: Protocol::Tcp,
+        refused: None,
+        persistence: None,
+        granularity: None,
+        sorry: None,
+        quorum: None,
+        inherited: Inherited::default(),
+        notes: Vec::new(),
+        reals: Vec::new(),
+    };
+    for st in s.block.iter().flatten() {
+        if inherited_option(st, &mut b.inherited, f, &mut b.notes) {
+            continue;
+        }
+        let here = at(st);
+        let arg = st.args.first().map(String::as_str).unwrap_or_default();
+        match st.keyword.as_str() {
+            "real_server" => b.reals.push(st),
+            "lb_kind" | "lvs_method" => match method(st) {
+                Ok(m) => {
+                    b.method = m;
+                    if st.args.len() > 1 {
+                        b.notes.push(f.warn(
+                            &here,
+                            format!("{} {}: xdpvs tunnels with IPIP only", st.keyword, st.args.join(" ")),
+                        ));
+                    }
+                }
+                Err(why) => b.refused = Some(why),
+            },
+            "protocol" => match arg.to_ascii_uppercase().as_str() {
+                "TCP" => b.protocol = Protocol::Tcp,
+                "UDP" => b.protocol = Protocol::Udp,
+                other => {
+                    b.refused = Some(format!("protocol {other}: xdpvs balances TCP and UDP only"))
+                }
+            },
+            "lb_algo" | "lvs_sched" => b.notes.push(scheduler(&here, &st.keyword, arg, f)),
+            "persistence_timeout" => match st.args.as_slice() {
+                [] => b.persistence = Some(PERSIST_DEFAULT_S),
+                [t] if t.parse::<u64>().is_ok() => b.persistence = t.parse().ok(),
+                _ => b.notes.push(no_equivalent(st, f)),
+            },
+            "persistence_granularity" => b.granularity = Some(st),
+            "sorry_server" => match addr_port(st) {
+                Ok(a) => b.sorry = Some(a),
+                Err(e) => b
+                    .notes
+                    .push(f.warn(&here, format!("sorry_server: {e}: not converted"))),
+            },
+            "quorum" => match arg.parse::<u32>() {
+                Ok(q) => b.quorum = Some((q, here)),
+                Err(_) => b.notes.push(no_equivalent(st, f)),
+            },
+            "hysteresis" => b.notes.push(f.warn(
+                &here,
+                "hysteresis: xdpvs's min_healthy has no flap damping",
+            )),
+            "ha_suspend" => b.notes.push(f.warn(
+                &here,
+                "ha_suspend: xdpvs probes whether or not this node holds the VIP (so a backup is ready when it takes over)",
+            )),
+            "omega" => b.notes.push(f.warn(
+                &here,
+                "omega: xdpvs runs no scripts on shutdown",
+            )),
+            "quorum_up" | "quorum_down" => b.notes.push(f.warn(
+                &here,
+                format!("{}: xdpvs runs no scripts; `xdpvs ready` and the metrics report the virtual server's state", st.keyword),
+            )),
+            _ => b.notes.push(no_equivalent(st, f)),
+        }
+    }
+    b
+}
+
+fn method(st: &Stmt) -> Result<Method, String> {
+    match st.args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
+        Some("DR") => Ok(Method::Dr),
+        Some("NAT") => Ok(Method::Nat),
+        Some("TUN") => Ok(Method::Tunnel),
+        Some(k @ ("FNAT" | "FULLNAT")) => Err(format!(
+            "{} {k}: xdpvs has no full NAT (source address rewritten too); its nat needs the balancer as the reals' gateway",
+            st.keyword
+        )),
+        Some(k) => Err(format!("{} {k}: unknown forwarding method", st.keyword)),
+        None => Err(format!("{}: expected DR, NAT or TUN", st.keyword)),
+    }
+}
+
+fn persistence(
+    b: &Body,
+    ipv4: bool,
+    notes: &mut Vec<String>,
+    f: &mut Findings,
+) -> Option<Persistence> {
+    let Some(secs) = b.persistence else {
+        if let Some(g) = b.granularity {
+            notes.push(f.warn(
+                &at(g),
+                "persistence_granularity without persistence_timeout: no persistence",
+            ));
+        }
+        return None;
+    };
+    let mut timeout = std::time::Duration::from_secs(secs);
+    let (lo, hi) = (1, 7 * 24 * 3600);
+    if !(lo..=hi).contains(&secs) {
+        timeout = std::time::Duration::from_secs(secs.clamp(lo, hi));
+        notes.push(f.warn(
+            &b.granularity.map(at).unwrap_or(At {
+                file: String::new(),
+                line: 0,
+            }),
+            format!(
+                "persistence_timeout {secs}: xdpvs takes 1s to 168h: {}s",
+                timeout.as_secs()
+            ),
+        ));
+    }
+    let netmask = b.granularity.and_then(|g| {
+        let text = g.args.first().map(String::as_str).unwrap_or_default();
+        let n = prefix_len(text, ipv4);
+        if n.is_none() {
+            notes.push(f.warn(
+                &at(g),
+                format!("persistence_granularity {text}: not a netmask of the VIP's family: each client on its own"),
+            ));
+        }
+        n
+    });
+    Some(Persistence { timeout, netmask })
+}
+
+/// keepalived's quorum is a sum of weights; xdpvs's min_healthy counts reals. They
+/// agree when every real has one weight.
+fn quorum(svc: &mut Service, q: u32, at: &At, f: &mut Findings) {
+    let weights: Vec<u32> = svc.reals.iter().map(|r| r.weight).collect();
+    match weights.first() {
+        Some(&w) if w > 0 && weights.iter().all(|&x| x == w) => {
+            let n = q.div_ceil(w);
+            svc.min_healthy = Some(n);
+            svc.comments.push(f.warn(
+                at,
+                format!("quorum {q}: min_healthy {n} (every weight is {w}); below it `xdpvs ready` fails, but the sorry server still waits until no real is up"),
+            ));
+        }
+        _ => svc.comments.push(f.warn(
+            at,
+            format!("quorum {q} is a sum of weights and the reals' weights differ: xdpvs's min_healthy counts reals; set it by hand"),
+        )),
+    }
+}
+
+/// Converts one `real_server` of `svc`. Returns: the real and where it was written.
+fn real(
+    s: &Stmt,
+    svc: &Service,
+    vs_inherited: &Inherited,
+    f: &mut Findings,
+) -> Result<(Real, At), ConvertError> {
+    let here = at(s);
+    let (address, port) = addr_port(s)?;
+    let mut r = Real {
+        comments: Vec::new(),
+        address,
+        port,
+        weight: 1,
+        check: None,
+    };
+    let mut inh = vs_inherited.clone();
+    let mut checkers = Vec::new();
+    for st in s.block.iter().flatten() {
+        if inherited_option(st, &mut inh, f, &mut r.comments) {
+            continue;
+        }
+        match (st.keyword.as_str(), st.args.as_slice()) {
+            ("weight", [w]) if w.parse::<u32>().is_ok() => r.weight = w.parse().unwrap_or(1),
+            ("lvs_method", _) => match method(st) {
+                Ok(m) if m == svc.method => {}
+                Ok(m) => r.comments.push(f.warn(
+                    &at(st),
+                    format!("lvs_method {m}: xdpvs has one method per virtual server; this real uses {}", svc.method),
+                )),
+                Err(why) => r.comments.push(f.warn(&at(st), why)),
+            },
+            (k, _) if check::is_checker(k) => checkers.push(st),
+            _ => r.comments.push(no_equivalent(st, f)),
+        }
+    }
+    let real_port = port.unwrap_or(svc.port);
+    let mut probes: Vec<check::Probe> = checkers
+        .iter()
+        .map(|c| check::probe(c, &inh, svc.protocol, real_port, f, &mut r.comments))
+        .collect();
+    r.check = Some(match probes.iter().position(|p| p.supported) {
+        None if probes.is_empty() => Check::of(CheckType::None),
+        chosen => {
+            let chosen = probes.remove(chosen.unwrap_or(0));
+            for p in &probes {
+                r.comments.push(f.warn(
+                    &p.at,
+                    format!("{}: xdpvs runs one probe per real (keepalived wants every checker to pass): only {} at {} is converted", p.name, chosen.name, chosen.at),
+                ));
+            }
+            chosen.check
+        }
+    });
+    Ok((r, here))
+}

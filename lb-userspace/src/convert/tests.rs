@@ -1,0 +1,120 @@
+//! The corpus under `corpus/`: each input (`*.conf` for keepalived, `*.ipvsadm` for
+//! ipvsadm-save) beside the YAML it must convert to (`.yaml`, byte for byte) and the
+//! findings it must report (`.findings`); each input of `corpus/errors/` beside the
+//! error it must stop with (`.error`). Every output must pass the validator
+//! `xdpvs check` runs. `XDPVS_BLESS=1` rewrites the expected files.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// The interfaces of the host the output is checked on: the placeholder exists
+/// everywhere.
+struct OnlyLoopback;
+
+impl SystemFacts for OnlyLoopback {
+    fn interface_exists(&self, name: &str) -> bool {
+        name == PLACEHOLDER_INTERFACE
+    }
+}
+
+fn corpus(sub: &str) -> Vec<(PathBuf, Format)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/convert/corpus")
+        .join(sub);
+    let mut out: Vec<(PathBuf, Format)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("a directory entry").path())
+        .filter_map(|p| match p.extension()?.to_str()? {
+            "conf" => Some((p, Format::Keepalived)),
+            "ipvsadm" => Some((p, Format::Ipvsadm)),
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn bless() -> bool {
+    std::env::var_os("XDPVS_BLESS").is_some()
+}
+
+/// Compares `got` with the file at `path` (or writes it when blessing).
+/// Returns: a description of the difference, if any.
+fn compare(path: &Path, got: &str) -> Option<String> {
+    if bless() {
+        std::fs::write(path, got).expect("writing an expected file");
+        return None;
+    }
+    let want = std::fs::read_to_string(path).unwrap_or_default();
+    (want != got).then(|| {
+        format!(
+            "{} differs:\n--- expected\n{want}\n--- got\n{got}",
+            path.display()
+        )
+    })
+}
+
+#[test]
+fn corpus_converts_to_the_expected_yaml_and_findings_and_validates() {
+    let cases = corpus("");
+    assert!(cases.len() >= 5, "the corpus is missing: {cases:?}");
+    let mut failures = Vec::new();
+    for (input, format) in cases {
+        let out = convert(format, &input, &Options::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+        let findings: String = out.findings.iter().map(|f| format!("{f}\n")).collect();
+        failures.extend(compare(&input.with_extension("yaml"), &out.yaml));
+        failures.extend(compare(&input.with_extension("findings"), &findings));
+        if let Err(e) = config::parse(&input.with_extension("yaml"), &out.yaml, &OnlyLoopback) {
+            failures.push(format!(
+                "{}: the output does not validate:\n{e}",
+                input.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn broken_inputs_stop_with_the_file_line_and_what_was_expected() {
+    let cases = corpus("errors");
+    assert!(cases.len() >= 4, "the error corpus is missing: {cases:?}");
+    let mut failures = Vec::new();
+    for (input, format) in cases {
+        let got = match convert(format, &input, &Options::default()) {
+            Ok(_) => format!("{}: converted, but should have failed", input.display()),
+            Err(e) => format!("{e}\n"),
+        };
+        failures.extend(compare(&input.with_extension("error"), &got));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn interfaces_and_tunnel_sources_from_the_command_line_replace_the_placeholders() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/convert/corpus");
+    let options = Options {
+        interfaces: vec!["eth0".into(), "eth1".into()],
+        tunnel_sources: vec!["10.1.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+    };
+    let out = convert(Format::Keepalived, &dir.join("methods.conf"), &options).unwrap();
+    assert!(
+        out.yaml.contains("\ninterfaces: [eth0, eth1]\n"),
+        "{}",
+        out.yaml
+    );
+    assert!(
+        out.yaml.contains("\ntunnel_source: [10.1.0.1, fd00::1]\n"),
+        "{}",
+        out.yaml
+    );
+    assert!(!out.yaml.contains("SET ME"), "{}", out.yaml);
+    assert!(
+        !out.findings
+            .iter()
+            .any(|f| f.message.contains("placeholder")),
+        "{:?}",
+        out.findings
+    );
+}

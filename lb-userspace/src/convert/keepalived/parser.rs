@@ -122,8 +122,9 @@ impl Reader {
             let Some(t) = toks.get(*pos) else {
                 return match opened {
                     Some(line) => Err(err(
-                        toks.last().map_or(line, |t| t.line),
-                        format!("expected `}}` to close the block opened at line {line}, found the end of the file"),
+                        line,
+                        "the `{` opened here is never closed: expected `}` before the end of the file"
+                            .to_string(),
                     )),
                     None => Ok(out),
                 };

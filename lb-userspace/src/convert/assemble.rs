@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use lb_common::maps::MAX_VS;
+use lb_common::maps::{MAX_REALS, MAX_VS};
 
 use super::{
     finding::{At, Findings},
@@ -88,10 +88,12 @@ pub fn add_service(plan: &mut Plan, mut svc: Service, at: &At, f: &mut Findings)
     hoist_check(&mut svc);
     let mut seen = HashSet::new();
     let mut count = 0;
+    let mut reals = 0;
     for e in &plan.entries {
         if let Entry::Service(s) = e {
             seen.insert((s.address, s.port, s.protocol));
             count += 1;
+            reals += s.reals.len();
         }
     }
     let what = format!("{} {}:{}", svc.protocol, svc.address, svc.port);
@@ -105,6 +107,12 @@ pub fn add_service(plan: &mut Plan, mut svc: Service, at: &At, f: &mut Findings)
         let c = f.warn(
             at,
             format!("{what}: xdpvs takes at most {MAX_VS} virtual servers: not converted"),
+        );
+        plan.entries.push(Entry::Refused(vec![c]));
+    } else if reals + svc.reals.len() > MAX_REALS as usize {
+        let c = f.warn(
+            at,
+            format!("{what}: xdpvs takes at most {MAX_REALS} real servers over all virtual servers: not converted"),
         );
         plan.entries.push(Entry::Refused(vec![c]));
     } else {

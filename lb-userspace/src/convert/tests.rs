@@ -118,3 +118,30 @@ fn interfaces_and_tunnel_sources_from_the_command_line_replace_the_placeholders(
         out.findings
     );
 }
+
+#[test]
+fn virtual_servers_beyond_the_table_are_refused_and_the_output_still_validates() {
+    let dir = std::env::temp_dir().join(format!("xdpvs-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("many.conf");
+    let text: String = (0..260)
+        .map(|i| {
+            format!(
+                "virtual_server 10.90.{}.{} 80 {{\n  lb_kind DR\n  real_server 10.91.0.1 80 {{\n  }}\n}}\n",
+                i / 200,
+                i % 200 + 1
+            )
+        })
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    let out = convert(Format::Keepalived, &path, &Options::default()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = config::parse(Path::new("many.yaml"), &out.yaml, &OnlyLoopback).unwrap();
+    assert_eq!(c.virtual_servers.len(), lb_common::maps::MAX_VS as usize);
+    let refused = out
+        .findings
+        .iter()
+        .filter(|f| f.message.contains("at most 256 virtual servers"))
+        .count();
+    assert_eq!(refused, 260 - lb_common::maps::MAX_VS as usize);
+}

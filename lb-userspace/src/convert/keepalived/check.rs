@@ -159,7 +159,15 @@ pub fn probe(
     check.interval = Some(interval);
     check.timeout = Some(timeout);
     check.rise = Some(1);
-    check.fall = Some((inh.retry.unwrap_or(retry_default) + 1).min(1000));
+    let retry = inh.retry.unwrap_or(retry_default);
+    let fall = retry.saturating_add(1);
+    if fall > 1000 {
+        notes.push(f.warn(
+            &here,
+            format!("retry {retry}: xdpvs counts at most 1000 failures: fall 1000"),
+        ));
+    }
+    check.fall = Some(fall.min(1000));
     if matches!(kind, CheckType::Http | CheckType::Https) {
         http(&mut check, &urls, &inh, f, notes);
     }

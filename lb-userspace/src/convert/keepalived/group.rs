@@ -38,10 +38,10 @@ fn range(text: &str) -> Option<(IpAddr, IpAddr)> {
         let a: IpAddr = base.parse().ok()?;
         let bits = if a.is_ipv4() { 32 } else { 128 };
         let len: u32 = len.parse().ok().filter(|&l| l <= bits)?;
-        let host = if len == bits {
-            0
-        } else {
-            (1u128 << (bits - len)) - 1
+        let host = match bits - len {
+            0 => 0,
+            128 => u128::MAX,
+            n => (1u128 << n) - 1,
         };
         let first = to_u128(a) & !host;
         return Some((
@@ -103,7 +103,11 @@ pub fn expand(
         if hi < lo {
             return Err(format!("{at}: the range `{}` runs backwards", s.keyword));
         }
-        if hi - lo + 1 + out.len() as u128 > MOST {
+        if (hi - lo)
+            .saturating_add(1)
+            .saturating_add(out.len() as u128)
+            > MOST
+        {
             return Err(format!(
                 "{at}: the group expands to more than {MOST} virtual servers, xdpvs's limit"
             ));
@@ -136,5 +140,10 @@ mod tests {
         assert_eq!(r("10.0.0.8/30"), p("10.0.0.8", "10.0.0.11"));
         assert_eq!(r("2001:db8::a-f"), p("2001:db8::a", "2001:db8::f"));
         assert_eq!(r("10.0.0.1-300"), None);
+        assert_eq!(
+            r("::/0"),
+            p("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(r("10.0.0.0/0"), p("0.0.0.0", "255.255.255.255"));
     }
 }

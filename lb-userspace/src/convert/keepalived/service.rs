@@ -332,7 +332,13 @@ fn real(
             continue;
         }
         match (st.keyword.as_str(), st.args.as_slice()) {
-            ("weight", [w]) if w.parse::<u32>().is_ok() => r.weight = w.parse().unwrap_or(1),
+            ("weight", [w]) => match w.parse::<u64>() {
+                Ok(n) => r.weight = u32::try_from(n).unwrap_or(u32::MAX),
+                Err(_) => r.comments.push(f.warn(
+                    &at(st),
+                    format!("weight `{w}` is not a number: weight 1"),
+                )),
+            },
             ("lvs_method", _) => match method(st) {
                 Ok(m) if m == svc.method => {}
                 Ok(m) => r.comments.push(f.warn(

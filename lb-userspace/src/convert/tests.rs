@@ -145,3 +145,96 @@ fn virtual_servers_beyond_the_table_are_refused_and_the_output_still_validates()
         .count();
     assert_eq!(refused, 260 - lb_common::maps::MAX_VS as usize);
 }
+
+/// A small deterministic generator (xorshift), for mutations that repeat run to run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+#[test]
+fn mangled_inputs_never_panic_and_whatever_converts_validates() {
+    let dir = std::env::temp_dir().join(format!("xdpvs-convert-mangle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut converted = 0;
+    for (input, format) in corpus("") {
+        let text = std::fs::read_to_string(&input).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for round in 0..60 {
+            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            for _ in 0..=rng.below(3) {
+                let i = rng.below(l.len());
+                match rng.below(5) {
+                    0 => {
+                        l.remove(i);
+                    }
+                    1 => {
+                        let j = rng.below(l.len());
+                        let dup = l[j].clone();
+                        l.insert(i, dup);
+                    }
+                    2 => {
+                        // Cut a line short, perhaps inside a word or an address.
+                        let cut = rng.below(l[i].len() + 1);
+                        let at = l[i].floor_char_boundary(cut);
+                        l[i].truncate(at);
+                    }
+                    3 => {
+                        // Swap two words of a line.
+                        let mut w: Vec<String> =
+                            l[i].split_whitespace().map(String::from).collect();
+                        if w.len() > 1 {
+                            let (a, b) = (rng.below(w.len()), rng.below(w.len()));
+                            w.swap(a, b);
+                            l[i] = w.join(" ");
+                        }
+                    }
+                    _ => {
+                        let words = [
+                            "0", "-1", "99999", "::", "{", "}", "\"", "10.0.0.1", "-w", "weight",
+                        ];
+                        let w = words[rng.below(words.len())];
+                        l[i] = format!("{} {w}", l[i]);
+                    }
+                }
+            }
+            let path = dir.join(format!(
+                "m{round}.{}",
+                input.extension().unwrap().to_string_lossy()
+            ));
+            std::fs::write(&path, l.join("\n")).unwrap();
+            match convert(format, &path, &Options::default()) {
+                Ok(out) => {
+                    converted += 1;
+                    if let Err(e) = config::parse(&path, &out.yaml, &OnlyLoopback) {
+                        panic!(
+                            "{}: mangled output does not validate:\n{e}\n{}",
+                            input.display(),
+                            out.yaml
+                        );
+                    }
+                }
+                Err(ConvertError::Invalid(e)) => {
+                    panic!(
+                        "{}: mangled input made an invalid configuration:\n{e}\n{}",
+                        input.display(),
+                        l.join("\n")
+                    )
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        converted > 100,
+        "too few mangled inputs converted ({converted}) to prove anything"
+    );
+}

@@ -6,9 +6,10 @@ mod glob;
 mod group;
 mod lexer;
 mod parser;
+mod real;
 mod service;
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
 use self::parser::{Reader, Stmt};
 use super::{
@@ -16,6 +17,7 @@ use super::{
     plan::Plan,
     ConvertError,
 };
+use crate::config::Method;
 
 /// Blocks of keepalived's own (VRRP, global settings): keepalived keeps them.
 const KEEPALIVED_OWN: &[&str] = &[
@@ -48,6 +50,47 @@ fn at(s: &Stmt) -> At {
     At {
         file: s.file.clone(),
         line: s.line,
+    }
+}
+
+/// Returns: a parse error at the statement `s`.
+pub fn parse_err(s: &Stmt, message: String) -> ConvertError {
+    ConvertError::Parse {
+        file: s.file.clone(),
+        line: s.line,
+        message,
+    }
+}
+
+/// Returns: `IP [PORT]` from the arguments of `s`.
+pub fn addr_port(s: &Stmt) -> Result<(IpAddr, Option<u16>), ConvertError> {
+    let addr = s
+        .args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| parse_err(s, format!("expected an IP address after `{}`", s.keyword)))?;
+    let port = match s.args.get(1) {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().map_err(|_| {
+            parse_err(s, format!("expected a port after the address, found `{p}`"))
+        })?),
+    };
+    Ok((addr, port))
+}
+
+/// Returns: the forwarding method `lb_kind`/`lvs_method` names, or why it has none in
+/// xdpvs.
+pub fn method(st: &Stmt) -> Result<Method, String> {
+    match st.args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
+        Some("DR") => Ok(Method::Dr),
+        Some("NAT") => Ok(Method::Nat),
+        Some("TUN") => Ok(Method::Tunnel),
+        Some(k @ ("FNAT" | "FULLNAT")) => Err(format!(
+            "{} {k}: xdpvs has no full NAT (source address rewritten too); its nat needs the balancer as the reals' gateway",
+            st.keyword
+        )),
+        Some(k) => Err(format!("{} {k}: unknown forwarding method", st.keyword)),
+        None => Err(format!("{}: expected DR, NAT or TUN", st.keyword)),
     }
 }
 

@@ -2,13 +2,15 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use super::{at, check, group, inherited_option, no_equivalent, parser::Stmt, Inherited};
+use super::{
+    addr_port, at, group, inherited_option, method, no_equivalent, parser::Stmt, real, Inherited,
+};
 use crate::{
-    config::{CheckType, Method, Protocol},
+    config::{Method, Protocol},
     convert::{
         assemble::{add_real, add_service, scheduler},
         finding::{At, Findings},
-        plan::{Check, Entry, Persistence, Plan, Real, Service, Sorry},
+        plan::{Entry, Persistence, Plan, Service, Sorry},
         text::prefix_len,
         ConvertError,
     },
@@ -30,30 +32,6 @@ struct Body<'a> {
     inherited: Inherited,
     notes: Vec<String>,
     reals: Vec<&'a Stmt>,
-}
-
-fn parse_err(s: &Stmt, message: String) -> ConvertError {
-    ConvertError::Parse {
-        file: s.file.clone(),
-        line: s.line,
-        message,
-    }
-}
-
-/// Returns: `IP [PORT]` from the arguments of `s`.
-fn addr_port(s: &Stmt) -> Result<(IpAddr, Option<u16>), ConvertError> {
-    let addr = s
-        .args
-        .first()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| parse_err(s, format!("expected an IP address after `{}`", s.keyword)))?;
-    let port = match s.args.get(1) {
-        None => None,
-        Some(p) => Some(p.parse::<u16>().map_err(|_| {
-            parse_err(s, format!("expected a port after the address, found `{p}`"))
-        })?),
-    };
-    Ok((addr, port))
 }
 
 /// Converts one `virtual_server` into one entry per address (one, or a group's).
@@ -139,7 +117,7 @@ pub fn virtual_server(
         };
         svc.persistence = persistence(&body, m.address.is_ipv4(), &mut svc.comments, f);
         for r in &body.reals {
-            let (real, rat) = real(r, &svc, &body.inherited, f)?;
+            let (real, rat) = real::real(r, &svc, &body.inherited, f)?;
             add_real(&mut svc, real, &rat, f);
         }
         if let Some((q, qat)) = &body.quorum {
@@ -231,20 +209,6 @@ fn body<'a>(s: &'a Stmt, f: &mut Findings) -> Body<'a> {
     b
 }
 
-fn method(st: &Stmt) -> Result<Method, String> {
-    match st.args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
-        Some("DR") => Ok(Method::Dr),
-        Some("NAT") => Ok(Method::Nat),
-        Some("TUN") => Ok(Method::Tunnel),
-        Some(k @ ("FNAT" | "FULLNAT")) => Err(format!(
-            "{} {k}: xdpvs has no full NAT (source address rewritten too); its nat needs the balancer as the reals' gateway",
-            st.keyword
-        )),
-        Some(k) => Err(format!("{} {k}: unknown forwarding method", st.keyword)),
-        None => Err(format!("{}: expected DR, NAT or TUN", st.keyword)),
-    }
-}
-
 fn persistence(
     b: &Body,
     ipv4: bool,
@@ -307,67 +271,4 @@ fn quorum(svc: &mut Service, q: u32, at: &At, f: &mut Findings) {
             format!("quorum {q} is a sum of weights and the reals' weights differ: xdpvs's min_healthy counts reals; set it by hand"),
         )),
     }
-}
-
-/// Converts one `real_server` of `svc`. Returns: the real and where it was written.
-fn real(
-    s: &Stmt,
-    svc: &Service,
-    vs_inherited: &Inherited,
-    f: &mut Findings,
-) -> Result<(Real, At), ConvertError> {
-    let here = at(s);
-    let (address, port) = addr_port(s)?;
-    let mut r = Real {
-        comments: Vec::new(),
-        address,
-        port,
-        weight: 1,
-        check: None,
-    };
-    let mut inh = vs_inherited.clone();
-    let mut checkers = Vec::new();
-    for st in s.block.iter().flatten() {
-        if inherited_option(st, &mut inh, f, &mut r.comments) {
-            continue;
-        }
-        match (st.keyword.as_str(), st.args.as_slice()) {
-            ("weight", [w]) => match w.parse::<u64>() {
-                Ok(n) => r.weight = u32::try_from(n).unwrap_or(u32::MAX),
-                Err(_) => r.comments.push(f.warn(
-                    &at(st),
-                    format!("weight `{w}` is not a number: weight 1"),
-                )),
-            },
-            ("lvs_method", _) => match method(st) {
-                Ok(m) if m == svc.method => {}
-                Ok(m) => r.comments.push(f.warn(
-                    &at(st),
-                    format!("lvs_method {m}: xdpvs has one method per virtual server; this real uses {}", svc.method),
-                )),
-                Err(why) => r.comments.push(f.warn(&at(st), why)),
-            },
-            (k, _) if check::is_checker(k) => checkers.push(st),
-            _ => r.comments.push(no_equivalent(st, f)),
-        }
-    }
-    let real_port = port.unwrap_or(svc.port);
-    let mut probes: Vec<check::Probe> = checkers
-        .iter()
-        .map(|c| check::probe(c, &inh, svc.protocol, real_port, f, &mut r.comments))
-        .collect();
-    r.check = Some(match probes.iter().position(|p| p.supported) {
-        None if probes.is_empty() => Check::of(CheckType::None),
-        chosen => {
-            let chosen = probes.remove(chosen.unwrap_or(0));
-            for p in &probes {
-                r.comments.push(f.warn(
-                    &p.at,
-                    format!("{}: xdpvs runs one probe per real (keepalived wants every checker to pass): only {} at {} is converted", p.name, chosen.name, chosen.at),
-                ));
-            }
-            chosen.check
-        }
-    });
-    Ok((r, here))
 }

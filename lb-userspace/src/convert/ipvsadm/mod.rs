@@ -1,27 +1,19 @@
 //! The output of `ipvsadm-save -n` (`ipvsadm -S -n`): one `-A` line per service and
 //! one `-a` line per real server, short or long options.
 
+mod rules;
+
 use std::{net::IpAddr, path::Path, time::Duration};
 
+use self::rules::{err, line, Key};
 use super::{
     assemble::{add_real, add_service, scheduler},
     finding::{At, Findings},
     plan::{Check, Entry, Persistence, Plan, Real, Service},
-    text::{addr_port, prefix_len},
+    text::prefix_len,
     ConvertError,
 };
-use crate::config::{CheckType, Method, Protocol};
-
-/// ipvsadm's persistence timeout when `-p` has no value (seconds).
-const PERSIST_DEFAULT_S: u64 = 300;
-
-/// How a service is named on an `-A`/`-a` line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Key {
-    Service(Protocol, IpAddr, u16),
-    /// `-f MARK` or `--sctp-service`: kept only to attach its reals to its refusal.
-    Other(String),
-}
+use crate::config::{CheckType, Method};
 
 #[derive(Debug)]
 struct Spec {
@@ -44,147 +36,6 @@ struct RealSpec {
     weight: u32,
     at: At,
     notes: Vec<String>,
-}
-
-/// One line's options, as read.
-#[derive(Debug, Default)]
-struct Line {
-    add_service: bool,
-    key: Option<Key>,
-    real: Option<(IpAddr, Option<u16>)>,
-    method: Option<Method>,
-    weight: Option<u32>,
-    scheduler: Option<String>,
-    persistent: Option<u64>,
-    netmask: Option<String>,
-    notes: Vec<String>,
-}
-
-fn err(at: &At, message: String) -> ConvertError {
-    ConvertError::Parse {
-        file: at.file.clone(),
-        line: at.line,
-        message,
-    }
-}
-
-/// Returns: the service an `ADDR:PORT` argument names.
-fn service_key(proto: Protocol, arg: &str, at: &At) -> Result<Key, ConvertError> {
-    match addr_port(arg) {
-        Some((a, Some(p))) => Ok(Key::Service(proto, a, p)),
-        _ => Err(err(
-            at,
-            format!(
-                "expected ADDRESS:PORT (or [IPv6]:PORT) after the service option, found `{arg}`"
-            ),
-        )),
-    }
-}
-
-/// Reads one line's words. Returns: its options, `None` for a line that is not an
-/// `-A`/`-a` rule (reported), or a parse error.
-fn line(
-    words: &[&str],
-    at: &At,
-    f: &mut Findings,
-    ignored: &mut Vec<String>,
-) -> Result<Option<Line>, ConvertError> {
-    let mut l = Line::default();
-    // `--opt=value` is `--opt value`.
-    let mut words: Vec<String> = words
-        .iter()
-        .flat_map(|w| match w.split_once('=') {
-            Some((o, v)) if o.starts_with("--") => vec![o.to_string(), v.to_string()],
-            _ => vec![w.to_string()],
-        })
-        .collect();
-    words.reverse();
-    let cmd = words.pop().unwrap_or_default();
-    match cmd.as_str() {
-        "-A" | "--add-service" => l.add_service = true,
-        "-a" | "--add-server" => {}
-        other => {
-            ignored.push(f.warn(
-                at,
-                format!("`{other}`: not a rule ipvsadm-save writes (-A or -a): line ignored"),
-            ));
-            return Ok(None);
-        }
-    }
-    let value = |opt: &str, words: &mut Vec<String>| {
-        words
-            .pop()
-            .ok_or_else(|| err(at, format!("expected a value after `{opt}`")))
-    };
-    while let Some(opt) = words.pop() {
-        match opt.as_str() {
-            "-t" | "--tcp-service" => {
-                l.key = Some(service_key(Protocol::Tcp, &value(&opt, &mut words)?, at)?)
-            }
-            "-u" | "--udp-service" => {
-                l.key = Some(service_key(Protocol::Udp, &value(&opt, &mut words)?, at)?)
-            }
-            "--sctp-service" => {
-                let v = value(&opt, &mut words)?;
-                l.key = Some(Key::Other(format!(
-                    "sctp service {v}: xdpvs balances TCP and UDP only"
-                )));
-            }
-            "-f" | "--fwmark-service" => {
-                let v = value(&opt, &mut words)?;
-                l.key = Some(Key::Other(format!("fwmark service {v}: xdpvs matches address, port and protocol, not firewall marks")));
-            }
-            "-s" | "--scheduler" => l.scheduler = Some(value(&opt, &mut words)?),
-            "-p" | "--persistent" => {
-                let t = match words.last().and_then(|w| w.parse::<u64>().ok()) {
-                    Some(t) => {
-                        words.pop();
-                        t
-                    }
-                    None => PERSIST_DEFAULT_S,
-                };
-                l.persistent = Some(t);
-            }
-            "-M" | "--netmask" => l.netmask = Some(value(&opt, &mut words)?),
-            "-r" | "--real-server" => {
-                let v = value(&opt, &mut words)?;
-                l.real = Some(addr_port(&v).ok_or_else(|| {
-                    err(
-                        at,
-                        format!("expected ADDRESS[:PORT] after `{opt}`, found `{v}`"),
-                    )
-                })?);
-            }
-            "-g" | "--gatewaying" => l.method = Some(Method::Dr),
-            "-m" | "--masquerading" => l.method = Some(Method::Nat),
-            "-i" | "--ipip" => l.method = Some(Method::Tunnel),
-            "-w" | "--weight" => {
-                let v = value(&opt, &mut words)?;
-                l.weight = Some(v.parse().map_err(|_| {
-                    err(at, format!("expected a weight after `{opt}`, found `{v}`"))
-                })?);
-            }
-            "-n" | "--numeric" => {}
-            "-x" | "--u-threshold" | "-y" | "--l-threshold" | "--pe" | "-b" | "--sched-flags"
-            | "--tun-type" | "--tun-port" => {
-                let v = value(&opt, &mut words)?;
-                l.notes.push(f.warn(
-                    at,
-                    format!("{opt} {v}: no equivalent in xdpvs; not converted"),
-                ));
-            }
-            "-o" | "--ops" | "--persistent-conn" | "--tun-nocsum" | "--tun-csum"
-            | "--tun-remcsum" => {
-                l.notes
-                    .push(f.warn(at, format!("{opt}: no equivalent in xdpvs; not converted")));
-            }
-            other => {
-                ignored.push(f.warn(at, format!("unknown option `{other}`: line ignored")));
-                return Ok(None);
-            }
-        }
-    }
-    Ok(Some(l))
 }
 
 /// Converts the rules at `path` (`-`: standard input).

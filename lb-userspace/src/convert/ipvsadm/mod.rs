@@ -168,7 +168,7 @@ fn service(spec: Spec, plan: &mut Plan, f: &mut Findings) {
         check: Some(Check::of(CheckType::None)),
         reals: Vec::new(),
     };
-    if let Some(secs) = spec.persistence {
+    if let Some(secs) = spec.persistence.filter(|&s| s > 0) {
         let clamped = secs.clamp(1, 7 * 24 * 3600);
         if clamped != secs {
             svc.comments.push(f.warn(

@@ -1,4 +1,5 @@
-//! `virtual_server` blocks and their `real_server`s.
+//! `virtual_server` blocks: one virtual server per address (a group's, or its own);
+//! their `real_server`s are read by `real`.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -25,7 +26,8 @@ struct Body<'a> {
     protocol: Protocol,
     /// Why the virtual server cannot be converted at all.
     refused: Option<String>,
-    persistence: Option<u64>,
+    /// `persistence_timeout` in seconds, and where it was set.
+    persistence: Option<(u64, At)>,
     granularity: Option<&'a Stmt>,
     sorry: Option<(IpAddr, Option<u16>)>,
     quorum: Option<(u32, At)>,
@@ -172,8 +174,10 @@ fn body<'a>(s: &'a Stmt, f: &mut Findings) -> Body<'a> {
             },
             "lb_algo" | "lvs_sched" => b.notes.push(scheduler(&here, &st.keyword, arg, f)),
             "persistence_timeout" => match st.args.as_slice() {
-                [] => b.persistence = Some(PERSIST_DEFAULT_S),
-                [t] if t.parse::<u64>().is_ok() => b.persistence = t.parse().ok(),
+                [] => b.persistence = Some((PERSIST_DEFAULT_S, here)),
+                [t] if t.parse::<u64>().is_ok() => {
+                    b.persistence = t.parse().ok().map(|secs| (secs, here))
+                }
                 _ => b.notes.push(no_equivalent(st, f)),
             },
             "persistence_granularity" => b.granularity = Some(st),
@@ -215,7 +219,7 @@ fn persistence(
     notes: &mut Vec<String>,
     f: &mut Findings,
 ) -> Option<Persistence> {
-    let Some(secs) = b.persistence else {
+    let Some((secs, timeout_at)) = &b.persistence else {
         if let Some(g) = b.granularity {
             notes.push(f.warn(
                 &at(g),
@@ -224,15 +228,17 @@ fn persistence(
         }
         return None;
     };
+    let secs = *secs;
+    if secs == 0 {
+        // As ipvsadm's -p 0: not persistent.
+        return None;
+    }
     let mut timeout = std::time::Duration::from_secs(secs);
     let (lo, hi) = (1, 7 * 24 * 3600);
     if !(lo..=hi).contains(&secs) {
         timeout = std::time::Duration::from_secs(secs.clamp(lo, hi));
         notes.push(f.warn(
-            &b.granularity.map(at).unwrap_or(At {
-                file: String::new(),
-                line: 0,
-            }),
+            timeout_at,
             format!(
                 "persistence_timeout {secs}: xdpvs takes 1s to 168h: {}s",
                 timeout.as_secs()

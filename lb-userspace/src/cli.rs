@@ -1,11 +1,11 @@
 //! Command line: `xdpvs run | check | status | teardown | ready | withdraw | announce |
-//! reload | real | realserver setup|decap`.
+//! reload | real | realserver setup|decap | convert`.
 
 use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{config::XdpMode, realserver::setup::SetupMethod};
+use crate::{config::XdpMode, convert::Format, realserver::setup::SetupMethod};
 
 /// xdpvs: a layer-4 load balancer on XDP (direct routing, NAT, IP tunnelling; Maglev).
 #[derive(Parser, Debug)]
@@ -130,6 +130,42 @@ pub enum Command {
         #[command(subcommand)]
         command: RealserverCommand,
     },
+    /// Print an xdpvs configuration converted from keepalived.conf or from the output
+    /// of `ipvsadm-save -n`; what has no equivalent becomes a comment in the output and
+    /// a warning on stderr (docs/migration.md).
+    Convert {
+        /// The input's format.
+        #[arg(long, value_enum)]
+        from: FromFormat,
+        /// The input file; `-` reads standard input.
+        file: PathBuf,
+        /// An interface traffic for the VIPs arrives on (repeat for several); without
+        /// one, a placeholder the output says to change.
+        #[arg(long = "interface", short)]
+        interfaces: Vec<String>,
+        /// This balancer's address, the outer source of tunnelled packets (at most one
+        /// per family); without one, a tunnel virtual server gets a placeholder.
+        #[arg(long = "tunnel-source")]
+        tunnel_sources: Vec<IpAddr>,
+    },
+}
+
+/// `convert --from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FromFormat {
+    /// keepalived.conf: its virtual_server blocks (VRRP stays with keepalived).
+    Keepalived,
+    /// The output of `ipvsadm-save -n` (`ipvsadm -S -n`).
+    Ipvsadm,
+}
+
+impl From<FromFormat> for Format {
+    fn from(f: FromFormat) -> Self {
+        match f {
+            FromFormat::Keepalived => Format::Keepalived,
+            FromFormat::Ipvsadm => Format::Ipvsadm,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

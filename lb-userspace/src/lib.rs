@@ -5,6 +5,7 @@ pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod convert;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;

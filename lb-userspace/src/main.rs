@@ -6,7 +6,7 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use xdpvs::{
     cli::{Cli, Command, LogFormat, RealCommand, RealserverCommand},
-    config, control, daemon,
+    config, control, convert, daemon,
     instance::Instance,
     realserver,
 };
@@ -212,6 +212,31 @@ fn teardown(instance: &Instance) -> ExitCode {
     }
 }
 
+/// `xdpvs convert`: the YAML on stdout, warnings and info on stderr.
+fn convert(
+    format: convert::Format,
+    file: &std::path::Path,
+    options: &convert::Options,
+) -> ExitCode {
+    match convert::convert(format, file, options) {
+        Ok(out) => {
+            for f in out
+                .findings
+                .iter()
+                .filter(|f| f.level != convert::Level::Note)
+            {
+                eprintln!("xdpvs convert: {f}");
+            }
+            print!("{}", out.yaml);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xdpvs convert: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
@@ -373,6 +398,18 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Convert {
+            from,
+            file,
+            interfaces,
+            tunnel_sources,
+        } => {
+            let options = convert::Options {
+                interfaces,
+                tunnel_sources,
+            };
+            convert(from.into(), &file, &options)
         }
         Command::Run { config } => {
             let Some(rt) = runtime() else {

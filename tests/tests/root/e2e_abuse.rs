@@ -153,7 +153,6 @@ struct Held {
 struct Holders {
     stop: Arc<AtomicBool>,
     opened: Arc<AtomicUsize>,
-    closed: Arc<AtomicUsize>,
     thread: Option<JoinHandle<Held>>,
 }
 
@@ -168,8 +167,7 @@ impl Holders {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let opened = Arc::new(AtomicUsize::new(0));
-        let closed = Arc::new(AtomicUsize::new(0));
-        let (s, o, cl) = (stop.clone(), opened.clone(), closed.clone());
+        let (s, o) = (stop.clone(), opened.clone());
         let run = move || {
             let end = Instant::now() + limit;
             let mut held = Held::default();
@@ -206,7 +204,6 @@ impl Holders {
                     };
                     if closed {
                         held.closed_after.push(at.elapsed());
-                        cl.fetch_add(1, Ordering::Relaxed);
                         if !got.is_empty() {
                             held.answers.push(String::from_utf8_lossy(got).into_owned());
                         }
@@ -232,7 +229,6 @@ impl Holders {
         Holders {
             stop,
             opened,
-            closed,
             thread: Some(thread),
         }
     }
@@ -240,11 +236,6 @@ impl Holders {
     /// Returns: how many connections were opened so far.
     fn opened(&self) -> usize {
         self.opened.load(Ordering::Relaxed)
-    }
-
-    /// Returns: how many connections the daemon has closed so far.
-    fn closed(&self) -> usize {
-        self.closed.load(Ordering::Relaxed)
     }
 
     /// Returns: whether every connection is closed (without refill) or the time is up.

@@ -14,6 +14,7 @@ mod e2e_health;
 mod e2e_icmp;
 mod e2e_methods;
 mod e2e_metrics;
+mod e2e_package;
 mod e2e_privilege;
 mod e2e_restart;
 mod e2e_scaleout;

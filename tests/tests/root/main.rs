@@ -7,6 +7,7 @@
 mod e2e_abuse;
 mod e2e_announce;
 mod e2e_control;
+mod e2e_dns;
 mod e2e_dr;
 mod e2e_fragments;
 mod e2e_ha;

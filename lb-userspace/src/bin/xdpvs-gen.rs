@@ -44,7 +44,13 @@ enum Gen {
 ///
 /// Returns: the first write that failed.
 fn man_pages(cmd: &Command, name: &str, dir: &Path) -> std::io::Result<()> {
-    let page = cmd.clone().display_name(name);
+    let mut page = cmd.clone().display_name(name);
+    // NAME reads `xdpvs - what it is`: an about that starts with the name itself (the
+    // crate's description does) loses that start.
+    let about = cmd.get_about().map(ToString::to_string).unwrap_or_default();
+    if let Some(rest) = about.strip_prefix(&format!("{name}: ")) {
+        page = page.about(rest.to_string());
+    }
     let mut text = Vec::new();
     clap_mangen::Man::new(page)
         .title(name.to_uppercase())

@@ -438,6 +438,24 @@ impl Lab {
         path
     }
 
+    /// Writes the lab's configuration (as [`Lab::write_config`]) with a UDP virtual
+    /// server `name` on VIP:53 added: method `method`, `extra` (YAML lines of the
+    /// virtual server, indented by 4), every real at port 53. Returns: its path, `file`
+    /// in the lab's directory.
+    pub fn write_with_udp_vs(&self, name: &str, method: &str, extra: &str, file: &str) -> PathBuf {
+        let mut y = std::fs::read_to_string(self.write_config()).expect("config");
+        y.push_str(&format!(
+            "  - name: {name}\n    address: '{}'\n    port: 53\n    protocol: udp\n    method: {method}\n{extra}    real_servers:\n",
+            self.vip
+        ));
+        for a in &self.real_addrs {
+            y.push_str(&format!("      - address: '{a}'\n"));
+        }
+        let path = self.dir.join(file);
+        std::fs::write(&path, y).expect("write config");
+        path
+    }
+
     /// Narrows the client's side of the router (dr-routed and tunnel labs) to `mtu`:
     /// the reals' large replies then meet a router that answers "fragmentation
     /// needed" / "packet too big" to the VIP they come from.

@@ -4,6 +4,7 @@
 
 mod cmd;
 mod deny;
+mod dist;
 mod layers;
 mod setup;
 
@@ -30,6 +31,9 @@ enum Cmd {
     Setup,
     /// Build the BPF object and target/release/xdpvs.
     Build,
+    /// Build the Debian package target/dist/xdpvs_<version>_amd64.deb and check it with
+    /// lintian.
+    Dist,
     /// Run every test: static checks, unit tests, then the root-run BPF and namespace tests.
     Test,
     /// Run cargo-deny: licences, bans and duplicates, sources, and security advisories
@@ -87,11 +91,13 @@ fn test() -> Result<()> {
     run(Command::new("cargo").args(["test", "-p", "lb-userspace"]))?;
     // xtask's own checks (the cycle finder, the advisories triage) are code too.
     run(Command::new("cargo").args(["test", "-p", "xtask"]))?;
-    build()?;
+    // Builds the daemon too; e2e_package installs the package it makes.
+    let deb = dist::dist()?;
     // Root-run tests share the host's namespaces directory: run them one at a time.
     run(Command::new("cargo")
         .args(["test", "-p", "tests", "--", "--test-threads=1"])
-        .env("XDPVS_BIN", xdpvs_bin()))?;
+        .env("XDPVS_BIN", xdpvs_bin())
+        .env("XDPVS_DEB", deb))?;
     // Said again at the end, where it cannot scroll away.
     if let Some(text) = deny::banner(&advisories) {
         eprintln!("{text}");
@@ -105,6 +111,10 @@ fn main() -> Result<()> {
         Cmd::Build => {
             setup()?;
             build()
+        }
+        Cmd::Dist => {
+            setup()?;
+            dist::dist().map(drop)
         }
         Cmd::Test => test(),
         Cmd::Deny => {

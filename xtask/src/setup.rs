@@ -30,6 +30,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // would, in the tests' namespaces (no service is started on the host).
     ("keepalived", "keepalived"),
     ("bird", "bird2"),
+    // dnsmasq: the dns probe's end-to-end test runs it as the real's DNS server
+    // (dnsmasq-base: the program without Debian's service, so nothing starts on the host).
+    ("dnsmasq", "dnsmasq-base"),
+    // `cargo xtask dist`: dpkg-shlibdeps computes the package's Depends, lintian checks
+    // it, and e2e_package reads the installed page with man.
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("lintian", "lintian"),
+    ("man", "man-db"),
 ];
 
 /// Installs everything, cheapest checks first.

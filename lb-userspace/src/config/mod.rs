@@ -3,6 +3,7 @@
 //! Loading never stops at the first problem: every error is collected, each with the
 //! file, line, column and field path, so an operator fixes a file in one pass.
 
+pub mod dns;
 mod locate;
 mod pem;
 mod raw;
@@ -16,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+pub use dns::{DnsQuestion, QueryType};
 pub use locate::{Locator, Pos};
 use rustls_pki_types::{CertificateDer, ServerName};
 
@@ -213,6 +215,8 @@ pub enum CheckType {
     Http,
     /// The same over TLS, the real's certificate verified unless told otherwise.
     Https,
+    /// A DNS query over UDP is answered, without error, to the question asked.
+    Dns,
 }
 
 impl fmt::Display for CheckType {
@@ -222,6 +226,7 @@ impl fmt::Display for CheckType {
             CheckType::Tcp => "tcp",
             CheckType::Http => "http",
             CheckType::Https => "https",
+            CheckType::Dns => "dns",
         })
     }
 }
@@ -246,6 +251,8 @@ pub struct HealthCheck {
     pub fall: u32,
     /// HTTPS: how the real's certificate is checked.
     pub verify: Verify,
+    /// DNS: the question asked.
+    pub dns: DnsQuestion,
 }
 
 /// How an https probe checks the real's certificate.

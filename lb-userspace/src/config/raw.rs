@@ -109,6 +109,12 @@ pub struct RawHealthCheck {
     pub insecure: Option<bool>,
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// dns: the name asked.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// dns: the record type asked.
+    #[serde(default)]
+    pub query_type: Option<RawQueryType>,
 }
 
 impl RawHealthCheck {
@@ -129,6 +135,8 @@ impl RawHealthCheck {
             fall: over.fall.or(self.fall),
             insecure: over.insecure.or(self.insecure),
             ca_file: over.ca_file.clone().or_else(|| self.ca_file.clone()),
+            name: over.name.clone().or_else(|| self.name.clone()),
+            query_type: over.query_type.or(self.query_type),
         }
     }
 }
@@ -140,6 +148,20 @@ pub enum RawCheckType {
     Tcp,
     Http,
     Https,
+    Dns,
+}
+
+/// A `dns` probe's record type, spelt as keepalived's DNS_CHECK `type` (upper case).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RawQueryType {
+    A,
+    Ns,
+    Cname,
+    Soa,
+    Mx,
+    Txt,
+    Aaaa,
 }
 
 /// `200`, `"200-399"`, or a list of either.

@@ -223,6 +223,13 @@ fn each_error_names_line_and_field() {
         ("ca_file of a real missing", "        weight: 1", "        weight: 1\n        health_check: { type: https, ca_file: /nonexistent/r.pem }", 14, "virtual_servers[0].real_servers[0].health_check.ca_file", "cannot read"),
         ("insecure and ca_file together", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: https, insecure: true, ca_file: /nonexistent/ca.pem }", 10, "virtual_servers[0].health_check.insecure", "set one of them"),
         ("https host not a name", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: https, host: 'bad..name' }", 10, "virtual_servers[0].health_check.host", "not a DNS name or an IP address"),
+        ("dns label over 63 bytes", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: dns, name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.test }", 10, "virtual_servers[0].health_check.name", "at most 63"),
+        ("dns name over 255 bytes", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: dns, name: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb }", 10, "virtual_servers[0].health_check.name", "at most 255"),
+        ("dns name with an empty label", "        weight: 1", "        weight: 1\n        health_check: { type: dns, name: 'a..test' }", 14, "virtual_servers[0].real_servers[0].health_check.name", "empty label"),
+        ("unknown dns type", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: dns, query_type: PTR }", 10, "virtual_servers[0].health_check.query_type", "unknown variant `PTR`"),
+        ("dns name on a tcp probe", "scheduler: maglev", "scheduler: maglev\n    health_check: { name: example.test }", 10, "virtual_servers[0].health_check.name", "type dns only (type is tcp)"),
+        ("query_type on a real's http probe", "        weight: 1", "        weight: 1\n        health_check: { type: http, query_type: A }", 14, "virtual_servers[0].real_servers[0].health_check.query_type", "type dns only (type is http)"),
+        ("path on a dns probe", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: dns, path: /health }", 10, "virtual_servers[0].health_check.path", "type is dns"),
         ("path a URL cannot carry", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: http, path: '/a<b>' }", 10, "virtual_servers[0].health_check.path", "percent-encode"),
     ];
     for (what, from, to, line, field, msg) in rows {
@@ -336,6 +343,26 @@ fn https_probes_verify_against_system_roots_a_ca_file_or_not_at_all() {
     // A real that chose tcp for itself inherits the virtual server's TLS fields quietly.
     let v = verify(&https("{ type: https, insecure: true }", "{ type: tcp }"));
     assert_eq!(v[1], Verify::Insecure);
+}
+
+#[test]
+fn dns_probes_take_keepalived_defaults_and_the_reals_port() {
+    // A udp virtual server on port 53: the probe needs no port of its own.
+    let text = https("{ type: dns }", "{ name: example.test, query_type: AAAA }")
+        .replace("port: 80\n", "port: 53\n")
+        .replacen("protocol: tcp", "protocol: udp", 1);
+    let c = parse(Path::new("lb.yaml"), &text, &Facts).unwrap();
+    let h = &c.virtual_servers[0].real_servers[1].health_check;
+    assert_eq!(
+        (h.kind, h.port, h.dns.name.as_str(), h.dns.qtype),
+        (CheckType::Dns, 53, ".", QueryType::Soa),
+        "keepalived's defaults: the root's SOA, at the real's port (no port needed on udp)"
+    );
+    let h = &c.virtual_servers[0].real_servers[0].health_check;
+    assert_eq!(
+        (h.dns.name.as_str(), h.dns.qtype),
+        ("example.test", QueryType::Aaaa)
+    );
 }
 
 #[test]

@@ -17,12 +17,12 @@ use super::{
     parse_duration,
     raw::{
         RawAddrs, RawCheckType, RawConfig, RawDuration, RawHealthCheck, RawMethod, RawPersistence,
-        RawProtocol, RawRealServer, RawScheduler, RawSorryServer, RawStatus, RawStatusItem,
-        RawVirtualServer, RawXdpMode,
+        RawProtocol, RawQueryType, RawRealServer, RawScheduler, RawSorryServer, RawStatus,
+        RawStatusItem, RawVirtualServer, RawXdpMode,
     },
-    CaFile, CheckType, Config, ConfigError, ConfigErrors, HealthCheck, Method, Persistence,
-    Protocol, RealServer, SorryServer, SystemFacts, Verify, VirtualServer, XdpMode,
-    DEFAULT_TABLE_SIZE, MAX_WEIGHT,
+    CaFile, CheckType, Config, ConfigError, ConfigErrors, DnsQuestion, HealthCheck, Method,
+    Persistence, Protocol, QueryType, RealServer, SorryServer, SystemFacts, Verify, VirtualServer,
+    XdpMode, DEFAULT_TABLE_SIZE, MAX_WEIGHT,
 };
 
 /// Probe defaults (the example values, and keepalived's habits).
@@ -599,6 +599,7 @@ impl<'a> Validator<'a> {
             RawCheckType::Tcp => CheckType::Tcp,
             RawCheckType::Http => CheckType::Http,
             RawCheckType::Https => CheckType::Https,
+            RawCheckType::Dns => CheckType::Dns,
         };
         let interval = match &m.interval {
             Some(d) => self.duration(&field(level(real.interval.is_some()), "interval"), d),
@@ -621,6 +622,7 @@ impl<'a> Validator<'a> {
                 rise: 1,
                 fall: 1,
                 verify: Verify::SystemRoots,
+                dns: DnsQuestion::default(),
             });
         }
         if let Some(i) = interval {
@@ -662,7 +664,8 @@ impl<'a> Validator<'a> {
                 "port 0 is not a valid port (1-65535)",
             );
         }
-        if protocol == Protocol::Udp && m.port.is_none() {
+        // A dns probe is UDP itself: the real's port is the service's.
+        if protocol == Protocol::Udp && m.port.is_none() && kind != CheckType::Dns {
             self.error(
                 &field(kind_level, "type"),
                 format!("a udp virtual server's {kind} probe needs health_check.port, the port of a TCP service on the real (or type none)"),
@@ -681,13 +684,36 @@ impl<'a> Validator<'a> {
                 m.expect_status.is_some(),
             ),
         ];
-        if kind == CheckType::Tcp {
+        if matches!(kind, CheckType::Tcp | CheckType::Dns) {
+            let why = match kind {
+                CheckType::Tcp => "tcp, the default for a tcp virtual server",
+                _ => "dns",
+            };
             for (name, set_by_real, set) in http_only {
                 let lvl = level(set_by_real);
                 if set && !inherited(lvl) {
                     self.error(
                         &field(lvl, name),
-                        "applies to type http only (or https): type is tcp, the default for a tcp virtual server",
+                        format!("applies to type http only (or https): type is {why}"),
+                    );
+                }
+            }
+        }
+        let dns_only = [
+            ("name", real.name.is_some(), m.name.is_some()),
+            (
+                "query_type",
+                real.query_type.is_some(),
+                m.query_type.is_some(),
+            ),
+        ];
+        if kind != CheckType::Dns {
+            for (name, set_by_real, set) in dns_only {
+                let lvl = level(set_by_real);
+                if set && !inherited(lvl) {
+                    self.error(
+                        &field(lvl, name),
+                        format!("applies to type dns only (type is {kind})"),
                     );
                 }
             }
@@ -739,6 +765,7 @@ impl<'a> Validator<'a> {
         } else {
             Some(Verify::SystemRoots)
         };
+        let dns = self.dns_question(&m, &field(level(real.name.is_some()), "name"));
         let expect_status = match &m.expect_status {
             None => vec![DEFAULT_EXPECT],
             Some(raw) => self.statuses(
@@ -760,7 +787,33 @@ impl<'a> Validator<'a> {
             rise: m.rise.unwrap_or(DEFAULT_RISE),
             fall: m.fall.unwrap_or(DEFAULT_FALL),
             verify: verify?,
+            dns,
         })
+    }
+
+    /// The question of a dns probe: `name` (checked at `name_field`) and `query_type`,
+    /// keepalived's DNS_CHECK defaults where unset.
+    /// Returns: the question (the default one after reporting a bad name).
+    fn dns_question(&mut self, m: &RawHealthCheck, name_field: &str) -> DnsQuestion {
+        let mut q = DnsQuestion::default();
+        if let Some(name) = &m.name {
+            match super::dns::labels(name) {
+                Ok(_) => q.name = name.clone(),
+                Err(e) => self.error(name_field, e),
+            }
+        }
+        if let Some(t) = m.query_type {
+            q.qtype = match t {
+                RawQueryType::A => QueryType::A,
+                RawQueryType::Ns => QueryType::Ns,
+                RawQueryType::Cname => QueryType::Cname,
+                RawQueryType::Soa => QueryType::Soa,
+                RawQueryType::Mx => QueryType::Mx,
+                RawQueryType::Txt => QueryType::Txt,
+                RawQueryType::Aaaa => QueryType::Aaaa,
+            };
+        }
+        q
     }
 
     /// How an https probe checks certificates: `insecure: true`, else against `ca_file`,

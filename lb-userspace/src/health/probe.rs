@@ -1,10 +1,11 @@
-//! One probe of one real: a TCP connect, or an HTTP request (over TLS for `https`) whose
-//! status is checked, bounded by the probe's timeout. Stateless: the rise/fall state
+//! One probe of one real: a TCP connect, an HTTP request (over TLS for `https`) whose
+//! status is checked, or a DNS query over UDP, bounded by the probe's timeout. Stateless: the rise/fall state
 //! machines that turn results into transitions live in [`super`].
 //!
 //! HTTP is spoken by hyper's client, one connection per probe; only the response's head
 //! is read, then the connection is dropped.
 
+mod dns;
 mod tls;
 
 use std::{
@@ -51,6 +52,8 @@ pub enum Failure {
     /// HTTPS: the TLS handshake failed (certificate not trusted or not for the name,
     /// no common protocol, not TLS at all) or the TLS session broke.
     Tls(String),
+    /// DNS: the server answered with an error code.
+    Dns(String),
     /// Any other socket error.
     Io(String),
 }
@@ -64,6 +67,7 @@ impl fmt::Display for Failure {
             Failure::Status(s) => write!(f, "status {s}"),
             Failure::BadResponse(e) => write!(f, "bad response: {e}"),
             Failure::Tls(e) => write!(f, "tls: {e}"),
+            Failure::Dns(e) => write!(f, "dns: {e}"),
             Failure::Io(e) => f.write_str(e),
         }
     }
@@ -165,11 +169,14 @@ where
 
 async fn probe_inner(addr: IpAddr, check: &HealthCheck) -> Result<(), Failure> {
     let target = SocketAddr::new(addr, check.port);
+    if check.kind == CheckType::Dns {
+        return dns::probe(target, &check.dns).await;
+    }
     let conn = TcpStream::connect(target)
         .await
         .map_err(|e| io_failure(&e))?;
     let status = match check.kind {
-        CheckType::None | CheckType::Tcp => return Ok(()),
+        CheckType::None | CheckType::Tcp | CheckType::Dns => return Ok(()),
         CheckType::Http => http_status(conn, addr, check).await?,
         CheckType::Https => {
             let tls = tls::handshake(conn, target, check).await?;
@@ -217,6 +224,7 @@ mod tests {
             rise: 2,
             fall: 3,
             verify: crate::config::Verify::SystemRoots,
+            dns: crate::config::DnsQuestion::default(),
         }
     }
 

@@ -33,16 +33,12 @@ fn once(sock: &UdpSocket, addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, S
 fn big_datagrams_are_answered(kind: Kind, fam: Family) {
     let lab = Lab::new(kind, fam, 2);
     let method = if kind == Kind::Tunnel { "tunnel" } else { "dr" };
-    let mut cfg = std::fs::read_to_string(lab.write_config()).expect("config");
-    cfg.push_str(&format!(
-        "  - name: big\n    address: '{}'\n    port: 53\n    protocol: udp\n    method: {method}\n    fragments: true\n    health_check: {{ type: tcp, port: 80, interval: 250ms, timeout: 200ms, rise: 1 }}\n    real_servers:\n",
-        lab.vip
-    ));
-    for a in &lab.real_addrs {
-        cfg.push_str(&format!("      - address: '{a}'\n"));
-    }
-    let path = lab.dir.join("fragments.yaml");
-    std::fs::write(&path, cfg).expect("write config");
+    let path = lab.write_with_udp_vs(
+        "big",
+        method,
+        "    fragments: true\n    health_check: { type: tcp, port: 80, interval: 250ms, timeout: 200ms, rise: 1 }\n",
+        "fragments.yaml",
+    );
     let vip = SocketAddr::new(lab.vip, 53);
     let echoes: Vec<UdpEcho> = lab
         .reals

@@ -302,6 +302,7 @@ mod tests {
             rise: 1,
             fall: 1,
             verify,
+            dns: crate::config::DnsQuestion::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! ID, QR set, RCODE NOERROR and the question asked. The answer's records are not read.
 //!
 //! The message is written and checked here rather than with a DNS library (decision
-//! 0009): a probe writes one fixed question and reads a 12-byte header and the echo of
+//! 0010): a probe writes one fixed question and reads a 12-byte header and the echo of
 //! that question at fixed offsets, and never parses a resource record, where
 //! hickory-proto would bring a full DNS stack and its dependencies for that.
 

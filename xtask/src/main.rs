@@ -44,8 +44,17 @@ enum Cmd {
     Layers,
     /// Build a topology in namespaces, run xdpvs, send requests, print who answered.
     Demo,
-    /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN).
-    Bench,
+    /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN); with
+    /// --soak, run the daemon under mixed traffic, reloads and a flapping real instead.
+    Bench {
+        /// The long run: memory, descriptors and flows over `--minutes` (see
+        /// tests/src/bin/soak.rs).
+        #[arg(long)]
+        soak: bool,
+        /// Length of the soak, in minutes.
+        #[arg(long, default_value_t = 30, requires = "soak")]
+        minutes: u64,
+    },
 }
 
 /// Builds the daemon with the BPF object embedded (lb-userspace/build.rs builds lb-ebpf).
@@ -129,7 +138,27 @@ fn main() -> Result<()> {
                 .args(["run", "--release", "-q", "-p", "tests", "--bin", "demo"])
                 .env("XDPVS_BIN", xdpvs_bin()))
         }
-        Cmd::Bench => {
+        Cmd::Bench {
+            soak: true,
+            minutes,
+        } => {
+            setup()?;
+            build()?;
+            run(Command::new("cargo")
+                .args([
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "tests",
+                    "--bin",
+                    "soak",
+                    "--",
+                ])
+                .arg(minutes.to_string())
+                .env("XDPVS_BIN", xdpvs_bin()))
+        }
+        Cmd::Bench { soak: false, .. } => {
             setup()?;
             run(Command::new("cargo").args([
                 "run",

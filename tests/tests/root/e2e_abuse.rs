@@ -605,7 +605,9 @@ fn the_daemon_keeps_serving_while_its_endpoints_are_abused() {
     assert!(wait_for(Duration::from_secs(5), || idle.opened() >= n));
     let answered = scrape(&lab);
     assert!(
-        answered.as_ref().is_ok_and(|h| h.starts_with("HTTP/1.1 200")),
+        answered
+            .as_ref()
+            .is_ok_and(|h| h.starts_with("HTTP/1.1 200")),
         "a scrape with 40 idle clients held: {answered:?}"
     );
     let what = "metrics: 40 idle clients";

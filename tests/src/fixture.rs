@@ -190,20 +190,7 @@ impl Fixture {
                     },
                 )
                 .expect("next hop");
-            let m = fmt_mac(&real_mac(addr));
-            let a = addr.to_string();
-            self.net.exec(&[
-                "ip",
-                "neigh",
-                "replace",
-                &a,
-                "lladdr",
-                &m,
-                "dev",
-                "fxa",
-                "nud",
-                "permanent",
-            ]);
+            self.neighbour(addr, "fxa");
         }
     }
 

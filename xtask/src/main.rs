@@ -64,6 +64,13 @@ fn build() -> Result<()> {
     run(Command::new("cargo").args(["build", "--release", "-p", "lb-userspace"]))
 }
 
+/// Returns: `cargo run` of the tests crate's binary `name`, in release.
+fn tests_bin(name: &str) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(["run", "--release", "-q", "-p", "tests", "--bin", name]);
+    c
+}
+
 /// Returns: where `build` leaves the daemon; the root-run tests take it from XDPVS_BIN.
 fn xdpvs_bin() -> PathBuf {
     root().join("target/release/xdpvs")
@@ -134,9 +141,7 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup()?;
             build()?;
-            run(Command::new("cargo")
-                .args(["run", "--release", "-q", "-p", "tests", "--bin", "demo"])
-                .env("XDPVS_BIN", xdpvs_bin()))
+            run(tests_bin("demo").env("XDPVS_BIN", xdpvs_bin()))
         }
         Cmd::Bench {
             soak: true,
@@ -144,31 +149,14 @@ fn main() -> Result<()> {
         } => {
             setup()?;
             build()?;
-            run(Command::new("cargo")
-                .args([
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "tests",
-                    "--bin",
-                    "soak",
-                    "--",
-                ])
+            run(tests_bin("soak")
+                .arg("--")
                 .arg(minutes.to_string())
                 .env("XDPVS_BIN", xdpvs_bin()))
         }
         Cmd::Bench { soak: false, .. } => {
             setup()?;
-            run(Command::new("cargo").args([
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "tests",
-                "--bin",
-                "bench",
-            ]))
+            run(&mut tests_bin("bench"))
         }
     }
 }

@@ -149,6 +149,29 @@ pub fn relayer(
     Ok(Out { xmit, l3_off: l2 })
 }
 
+/// Gives a routed frame the layer-2 header of its next hop `hop` (see [`relayer`]),
+/// with room for `overhead` bytes of new headers.
+/// Returns: where the frame goes, or the final verdict of a frame not forwarded.
+#[inline(always)]
+pub fn routed(
+    ctx: &XdpContext,
+    p: &Parsed,
+    hop: &fib::Hop,
+    overhead: usize,
+) -> Result<Out, Verdict> {
+    let vlan = vlan_out(hop.ifindex);
+    relayer(
+        ctx,
+        p,
+        hop.ifindex,
+        vlan,
+        hop.dmac,
+        hop.smac,
+        overhead,
+        false,
+    )
+}
+
 /// Sends the (rewritten) frame out of `ifindex`: XDP_TX when that is where it came
 /// in, XDP_REDIRECT otherwise.
 #[inline(always)]

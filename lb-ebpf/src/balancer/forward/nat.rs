@@ -22,7 +22,7 @@ use lb_ebpf::{
 
 use crate::{
     fib,
-    forward::egress::{next_hop, relayer, transmit, vlan_out},
+    forward::egress::{next_hop, routed, transmit},
     l2::addressed_here,
     maps::{NAT_STATE, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
@@ -133,16 +133,7 @@ pub fn forward(
         let _ = NAT_STATE.insert(&reply, &state, 0);
     }
     rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
-    let out = relayer(
-        ctx,
-        p,
-        hop.ifindex,
-        vlan_out(hop.ifindex),
-        hop.dmac,
-        hop.smac,
-        0,
-        false,
-    )?;
+    let out = routed(ctx, p, &hop, 0)?;
     Ok(transmit(ctx, out.xmit))
 }
 
@@ -181,16 +172,7 @@ fn to_client(
         p.key.dport_be,
     )?;
     restore().ok_or(Verdict::internal())?;
-    let out = relayer(
-        ctx,
-        p,
-        hop.ifindex,
-        vlan_out(hop.ifindex),
-        hop.dmac,
-        hop.smac,
-        0,
-        false,
-    )?;
+    let out = routed(ctx, p, &hop, 0)?;
     let v = transmit(ctx, out.xmit);
     Ok((
         Verdict {
@@ -349,15 +331,6 @@ pub fn icmp_from_real(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Ve
 pub fn icmp_to_real(ctx: &XdpContext, p: &Parsed, real: &RealInfo) -> Result<Verdict, Verdict> {
     let hop = route(ctx, p, &p.key.src, &real.addr, p.key.sport_be, real.port_be)?;
     translate_error(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
-    let out = relayer(
-        ctx,
-        p,
-        hop.ifindex,
-        vlan_out(hop.ifindex),
-        hop.dmac,
-        hop.smac,
-        0,
-        false,
-    )?;
+    let out = routed(ctx, p, &hop, 0)?;
     Ok(transmit(ctx, out.xmit))
 }

@@ -15,7 +15,7 @@ use lb_ebpf::headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, IPPROTO_IPIP, IPPROTO_IPV6, IP_
 
 use crate::{
     fib,
-    forward::egress::{next_hop, relayer, transmit, vlan_out},
+    forward::egress::{next_hop, routed, transmit},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -59,16 +59,7 @@ pub fn forward(
         ((u32::from_be(unsafe { (*ip).ver_tc_flow }) >> 20) & 0xff) as u8
     };
     // The new bytes are headroom: every field of the outer header is set below.
-    let out = relayer(
-        ctx,
-        p,
-        hop.ifindex,
-        vlan_out(hop.ifindex),
-        hop.dmac,
-        hop.smac,
-        overhead,
-        false,
-    )?;
+    let out = routed(ctx, p, &hop, overhead)?;
     if v4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, out.l3_off).ok_or(Verdict::internal())?;
         let h = Ipv4Hdr::new(

@@ -33,7 +33,7 @@ use xdpvs::{
     config::{self, Config, SystemFacts},
     dataplane::{
         bpf::{self, BpfDataplane, Programs},
-        DataplaneRead as _,
+        DataplaneRead as _, FlowReader as _,
     },
     model::RealKey,
     realserver::decap,
@@ -310,6 +310,12 @@ impl Fixture {
     /// Runs the pass-only program (the floor of any XDP program's cost).
     pub fn run_pass(&self, frame: &[u8], repeat: u32) -> Run {
         self.run_n(PROG_PASS, frame, repeat)
+    }
+
+    /// Returns: the connection table's entries.
+    pub fn flow_entries(&self) -> u64 {
+        let reader = self.rec.dataplane().flow_reader().expect("flow reader");
+        reader.count().expect("count").values().sum()
     }
 
     /// Returns: packets counted under verdict `reason` since load.

@@ -19,6 +19,9 @@ pub fn csum(data: &[u8]) -> u16 {
 }
 
 pub const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag: the default of the TCP packets built here (a segment of an established
+/// connection, which the balancer records in its connection table).
+pub const TCP_ACK: u8 = 0x10;
 
 /// The destination MAC of crafted frames unless a test says otherwise: the balancer's
 /// own (the fixture registers it for the interface test runs arrive on), since the
@@ -37,6 +40,8 @@ pub struct V4Packet {
     pub sport: u16,
     pub dport: u16,
     pub ttl: u8,
+    /// TCP flags (TCP only).
+    pub tcp_flags: u8,
     pub payload: Vec<u8>,
 }
 
@@ -52,6 +57,7 @@ impl V4Packet {
             sport,
             dport,
             ttl: 64,
+            tcp_flags: TCP_ACK,
             payload: b"hello xdpvs".to_vec(),
         }
     }
@@ -67,6 +73,7 @@ impl V4Packet {
     pub fn build(&self) -> Vec<u8> {
         let l4 = l4(
             self.proto,
+            self.tcp_flags,
             self.sport,
             self.dport,
             &self.payload,
@@ -164,8 +171,16 @@ pub fn pseudo_csum(src: &[u8], dst: &[u8], proto: u8, msg: &[u8]) -> u16 {
     csum(&pseudo)
 }
 
-/// A TCP SYN or UDP datagram carrying `payload`, with its checksum.
-pub fn l4(proto: u8, sport: u16, dport: u16, payload: &[u8], src: &[u8], dst: &[u8]) -> Vec<u8> {
+/// A TCP segment (with `flags`) or UDP datagram carrying `payload`, with its checksum.
+pub fn l4(
+    proto: u8,
+    flags: u8,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    src: &[u8],
+    dst: &[u8],
+) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&sport.to_be_bytes());
     l4.extend_from_slice(&dport.to_be_bytes());
@@ -173,7 +188,7 @@ pub fn l4(proto: u8, sport: u16, dport: u16, payload: &[u8], src: &[u8], dst: &[
         l4.extend_from_slice(&1u32.to_be_bytes()); // seq
         l4.extend_from_slice(&0u32.to_be_bytes()); // ack
         l4.push(5 << 4); // data offset
-        l4.push(TCP_SYN);
+        l4.push(flags);
         l4.extend_from_slice(&64240u16.to_be_bytes()); // window
         l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
     } else {
@@ -203,6 +218,8 @@ pub struct V6Packet {
     pub tclass: u8,
     pub hop_limit: u8,
     pub hop_by_hop: bool,
+    /// TCP flags (TCP only).
+    pub tcp_flags: u8,
     pub payload: Vec<u8>,
 }
 
@@ -219,6 +236,7 @@ impl V6Packet {
             tclass: 0,
             hop_limit: 64,
             hop_by_hop: false,
+            tcp_flags: TCP_ACK,
             payload: b"hello xdpvs over IPv6".to_vec(),
         }
     }
@@ -234,6 +252,7 @@ impl V6Packet {
     pub fn build(&self) -> Vec<u8> {
         let l4 = l4(
             self.proto,
+            self.tcp_flags,
             self.sport,
             self.dport,
             &self.payload,

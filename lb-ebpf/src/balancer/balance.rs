@@ -45,7 +45,10 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
-    let choice = choose::real(&p.key, vs)?;
+    // SYN guard (decision 0012): a TCP flow enters the connection table with the first
+    // packet after its SYN, so a spoofed SYN flood writes nothing there.
+    let record = !parse::opening_syn(ctx, &p);
+    let choice = choose::real(&p.key, vs, record)?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
@@ -68,7 +71,7 @@ fn fragment(ctx: &XdpContext, p: &parse::Parsed) -> Result<Verdict, Verdict> {
         return Err(Verdict::pass(reason::PASS_FRAGMENT));
     };
     l2::addressed_here(ctx)?;
-    let choice = choose::real(&p.key, vs)?;
+    let choice = choose::real(&p.key, vs, true)?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {

@@ -79,14 +79,15 @@ fn persist_lookup(pk: &PersistKey, vs: &VsInfo, now: u64) -> Option<(u32, *const
     Some((p.real_id, r))
 }
 
-/// Picks the real for `key` on virtual server `vs`, recording new choices in FLOWS (and
-/// PERSIST). An entry naming a real that is gone (inactive, or its id reused) is
-/// re-steered.
+/// Picks the real for `key` on virtual server `vs`, recording a new choice in FLOWS
+/// (and PERSIST) when `record` (not for a TCP SYN: see decision 0012; the packet after
+/// it finds the same real by the same means, and records it). An entry naming a real
+/// that is gone (inactive, or its id reused) is re-steered.
 /// Returns: the choice, or the drop verdict: `drop_no_real` when the ring slot is empty
 /// (no real takes new flows), `drop_internal` for a ring or real index out of range.
 #[inline(always)]
-pub fn real(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
-    pick(key, vs, true)
+pub fn real(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict> {
+    pick(key, vs, record)
 }
 
 /// Finds the real that serves `key` as [`real`] would, writing nothing: for an ICMP

@@ -21,7 +21,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use lb_ebpf::headers::{
     ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPV6_HLEN, TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
+    IPV6_HLEN, TCP_CSUM_OFF, TCP_HLEN, UDP_CSUM_OFF, UDP_HLEN,
 };
 
 use crate::verdict::Verdict;
@@ -295,6 +295,32 @@ pub fn l4_csum_off(p: &Parsed) -> usize {
             UDP_CSUM_OFF
         }
 }
+
+/// Returns: whether `p` is a TCP segment that opens a connection: SYN set, ACK, RST and
+/// FIN clear (the one kind of packet a spoofed flood can send without an exchange).
+/// Call after [`l4_complete`].
+#[inline(always)]
+pub fn opening_syn(ctx: &XdpContext, p: &Parsed) -> bool {
+    if p.key.proto != PROTO_TCP {
+        return false;
+    }
+    // The data offset byte and the flags byte, read together.
+    match ptr_at::<[u8; 2]>(ctx, p.l4_off + TCP_FLAGS_OFF) {
+        Some(b) => {
+            // SAFETY: bounds checked by ptr_at.
+            let flags = unsafe { (*b)[1] };
+            flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) == TCP_SYN
+        }
+        None => false,
+    }
+}
+
+/// Offset in the TCP header of the data offset byte, which the flags byte follows.
+const TCP_FLAGS_OFF: usize = 12;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// Checks that the whole TCP or UDP header is present (done once the frame is known to
 /// be for a virtual server: a truncated one is then dropped, not passed).

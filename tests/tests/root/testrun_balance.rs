@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use lb_common::{reason, FlowKey, PROTO_TCP};
 use tests::{
     fixture::{real_mac, Fixture, LB_MAC},
-    packet::V4Packet,
+    packet::{V4Packet, TCP_ACK, TCP_SYN},
 };
+use xdpvs::dataplane::DataplaneRead as _;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -63,6 +64,71 @@ fn vip_syn_is_sent_to_the_predicted_real_with_only_macs_changed() {
         assert_dr_rewrite(&frame, &r.out, f.predict("web", &key(sport)));
     }
     assert_eq!(f.verdicts(reason::FWD_TX), 5);
+}
+
+/// Returns: new connections counted over every virtual server.
+fn new_flows(f: &Fixture) -> u64 {
+    (0..4)
+        .map(|i| {
+            f.rec
+                .dataplane()
+                .vs_counters(i)
+                .expect("counters")
+                .new_flows
+        })
+        .sum()
+}
+
+/// Returns: a TCP segment from `src:sport` to VIP:80 with `flags`.
+fn segment(src: [u8; 4], sport: u16, flags: u8) -> Vec<u8> {
+    V4Packet {
+        tcp_flags: flags,
+        ..V4Packet::tcp(src, sport, VIP, 80)
+    }
+    .build()
+}
+
+#[test]
+fn a_syn_writes_no_state_and_the_packet_after_it_does() {
+    let f = three();
+    // 10,000 SYNs from as many spoofed sources: each forwarded to its Maglev real,
+    // none recorded.
+    for i in 0..10_000u32 {
+        let src = [198, 18, (i >> 8) as u8, i as u8];
+        let frame = segment(src, 1024 + (i % 50_000) as u16, TCP_SYN);
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_TX, "SYN {i} forwarded");
+    }
+    assert_eq!(
+        f.flow_entries(),
+        0,
+        "the SYN flood left no connection entry"
+    );
+    assert_eq!(new_flows(&f), 0, "no SYN counted as a new connection");
+
+    // A client's SYN, then its ACK: the same real both times; the ACK records it.
+    let syn = segment(CLIENT, 5555, TCP_SYN);
+    let first = f.run(&syn);
+    assert_dr_rewrite(&syn, &first.out, f.predict("web", &key(5555)));
+    assert_eq!(f.flow_entries(), 0);
+    let ack = segment(CLIENT, 5555, TCP_ACK);
+    let r = f.run(&ack);
+    assert_eq!(
+        r.out[0..6],
+        first.out[0..6],
+        "the ACK goes where the SYN went"
+    );
+    assert_eq!(f.flow_entries(), 1, "the ACK recorded the flow");
+    assert_eq!(new_flows(&f), 1, "counted once, at the ACK");
+    // SYN+ACK, RST, FIN: not openings, recorded like any segment.
+    for (sport, flags) in [
+        (5556, TCP_SYN | TCP_ACK),
+        (5557, 0x04),
+        (5558, 0x01 | TCP_ACK),
+    ] {
+        f.run(&segment(CLIENT, sport, flags));
+    }
+    assert_eq!(f.flow_entries(), 4);
 }
 
 #[test]

@@ -366,17 +366,10 @@ fn tunnelled(frame: &[u8], real: IpAddr, k: &FlowKey, tos: u8) -> Vec<u8> {
     w
 }
 
-/// Returns: the connection table's entries.
-fn flow_entries(f: &Fixture) -> u64 {
-    use xdpvs::dataplane::{DataplaneRead as _, FlowReader as _};
-    let reader = f.rec.dataplane().flow_reader().expect("flow reader");
-    reader.count().expect("count").values().sum()
-}
-
 #[test]
 fn icmp_errors_about_dr_and_tunnel_flows_reach_the_flows_real_v4_and_v6() {
     let f = Fixture::new(YAML);
-    let flows_before = flow_entries(&f);
+    let flows_before = f.flow_entries();
     // What a router on the client's path sends when a real's reply (from the VIP) is
     // too big for it: "fragmentation needed" / "packet too big", addressed to the VIP,
     // arriving at the balancer's MAC.
@@ -429,7 +422,7 @@ fn icmp_errors_about_dr_and_tunnel_flows_reach_the_flows_real_v4_and_v6() {
     }
     assert_eq!(f.verdicts(reason::FWD_ICMP_ERROR), 8);
     assert_eq!(
-        flow_entries(&f),
+        f.flow_entries(),
         flows_before,
         "an error creates no connection table entry"
     );

@@ -20,6 +20,7 @@ mod e2e_package;
 mod e2e_privilege;
 mod e2e_restart;
 mod e2e_scaleout;
+mod e2e_synflood;
 mod testrun_balance;
 mod testrun_fuzz;
 mod testrun_methods;

@@ -1,0 +1,140 @@
+//! Issue 15, the SYN-flood guard end to end: a spoofed SYN flood from the client's
+//! namespace (raw IPv4 from random sources of 198.18.0.0/15, bounded in count and
+//! time) through a direct-routing VIP, while a long-lived stream and 200 new
+//! connections run. The stream must survive, at least 198 of the 200 connections
+//! succeed, and the connection table must not fill with the flood.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    daemon::Daemon,
+    lab::{Family, Kind, Lab},
+    packet::{V4Packet, TCP_SYN},
+};
+
+/// The flood's bounds.
+const FLOOD_MAX: u64 = 1_000_000;
+const FLOOD_FOR: Duration = Duration::from_secs(8);
+
+/// Sends spoofed SYNs to `vip`:80 through a raw socket until `stop`, `FLOOD_MAX` or
+/// `FLOOD_FOR`. Returns: how many were sent.
+fn flood(vip: [u8; 4], stop: &AtomicBool) -> u64 {
+    // SAFETY: plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(vip),
+        },
+        sin_zero: [0; 8],
+    };
+    let end = Instant::now() + FLOOD_FOR;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut sent = 0;
+    while sent < FLOOD_MAX && Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        // xorshift: a new source address and port per packet.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let src = [198, 18 + (x & 1) as u8, (x >> 8) as u8, (x >> 16) as u8 | 1];
+        let frame = V4Packet {
+            tcp_flags: TCP_SYN,
+            ..V4Packet::tcp(src, 1024 + (x >> 24) as u16 % 60000, vip, 80)
+        }
+        .build();
+        let ip = &frame[14..];
+        // SAFETY: sendto with a valid buffer and address of the sizes passed.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                (&raw const dst).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if n > 0 {
+            sent += 1;
+        }
+    }
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    sent
+}
+
+/// Returns: the connection table's entries, summed over the web virtual server's
+/// reals, per `xdpvs status --json`.
+fn flows(lab: &Lab) -> u64 {
+    let (code, out, err) = lab.cli(&["status", "--json"]);
+    assert_eq!(code, Some(0), "status: {err}");
+    let s: Value = serde_json::from_str(&out).expect("status JSON");
+    s["virtual_servers"][0]["reals"]
+        .as_array()
+        .expect("reals")
+        .iter()
+        .map(|r| r["flows"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn a_spoofed_syn_flood_fills_nothing_and_breaks_nothing() {
+    let lab = Lab::new(Kind::Dr, Family::V4, 3);
+    let cfg = lab.write_config();
+    let d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1, 2], &d);
+    let stream = lab.stream();
+    let before = flows(&lab);
+
+    let vip = match lab.vip {
+        std::net::IpAddr::V4(v) => v.octets(),
+        std::net::IpAddr::V6(_) => unreachable!("a v4 lab"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let started = Instant::now();
+    let flooder = lab.client.spawn(move || flood(vip, &s));
+    // While it floods: 200 new connections, one request each, one every 25 ms.
+    let traffic = lab.traffic_every(Duration::from_millis(25), Duration::from_secs(2), 200);
+    assert!(
+        tests::wait_for(Duration::from_secs(30), || traffic.samples().len() >= 200),
+        "200 requests not done within 30 s"
+    );
+    let answers: Vec<_> = traffic.finish().into_iter().map(|s| s.1).collect();
+    let during = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().expect("flood thread");
+    let secs = started.elapsed().as_secs_f64();
+    let ok = answers.iter().filter(|a| a.is_ok()).count();
+    let after = flows(&lab);
+    let chunks = stream.chunks();
+    let stream_failed = stream.failed();
+    let result = stream.finish();
+    println!(
+        "flood: {sent} spoofed SYNs in {secs:.1} s ({:.0}/s); {ok}/200 connections answered in {} ms; connection table {before} -> {after} entries; stream {chunks} chunks",
+        sent as f64 / secs,
+        during.as_millis()
+    );
+    assert!(
+        sent >= 10_000,
+        "the flood sent only {sent} SYNs: no flood to speak of"
+    );
+    assert!(ok >= 198, "{ok}/200 connections answered: {answers:?}");
+    assert!(
+        after < 10_000,
+        "the connection table filled with the flood: {after} entries"
+    );
+    assert!(
+        !stream_failed && result.is_ok(),
+        "the stream broke during the flood: {result:?}"
+    );
+}

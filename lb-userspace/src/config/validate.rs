@@ -49,8 +49,9 @@ enum Level {
 
 /// Smallest connection table accepted.
 const MIN_FLOW_TABLE: u32 = 1024;
-/// Largest connection table accepted (about 100 MiB of kernel memory).
-const MAX_FLOW_TABLE: u32 = 1 << 20;
+/// Largest connection table accepted: 4,194,304 entries (with the two maps sized like
+/// it, about 1 GiB of kernel memory; see `cargo xtask bench`'s memory lines).
+const MAX_FLOW_TABLE: u32 = 1 << 22;
 
 pub struct Validator<'a> {
     file: PathBuf,

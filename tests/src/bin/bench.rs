@@ -15,8 +15,13 @@
 //!   NAT and tunnel virtual servers. These programs rewrite the frame, and the kernel
 //!   re-runs a repeated packet on the already rewritten bytes, so they are measured
 //!   like new flows: one run per packet, averaged, beside `floor_xdp_pass_single`.
+//! - `vip_syn_spoofed`: a TCP SYN from a new source per packet (single runs): forwarded
+//!   by Maglev without a connection table write (decision 0012);
 //! - `flow_table_walk`: the walk of the connection table that `xdpvs status` and each
 //!   metrics scrape make to count flows per real, over the new flows just created;
+//! - `memory_map`, `memory_flow_tables`: the kernel memory of the connection table and
+//!   the maps sized like it (`PERSIST`, `NAT_STATE`) at 4,194,304 entries, and per
+//!   connection;
 //! - `health_probes`: the daemon's prober with 1,000 reals probed over TCP every second
 //!   for 10 s (reals are loopback addresses with one listener behind them): probes
 //!   done, their latency, and the CPU time of the thread that runs them, in all and
@@ -268,7 +273,55 @@ fn line(name: &str, ns: f64, repeat: u32) {
     println!("{{\"bench\":\"{name}\",\"ns_per_packet\":{ns:.1},\"repeat\":{repeat}}}");
 }
 
+/// Loads the object with a connection table of 4,194,304 entries (the largest
+/// `flow_table_size`) and prints what each sized map costs in kernel memory, from
+/// the maps' own fdinfo (`memlock`), with the bytes per entry.
+fn memory() {
+    const ENTRIES: u32 = 1 << 22;
+    let start = std::time::Instant::now();
+    let ebpf = xdpvs::dataplane::bpf::load(xdpvs::dataplane::LoadOptions {
+        flow_entries: ENTRIES,
+        ring_count: 16,
+    })
+    .expect("load with 4,194,304 flow entries");
+    let took = start.elapsed();
+    let mut total = 0u64;
+    for fd in std::fs::read_dir("/proc/self/fdinfo")
+        .expect("fdinfo")
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(entries), Some(memlock)) = (field("max_entries:"), field("memlock:")) else {
+            continue;
+        };
+        if entries != u64::from(ENTRIES) {
+            continue;
+        }
+        total += memlock;
+        println!(
+            "{{\"bench\":\"memory_map\",\"key_size\":{},\"value_size\":{},\"entries\":{entries},\"memlock_bytes\":{memlock},\"bytes_per_entry\":{:.0}}}",
+            field("key_size:").unwrap_or(0),
+            field("value_size:").unwrap_or(0),
+            memlock as f64 / entries as f64
+        );
+    }
+    println!(
+        "{{\"bench\":\"memory_flow_tables\",\"entries\":{ENTRIES},\"memlock_bytes\":{total},\"bytes_per_connection\":{:.0},\"load_ms\":{}}}",
+        total as f64 / f64::from(ENTRIES),
+        took.as_millis()
+    );
+    drop(ebpf);
+}
+
 fn main() {
+    memory();
     all_probes();
     let mut y = String::from("interfaces: [lo]\ntunnel_source: [10.0.1.1, 'fd00:1::1']\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    real_servers:\n");
     for i in 1..=10 {
@@ -311,6 +364,18 @@ fn main() {
         1,
     );
     line("vip_new_flow", new as f64 / f64::from(NEW_FLOWS), 1);
+    // Spoofed SYNs: each from a new source, forwarded without a table write.
+    let mut syn = 0u64;
+    for i in 0..NEW_FLOWS {
+        let src = [198, 19, (i >> 16) as u8, (i >> 8) as u8];
+        let p = V4Packet {
+            tcp_flags: tests::packet::TCP_SYN,
+            ..V4Packet::tcp(src, (i & 0xffff) as u16 | 1024, vip, 80)
+        }
+        .build();
+        syn += f.run(&p).ns;
+    }
+    line("vip_syn_spoofed", syn as f64 / f64::from(NEW_FLOWS), 1);
     // What `xdpvs status` and each /metrics scrape pay to count flows per real.
     let start = std::time::Instant::now();
     let flows = f

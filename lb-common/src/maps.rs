@@ -33,8 +33,8 @@ pub const VS_RINGS: &str = "VS_RINGS";
 pub const REALS: &str = "REALS";
 /// Connection table: 5-tuple -> pinned real. LRU hash, shared by all CPUs.
 pub const FLOWS: &str = "FLOWS";
-/// Source-IP persistence: (virtual server, masked client address) -> real. LRU hash,
-/// as large as `FLOWS`.
+/// Source-IP persistence: (virtual server, masked client address) -> real. LRU hash of
+/// the default connection table's size (it holds client networks, not connections).
 pub const PERSIST: &str = "PERSIST";
 /// Transmitting interfaces by ifindex. Hash map.
 pub const IFACES: &str = "IFACES";

@@ -32,7 +32,7 @@ pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
-/// Source-IP persistence: client network -> real. Written and read here; sized like FLOWS.
+/// Source-IP persistence: client network -> real. Written and read here; the default size.
 #[map]
 pub static PERSIST: LruHashMap<PersistKey, PersistState> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);

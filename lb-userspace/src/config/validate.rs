@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::{
-    locate::{Locator, Pos},
+    locate::{Locator, Pos, MAX_ALIAS_NODES, MAX_DEPTH},
     parse_duration,
     raw::{
         RawAddrs, RawCheckType, RawConfig, RawDuration, RawHealthCheck, RawMethod, RawPersistence,
@@ -96,6 +96,16 @@ fn join(prefix: &str, rest: &str) -> String {
     }
 }
 
+/// Words an error about the file as a whole (no field to name): YAML that does not
+/// parse, or a document that is not a mapping of settings.
+fn file_level(serde_message: &str) -> String {
+    if serde_message.starts_with("invalid type") {
+        format!("the file must be a mapping of settings (interfaces:, virtual_servers:, ...): {serde_message}")
+    } else {
+        format!("malformed YAML: {serde_message}")
+    }
+}
+
 impl<'a> Validator<'a> {
     pub fn new(file: &Path, text: &'a str, facts: &'a dyn SystemFacts) -> Self {
         Self {
@@ -119,7 +129,7 @@ impl<'a> Validator<'a> {
 
     fn error(&mut self, field: &str, message: impl Into<String>) {
         let pos = self.loc.find(field);
-        self.error_at(field, pos, message);
+        self.error_at(field, Some(pos), message);
     }
 
     /// Reports a serde error at `prefix` + the path serde reached. For an unknown field
@@ -150,13 +160,35 @@ impl<'a> Validator<'a> {
     }
 
     pub fn run(mut self) -> Result<Config, ConfigErrors> {
+        if let Some(pos) = self.loc.too_deep() {
+            self.error_at(
+                "",
+                Some(pos),
+                format!("malformed YAML: lists and mappings nested more than {MAX_DEPTH} deep (the configuration needs 6)"),
+            );
+            return Err(ConfigErrors(self.errors));
+        }
+        if let Some(pos) = self.loc.alias_bomb() {
+            self.error_at(
+                "",
+                Some(pos),
+                format!("malformed YAML: aliases here expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb?)"),
+            );
+            return Err(ConfigErrors(self.errors));
+        }
         let de = serde_yaml::Deserializer::from_str(self.text);
         let raw: RawConfig = match serde_path_to_error::deserialize(de) {
             Ok(r) => r,
             Err(e) => {
                 let path = e.path().clone();
                 let inner = e.into_inner();
-                let field = join("", &path.to_string());
+                // The text is not YAML: no field is to blame, whatever serde reached.
+                let syntax = self.loc.syntax_error();
+                let field = if syntax.is_some() {
+                    String::new()
+                } else {
+                    join("", &path.to_string())
+                };
                 let pos = inner.location().map(|l| Pos {
                     line: l.line(),
                     col: l.column(),
@@ -166,8 +198,11 @@ impl<'a> Validator<'a> {
                 if let Some(i) = msg.find(" at line ") {
                     msg.truncate(i);
                 }
-                let pos = pos.or_else(|| self.loc.find(&field));
-                self.error_at(&field, pos, msg);
+                let pos = pos.or(syntax).unwrap_or_else(|| self.loc.find(&field));
+                if field.is_empty() {
+                    msg = file_level(&msg);
+                }
+                self.error_at(&field, Some(pos), msg);
                 return Err(ConfigErrors(self.errors));
             }
         };

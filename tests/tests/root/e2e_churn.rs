@@ -1,0 +1,268 @@
+//! Host churn under a running daemon (issue 14): the balancer's interface deleted and
+//! made again, a real's MAC changed, a real unreachable at layer 2, the VIP removed by
+//! hand. Each time the daemon must notice within its 1 s tick, log it, and forward
+//! again: every test ends with requests answered by the reals it expects, polled
+//! against a deadline. The direct routing lab (client, balancer and two reals on one
+//! bridge, `tests/src/lab.rs`).
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use tests::{
+    daemon::Daemon,
+    lab::{Family, Kind, Lab},
+    pins, wait_for,
+};
+
+/// Polls until the daemon's log holds `text`. Panics with the log after `within`.
+fn wait_log(d: &Daemon, text: &str, within: Duration, what: &str) -> Duration {
+    let start = Instant::now();
+    assert!(
+        wait_for(within, || d.log_text().contains(text)),
+        "{what}: the log does not say {text:?} within {within:?}:\n{}",
+        d.log_text()
+    );
+    start.elapsed()
+}
+
+/// Polls requests through the VIP until each of `reals` (names) has answered one and
+/// then `n` requests in a row all succeed, answered by those reals only. Panics with
+/// the log after `within`.
+fn wait_forwarding(lab: &Lab, d: &Daemon, reals: &[&str], n: usize, within: Duration) {
+    let want: HashSet<String> = reals.iter().map(|s| s.to_string()).collect();
+    let mut seen = HashSet::new();
+    let mut last = Vec::new();
+    let ok = wait_for(within, || {
+        last = lab.requests(4);
+        seen.extend(last.iter().filter_map(|r| r.clone().ok()));
+        if !want.is_subset(&seen) {
+            return false;
+        }
+        let batch = lab.requests(n);
+        let ok = batch
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|name| want.contains(name)));
+        last = batch;
+        ok
+    });
+    assert!(
+        ok,
+        "not forwarding to {want:?} within {within:?} (seen {seen:?}, last {last:?}):\n{}",
+        d.log_text()
+    );
+}
+
+fn has_xdp(lab: &Lab) -> bool {
+    lab.lb
+        .exec(&["ip", "link", "show", "dev", &lab.lb_ifs[0]])
+        .contains("xdp")
+}
+
+fn has_vip(lab: &Lab) -> bool {
+    lab.lb
+        .exec(&["ip", "-br", "addr", "show", "dev", &lab.lb_ifs[0]])
+        .contains(&format!("{}/", lab.vip))
+}
+
+#[test]
+fn churn_an_interface_deleted_and_made_again_gets_xdp_its_vip_and_traffic_back() {
+    let mut lab = Lab::new(Kind::Dr, Family::V4, 2);
+    let cfg = lab.write_config();
+    let d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1], &d);
+
+    let was = lab.delete_lb_interface();
+    let noticed = wait_log(&d, "interface is gone", Duration::from_secs(5), "deleted");
+    let failed = lab.requests(2);
+    assert!(
+        failed.iter().all(Result::is_err),
+        "the VIP answered with its interface gone: {failed:?}"
+    );
+
+    let index = lab.recreate_lb_interface(&was);
+    assert_ne!(
+        index, was.ifindex,
+        "the kernel reused the ifindex; the test proves nothing"
+    );
+    let start = Instant::now();
+    let attached = wait_log(
+        &d,
+        "XDP attached again",
+        Duration::from_secs(5),
+        "re-created",
+    );
+    assert!(has_xdp(&lab), "no XDP on the new device:\n{}", d.log_text());
+    assert!(
+        wait_for(Duration::from_secs(5), || has_vip(&lab)),
+        "the VIP is not back on the new device:\n{}",
+        d.log_text()
+    );
+    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(30));
+    println!(
+        "ifindex {} -> {index}: gone noticed after {noticed:?}; once the device was back, XDP attached again within {attached:?}, both reals answering 20 requests in a row after {:?}",
+        was.ifindex,
+        start.elapsed()
+    );
+    let log = d.log_text();
+    for line in [
+        "interface is back as a new device",
+        "VIP address was gone from the host",
+    ] {
+        assert!(log.contains(line), "the log does not say {line:?}:\n{log}");
+    }
+    assert!(!log.contains("Operation not permitted"), "{log}");
+    // The state file records the VIP on the new device, for the next daemon and teardown.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.state_file()).expect("state file"))
+            .expect("state JSON");
+    assert_eq!(
+        state["added_vips"],
+        serde_json::json!([[index, lab.vip.to_string()]]),
+        "the state file's VIPs: {state}"
+    );
+    // The pinned link is the new device's: a restart adopts it.
+    let links = pins::listing(&lab.pin_dir().join("links"));
+    assert_eq!(links.len(), 1, "{links:?}");
+}
+
+#[test]
+fn churn_a_configured_interface_missing_at_start_is_refused_naming_it() {
+    let lab = Lab::new(Kind::Dr, Family::V4, 1);
+    let cfg = lab.write_config();
+    let missing = format!("{}zz", lab.instance);
+    let text = std::fs::read_to_string(&cfg).expect("config").replace(
+        &format!("interfaces: [{}]", lab.lb_ifs[0]),
+        &format!("interfaces: [{missing}]"),
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let path = cfg.display().to_string();
+    let (code, out, err) = lab.xdpvs(&["run", "--config", &path]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    let want =
+        format!("{path}:3:14: interfaces[0]: interface `{missing}` does not exist on this host");
+    assert!(err.contains(&want), "stderr lacks {want:?}: {err}");
+    let left = pins::listing(&lab.pin_dir());
+    assert!(left.is_empty(), "pins left by a refused start: {left:?}");
+    println!("{}", err.trim());
+}
+
+#[test]
+fn churn_a_real_whose_mac_changed_is_forwarded_to_again() {
+    let lab = Lab::new(Kind::Dr, Family::V4, 2);
+    let cfg = lab.write_config();
+    let d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1], &d);
+
+    let dev = format!("{}r1", lab.instance);
+    let mac = "02:00:5e:14:00:01";
+    lab.reals[0].exec(&["ip", "link", "set", "dev", &dev, "address", mac]);
+    let start = Instant::now();
+    let updated = wait_log(
+        &d,
+        &format!("mac={mac}"),
+        Duration::from_secs(20),
+        "new MAC",
+    );
+    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(20));
+    println!(
+        "real1's MAC changed: REALS holds the new one after {updated:?}, both reals answer 20 requests in a row after {:?}",
+        start.elapsed()
+    );
+    let log = d.log_text();
+    assert!(log.contains("real server next hop updated"), "{log}");
+    assert!(!log.contains("Operation not permitted"), "{log}");
+}
+
+#[test]
+fn churn_a_real_unreachable_at_layer_2_is_logged_and_comes_back() {
+    let lab = Lab::new(Kind::Dr, Family::V4, 2);
+    let cfg = lab.write_config();
+    let d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1], &d);
+
+    let dev = format!("{}r1", lab.instance);
+    lab.reals[0].exec(&["ip", "link", "set", "dev", &dev, "down"]);
+    let real1 = lab.real_addrs[0].to_string();
+    wait_log(
+        &d,
+        "real server is down",
+        Duration::from_secs(10),
+        "link down",
+    );
+    let lost = wait_log(
+        &d,
+        "real server's MAC is unresolved",
+        Duration::from_secs(15),
+        "link down",
+    );
+    let neigh = lab.lb.exec(&["ip", "neigh", "show", &real1]);
+    println!(
+        "real1's link down: unresolved logged after {lost:?}; neighbour entry now {:?}",
+        neigh.trim()
+    );
+    assert!(
+        !neigh.contains("REACHABLE") && !neigh.contains("STALE"),
+        "the balancer still holds a usable entry for {real1}: {neigh}"
+    );
+    wait_forwarding(&lab, &d, &["real2"], 20, Duration::from_secs(10));
+
+    lab.reals[0].exec(&["ip", "link", "set", "dev", &dev, "up"]);
+    let start = Instant::now();
+    wait_log(
+        &d,
+        "real server's MAC resolved again",
+        Duration::from_secs(20),
+        "link up",
+    );
+    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(20));
+    println!(
+        "real1's link up: both reals answer 20 requests in a row after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        !d.log_text().contains("Operation not permitted"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn churn_a_vip_removed_by_hand_is_added_back() {
+    let lab = Lab::new(Kind::Dr, Family::V4, 2);
+    let cfg = lab.write_config();
+    let d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1], &d);
+
+    let vip = format!("{}/32", lab.vip);
+    lab.lb
+        .exec(&["ip", "addr", "del", &vip, "dev", &lab.lb_ifs[0]]);
+    // The client forgets the VIP's MAC: from now on it reaches the VIP only if the
+    // balancer answers ARP for it, which it does only while the VIP is on its interface.
+    let client_dev = format!("{}c", lab.instance);
+    lab.client
+        .exec(&["ip", "neigh", "flush", "dev", &client_dev]);
+    let start = Instant::now();
+    let restored = wait_log(
+        &d,
+        "VIP address was gone from the host",
+        Duration::from_secs(5),
+        "VIP removed",
+    );
+    assert!(
+        has_vip(&lab),
+        "the log says added back, the interface disagrees:\n{}",
+        d.log_text()
+    );
+    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(10));
+    println!(
+        "VIP removed by hand: added back after {restored:?}, both reals answer 20 requests in a row after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        !d.log_text().contains("Operation not permitted"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -68,7 +68,15 @@ fn has_vip(lab: &Lab) -> bool {
 
 #[test]
 fn churn_an_interface_deleted_and_made_again_gets_xdp_its_vip_and_traffic_back() {
-    let mut lab = Lab::new(Kind::Dr, Family::V4, 2);
+    // NAT: the re-created device is the client's side, where replies leave by
+    // redirect to the new ifindex (the FIB's answer, IFACES's MAC).
+    for (kind, fam) in [(Kind::Dr, Family::V4), (Kind::Nat, Family::V4)] {
+        interface_made_again(kind, fam);
+    }
+}
+
+fn interface_made_again(kind: Kind, fam: Family) {
+    let mut lab = Lab::new(kind, fam, 2);
     let cfg = lab.write_config();
     let d = Daemon::start(&lab.lb, &cfg);
     lab.wait_serving(&[0, 1], &d);
@@ -81,18 +89,19 @@ fn churn_an_interface_deleted_and_made_again_gets_xdp_its_vip_and_traffic_back()
         "the VIP answered with its interface gone: {failed:?}"
     );
 
+    let start = Instant::now();
     let index = lab.recreate_lb_interface(&was);
     assert_ne!(
         index, was.ifindex,
         "the kernel reused the ifindex; the test proves nothing"
     );
-    let start = Instant::now();
-    let attached = wait_log(
+    wait_log(
         &d,
         "XDP attached again",
         Duration::from_secs(5),
         "re-created",
     );
+    let attached = start.elapsed();
     assert!(has_xdp(&lab), "no XDP on the new device:\n{}", d.log_text());
     assert!(
         wait_for(Duration::from_secs(5), || has_vip(&lab)),
@@ -101,7 +110,7 @@ fn churn_an_interface_deleted_and_made_again_gets_xdp_its_vip_and_traffic_back()
     );
     wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(30));
     println!(
-        "ifindex {} -> {index}: gone noticed after {noticed:?}; once the device was back, XDP attached again within {attached:?}, both reals answering 20 requests in a row after {:?}",
+        "{kind:?} {fam:?}: ifindex {} -> {index}: gone noticed after {noticed:?}; from the start of its re-creation, XDP attached again after {attached:?}, both reals answering 20 requests in a row after {:?}",
         was.ifindex,
         start.elapsed()
     );
@@ -122,9 +131,12 @@ fn churn_an_interface_deleted_and_made_again_gets_xdp_its_vip_and_traffic_back()
         serde_json::json!([[index, lab.vip.to_string()]]),
         "the state file's VIPs: {state}"
     );
-    // The pinned link is the new device's: a restart adopts it.
-    let links = pins::listing(&lab.pin_dir().join("links"));
-    assert_eq!(links.len(), 1, "{links:?}");
+    // One pinned link per interface, the re-created one's replaced: a restart adopts it.
+    let mut links = pins::listing(&lab.pin_dir().join("links"));
+    links.sort();
+    let mut want = lab.lb_ifs.clone();
+    want.sort();
+    assert_eq!(links, want);
 }
 
 #[test]
@@ -150,7 +162,14 @@ fn churn_a_configured_interface_missing_at_start_is_refused_naming_it() {
 
 #[test]
 fn churn_a_real_whose_mac_changed_is_forwarded_to_again() {
-    let lab = Lab::new(Kind::Dr, Family::V4, 2);
+    // IPv4 (ARP) and IPv6 (neighbour discovery).
+    for fam in [Family::V4, Family::V6] {
+        mac_changed(fam);
+    }
+}
+
+fn mac_changed(fam: Family) {
+    let lab = Lab::new(Kind::Dr, fam, 2);
     let cfg = lab.write_config();
     let d = Daemon::start(&lab.lb, &cfg);
     lab.wait_serving(&[0, 1], &d);
@@ -167,7 +186,7 @@ fn churn_a_real_whose_mac_changed_is_forwarded_to_again() {
     );
     wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(20));
     println!(
-        "real1's MAC changed: REALS holds the new one after {updated:?}, both reals answer 20 requests in a row after {:?}",
+        "{fam:?}: real1's MAC changed: REALS holds the new one after {updated:?}, both reals answer 20 requests in a row after {:?}",
         start.elapsed()
     );
     let log = d.log_text();
@@ -230,12 +249,19 @@ fn churn_a_real_unreachable_at_layer_2_is_logged_and_comes_back() {
 
 #[test]
 fn churn_a_vip_removed_by_hand_is_added_back() {
-    let lab = Lab::new(Kind::Dr, Family::V4, 2);
+    // Behind NAT, over IPv6: the balancer answers neighbour solicitations for the VIP.
+    for (kind, fam) in [(Kind::Dr, Family::V4), (Kind::Nat, Family::V6)] {
+        vip_removed(kind, fam);
+    }
+}
+
+fn vip_removed(kind: Kind, fam: Family) {
+    let lab = Lab::new(kind, fam, 2);
     let cfg = lab.write_config();
     let d = Daemon::start(&lab.lb, &cfg);
     lab.wait_serving(&[0, 1], &d);
 
-    let vip = format!("{}/32", lab.vip);
+    let vip = format!("{}/{}", lab.vip, if fam == Family::V4 { 32 } else { 128 });
     lab.lb
         .exec(&["ip", "addr", "del", &vip, "dev", &lab.lb_ifs[0]]);
     // The client forgets the VIP's MAC: from now on it reaches the VIP only if the
@@ -257,7 +283,7 @@ fn churn_a_vip_removed_by_hand_is_added_back() {
     );
     wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(10));
     println!(
-        "VIP removed by hand: added back after {restored:?}, both reals answer 20 requests in a row after {:?}",
+        "{kind:?} {fam:?}: VIP removed by hand: added back after {restored:?}, both reals answer 20 requests in a row after {:?}",
         start.elapsed()
     );
     assert!(

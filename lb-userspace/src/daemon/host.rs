@@ -141,6 +141,9 @@ impl Host {
             }
             self.known_ifaces.remove(&old.index);
             self.known_ifaces.remove(&now.index);
+            if now.index != old.index {
+                rec.remove_iface(old.index)?;
+            }
             self.register_iface(rec, now.index, now.mac)?;
             for (i, _) in self.added_vips.iter_mut().filter(|(i, _)| *i == old.index) {
                 *i = now.index;

@@ -508,6 +508,9 @@ impl Dataplane for Flaky {
     fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
         self.dp.set_iface(ifindex, info)
     }
+    fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.dp.remove_iface(ifindex)
+    }
     fn set_own_macs(
         &mut self,
         macs: &std::collections::BTreeMap<[u8; 6], u32>,

@@ -131,6 +131,27 @@ fn interface_made_again(kind: Kind, fam: Family) {
         serde_json::json!([[index, lab.vip.to_string()]]),
         "the state file's VIPs: {state}"
     );
+    // IFACES holds the new device under its ifindex, with its MAC, and the old one no
+    // more (the map holds at most 64: repeated churn must not fill it).
+    let ifaces: Vec<(u32, Vec<u8>)> = pins::dump(&lab.map_pin(lb_common::maps::IFACES))
+        .into_iter()
+        .map(|(k, v)| (u32::from_ne_bytes(k[..4].try_into().expect("u32 key")), v))
+        .collect();
+    let mac: Vec<u8> = was
+        .mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("MAC"))
+        .collect();
+    assert!(
+        ifaces.iter().any(|(i, v)| *i == index && v[..6] == mac[..]),
+        "IFACES lacks ifindex {index} with MAC {}: {ifaces:?}",
+        was.mac
+    );
+    assert!(
+        !ifaces.iter().any(|(i, _)| *i == was.ifindex),
+        "IFACES still holds the deleted ifindex {}: {ifaces:?}",
+        was.ifindex
+    );
     // One pinned link per interface, the re-created one's replaced: a restart adopts it.
     let mut links = pins::listing(&lab.pin_dir().join("links"));
     links.sort();

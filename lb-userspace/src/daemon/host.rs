@@ -197,7 +197,12 @@ impl Host {
         match forgot {
             Ok(0) => {}
             Ok(_) => {
-                self.last_solicit.remove(&addr);
+                // Resolved again at once: NAT and tunnel look the entry up in XDP (the
+                // FIB), and another virtual server may still send to this address.
+                if let Err(e) = netlink::solicit(addr) {
+                    tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
+                }
+                self.last_solicit.insert(addr, Instant::now());
                 tracing::info!(real = %addr, "real server down: its neighbour entry is dropped, so that its MAC is learnt afresh");
             }
             Err(e) => tracing::error!(real = %addr, "dropping the neighbour entry: {e:#}"),

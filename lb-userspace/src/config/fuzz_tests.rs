@@ -461,8 +461,14 @@ fn mutate(rng: &mut Rng, text: &str) -> (String, String) {
 }
 
 /// Messages of errors that have no field: the file as a whole is not YAML, or not a
-/// mapping (the loader words them so; see `validate.rs`).
-const FILE_LEVEL: &[&str] = &["malformed YAML", "not UTF-8", "the file must be a mapping"];
+/// mapping, or a top-level key is no field's name (the loader words them so; see
+/// `validate.rs`).
+const FILE_LEVEL: &[&str] = &[
+    "malformed YAML",
+    "not UTF-8",
+    "the file must be a mapping",
+    "a key is not a field name",
+];
 
 /// What "names a place" means. An error of the loader must:
 /// - carry the file it was given;
@@ -482,7 +488,11 @@ fn names_a_place(path: &Path, text: &str, e: &ConfigError) -> Option<String> {
     let Some(pos) = e.pos else {
         return Some("has no line".to_string());
     };
-    let last = text.lines().count() + 1;
+    // YAML breaks lines at CR too (and libyaml, a YAML 1.1 parser, at NEL, LS and PS).
+    let is_break = |c: char| ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'].contains(&c);
+    let breaks = text.chars().filter(|&c| is_break(c)).count();
+    let unterminated = text.chars().last().is_some_and(|c| !is_break(c));
+    let last = breaks + usize::from(unterminated) + 1;
     if !(1..=last).contains(&pos.line) || pos.col == 0 {
         return Some(format!(
             "line {}:{} is outside 1..={last}",
@@ -498,6 +508,8 @@ fn names_a_place(path: &Path, text: &str, e: &ConfigError) -> Option<String> {
         if !FILE_LEVEL.iter().any(|p| e.message.starts_with(p)) {
             return Some("names no field and does not say the file is malformed".to_string());
         }
+    } else if e.field.split(['.', '[']).any(|seg| seg == "?") {
+        return Some("names a field that is not in the file (`?`)".to_string());
     } else if !shown[head.len()..].starts_with(&format!("{}: ", e.field)) {
         return Some(format!("displays as {shown:?} without its field"));
     } else {
@@ -507,9 +519,13 @@ fn names_a_place(path: &Path, text: &str, e: &ConfigError) -> Option<String> {
             let content = l.trim_start_matches([' ', '\t']);
             !content.is_empty() && !content.starts_with('#')
         };
-        let line = text.lines().nth(pos.line - 1).unwrap_or("");
+        let lines: Vec<&str> = text
+            .split("\r\n")
+            .flat_map(|l| l.split(['\n', '\r']))
+            .collect();
+        let line = lines.get(pos.line - 1).copied().unwrap_or("");
         // (A file of nothing but comments lacks its fields at line 1.)
-        if !holds(line) && text.lines().any(holds) {
+        if !holds(line) && lines.iter().any(|l| holds(l)) {
             return Some(format!(
                 "points at line {}, {line:?}, which holds no field",
                 pos.line

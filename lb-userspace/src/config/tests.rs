@@ -581,6 +581,13 @@ fn fuzzer_findings_are_located() {
             "alias bomb",
         ),
         (
+            "a null key in a virtual server, named `?` before",
+            GOOD.replacen("    port: 80\n", "    port: 80\n    null: x\n", 1),
+            4,
+            "virtual_servers[0]",
+            "a key is not a field name",
+        ),
+        (
             "an alias does not shift the items after it",
             aliased,
             15,

@@ -96,6 +96,28 @@ fn join(prefix: &str, rest: &str) -> String {
     }
 }
 
+/// serde_path_to_error names a key that is not a string (`null:`, `1:`, a list) `?`,
+/// which no field of the file is called (the fuzzer's find). Returns: the path of the
+/// mapping that holds the key and a message that says what is wrong, or `None` when
+/// `field` has no such key.
+fn odd_key(field: &str, message: &str) -> Option<(String, String)> {
+    let ends_segment = |rest: &str| rest.is_empty() || rest.starts_with(['.', '[']);
+    let parent = if field == "?" || (field.starts_with('?') && ends_segment(&field[1..])) {
+        ""
+    } else {
+        let (i, _) = field
+            .match_indices(".?")
+            .find(|(i, _)| ends_segment(&field[i + 2..]))?;
+        &field[..i]
+    };
+    Some((
+        parent.to_string(),
+        format!(
+            "a key is not a field name (null, a number, a list or a mapping as a key): {message}"
+        ),
+    ))
+}
+
 /// Words an error about the file as a whole (no field to name): YAML that does not
 /// parse, or a document that is not a mapping of settings.
 fn file_level(serde_message: &str) -> String {
@@ -136,6 +158,10 @@ impl<'a> Validator<'a> {
     /// the field itself is located, since the path names only its container.
     fn serde_error(&mut self, prefix: &str, path: &serde_path_to_error::Path, message: String) {
         let mut field = join(prefix, &path.to_string());
+        if let Some((parent, message)) = odd_key(&field, &message) {
+            self.error(&parent, message);
+            return;
+        }
         if let Some(name) = message
             .strip_prefix("unknown field `")
             .and_then(|m| m.split('`').next())
@@ -198,6 +224,19 @@ impl<'a> Validator<'a> {
                 if let Some(i) = msg.find(" at line ") {
                     msg.truncate(i);
                 }
+                let (field, mut msg) = match odd_key(&field, &msg) {
+                    Some((parent, m)) if parent.is_empty() => {
+                        // A top-level key: the file's, at serde's position.
+                        self.error_at(
+                            "",
+                            Some(pos.or(syntax).unwrap_or(Pos { line: 1, col: 1 })),
+                            m,
+                        );
+                        return Err(ConfigErrors(self.errors));
+                    }
+                    Some((parent, m)) => (parent, m),
+                    None => (field, msg),
+                };
                 let pos = pos.or(syntax).unwrap_or_else(|| self.loc.find(&field));
                 if field.is_empty() {
                     msg = file_level(&msg);

@@ -2,8 +2,9 @@
 //! made again, a real's MAC changed, a real unreachable at layer 2, the VIP removed by
 //! hand. Each time the daemon must notice within its 1 s tick, log it, and forward
 //! again: every test ends with requests answered by the reals it expects, polled
-//! against a deadline. The direct routing lab (client, balancer and two reals on one
-//! bridge, `tests/src/lab.rs`).
+//! against a deadline. Mostly the direct routing lab (client, balancer and two reals on
+//! one bridge, `tests/src/lab.rs`); the interface and VIP tests run behind NAT too, the
+//! MAC test over IPv6 too.
 
 use std::{
     collections::HashSet,

@@ -79,7 +79,7 @@ fn churn_an_interface_deleted_and_made_again_gets_xdp_its_vip_and_traffic_back()
 fn interface_made_again(kind: Kind, fam: Family) {
     let mut lab = Lab::new(kind, fam, 2);
     let cfg = lab.write_config();
-    let d = Daemon::start(&lab.lb, &cfg);
+    let mut d = Daemon::start(&lab.lb, &cfg);
     lab.wait_serving(&[0, 1], &d);
 
     let was = lab.delete_lb_interface();
@@ -159,6 +159,20 @@ fn interface_made_again(kind: Kind, fam: Family) {
     let mut want = lab.lb_ifs.clone();
     want.sort();
     assert_eq!(links, want);
+
+    // A restart adopts the new link: its program is replaced in place, and it forwards.
+    assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+    let log = lab.dir.join("restart.log");
+    let d = Daemon::start_as(&lab.lb, &cfg, &tests::daemon::binary(), &log);
+    let text = d.log_text();
+    assert!(
+        text.contains(&format!(
+            "XDP program replaced on the pinned link interface={} ifindex={index}",
+            lab.lb_ifs[0]
+        )),
+        "the restarted daemon did not adopt the new device's link:\n{text}"
+    );
+    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(20));
 }
 
 #[test]

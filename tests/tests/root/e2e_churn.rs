@@ -31,7 +31,7 @@ fn wait_log(d: &Daemon, text: &str, within: Duration, what: &str) -> Duration {
 /// Polls requests through the VIP until each of `reals` (names) has answered one and
 /// then `n` requests in a row all succeed, answered by those reals only. Panics with
 /// the log after `within`.
-fn wait_forwarding(lab: &Lab, d: &Daemon, reals: &[&str], n: usize, within: Duration) {
+fn wait_forwarding(lab: &Lab, d: &Daemon, reals: &[&str], n: usize, within: Duration, what: &str) {
     let want: HashSet<String> = reals.iter().map(|s| s.to_string()).collect();
     let mut seen = HashSet::new();
     let mut last = Vec::new();
@@ -50,7 +50,7 @@ fn wait_forwarding(lab: &Lab, d: &Daemon, reals: &[&str], n: usize, within: Dura
     });
     assert!(
         ok,
-        "not forwarding to {want:?} within {within:?} (seen {seen:?}, last {last:?}):\n{}",
+        "{what}: not forwarding to {want:?} within {within:?} (seen {seen:?}, last {last:?}):\n{}",
         d.log_text()
     );
 }
@@ -109,7 +109,14 @@ fn interface_made_again(kind: Kind, fam: Family) {
         "the VIP is not back on the new device:\n{}",
         d.log_text()
     );
-    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(30));
+    wait_forwarding(
+        &lab,
+        &d,
+        &["real1", "real2"],
+        20,
+        Duration::from_secs(30),
+        &format!("{kind:?} {fam:?}: the re-created device"),
+    );
     println!(
         "{kind:?} {fam:?}: ifindex {} -> {index}: gone noticed after {noticed:?}; from the start of its re-creation, XDP attached again after {attached:?}, both reals answering 20 requests in a row after {:?}",
         was.ifindex,
@@ -172,7 +179,14 @@ fn interface_made_again(kind: Kind, fam: Family) {
         )),
         "the restarted daemon did not adopt the new device's link:\n{text}"
     );
-    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(20));
+    wait_forwarding(
+        &lab,
+        &d,
+        &["real1", "real2"],
+        20,
+        Duration::from_secs(20),
+        &format!("{kind:?} {fam:?}: after the restart"),
+    );
 }
 
 #[test]
@@ -220,7 +234,14 @@ fn mac_changed(fam: Family) {
         Duration::from_secs(20),
         "new MAC",
     );
-    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(20));
+    wait_forwarding(
+        &lab,
+        &d,
+        &["real1", "real2"],
+        20,
+        Duration::from_secs(20),
+        &format!("{fam:?}: the new MAC"),
+    );
     println!(
         "{fam:?}: real1's MAC changed: REALS holds the new one after {updated:?}, both reals answer 20 requests in a row after {:?}",
         start.elapsed()
@@ -261,7 +282,14 @@ fn churn_a_real_unreachable_at_layer_2_is_logged_and_comes_back() {
         !neigh.contains("REACHABLE") && !neigh.contains("STALE"),
         "the balancer still holds a usable entry for {real1}: {neigh}"
     );
-    wait_forwarding(&lab, &d, &["real2"], 20, Duration::from_secs(10));
+    wait_forwarding(
+        &lab,
+        &d,
+        &["real2"],
+        20,
+        Duration::from_secs(10),
+        "real1 unreachable",
+    );
 
     lab.reals[0].exec(&["ip", "link", "set", "dev", &dev, "up"]);
     let start = Instant::now();
@@ -271,7 +299,14 @@ fn churn_a_real_unreachable_at_layer_2_is_logged_and_comes_back() {
         Duration::from_secs(20),
         "link up",
     );
-    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(20));
+    wait_forwarding(
+        &lab,
+        &d,
+        &["real1", "real2"],
+        20,
+        Duration::from_secs(20),
+        "real1 back",
+    );
     println!(
         "real1's link up: both reals answer 20 requests in a row after {:?}",
         start.elapsed()
@@ -317,7 +352,14 @@ fn vip_removed(kind: Kind, fam: Family) {
         "the log says added back, the interface disagrees:\n{}",
         d.log_text()
     );
-    wait_forwarding(&lab, &d, &["real1", "real2"], 20, Duration::from_secs(10));
+    wait_forwarding(
+        &lab,
+        &d,
+        &["real1", "real2"],
+        20,
+        Duration::from_secs(10),
+        &format!("{kind:?} {fam:?}: the VIP back"),
+    );
     println!(
         "{kind:?} {fam:?}: VIP removed by hand: added back after {restored:?}, both reals answer 20 requests in a row after {:?}",
         start.elapsed()

@@ -373,6 +373,36 @@ pub async fn neighbours(handle: &Handle) -> Result<Vec<Neighbour>, NetlinkError>
     Ok(out)
 }
 
+/// Deletes the neighbour entries of `addr` (on every interface), so that the next
+/// packet to it resolves its link-layer address afresh by broadcast: an entry the
+/// kernel still holds as reachable would otherwise keep a changed MAC for up to its
+/// reachable time, and then be re-probed by unicast to the old one.
+/// Returns: how many entries were deleted.
+pub async fn forget_neighbour(handle: &Handle, addr: IpAddr) -> Result<usize, NetlinkError> {
+    let mut found = Vec::new();
+    let mut s = handle.neighbours().get().execute();
+    while let Some(m) = s.try_next().await.map_err(req("listing neighbours"))? {
+        let is_addr = m.attributes.iter().any(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => IpAddr::V4(*a) == addr,
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => IpAddr::V6(*a) == addr,
+            _ => false,
+        });
+        if is_addr {
+            found.push(m);
+        }
+    }
+    let n = found.len();
+    for m in found {
+        handle
+            .neighbours()
+            .del(m)
+            .execute()
+            .await
+            .map_err(req(format!("deleting the neighbour entry of {addr}")))?;
+    }
+    Ok(n)
+}
+
 /// Makes the kernel resolve (or re-confirm) `addr`'s link-layer address: a datagram to
 /// the discard port (9) of the real. The kernel queues it behind an ARP request or
 /// neighbour solicitation; the real drops it. Traffic the balancer forwards in XDP

@@ -473,6 +473,57 @@ impl Lab {
         ns.exec(&["ip", "link", "set", &dev, "mtu", &mtu.to_string()]);
     }
 
+    /// Deletes the balancer's first interface, as an operator or a driver reload would:
+    /// the veth pair goes, its switch port with it. Returns: what
+    /// [`Lab::recreate_lb_interface`] needs to make it again as it was.
+    pub fn delete_lb_interface(&self) -> Unplugged {
+        let dev = &self.lb_ifs[0];
+        let sysfs = |what: &str| {
+            self.lb
+                .exec(&["cat", &format!("/sys/class/net/{dev}/{what}")])
+                .trim()
+                .to_string()
+        };
+        let gone = Unplugged {
+            mac: sysfs("address"),
+            ifindex: sysfs("ifindex").parse().expect("ifindex"),
+        };
+        self.lb.exec(&["ip", "link", "del", dev]);
+        gone
+    }
+
+    /// Makes the balancer's first interface again after [`Lab::delete_lb_interface`]:
+    /// same name, MAC and address, plugged into the same switch port with the pass
+    /// program on it; the kernel gives it a new ifindex. The labs whose first interface
+    /// has more than its address (NAT on one NIC, the tunnel's route) are not supported.
+    /// Returns: its new ifindex.
+    pub fn recreate_lb_interface(&mut self, was: &Unplugged) -> u32 {
+        let (p, dev) = (&self.instance, self.lb_ifs[0].clone());
+        let sw_name = match self.kind {
+            Kind::Dr | Kind::DrRouted => format!("{p}-sw"),
+            Kind::Nat => format!("{p}-so"),
+            k => panic!("the {k:?} lab's balancer interface cannot be re-created"),
+        };
+        let sw = self
+            .infra
+            .iter()
+            .find(|n| n.name == sw_name)
+            .expect("the balancer's switch");
+        let port = format!("{p}os");
+        veth(&dev, &self.lb, &port, sw);
+        sw.exec(&["ip", "link", "set", &port, "master", "br0"]);
+        self.passes.push(attach_pass(sw, &port));
+        self.lb
+            .exec(&["ip", "link", "set", "dev", &dev, "address", &was.mac]);
+        let b = Builder::new(p, self.fam);
+        b.addr(&self.lb, &dev, net(self.fam, 100, 1));
+        self.lb
+            .exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+            .trim()
+            .parse()
+            .expect("ifindex")
+    }
+
     /// Returns: the daemon's control socket in this lab.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("xdpvs.sock")
@@ -647,6 +698,13 @@ fn server_bind(kind: Kind, fam: Family) -> SocketAddr {
 /// Probes of the lab's web virtual server unless a [`Spec`] says otherwise: fast, so
 /// reals are serving within a second.
 pub const FAST_PROBES: &str = "{ interval: 250ms, timeout: 200ms, rise: 1, fall: 2 }";
+
+/// The balancer's interface as it was before [`Lab::delete_lb_interface`].
+#[derive(Clone, Debug)]
+pub struct Unplugged {
+    pub mac: String,
+    pub ifindex: u32,
+}
 
 /// What [`Lab::write_spec`] writes beyond the defaults.
 #[derive(Clone, Debug, Default)]

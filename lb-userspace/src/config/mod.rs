@@ -405,15 +405,31 @@ impl SystemFacts for Host {
     }
 }
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file. A file that cannot be read has no line to
+/// name; one that is not UTF-8 is named at its first bad byte.
 pub fn load(path: &Path, facts: &dyn SystemFacts) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let error = |pos, message| {
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
-            pos: None,
+            pos,
             field: String::new(),
-            message: format!("cannot read: {e}"),
+            message,
         }])
+    };
+    let bytes = std::fs::read(path).map_err(|e| error(None, format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let pos = Pos {
+            line: 1 + good.iter().filter(|&&b| b == b'\n').count(),
+            // Characters before the bad byte on its line, plus one.
+            col: 1 + String::from_utf8_lossy(&good[line_start..]).chars().count(),
+        };
+        error(
+            Some(pos),
+            "not UTF-8: the file must be UTF-8 text (a YAML file may not hold other bytes)"
+                .to_string(),
+        )
     })?;
     parse(path, &text, facts)
 }
@@ -423,5 +439,7 @@ pub fn parse(path: &Path, text: &str, facts: &dyn SystemFacts) -> Result<Config,
     validate::Validator::new(path, text, facts).run()
 }
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;

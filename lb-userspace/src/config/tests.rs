@@ -11,7 +11,7 @@ impl SystemFacts for Facts {
     }
 }
 
-const GOOD: &str = "\
+pub(super) const GOOD: &str = "\
 interfaces: [eth0]
 xdp_mode: auto
 virtual_servers:
@@ -254,10 +254,10 @@ fn each_error_names_line_and_field() {
 }
 
 /// A directory of one test under the temporary one, removed on drop.
-struct TempDir(std::path::PathBuf);
+pub(super) struct TempDir(pub(super) std::path::PathBuf);
 
 impl TempDir {
-    fn new(test: &str) -> Self {
+    pub(super) fn new(test: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("xdpvs-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -516,4 +516,144 @@ fn prime_check() {
     assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
     assert!(validate::is_prime(65537));
     assert!(!validate::is_prime(65535));
+}
+
+/// Found by the configuration fuzzer (`fuzz_tests.rs`): each row a file the loader once
+/// answered without a line (or a field), too slowly, or at the wrong line.
+#[test]
+fn fuzzer_findings_are_located() {
+    let bomb = {
+        let mut s = String::from("a0: &a0 [lol]\n");
+        for l in 1..10 {
+            s.push_str(&format!(
+                "a{l}: &a{l} [{}]\n",
+                vec![format!("*a{}", l - 1); 10].join(", ")
+            ));
+        }
+        s
+    };
+    let deep = format!(
+        "{GOOD}tunnel_source: {}{}\n",
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let deep_block = format!(
+        "{GOOD}announce:{}\n",
+        (0..1000)
+            .map(|i| format!("\n{}k:", " ".repeat(i + 1)))
+            .collect::<String>()
+    );
+    let aliased = GOOD.replacen("10.0.1.11", "&r 10.0.1.11", 1).replacen(
+        "      - address: 10.0.1.12\n",
+        "      - *r\n      - address: 10.0.1.300\n",
+        1,
+    );
+    // (what, file, line, field ("" for the file as a whole), message part)
+    let rows: &[(&str, String, usize, &str, &str)] = &[
+        (
+            "an empty file lacks interfaces at line 1",
+            String::new(),
+            1,
+            "interfaces",
+            "at least one interface",
+        ),
+        (
+            "a file without interfaces, at its first field",
+            "# comment\nxdp_mode: auto\n".into(),
+            2,
+            "interfaces",
+            "at least one interface",
+        ),
+        (
+            "a YAML error after some fields is the file's, not a field's",
+            "interfaces: [eth0]\nvirtual_servers:\n  - name: web\n    health_check: {type: [\n"
+                .into(),
+            5,
+            "",
+            "malformed YAML",
+        ),
+        (
+            "a document that is not a mapping",
+            "just words\n".into(),
+            1,
+            "",
+            "the file must be a mapping",
+        ),
+        (
+            "an empty list item stands at its dash",
+            "interfaces: [eth0]\nvirtual_servers:\n  -\n".into(),
+            3,
+            "virtual_servers[0]",
+            "missing field `name`",
+        ),
+        (
+            "lists nested 20,000 deep (seconds in libyaml)",
+            deep,
+            15,
+            "",
+            "nested more than 32 deep",
+        ),
+        (
+            "mappings nested 1,000 deep (overflowed yaml-rust2's recursive loader)",
+            deep_block,
+            47,
+            "",
+            "nested more than 32 deep",
+        ),
+        (
+            "an alias bomb (seconds in serde_yaml)",
+            format!("{bomb}{GOOD}"),
+            6,
+            "",
+            "alias bomb",
+        ),
+        (
+            "a null key in a virtual server, named `?` before",
+            GOOD.replacen("    port: 80\n", "    port: 80\n    null: x\n", 1),
+            4,
+            "virtual_servers[0]",
+            "a key is not a field name",
+        ),
+        (
+            "an alias does not shift the items after it",
+            aliased,
+            15,
+            "virtual_servers[0].real_servers[2].address",
+            "not an IPv4",
+        ),
+    ];
+    for (what, text, line, field, msg) in rows {
+        let start = std::time::Instant::now();
+        let errs = errors(text);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{what}: took {:?}",
+            start.elapsed()
+        );
+        let e = errs
+            .iter()
+            .find(|e| e.field == *field)
+            .unwrap_or_else(|| panic!("{what}: no error for {field:?}; got {errs:#?}"));
+        assert_eq!(e.pos.map(|p| p.line), Some(*line), "{what}: {e}");
+        assert!(e.message.contains(msg), "{what}: {e}");
+    }
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_named_at_its_first_bad_byte() {
+    let dir = TempDir::new("not-utf8");
+    let path = dir.0.join("lb.yaml");
+    std::fs::write(
+        &path,
+        b"interfaces: [eth0]\nvirtual_servers:\n  - name: w\xe9b\n",
+    )
+    .unwrap();
+    let errs = load(&path, &Facts).expect_err("not UTF-8").0;
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].pos, Some(Pos { line: 3, col: 12 }), "{}", errs[0]);
+    assert!(
+        errs[0].to_string().contains("lb.yaml:3:12: not UTF-8"),
+        "{}",
+        errs[0]
+    );
 }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::{
-    locate::{Locator, Pos},
+    locate::{Locator, Pos, MAX_ALIAS_NODES, MAX_DEPTH},
     parse_duration,
     raw::{
         RawAddrs, RawCheckType, RawConfig, RawDuration, RawHealthCheck, RawMethod, RawPersistence,
@@ -97,6 +97,38 @@ fn join(prefix: &str, rest: &str) -> String {
     }
 }
 
+/// serde_path_to_error names a key that is not a string (`null:`, `1:`, a list) `?`,
+/// which no field of the file is called (the fuzzer's find). Returns: the path of the
+/// mapping that holds the key and a message that says what is wrong, or `None` when
+/// `field` has no such key.
+fn odd_key(field: &str, message: &str) -> Option<(String, String)> {
+    let ends_segment = |rest: &str| rest.is_empty() || rest.starts_with(['.', '[']);
+    let parent = if field == "?" || (field.starts_with('?') && ends_segment(&field[1..])) {
+        ""
+    } else {
+        let (i, _) = field
+            .match_indices(".?")
+            .find(|(i, _)| ends_segment(&field[i + 2..]))?;
+        &field[..i]
+    };
+    Some((
+        parent.to_string(),
+        format!(
+            "a key is not a field name (null, a number, a list or a mapping as a key): {message}"
+        ),
+    ))
+}
+
+/// Words an error about the file as a whole (no field to name): YAML that does not
+/// parse, or a document that is not a mapping of settings.
+fn file_level(serde_message: &str) -> String {
+    if serde_message.starts_with("invalid type") {
+        format!("the file must be a mapping of settings (interfaces:, virtual_servers:, ...): {serde_message}")
+    } else {
+        format!("malformed YAML: {serde_message}")
+    }
+}
+
 impl<'a> Validator<'a> {
     pub fn new(file: &Path, text: &'a str, facts: &'a dyn SystemFacts) -> Self {
         Self {
@@ -120,13 +152,17 @@ impl<'a> Validator<'a> {
 
     fn error(&mut self, field: &str, message: impl Into<String>) {
         let pos = self.loc.find(field);
-        self.error_at(field, pos, message);
+        self.error_at(field, Some(pos), message);
     }
 
     /// Reports a serde error at `prefix` + the path serde reached. For an unknown field
     /// the field itself is located, since the path names only its container.
     fn serde_error(&mut self, prefix: &str, path: &serde_path_to_error::Path, message: String) {
         let mut field = join(prefix, &path.to_string());
+        if let Some((parent, message)) = odd_key(&field, &message) {
+            self.error(&parent, message);
+            return;
+        }
         if let Some(name) = message
             .strip_prefix("unknown field `")
             .and_then(|m| m.split('`').next())
@@ -151,13 +187,35 @@ impl<'a> Validator<'a> {
     }
 
     pub fn run(mut self) -> Result<Config, ConfigErrors> {
+        if let Some(pos) = self.loc.too_deep() {
+            self.error_at(
+                "",
+                Some(pos),
+                format!("malformed YAML: lists and mappings nested more than {MAX_DEPTH} deep (the configuration needs 6)"),
+            );
+            return Err(ConfigErrors(self.errors));
+        }
+        if let Some(pos) = self.loc.alias_bomb() {
+            self.error_at(
+                "",
+                Some(pos),
+                format!("malformed YAML: aliases here expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb?)"),
+            );
+            return Err(ConfigErrors(self.errors));
+        }
         let de = serde_yaml::Deserializer::from_str(self.text);
         let raw: RawConfig = match serde_path_to_error::deserialize(de) {
             Ok(r) => r,
             Err(e) => {
                 let path = e.path().clone();
                 let inner = e.into_inner();
-                let field = join("", &path.to_string());
+                // The text is not YAML: no field is to blame, whatever serde reached.
+                let syntax = self.loc.syntax_error();
+                let field = if syntax.is_some() {
+                    String::new()
+                } else {
+                    join("", &path.to_string())
+                };
                 let pos = inner.location().map(|l| Pos {
                     line: l.line(),
                     col: l.column(),
@@ -167,8 +225,24 @@ impl<'a> Validator<'a> {
                 if let Some(i) = msg.find(" at line ") {
                     msg.truncate(i);
                 }
-                let pos = pos.or_else(|| self.loc.find(&field));
-                self.error_at(&field, pos, msg);
+                let (field, mut msg) = match odd_key(&field, &msg) {
+                    Some((parent, m)) if parent.is_empty() => {
+                        // A top-level key: the file's, at serde's position.
+                        self.error_at(
+                            "",
+                            Some(pos.or(syntax).unwrap_or(Pos { line: 1, col: 1 })),
+                            m,
+                        );
+                        return Err(ConfigErrors(self.errors));
+                    }
+                    Some((parent, m)) => (parent, m),
+                    None => (field, msg),
+                };
+                let pos = pos.or(syntax).unwrap_or_else(|| self.loc.find(&field));
+                if field.is_empty() {
+                    msg = file_level(&msg);
+                }
+                self.error_at(&field, Some(pos), msg);
                 return Err(ConfigErrors(self.errors));
             }
         };

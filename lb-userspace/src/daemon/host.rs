@@ -41,6 +41,12 @@ pub struct Host {
     last_solicit: HashMap<IpAddr, Instant>,
     /// Reals already warned about (no route, or not on a connected network).
     warned: HashSet<IpAddr>,
+    /// Host churn (see the operator guide): configured interfaces found gone, direct
+    /// routing reals whose MAC has been resolved once, and those of them whose
+    /// neighbour entry is gone or failed since (each logged once per change).
+    gone: HashSet<String>,
+    resolved: HashSet<IpAddr>,
+    lost: HashSet<IpAddr>,
 }
 
 impl Host {
@@ -64,6 +70,9 @@ impl Host {
             vlans: None,
             last_solicit: HashMap::new(),
             warned: HashSet::new(),
+            gone: HashSet::new(),
+            resolved: HashSet::new(),
+            lost: HashSet::new(),
         })
     }
 
@@ -116,6 +125,99 @@ impl Host {
             )?;
         }
         Ok(())
+    }
+
+    /// Re-reads the configured interfaces by name. One that is gone is logged (its XDP
+    /// link and addresses went with the device); one that is back as a new device (a new
+    /// ifindex) is registered in IFACES under its new index, the VIPs added to it
+    /// follow it, and it is returned for XDP to be attached again. A changed MAC of the
+    /// same device is written to IFACES.
+    /// Returns: the interfaces that came back.
+    pub async fn refresh_interfaces<D: Dataplane>(
+        &mut self,
+        rec: &mut Reconciler<D>,
+    ) -> anyhow::Result<Vec<netlink::Interface>> {
+        let mut back = Vec::new();
+        for k in 0..self.attached.len() {
+            let old = self.attached[k].clone();
+            let Ok(now) = netlink::interface(&self.handle, &old.name).await else {
+                if self.gone.insert(old.name.clone()) {
+                    tracing::error!(interface = %old.name, ifindex = old.index, "interface is gone, and XDP and its addresses with it: waiting for it to come back");
+                }
+                continue;
+            };
+            self.gone.remove(&old.name);
+            if now.index == old.index && now.mac == old.mac {
+                continue;
+            }
+            self.known_ifaces.remove(&old.index);
+            self.known_ifaces.remove(&now.index);
+            if now.index != old.index {
+                rec.remove_iface(old.index)?;
+            }
+            self.register_iface(rec, now.index, now.mac)?;
+            for (i, _) in self.added_vips.iter_mut().filter(|(i, _)| *i == old.index) {
+                *i = now.index;
+            }
+            self.attached[k] = now.clone();
+            if now.index == old.index {
+                tracing::info!(interface = %now.name, mac = %crate::reconcile::fmt_mac(&now.mac), "interface MAC changed: frames leave with the new one");
+            } else {
+                tracing::warn!(interface = %now.name, old_ifindex = old.index, ifindex = now.index, "interface is back as a new device: attaching XDP to it again");
+                back.push(now);
+            }
+        }
+        Ok(back)
+    }
+
+    /// Adds back the VIPs this daemon added that are no longer on the host (removed by
+    /// hand, or gone with their device), on the first interface.
+    /// Returns: whether any was added back.
+    pub async fn restore_vips(&mut self) -> anyhow::Result<bool> {
+        let first = &self.attached[0];
+        if self.added_vips.is_empty() || self.gone.contains(&first.name) {
+            return Ok(false);
+        }
+        let have = netlink::all_addresses(&self.handle).await?;
+        let mut restored = false;
+        for (i, vip) in &mut self.added_vips {
+            if have.contains(vip) {
+                continue;
+            }
+            netlink::add_address(&self.handle, first.index, *vip).await?;
+            *i = first.index;
+            restored = true;
+            tracing::warn!(vip = %vip, interface = %first.name, "VIP address was gone from the host (removed by hand, or with its device): added back");
+        }
+        Ok(restored)
+    }
+
+    /// A real went down: when it is on a connected network, its neighbour entry is
+    /// deleted, so that the next probe resolves its MAC afresh by broadcast instead of
+    /// the kernel holding a changed MAC for its reachable time and then re-probing the
+    /// old one. Direct routing keeps the last MAC in `REALS`, so nothing is forwarded
+    /// differently meanwhile.
+    pub async fn forget_real_neighbour(&mut self, addr: IpAddr) {
+        let forgot = match netlink::route_to(&self.handle, addr).await {
+            Ok(Some(r)) if r.gateway.is_none() => netlink::forget_neighbour(&self.handle, addr)
+                .await
+                .map_err(anyhow::Error::from),
+            Ok(_) => Ok(0),
+            Err(e) => Err(e.into()),
+        };
+        match forgot {
+            Ok(0) => {}
+            Ok(_) => {
+                // Resolved again at once: NAT and tunnel look the entry up in XDP (the
+                // FIB), and another virtual server may still send to this address.
+                if let Err(e) = netlink::solicit(addr) {
+                    tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
+                }
+                self.last_solicit.insert(addr, Instant::now());
+                tracing::info!(real = %addr, "real server down: its neighbour entry is dropped, so that its MAC is learnt afresh");
+            }
+            Err(e) => tracing::error!(real = %addr, "dropping the neighbour entry: {e:#}"),
+        }
     }
 
     /// Re-reads the other MACs this host answers for on the attached interfaces (the
@@ -257,8 +359,15 @@ impl Host {
                         mac: n.mac,
                     },
                 )?;
+                self.resolved.insert(addr);
+                if self.lost.remove(&addr) {
+                    tracing::info!(real = %addr, mac = %crate::reconcile::fmt_mac(&n.mac), "real server's MAC resolved again");
+                }
             } else {
                 missing += 1;
+                if self.resolved.contains(&addr) && self.lost.insert(addr) {
+                    tracing::warn!(real = %addr, "real server's MAC is unresolved (its neighbour entry failed or is gone): unreachable at layer 2; its packets go to its last MAC until it answers");
+                }
             }
             self.solicit_unless_fresh(addr, entry);
         }

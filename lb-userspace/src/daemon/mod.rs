@@ -88,6 +88,10 @@ struct Daemon {
     /// Where `/metrics` is served, if anywhere.
     metrics_listen: Option<std::net::SocketAddr>,
     reloads: Reloads,
+    /// How XDP is attached (also when an interface comes back as a new device).
+    xdp_mode: config::XdpMode,
+    /// Interfaces that came back but could not be attached to yet (retried each tick).
+    unattached: Vec<crate::netlink::Interface>,
 }
 
 fn ring_count(config: &Config) -> u32 {
@@ -156,6 +160,8 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         flow_table_size: config.flow_table_size,
         metrics_listen: None,
         reloads: Reloads::default(),
+        xdp_mode: config.xdp_mode,
+        unattached: Vec::new(),
     };
     let result = d.start_and_serve(&config).await;
     d.cleanup().await;
@@ -238,24 +244,68 @@ impl Daemon {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
                 _ = hup.recv() => { let _ = self.reload().await; }
-                Some(r) = reports.recv() => if self.on_probe(r)? { self.sync_routes().await },
+                Some(r) = reports.recv() => if let Some((real, up)) = self.on_probe(r)? {
+                    if up {
+                        // A MAC learnt by the probe that brought it up goes to REALS now,
+                        // not at the next tick.
+                        if let Err(e) = self.host.refresh_next_hops(&mut self.rec).await {
+                            tracing::error!("reading the reals' next hops: {e:#}");
+                        }
+                    } else {
+                        self.host.forget_real_neighbour(real).await;
+                    }
+                    self.sync_routes().await
+                },
                 Some((req, reply)) = calls.recv() => {
                     self.on_control(req, reply).await;
                     self.sync_routes().await;
                 }
                 Some(reply) = scrapes.recv(), if self.metrics_listen.is_some() => self.on_scrape(reply),
-                _ = tick.tick() => {
-                    self.host.refresh_next_hops(&mut self.rec).await?;
-                    if let Err(e) = self.host.refresh_own_macs(&mut self.rec).await {
-                        tracing::error!("reading the attached interfaces' other MACs: {e:#}");
-                    }
-                    if let Err(e) = self.host.refresh_vlans(&mut self.rec).await {
-                        tracing::error!("reading the attached interfaces' VLAN devices: {e:#}");
-                    }
-                    self.sync_routes().await;
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    /// Keeps the data path true to the host (see the operator guide's "host churn"):
+    /// interfaces that came back as new devices get XDP again, VIPs that went are
+    /// added back, next hops and MACs are re-read. A failure is logged and retried at
+    /// the next tick: the host changing under the daemon must not stop it.
+    async fn on_tick(&mut self) {
+        match self.host.refresh_interfaces(&mut self.rec).await {
+            Ok(back) => self.unattached.extend(back),
+            Err(e) => tracing::error!("re-reading the interfaces: {e:#}"),
+        }
+        for i in std::mem::take(&mut self.unattached) {
+            match self.programs.attach_pinned(
+                &self.instance.pins,
+                i.index,
+                &i.name,
+                self.xdp_mode.into(),
+            ) {
+                Ok(_) => {
+                    tracing::info!(interface = %i.name, ifindex = i.index, mode = ?self.xdp_mode, "XDP attached again")
+                }
+                Err(e) => {
+                    tracing::error!(interface = %i.name, "attaching XDP again (retried each second): {e:#}");
+                    self.unattached.push(i);
                 }
             }
         }
+        match self.host.restore_vips().await {
+            Ok(true) => self.save_state(None),
+            Ok(false) => {}
+            Err(e) => tracing::error!("adding VIP addresses back: {e:#}"),
+        }
+        if let Err(e) = self.host.refresh_next_hops(&mut self.rec).await {
+            tracing::error!("reading the reals' next hops: {e:#}");
+        }
+        if let Err(e) = self.host.refresh_own_macs(&mut self.rec).await {
+            tracing::error!("reading the attached interfaces' other MACs: {e:#}");
+        }
+        if let Err(e) = self.host.refresh_vlans(&mut self.rec).await {
+            tracing::error!("reading the attached interfaces' VLAN devices: {e:#}");
+        }
+        self.sync_routes().await;
     }
 
     /// Keeps the announce table true to what this node should take traffic for. A
@@ -271,10 +321,10 @@ impl Daemon {
     }
 
     /// Counts a probe result; a health transition updates the real's table at once.
-    /// Returns: whether a real's health changed.
-    fn on_probe(&mut self, report: Report) -> anyhow::Result<bool> {
+    /// Returns: the real whose health changed, and whether it is up now.
+    fn on_probe(&mut self, report: Report) -> anyhow::Result<Option<(std::net::IpAddr, bool)>> {
         let Some(t) = self.health.record(report, |k| self.rec.healthy(k)) else {
-            return Ok(false);
+            return Ok(None);
         };
         self.rec.set_health(&t.key, t.healthy)?;
         let (vs, real, port) = (&t.key.vs, t.key.addr, t.key.port);
@@ -296,7 +346,7 @@ impl Daemon {
                 tracing::error!(vs = %vs, "no real server takes new flows: new flows are dropped (drop_no_real)");
             }
         }
-        Ok(true)
+        Ok(Some((real, t.healthy)))
     }
 
     /// Re-reads the file; a bad file is reported and changes nothing. Counted for

@@ -20,6 +20,10 @@
 //! A reload never attaches, loads or pins: interface, `control_socket`,
 //! `metrics_listen`, `pin_path` and table-size changes already take effect on restart
 //! only (and the reload says so), so nothing a reload does needs what was dropped.
+//! The one attach after start-up, XDP on a configured interface that came back as a
+//! new device (`host::Host::refresh_interfaces`), makes a link from the program
+//! descriptor already held and pins it in root's bpffs directory: CAP_NET_ADMIN is
+//! enough (`e2e_churn`), as it is for deleting a real's neighbour entry.
 //!
 //! Capabilities are per thread. The daemon runs on tokio's current-thread runtime:
 //! nothing before the drop starts a thread, and threads started after (the flow walk's

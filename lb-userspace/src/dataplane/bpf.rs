@@ -289,6 +289,12 @@ impl Dataplane for BpfDataplane {
         }
         Ok(())
     }
+    fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        if self.ifaces.get(&ifindex, 0).is_err() {
+            return Ok(());
+        }
+        self.ifaces.remove(&ifindex).map_err(map_err(IFACES))
+    }
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {
         let want: BTreeMap<[u8; 8], u32> =
             macs.iter().map(|(m, i)| (own_mac_key(*m), *i)).collect();

@@ -72,6 +72,10 @@ impl Dataplane for MemoryDataplane {
         }
         Ok(())
     }
+    fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.ifaces.remove(&ifindex);
+        Ok(())
+    }
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {
         self.own_macs = macs.clone();
         Ok(())

@@ -63,6 +63,8 @@ pub trait Dataplane {
         ins: &BTreeMap<VlanKey, u32>,
         outs: &BTreeMap<u32, (IfaceInfo, VlanOut)>,
     ) -> Result<(), DataplaneError>;
+    /// Forgets interface `ifindex` (its device is gone); nothing if it is not there.
+    fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError>;
     /// Makes `OWN_MACS` hold exactly `macs` (MAC -> ifindex of the device that has it).
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError>;
     /// Makes `FRAG_VS` hold exactly `takers`: (VIP, protocol, family) with port 0 ->

@@ -118,6 +118,13 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(())
     }
 
+    /// Forgets an interface whose device is gone (`IFACES` holds at most
+    /// `MAX_IFACES`: a device re-created again and again must not fill it).
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), ReconcileError> {
+        self.dp.remove_iface(ifindex)?;
+        Ok(())
+    }
+
     /// Sets the other MACs this host answers for on the attached interfaces (MAC ->
     /// ifindex of the device that has it): frames to them are not flooded frames for
     /// another host.

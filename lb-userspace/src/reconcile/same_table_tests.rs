@@ -515,6 +515,9 @@ impl Dataplane for Flaky {
     ) -> Result<(), DataplaneError> {
         self.dp.set_vlans(ins, outs)
     }
+    fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.dp.remove_iface(ifindex)
+    }
     fn set_own_macs(
         &mut self,
         macs: &std::collections::BTreeMap<[u8; 6], u32>,

@@ -6,6 +6,7 @@
 
 mod e2e_abuse;
 mod e2e_announce;
+mod e2e_churn;
 mod e2e_control;
 mod e2e_convert;
 mod e2e_dns;

@@ -130,55 +130,42 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         }
         _ => return Err(pass(reason::PASS_NOT_IP)),
     };
-    if fragment {
-        if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
-            return Err(pass(reason::PASS_FRAGMENT));
-        }
-        return Ok(Parsed {
-            key,
-            l3_off,
-            l4_off,
-            ip_len,
-            len,
-            frag: true,
-            icmp: false,
-            inner_l3: 0,
-            inner_l4: 0,
-        });
-    }
-    if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
-        let (key, inner_l4, frag) = quoted_flow(ctx, &key, l4_off, l3_off + ip_len)?;
-        return Ok(Parsed {
-            key,
-            l3_off,
-            l4_off,
-            ip_len,
-            len,
-            frag,
-            icmp: true,
-            inner_l3: l4_off + ICMP_ERR_HLEN,
-            inner_l4,
-        });
-    }
-    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
-        return Err(pass(reason::PASS_NOT_VS));
-    }
-    let ports: *const [u16; 2] = ptr_at(ctx, l4_off).ok_or(pass(reason::PASS_MALFORMED))?;
-    unsafe {
-        key.sport_be = (*ports)[0];
-        key.dport_be = (*ports)[1];
-    }
-    Ok(Parsed {
+    let mut p = Parsed {
         key,
         l3_off,
         l4_off,
         ip_len,
         len,
-        frag: false,
+        frag: fragment,
         icmp: false,
         inner_l3: 0,
         inner_l4: 0,
-    })
+    };
+    if fragment {
+        if p.key.proto != PROTO_TCP && p.key.proto != PROTO_UDP {
+            return Err(pass(reason::PASS_FRAGMENT));
+        }
+        return Ok(p);
+    }
+    if p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6 {
+        let (key, inner_l4, frag) = quoted_flow(ctx, &p.key, l4_off, l3_off + ip_len)?;
+        p.key = key;
+        p.frag = frag;
+        p.icmp = true;
+        p.inner_l3 = l4_off + ICMP_ERR_HLEN;
+        p.inner_l4 = inner_l4;
+        return Ok(p);
+    }
+    if p.key.proto != PROTO_TCP && p.key.proto != PROTO_UDP {
+        return Err(pass(reason::PASS_NOT_VS));
+    }
+    let ports: *const [u16; 2] = ptr_at(ctx, l4_off).ok_or(pass(reason::PASS_MALFORMED))?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        p.key.sport_be = (*ports)[0];
+        p.key.dport_be = (*ports)[1];
+    }
+    Ok(p)
 }
 
 /// IPv6 next header of a fragment header, and its length.

@@ -263,6 +263,28 @@ impl Drop for Holders {
     }
 }
 
+/// Runs `xdpvs status` on `socket` as user nobody in `ns`.
+/// Returns: its exit code and standard error.
+fn status_as_nobody(ns: &Netns, socket: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args([
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+        ])
+        .arg(tests::daemon::binary())
+        .args(["status", "--socket"])
+        .arg(socket)
+        .output()
+        .expect("setpriv");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Returns: a connector to the control socket at `path` that sends `payload` and
 /// leaves the connection non-blocking.
 fn control_conn(
@@ -539,21 +561,8 @@ fn the_daemon_keeps_serving_while_its_endpoints_are_abused() {
     still_serving(&lab, &traffic, since, "control: 1000 status requests");
 
     // A caller that is not root is refused by the socket's mode.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.lb.name])
-        .args([
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-        ])
-        .arg(tests::daemon::binary())
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()
-        .expect("setpriv");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "as nobody: {err}");
+    let (code, err) = status_as_nobody(&lab.lb, &socket);
+    assert_eq!(code, Some(1), "as nobody: {err}");
     assert!(
         err.contains("permission denied") && err.contains("root's"),
         "as nobody: {err}"
@@ -563,23 +572,10 @@ fn the_daemon_keeps_serving_while_its_endpoints_are_abused() {
     // that is not root, by its credentials (SO_PEERCRED).
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
         .expect("chmod socket");
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.lb.name])
-        .args([
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-        ])
-        .arg(tests::daemon::binary())
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()
-        .expect("setpriv");
+    let (code, err) = status_as_nobody(&lab.lb, &socket);
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .expect("chmod socket back");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "as nobody, socket 0666: {err}");
+    assert_eq!(code, Some(1), "as nobody, socket 0666: {err}");
     assert!(
         err.contains("uid 65534 may not use the control socket"),
         "as nobody, socket 0666: {err}"

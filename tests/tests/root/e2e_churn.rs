@@ -55,6 +55,13 @@ fn wait_forwarding(lab: &Lab, d: &Daemon, reals: &[&str], n: usize, within: Dura
     );
 }
 
+/// Asserts that the daemon met no "Operation not permitted": what it did after start-up
+/// worked with the capabilities it keeps (decision 0007).
+fn assert_no_eperm(d: &Daemon) {
+    let log = d.log_text();
+    assert!(!log.contains("Operation not permitted"), "{log}");
+}
+
 fn has_xdp(lab: &Lab) -> bool {
     lab.lb
         .exec(&["ip", "link", "show", "dev", &lab.lb_ifs[0]])
@@ -129,7 +136,7 @@ fn interface_made_again(kind: Kind, fam: Family) {
     ] {
         assert!(log.contains(line), "the log does not say {line:?}:\n{log}");
     }
-    assert!(!log.contains("Operation not permitted"), "{log}");
+    assert_no_eperm(&d);
     // The state file records the VIP on the new device, for the next daemon and teardown.
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lab.state_file()).expect("state file"))
@@ -248,7 +255,7 @@ fn mac_changed(fam: Family) {
     );
     let log = d.log_text();
     assert!(log.contains("real server next hop updated"), "{log}");
-    assert!(!log.contains("Operation not permitted"), "{log}");
+    assert_no_eperm(&d);
 }
 
 #[test]
@@ -311,11 +318,7 @@ fn churn_a_real_unreachable_at_layer_2_is_logged_and_comes_back() {
         "real1's link up: both reals answer 20 requests in a row after {:?}",
         start.elapsed()
     );
-    assert!(
-        !d.log_text().contains("Operation not permitted"),
-        "{}",
-        d.log_text()
-    );
+    assert_no_eperm(&d);
 }
 
 #[test]
@@ -364,9 +367,5 @@ fn vip_removed(kind: Kind, fam: Family) {
         "{kind:?} {fam:?}: VIP removed by hand: added back after {restored:?}, both reals answer 20 requests in a row after {:?}",
         start.elapsed()
     );
-    assert!(
-        !d.log_text().contains("Operation not permitted"),
-        "{}",
-        d.log_text()
-    );
+    assert_no_eperm(&d);
 }

@@ -22,8 +22,8 @@ use lb_common::{reason, FAMILY_V4};
 use lb_ebpf::{
     csum,
     headers::{
-        ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPPROTO_ICMP,
-        IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IP_DF,
+        ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IP_DF,
     },
 };
 
@@ -91,7 +91,7 @@ fn sum_quote(ctx: &XdpContext, off: usize, len: usize) -> Option<u64> {
 fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
     let v4 = p.key.family == FAMILY_V4;
     if v4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, p.l3_off)?;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
         // SAFETY: bounds checked by ptr_at.
         if u16::from_be(unsafe { (*ip).frag_off_be }) & IP_DF == 0 {
             return None;
@@ -111,7 +111,7 @@ fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Option<Verdict> {
     let icmp_len = ICMP_HLEN + quote;
     reshape(
         ctx,
-        l2 - p.l3_off + ip_hlen + ICMP_HLEN,
+        l2 - ETH_HLEN + ip_hlen + ICMP_HLEN,
         l2 + ip_hlen + icmp_len,
     )?;
     let ethertype = if v4 { ETH_P_IP } else { ETH_P_IPV6 };

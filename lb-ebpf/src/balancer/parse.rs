@@ -29,8 +29,6 @@ use crate::verdict::Verdict;
 /// What balancing needs to know about a frame.
 pub struct Parsed {
     pub key: FlowKey,
-    /// Offset of the IP header.
-    pub l3_off: usize,
     /// Offset of the L4 header.
     pub l4_off: usize,
     /// Length of the IP packet (header included) as its header states, in bytes.
@@ -58,13 +56,12 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(pass(reason::PASS_MALFORMED))?;
     let proto = u16::from_be(unsafe { (*eth).proto_be });
-    let l3_off = ETH_HLEN;
     let mut key = FlowKey::default();
     let ip_len;
     let mut fragment = false;
     let l4_off = match proto {
         ETH_P_IP => {
-            let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(pass(reason::PASS_MALFORMED))?;
+            let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(pass(reason::PASS_MALFORMED))?;
             let (ver_ihl, tot_len, frag, l4proto, src, dst) = unsafe {
                 (
                     (*ip).ver_ihl,
@@ -76,7 +73,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
                 )
             };
             let hlen = ((ver_ihl & 0x0f) as usize) * 4;
-            if ver_ihl >> 4 != 4 || hlen < 20 || tot_len < hlen || l3_off + tot_len > len as usize {
+            if ver_ihl >> 4 != 4 || hlen < 20 || tot_len < hlen || ETH_HLEN + tot_len > len as usize
+            {
                 return Err(pass(reason::PASS_MALFORMED));
             }
             fragment = frag & 0x3fff != 0;
@@ -85,10 +83,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             key.proto = l4proto;
             key.src[0] = src;
             key.dst[0] = dst;
-            l3_off + hlen
+            ETH_HLEN + hlen
         }
         ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off).ok_or(pass(reason::PASS_MALFORMED))?;
+            let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(pass(reason::PASS_MALFORMED))?;
             let (vtf, payload, next) = unsafe {
                 (
                     (*ip).ver_tc_flow,
@@ -96,11 +94,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
                     (*ip).next_hdr,
                 )
             };
-            if u32::from_be(vtf) >> 28 != 6 || l3_off + IPV6_HLEN + payload > len as usize {
+            if u32::from_be(vtf) >> 28 != 6 || ETH_HLEN + IPV6_HLEN + payload > len as usize {
                 return Err(pass(reason::PASS_MALFORMED));
             }
             let mut next = next;
-            let mut l4 = l3_off + IPV6_HLEN;
+            let mut l4 = ETH_HLEN + IPV6_HLEN;
             if next == IPPROTO_FRAGMENT {
                 let fh: *const [u8; 2] = ptr_at(ctx, l4).ok_or(pass(reason::PASS_MALFORMED))?;
                 // SAFETY: bounds checked by ptr_at.
@@ -132,7 +130,6 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
     };
     let mut p = Parsed {
         key,
-        l3_off,
         l4_off,
         ip_len,
         len,
@@ -148,7 +145,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         return Ok(p);
     }
     if p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6 {
-        let (key, inner_l4, frag) = quoted_flow(ctx, &p.key, l4_off, l3_off + ip_len)?;
+        let (key, inner_l4, frag) = quoted_flow(ctx, &p.key, l4_off, ETH_HLEN + ip_len)?;
         p.key = key;
         p.frag = frag;
         p.icmp = true;

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{reason, IfaceInfo, VlanKey, VlanOut, FAMILY_V4};
-use lb_ebpf::headers::{ptr_at, EthHdr, ETH_P_IP, ETH_P_IPV6};
+use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 
 use crate::{
     fib, icmp,
@@ -131,11 +131,11 @@ pub fn relayer(
         set_macs(ctx, dst, src)?;
         return Ok(Out {
             xmit,
-            l3_off: p.l3_off,
+            l3_off: ETH_HLEN,
         });
     }
     let l2 = tags.header_len();
-    let grow = (l2 + overhead) as i32 - p.l3_off as i32;
+    let grow = (l2 + overhead) as i32 - ETH_HLEN as i32;
     // SAFETY: helper call on this program's own context.
     if grow != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
         return Err(Verdict::internal());

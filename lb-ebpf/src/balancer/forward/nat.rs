@@ -17,7 +17,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UDP, SETTING_NAT};
 use lb_ebpf::{
     csum,
-    headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ICMP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ICMP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
 use crate::{
@@ -50,7 +50,7 @@ fn rewrite(ctx: &XdpContext, p: &Parsed, end: End, addr: &[u32; 4], port_be: u16
     // SAFETY: bounds checked by ptr_at; parse() read these headers already.
     unsafe {
         if p.key.family == FAMILY_V4 {
-            let ip: *mut Ipv4Hdr = ptr_at(ctx, p.l3_off)?;
+            let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
             let ip_acc = csum::diff32(0, old_addr[0], addr[0]);
             (*ip).check = csum::apply((*ip).check, ip_acc);
             match end {
@@ -58,7 +58,7 @@ fn rewrite(ctx: &XdpContext, p: &Parsed, end: End, addr: &[u32; 4], port_be: u16
                 End::Dst => (*ip).dst = addr[0],
             }
         } else {
-            let ip: *mut Ipv6Hdr = ptr_at(ctx, p.l3_off)?;
+            let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
             match end {
                 End::Src => (*ip).src = *addr,
                 End::Dst => (*ip).dst = *addr,
@@ -228,7 +228,7 @@ fn translate_error(
     let mut outer_same = true;
     // SAFETY (each block): bounds checked by ptr_at; parse() read these headers.
     if v4 {
-        let ip: *mut Ipv4Hdr = ptr_at(ctx, p.l3_off)?;
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
         let inner: *mut Ipv4Hdr = ptr_at(ctx, p.inner_l3)?;
         unsafe {
             match outer {
@@ -249,7 +249,7 @@ fn translate_error(
             }
         }
     } else {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, p.l3_off)?;
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
         let inner: *mut Ipv6Hdr = ptr_at(ctx, p.inner_l3)?;
         unsafe {
             match outer {
@@ -291,7 +291,7 @@ fn translate_error(
         } else {
             TCP_CSUM_OFF
         };
-    let quoted = l4_check_off + 2 <= p.l3_off + p.ip_len;
+    let quoted = l4_check_off + 2 <= ETH_HLEN + p.ip_len;
     if let Some(check) = ptr_at::<u16>(ctx, l4_check_off).filter(|_| quoted) {
         let check = check as *mut u16;
         let l4_acc = csum::diff16(addr_acc, old_port, port_be);

@@ -11,7 +11,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD, IPIP_OVERHEAD};
-use lb_ebpf::headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, IPPROTO_IPIP, IPPROTO_IPV6, IP_DF};
+use lb_ebpf::headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_IPIP, IPPROTO_IPV6, IP_DF};
 
 use crate::{
     fib,
@@ -50,11 +50,11 @@ pub fn forward(
     let hop = next_hop(ctx, p, &r, overhead as u32)?;
     // Inner TOS / traffic class, read before the headers move.
     let tos = if v4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, p.l3_off).ok_or(Verdict::internal())?;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { (*ip).tos }
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, p.l3_off).ok_or(Verdict::internal())?;
+        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;
         // SAFETY: bounds checked by ptr_at.
         ((u32::from_be(unsafe { (*ip).ver_tc_flow }) >> 20) & 0xff) as u8
     };

@@ -131,6 +131,46 @@ fn a_syn_writes_no_state_and_the_packet_after_it_does() {
     assert_eq!(f.flow_entries(), 4);
 }
 
+/// A draining real (weight 0) keeps its connections, is sent no SYN, and a SYN flood
+/// while it drains still writes no entry.
+#[test]
+fn a_draining_real_keeps_its_connections_and_no_syn_writes_an_entry() {
+    let mut f = three();
+    let drained: IpAddr = "10.0.1.13".parse().unwrap();
+    let sport = (30000..31000)
+        .find(|&s| f.predict("web", &key(s)) == drained)
+        .expect("a port whose flow lands on .13");
+    let ack = segment(CLIENT, sport, TCP_ACK);
+    assert_eq!(f.run(&ack).out[0..6], real_mac(drained));
+    assert_eq!(f.flow_entries(), 1);
+
+    f.apply_config(&yaml(&[
+        "10.0.1.11",
+        "10.0.1.12",
+        "10.0.1.13\n        weight: 0",
+    ]));
+    assert_eq!(
+        f.run(&ack).out[0..6],
+        real_mac(drained),
+        "the connection stays on the draining real"
+    );
+    for i in 0..2_000u32 {
+        let src = [198, 18, (i >> 8) as u8, i as u8];
+        let r = f.run(&segment(src, 1024 + i as u16, TCP_SYN));
+        assert_eq!(r.action, XDP_TX, "SYN {i} forwarded");
+        assert_ne!(
+            r.out[0..6],
+            real_mac(drained),
+            "SYN {i} sent to the draining real"
+        );
+    }
+    assert_eq!(f.flow_entries(), 1, "no SYN wrote an entry");
+    // The client's next connection opens on another real and is recorded at its ACK.
+    let next = segment(CLIENT, sport + 1000, TCP_ACK);
+    assert_ne!(f.run(&next).out[0..6], real_mac(drained));
+    assert_eq!(f.flow_entries(), 2);
+}
+
 #[test]
 fn same_flow_same_real_and_flows_spread() {
     let f = three();

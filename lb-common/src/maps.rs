@@ -21,7 +21,8 @@
 //! | `STATS_REAL` | real id -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `VERDICTS` | [`crate::reason`] -> packets per CPU (`u64`) | XDP | daemon |
 //! | `SETTINGS` | 0 -> `SETTING_*` bits (`u32`) | daemon | XDP |
-//! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU) | XDP | XDP |
+//! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU), for reals not in `NAT_REALS` | XDP | XDP |
+//! | `NAT_REALS` | a NAT real's [`crate::VsKey`] -> [`crate::NatState`] of its only virtual server | daemon | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -71,10 +72,16 @@ pub const SETTINGS: &str = "SETTINGS";
 /// hash, as large as `FLOWS`.
 pub const NAT_STATE: &str = "NAT_STATE";
 
+/// NAT reals: a real's address, port, protocol and family (as a `VsKey`) -> the VIP:port
+/// it serves (`NatState`), for each real whose address and port belong to one NAT
+/// virtual server only. Its replies are restored through the flow's `FLOWS` entry, so
+/// a NAT flow writes one table (decision 0015). Written by the daemon.
+pub const NAT_REALS: &str = "NAT_REALS";
+
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
     VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, VLAN_IN, VLAN_OUT, RX_TAGS, OWN_MACS, FRAG_VS,
-    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE,
+    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE, NAT_REALS,
 ];
 
 /// The load balancer, attached to every interface of the configuration.

@@ -134,16 +134,6 @@ pub fn map_info(pin: &Path) -> Value {
 /// the layout rather than with lb-common's `FlowKey`, so a test checks the layout too.
 /// Returns: the 40 key bytes.
 pub fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> Vec<u8> {
-    fn addr(a: IpAddr) -> [u8; 16] {
-        match a {
-            IpAddr::V4(v4) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&v4.octets());
-                b
-            }
-            IpAddr::V6(v6) => v6.octets(),
-        }
-    }
     let family = if src.is_ipv4() { 4 } else { 6 };
     let mut k = Vec::with_capacity(40);
     k.extend_from_slice(&addr(src.ip()));
@@ -166,4 +156,27 @@ pub fn update(pin: &Path, key: &[u8], value: &[u8]) {
     args.extend(["value", "hex"]);
     args.extend(v.iter().map(String::as_str));
     sh(&args);
+}
+
+/// Returns: the bytes of a `VsKey` for `at` and `proto`, as `VS_MAP`, `FRAG_VS` and
+/// `NAT_REALS` key them.
+pub fn vs_key(at: SocketAddr, proto: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20);
+    k.extend_from_slice(&addr(at.ip()));
+    k.extend_from_slice(&at.port().to_be_bytes());
+    k.push(proto);
+    k.push(if at.is_ipv4() { 4 } else { 6 });
+    k
+}
+
+/// Returns: `a` as the data path's 16 address bytes (IPv4 in the first four).
+fn addr(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }

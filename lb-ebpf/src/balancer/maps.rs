@@ -84,3 +84,7 @@ pub static SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static NAT_STATE: LruHashMap<FlowKey, NatState> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// A NAT real's address and port -> the VIP:port it alone serves. Written by the daemon.
+#[map]
+pub static NAT_REALS: HashMap<VsKey, NatState> = HashMap::with_max_entries(MAX_REALS, 0);

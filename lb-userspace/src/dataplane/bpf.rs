@@ -10,10 +10,11 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        own_mac_key, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_STATE, OWN_MACS, PROGRAMS, REALS,
-        SETTINGS, STATS_REAL, STATS_VS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
+        own_mac_key, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_REALS, NAT_STATE, OWN_MACS,
+        PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP,
+        VS_RINGS,
     },
-    Counters, FlowKey, FlowState, IfaceInfo, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
+    Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
     IFACE_F_VLAN, RING_STRIDE,
 };
 
@@ -96,6 +97,7 @@ pub struct BpfDataplane {
     vlan_in: HashMap<MapData, VlanKey, u32>,
     vlan_out: HashMap<MapData, u32, VlanOut>,
     frag_vs: HashMap<MapData, VsKey, u32>,
+    nat_reals: HashMap<MapData, VsKey, NatState>,
     settings: Array<MapData, u32>,
     stats_vs: PerCpuArray<MapData, Counters>,
     stats_real: PerCpuArray<MapData, Counters>,
@@ -165,6 +167,7 @@ impl BpfDataplane {
             vlan_in: typed(&mut ebpf, VLAN_IN)?,
             vlan_out: typed(&mut ebpf, VLAN_OUT)?,
             frag_vs: typed(&mut ebpf, FRAG_VS)?,
+            nat_reals: typed(&mut ebpf, NAT_REALS)?,
             settings: typed(&mut ebpf, SETTINGS)?,
             stats_vs: typed(&mut ebpf, STATS_VS)?,
             stats_real: typed(&mut ebpf, STATS_REAL)?,
@@ -324,6 +327,22 @@ impl Dataplane for BpfDataplane {
             self.frag_vs
                 .insert(k, u32::from(*port_be), 0)
                 .map_err(map_err(FRAG_VS))?;
+        }
+        Ok(())
+    }
+    fn set_nat_reals(&mut self, reals: &[(VsKey, NatState)]) -> Result<(), DataplaneError> {
+        let have: Vec<VsKey> = self
+            .nat_reals
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(NAT_REALS))?;
+        for k in have.iter().filter(|k| !reals.iter().any(|(r, _)| r == *k)) {
+            self.nat_reals.remove(k).map_err(map_err(NAT_REALS))?;
+        }
+        for (k, state) in reals {
+            self.nat_reals
+                .insert(k, state, 0)
+                .map_err(map_err(NAT_REALS))?;
         }
         Ok(())
     }

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lb_common::{
-    maps::MAX_REALS, Counters, IfaceInfo, RealInfo, VlanKey, VlanOut, VsInfo, VsKey, IFACE_F_VLAN,
-    RING_STRIDE,
+    maps::MAX_REALS, Counters, IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
+    IFACE_F_VLAN, RING_STRIDE,
 };
 
 use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
@@ -18,6 +18,8 @@ pub struct MemoryDataplane {
     pub vlan_out: BTreeMap<u32, VlanOut>,
     /// `FRAG_VS`: (VIP, protocol, family) with port 0 -> port (network order).
     pub frag_vs: HashMap<VsKey, u16>,
+    /// `NAT_REALS`: a NAT real's address and port -> the VIP:port it alone serves.
+    pub nat_reals: HashMap<VsKey, NatState>,
     pub reals: HashMap<u32, RealInfo>,
     /// `ring_id * RING_STRIDE + slot` -> real id.
     pub rings: HashMap<u32, u32>,
@@ -82,6 +84,10 @@ impl Dataplane for MemoryDataplane {
     }
     fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError> {
         self.frag_vs = takers.iter().copied().collect();
+        Ok(())
+    }
+    fn set_nat_reals(&mut self, reals: &[(VsKey, NatState)]) -> Result<(), DataplaneError> {
+        self.nat_reals = reals.iter().copied().collect();
         Ok(())
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {

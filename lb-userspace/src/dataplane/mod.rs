@@ -9,7 +9,7 @@ pub mod pins;
 use std::collections::{BTreeMap, HashMap};
 
 pub use lb_common::Counters;
-use lb_common::{IfaceInfo, RealInfo, VlanKey, VlanOut, VsInfo, VsKey};
+use lb_common::{IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey};
 
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +70,9 @@ pub trait Dataplane {
     /// Makes `FRAG_VS` hold exactly `takers`: (VIP, protocol, family) with port 0 ->
     /// the port of the virtual server there that takes fragments (network order).
     fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError>;
+    /// Makes `NAT_REALS` hold exactly `reals`: a NAT real's address, port, protocol and
+    /// family -> the VIP:port of the one NAT virtual server it serves.
+    fn set_nat_reals(&mut self, reals: &[(VsKey, NatState)]) -> Result<(), DataplaneError>;
     /// Writes real `id`.
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError>;
     /// Writes `(slot, real_id)` pairs into ring `ring_id`.

@@ -69,6 +69,8 @@ pub struct Reconciler<D: Dataplane> {
     /// `FRAG_VS` as last written (`None`: not yet, so the first apply writes it whole,
     /// replacing whatever an earlier daemon left).
     fragment_takers: Option<Vec<(lb_common::VsKey, u16)>>,
+    /// `NAT_REALS` as last written (`None`: not yet).
+    nat_reals: Option<Vec<(lb_common::VsKey, lb_common::NatState)>>,
     policy: Policy,
 }
 
@@ -81,6 +83,7 @@ impl<D: Dataplane> Reconciler<D> {
             reals: Reals::new(),
             settings: 0,
             fragment_takers: None,
+            nat_reals: None,
             policy: Policy::default(),
         }
     }

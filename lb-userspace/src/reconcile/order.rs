@@ -2,7 +2,9 @@
 //! losing flags, removals; for a whole configuration (`apply`) or one virtual server
 //! whose reals' health or overrides changed (`sync`).
 
-use lb_common::SETTING_NAT;
+use std::collections::{hash_map::Entry, HashMap};
+
+use lb_common::{NatState, VsKey, SETTING_NAT};
 
 use super::{policy::Policy, ReconcileError, Reconciler};
 use crate::{
@@ -86,6 +88,15 @@ impl<D: Dataplane> Reconciler<D> {
             self.dp.set_fragment_takers(&takers)?;
             self.fragment_takers = Some(takers);
         }
+        // NAT reals: an entry lets replies be found through FLOWS, so it is written
+        // once the virtual server's table is live; a real that becomes shared loses its
+        // entry, and its flows' replies are found again through NAT_STATE once their
+        // next request writes it (decision 0015).
+        let nat_reals = self.sole_nat_reals(config);
+        if self.nat_reals.as_ref() != Some(&nat_reals) {
+            self.dp.set_nat_reals(&nat_reals)?;
+            self.nat_reals = Some(nat_reals);
+        }
         // 3. Removals.
         self.tables.remove_absent(&mut self.dp, config)?;
         let gone: Vec<RealKey> = self
@@ -128,6 +139,58 @@ impl<D: Dataplane> Reconciler<D> {
             self.reals.lose(&mut self.dp, key, *want)?;
         }
         Ok(())
+    }
+
+    /// Returns: the `NAT_REALS` entries of `config`: each real and sorry server of a NAT
+    /// virtual server whose address, port and protocol no other NAT virtual server
+    /// uses, with the VIP:port it serves.
+    fn sole_nat_reals(&self, config: &Config) -> Vec<(VsKey, NatState)> {
+        // In file order, so that equal configurations give equal lists; `at` finds a
+        // key's place.
+        let mut seen: Vec<(VsKey, Option<NatState>)> = Vec::new();
+        let mut at: HashMap<VsKey, usize> = HashMap::new();
+        for vs in config
+            .virtual_servers
+            .iter()
+            .filter(|v| v.method == Method::Nat)
+        {
+            let Some(vs_index) = self.tables.vs_index(&vs.name) else {
+                continue;
+            };
+            let (vs_key, _) = super::tables::vs_value(vs);
+            let state = NatState {
+                vip: vs_key.addr,
+                vport_be: vs_key.port_be,
+                _pad: 0,
+                vs_index,
+            };
+            let reals = vs.real_servers.iter().map(|r| (r.address, r.port));
+            let sorry = vs.sorry_server.iter().map(|s| (s.address, s.port));
+            for (addr, port) in reals.chain(sorry) {
+                let (words, family) = lb_common::user::addr_words(addr);
+                let key = VsKey {
+                    addr: words,
+                    port_be: port.to_be(),
+                    proto: vs_key.proto,
+                    family,
+                };
+                match at.entry(key) {
+                    Entry::Occupied(i) => {
+                        let s = &mut seen[*i.get()].1;
+                        if s.is_some_and(|s| s.vs_index != vs_index) {
+                            *s = None;
+                        }
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(seen.len());
+                        seen.push((key, Some(state)));
+                    }
+                }
+            }
+        }
+        seen.into_iter()
+            .filter_map(|(k, s)| Some((k, s?)))
+            .collect()
     }
 
     fn set_settings(&mut self, bits: u32) -> Result<(), ReconcileError> {

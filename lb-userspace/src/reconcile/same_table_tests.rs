@@ -527,6 +527,12 @@ impl Dataplane for Flaky {
     fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError> {
         self.dp.set_fragment_takers(takers)
     }
+    fn set_nat_reals(
+        &mut self,
+        reals: &[(VsKey, lb_common::NatState)],
+    ) -> Result<(), DataplaneError> {
+        self.dp.set_nat_reals(reals)
+    }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
         self.dp.set_real(id, info)
     }

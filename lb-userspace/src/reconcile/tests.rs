@@ -164,6 +164,75 @@ fn nat_reply_lookup_is_switched_on_only_while_a_nat_vs_exists() {
     assert_eq!(r.dp.settings, 0);
 }
 
+/// NAT_REALS names each NAT real whose address and port serve one NAT virtual server;
+/// a real two NAT virtual servers share is left out (its replies use NAT_STATE), and
+/// enters once it is no longer shared.
+#[test]
+fn nat_reals_hold_the_reals_that_serve_one_nat_virtual_server_only() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let vs = |name: &str, vip: &str, reals: &str| {
+        format!("  - {{ name: {name}, address: {vip}, port: 80, protocol: tcp, method: nat, health_check: {{ type: none }}, real_servers: [{reals}] }}\n")
+    };
+    let both = format!(
+        "interfaces: [eth0]\nvirtual_servers:\n{}{}",
+        vs(
+            "a",
+            "10.0.0.1",
+            "{ address: 10.0.1.1, port: 8080 }, { address: 10.0.1.2, port: 8080 }"
+        ),
+        vs(
+            "b",
+            "10.0.0.2",
+            "{ address: 10.0.1.2, port: 8080 }, { address: 10.0.1.2, port: 9090 }"
+        ),
+    );
+    r.apply(&config::parse(Path::new("t.yaml"), &both, &Facts).unwrap())
+        .unwrap();
+    let key = |a: [u8; 4], port: u16| VsKey {
+        addr: [u32::from_ne_bytes(a), 0, 0, 0],
+        port_be: port.to_be(),
+        proto: 6,
+        family: lb_common::FAMILY_V4,
+    };
+    let vip_of = |r: &Reconciler<MemoryDataplane>, k: &VsKey| {
+        r.dp.nat_reals
+            .get(k)
+            .map(|s| (s.vip[0].to_ne_bytes(), u16::from_be(s.vport_be)))
+    };
+    assert_eq!(r.dp.nat_reals.len(), 2, "{:?}", r.dp.nat_reals);
+    assert_eq!(
+        vip_of(&r, &key([10, 0, 1, 1], 8080)),
+        Some(([10, 0, 0, 1], 80))
+    );
+    assert_eq!(
+        vip_of(&r, &key([10, 0, 1, 2], 9090)),
+        Some(([10, 0, 0, 2], 80))
+    );
+    assert_eq!(
+        vip_of(&r, &key([10, 0, 1, 2], 8080)),
+        None,
+        "shared by a and b"
+    );
+
+    let only_a = format!(
+        "interfaces: [eth0]\nvirtual_servers:\n{}",
+        vs(
+            "a",
+            "10.0.0.1",
+            "{ address: 10.0.1.1, port: 8080 }, { address: 10.0.1.2, port: 8080 }"
+        ),
+    );
+    r.apply(&config::parse(Path::new("t.yaml"), &only_a, &Facts).unwrap())
+        .unwrap();
+    assert_eq!(r.dp.nat_reals.len(), 2, "{:?}", r.dp.nat_reals);
+    assert_eq!(
+        vip_of(&r, &key([10, 0, 1, 2], 8080)),
+        Some(([10, 0, 0, 1], 80))
+    );
+    r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
+    assert!(r.dp.nat_reals.is_empty(), "no NAT virtual server left");
+}
+
 #[test]
 fn probed_reals_start_out_of_the_table_and_enter_when_healthy() {
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);

@@ -13,7 +13,7 @@ use std::{
 };
 
 use lb_common::{
-    maps::{ALL, FLOWS, NAT_STATE, PERSIST},
+    maps::{ALL, FLOWS, NAT_REALS, PERSIST},
     PROTO_TCP,
 };
 use serde_json::Value;
@@ -150,13 +150,14 @@ fn prog_id(lab: &Lab) -> u64 {
 }
 
 /// The stream's entries in the pinned maps: its connection in `FLOWS` and, behind NAT,
-/// the reply's in `NAT_STATE`. Panics if one is missing.
+/// its real's in `NAT_REALS` (the real serves one virtual server: its replies are
+/// found through `FLOWS`, decision 0015). Panics if one is missing.
 fn stream_entries(lab: &Lab, stream: &StreamClient) -> Vec<(&'static str, Vec<u8>)> {
     let vip = SocketAddr::new(lab.vip, 80);
     let mut keys = vec![(FLOWS, pins::flow_key(stream.local, vip, PROTO_TCP))];
     if matches!(lab.kind, Kind::Nat | Kind::NatOneNic) {
         let real = SocketAddr::new(lab.real_addrs[stream.real_index()], NAT_REAL_PORT);
-        keys.push((NAT_STATE, pins::flow_key(real, stream.local, PROTO_TCP)));
+        keys.push((NAT_REALS, pins::vs_key(real, PROTO_TCP)));
     }
     keys.into_iter()
         .map(|(map, key)| {

@@ -14,7 +14,7 @@ use tests::{
     fixture::{real_mac, DecapFixture, Fixture, CLIENT_MAC, FIB_MAC, GW_MAC, LB_MAC},
     packet::{
         eth, icmp4_error, icmp4_too_big, icmp6_error, icmp6_too_big, ipv4_header, ipv6_header,
-        V4Packet, V6Packet,
+        V4Packet, V6Packet, TCP_ACK, TCP_SYN,
     },
 };
 
@@ -149,6 +149,61 @@ fn nat_reply_without_state_passes_untouched() {
         assert_eq!(r.action, XDP_PASS, "{what}");
         assert_eq!(r.out, reply, "{what}: unchanged");
     }
+}
+
+/// A real two NAT virtual servers share has each flow's reply restored to the VIP
+/// that flow was sent to (`NAT_STATE`); the real of one NAT virtual server has its
+/// replies found through the flow's `FLOWS` entry (decision 0015). Either way the
+/// answer to a SYN is restored: NAT records its flow at the SYN.
+#[test]
+fn nat_replies_of_shared_and_sole_reals_go_back_as_their_own_vip() {
+    let y = "interfaces: [lo]\nvirtual_servers:
+  - { name: a, address: 10.0.0.100, port: 80, protocol: tcp, method: nat,
+      real_servers: [{ address: 10.0.1.11, port: 8080 }] }
+  - { name: b, address: 10.0.0.101, port: 80, protocol: tcp, method: nat,
+      real_servers: [{ address: 10.0.1.11, port: 8080 }] }
+  - { name: c, address: 10.0.0.102, port: 80, protocol: tcp, method: nat,
+      real_servers: [{ address: 10.0.1.12, port: 8080 }] }
+";
+    let f = Fixture::new(y);
+    let flows = [
+        ([10, 0, 0, 100], [10, 0, 1, 11], 5000),
+        ([10, 0, 0, 101], [10, 0, 1, 11], 5001),
+        ([10, 0, 0, 102], [10, 0, 1, 12], 5002),
+    ];
+    for (vip, real, sport) in flows {
+        let syn = V4Packet {
+            tcp_flags: TCP_SYN,
+            ..V4Packet::tcp(CLIENT4, sport, vip, 80)
+        };
+        assert_eq!(f.run(&syn.build()).action, XDP_REDIRECT, "SYN to {vip:?}");
+        let answer = |flags| V4Packet {
+            tcp_flags: flags,
+            ..V4Packet::tcp(real, 8080, CLIENT4, sport)
+        };
+        let restored = |flags| V4Packet {
+            dst_mac: CLIENT_MAC,
+            src_mac: FIB_MAC,
+            tcp_flags: flags,
+            ..V4Packet::tcp(vip, 80, CLIENT4, sport)
+        };
+        for flags in [TCP_SYN | TCP_ACK, TCP_ACK] {
+            let r = f.run(&answer(flags).build());
+            assert_eq!(
+                r.action, XDP_REDIRECT,
+                "answer for {vip:?}, flags {flags:#x}"
+            );
+            assert_eq!(
+                r.out,
+                restored(flags).build(),
+                "answer for {vip:?} from {vip:?}:80"
+            );
+        }
+    }
+    // The sole real's answer to a client port it never served is no reply.
+    let stray = V4Packet::tcp([10, 0, 1, 12], 8080, CLIENT4, 5003).build();
+    let r = f.run(&stray);
+    assert_eq!((r.action, &r.out), (XDP_PASS, &stray));
 }
 
 #[test]

@@ -4,9 +4,15 @@
 //! kernel's FIB.
 //!
 //! Policy:
-//! - The reply state (reply 5-tuple -> VIP:port) is written when a flow is scheduled and
-//!   re-written by any request that finds it missing (NAT_STATE is an LRU of its own).
-//! - A packet from a real that matches no state is not a NAT reply: passed untouched.
+//! - A reply is recognised by the flow's own `FLOWS` entry (decision 0015): a real whose
+//!   address and port serve one NAT virtual server only is in `NAT_REALS`, which gives
+//!   the VIP:port; the flow key rebuilt from it must name that real. So a NAT flow
+//!   writes one table, like the other methods. For a real shared by several NAT
+//!   virtual servers, the reply state (reply 5-tuple -> VIP:port) goes into `NAT_STATE`
+//!   when the flow is scheduled and again by any request that finds it missing
+//!   (`NAT_STATE` is an LRU of its own).
+//! - A packet from a real that matches no flow or state is not a NAT reply: passed
+//!   untouched.
 //! - TTL is not decremented: like IPVS, the balancer is the service's endpoint.
 //! - A packet too big for the egress MTU is answered with ICMP (see `icmp`).
 //! - ICMP errors about NAT flows are translated both ways: a real's error goes to the
@@ -14,7 +20,9 @@
 //!   real as the real's (outer address, quoted address and port, every checksum).
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{reason, FlowKey, NatState, RealInfo, VsInfo, FAMILY_V4, PROTO_UDP, SETTING_NAT};
+use lb_common::{
+    reason, FlowKey, NatState, RealInfo, VsInfo, VsKey, FAMILY_V4, PROTO_UDP, SETTING_NAT,
+};
 use lb_ebpf::{
     csum,
     headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ICMP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
@@ -24,7 +32,7 @@ use crate::{
     fib,
     forward::egress::{next_hop, routed, transmit},
     l2::addressed_here,
-    maps::{NAT_STATE, SETTINGS},
+    maps::{FLOWS, NAT_REALS, NAT_STATE, REALS, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
     verdict::Verdict,
 };
@@ -111,6 +119,38 @@ pub fn forward(
     new_flow: bool,
 ) -> Result<Verdict, Verdict> {
     let hop = route(ctx, p, &p.key.src, &real.addr, p.key.sport_be, real.port_be)?;
+    if !sole_real_of(&real.addr, real.port_be, p, vs.vs_index) {
+        keep_reply_state(p, vs, real, new_flow);
+    }
+    rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
+    let out = routed(ctx, p, &hop, 0)?;
+    Ok(transmit(ctx, out.xmit))
+}
+
+/// Returns: the `NAT_REALS` key of the real at `addr:port_be` for `p`'s protocol.
+#[inline(always)]
+fn nat_real_key(addr: &[u32; 4], port_be: u16, p: &Parsed) -> VsKey {
+    VsKey {
+        addr: *addr,
+        port_be,
+        proto: p.key.proto,
+        family: p.key.family,
+    }
+}
+
+/// Returns: whether the real at `addr:port_be` serves NAT virtual server `vs_index`
+/// alone, so that its replies are found through `FLOWS`.
+#[inline(always)]
+fn sole_real_of(addr: &[u32; 4], port_be: u16, p: &Parsed, vs_index: u32) -> bool {
+    // SAFETY: hash map value, read at once.
+    unsafe { NAT_REALS.get(&nat_real_key(addr, port_be, p)) }
+        .is_some_and(|s| s.vs_index == vs_index)
+}
+
+/// Writes the reply state of `p`'s flow to `real` in `NAT_STATE`, for a new flow or
+/// when it is missing.
+#[inline(always)]
+fn keep_reply_state(p: &Parsed, vs: &VsInfo, real: &RealInfo, new_flow: bool) {
     let reply = FlowKey {
         src: real.addr,
         dst: p.key.src,
@@ -132,9 +172,6 @@ pub fn forward(
         // the next request tries again.
         let _ = NAT_STATE.insert(&reply, &state, 0);
     }
-    rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
-    let out = routed(ctx, p, &hop, 0)?;
-    Ok(transmit(ctx, out.xmit))
 }
 
 /// Returns: the NAT state of the flow whose reply direction `p.key` is, for a frame
@@ -144,13 +181,41 @@ fn reply_state(ctx: &XdpContext, p: &Parsed) -> Result<NatState, Verdict> {
     if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
         return Err(Verdict::pass(reason::PASS_NOT_VS));
     }
-    // SAFETY: LRU hash value, copied out at once.
-    let state = match unsafe { NAT_STATE.get(&p.key) } {
-        Some(s) => *s,
-        None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
+    let state = match flow_of_reply(p) {
+        Some(s) => s,
+        // SAFETY: LRU hash value, copied out at once.
+        None => match unsafe { NAT_STATE.get(&p.key) } {
+            Some(s) => *s,
+            None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
+        },
     };
     addressed_here(ctx)?;
     Ok(state)
+}
+
+/// Returns: the VIP:port to restore on `p` (real -> client) if the real serves one NAT
+/// virtual server alone and the client's flow to it is in `FLOWS`, pinned to this real.
+#[inline(always)]
+fn flow_of_reply(p: &Parsed) -> Option<NatState> {
+    let k = nat_real_key(&p.key.src, p.key.sport_be, p);
+    // SAFETY: hash map value, copied out at once.
+    let state = *unsafe { NAT_REALS.get(&k) }?;
+    let request = FlowKey {
+        src: p.key.dst,
+        dst: state.vip,
+        sport_be: p.key.dport_be,
+        dport_be: state.vport_be,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: LRU hash value, copied out at once.
+    let flow = *unsafe { FLOWS.get(&request) }?;
+    if flow.vs_index != state.vs_index {
+        return None;
+    }
+    let real = REALS.get(flow.real_id)?;
+    (real.addr == p.key.src && real.port_be == p.key.sport_be).then_some(state)
 }
 
 /// Sends `p` on to its client once `restore` has made it the VIP's, counted under

@@ -3,7 +3,7 @@
 //! server's method.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{reason, FlowKey, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
+use lb_common::{reason, FlowKey, IfaceInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
 
 use crate::{
     choose, forward, l2,
@@ -38,9 +38,9 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         stats::count_reply(vs_index, p.len);
         return Ok(verdict);
     };
-    l2::addressed_here(ctx)?;
+    let ingress = l2::addressed_here(ctx)?;
     if p.icmp {
-        return icmp_error(ctx, &p, vs);
+        return icmp_error(ctx, &p, vs, ingress);
     }
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
@@ -53,7 +53,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, &p, real)?,
+        METHOD_DR => forward::dr::forward(ctx, &p, real, ingress)?,
         METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
         _ => return Err(Verdict::internal()),
@@ -71,12 +71,12 @@ fn fragment(ctx: &XdpContext, p: &parse::Parsed) -> Result<Verdict, Verdict> {
     let Some(vs) = fragment_taker(&p.key) else {
         return Err(Verdict::pass(reason::PASS_FRAGMENT));
     };
-    l2::addressed_here(ctx)?;
+    let ingress = l2::addressed_here(ctx)?;
     let choice = choose::real(&p.key, vs, true)?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, p, real)?,
+        METHOD_DR => forward::dr::forward(ctx, p, real, ingress)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
         // NAT cannot rewrite the ports of fragments after the first: the daemon never
         // lets a NAT virtual server take fragments.
@@ -110,12 +110,17 @@ fn fragment_taker(key: &FlowKey) -> Option<&'static VsInfo> {
 /// virtual server's method (NAT translates it), creating no state.
 /// Returns: the verdict, `fwd_icmp_error` when forwarded.
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, p: &parse::Parsed, vs: &VsInfo) -> Result<Verdict, Verdict> {
+fn icmp_error(
+    ctx: &XdpContext,
+    p: &parse::Parsed,
+    vs: &VsInfo,
+    ingress: Option<&IfaceInfo>,
+) -> Result<Verdict, Verdict> {
     let choice = choose::serving(&p.key, vs)?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let sent = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, p, real)?,
+        METHOD_DR => forward::dr::forward(ctx, p, real, ingress)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
         METHOD_NAT => forward::nat::icmp_to_real(ctx, p, real)?,
         _ => return Err(Verdict::internal()),

@@ -9,7 +9,7 @@
 //! meant for another host.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{maps::own_mac_key, reason, VlanOut};
+use lb_common::{maps::own_mac_key, reason, IfaceInfo, VlanOut};
 use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, VLAN_HLEN};
 
 use crate::{
@@ -20,25 +20,27 @@ use crate::{
 /// Returns: `Ok` when the frame's destination MAC is broadcast or multicast, the
 /// receiving interface's own, or one the host also answers for (`OWN_MACS`); a pass
 /// verdict otherwise. An interface the daemon has not registered is given the benefit
-/// of the doubt.
+/// of the doubt. `Ok` carries the receiving interface's `IFACES` entry when it was
+/// read, so that a frame leaving by the same interface needs no second lookup.
 #[inline(always)]
-pub fn addressed_here(ctx: &XdpContext) -> Result<(), Verdict> {
+pub fn addressed_here(ctx: &XdpContext) -> Result<Option<&'static IfaceInfo>, Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Verdict::internal())?;
     // SAFETY: bounds checked by ptr_at.
     let dst = unsafe { (*eth).dst };
     if dst[0] & 1 != 0 {
-        return Ok(());
+        return Ok(None);
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: hash map value, read at once.
-    match unsafe { IFACES.get(&ifindex) } {
-        Some(i) if i.mac == dst => return Ok(()),
-        None => return Ok(()),
-        Some(_) => {}
-    }
+    // SAFETY: hash map value, valid for this program run; a concurrent update by the
+    // daemon (a MAC change) gives the old or the new entry.
+    let iface = match unsafe { IFACES.get(&ifindex) } {
+        Some(i) if i.mac == dst => return Ok(Some(i)),
+        None => return Ok(None),
+        Some(i) => i,
+    };
     // SAFETY: hash map lookup; only presence is read.
     if unsafe { OWN_MACS.get(&own_mac_key(dst)) }.is_some() {
-        return Ok(());
+        return Ok(Some(iface));
     }
     Err(Verdict::pass(reason::PASS_OTHER_HOST))
 }

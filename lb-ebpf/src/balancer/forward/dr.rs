@@ -2,7 +2,7 @@
 //! The real holds the VIP on a loopback and answers the client itself.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{reason, RealInfo, IFACE_F_VLAN};
+use lb_common::{reason, IfaceInfo, RealInfo, IFACE_F_VLAN};
 
 use crate::{
     forward::egress::{egress_iface, relayer, transmit, vlan_out},
@@ -12,13 +12,23 @@ use crate::{
 
 /// Rewrites destination MAC to the real's and source MAC to the egress interface's
 /// (and the VLAN tags to the egress interface's, when it is a VLAN device).
+/// `ingress` is the receiving interface's entry, if read already: the one-armed case
+/// then needs no second lookup.
 /// Returns: the transmit verdict, or a drop while the real's MAC is unresolved.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, p: &Parsed, real: &RealInfo) -> Result<Verdict, Verdict> {
+pub fn forward(
+    ctx: &XdpContext,
+    p: &Parsed,
+    real: &RealInfo,
+    ingress: Option<&IfaceInfo>,
+) -> Result<Verdict, Verdict> {
     if real.mac == [0; 6] {
         return Err(Verdict::drop(reason::DROP_NO_MAC));
     }
-    let iface = egress_iface(real.ifindex)?;
+    let iface = match ingress {
+        Some(i) if real.ifindex == ctx.ingress_ifindex() as u32 => *i,
+        _ => egress_iface(real.ifindex)?,
+    };
     let vlan = if iface.flags & IFACE_F_VLAN != 0 {
         vlan_out(real.ifindex)
     } else {

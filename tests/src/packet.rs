@@ -379,7 +379,10 @@ pub fn icmp6_error(
 /// its own header checksum.
 /// Returns: the fragment frames, the first first.
 pub fn fragments_v4(frame: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
-    assert!(size % 8 == 0, "fragment payloads are multiples of 8 bytes");
+    assert!(
+        size.is_multiple_of(8),
+        "fragment payloads are multiples of 8 bytes"
+    );
     let ip = &frame[14..];
     let (tos, ttl, proto) = (ip[1], ip[8], ip[9]);
     let (src, dst): ([u8; 4], [u8; 4]) = (
@@ -419,7 +422,10 @@ pub fn fragments_v4(frame: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
 /// a fragment header of identification `id` after the fixed header.
 /// Returns: the fragment frames, the first first.
 pub fn fragments_v6(frame: &[u8], size: usize, id: u32) -> Vec<Vec<u8>> {
-    assert!(size % 8 == 0, "fragment payloads are multiples of 8 bytes");
+    assert!(
+        size.is_multiple_of(8),
+        "fragment payloads are multiples of 8 bytes"
+    );
     let ip = &frame[14..];
     let next = ip[6];
     let payload = &ip[40..];

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use lb_common::{reason, FlowKey, PROTO_UDP};
 use tests::{
-    fixture::{real_mac, Fixture, CLIENT_MAC, FIB_MAC},
+    fixture::{real_mac, Fixture, CLIENT_MAC, FIB_MAC, LB_MAC},
     packet::{fragments_v4, fragments_v6, V4Packet, V6Packet},
 };
 
@@ -42,62 +42,13 @@ fn payload(seed: usize) -> Vec<u8> {
     (0..3000).map(|i| ((i + seed) % 251) as u8).collect()
 }
 
-/// One family's frames: what the client sends and receives, what the real receives
-/// and sends. `build(src, sport, dst, dport, smac, dmac, payload)` builds a frame.
+/// One family's virtual server, client and fragment size.
 struct Family {
     vs: &'static str,
     client: IpAddr,
     vip: IpAddr,
     /// Fragment payload size (a multiple of 8 filling a 1500-byte packet).
     size: usize,
-    build: fn(IpAddr, u16, IpAddr, u16, [u8; 6], [u8; 6], Vec<u8>) -> Vec<u8>,
-    split: fn(&[u8], usize, u32) -> Vec<Vec<u8>>,
-}
-
-fn build4(
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-    dport: u16,
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    payload: Vec<u8>,
-) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-        panic!("not v4")
-    };
-    V4Packet {
-        src_mac: smac,
-        dst_mac: dmac,
-        payload,
-        ..V4Packet::udp(s.octets(), sport, d.octets(), dport)
-    }
-    .build()
-}
-
-fn build6(
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-    dport: u16,
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    payload: Vec<u8>,
-) -> Vec<u8> {
-    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
-        panic!("not v6")
-    };
-    V6Packet {
-        src_mac: smac,
-        dst_mac: dmac,
-        payload,
-        ..V6Packet::udp(s.octets(), sport, d.octets(), dport)
-    }
-    .build()
-}
-
-fn split4(frame: &[u8], size: usize, id: u32) -> Vec<Vec<u8>> {
-    fragments_v4(frame, size, id as u16)
 }
 
 fn family4() -> Family {
@@ -106,8 +57,6 @@ fn family4() -> Family {
         client: CLIENT4.into(),
         vip: VIP4.into(),
         size: 1480,
-        build: build4,
-        split: split4,
     }
 }
 
@@ -117,13 +66,53 @@ fn family6() -> Family {
         client: v6(CLIENT6).into(),
         vip: v6(VIP6).into(),
         size: 1232,
-        build: build6,
-        split: fragments_v6,
     }
 }
 
 /// The client's MAC on the crafted frames, and a real's (the balancer rewrites both).
 const SENDER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xcc];
+
+/// A UDP datagram between two ends (address, port), built whole with every checksum
+/// computed here, then split as its sender would.
+struct Datagram {
+    from: (IpAddr, u16),
+    to: (IpAddr, u16),
+    /// Source and destination MACs of every fragment.
+    macs: ([u8; 6], [u8; 6]),
+    /// Seed of its payload.
+    seed: usize,
+}
+
+impl Datagram {
+    /// Returns: its fragments of `fam.size` bytes, identification `id`.
+    fn fragments(&self, fam: &Family, id: u32) -> Vec<Vec<u8>> {
+        let ((src, sport), (dst, dport)) = (self.from, self.to);
+        let (smac, dmac) = self.macs;
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let whole = V4Packet {
+                    src_mac: smac,
+                    dst_mac: dmac,
+                    payload: payload(self.seed),
+                    ..V4Packet::udp(s.octets(), sport, d.octets(), dport)
+                }
+                .build();
+                fragments_v4(&whole, fam.size, id as u16)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let whole = V6Packet {
+                    src_mac: smac,
+                    dst_mac: dmac,
+                    payload: payload(self.seed),
+                    ..V6Packet::udp(s.octets(), sport, d.octets(), dport)
+                }
+                .build();
+                fragments_v6(&whole, fam.size, id)
+            }
+            _ => panic!("one family per datagram"),
+        }
+    }
+}
 
 /// Runs each of `sent` and asserts it leaves as `want` (same index), redirected.
 fn each_translated(f: &Fixture, sent: &[Vec<u8>], want: &[Vec<u8>], order: &[usize], what: &str) {
@@ -137,136 +126,80 @@ fn each_translated(f: &Fixture, sent: &[Vec<u8>], want: &[Vec<u8>], order: &[usi
 
 fn fragments_both_ways(fam: &Family) {
     let f = Fixture::new(YAML);
-    let (build, split, size) = (fam.build, fam.split, fam.size);
     let by_addresses = FlowKey::new(fam.client, 0, fam.vip, 0, PROTO_UDP);
     let real = f.predict(fam.vs, &by_addresses);
-    let lb = tests::fixture::LB_MAC;
+    let client = (fam.client, CLIENT_PORT);
+    let (to_vip, to_lb) = ((fam.vip, 53), (SENDER_MAC, LB_MAC));
+    // What the real receives and sends, and what the client receives.
+    let (at_real, to_real) = ((real, 5353), (FIB_MAC, real_mac(real)));
+    let from_real = (real_mac(real), LB_MAC);
+    let to_client = (FIB_MAC, CLIENT_MAC);
 
     // A request in three fragments: every one to the real, the first with its port.
-    let sent = split(
-        &build(
-            fam.client,
-            CLIENT_PORT,
-            fam.vip,
-            53,
-            SENDER_MAC,
-            lb,
-            payload(0),
-        ),
-        size,
-        0x4242,
-    );
-    assert_eq!(sent.len(), 3, "two full fragments and a short one");
-    let at_real = split(
-        &build(
-            fam.client,
-            CLIENT_PORT,
-            real,
-            5353,
-            FIB_MAC,
-            real_mac(real),
-            payload(0),
-        ),
-        size,
-        0x4242,
-    );
-    each_translated(&f, &sent, &at_real, &[0, 1, 2], "request");
-
-    // Out of order, a later fragment first: it needs no state, the real reassembles.
-    let sent = split(
-        &build(
-            fam.client,
-            CLIENT_PORT,
-            fam.vip,
-            53,
-            SENDER_MAC,
-            lb,
-            payload(1),
-        ),
-        size,
-        0x4243,
-    );
-    let at_real = split(
-        &build(
-            fam.client,
-            CLIENT_PORT,
-            real,
-            5353,
-            FIB_MAC,
-            real_mac(real),
-            payload(1),
-        ),
-        size,
-        0x4243,
-    );
-    each_translated(&f, &sent, &at_real, &[2, 1, 0], "request out of order");
+    for (seed, id, order, what) in [
+        (0, 0x4242, [0, 1, 2], "request"),
+        // Out of order, the last first: no state is needed, the real reassembles.
+        (1, 0x4243, [2, 1, 0], "request out of order"),
+    ] {
+        let sent = Datagram {
+            from: client,
+            to: to_vip,
+            macs: to_lb,
+            seed,
+        }
+        .fragments(fam, id);
+        assert_eq!(sent.len(), 3, "two full fragments and a short one");
+        let want = Datagram {
+            from: client,
+            to: at_real,
+            macs: to_real,
+            seed,
+        }
+        .fragments(fam, id);
+        each_translated(&f, &sent, &want, &order, what);
+    }
 
     // The real's reply in three fragments: every one from the VIP, the first from its
     // port, as the client's socket expects.
     let reply = |seed, id| {
-        let sent = split(
-            &build(
-                real,
-                5353,
-                fam.client,
-                CLIENT_PORT,
-                real_mac(real),
-                lb,
-                payload(seed),
-            ),
-            size,
-            id,
-        );
-        let at_client = split(
-            &build(
-                fam.vip,
-                53,
-                fam.client,
-                CLIENT_PORT,
-                FIB_MAC,
-                CLIENT_MAC,
-                payload(seed),
-            ),
-            size,
-            id,
-        );
-        (sent, at_client)
+        let sent = Datagram {
+            from: at_real,
+            to: client,
+            macs: from_real,
+            seed,
+        };
+        let want = Datagram {
+            from: to_vip,
+            to: client,
+            macs: to_client,
+            seed,
+        };
+        (sent.fragments(fam, id), want.fragments(fam, id))
     };
-    let (sent, at_client) = reply(2, 0x777);
-    each_translated(&f, &sent, &at_client, &[0, 1, 2], "reply");
+    let (sent, want) = reply(2, 0x777);
+    each_translated(&f, &sent, &want, &[0, 1, 2], "reply");
 
     // A later fragment of a reply that overtakes its first finds no state: the
     // kernel's, untouched. The ones after the first are translated.
-    let (sent, at_client) = reply(3, 0x778);
+    let (sent, want) = reply(3, 0x778);
     let r = f.run(&sent[2]);
     assert_eq!(
         (r.action, &r.out),
         (XDP_PASS, &sent[2]),
         "a later reply fragment ahead of its first passes"
     );
-    each_translated(
-        &f,
-        &sent,
-        &at_client,
-        &[0, 1],
-        "reply after the overtaking one",
-    );
+    each_translated(&f, &sent, &want, &[0, 1], "reply after the overtaking one");
 
     // Fragments that belong to no NAT reply pass untouched: a first fragment to a
     // client port no request came from, a later one of a datagram never begun.
-    let stray = split(
-        &build(
-            real,
-            5353,
-            fam.client,
-            CLIENT_PORT + 1,
-            real_mac(real),
-            lb,
-            payload(4),
-        ),
-        size,
-        0x779,
-    );
+    let other_client = (fam.client, CLIENT_PORT + 1);
+    let stray = Datagram {
+        from: at_real,
+        to: other_client,
+        macs: from_real,
+        seed: 4,
+    }
+    .fragments(fam, 0x779);
     for (what, frame) in [("no flow", &stray[0]), ("never begun", &stray[1])] {
         let r = f.run(frame);
         assert_eq!((r.action, &r.out), (XDP_PASS, frame), "{what}");
@@ -274,19 +207,14 @@ fn fragments_both_ways(fam: &Family) {
 
     // A datagram to another port of the VIP: its first fragment holds a port no real
     // serves behind NAT, and is the kernel's.
-    let other = split(
-        &build(
-            fam.client,
-            CLIENT_PORT,
-            fam.vip,
-            54,
-            SENDER_MAC,
-            lb,
-            payload(5),
-        ),
-        size,
-        0x4244,
-    );
+    let other_port = (fam.vip, 54);
+    let other = Datagram {
+        from: client,
+        to: other_port,
+        macs: to_lb,
+        seed: 5,
+    }
+    .fragments(fam, 0x4244);
     let r = f.run(&other[0]);
     assert_eq!((r.action, &r.out), (XDP_PASS, &other[0]), "another port");
 

@@ -161,7 +161,7 @@ pub struct VirtualServer {
     pub min_healthy: u32,
     /// Takes fragmented datagrams: every fragment to its address and protocol is
     /// balanced by addresses only, so all fragments of a datagram reach one real (NAT
-    /// translates the first by its ports, the others by address: decision 0015). At
+    /// translates the first by its ports, the others by address: decision 0016). At
     /// most one virtual server per address and protocol.
     pub fragments: bool,
     pub real_servers: Vec<RealServer>,

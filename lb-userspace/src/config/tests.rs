@@ -52,7 +52,7 @@ fn one_virtual_server_per_address_and_protocol_takes_fragments() {
     );
     let c = parse(Path::new("lb.yaml"), &one, &Facts).unwrap();
     assert!(c.virtual_servers[0].fragments);
-    // NAT takes them too (decision 0015).
+    // NAT takes them too (decision 0016).
     let nat = one.replace("method: dr", "method: nat");
     let c = parse(Path::new("lb.yaml"), &nat, &Facts).unwrap();
     assert!(c.virtual_servers[0].fragments);

@@ -2,7 +2,7 @@
 //! `fragments: true` takes every fragment of a datagram to the same real (balanced by
 //! addresses only). Before, 0 of 200 UDP requests of 3,000 bytes were answered through
 //! a direct-routing VIP. Here 1,000 requests of 3,000 bytes, each sent once, must all
-//! be answered whole, by direct routing, tunnel and NAT (decision 0015: the reals'
+//! be answered whole, by direct routing, tunnel and NAT (decision 0016: the reals'
 //! answers come back in fragments too, each given the VIP), IPv4 and IPv6.
 
 use std::{

@@ -1,4 +1,4 @@
-//! NAT of fragmented datagrams under BPF_PROG_TEST_RUN, byte-exact (decision 0015): a
+//! NAT of fragmented datagrams under BPF_PROG_TEST_RUN, byte-exact (decision 0016): a
 //! request's fragments reach the real chosen by addresses, the first with the real's
 //! port; a fragmented reply leaves as the VIP's, the first fragment with the VIP's
 //! port. Every expected fragment is cut here from a datagram built from scratch as the

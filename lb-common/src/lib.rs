@@ -190,6 +190,30 @@ pub struct NatState {
 }
 const _: () = assert!(core::mem::size_of::<NatState>() == 24);
 
+/// One fragmented datagram of a NAT real's reply, as every one of its fragments
+/// carries it: key of [`maps::NAT_FRAGS`] (decision 0016). The first fragment, which
+/// holds the ports, finds the reply's [`NatState`] and records it here; the fragments
+/// after it, which carry no ports, find it by this key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Source (the real's address), network order words.
+    pub src: [u32; 4],
+    /// Destination (the client's address), network order words.
+    pub dst: [u32; 4],
+    /// The datagram's identification: IPv4's 16-bit field as loaded from the wire
+    /// (network order) in the low half, or the 32-bit identification of IPv6's
+    /// fragment header as loaded (network order).
+    pub id_be: u32,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+
 /// A client network of a persistent virtual server. Key of [`maps::PERSIST`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -23,6 +23,7 @@
 //! | `SETTINGS` | 0 -> `SETTING_*` bits (`u32`) | daemon | XDP |
 //! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU), for reals not in `NAT_REALS` | XDP | XDP |
 //! | `NAT_REALS` | a NAT real's [`crate::VsKey`] -> [`crate::NatState`] of its only virtual server | daemon | XDP |
+//! | `NAT_FRAGS` | [`crate::FragKey`] of a reply's datagram -> [`crate::NatState`] (LRU) | XDP | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -71,6 +72,11 @@ pub const SETTINGS: &str = "SETTINGS";
 /// NAT replies: the reply 5-tuple of every NAT flow -> the VIP:port to restore. LRU
 /// hash, as large as `FLOWS`.
 pub const NAT_STATE: &str = "NAT_STATE";
+/// NAT replies in fragments (decision 0016): (real, client, protocol, identification)
+/// of a fragmented reply -> the VIP:port its first fragment found (through `FLOWS` or
+/// in `NAT_STATE`), for the fragments after it, which carry no ports. LRU hash of
+/// [`NAT_FRAG_ENTRIES`].
+pub const NAT_FRAGS: &str = "NAT_FRAGS";
 
 /// NAT reals: a real's address, port, protocol and family (as a `VsKey`) -> the VIP:port
 /// it serves (`NatState`), for each real whose address and port belong to one NAT
@@ -81,7 +87,7 @@ pub const NAT_REALS: &str = "NAT_REALS";
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
     VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, VLAN_IN, VLAN_OUT, RX_TAGS, OWN_MACS, FRAG_VS,
-    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE, NAT_REALS,
+    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE, NAT_REALS, NAT_FRAGS,
 ];
 
 /// The load balancer, attached to every interface of the configuration.
@@ -102,6 +108,10 @@ pub const MAX_REALS: u32 = 4096;
 pub const DEFAULT_RING_COUNT: u32 = 64;
 /// Default connection table size (entries); the daemon may set another at load time.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
+/// Size of `NAT_FRAGS`: fragmented NAT replies whose later fragments are still on
+/// their way. An entry is needed only between a datagram's first fragment and its
+/// last (microseconds); the LRU forgets the oldest.
+pub const NAT_FRAG_ENTRIES: u32 = 16_384;
 /// Most transmitting interfaces.
 pub const MAX_IFACES: u32 = 64;
 /// Most VLAN devices on the attached interfaces (`VLAN_IN`, `VLAN_OUT`).

@@ -4,8 +4,8 @@
 use core::net::IpAddr;
 
 use crate::{
-    Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo, VlanKey,
-    VlanOut, VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
+    Counters, FlowKey, FlowState, FragKey, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
+    VlanKey, VlanOut, VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
 };
 
 // SAFETY: all of these are repr(C), built only of integers and byte arrays, with
@@ -20,6 +20,7 @@ unsafe impl aya::Pod for VlanKey {}
 unsafe impl aya::Pod for VlanOut {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for NatState {}
+unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for PersistKey {}
 unsafe impl aya::Pod for PersistState {}
 

@@ -6,10 +6,12 @@
 //!
 //! - a frame (of at least an Ethernet header) is forwarded (XDP_TX or XDP_REDIRECT) only if the oracle finds it a
 //!   valid packet of a configured virtual server, a NAT reply of a flow the run
-//!   opened, or an ICMP error about a direct-routing or tunnel flow;
+//!   opened (or a later fragment of one whose first was forwarded), or an ICMP error
+//!   about a direct-routing or tunnel flow;
 //! - a forwarded frame is what its method makes of it: direct routing changes the two
 //!   MACs only, a tunnel prepends a correct outer header to the unchanged packet, NAT
-//!   keeps every checksum exactly as valid (or invalid) as it came in;
+//!   keeps every checksum exactly as valid (or invalid) as it came in, and changes
+//!   only an address of a fragment after the first;
 //! - a passed frame is untouched; no run returns XDP_ABORTED or an unknown action;
 //! - every run is counted under exactly one verdict.
 //!
@@ -48,14 +50,14 @@ virtual_servers:
       real_servers: [{ address: 10.0.1.13 }] }
   - { name: nat4, address: 10.0.0.101, port: 80, protocol: tcp, method: nat,
       real_servers: [{ address: 10.0.1.21, port: 8080 }, { address: 10.0.1.22, port: 8080 }] }
-  - { name: nat4u, address: 10.0.0.101, port: 53, protocol: udp, method: nat,
+  - { name: nat4u, address: 10.0.0.101, port: 53, protocol: udp, method: nat, fragments: true,
       real_servers: [{ address: 10.0.1.23, port: 5353 }] }
   - { name: tun4, address: 10.0.0.102, port: 80, protocol: tcp, method: tunnel,
       real_servers: [{ address: 10.0.9.11 }, { address: 10.0.9.12 }] }
   - { name: dr6, address: '2001:db8:f::100', port: 80, protocol: tcp, method: dr,
       real_servers: [{ address: 'fd00:1::11' }] }
   - { name: nat6, address: '2001:db8:f::101', port: 80, protocol: tcp, method: nat,
-      real_servers: [{ address: 'fd00:1::21', port: 8080 }] }
+      fragments: true, real_servers: [{ address: 'fd00:1::21', port: 8080 }] }
   - { name: tun6, address: '2001:db8:f::102', port: 80, protocol: tcp, method: tunnel,
       fragments: true, real_servers: [{ address: 'fd00:9::11' }] }
 ";
@@ -85,7 +87,15 @@ enum Forward {
     Tunnel,
     /// An ICMP error about a NAT flow, translated.
     NatIcmp,
+    /// The first fragment of a NAT reply: translated as a reply, and its datagram's
+    /// later fragments are translated from now on.
+    NatFirst,
+    /// A fragment after the first of a NAT request or reply: one address changed.
+    NatLater,
 }
+
+/// A fragmented datagram: source, destination, identification, protocol.
+type Datagram = (IpAddr, IpAddr, u32, u8);
 
 /// A 5-tuple: source, source port, destination, destination port, protocol.
 type Tuple = (IpAddr, u16, IpAddr, u16, u8);
@@ -139,6 +149,8 @@ pub struct Fuzzer {
     pub fixture: Fixture,
     vss: Vec<Vs>,
     nat_replies: HashSet<Tuple>,
+    /// NAT replies whose first fragment was forwarded.
+    nat_frags: HashSet<Datagram>,
     templates: Vec<Vec<u8>>,
 }
 
@@ -171,6 +183,7 @@ impl Fuzzer {
             fixture,
             vss,
             nat_replies: HashSet::new(),
+            nat_frags: HashSet::new(),
             templates: Vec::new(),
         };
         f.build_templates();
@@ -315,10 +328,7 @@ impl Fuzzer {
             }
         };
         if ip.frag {
-            return match ip.proto {
-                6 | 17 => taker(ip.dst, ip.proto),
-                _ => None,
-            };
+            return self.fragment(frame, &ip, vlan);
         }
         match ip.proto {
             6 | 17 => {
@@ -384,6 +394,46 @@ impl Fuzzer {
             }
             _ => None,
         }
+    }
+
+    /// Returns: how the oracle expects the fragment `frame` (its IP header `ip`) to be
+    /// forwarded, `None` when it must not be: by addresses to the virtual server that
+    /// takes fragments at its destination (NAT: the first fragment only to its port, and
+    /// whole enough to hold its TCP/UDP header), else as a fragment of a NAT reply.
+    fn fragment(&self, frame: &[u8], ip: &Ip, vlan: bool) -> Option<Forward> {
+        if !matches!(ip.proto, 6 | 17) {
+            return None;
+        }
+        let need = if ip.proto == 6 { 20 } else { 8 };
+        let complete = frame.len() >= ip.l4 + need;
+        let ports = || Some((be16(frame, ip.l4)?, be16(frame, ip.l4 + 2)?));
+        let taker = self
+            .vss
+            .iter()
+            .find(|v| v.addr == ip.dst && v.proto == ip.proto && v.fragments);
+        if let Some(vs) = taker {
+            return match vs.method {
+                Method::Dr => Some(Forward::Dr),
+                Method::Tunnel if !vlan => Some(Forward::Tunnel),
+                Method::Nat if !vlan && ip.first => {
+                    (complete && ports()?.1 == vs.port).then_some(Forward::Nat)
+                }
+                Method::Nat if !vlan => Some(Forward::NatLater),
+                _ => None,
+            };
+        }
+        if vlan {
+            return None;
+        }
+        if ip.first {
+            let (sport, dport) = ports()?;
+            let reply = (ip.src, sport, ip.dst, dport, ip.proto);
+            return (complete && self.nat_replies.contains(&reply)).then_some(Forward::NatFirst);
+        }
+        let datagram = (ip.src, ip.dst, ip.id, ip.proto);
+        self.nat_frags
+            .contains(&datagram)
+            .then_some(Forward::NatLater)
     }
 
     /// Runs `count` mutated frames (every truncation point of every template first).
@@ -481,6 +531,12 @@ impl Fuzzer {
                         self.nat_replies.insert((d, dp, s, sp, proto));
                     }
                 }
+                // A NAT reply's first fragment: its datagram's later ones follow it.
+                if kind == Forward::NatFirst {
+                    if let Some(ip) = parse_ip(frame, 14, be16(frame, 12).unwrap_or(0)) {
+                        self.nat_frags.insert((ip.src, ip.dst, ip.id, ip.proto));
+                    }
+                }
             }
             a => report.problem(format!("action {a}: {}", hex(frame))),
         }
@@ -519,6 +575,10 @@ fn hex(f: &[u8]) -> String {
 struct Ip {
     /// A fragment (IPv4 flags/offset, or an IPv6 fragment header first).
     frag: bool,
+    /// A fragment at offset 0.
+    first: bool,
+    /// A fragment's identification (IPv4's 16 bits, or IPv6's 32).
+    id: u32,
     v4: bool,
     src: IpAddr,
     dst: IpAddr,
@@ -540,6 +600,8 @@ fn parse_ip(f: &[u8], l3: usize, ethertype: u16) -> Option<Ip> {
             }
             Some(Ip {
                 frag: frag & 0x3fff != 0,
+                first: frag & 0x3fff != 0 && frag & 0x1fff == 0,
+                id: u32::from(u16::from_be_bytes([h[4], h[5]])),
                 v4: true,
                 src: IpAddr::from(<[u8; 4]>::try_from(&h[12..16]).ok()?),
                 dst: IpAddr::from(<[u8; 4]>::try_from(&h[16..20]).ok()?),
@@ -555,17 +617,24 @@ fn parse_ip(f: &[u8], l3: usize, ethertype: u16) -> Option<Ip> {
             }
             let (frag, proto, l4) = match h[6] {
                 6 | 17 | 58 => (false, h[6], l3 + 40),
-                44 => {
-                    f.get(l3 + 41)?;
-                    (true, f[l3 + 40], l3 + 48)
-                }
+                // The whole fragment header is read.
+                44 => (true, *f.get(l3 + 40..l3 + 48)?.first()?, l3 + 48),
                 _ => return None,
             };
             if frag && !matches!(proto, 6 | 17) {
                 return None;
             }
+            let (first, id) = match f.get(l3 + 40..l3 + 48) {
+                Some(fh) if frag => (
+                    u16::from_be_bytes([fh[2], fh[3]]) & 0xfff8 == 0,
+                    u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]),
+                ),
+                _ => (false, 0),
+            };
             Some(Ip {
                 frag,
+                first,
+                id,
                 v4: false,
                 src: IpAddr::from(<[u8; 16]>::try_from(&h[8..24]).ok()?),
                 dst: IpAddr::from(<[u8; 16]>::try_from(&h[24..40]).ok()?),
@@ -589,6 +658,8 @@ fn parse_quoted(f: &[u8], off: usize, ethertype: u16) -> Option<Ip> {
         }
         Some(Ip {
             frag: frag & 0x3fff != 0,
+            first: false,
+            id: 0,
             v4: true,
             src: IpAddr::from(<[u8; 4]>::try_from(&h[12..16]).ok()?),
             dst: IpAddr::from(<[u8; 4]>::try_from(&h[16..20]).ok()?),
@@ -605,6 +676,8 @@ fn parse_quoted(f: &[u8], off: usize, ethertype: u16) -> Option<Ip> {
         };
         Some(Ip {
             frag,
+            first: false,
+            id: 0,
             v4: false,
             src: IpAddr::from(<[u8; 16]>::try_from(&h[8..24]).ok()?),
             dst: IpAddr::from(<[u8; 16]>::try_from(&h[24..40]).ok()?),
@@ -723,7 +796,25 @@ fn forwarded_as(kind: Forward, input: &[u8], out: &[u8]) -> Result<(), String> {
                 ));
             }
         }
-        Forward::Nat => {
+        Forward::NatLater => {
+            if out.len() != input.len() {
+                return Err("its length changed".into());
+            }
+            // Untagged (NAT routes no tagged frame here): the IP header at 14. Only the
+            // addresses, and IPv4's header checksum, may change, which stays as valid.
+            let v4 = input[12..14] == [0x08, 0x00];
+            let may_change = if v4 { 24..34 } else { 22..54 };
+            if (12..input.len()).any(|i| input[i] != out[i] && !may_change.contains(&i)) {
+                return Err("more than an address changed".into());
+            }
+            if v4 {
+                let ihl = usize::from(input[14] & 0x0f) * 4;
+                if (csum(&input[14..14 + ihl]) == 0) != (csum(&out[14..14 + ihl]) == 0) {
+                    return Err("the IPv4 header checksum's validity changed".into());
+                }
+            }
+        }
+        Forward::Nat | Forward::NatFirst => {
             if out.len() != input.len() {
                 return Err("its length changed".into());
             }

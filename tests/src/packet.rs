@@ -373,6 +373,82 @@ pub fn icmp6_error(
     f
 }
 
+/// Splits the IPv4 datagram of `frame` (untagged, a 20-byte header) as a sender would:
+/// fragments of at most `size` bytes of its payload (a multiple of 8), identification
+/// `id`, each with the frame's Ethernet header, TOS, TTL, protocol and addresses and
+/// its own header checksum.
+/// Returns: the fragment frames, the first first.
+pub fn fragments_v4(frame: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
+    assert!(
+        size.is_multiple_of(8),
+        "fragment payloads are multiples of 8 bytes"
+    );
+    let ip = &frame[14..];
+    let (tos, ttl, proto) = (ip[1], ip[8], ip[9]);
+    let (src, dst): ([u8; 4], [u8; 4]) = (
+        ip[12..16].try_into().expect("4"),
+        ip[16..20].try_into().expect("4"),
+    );
+    let payload = &ip[20..];
+    payload
+        .chunks(size)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let offset = i * size;
+            let more = if offset + chunk.len() < payload.len() {
+                0x2000
+            } else {
+                0
+            };
+            let mut f = frame[..14].to_vec();
+            f.extend_from_slice(&ipv4_header(
+                tos,
+                20 + chunk.len(),
+                id,
+                more | (offset / 8) as u16,
+                ttl,
+                proto,
+                src,
+                dst,
+            ));
+            f.extend_from_slice(chunk);
+            f
+        })
+        .collect()
+}
+
+/// Splits the IPv6 packet of `frame` (untagged, no extension header) as a sender
+/// would: fragments of at most `size` bytes of its payload (a multiple of 8), each with
+/// a fragment header of identification `id` after the fixed header.
+/// Returns: the fragment frames, the first first.
+pub fn fragments_v6(frame: &[u8], size: usize, id: u32) -> Vec<Vec<u8>> {
+    assert!(
+        size.is_multiple_of(8),
+        "fragment payloads are multiples of 8 bytes"
+    );
+    let ip = &frame[14..];
+    let next = ip[6];
+    let payload = &ip[40..];
+    payload
+        .chunks(size)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let offset = i * size;
+            let more = u16::from(offset + chunk.len() < payload.len());
+            let mut f = frame[..14].to_vec();
+            let mut fixed = ip[..40].to_vec();
+            fixed[4..6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+            fixed[6] = 44;
+            f.extend_from_slice(&fixed);
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&(offset as u16 | more).to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend_from_slice(chunk);
+            f
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +468,36 @@ mod tests {
         assert_eq!(pseudo_csum(&f[26..30], &f[30..34], 17, &f[34..]), 0);
         let f = V6Packet::tcp([0xfd; 16], 1234, [0xfe; 16], 80).build();
         assert_eq!(pseudo_csum(&f[22..38], &f[38..54], 6, &f[54..]), 0);
+    }
+
+    #[test]
+    fn fragments_carry_the_datagram_and_their_offsets() {
+        let mut p = V4Packet::udp([10, 0, 0, 2], 1234, [10, 0, 0, 100], 53);
+        p.payload = vec![7; 3000];
+        let f = p.build();
+        let parts = fragments_v4(&f, 1480, 9);
+        assert_eq!(parts.len(), 3);
+        let flags: Vec<u16> = parts
+            .iter()
+            .map(|p| u16::from_be_bytes([p[20], p[21]]))
+            .collect();
+        assert_eq!(flags, [0x2000, 0x2000 | 185, 370]);
+        let data: Vec<u8> = parts.iter().flat_map(|p| p[34..].to_vec()).collect();
+        assert_eq!(data, f[34..]);
+        assert!(parts.iter().all(|p| csum(&p[14..34]) == 0));
+
+        let mut p = V6Packet::udp([0xfd; 16], 1234, [0xfe; 16], 53);
+        p.payload = vec![7; 3000];
+        let f = p.build();
+        let parts = fragments_v6(&f, 1232, 9);
+        assert_eq!(parts.len(), 3);
+        let offsets: Vec<u16> = parts
+            .iter()
+            .map(|p| u16::from_be_bytes([p[56], p[57]]))
+            .collect();
+        assert_eq!(offsets, [1, 1232 | 1, 2464]);
+        let data: Vec<u8> = parts.iter().flat_map(|p| p[62..].to_vec()).collect();
+        assert_eq!(data, f[54..]);
     }
 
     #[test]

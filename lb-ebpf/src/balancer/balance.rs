@@ -17,12 +17,12 @@ use crate::{
 #[inline(always)]
 pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     l2::untag(ctx)?;
-    let p = parse::parse(ctx)?;
+    let mut p = parse::parse(ctx)?;
     if p.frag && !p.icmp {
-        return fragment(ctx, &p);
+        return fragment(ctx, &mut p);
     }
     let vs = if p.frag {
-        fragment_taker(&p.key)
+        fragment_taker(&p.key).map(|(_, vs)| vs)
     } else {
         virtual_server(&p.key)
     };
@@ -64,12 +64,15 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
 
 /// Balances a fragment of a datagram to the virtual server at its address that takes
 /// fragments, by addresses only (its key's ports are zero), so that every fragment of
-/// the datagram reaches the same real. Fragments of other addresses, and of virtual
-/// servers that do not take them, are passed to the kernel.
+/// the datagram reaches the same real. A fragment of a NAT real's reply gets the VIP
+/// back (decision 0016). Other fragments are passed to the kernel.
 #[inline(always)]
-fn fragment(ctx: &XdpContext, p: &parse::Parsed) -> Result<Verdict, Verdict> {
-    let Some(vs) = fragment_taker(&p.key) else {
-        return Err(Verdict::pass(reason::PASS_FRAGMENT));
+fn fragment(ctx: &XdpContext, p: &mut parse::Parsed) -> Result<Verdict, Verdict> {
+    let Some((vport_be, vs)) = fragment_taker(&p.key) else {
+        // Not for a VIP: maybe a fragment of a real's reply to a NAT flow.
+        let (verdict, vs_index) = forward::nat::reply_fragment(ctx, p)?;
+        stats::count_reply(vs_index, p.len);
+        return Ok(verdict);
     };
     let ingress = l2::addressed_here(ctx)?;
     let choice = choose::real(&p.key, vs, true)?;
@@ -78,18 +81,17 @@ fn fragment(ctx: &XdpContext, p: &parse::Parsed) -> Result<Verdict, Verdict> {
     let verdict = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, p, real, ingress)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
-        // NAT cannot rewrite the ports of fragments after the first: the daemon never
-        // lets a NAT virtual server take fragments.
-        _ => return Err(Verdict::pass(reason::PASS_FRAGMENT)),
+        METHOD_NAT => forward::nat::forward_fragment(ctx, p, vs, vport_be, real, choice.new_flow)?,
+        _ => return Err(Verdict::internal()),
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
     Ok(verdict)
 }
 
 /// Returns: the virtual server at `key`'s destination address and protocol that takes
-/// fragments, if one does.
+/// fragments, with its port (network order), if one does.
 #[inline(always)]
-fn fragment_taker(key: &FlowKey) -> Option<&'static VsInfo> {
+fn fragment_taker(key: &FlowKey) -> Option<(u16, &'static VsInfo)> {
     let frag_key = VsKey {
         addr: key.dst,
         port_be: 0,
@@ -103,7 +105,7 @@ fn fragment_taker(key: &FlowKey) -> Option<&'static VsInfo> {
         ..frag_key
     };
     // SAFETY: as in `virtual_server`.
-    unsafe { VS_MAP.get(&vs_key) }
+    unsafe { VS_MAP.get(&vs_key) }.map(|vs| (vs_key.port_be, vs))
 }
 
 /// Forwards an ICMP error about a flow of `vs` to the real that serves the flow, by the
@@ -122,6 +124,9 @@ fn icmp_error(
     let sent = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, p, real, ingress)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
+        // An error quoting a fragment holds no ports to translate (or only the first
+        // fragment's): the kernel's.
+        METHOD_NAT if p.frag => return Err(Verdict::pass(reason::PASS_FRAGMENT)),
         METHOD_NAT => forward::nat::icmp_to_real(ctx, p, real)?,
         _ => return Err(Verdict::internal()),
     };

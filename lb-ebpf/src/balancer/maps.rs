@@ -64,6 +64,13 @@ pub static OWN_MACS: HashMap<[u8; 8], u32> = HashMap::with_max_entries(MAX_OWN_M
 #[map]
 pub static FRAG_VS: HashMap<VsKey, u32> = HashMap::with_max_entries(MAX_VS, 0);
 
+/// A NAT real's fragmented reply: (real, client, protocol, identification) -> the
+/// VIP:port its first fragment found in `NAT_STATE`, for the later fragments (decision
+/// 0016). Written and read here; `NAT_FRAG_ENTRIES`.
+#[map]
+pub static NAT_FRAGS: LruHashMap<lb_common::FragKey, NatState> =
+    LruHashMap::with_max_entries(lb_common::maps::NAT_FRAG_ENTRIES, 0);
+
 /// Per-VS counters, per CPU.
 #[map]
 pub static STATS_VS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VS, 0);

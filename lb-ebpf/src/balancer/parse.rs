@@ -40,6 +40,11 @@ pub struct Parsed {
     pub icmp: bool,
     /// A fragment, or an ICMP error quoting one: `key` has both ports zero.
     pub frag: bool,
+    /// A fragment at offset 0, the one that holds the TCP/UDP header (not set for an
+    /// ICMP error's quote).
+    pub frag_first: bool,
+    /// A fragment's datagram identification, as [`lb_common::FragKey::id_be`] holds it.
+    pub frag_id_be: u32,
     /// ICMP error: offsets of the quoted packet's IP header and of its ports.
     pub inner_l3: usize,
     pub inner_l4: usize,
@@ -59,13 +64,16 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
     let mut key = FlowKey::default();
     let ip_len;
     let mut fragment = false;
+    let mut frag_first = false;
+    let mut frag_id_be = 0;
     let l4_off = match proto {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(pass(reason::PASS_MALFORMED))?;
-            let (ver_ihl, tot_len, frag, l4proto, src, dst) = unsafe {
+            let (ver_ihl, tot_len, id_be, frag, l4proto, src, dst) = unsafe {
                 (
                     (*ip).ver_ihl,
                     u16::from_be((*ip).tot_len_be) as usize,
+                    (*ip).id_be,
                     u16::from_be((*ip).frag_off_be),
                     (*ip).proto,
                     (*ip).src,
@@ -78,6 +86,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
                 return Err(pass(reason::PASS_MALFORMED));
             }
             fragment = frag & 0x3fff != 0;
+            frag_first = frag & IP_OFFSET == 0;
+            frag_id_be = u32::from(id_be);
             ip_len = tot_len;
             key.family = FAMILY_V4;
             key.proto = l4proto;
@@ -100,13 +110,18 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
             let mut next = next;
             let mut l4 = ETH_HLEN + IPV6_HLEN;
             if next == IPPROTO_FRAGMENT {
-                let fh: *const [u8; 2] = ptr_at(ctx, l4).ok_or(pass(reason::PASS_MALFORMED))?;
+                // Next header, reserved, offset and flags, identification.
+                let fh: *const [u8; IPV6_FRAG_HLEN] =
+                    ptr_at(ctx, l4).ok_or(pass(reason::PASS_MALFORMED))?;
                 // SAFETY: bounds checked by ptr_at.
-                next = unsafe { (*fh)[0] };
+                let fh = unsafe { *fh };
+                next = fh[0];
                 if next != PROTO_TCP && next != PROTO_UDP {
                     return Err(pass(reason::PASS_FRAGMENT));
                 }
                 fragment = true;
+                frag_first = u16::from_be_bytes([fh[2], fh[3]]) & IPV6_FRAG_OFFSET == 0;
+                frag_id_be = u32::from_ne_bytes([fh[4], fh[5], fh[6], fh[7]]);
                 l4 += IPV6_FRAG_HLEN;
             }
             match next {
@@ -134,6 +149,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
         ip_len,
         len,
         frag: fragment,
+        frag_first: fragment && frag_first,
+        frag_id_be,
         icmp: false,
         inner_l3: 0,
         inner_l4: 0,
@@ -168,6 +185,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
 /// IPv6 next header of a fragment header, and its length.
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPV6_FRAG_HLEN: usize = 8;
+/// The fragment offset's bits: in IPv4's host-order flags and offset word, and in the
+/// host-order offset word of IPv6's fragment header.
+const IP_OFFSET: u16 = 0x1fff;
+const IPV6_FRAG_OFFSET: u16 = 0xfff8;
 
 /// Length of the ICMP and ICMPv6 error header before the quoted packet.
 pub const ICMP_ERR_HLEN: usize = 8;
@@ -267,6 +288,28 @@ fn quoted_flow(
         key.dport_be = (*ports)[0];
     }
     Ok((key, ports_off, false))
+}
+
+/// Reads the ports of a datagram's first fragment (decision 0016): every fragment is
+/// parsed with both ports zero, and a NAT virtual server translates the first one, the
+/// one holding the TCP/UDP header and so the datagram's checksum, by its ports.
+/// The ports go into `p`'s key in place (its choice by addresses made): a copy of
+/// `Parsed` costs stack the one inlined program has little of.
+/// Returns: `Some` once the ports are in, if `p` is a first fragment holding its whole
+/// TCP or UDP header (one that does not, RFC 1858's tiny fragment, is no datagram to
+/// translate); `None`, `p` unchanged, otherwise.
+#[inline(always)]
+pub fn first_fragment_ports(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
+    if !p.frag_first || !l4_complete(ctx, p) {
+        return None;
+    }
+    let ports: *const [u16; 2] = ptr_at(ctx, p.l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        p.key.sport_be = (*ports)[0];
+        p.key.dport_be = (*ports)[1];
+    }
+    Some(())
 }
 
 /// Returns: the offset of the TCP or UDP checksum field.

@@ -160,8 +160,9 @@ pub struct VirtualServer {
     /// for the virtual server (`xdpvs ready`, for keepalived or a routing daemon).
     pub min_healthy: u32,
     /// Takes fragmented datagrams: every fragment to its address and protocol is
-    /// balanced by addresses only, so all fragments of a datagram reach one real. At
-    /// most one virtual server per address and protocol; not for NAT.
+    /// balanced by addresses only, so all fragments of a datagram reach one real (NAT
+    /// translates the first by its ports, the others by address: decision 0016). At
+    /// most one virtual server per address and protocol.
     pub fragments: bool,
     pub real_servers: Vec<RealServer>,
 }

@@ -52,6 +52,11 @@ fn one_virtual_server_per_address_and_protocol_takes_fragments() {
     );
     let c = parse(Path::new("lb.yaml"), &one, &Facts).unwrap();
     assert!(c.virtual_servers[0].fragments);
+    // NAT takes them too (decision 0016).
+    let nat = one.replace("method: dr", "method: nat");
+    let c = parse(Path::new("lb.yaml"), &nat, &Facts).unwrap();
+    assert!(c.virtual_servers[0].fragments);
+    assert_eq!(c.virtual_servers[0].method, Method::Nat);
 }
 
 #[test]
@@ -192,7 +197,6 @@ fn each_error_names_line_and_field() {
         ("table size not prime", "scheduler: maglev", "scheduler: maglev\n    table_size: 1000", 10, "virtual_servers[0].table_size", "prime"),
         ("bad metrics address", "xdp_mode: auto", "xdp_mode: auto\nmetrics_listen: localhost", 3, "metrics_listen", "not ADDRESS:PORT"),
         ("bad xdp mode", "xdp_mode: auto", "xdp_mode: turbo", 2, "xdp_mode", "unknown variant"),
-        ("fragments behind NAT", "method: dr", "method: nat\n    fragments: true", 9, "virtual_servers[0].fragments", "NAT cannot take fragments"),
         ("announce in the main table", "xdp_mode: auto", "xdp_mode: auto\nannounce:\n  table: 254", 4, "announce.table", "not a table of its own"),
         ("announce without a table", "xdp_mode: auto", "xdp_mode: auto\nannounce: { metric: 5 }", 3, "announce.metric", "unknown field `metric`"),
         ("min_healthy over the reals", "scheduler: maglev", "scheduler: maglev\n    min_healthy: 9", 10, "virtual_servers[0].min_healthy", "never take traffic"),

@@ -610,12 +610,6 @@ impl<'a> Validator<'a> {
             );
         }
         let fragments = raw.fragments.unwrap_or(false);
-        if fragments && method == Method::Nat {
-            self.error(
-                &format!("{prefix}.fragments"),
-                "NAT cannot take fragments (fragments after the first carry no port to rewrite); use dr or tunnel",
-            );
-        }
         if self.errors.len() != errors_before {
             return None;
         }

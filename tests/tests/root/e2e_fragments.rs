@@ -2,10 +2,12 @@
 //! `fragments: true` takes every fragment of a datagram to the same real (balanced by
 //! addresses only). Before, 0 of 200 UDP requests of 3,000 bytes were answered through
 //! a direct-routing VIP. Here 1,000 requests of 3,000 bytes, each sent once, must all
-//! be answered whole, by direct routing and tunnel, IPv4 and IPv6.
+//! be answered whole, by direct routing, tunnel and NAT (decision 0016: the reals'
+//! answers come back in fragments too, each given the VIP), IPv4 and IPv6.
 
 use std::{
     net::{SocketAddr, UdpSocket},
+    sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
 
@@ -32,19 +34,36 @@ fn once(sock: &UdpSocket, addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, S
 
 fn big_datagrams_are_answered(kind: Kind, fam: Family) {
     let lab = Lab::new(kind, fam, 2);
-    let method = if kind == Kind::Tunnel { "tunnel" } else { "dr" };
-    let path = lab.write_with_udp_vs(
-        "big",
-        method,
-        "    fragments: true\n    health_check: { type: tcp, port: 80, interval: 250ms, timeout: 200ms, rise: 1 }\n",
-        "fragments.yaml",
-    );
     let vip = SocketAddr::new(lab.vip, 53);
-    let echoes: Vec<UdpEcho> = lab
-        .reals
+    let mut echoes: Vec<UdpEcho> = Vec::new();
+    let path = if kind == Kind::Nat {
+        // The lab's UDP virtual server (VIP:53 -> the reals' echo servers on 5353)
+        // takes fragments.
+        let nat_udp = "    protocol: udp\n    method: nat\n";
+        let y = std::fs::read_to_string(lab.write_config()).expect("config");
+        assert!(y.contains(nat_udp), "the NAT lab has a UDP virtual server");
+        let path = lab.dir.join("fragments.yaml");
+        let y = y.replace(nat_udp, &format!("{nat_udp}    fragments: true\n"));
+        std::fs::write(&path, y).expect("write config");
+        path
+    } else {
+        let method = if kind == Kind::Tunnel { "tunnel" } else { "dr" };
+        echoes = lab
+            .reals
+            .iter()
+            .enumerate()
+            .map(|(i, r)| UdpEcho::start(r, vip, &format!("real{}", i + 1)))
+            .collect();
+        lab.write_with_udp_vs(
+            "big",
+            method,
+            "    fragments: true\n    health_check: { type: tcp, port: 80, interval: 250ms, timeout: 200ms, rise: 1 }\n",
+            "fragments.yaml",
+        )
+    };
+    let counters: Vec<Arc<AtomicU64>> = if kind == Kind::Nat { &lab.udp } else { &echoes }
         .iter()
-        .enumerate()
-        .map(|(i, r)| UdpEcho::start(r, vip, &format!("real{}", i + 1)))
+        .map(|e| e.received.clone())
         .collect();
     if kind == Kind::Tunnel {
         // A fragment wrapped in the outer header must fit the balancer's 1500-byte
@@ -87,15 +106,18 @@ fn big_datagrams_are_answered(kind: Kind, fam: Family) {
             .collect()
     });
     let answered = results.iter().filter(|r| r.is_ok()).count();
-    let received: Vec<u64> = echoes
+    let received: Vec<u64> = counters
         .iter()
-        .map(|e| e.received.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
         .collect();
     let (code, out, _) = lab.cli(&["status", "--json"]);
     assert_eq!(code, Some(0));
     println!(
         "{kind:?} {fam:?}: {answered} of {REQUESTS} datagrams of {SIZE} bytes answered whole; reals received {received:?}; status {}",
-        out.lines().filter(|l| l.contains("pass_fragment")).collect::<String>().trim()
+        out.lines()
+            .filter(|l| l.contains("pass_fragment") || l.contains("fwd_nat_reply"))
+            .map(str::trim)
+            .collect::<String>()
     );
     let errors: Vec<&String> = results
         .iter()
@@ -128,4 +150,14 @@ fn tunnel_v4_fragmented_datagrams_reach_one_real_and_are_answered() {
 #[test]
 fn tunnel_v6_fragmented_datagrams_reach_one_real_and_are_answered() {
     big_datagrams_are_answered(Kind::Tunnel, Family::V6);
+}
+
+#[test]
+fn nat_v4_fragmented_datagrams_reach_one_real_and_are_answered() {
+    big_datagrams_are_answered(Kind::Nat, Family::V4);
+}
+
+#[test]
+fn nat_v6_fragmented_datagrams_reach_one_real_and_are_answered() {
+    big_datagrams_are_answered(Kind::Nat, Family::V6);
 }

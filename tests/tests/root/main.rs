@@ -25,4 +25,5 @@ mod e2e_synflood;
 mod testrun_balance;
 mod testrun_fuzz;
 mod testrun_methods;
+mod testrun_nat_fragments;
 mod testrun_vlan;

@@ -13,8 +13,8 @@ use lb_common::{
 use tests::{
     fixture::{real_mac, DecapFixture, Fixture, CLIENT_MAC, FIB_MAC, GW_MAC, LB_MAC},
     packet::{
-        eth, icmp4_error, icmp4_too_big, icmp6_error, icmp6_too_big, ipv4_header, ipv6_header,
-        V4Packet, V6Packet, TCP_ACK, TCP_SYN,
+        eth, fragments_v4, icmp4_error, icmp4_too_big, icmp6_error, icmp6_too_big, ipv4_header,
+        ipv6_header, V4Packet, V6Packet, TCP_ACK, TCP_SYN,
     },
 };
 
@@ -733,27 +733,6 @@ virtual_servers:
   - { name: dns6, address: '2001:db8:f::110', port: 53, protocol: udp, method: tunnel,
       fragments: true, real_servers: [{ address: 'fd00:9::31' }, { address: 'fd00:9::32' }] }
 ";
-
-/// Splits the UDP datagram of `frame` (untagged IPv4) into two fragments, the first
-/// carrying `first` bytes of it (a multiple of 8).
-fn fragments_v4(frame: &[u8], first: usize, id: u16) -> [Vec<u8>; 2] {
-    let ip = &frame[14..];
-    let (src, dst): ([u8; 4], [u8; 4]) = (
-        ip[12..16].try_into().unwrap(),
-        ip[16..20].try_into().unwrap(),
-    );
-    let payload = &ip[20..];
-    let part = |data: &[u8], frag: u16| {
-        let mut f = frame[..14].to_vec();
-        f.extend_from_slice(&ipv4_header(0, 20 + data.len(), id, frag, 64, 17, src, dst));
-        f.extend_from_slice(data);
-        f
-    };
-    [
-        part(&payload[..first], 0x2000),
-        part(&payload[first..], (first / 8) as u16),
-    ]
-}
 
 #[test]
 fn every_fragment_of_a_datagram_reaches_the_same_real_v4_dr_and_v6_tunnel() {

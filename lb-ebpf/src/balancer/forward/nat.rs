@@ -18,6 +18,14 @@
 //! - ICMP errors about NAT flows are translated both ways: a real's error goes to the
 //!   client as the VIP's, an error about a flow sent to the VIP goes to the flow's
 //!   real as the real's (outer address, quoted address and port, every checksum).
+//! - Fragments (decision 0016), for a virtual server with `fragments: true`: every
+//!   fragment of a request gets the real (chosen by addresses) as destination, the
+//!   first, which holds the ports and the datagram's checksum, its port too; the first
+//!   writes the reply state in `NAT_STATE` (the flow is in `FLOWS` by addresses). Of a
+//!   fragmented reply, the first fragment finds its flow's state by its ports and
+//!   records it in `NAT_FRAGS` by the datagram's identification; the fragments after
+//!   it find it there and get the VIP as source. A later fragment that finds nothing
+//!   (it overtook its first, or is no reply) is the kernel's (`pass_fragment`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -398,4 +406,125 @@ pub fn icmp_to_real(ctx: &XdpContext, p: &Parsed, real: &RealInfo) -> Result<Ver
     translate_error(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
     let out = routed(ctx, p, &hop, 0)?;
     Ok(transmit(ctx, out.xmit))
+}
+
+/// Rewrites one end's address only, for a fragment after the first: it carries no
+/// ports, and its datagram's TCP/UDP checksum lies in the first fragment, which
+/// [`rewrite`] translates. Fixes the IPv4 header checksum.
+/// Returns: `None` if the IP header is out of bounds.
+#[inline(always)]
+fn readdress(ctx: &XdpContext, p: &Parsed, end: End, addr: &[u32; 4]) -> Option<()> {
+    let old = match end {
+        End::Src => &p.key.src,
+        End::Dst => &p.key.dst,
+    };
+    // SAFETY: bounds checked by ptr_at; parse() read this header already.
+    unsafe {
+        if p.key.family == FAMILY_V4 {
+            let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+            (*ip).check = csum::apply((*ip).check, csum::diff32(0, old[0], addr[0]));
+            match end {
+                End::Src => (*ip).src = addr[0],
+                End::Dst => (*ip).dst = addr[0],
+            }
+        } else {
+            let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
+            match end {
+                End::Src => (*ip).src = *addr,
+                End::Dst => (*ip).dst = *addr,
+            }
+        }
+    }
+    Some(())
+}
+
+/// Forwards a fragment of a request to virtual server `vs` (port `vport_be`), which
+/// takes fragments, to `real`, chosen by addresses so that every fragment of the
+/// datagram reaches it (decision 0016). The first fragment is translated as any
+/// request (destination address and port, the L4 checksum it holds for the whole
+/// datagram) and writes the reply state in `NAT_STATE`; the later ones get the real's
+/// address only.
+/// Returns: the transmit verdict, or the final verdict of a fragment not forwarded: a
+/// first fragment too short to hold its TCP/UDP header is dropped, one to another
+/// port than the virtual server's is the kernel's (no port of it may be rewritten).
+#[inline(always)]
+pub fn forward_fragment(
+    ctx: &XdpContext,
+    p: &mut Parsed,
+    vs: &VsInfo,
+    vport_be: u16,
+    real: &RealInfo,
+    new_flow: bool,
+) -> Result<Verdict, Verdict> {
+    if p.frag_first {
+        crate::parse::first_fragment_ports(ctx, p).ok_or(Verdict::drop(reason::DROP_MALFORMED))?;
+        let q: &Parsed = p;
+        if q.key.dport_be != vport_be {
+            return Err(Verdict::pass(reason::PASS_FRAGMENT));
+        }
+        let hop = route(ctx, q, &q.key.src, &real.addr, q.key.sport_be, real.port_be)?;
+        // The datagram's flow is in FLOWS by addresses, where its reply, which has
+        // ports, does not look: the reply state goes to NAT_STATE whatever the real.
+        keep_reply_state(q, vs, real, new_flow);
+        rewrite(ctx, q, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
+        let out = routed(ctx, q, &hop, 0)?;
+        return Ok(transmit(ctx, out.xmit));
+    }
+    let hop = route(ctx, p, &p.key.src, &real.addr, 0, 0)?;
+    readdress(ctx, p, End::Dst, &real.addr).ok_or(Verdict::internal())?;
+    let out = routed(ctx, p, &hop, 0)?;
+    Ok(transmit(ctx, out.xmit))
+}
+
+/// Restores the VIP as the source of a fragment of a real's reply, if `p` is one
+/// (decision 0016): the first fragment, found by its ports in the flow's reply state,
+/// gets VIP:port and records that state for the datagram in `NAT_FRAGS`; a later
+/// fragment finds it there and gets the VIP.
+/// Returns: the verdict and the virtual server index, or `pass_fragment` for a
+/// fragment that is no known NAT reply (a later one that overtook its first among
+/// them).
+#[inline(always)]
+pub fn reply_fragment(ctx: &XdpContext, p: &mut Parsed) -> Result<(Verdict, u32), Verdict> {
+    let not_reply = Verdict::pass(reason::PASS_FRAGMENT);
+    if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
+        return Err(not_reply);
+    }
+    let datagram = lb_common::FragKey {
+        src: p.key.src,
+        dst: p.key.dst,
+        id_be: p.frag_id_be,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let state = if p.frag_first {
+        crate::parse::first_fragment_ports(ctx, p).ok_or(not_reply)?;
+        // No reply state: no NAT reply, counted as the fragment it is.
+        let state = reply_state(ctx, p).map_err(|v| {
+            if v.reason == reason::PASS_NOT_VS {
+                not_reply
+            } else {
+                v
+            }
+        })?;
+        // A full LRU evicts its oldest entry; an error leaves the later fragments to
+        // the kernel, and the datagram is lost as on any lossy path.
+        let _ = crate::maps::NAT_FRAGS.insert(&datagram, &state, 0);
+        state
+    } else {
+        // SAFETY: LRU hash value, copied out at once.
+        let state = unsafe { crate::maps::NAT_FRAGS.get(&datagram) }
+            .copied()
+            .ok_or(not_reply)?;
+        addressed_here(ctx)?;
+        state
+    };
+    let p: &Parsed = p;
+    to_client(ctx, p, &state, reason::FWD_NAT_REPLY, || {
+        if p.frag_first {
+            rewrite(ctx, p, End::Src, &state.vip, state.vport_be)
+        } else {
+            readdress(ctx, p, End::Src, &state.vip)
+        }
+    })
 }

@@ -1,7 +1,7 @@
 //! Builds the BPF objects (lb-ebpf's bins, for bpfel-unknown-none, with the nightly
 //! toolchain) and leaves each in OUT_DIR under its bin's name (`xdpvs`: the balancer,
-//! `xdpvs-realserver`: the decapsulator), where `aya::include_bytes_aligned!` embeds
-//! them in `xdpvs`.
+//! `xdpvs-realserver`: the decapsulator, `xdpvs-bench`: the live bench's programs),
+//! where `aya::include_bytes_aligned!` embeds them in `xdpvs`.
 use anyhow::Context as _;
 use aya_build::Toolchain;
 

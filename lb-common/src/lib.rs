@@ -10,6 +10,7 @@
 //! other three words are zero; an IPv6 address uses all four.
 #![no_std]
 
+pub mod bench;
 pub mod hash;
 pub mod maps;
 pub mod realserver;

@@ -28,12 +28,17 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 pub static BPF_REALSERVER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs-realserver"));
 
+/// The benchmarks' BPF object (lb-ebpf's `xdpvs-bench`: the bounce and the counting
+/// sink that `lb_common::bench` names). For benchmarks only: the daemon never loads it.
+pub static BPF_BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs-bench"));
+
 /// The embedded objects hold exactly the maps and programs `lb_common` declares: the
 /// BPF side names its statics by hand, so a rename or a forgotten map on either side
 /// fails here, on the host, instead of at load time as root.
 #[cfg(test)]
 mod objects {
-    use lb_common::{maps, realserver};
+    use lb_common::{bench, maps, realserver};
 
     /// Returns: the object's map names and program names, each sorted.
     fn names(object: &[u8]) -> (Vec<String>, Vec<String>) {
@@ -68,6 +73,15 @@ mod objects {
                 sorted(realserver::maps::ALL),
                 sorted(realserver::maps::PROGRAMS)
             )
+        );
+    }
+
+    /// No map but the section of its globals (`lb_common::bench::BOUNCE_*`).
+    #[test]
+    fn bench_object_holds_exactly_the_declared_programs_and_its_globals() {
+        assert_eq!(
+            names(super::BPF_BENCH_OBJECT),
+            (sorted(&[".rodata"]), sorted(bench::PROGRAMS))
         );
     }
 }

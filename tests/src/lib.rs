@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod ha;
 pub mod http;
 pub mod lab;
+pub mod live;
 pub mod load;
 pub mod netns;
 pub mod packet;

@@ -44,13 +44,18 @@ enum Cmd {
     Layers,
     /// Build a topology in namespaces, run xdpvs, send requests, print who answered.
     Demo,
-    /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN); with
-    /// --soak, run the daemon under mixed traffic, reloads and a flapping real instead.
+    /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN, then the
+    /// live bench); with --live, the live bench only; with --soak, run the daemon under
+    /// mixed traffic, reloads and a flapping real instead.
     Bench {
         /// The long run: memory, descriptors and flows over `--minutes` (see
         /// tests/src/bin/soak.rs).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "live")]
         soak: bool,
+        /// Only the live bench: the daemon forwarding trafgen's frames between
+        /// namespaces, beside a pass program and a bounce (see tests/src/live.rs).
+        #[arg(long)]
+        live: bool,
         /// Length of the soak, in minutes.
         #[arg(long, default_value_t = 30, requires = "soak")]
         minutes: u64,
@@ -146,6 +151,7 @@ fn main() -> Result<()> {
         Cmd::Bench {
             soak: true,
             minutes,
+            ..
         } => {
             setup()?;
             build()?;
@@ -154,9 +160,17 @@ fn main() -> Result<()> {
                 .arg(minutes.to_string())
                 .env("XDPVS_BIN", xdpvs_bin()))
         }
-        Cmd::Bench { soak: false, .. } => {
+        Cmd::Bench {
+            soak: false, live, ..
+        } => {
             setup()?;
-            run(&mut tests_bin("bench"))
+            // The live bench runs the daemon's release build.
+            build()?;
+            let mut bench = tests_bin("bench");
+            if live {
+                bench.args(["--", "--live"]);
+            }
+            run(bench.env("XDPVS_BIN", xdpvs_bin()))
         }
     }
 }

@@ -22,6 +22,9 @@
 //! - `memory_map`, `memory_flow_tables`: the kernel memory of the connection table and
 //!   the maps sized like it (`PERSIST`, `NAT_STATE`) at 4,194,304 entries, and per
 //!   connection;
+//! - `live` (`tests/src/live.rs`): the daemon forwarding trafgen's frames between
+//!   namespaces, per method and workload, beside a pass program and a bounce;
+//!   `--live` runs it alone;
 //! - `health_probes`: the daemon's prober with 1,000 reals probed over TCP every second
 //!   for 10 s (reals are loopback addresses with one listener behind them): probes
 //!   done, their latency, and the CPU time of the thread that runs them, in all and
@@ -321,6 +324,11 @@ fn memory() {
 }
 
 fn main() {
+    // `cargo xtask bench --live`: the live bench alone.
+    if std::env::args().any(|a| a == "--live") {
+        tests::live::run();
+        return;
+    }
     memory();
     all_probes();
     let mut y = String::from("interfaces: [lo]\ntunnel_source: [10.0.1.1, 'fd00:1::1']\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    real_servers:\n");
@@ -401,6 +409,7 @@ fn main() {
     );
     routed(&f);
     fuzz();
+    tests::live::run();
 }
 
 /// The fuzzer's long run: ten times the test's packets, its figures as one line.

@@ -1,0 +1,587 @@
+//! The live bench (`cargo xtask bench --live`; issue 15): the `xdpvs` daemon forwarding
+//! frames that trafgen sends through veths, measured with the kernel's own per-program
+//! statistics, beside a trivial XDP_PASS program and a minimal "bounce" on the same
+//! frames and the same topology. A benchmark, not a test: it asserts nothing about speed.
+//!
+//! The topology is the one-armed NAT lab of `lab.rs` (one bridge; client 10.150.0.2,
+//! balancer 10.150.0.1 and 10.100.0.1, reals 10.100.0.11-13; VIP 10.150.0.100), used for
+//! every method, with:
+//! - the benchmark object's counting sink (`xdpvs_sink`) on the client's and the reals'
+//!   interfaces: it drops every IP frame (so the receivers' stacks cost nothing) and its
+//!   run count is the count of frames delivered;
+//! - static forwarding entries in the bridge and flooding of unknown unicast off, so a
+//!   frame reaches exactly the port of its destination MAC and no sink counts a frame
+//!   meant for another;
+//! - permanent neighbour entries on the balancer for the client and the reals.
+//!
+//! For each method (dr, nat, tunnel; IPv4) the daemon runs a configuration with a TCP
+//! virtual server on VIP:80 and a UDP one on VIP:53 over the three reals (no probes),
+//! and each workload runs with xdpvs on the balancer's interface, then with the pass
+//! program, then with the bounce (MACs rewritten to a real's, or to the client's for
+//! replies, XDP_TX). Workloads (60-byte frames):
+//! - `udp_est`: one UDP 5-tuple; `nat_reply` (nat only): the real's reply to it (from
+//!   real:5353 to the client), through the balancer back to the client;
+//! - `tcp_est`: ACK segments of one TCP connection;
+//! - `udp_new`: UDP from a random source address and port per packet;
+//! - `tcp_syn`: SYNs from random sources (a SYN flood; decision 0012);
+//! - `non_vip`: UDP to the balancer's own address (passed to its stack).
+//!
+//! Each run: trafgen sends as fast as it can, pinned to the last CPU (see `trafgen.rs`),
+//! for at most 10 s and 20,000,000 packets. From 0.5 s after it starts, the bench reads
+//! the statistics of the balancer's program and of every sink, and the CPU time of the
+//! path (`cputime.rs`), six times 0.4 s apart, then stops trafgen. Each figure is the
+//! median over the five windows between readings (a burst of other work on the
+//! machine moves one window, not the figure):
+//! - `*_ns`: the program's `run_time_ns` / `run_cnt` (both differences);
+//! - `*_pps`: frames the sinks counted per second of CPU on the path: what one core
+//!   given to it delivers. Per second of wall clock (`*_wall_pps`) the figures would
+//!   measure how much CPU the others on the machine left (`*_cpu_share`) more than
+//!   anything else;
+//! - `ratio`: xdpvs's pps over the bounce's.
+//!
+//! The whole path of a frame (trafgen's socket, the veths, the bridge, the balancer's
+//! XDP, the receiver's) runs in softirq on trafgen's CPU, one frame at a time: the pps
+//! figures are what one core does with everything on it, and a program's cost shows in
+//! them as its share of that path. The ns figures are the program's cost in that
+//! setting, caches included (not a tight loop over one packet, as under
+//! BPF_PROG_TEST_RUN), plus the kernel's own timing of each run.
+
+mod cputime;
+mod progs;
+mod trafgen;
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+use self::{
+    progs::{attached_id, runs, Attached, Runs},
+    trafgen::{Frame, Src, L4},
+};
+use crate::{
+    daemon::Daemon,
+    lab::{attach_pass, Family, Kind, Lab},
+    netns::Netns,
+};
+
+/// From trafgen's start to the first reading: its start-up, the first new flows.
+const WARM_UP: Duration = Duration::from_millis(500);
+/// Readings after the warm-up: the figures are the medians of the windows between them,
+/// so that a burst of other work on the machine moves one window, not the figure.
+const WINDOWS: usize = 5;
+/// Between two readings.
+const WINDOW: Duration = Duration::from_millis(400);
+/// Reals behind each virtual server.
+const REALS: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Dr,
+    Nat,
+    Tunnel,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Dr => "dr",
+            Method::Nat => "nat",
+            Method::Tunnel => "tunnel",
+        }
+    }
+
+    /// Returns: the reals' TCP and UDP ports (NAT remaps; the others cannot).
+    fn real_ports(self) -> (u16, u16) {
+        match self {
+            Method::Nat => (8080, 5353),
+            Method::Dr | Method::Tunnel => (80, 53),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    UdpEst,
+    NatReply,
+    TcpEst,
+    UdpNew,
+    TcpSyn,
+    NonVip,
+}
+
+/// In the order they run: established flows before the new-flow floods that would push
+/// them out of the connection table, the reply right after the flow it answers.
+const WORKLOADS: [Workload; 6] = [
+    Workload::UdpEst,
+    Workload::NatReply,
+    Workload::TcpEst,
+    Workload::UdpNew,
+    Workload::TcpSyn,
+    Workload::NonVip,
+];
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::UdpEst => "udp_est",
+            Workload::NatReply => "nat_reply",
+            Workload::TcpEst => "tcp_est",
+            Workload::UdpNew => "udp_new",
+            Workload::TcpSyn => "tcp_syn",
+            Workload::NonVip => "non_vip",
+        }
+    }
+
+    fn applies(self, m: Method) -> bool {
+        self != Workload::NatReply || m == Method::Nat
+    }
+
+    /// Returns: the target of issue 15 for xdpvs's ns/packet on the development VM
+    /// (non-VIP traffic has a ratio to the pass program instead).
+    fn target_ns(self, m: Method) -> Option<u32> {
+        match (self, m) {
+            (Workload::UdpEst | Workload::TcpEst, Method::Dr) => Some(80),
+            (Workload::UdpEst | Workload::TcpEst, _) => Some(150),
+            (Workload::UdpNew, Method::Dr) => Some(250),
+            (Workload::UdpNew, Method::Nat) => Some(500),
+            (Workload::UdpNew, Method::Tunnel) => Some(300),
+            (Workload::NatReply | Workload::TcpSyn, _) => Some(150),
+            (Workload::NonVip, _) => None,
+        }
+    }
+}
+
+/// Non-VIP traffic may cost at most this times the pass program (issue 15).
+const TARGET_NON_VIP_RATIO: f64 = 1.5;
+/// Every workload should deliver at least this share of the bounce's packets/s.
+const TARGET_PPS_RATIO: f64 = 0.9;
+
+/// The topology as the bench uses it: devices, addresses, MACs, sinks.
+struct Bench {
+    /// The client's sink, then each real's (detached before the lab goes).
+    sinks: Vec<Attached>,
+    lab: Lab,
+    lb_dev: String,
+    lb_mac: [u8; 6],
+    client_dev: String,
+    client_mac: [u8; 6],
+    real_devs: Vec<String>,
+    real_macs: Vec<[u8; 6]>,
+    /// The CPU trafgen sends from.
+    cpu: usize,
+    /// `ksoftirqd` of that CPU (its time is the path's too).
+    ksoftirqd: i32,
+}
+
+/// What the bench reads at the start and end of each window.
+struct Reading {
+    at: Instant,
+    /// The balancer's program.
+    prog: Runs,
+    /// Each sink's runs (client first).
+    sinks: Vec<u64>,
+    /// CPU time of the path's processes, ns.
+    cpu_ns: u64,
+}
+
+/// The figures of one window.
+struct Window {
+    ns: f64,
+    delivered_pps: f64,
+    delivered_per_cpu_s: f64,
+    cpu_share: f64,
+}
+
+impl Window {
+    fn between(a: &Reading, b: &Reading) -> Self {
+        let secs = (b.at - a.at).as_secs_f64();
+        let d: Runs = b.prog - a.prog;
+        let delivered = (b.sinks.iter().sum::<u64>() - a.sinks.iter().sum::<u64>()) as f64;
+        let cpu_s = b.cpu_ns.saturating_sub(a.cpu_ns) as f64 / 1e9;
+        Window {
+            ns: if d.cnt == 0 {
+                0.0
+            } else {
+                d.ns as f64 / d.cnt as f64
+            },
+            delivered_pps: delivered / secs,
+            delivered_per_cpu_s: if cpu_s > 0.0 { delivered / cpu_s } else { 0.0 },
+            cpu_share: cpu_s / secs,
+        }
+    }
+}
+
+/// One workload under one program: medians over the windows.
+#[derive(Clone, Debug)]
+struct Figures {
+    /// The balancer's program: ns per run (frame).
+    ns: f64,
+    /// All sinks together: runs per second.
+    delivered_pps: f64,
+    /// All sinks together: runs per second of CPU on the path (trafgen's processes
+    /// and the softirq thread of their CPU): what a core given to it would deliver.
+    delivered_per_cpu_s: f64,
+    /// The path's CPU time per second: how much of its CPU the shared machine left it.
+    cpu_share: f64,
+    /// Frames each sink counted over all windows (client first).
+    delivered: Vec<u64>,
+    /// Whether trafgen was still sending after the last window.
+    throughout: bool,
+}
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 150, 0, 2);
+const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const UDP_SPORT: u16 = 40000;
+const TCP_SPORT: u16 = 40001;
+
+impl Bench {
+    fn new() -> Self {
+        let lab = Lab::new(Kind::NatOneNic, Family::V4, REALS);
+        let p = lab.instance.clone();
+        let lb_dev = lab.lb_ifs[0].clone();
+        let client_dev = format!("{p}c");
+        let real_devs: Vec<String> = (1..=REALS).map(|i| format!("{p}r{i}")).collect();
+        let lb_mac = progs::mac(&lab.lb, &lb_dev);
+        let client_mac = progs::mac(&lab.client, &client_dev);
+        let real_macs: Vec<[u8; 6]> = lab
+            .reals
+            .iter()
+            .zip(&real_devs)
+            .map(|(r, d)| progs::mac(r, d))
+            .collect();
+        // The bridge: every MAC at its port, nothing flooded.
+        let sw = &lab.infra[0];
+        let mut ports = vec![(lb_mac, format!("{p}os")), (client_mac, format!("{p}cs"))];
+        for (i, m) in real_macs.iter().enumerate() {
+            ports.push((*m, format!("{p}r{}s", i + 1)));
+        }
+        for (m, port) in &ports {
+            let m = progs::mac_text(*m);
+            sw.exec(&[
+                "bridge", "fdb", "replace", &m, "dev", port, "master", "static",
+            ]);
+            sw.exec(&["bridge", "link", "set", "dev", port, "flood", "off"]);
+        }
+        // The balancer's next hops, resolved for good.
+        let mut neighbours = vec![(IpAddr::V4(CLIENT), client_mac)];
+        for (a, m) in lab.real_addrs.iter().zip(&real_macs) {
+            neighbours.push((*a, *m));
+        }
+        for (a, m) in neighbours {
+            lab.lb.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                &a.to_string(),
+                "lladdr",
+                &progs::mac_text(m),
+                "dev",
+                &lb_dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+        let mut sinks = vec![progs::sink(&lab.client, &client_dev)];
+        for (r, d) in lab.reals.iter().zip(&real_devs) {
+            sinks.push(progs::sink(r, d));
+        }
+        let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+        Bench {
+            sinks,
+            lab,
+            lb_dev,
+            lb_mac,
+            client_dev,
+            client_mac,
+            real_devs,
+            real_macs,
+            cpu,
+            ksoftirqd: cputime::ksoftirqd(cpu),
+        }
+    }
+
+    fn vip(&self) -> Ipv4Addr {
+        match self.lab.vip {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => unreachable!("the live bench's lab is IPv4"),
+        }
+    }
+
+    fn real_addr(&self, i: usize) -> Ipv4Addr {
+        match self.lab.real_addrs[i] {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => unreachable!("the live bench's lab is IPv4"),
+        }
+    }
+
+    /// Writes the daemon's configuration for `m`. Returns: its path.
+    fn config(&self, m: Method) -> PathBuf {
+        let (tcp_port, udp_port) = m.real_ports();
+        let mut y = format!(
+            "{}interfaces: [{}]\nxdp_mode: auto\ncontrol_socket: '{}'\n",
+            self.lab.pin_lines(),
+            self.lb_dev,
+            self.lab.socket().display()
+        );
+        if m == Method::Tunnel {
+            y.push_str(&format!("tunnel_source: '{LB_ADDR}'\n"));
+        }
+        y.push_str("virtual_servers:\n");
+        for (name, proto, port, real_port) in
+            [("tcp", "tcp", 80, tcp_port), ("udp", "udp", 53, udp_port)]
+        {
+            y.push_str(&format!(
+                "  - name: {name}\n    address: '{}'\n    port: {port}\n    protocol: {proto}\n    method: {}\n    health_check: {{ type: none }}\n    real_servers:\n",
+                self.vip(),
+                m.name()
+            ));
+            for i in 0..REALS {
+                y.push_str(&format!(
+                    "      - {{ address: '{}', port: {real_port} }}\n",
+                    self.real_addr(i)
+                ));
+            }
+        }
+        let path = self.lab.dir.join(format!("live-{}.yaml", m.name()));
+        std::fs::write(&path, y).expect("write config");
+        path
+    }
+
+    /// Returns: who sends workload `w` (namespace and device) and the frame. A reply
+    /// comes from real `replier`.
+    fn frame(&self, w: Workload, m: Method, replier: usize) -> (&Netns, &str, Frame) {
+        let (_, udp_port) = m.real_ports();
+        let to_vip = |src, sport, dport, l4| Frame {
+            dst_mac: self.lb_mac,
+            src,
+            dst: self.vip(),
+            sport,
+            dport,
+            l4,
+        };
+        let client = (&self.lab.client, self.client_dev.as_str());
+        let (who, frame) = match w {
+            Workload::UdpEst => (
+                client,
+                to_vip(Src::Fixed(CLIENT), Src::Fixed(UDP_SPORT), 53, L4::Udp),
+            ),
+            Workload::TcpEst => (
+                client,
+                to_vip(Src::Fixed(CLIENT), Src::Fixed(TCP_SPORT), 80, L4::TcpAck),
+            ),
+            Workload::UdpNew => (client, to_vip(Src::Random, Src::Random, 53, L4::Udp)),
+            Workload::TcpSyn => (client, to_vip(Src::Random, Src::Random, 80, L4::TcpSyn)),
+            Workload::NonVip => (
+                client,
+                Frame {
+                    dst: LB_ADDR,
+                    ..to_vip(Src::Fixed(CLIENT), Src::Fixed(UDP_SPORT + 2), 9, L4::Udp)
+                },
+            ),
+            Workload::NatReply => (
+                (&self.lab.reals[replier], self.real_devs[replier].as_str()),
+                Frame {
+                    dst_mac: self.lb_mac,
+                    src: Src::Fixed(self.real_addr(replier)),
+                    dst: CLIENT,
+                    sport: Src::Fixed(udp_port),
+                    dport: UDP_SPORT,
+                    l4: L4::Udp,
+                },
+            ),
+        };
+        (who.0, who.1, frame)
+    }
+
+    /// Sends workload `w`'s frames while the program `prog` (an id) runs on the
+    /// balancer's interface. Returns: the figures of the window.
+    fn measure(&self, prog: u32, w: Workload, m: Method, replier: usize, tag: &str) -> Figures {
+        let (sender, dev, frame) = self.frame(w, m, replier);
+        let name = format!("{}-{}-{tag}", m.name(), w.name());
+        let mut gen = trafgen::start(sender, dev, &frame, self.cpu, &self.lab.dir, &name);
+        std::thread::sleep(WARM_UP);
+        // The processes whose CPU time is the path's: trafgen's, and the softirq
+        // thread of its CPU.
+        let mut path = cputime::tree(gen.pid().expect("trafgen started"));
+        path.push(self.ksoftirqd);
+        let read = || Reading {
+            at: Instant::now(),
+            prog: runs(prog),
+            sinks: self.sinks.iter().map(|s| runs(s.id).cnt).collect(),
+            cpu_ns: cputime::runtime_of(&path),
+        };
+        let mut readings = vec![read()];
+        for _ in 0..WINDOWS {
+            std::thread::sleep(WINDOW);
+            readings.push(read());
+        }
+        let throughout = gen.running();
+        gen.stop();
+        let windows: Vec<Window> = readings
+            .windows(2)
+            .map(|p| Window::between(&p[0], &p[1]))
+            .collect();
+        let med = |f: fn(&Window) -> f64| median(windows.iter().map(f).collect());
+        let (first, last) = (&readings[0].sinks, &readings[readings.len() - 1].sinks);
+        Figures {
+            ns: med(|w| w.ns),
+            delivered_pps: med(|w| w.delivered_pps),
+            delivered_per_cpu_s: med(|w| w.delivered_per_cpu_s),
+            cpu_share: med(|w| w.cpu_share),
+            delivered: last.iter().zip(first).map(|(b, a)| b - a).collect(),
+            throughout,
+        }
+    }
+
+    /// Runs every workload of `m` under the daemon. Returns: the figures per workload,
+    /// and the real that served the UDP flow (the one that replies).
+    fn under_xdpvs(&self, m: Method) -> (Vec<(Workload, Figures)>, usize) {
+        let config = self.config(m);
+        let mut daemon = Daemon::start(&self.lab.lb, &config);
+        let prog = attached_id(&self.lab.lb, &self.lb_dev).expect("xdpvs attached");
+        let mut replier = 0;
+        let mut out = Vec::new();
+        for w in WORKLOADS.into_iter().filter(|w| w.applies(m)) {
+            let f = self.measure(prog, w, m, replier, "xdpvs");
+            if w == Workload::UdpEst {
+                // The real whose sink counted the flow (sinks: client first).
+                replier = (0..REALS)
+                    .max_by_key(|&i| f.delivered[i + 1])
+                    .expect("reals");
+            }
+            out.push((w, f));
+        }
+        daemon.stop();
+        crate::daemon::teardown(&self.lab.lb, &self.lab.instance, &self.lab.bpffs.path);
+        assert_eq!(
+            attached_id(&self.lab.lb, &self.lb_dev),
+            None,
+            "xdpvs teardown left XDP on {}",
+            self.lb_dev
+        );
+        (out, replier)
+    }
+
+    /// Runs every workload of `m` under the pass program.
+    fn under_pass(&self, m: Method, replier: usize) -> Vec<Figures> {
+        let pass = attach_pass(&self.lab.lb, &self.lb_dev);
+        let prog = attached_id(&self.lab.lb, &self.lb_dev).expect("pass attached");
+        let out = WORKLOADS
+            .into_iter()
+            .filter(|w| w.applies(m))
+            .map(|w| self.measure(prog, w, m, replier, "pass"))
+            .collect();
+        drop(pass);
+        out
+    }
+
+    /// Runs every forwarded workload of `m` under the bounce, sending requests to the
+    /// first real and replies to the client. Returns: `None` for non-VIP traffic.
+    fn under_bounce(&self, m: Method, replier: usize) -> Vec<Option<Figures>> {
+        WORKLOADS
+            .into_iter()
+            .filter(|w| w.applies(m))
+            .map(|w| {
+                if w == Workload::NonVip {
+                    return None;
+                }
+                let to = if w == Workload::NatReply {
+                    self.client_mac
+                } else {
+                    self.real_macs[0]
+                };
+                let b = progs::bounce(&self.lab.lb, &self.lb_dev, self.lb_mac, to);
+                Some(self.measure(b.id, w, m, replier, "bounce"))
+            })
+            .collect()
+    }
+}
+
+/// Returns: the median of `v` (the upper one of an even count); NaN when empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Returns: `x` rounded to one decimal.
+fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Returns: the 1-minute load average, to judge how busy the machine was.
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// Returns: one JSON line of `m`/`w` (see the module doc for the fields).
+fn line(m: Method, w: Workload, x: &Figures, pass: &Figures, bounce: Option<&Figures>) -> Value {
+    let mut v = json!({
+        "bench": "live",
+        "method": m.name(),
+        "workload": w.name(),
+        "xdpvs_ns": r1(x.ns),
+        "pass_ns": r1(pass.ns),
+        "load1": load1(),
+    });
+    match bounce {
+        Some(b) => {
+            v["bounce_ns"] = json!(r1(b.ns));
+            v["xdpvs_pps"] = json!(x.delivered_per_cpu_s.round());
+            v["bounce_pps"] = json!(b.delivered_per_cpu_s.round());
+            v["ratio"] =
+                json!((x.delivered_per_cpu_s / b.delivered_per_cpu_s * 1000.0).round() / 1000.0);
+            v["target_ratio"] = json!(TARGET_PPS_RATIO);
+            v["xdpvs_wall_pps"] = json!(x.delivered_pps.round());
+            v["bounce_wall_pps"] = json!(b.delivered_pps.round());
+            v["xdpvs_cpu_share"] = json!((x.cpu_share * 100.0).round() / 100.0);
+            v["bounce_cpu_share"] = json!((b.cpu_share * 100.0).round() / 100.0);
+        }
+        None => {
+            v["ns_ratio"] = json!((x.ns / pass.ns * 100.0).round() / 100.0);
+            v["target_ns_ratio"] = json!(TARGET_NON_VIP_RATIO);
+        }
+    }
+    if let Some(t) = w.target_ns(m) {
+        v["target_ns"] = json!(t);
+    }
+    let cut = [x, pass].into_iter().chain(bounce).any(|f| !f.throughout);
+    if cut {
+        // trafgen stopped within the window: its rates are too low.
+        v["trafgen_stopped_early"] = json!(true);
+    }
+    v
+}
+
+/// Runs the live bench and prints its JSON lines. Panics (root, a tool missing, the
+/// daemon not starting) with what failed; the lab is removed in every case.
+pub fn run() {
+    crate::require_root();
+    let _stats = progs::stats_on();
+    let bench = Bench::new();
+    println!(
+        "{}",
+        json!({
+            "bench": "live_setup",
+            "trafgen_cpu": bench.cpu,
+            "warm_up_ms": WARM_UP.as_millis() as u64,
+            "window_ms": WINDOW.as_millis() as u64,
+            "windows": WINDOWS,
+            "frame_bytes": 60,
+        })
+    );
+    for m in [Method::Dr, Method::Nat, Method::Tunnel] {
+        let (xdpvs, replier) = bench.under_xdpvs(m);
+        let pass = bench.under_pass(m, replier);
+        let bounce = bench.under_bounce(m, replier);
+        for (((w, x), p), b) in xdpvs.iter().zip(&pass).zip(&bounce) {
+            println!("{}", line(m, *w, x, p, b.as_ref()));
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The live bench's view of XDP programs: the kernel's per-program statistics
+//! (`run_time_ns`, `run_cnt`), which program an interface runs, and the benchmark
+//! object's programs (the bounce, the counting sink) attached inside a namespace.
+
+use std::os::fd::OwnedFd;
+
+use aya::{
+    programs::{loaded_programs, Xdp, XdpMode},
+    sys::{enable_stats, Stats},
+    Ebpf, EbpfLoader,
+};
+use lb_common::bench::{BOUNCE_DST, BOUNCE_SRC, PROG_BOUNCE, PROG_SINK};
+use serde_json::Value;
+
+use crate::netns::Netns;
+
+/// The kernel's run-time statistics of every BPF program, on while this lives
+/// (`BPF_ENABLE_STATS`): unlike the `kernel.bpf_stats_enabled` sysctl, they go off
+/// by themselves when the bench exits, however it exits.
+pub struct StatsOn(#[expect(dead_code, reason = "held for its drop")] OwnedFd);
+
+/// Returns: statistics switched on until the value is dropped. Panics if the kernel
+/// refuses.
+pub fn stats_on() -> StatsOn {
+    StatsOn(enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (run time)"))
+}
+
+/// A program's cumulative statistics: nanoseconds spent in it and runs (one per frame
+/// for XDP), counted since it was loaded while statistics were on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Runs {
+    pub ns: u64,
+    pub cnt: u64,
+}
+
+impl std::ops::Sub for Runs {
+    type Output = Runs;
+    fn sub(self, earlier: Runs) -> Runs {
+        Runs {
+            ns: self.ns - earlier.ns,
+            cnt: self.cnt - earlier.cnt,
+        }
+    }
+}
+
+/// Returns: the statistics of the loaded program `id`. Panics if it is not loaded.
+pub fn runs(id: u32) -> Runs {
+    loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .map(|p| Runs {
+            ns: p.run_time().as_nanos() as u64,
+            cnt: p.run_count(),
+        })
+        .unwrap_or_else(|| panic!("BPF program {id} is not loaded"))
+}
+
+/// Returns: the id of the XDP program attached to `dev` in `ns` (`ip -j link`), or
+/// `None` when it has none.
+pub fn attached_id(ns: &Netns, dev: &str) -> Option<u32> {
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j link: JSON");
+    v[0]["xdp"]["prog"]["id"].as_u64().map(|id| id as u32)
+}
+
+/// Returns: the MAC address of `dev` in `ns`.
+pub fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
+    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
+        .collect();
+    bytes.try_into().expect("6-byte MAC")
+}
+
+/// Returns: `m` as trafgen and ip write it (`aa:bb:...`).
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// A program of the benchmark object attached to an interface; detached when dropped.
+pub struct Attached {
+    _ebpf: Ebpf,
+    /// The kernel's id of the program (for [`runs`]).
+    pub id: u32,
+}
+
+/// Loads the benchmark object inside `ns` and attaches its counting sink to `dev`.
+pub fn sink(ns: &Netns, dev: &str) -> Attached {
+    attach_bench(ns, dev, PROG_SINK, [0; 6], [0; 6])
+}
+
+/// Loads the benchmark object inside `ns` with the bounce sending every frame from
+/// `src` to `dst`, and attaches the bounce to `dev`.
+pub fn bounce(ns: &Netns, dev: &str, src: [u8; 6], dst: [u8; 6]) -> Attached {
+    attach_bench(ns, dev, PROG_BOUNCE, src, dst)
+}
+
+fn attach_bench(ns: &Netns, dev: &str, prog: &'static str, src: [u8; 6], dst: [u8; 6]) -> Attached {
+    let dev = dev.to_string();
+    ns.run(move || {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(BOUNCE_DST, &dst, true)
+            .override_global(BOUNCE_SRC, &src, true)
+            .load(xdpvs::BPF_BENCH_OBJECT)
+            .expect("load the benchmark object");
+        let p: &mut Xdp = ebpf
+            .program_mut(prog)
+            .unwrap_or_else(|| panic!("{prog} missing from the benchmark object"))
+            .try_into()
+            .expect("an XDP program");
+        p.load().unwrap_or_else(|e| panic!("loading {prog}: {e}"));
+        p.attach(&dev, XdpMode::Default)
+            .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e}"));
+        let id = p.info().expect("program info").id();
+        Attached { _ebpf: ebpf, id }
+    })
+}

@@ -94,10 +94,16 @@ struct Daemon {
     unattached: Vec<crate::netlink::Interface>,
 }
 
+/// Spare Maglev rings beyond one per virtual server, at the most virtual servers.
+const MIN_SPARE_RINGS: u32 = 16;
+
 fn ring_count(config: &Config) -> u32 {
-    // Two rings per virtual server, room to double the count on reload.
-    let want = (config.virtual_servers.len() as u32 * 4).max(DEFAULT_RING_COUNT);
-    want.min(2 * MAX_VS)
+    // One ring per virtual server and spares new tables are written into (decision
+    // 0013): a quarter more, at least 16, so that a reload may add virtual servers.
+    let n = config.virtual_servers.len() as u32;
+    (n + (n / 4).max(MIN_SPARE_RINGS))
+        .max(DEFAULT_RING_COUNT)
+        .min(MAX_VS + MIN_SPARE_RINGS)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{Xdp, XdpMode},
     util::nr_cpus,
     Ebpf, EbpfLoader,
@@ -89,7 +89,7 @@ pub fn attach(
 /// [`DataplaneRead`]. The programs stay in [`Programs`].
 pub struct BpfDataplane {
     vs: HashMap<MapData, VsKey, VsInfo>,
-    rings: Array<MapData, u32>,
+    rings: RingMemory,
     reals: Array<MapData, RealInfo>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     own_macs: HashMap<MapData, [u8; 8], u32>,
@@ -158,7 +158,7 @@ impl BpfDataplane {
         };
         let dp = Self {
             vs: typed(&mut ebpf, VS_MAP)?,
-            rings: typed(&mut ebpf, VS_RINGS)?,
+            rings: RingMemory::map(typed(&mut ebpf, VS_RINGS)?)?,
             reals: typed(&mut ebpf, REALS)?,
             ifaces: typed(&mut ebpf, IFACES)?,
             own_macs: typed(&mut ebpf, OWN_MACS)?,
@@ -331,10 +331,13 @@ impl Dataplane for BpfDataplane {
         self.reals.set(id, *info, 0).map_err(map_err(REALS))
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        let ring = self.rings.ring_mut(ring_id)?;
         for &(slot, real) in slots {
-            self.rings
-                .set(ring_id * RING_STRIDE + slot, real, 0)
-                .map_err(map_err(VS_RINGS))?;
+            let at = ring.get_mut(slot as usize).ok_or(DataplaneError::Ring {
+                ring: ring_id,
+                slot,
+            })?;
+            *at = real;
         }
         Ok(())
     }
@@ -372,13 +375,13 @@ impl DataplaneContents for BpfDataplane {
             .collect()
     }
     fn ring(&self, ring_id: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
-        (0..len)
-            .map(|s| {
-                self.rings
-                    .get(&(ring_id * RING_STRIDE + s), 0)
-                    .map_err(map_err(VS_RINGS))
+        let ring = self.rings.ring(ring_id)?;
+        ring.get(..len as usize)
+            .map(<[u32]>::to_vec)
+            .ok_or(DataplaneError::Ring {
+                ring: ring_id,
+                slot: len,
             })
-            .collect()
     }
     fn settings(&self) -> Result<u32, DataplaneError> {
         self.settings.get(&0, 0).map_err(map_err(SETTINGS))
@@ -397,5 +400,99 @@ impl FlowReader for FlowsReader {
             *out.entry((v.real_id, v.real_generation)).or_default() += 1;
         }
         Ok(out)
+    }
+}
+
+/// `VS_RINGS` mapped into the daemon's memory (the map is `BPF_F_MMAPABLE`,
+/// `lb_common::maps::VS_RINGS_FLAGS`): a table is written into a ring as plain stores,
+/// a ring read back as a slice, instead of one syscall per slot (decision 0013). The
+/// data path sees a ring only once `VS_MAP` names it, and that update is a syscall
+/// made after the stores (the kernel publishes the new value with release order).
+struct RingMemory {
+    /// Keeps the map (and so the mapping's object) alive.
+    _map: Array<MapData, u32>,
+    base: std::ptr::NonNull<u32>,
+    /// Entries (`u32`s) mapped.
+    entries: usize,
+    /// Bytes mapped (whole pages).
+    bytes: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone; `&mut self` guards its writes.
+unsafe impl Send for RingMemory {}
+// SAFETY: shared references only read.
+unsafe impl Sync for RingMemory {}
+
+impl RingMemory {
+    fn map(map: Array<MapData, u32>) -> Result<Self, DataplaneError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let entries = map.len() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (entries * 4).div_ceil(page) * page;
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of a BPF array's own fd at offset 0, of the array's
+        // size rounded up to pages, as the kernel's mmap of BPF_F_MMAPABLE arrays takes.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataplaneError::Mmap {
+                map: VS_RINGS,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let base = std::ptr::NonNull::new(ptr.cast::<u32>()).ok_or(DataplaneError::Mmap {
+            map: VS_RINGS,
+            source: std::io::Error::other("mmap returned null"),
+        })?;
+        Ok(Self {
+            _map: map,
+            base,
+            entries,
+            bytes,
+        })
+    }
+
+    /// Returns: the range of ring `ring_id` among the entries, if the map has it.
+    fn range(&self, ring_id: u32) -> Result<std::ops::Range<usize>, DataplaneError> {
+        let start = ring_id as usize * RING_STRIDE as usize;
+        let end = start + RING_STRIDE as usize;
+        if end > self.entries {
+            return Err(DataplaneError::Ring {
+                ring: ring_id,
+                slot: 0,
+            });
+        }
+        Ok(start..end)
+    }
+
+    /// Returns: ring `ring_id`'s slots.
+    fn ring(&self, ring_id: u32) -> Result<&[u32], DataplaneError> {
+        let r = self.range(ring_id)?;
+        // SAFETY: within the mapping (checked above); u32 stores are aligned. The data
+        // path only reads the map; this process writes it only through `&mut self`.
+        Ok(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(r.start), r.len()) })
+    }
+
+    /// Returns: ring `ring_id`'s slots, to write.
+    fn ring_mut(&mut self, ring_id: u32) -> Result<&mut [u32], DataplaneError> {
+        let r = self.range(ring_id)?;
+        // SAFETY: as in `ring`, and `&mut self` makes this the only reference.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(r.start), r.len()) })
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

@@ -2,20 +2,22 @@
 //! losing flags, removals; for a whole configuration (`apply`) or one virtual server
 //! whose reals' health or overrides changed (`sync`).
 
+use std::collections::HashSet;
+
 use lb_common::SETTING_NAT;
 
 use super::{policy::Policy, ReconcileError, Reconciler};
 use crate::{
-    config::{Config, Method},
+    config::{Config, Method, VirtualServer},
     dataplane::Dataplane,
     model::RealKey,
 };
 
-/// Returns: every real and sorry server `config` names, in file order (the order new
-/// reals get their ids in).
-fn wanted_reals(config: &Config) -> Vec<RealKey> {
+/// Returns: every real and sorry server of `vss`, in file order (the order new reals
+/// get their ids in).
+fn wanted_reals(vss: &[&VirtualServer]) -> Vec<RealKey> {
     let mut out = Vec::new();
-    for vs in &config.virtual_servers {
+    for vs in vss {
         for r in &vs.real_servers {
             out.push(RealKey::real(&vs.name, r.address, r.port));
         }
@@ -28,12 +30,12 @@ fn wanted_reals(config: &Config) -> Vec<RealKey> {
 
 impl<D: Dataplane> Reconciler<D> {
     /// Makes the data path match `config` (reals keep their health and, unless the
-    /// file changed their weight, their runtime overrides). On error the data path
-    /// may hold part of the change; every step leaves it consistent (each table swap
-    /// is atomic).
+    /// file changed their weight, their runtime overrides). Only virtual servers whose
+    /// configuration changed (or that are new, or whose last sync failed) are looked
+    /// at: the others' reals and tables already match. On error the data path may hold
+    /// part of the change; every step leaves it consistent (each table swap is atomic).
     pub fn apply(&mut self, config: &Config) -> Result<(), ReconcileError> {
         self.tables.check_capacity(config)?;
-        let wanted = wanted_reals(config);
         self.policy.drop_stale_overrides(config);
         let tables = &self.tables;
         self.policy
@@ -55,6 +57,12 @@ impl<D: Dataplane> Reconciler<D> {
         for vs in &config.virtual_servers {
             self.tables.prepare(&mut self.dp, vs)?;
         }
+        let changed: Vec<&VirtualServer> = config
+            .virtual_servers
+            .iter()
+            .filter(|v| self.tables.is_stale(&v.name))
+            .collect();
+        let wanted = wanted_reals(&changed);
         // 1. New reals, not yet in any table (no flags); every real names its virtual
         // server's index.
         for key in &wanted {
@@ -67,8 +75,9 @@ impl<D: Dataplane> Reconciler<D> {
         }
         // 2. Reals' flags and tables. Reals leaving a virtual server that stays first
         // leave its table.
-        for vs in &config.virtual_servers {
+        for vs in &changed {
             self.sync(&vs.name)?;
+            self.tables.synced(&vs.name);
         }
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
         // fragment passes), so the order against the tables does not matter.
@@ -86,14 +95,30 @@ impl<D: Dataplane> Reconciler<D> {
             self.dp.set_fragment_takers(&takers)?;
             self.fragment_takers = Some(takers);
         }
-        // 3. Removals.
+        // 3. Removals: reals no longer listed by a changed virtual server, and those of
+        // virtual servers gone.
         self.tables.remove_absent(&mut self.dp, config)?;
-        let gone: Vec<RealKey> = self
-            .reals
-            .keys()
-            .filter(|k| !wanted.contains(k))
-            .cloned()
+        let names: HashSet<&str> = config
+            .virtual_servers
+            .iter()
+            .map(|v| v.name.as_str())
             .collect();
+        let changed: HashSet<&str> = changed.iter().map(|v| v.name.as_str()).collect();
+        let wanted: HashSet<&RealKey> = wanted.iter().collect();
+        let mut gone: Vec<RealKey> = Vec::new();
+        for vs in self.reals.vs_names() {
+            let listed = names.contains(vs.as_str());
+            if listed && !changed.contains(vs.as_str()) {
+                continue;
+            }
+            gone.extend(
+                self.reals
+                    .of_vs(&vs)
+                    .map(|(k, _)| k)
+                    .filter(|k| !listed || !wanted.contains(k))
+                    .cloned(),
+            );
+        }
         for key in gone {
             self.reals.remove(&mut self.dp, &key)?;
             self.policy.forget(&key);
@@ -109,12 +134,13 @@ impl<D: Dataplane> Reconciler<D> {
             return Ok(());
         };
         let table = self.policy.backends(cfg, |k| self.reals.id(k));
+        let in_table: HashSet<u32> = table.iter().map(|b| b.id).collect();
         let flags: Vec<(RealKey, u32)> = self
             .reals
             .of_vs(name)
             .map(|(k, id)| {
-                let in_table = table.iter().any(|b| b.id == id);
-                (k.clone(), Policy::flags(self.healthy(k), in_table))
+                let flags = Policy::flags(self.healthy(k), in_table.contains(&id));
+                (k.clone(), flags)
             })
             .collect();
         // 1. Gains first.

@@ -44,8 +44,9 @@ enum Cmd {
     Layers,
     /// Build a topology in namespaces, run xdpvs, send requests, print who answered.
     Demo,
-    /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN); with
-    /// --soak, run the daemon under mixed traffic, reloads and a flapping real instead.
+    /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN) and
+    /// the control plane's at scale; with --scale only the latter; with --soak, run the
+    /// daemon under mixed traffic, reloads and a flapping real instead.
     Bench {
         /// The long run: memory, descriptors and flows over `--minutes` (see
         /// tests/src/bin/soak.rs).
@@ -54,6 +55,10 @@ enum Cmd {
         /// Length of the soak, in minutes.
         #[arg(long, default_value_t = 30, requires = "soak")]
         minutes: u64,
+        /// Only the control plane at scale (tests/src/scale.rs): 1,000 virtual
+        /// servers of 100 reals applied and changed, Maglev, 10,000 probed reals.
+        #[arg(long, conflicts_with = "soak")]
+        scale: bool,
     },
 }
 
@@ -146,6 +151,7 @@ fn main() -> Result<()> {
         Cmd::Bench {
             soak: true,
             minutes,
+            ..
         } => {
             setup()?;
             build()?;
@@ -154,9 +160,15 @@ fn main() -> Result<()> {
                 .arg(minutes.to_string())
                 .env("XDPVS_BIN", xdpvs_bin()))
         }
-        Cmd::Bench { soak: false, .. } => {
+        Cmd::Bench {
+            soak: false, scale, ..
+        } => {
             setup()?;
-            run(&mut tests_bin("bench"))
+            let mut bench = tests_bin("bench");
+            if scale {
+                bench.args(["--", "--scale"]);
+            }
+            run(&mut bench)
         }
     }
 }

@@ -94,14 +94,16 @@ struct Daemon {
     unattached: Vec<crate::netlink::Interface>,
 }
 
-/// Spare Maglev rings beyond one per virtual server, at the most virtual servers.
-const MIN_SPARE_RINGS: u32 = 16;
+/// Spare Maglev rings beyond one per virtual server, at least.
+const MIN_SPARE_RINGS: u32 = 8;
 
-fn ring_count(config: &Config) -> u32 {
-    // One ring per virtual server and spares new tables are written into (decision
-    // 0013): a quarter more, at least 16, so that a reload may add virtual servers.
+/// Returns: the Maglev rings to load `VS_RINGS` with for `config`: one per virtual
+/// server and spares that new tables are written into (decision 0013), an eighth more
+/// and at least 8 so that a reload may add virtual servers; at least
+/// `DEFAULT_RING_COUNT`. Each ring takes 512 KiB (65,537 slots of 8 bytes).
+pub fn ring_count(config: &Config) -> u32 {
     let n = config.virtual_servers.len() as u32;
-    (n + (n / 4).max(MIN_SPARE_RINGS))
+    (n + (n / 8).max(MIN_SPARE_RINGS))
         .max(DEFAULT_RING_COUNT)
         .min(MAX_VS + MIN_SPARE_RINGS)
 }

@@ -37,9 +37,19 @@ impl<D: Dataplane> Reconciler<D> {
     pub fn apply(&mut self, config: &Config) -> Result<(), ReconcileError> {
         self.tables.check_capacity(config)?;
         self.policy.drop_stale_overrides(config);
+        // The one comparison of each virtual server with what was applied (100,000
+        // reals take milliseconds to compare).
+        let differs: Vec<bool> = config
+            .virtual_servers
+            .iter()
+            .map(|v| self.tables.config(&v.name) != Some(v))
+            .collect();
         let tables = &self.tables;
+        let differing = config.virtual_servers.iter().zip(&differs);
         self.policy
-            .keep_newly_probed_serving(config, |name| tables.config(name));
+            .keep_newly_probed_serving(differing.filter(|(_, &d)| d).map(|(v, _)| v), |name| {
+                tables.config(name)
+            });
         // NAT reply handling is switched on before the first NAT virtual server appears,
         // and off only after the last one is gone.
         let settings = if config
@@ -54,8 +64,8 @@ impl<D: Dataplane> Reconciler<D> {
         self.set_settings(self.settings | settings)?;
         // Virtual servers: slots for new ones (nothing the data path reads is written
         // before their tables), configurations recorded.
-        for vs in &config.virtual_servers {
-            self.tables.prepare(&mut self.dp, vs)?;
+        for (vs, &differs) in config.virtual_servers.iter().zip(&differs) {
+            self.tables.prepare(&mut self.dp, vs, differs)?;
         }
         let changed: Vec<&VirtualServer> = config
             .virtual_servers
@@ -74,10 +84,15 @@ impl<D: Dataplane> Reconciler<D> {
             }
         }
         // 2. Reals' flags and tables. Reals leaving a virtual server that stays first
-        // leave its table.
-        for vs in &changed {
-            self.sync(&vs.name)?;
-            self.tables.synced(&vs.name);
+        // leave its table. The tables of a few virtual servers at a time are built on
+        // every core, then installed one by one in the order above.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        for batch in changed.chunks(cores * 2) {
+            let mut built = self.build_tables(batch, cores).into_iter();
+            for vs in batch {
+                self.sync_with(&vs.name, built.next().flatten())?;
+                self.tables.synced(&vs.name);
+            }
         }
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
         // fragment passes), so the order against the tables does not matter.
@@ -130,6 +145,47 @@ impl<D: Dataplane> Reconciler<D> {
     /// Brings the flags of virtual server `name`'s reals and its table in line with
     /// the policy, in the order the module documents (steps 1-3).
     pub(super) fn sync(&mut self, name: &str) -> Result<(), ReconcileError> {
+        self.sync_with(name, None)
+    }
+
+    /// Returns: the Maglev table of each of `vss` whose table is to change (`None` for
+    /// the others), built on up to `cores` threads. The same tables `sync` would build,
+    /// so that a cold start of many virtual servers is not one core's work.
+    fn build_tables(&self, vss: &[&VirtualServer], cores: usize) -> Vec<Option<Vec<u32>>> {
+        let jobs: Vec<Option<(Vec<crate::maglev::Backend>, u32)>> = vss
+            .iter()
+            .map(|vs| {
+                let backends = self.policy.backends(vs, |k| self.reals.id(k));
+                (!self
+                    .tables
+                    .is_built_from(&vs.name, &backends, vs.table_size))
+                .then_some((backends, vs.table_size))
+            })
+            .collect();
+        if cores < 2 || jobs.iter().flatten().count() < 2 {
+            return vec![None; vss.len()];
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut out: Vec<Option<Vec<u32>>> = vec![None; vss.len()];
+        let results = std::sync::Mutex::new(&mut out);
+        std::thread::scope(|s| {
+            for _ in 0..cores.min(jobs.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    if let Some((backends, size)) = job {
+                        let table = crate::maglev::build(backends, *size);
+                        results.lock().expect("no panic while held")[i] = Some(table);
+                    }
+                });
+            }
+        });
+        out
+    }
+
+    /// [`Reconciler::sync`], with virtual server `name`'s table already built when it
+    /// is to change (`built`).
+    fn sync_with(&mut self, name: &str, built: Option<Vec<u32>>) -> Result<(), ReconcileError> {
         let Some(cfg) = self.tables.config(name) else {
             return Ok(());
         };
@@ -148,7 +204,7 @@ impl<D: Dataplane> Reconciler<D> {
             self.reals.gain(&mut self.dp, key, *want)?;
         }
         // 2. The table.
-        self.tables.install(&mut self.dp, name, &table)?;
+        self.tables.install(&mut self.dp, name, &table, built)?;
         // 3. Losses.
         for (key, want) in &flags {
             self.reals.lose(&mut self.dp, key, *want)?;

@@ -154,18 +154,16 @@ impl Policy {
     }
 
     /// On a reload: a real whose probe is switched on keeps serving until the probe says
-    /// otherwise. `applied` gives a virtual server's configuration before the reload.
-    pub fn keep_newly_probed_serving<'a>(
+    /// otherwise. `changed`: the virtual servers of the new file that differ from what
+    /// was applied (in the others no probe was switched on); `applied` gives a virtual
+    /// server's configuration before the reload.
+    pub fn keep_newly_probed_serving<'a, 'b>(
         &mut self,
-        config: &Config,
+        changed: impl Iterator<Item = &'b VirtualServer>,
         applied: impl Fn(&str) -> Option<&'a VirtualServer>,
     ) {
-        for vs in &config.virtual_servers {
+        for vs in changed {
             let before = applied(&vs.name);
-            if before == Some(vs) {
-                // Unchanged: no probe was switched on.
-                continue;
-            }
             for r in &vs.real_servers {
                 let key = RealKey::real(&vs.name, r.address, r.port);
                 if r.health_check.kind != CheckType::None

@@ -70,7 +70,11 @@ fn one_real_changed_among_many_rewrites_only_its_virtual_server() {
     // The same file again: nothing is written.
     r.apply(&many(VSS, 20, |_, _| 1)).unwrap();
     let dp = r.dataplane();
-    assert_eq!((dp.slot_writes, dp.value_writes), (0, 0), "an unchanged reload writes nothing");
+    assert_eq!(
+        (dp.slot_writes, dp.value_writes),
+        (0, 0),
+        "an unchanged reload writes nothing"
+    );
 
     // One real of vs17 gets weight 3.
     r.apply(&many(VSS, 20, |v, r| if (v, r) == (17, 4) { 3 } else { 1 }))
@@ -87,7 +91,11 @@ fn one_real_changed_among_many_rewrites_only_its_virtual_server() {
         "only the ring vs17 now reads was written"
     );
     // Its first new table goes into a spare never written: all of it, once.
-    assert!(dp.slot_writes <= 1009, "one table at most: {}", dp.slot_writes);
+    assert!(
+        dp.slot_writes <= 1009,
+        "one table at most: {}",
+        dp.slot_writes
+    );
     let vs17: BTreeSet<u32> = r.reals.of_vs("vs17").map(|(_, id)| id).collect();
     let reals_written: BTreeSet<u32> = dp
         .reals
@@ -95,8 +103,15 @@ fn one_real_changed_among_many_rewrites_only_its_virtual_server() {
         .filter(|(id, info)| before.reals.get(id) != Some(info))
         .map(|(id, _)| *id)
         .collect();
-    assert!(reals_written.is_subset(&vs17), "REALS written beyond vs17: {reals_written:?}");
-    assert_eq!(dp.value_writes, 1 + reals_written.len(), "one VS_MAP value, vs17's reals");
+    assert!(
+        reals_written.is_subset(&vs17),
+        "REALS written beyond vs17: {reals_written:?}"
+    );
+    assert_eq!(
+        dp.value_writes,
+        1 + reals_written.len(),
+        "one VS_MAP value, vs17's reals"
+    );
 }
 
 #[test]
@@ -127,9 +142,17 @@ fn a_real_added_and_one_removed_touch_only_their_virtual_server() {
         .filter(|&v| dp.vs.get(&vs_key(v)) != before.get(&vs_key(v)))
         .collect();
     assert_eq!(changed, [3]);
-    assert!(r.real_id(&RealKey::real("vs3", "10.3.0.1".parse().unwrap(), 80)).is_none());
-    assert!(r.real_id(&RealKey::real("vs3", "10.3.0.99".parse().unwrap(), 80)).is_some());
-    assert_eq!(r.reals.of_vs("vs2").count(), 5, "other virtual servers keep their reals");
+    assert!(r
+        .real_id(&RealKey::real("vs3", "10.3.0.1".parse().unwrap(), 80))
+        .is_none());
+    assert!(r
+        .real_id(&RealKey::real("vs3", "10.3.0.99".parse().unwrap(), 80))
+        .is_some());
+    assert_eq!(
+        r.reals.of_vs("vs2").count(),
+        5,
+        "other virtual servers keep their reals"
+    );
 }
 
 #[test]
@@ -142,21 +165,28 @@ fn one_ring_per_virtual_server_and_one_spare_are_enough() {
         for v in 0..3 {
             let w = |vv: usize, rr: usize| if vv <= v && rr == 0 { 2 + round } else { 1 };
             r.apply(&many(3, 4, w)).unwrap();
-            let rings: BTreeSet<u32> = (0..3).map(|v| r.dataplane().vs[&vs_key(v)].ring_id).collect();
-            assert_eq!(rings.len(), 3, "round {round}, vs{v}: rings shared: {rings:?}");
+            let rings: BTreeSet<u32> = (0..3)
+                .map(|v| r.dataplane().vs[&vs_key(v)].ring_id)
+                .collect();
+            assert_eq!(
+                rings.len(),
+                3,
+                "round {round}, vs{v}: rings shared: {rings:?}"
+            );
             for v in 0..3 {
                 let name = format!("vs{v}");
                 let live = r.live_table(&name).unwrap().to_vec();
-                assert_eq!(r.dataplane().table(&vs_key(v)).unwrap(), live, "{name} reads its table");
+                assert_eq!(
+                    r.dataplane().table(&vs_key(v)).unwrap(),
+                    live,
+                    "{name} reads its table"
+                );
             }
         }
     }
     // A fourth virtual server would leave no spare to write a table into.
     let e = r.apply(&many(4, 4, |_, _| 1)).unwrap_err();
-    assert!(
-        matches!(e, ReconcileError::Capacity { max: 3, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, ReconcileError::Capacity { max: 3, .. }), "{e}");
 }
 
 #[test]
@@ -166,10 +196,12 @@ fn a_ring_another_virtual_server_left_is_taken_only_after_older_spares() {
     r.apply(&many(2, 3, |_, _| 1)).unwrap();
     let ring = |r: &Reconciler<MemoryDataplane>, v| r.dataplane().vs[&vs_key(v)].ring_id;
     let (a0, b0) = (ring(&r, 0), ring(&r, 1));
-    let first_heavier = |v0: u32, v1: u32| move |v: usize, r: usize| match (v, r) {
-        (0, 0) => v0,
-        (1, 0) => v1,
-        _ => 1,
+    let first_heavier = |v0: u32, v1: u32| {
+        move |v: usize, r: usize| match (v, r) {
+            (0, 0) => v0,
+            (1, 0) => v1,
+            _ => 1,
+        }
     };
     // vs0 changes: it leaves a0.
     r.apply(&many(2, 3, first_heavier(2, 1))).unwrap();
@@ -178,10 +210,17 @@ fn a_ring_another_virtual_server_left_is_taken_only_after_older_spares() {
     // vs1 changes: a never-read spare is older than a0, so a0 rests.
     r.apply(&many(2, 3, first_heavier(2, 2))).unwrap();
     let b1 = ring(&r, 1);
-    assert!(![a0, a1, b0].contains(&b1), "vs1 took {b1}: a0 {a0} a1 {a1} b0 {b0}");
+    assert!(
+        ![a0, a1, b0].contains(&b1),
+        "vs1 took {b1}: a0 {a0} a1 {a1} b0 {b0}"
+    );
     // vs0 changes again: it takes back a0, its own, writing only changed slots.
     let writes = r.dataplane().slot_writes;
     r.apply(&many(2, 3, first_heavier(1, 2))).unwrap();
     assert_eq!(ring(&r, 0), a0);
-    assert_eq!(r.dataplane().slot_writes, writes, "a0 already held exactly this table");
+    assert_eq!(
+        r.dataplane().slot_writes,
+        writes,
+        "a0 already held exactly this table"
+    );
 }

@@ -49,6 +49,17 @@ struct VsSlot {
     built: Option<(u32, Vec<(Vec<u8>, u32, u32)>)>,
 }
 
+/// Returns: what a table is built from, in a form to compare (identity, weight, id;
+/// sorted).
+fn built_key(backends: &[maglev::Backend]) -> Vec<(Vec<u8>, u32, u32)> {
+    let mut key: Vec<(Vec<u8>, u32, u32)> = backends
+        .iter()
+        .map(|b| (b.identity.clone(), b.weight, b.id))
+        .collect();
+    key.sort_unstable();
+    key
+}
+
 /// A ring no virtual server reads.
 #[derive(Debug)]
 struct Spare {
@@ -118,7 +129,9 @@ impl Tables {
             shadows: HashMap::new(),
             // Reversed so that pop() hands out 0, 1, 2, ...
             free_vs: (0..max_vs).rev().collect(),
-            spare: (0..ring_count).map(|ring| Spare { ring, left: None }).collect(),
+            spare: (0..ring_count)
+                .map(|ring| Spare { ring, left: None })
+                .collect(),
         }
     }
 
@@ -189,12 +202,13 @@ impl Tables {
     }
 
     /// Makes sure virtual server `vs` has a slot (a new one if its VIP, port or
-    /// protocol changed) and records its configuration. Its table is written by
-    /// [`Tables::install`].
+    /// protocol changed) and records its configuration (`differs`: it is not the one
+    /// applied). Its table is written by [`Tables::install`].
     pub fn prepare(
         &mut self,
         dp: &mut impl Dataplane,
         vs: &VirtualServer,
+        differs: bool,
     ) -> Result<(), ReconcileError> {
         let (key, params) = vs_value(vs);
         if let Some(slot) = self.vss.get(&vs.name) {
@@ -205,7 +219,7 @@ impl Tables {
             }
         }
         if let Some(slot) = self.vss.get_mut(&vs.name) {
-            if slot.cfg != *vs {
+            if differs {
                 slot.cfg = vs.clone();
                 slot.stale = true;
             }
@@ -236,31 +250,38 @@ impl Tables {
         Ok(())
     }
 
+    /// Returns: whether virtual server `name`'s live table is the one of `backends` at
+    /// `size` slots (so it need not be built again).
+    pub fn is_built_from(&self, name: &str, backends: &[maglev::Backend], size: u32) -> bool {
+        self.vss.get(name).is_some_and(|slot| {
+            slot.ring.is_some_and(|r| self.shadows.contains_key(&r))
+                && slot
+                    .built
+                    .as_ref()
+                    .is_some_and(|(s, b)| *s == size && *b == built_key(backends))
+        })
+    }
+
     /// Installs the Maglev table of `backends` for virtual server `name` unless the
     /// live one already is exactly that: into a spare ring, changed slots only, then
     /// one `VS_MAP` update that makes it live; the ring it leaves becomes a spare.
+    /// `prebuilt`: that table, if it was built already.
     pub fn install(
         &mut self,
         dp: &mut impl Dataplane,
         name: &str,
         backends: &[maglev::Backend],
+        prebuilt: Option<Vec<u32>>,
     ) -> Result<(), ReconcileError> {
+        let size = self.vss.get(name).expect("prepared").cfg.table_size;
+        let same_set = self.is_built_from(name, backends, size);
         let slot = self.vss.get(name).expect("prepared");
-        let size = slot.cfg.table_size;
-        let mut wanted: Vec<(Vec<u8>, u32, u32)> = backends
-            .iter()
-            .map(|b| (b.identity.clone(), b.weight, b.id))
-            .collect();
-        wanted.sort_unstable();
-        let same_set = slot
-            .built
-            .as_ref()
-            .is_some_and(|(s, b)| *s == size && *b == wanted);
+        let wanted = built_key(backends);
         let live = slot.ring.filter(|r| self.shadows.contains_key(r));
         let table = match live {
             // The live table was built from these backends: it is this table.
             Some(_) if same_set => None,
-            _ => Some(maglev::build(backends, size)),
+            _ => Some(prebuilt.unwrap_or_else(|| maglev::build(backends, size))),
         };
         let unchanged = match (&table, live) {
             (None, Some(_)) => true,

@@ -321,6 +321,9 @@ fn memory() {
 }
 
 fn main() {
+    if tests::scale::only() {
+        return tests::scale::run();
+    }
     memory();
     all_probes();
     let mut y = String::from("interfaces: [lo]\ntunnel_source: [10.0.1.1, 'fd00:1::1']\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    real_servers:\n");
@@ -401,6 +404,7 @@ fn main() {
     );
     routed(&f);
     fuzz();
+    tests::scale::run();
 }
 
 /// The fuzzer's long run: ten times the test's packets, its figures as one line.

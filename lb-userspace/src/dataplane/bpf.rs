@@ -331,15 +331,7 @@ impl Dataplane for BpfDataplane {
         self.reals.set(id, *info, 0).map_err(map_err(REALS))
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
-        let ring = self.rings.ring_mut(ring_id)?;
-        for &(slot, real) in slots {
-            let at = ring.get_mut(slot as usize).ok_or(DataplaneError::Ring {
-                ring: ring_id,
-                slot,
-            })?;
-            *at = real;
-        }
-        Ok(())
+        self.rings.write(ring_id, slots)
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
         self.vs.insert(*key, *info, 0).map_err(map_err(VS_MAP))
@@ -375,13 +367,7 @@ impl DataplaneContents for BpfDataplane {
             .collect()
     }
     fn ring(&self, ring_id: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
-        let ring = self.rings.ring(ring_id)?;
-        ring.get(..len as usize)
-            .map(<[u32]>::to_vec)
-            .ok_or(DataplaneError::Ring {
-                ring: ring_id,
-                slot: len,
-            })
+        self.rings.read(ring_id, len)
     }
     fn settings(&self) -> Result<u32, DataplaneError> {
         self.settings.get(&0, 0).map_err(map_err(SETTINGS))
@@ -405,14 +391,17 @@ impl FlowReader for FlowsReader {
 
 /// `VS_RINGS` mapped into the daemon's memory (the map is `BPF_F_MMAPABLE`,
 /// `lb_common::maps::VS_RINGS_FLAGS`): a table is written into a ring as plain stores,
-/// a ring read back as a slice, instead of one syscall per slot (decision 0013). The
+/// a ring read back the same way, instead of one syscall per slot (decision 0013). The
 /// data path sees a ring only once `VS_MAP` names it, and that update is a syscall
 /// made after the stores (the kernel publishes the new value with release order).
+///
+/// A BPF array's elements are 8-byte aligned: element `i`, a `u32`, is the first four
+/// of the 8 bytes at `8 * i`.
 struct RingMemory {
     /// Keeps the map (and so the mapping's object) alive.
     _map: Array<MapData, u32>,
-    base: std::ptr::NonNull<u32>,
-    /// Entries (`u32`s) mapped.
+    base: std::ptr::NonNull<u64>,
+    /// Elements mapped.
     entries: usize,
     /// Bytes mapped (whole pages).
     bytes: usize,
@@ -423,13 +412,16 @@ unsafe impl Send for RingMemory {}
 // SAFETY: shared references only read.
 unsafe impl Sync for RingMemory {}
 
+/// Bytes of one `VS_RINGS` element in the map's memory.
+const RING_ELEMENT: usize = 8;
+
 impl RingMemory {
     fn map(map: Array<MapData, u32>) -> Result<Self, DataplaneError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let entries = map.len() as usize;
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (entries * 4).div_ceil(page) * page;
+        let bytes = (entries * RING_ELEMENT).div_ceil(page) * page;
         let fd = map.map().fd().as_fd().as_raw_fd();
         // SAFETY: a shared mapping of a BPF array's own fd at offset 0, of the array's
         // size rounded up to pages, as the kernel's mmap of BPF_F_MMAPABLE arrays takes.
@@ -449,7 +441,7 @@ impl RingMemory {
                 source: std::io::Error::last_os_error(),
             });
         }
-        let base = std::ptr::NonNull::new(ptr.cast::<u32>()).ok_or(DataplaneError::Mmap {
+        let base = std::ptr::NonNull::new(ptr.cast::<u64>()).ok_or(DataplaneError::Mmap {
             map: VS_RINGS,
             source: std::io::Error::other("mmap returned null"),
         })?;
@@ -461,32 +453,39 @@ impl RingMemory {
         })
     }
 
-    /// Returns: the range of ring `ring_id` among the entries, if the map has it.
-    fn range(&self, ring_id: u32) -> Result<std::ops::Range<usize>, DataplaneError> {
-        let start = ring_id as usize * RING_STRIDE as usize;
-        let end = start + RING_STRIDE as usize;
-        if end > self.entries {
+    /// Returns: the element index of slot `slot` of ring `ring_id`, if the map has it.
+    fn index(&self, ring_id: u32, slot: u32) -> Result<usize, DataplaneError> {
+        let i = ring_id as usize * RING_STRIDE as usize + slot as usize;
+        if slot >= RING_STRIDE || i >= self.entries {
             return Err(DataplaneError::Ring {
                 ring: ring_id,
-                slot: 0,
+                slot,
             });
         }
-        Ok(start..end)
+        Ok(i)
     }
 
-    /// Returns: ring `ring_id`'s slots.
-    fn ring(&self, ring_id: u32) -> Result<&[u32], DataplaneError> {
-        let r = self.range(ring_id)?;
-        // SAFETY: within the mapping (checked above); u32 stores are aligned. The data
-        // path only reads the map; this process writes it only through `&mut self`.
-        Ok(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(r.start), r.len()) })
+    /// Writes `(slot, real_id)` pairs into ring `ring_id`.
+    fn write(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        for &(slot, real) in slots {
+            let i = self.index(ring_id, slot)?;
+            // SAFETY: element `i` is within the mapping (checked) and its first four
+            // bytes are aligned for a u32; `&mut self` makes this the process's only
+            // access.
+            unsafe { self.base.as_ptr().add(i).cast::<u32>().write(real) };
+        }
+        Ok(())
     }
 
-    /// Returns: ring `ring_id`'s slots, to write.
-    fn ring_mut(&mut self, ring_id: u32) -> Result<&mut [u32], DataplaneError> {
-        let r = self.range(ring_id)?;
-        // SAFETY: as in `ring`, and `&mut self` makes this the only reference.
-        Ok(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(r.start), r.len()) })
+    /// Returns: the first `len` slots of ring `ring_id`.
+    fn read(&self, ring_id: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
+        (0..len)
+            .map(|slot| {
+                let i = self.index(ring_id, slot)?;
+                // SAFETY: as in `write`, a read.
+                Ok(unsafe { self.base.as_ptr().add(i).cast::<u32>().read() })
+            })
+            .collect()
     }
 }
 

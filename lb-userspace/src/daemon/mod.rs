@@ -103,9 +103,7 @@ const MIN_SPARE_RINGS: u32 = 8;
 /// `DEFAULT_RING_COUNT`. Each ring takes 512 KiB (65,537 slots of 8 bytes).
 pub fn ring_count(config: &Config) -> u32 {
     let n = config.virtual_servers.len() as u32;
-    (n + (n / 8).max(MIN_SPARE_RINGS))
-        .max(DEFAULT_RING_COUNT)
-        .min(MAX_VS + MIN_SPARE_RINGS)
+    (n + (n / 8).max(MIN_SPARE_RINGS)).clamp(DEFAULT_RING_COUNT, MAX_VS + MIN_SPARE_RINGS)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.

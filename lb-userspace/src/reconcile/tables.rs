@@ -46,12 +46,14 @@ struct VsSlot {
     stale: bool,
     /// The backends (identity, weight, id) and size the live table was built from: an
     /// equal set gives an equal table, which is then neither rebuilt nor rewritten.
-    built: Option<(u32, Vec<(Vec<u8>, u32, u32)>)>,
+    built: Option<(u32, BuiltFrom)>,
 }
 
-/// Returns: what a table is built from, in a form to compare (identity, weight, id;
-/// sorted).
-fn built_key(backends: &[maglev::Backend]) -> Vec<(Vec<u8>, u32, u32)> {
+/// What a table is built from: (identity, weight, id) of each backend, sorted.
+type BuiltFrom = Vec<(Vec<u8>, u32, u32)>;
+
+/// Returns: what a table is built from, in a form to compare.
+fn built_key(backends: &[maglev::Backend]) -> BuiltFrom {
     let mut key: Vec<(Vec<u8>, u32, u32)> = backends
         .iter()
         .map(|b| (b.identity.clone(), b.weight, b.id))

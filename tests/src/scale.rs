@@ -7,7 +7,8 @@
 //!   unprobed reals, so every table is full at once) applied by the daemon's
 //!   reconciler into a loaded balancer object, as a first start does; then every
 //!   real's next hop (`scale_next_hops`); and the kernel memory of the maps that grow
-//!   with virtual servers (`scale_memory`);
+//!   with virtual servers (`scale_memory`); then the cold start again with tables of
+//!   16,381 slots;
 //! - `scale_one_real`: the same file with one real's weight changed, applied as a
 //!   reload: what it took and what it wrote (virtual servers, rings, slots, reals);
 //!   `scale_one_disable`: one real disabled at run time (`xdpvs real disable`);
@@ -65,6 +66,7 @@ pub fn run() {
     }
     if wants("reconcile") {
         reconcile();
+        cold_apply_smaller_tables();
     }
     if wants("probes") {
         probe_close();
@@ -114,10 +116,15 @@ fn ms(d: Duration) -> f64 {
 /// Returns: the configuration of 1,000 virtual servers of 100 reals; the real `(v, r)`
 /// of `heavier`, if any, has weight 2.
 fn config(heavier: Option<(usize, usize)>) -> Config {
+    config_of(heavier, 65537)
+}
+
+/// [`config`], every virtual server with `table_size` slots.
+fn config_of(heavier: Option<(usize, usize)>, table_size: u32) -> Config {
     let mut y = String::from("interfaces: [lo]\nvirtual_servers:\n");
     for v in 0..VSS {
         y.push_str(&format!(
-            "  - name: vs{v}\n    address: 10.100.{}.{}\n    port: 80\n    protocol: tcp\n    health_check: {{ type: none }}\n    real_servers:\n",
+            "  - name: vs{v}\n    address: 10.100.{}.{}\n    port: 80\n    protocol: tcp\n    health_check: {{ type: none }}\n    table_size: {table_size}\n    real_servers:\n",
             v / 250,
             v % 250 + 1
         ));
@@ -250,6 +257,30 @@ fn memlock(name: &str) -> Option<(u64, u64)> {
         }
     }
     None
+}
+
+/// The cold start again with tables of 16,381 slots (163 per real): what the table
+/// size costs a start.
+fn cold_apply_smaller_tables() {
+    const SIZE: u32 = 16381;
+    let cold = config_of(None, SIZE);
+    let rings = xdpvs::daemon::ring_count(&cold);
+    let ebpf = bpf::load(bpf::LoadOptions {
+        flow_entries: 65536,
+        ring_count: rings,
+    })
+    .expect("load BPF object");
+    let (dp, _programs) = BpfDataplane::new(ebpf).expect("maps");
+    let mut rec = Reconciler::new(dp, MAX_VS, rings);
+    let (start, cpu0, all0) = (Instant::now(), thread_cpu(), process_cpu());
+    rec.apply(&cold).expect("cold apply");
+    let (took, cpu, all) = (start.elapsed(), thread_cpu() - cpu0, process_cpu() - all0);
+    println!(
+        "{{\"bench\":\"scale_cold_apply\",\"virtual_servers\":{VSS},\"reals_each\":{REALS},\"table_size\":{SIZE},\"ms\":{:.0},\"cpu_ms\":{:.0},\"all_cpu_ms\":{:.0}}}",
+        ms(took),
+        ms(cpu),
+        ms(all)
+    );
 }
 
 fn reconcile() {

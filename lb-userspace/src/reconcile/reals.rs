@@ -186,6 +186,11 @@ impl Reals {
             what: "real servers",
             max: MAX_REALS,
         })?;
+        // An id never handed out (generation 0, here or by an earlier daemon whose
+        // maps were adopted) was never in a table, so no packet counted under it: its
+        // counters need no zeroing (a cold start of 100,000 reals saves as many
+        // syscalls).
+        let used = self.generations[id as usize] != 0;
         let generation = self.next_generation(id);
         let info = RealInfo {
             role: if key.sorry {
@@ -196,7 +201,9 @@ impl Reals {
             vs_index: vs_index as u16,
             ..self.real_info(key.addr, key.port, generation)
         };
-        dp.reset_counters(None, Some(id))?;
+        if used {
+            dp.reset_counters(None, Some(id))?;
+        }
         dp.set_real(id, &info)?;
         self.insert(key.clone(), RealSlot { id, info });
         Ok(())

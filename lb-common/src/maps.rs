@@ -28,8 +28,9 @@
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
 pub const VS_MAP: &str = "VS_MAP";
-/// Maglev rings, `RING_STRIDE` slots each, two per virtual server (one live, one being
-/// written). Array of real ids.
+/// Maglev rings, `RING_STRIDE` slots each: one live per virtual server, and spares a
+/// new table is written into before it goes live (decision 0013). Array of real ids,
+/// mappable ([`VS_RINGS_FLAGS`]).
 pub const VS_RINGS: &str = "VS_RINGS";
 /// Real servers by id. Array.
 pub const REALS: &str = "REALS";
@@ -100,12 +101,17 @@ pub const PROG_PASS: &str = "xdpvs_pass";
 pub const PROGRAMS: &[&str] = &[PROG_LB, PROG_PASS];
 
 /// Most virtual servers the data path holds (VS_MAP entries, STATS_VS slots).
-pub const MAX_VS: u32 = 256;
-/// Most real servers, over all virtual servers (REALS entries, STATS_REAL slots).
-pub const MAX_REALS: u32 = 4096;
-/// Default number of Maglev rings (two per virtual server). `VS_RINGS` holds
-/// `ring_count * RING_STRIDE` entries; the daemon sets it at load time.
+pub const MAX_VS: u32 = 1024;
+/// Most real servers, over all virtual servers (REALS entries, STATS_REAL slots): 100
+/// for each of 1,000 virtual servers, with room for their sorry servers.
+pub const MAX_REALS: u32 = 131_072;
+/// Default number of Maglev rings (one per virtual server, plus spares to write new
+/// tables into: decision 0013). `VS_RINGS` holds `ring_count * RING_STRIDE` entries;
+/// the daemon sets it at load time.
 pub const DEFAULT_RING_COUNT: u32 = 64;
+/// `VS_RINGS` map flags: `BPF_F_MMAPABLE`, so that the daemon writes a table into a
+/// ring as memory (a copy of 256 KiB) rather than one syscall per slot (decision 0013).
+pub const VS_RINGS_FLAGS: u32 = 1 << 10;
 /// Default connection table size (entries); the daemon may set another at load time.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// Size of `NAT_FRAGS`: fragmented NAT replies whose later fragments are still on

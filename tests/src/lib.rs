@@ -15,6 +15,7 @@ pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod scale;
 
 /// Panics unless running as root: a root-only test must fail loudly, never pass quietly.
 pub fn require_root() {

@@ -44,9 +44,10 @@ enum Cmd {
     Layers,
     /// Build a topology in namespaces, run xdpvs, send requests, print who answered.
     Demo,
-    /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN, then the
-    /// live bench); with --live, the live bench only; with --soak, run the daemon under
-    /// mixed traffic, reloads and a flapping real instead.
+    /// Print per-packet costs of the data path as JSON lines (BPF_PROG_TEST_RUN), the
+    /// control plane's at scale, then the live bench; with --live or --scale, that part
+    /// only; with --soak, run the daemon under mixed traffic, reloads and a flapping
+    /// real instead.
     Bench {
         /// The long run: memory, descriptors and flows over `--minutes` (see
         /// tests/src/bin/soak.rs).
@@ -59,6 +60,10 @@ enum Cmd {
         /// Length of the soak, in minutes.
         #[arg(long, default_value_t = 30, requires = "soak")]
         minutes: u64,
+        /// Only the control plane at scale (tests/src/scale.rs): 1,000 virtual
+        /// servers of 100 reals applied and changed, Maglev, 10,000 probed reals.
+        #[arg(long, conflicts_with_all = ["soak", "live"])]
+        scale: bool,
     },
 }
 
@@ -161,7 +166,10 @@ fn main() -> Result<()> {
                 .env("XDPVS_BIN", xdpvs_bin()))
         }
         Cmd::Bench {
-            soak: false, live, ..
+            soak: false,
+            live,
+            scale,
+            ..
         } => {
             setup()?;
             // The live bench runs the daemon's release build.
@@ -169,6 +177,8 @@ fn main() -> Result<()> {
             let mut bench = tests_bin("bench");
             if live {
                 bench.args(["--", "--live"]);
+            } else if scale {
+                bench.args(["--", "--scale"]);
             }
             run(bench.env("XDPVS_BIN", xdpvs_bin()))
         }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     maps::{
         DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VLANS,
-        MAX_VS,
+        MAX_VS, VS_RINGS_FLAGS,
     },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
     VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
@@ -21,7 +21,8 @@ pub static VS_MAP: HashMap<VsKey, VsInfo> = HashMap::with_max_entries(MAX_VS, BP
 
 /// Maglev rings: slot -> real id. Written by the daemon into the ring not in use.
 #[map]
-pub static VS_RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_COUNT * RING_STRIDE, 0);
+pub static VS_RINGS: Array<u32> =
+    Array::with_max_entries(DEFAULT_RING_COUNT * RING_STRIDE, VS_RINGS_FLAGS);
 
 /// Real id -> real server. Written by the daemon.
 #[map]
@@ -94,4 +95,5 @@ pub static NAT_STATE: LruHashMap<FlowKey, NatState> =
 
 /// A NAT real's address and port -> the VIP:port it alone serves. Written by the daemon.
 #[map]
-pub static NAT_REALS: HashMap<VsKey, NatState> = HashMap::with_max_entries(MAX_REALS, 0);
+pub static NAT_REALS: HashMap<VsKey, NatState> =
+    HashMap::with_max_entries(MAX_REALS, BPF_F_NO_PREALLOC);

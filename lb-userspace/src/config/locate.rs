@@ -31,7 +31,7 @@ enum Frame {
 pub const MAX_DEPTH: usize = 32;
 
 /// Most nodes that aliases may add to a file, all expanded. Sharing a probe block
-/// among all 256 virtual servers adds a few thousand; a "billion laughs" (anchors of
+/// among all 1,024 virtual servers adds about ten thousand; a "billion laughs" (anchors of
 /// lists of aliases of the anchor before) adds exponentially many, which serde_yaml
 /// would expand until its own limit, taking seconds, before saying anything.
 pub const MAX_ALIAS_NODES: u64 = 100_000;

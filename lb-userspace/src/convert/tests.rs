@@ -124,7 +124,8 @@ fn virtual_servers_beyond_the_table_are_refused_and_the_output_still_validates()
     let dir = std::env::temp_dir().join(format!("xdpvs-convert-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("many.conf");
-    let text: String = (0..260)
+    let n = lb_common::maps::MAX_VS as usize + 4;
+    let text: String = (0..n)
         .map(|i| {
             format!(
                 "virtual_server 10.90.{}.{} 80 {{\n  lb_kind DR\n  real_server 10.91.0.1 80 {{\n  }}\n}}\n",
@@ -134,6 +135,7 @@ fn virtual_servers_beyond_the_table_are_refused_and_the_output_still_validates()
         })
         .collect();
     std::fs::write(&path, text).unwrap();
+    let most = format!("at most {} virtual servers", lb_common::maps::MAX_VS);
     let out = convert(Format::Keepalived, &path, &Options::default()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let c = config::parse(Path::new("many.yaml"), &out.yaml, &OnlyLoopback).unwrap();
@@ -141,9 +143,9 @@ fn virtual_servers_beyond_the_table_are_refused_and_the_output_still_validates()
     let refused = out
         .findings
         .iter()
-        .filter(|f| f.message.contains("at most 256 virtual servers"))
+        .filter(|f| f.message.contains(&most))
         .count();
-    assert_eq!(refused, 260 - lb_common::maps::MAX_VS as usize);
+    assert_eq!(refused, n - lb_common::maps::MAX_VS as usize);
 }
 
 /// A small deterministic generator (xorshift), for mutations that repeat run to run.

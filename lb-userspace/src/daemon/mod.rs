@@ -94,10 +94,16 @@ struct Daemon {
     unattached: Vec<crate::netlink::Interface>,
 }
 
-fn ring_count(config: &Config) -> u32 {
-    // Two rings per virtual server, room to double the count on reload.
-    let want = (config.virtual_servers.len() as u32 * 4).max(DEFAULT_RING_COUNT);
-    want.min(2 * MAX_VS)
+/// Spare Maglev rings beyond one per virtual server, at least.
+const MIN_SPARE_RINGS: u32 = 8;
+
+/// Returns: the Maglev rings to load `VS_RINGS` with for `config`: one per virtual
+/// server and spares that new tables are written into (decision 0013), an eighth more
+/// and at least 8 so that a reload may add virtual servers; at least
+/// `DEFAULT_RING_COUNT`. Each ring takes 512 KiB (65,537 slots of 8 bytes).
+pub fn ring_count(config: &Config) -> u32 {
+    let n = config.virtual_servers.len() as u32;
+    (n + (n / 8).max(MIN_SPARE_RINGS)).clamp(DEFAULT_RING_COUNT, MAX_VS + MIN_SPARE_RINGS)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{Xdp, XdpMode},
     util::nr_cpus,
     Ebpf, EbpfLoader,
@@ -90,7 +90,7 @@ pub fn attach(
 /// [`DataplaneRead`]. The programs stay in [`Programs`].
 pub struct BpfDataplane {
     vs: HashMap<MapData, VsKey, VsInfo>,
-    rings: Array<MapData, u32>,
+    rings: RingMemory,
     reals: Array<MapData, RealInfo>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     own_macs: HashMap<MapData, [u8; 8], u32>,
@@ -160,7 +160,7 @@ impl BpfDataplane {
         };
         let dp = Self {
             vs: typed(&mut ebpf, VS_MAP)?,
-            rings: typed(&mut ebpf, VS_RINGS)?,
+            rings: RingMemory::map(typed(&mut ebpf, VS_RINGS)?)?,
             reals: typed(&mut ebpf, REALS)?,
             ifaces: typed(&mut ebpf, IFACES)?,
             own_macs: typed(&mut ebpf, OWN_MACS)?,
@@ -350,12 +350,7 @@ impl Dataplane for BpfDataplane {
         self.reals.set(id, *info, 0).map_err(map_err(REALS))
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
-        for &(slot, real) in slots {
-            self.rings
-                .set(ring_id * RING_STRIDE + slot, real, 0)
-                .map_err(map_err(VS_RINGS))?;
-        }
-        Ok(())
+        self.rings.write(ring_id, slots)
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
         self.vs.insert(*key, *info, 0).map_err(map_err(VS_MAP))
@@ -391,13 +386,7 @@ impl DataplaneContents for BpfDataplane {
             .collect()
     }
     fn ring(&self, ring_id: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
-        (0..len)
-            .map(|s| {
-                self.rings
-                    .get(&(ring_id * RING_STRIDE + s), 0)
-                    .map_err(map_err(VS_RINGS))
-            })
-            .collect()
+        self.rings.read(ring_id, len)
     }
     fn settings(&self) -> Result<u32, DataplaneError> {
         self.settings.get(&0, 0).map_err(map_err(SETTINGS))
@@ -416,5 +405,112 @@ impl FlowReader for FlowsReader {
             *out.entry((v.real_id, v.real_generation)).or_default() += 1;
         }
         Ok(out)
+    }
+}
+
+/// `VS_RINGS` mapped into the daemon's memory (the map is `BPF_F_MMAPABLE`,
+/// `lb_common::maps::VS_RINGS_FLAGS`): a table is written into a ring as plain stores,
+/// a ring read back the same way, instead of one syscall per slot (decision 0013). The
+/// data path sees a ring only once `VS_MAP` names it, and that update is a syscall
+/// made after the stores (the kernel publishes the new value with release order).
+///
+/// A BPF array's elements are 8-byte aligned: element `i`, a `u32`, is the first four
+/// of the 8 bytes at `8 * i`.
+struct RingMemory {
+    /// Keeps the map (and so the mapping's object) alive.
+    _map: Array<MapData, u32>,
+    base: std::ptr::NonNull<u64>,
+    /// Elements mapped.
+    entries: usize,
+    /// Bytes mapped (whole pages).
+    bytes: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone; `&mut self` guards its writes.
+unsafe impl Send for RingMemory {}
+// SAFETY: shared references only read.
+unsafe impl Sync for RingMemory {}
+
+/// Bytes of one `VS_RINGS` element in the map's memory.
+const RING_ELEMENT: usize = 8;
+
+impl RingMemory {
+    fn map(map: Array<MapData, u32>) -> Result<Self, DataplaneError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let entries = map.len() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (entries * RING_ELEMENT).div_ceil(page) * page;
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of a BPF array's own fd at offset 0, of the array's
+        // size rounded up to pages, as the kernel's mmap of BPF_F_MMAPABLE arrays takes.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataplaneError::Mmap {
+                map: VS_RINGS,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let base = std::ptr::NonNull::new(ptr.cast::<u64>()).ok_or(DataplaneError::Mmap {
+            map: VS_RINGS,
+            source: std::io::Error::other("mmap returned null"),
+        })?;
+        Ok(Self {
+            _map: map,
+            base,
+            entries,
+            bytes,
+        })
+    }
+
+    /// Returns: the element index of slot `slot` of ring `ring_id`, if the map has it.
+    fn index(&self, ring_id: u32, slot: u32) -> Result<usize, DataplaneError> {
+        let i = ring_id as usize * RING_STRIDE as usize + slot as usize;
+        if slot >= RING_STRIDE || i >= self.entries {
+            return Err(DataplaneError::Ring {
+                ring: ring_id,
+                slot,
+            });
+        }
+        Ok(i)
+    }
+
+    /// Writes `(slot, real_id)` pairs into ring `ring_id`.
+    fn write(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        for &(slot, real) in slots {
+            let i = self.index(ring_id, slot)?;
+            // SAFETY: element `i` is within the mapping (checked) and its first four
+            // bytes are aligned for a u32; `&mut self` makes this the process's only
+            // access.
+            unsafe { self.base.as_ptr().add(i).cast::<u32>().write(real) };
+        }
+        Ok(())
+    }
+
+    /// Returns: the first `len` slots of ring `ring_id`.
+    fn read(&self, ring_id: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
+        (0..len)
+            .map(|slot| {
+                let i = self.index(ring_id, slot)?;
+                // SAFETY: as in `write`, a read.
+                Ok(unsafe { self.base.as_ptr().add(i).cast::<u32>().read() })
+            })
+            .collect()
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

@@ -16,7 +16,7 @@ use lb_common::{IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey};
 pub struct LoadOptions {
     /// Connection table entries.
     pub flow_entries: u32,
-    /// Maglev rings (two per virtual server).
+    /// Maglev rings (one per virtual server and spares, decision 0013).
     pub ring_count: u32,
 }
 
@@ -42,6 +42,14 @@ pub enum DataplaneError {
     Cpus(#[source] std::io::Error),
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
+    #[error("BPF map {map}: mapping it into memory: {source}")]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Maglev ring {ring} slot {slot} is beyond VS_RINGS")]
+    Ring { ring: u32, slot: u32 },
     #[error("BPF map {map}: duplicating its descriptor: {source}")]
     Dup {
         map: &'static str,

@@ -61,7 +61,6 @@ impl<D: Dataplane + DataplaneContents> Reconciler<D> {
         }
         found.virtual_servers.sort();
         found.removed.sort();
-        rec.tables.adopt_idle_rings()?;
         let all = rec.dp.reals()?;
         let (taken, orphans) = rec.reals.adopt(&all, |i| names.get(&i).cloned());
         for id in orphans {

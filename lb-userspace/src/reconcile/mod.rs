@@ -30,6 +30,8 @@ mod policy;
 mod reals;
 #[cfg(test)]
 mod same_table_tests;
+#[cfg(test)]
+mod scale_tests;
 mod tables;
 #[cfg(test)]
 mod tests;

@@ -2,22 +2,22 @@
 //! losing flags, removals; for a whole configuration (`apply`) or one virtual server
 //! whose reals' health or overrides changed (`sync`).
 
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::{hash_map::Entry, HashMap, HashSet};
 
 use lb_common::{NatState, VsKey, SETTING_NAT};
 
 use super::{policy::Policy, ReconcileError, Reconciler};
 use crate::{
-    config::{Config, Method},
+    config::{Config, Method, VirtualServer},
     dataplane::Dataplane,
     model::RealKey,
 };
 
-/// Returns: every real and sorry server `config` names, in file order (the order new
-/// reals get their ids in).
-fn wanted_reals(config: &Config) -> Vec<RealKey> {
+/// Returns: every real and sorry server of `vss`, in file order (the order new reals
+/// get their ids in).
+fn wanted_reals(vss: &[&VirtualServer]) -> Vec<RealKey> {
     let mut out = Vec::new();
-    for vs in &config.virtual_servers {
+    for vs in vss {
         for r in &vs.real_servers {
             out.push(RealKey::real(&vs.name, r.address, r.port));
         }
@@ -30,16 +30,26 @@ fn wanted_reals(config: &Config) -> Vec<RealKey> {
 
 impl<D: Dataplane> Reconciler<D> {
     /// Makes the data path match `config` (reals keep their health and, unless the
-    /// file changed their weight, their runtime overrides). On error the data path
-    /// may hold part of the change; every step leaves it consistent (each table swap
-    /// is atomic).
+    /// file changed their weight, their runtime overrides). Only virtual servers whose
+    /// configuration changed (or that are new, or whose last sync failed) are looked
+    /// at: the others' reals and tables already match. On error the data path may hold
+    /// part of the change; every step leaves it consistent (each table swap is atomic).
     pub fn apply(&mut self, config: &Config) -> Result<(), ReconcileError> {
         self.tables.check_capacity(config)?;
-        let wanted = wanted_reals(config);
         self.policy.drop_stale_overrides(config);
+        // The one comparison of each virtual server with what was applied (100,000
+        // reals take milliseconds to compare).
+        let differs: Vec<bool> = config
+            .virtual_servers
+            .iter()
+            .map(|v| self.tables.config(&v.name) != Some(v))
+            .collect();
         let tables = &self.tables;
+        let differing = config.virtual_servers.iter().zip(&differs);
         self.policy
-            .keep_newly_probed_serving(config, |name| tables.config(name));
+            .keep_newly_probed_serving(differing.filter(|(_, &d)| d).map(|(v, _)| v), |name| {
+                tables.config(name)
+            });
         // NAT reply handling is switched on before the first NAT virtual server appears,
         // and off only after the last one is gone.
         let settings = if config
@@ -54,9 +64,15 @@ impl<D: Dataplane> Reconciler<D> {
         self.set_settings(self.settings | settings)?;
         // Virtual servers: slots for new ones (nothing the data path reads is written
         // before their tables), configurations recorded.
-        for vs in &config.virtual_servers {
-            self.tables.prepare(&mut self.dp, vs)?;
+        for (vs, &differs) in config.virtual_servers.iter().zip(&differs) {
+            self.tables.prepare(&mut self.dp, vs, differs)?;
         }
+        let changed: Vec<&VirtualServer> = config
+            .virtual_servers
+            .iter()
+            .filter(|v| self.tables.is_stale(&v.name))
+            .collect();
+        let wanted = wanted_reals(&changed);
         // 1. New reals, not yet in any table (no flags); every real names its virtual
         // server's index.
         for key in &wanted {
@@ -68,9 +84,15 @@ impl<D: Dataplane> Reconciler<D> {
             }
         }
         // 2. Reals' flags and tables. Reals leaving a virtual server that stays first
-        // leave its table.
-        for vs in &config.virtual_servers {
-            self.sync(&vs.name)?;
+        // leave its table. The tables of a few virtual servers at a time are built on
+        // every core, then installed one by one in the order above.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        for batch in changed.chunks(cores * 2) {
+            let mut built = self.build_tables(batch, cores).into_iter();
+            for vs in batch {
+                self.sync_with(&vs.name, built.next().flatten())?;
+                self.tables.synced(&vs.name);
+            }
         }
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
         // fragment passes), so the order against the tables does not matter.
@@ -97,14 +119,30 @@ impl<D: Dataplane> Reconciler<D> {
             self.dp.set_nat_reals(&nat_reals)?;
             self.nat_reals = Some(nat_reals);
         }
-        // 3. Removals.
+        // 3. Removals: reals no longer listed by a changed virtual server, and those of
+        // virtual servers gone.
         self.tables.remove_absent(&mut self.dp, config)?;
-        let gone: Vec<RealKey> = self
-            .reals
-            .keys()
-            .filter(|k| !wanted.contains(k))
-            .cloned()
+        let names: HashSet<&str> = config
+            .virtual_servers
+            .iter()
+            .map(|v| v.name.as_str())
             .collect();
+        let changed: HashSet<&str> = changed.iter().map(|v| v.name.as_str()).collect();
+        let wanted: HashSet<&RealKey> = wanted.iter().collect();
+        let mut gone: Vec<RealKey> = Vec::new();
+        for vs in self.reals.vs_names() {
+            let listed = names.contains(vs.as_str());
+            if listed && !changed.contains(vs.as_str()) {
+                continue;
+            }
+            gone.extend(
+                self.reals
+                    .of_vs(&vs)
+                    .map(|(k, _)| k)
+                    .filter(|k| !listed || !wanted.contains(k))
+                    .cloned(),
+            );
+        }
         for key in gone {
             self.reals.remove(&mut self.dp, &key)?;
             self.policy.forget(&key);
@@ -116,16 +154,58 @@ impl<D: Dataplane> Reconciler<D> {
     /// Brings the flags of virtual server `name`'s reals and its table in line with
     /// the policy, in the order the module documents (steps 1-3).
     pub(super) fn sync(&mut self, name: &str) -> Result<(), ReconcileError> {
+        self.sync_with(name, None)
+    }
+
+    /// Returns: the Maglev table of each of `vss` whose table is to change (`None` for
+    /// the others), built on up to `cores` threads. The same tables `sync` would build,
+    /// so that a cold start of many virtual servers is not one core's work.
+    fn build_tables(&self, vss: &[&VirtualServer], cores: usize) -> Vec<Option<Vec<u32>>> {
+        let jobs: Vec<Option<(Vec<crate::maglev::Backend>, u32)>> = vss
+            .iter()
+            .map(|vs| {
+                let backends = self.policy.backends(vs, |k| self.reals.id(k));
+                (!self
+                    .tables
+                    .is_built_from(&vs.name, &backends, vs.table_size))
+                .then_some((backends, vs.table_size))
+            })
+            .collect();
+        if cores < 2 || jobs.iter().flatten().count() < 2 {
+            return vec![None; vss.len()];
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut out: Vec<Option<Vec<u32>>> = vec![None; vss.len()];
+        let results = std::sync::Mutex::new(&mut out);
+        std::thread::scope(|s| {
+            for _ in 0..cores.min(jobs.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    if let Some((backends, size)) = job {
+                        let table = crate::maglev::build(backends, *size);
+                        results.lock().expect("no panic while held")[i] = Some(table);
+                    }
+                });
+            }
+        });
+        out
+    }
+
+    /// [`Reconciler::sync`], with virtual server `name`'s table already built when it
+    /// is to change (`built`).
+    fn sync_with(&mut self, name: &str, built: Option<Vec<u32>>) -> Result<(), ReconcileError> {
         let Some(cfg) = self.tables.config(name) else {
             return Ok(());
         };
         let table = self.policy.backends(cfg, |k| self.reals.id(k));
+        let in_table: HashSet<u32> = table.iter().map(|b| b.id).collect();
         let flags: Vec<(RealKey, u32)> = self
             .reals
             .of_vs(name)
             .map(|(k, id)| {
-                let in_table = table.iter().any(|b| b.id == id);
-                (k.clone(), Policy::flags(self.healthy(k), in_table))
+                let flags = Policy::flags(self.healthy(k), in_table.contains(&id));
+                (k.clone(), flags)
             })
             .collect();
         // 1. Gains first.
@@ -133,7 +213,7 @@ impl<D: Dataplane> Reconciler<D> {
             self.reals.gain(&mut self.dp, key, *want)?;
         }
         // 2. The table.
-        self.tables.install(&mut self.dp, name, &table)?;
+        self.tables.install(&mut self.dp, name, &table, built)?;
         // 3. Losses.
         for (key, want) in &flags {
             self.reals.lose(&mut self.dp, key, *want)?;

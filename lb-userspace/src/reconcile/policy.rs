@@ -130,34 +130,45 @@ impl Policy {
     /// On a reload: drops the overrides made against a weight the file no longer has
     /// (the newer intent wins).
     pub fn drop_stale_overrides(&mut self, config: &Config) {
-        for vs in &config.virtual_servers {
-            for r in &vs.real_servers {
-                let key = RealKey::real(&vs.name, r.address, r.port);
-                if self
-                    .overrides
-                    .get(&key)
-                    .is_some_and(|o| o.file_weight != r.weight)
-                {
-                    self.overrides.remove(&key);
-                    tracing::info!(vs = %vs.name, real = %r.address, port = r.port, weight = r.weight, "the file changed this real's weight: runtime override dropped");
-                }
-            }
+        if self.overrides.is_empty() {
+            return;
         }
+        let by_name: HashMap<&str, &VirtualServer> = config
+            .virtual_servers
+            .iter()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        self.overrides.retain(|key, o| {
+            let Some(r) = by_name
+                .get(key.vs.as_str())
+                .and_then(|v| v.real_server(key.addr, key.port))
+            else {
+                return true;
+            };
+            if o.file_weight == r.weight {
+                return true;
+            }
+            tracing::info!(vs = %key.vs, real = %r.address, port = r.port, weight = r.weight, "the file changed this real's weight: runtime override dropped");
+            false
+        });
     }
 
     /// On a reload: a real whose probe is switched on keeps serving until the probe says
-    /// otherwise. `applied` gives a virtual server's configuration before the reload.
-    pub fn keep_newly_probed_serving<'a>(
+    /// otherwise. `changed`: the virtual servers of the new file that differ from what
+    /// was applied (in the others no probe was switched on); `applied` gives a virtual
+    /// server's configuration before the reload.
+    pub fn keep_newly_probed_serving<'a, 'b>(
         &mut self,
-        config: &Config,
+        changed: impl Iterator<Item = &'b VirtualServer>,
         applied: impl Fn(&str) -> Option<&'a VirtualServer>,
     ) {
-        for vs in &config.virtual_servers {
+        for vs in changed {
+            let before = applied(&vs.name);
             for r in &vs.real_servers {
                 let key = RealKey::real(&vs.name, r.address, r.port);
                 if r.health_check.kind != CheckType::None
                     && !self.health.contains_key(&key)
-                    && self.healthy(&key, applied(&vs.name))
+                    && self.healthy(&key, before)
                 {
                     self.health.insert(key, true);
                 }

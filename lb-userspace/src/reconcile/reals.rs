@@ -2,7 +2,7 @@
 //! at, the free ids, the flags each real carries and where its frames go.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::IpAddr,
 };
 
@@ -28,7 +28,11 @@ struct RealSlot {
 #[derive(Debug)]
 pub(super) struct Reals {
     slots: BTreeMap<RealKey, RealSlot>,
-    free: Vec<u32>,
+    /// The reals at each address (a next hop found rewrites them, without a walk of
+    /// every real).
+    at_addr: HashMap<IpAddr, Vec<RealKey>>,
+    /// Free ids: taken from the back, given back at the front.
+    free: VecDeque<u32>,
     /// Generation last given out for each real id.
     generations: Vec<u32>,
     /// Known next hops by real address.
@@ -39,7 +43,8 @@ impl Reals {
     pub fn new() -> Self {
         Self {
             slots: BTreeMap::new(),
-            // Reversed so that pop() hands out 0, 1, 2, ...
+            at_addr: HashMap::new(),
+            // Reversed so that pop_back() hands out 0, 1, 2, ...
             free: (0..MAX_REALS).rev().collect(),
             generations: vec![0; MAX_REALS as usize],
             next_hops: HashMap::new(),
@@ -85,11 +90,11 @@ impl Reals {
                 self.next_hops.insert(addr, hop);
             }
             taken.push((key.clone(), info.flags));
-            self.slots.insert(key, RealSlot { id, info: *info });
+            self.insert(key, RealSlot { id, info: *info });
         }
-        // Reversed so that pop() hands out the lowest free id first, as at start.
+        // Reversed so that pop_back() hands out the lowest free id first, as at start.
         free.reverse();
-        self.free = free;
+        self.free = free.into();
         (taken, orphans)
     }
 
@@ -107,7 +112,7 @@ impl Reals {
         info.flags = 0;
         info.role = REAL_ROLE_FREE;
         dp.set_real(id, &info)?;
-        self.free.insert(0, id);
+        self.free.push_front(id);
         Ok(())
     }
 
@@ -127,17 +132,33 @@ impl Reals {
         self.slots.contains_key(key)
     }
 
-    /// Returns: every real in the data path, in key order.
-    pub fn keys(&self) -> impl Iterator<Item = &RealKey> {
-        self.slots.keys()
+    /// Returns: the reals of virtual server `vs` with their ids, in key order (a range
+    /// of the map: keys sort by virtual server first).
+    pub fn of_vs<'a>(&'a self, vs: &'a str) -> impl Iterator<Item = (&'a RealKey, u32)> {
+        let first = RealKey::real(vs, IpAddr::from([0u8; 4]), 0);
+        self.slots
+            .range(first..)
+            .take_while(move |(k, _)| k.vs == vs)
+            .map(|(k, r)| (k, r.id))
     }
 
-    /// Returns: the reals of virtual server `vs` with their ids, in key order.
-    pub fn of_vs<'a>(&'a self, vs: &'a str) -> impl Iterator<Item = (&'a RealKey, u32)> {
-        self.slots
-            .iter()
-            .filter(move |(k, _)| k.vs == vs)
-            .map(|(k, r)| (k, r.id))
+    /// Returns: the names of the virtual servers that have reals here, each once.
+    pub fn vs_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut next = self.slots.keys().next();
+        while let Some(k) = next {
+            out.push(k.vs.clone());
+            // The first key after every key of this virtual server.
+            let after = RealKey::real(&format!("{}\0", k.vs), IpAddr::from([0u8; 4]), 0);
+            next = self.slots.range(after..).next().map(|(k, _)| k);
+        }
+        out
+    }
+
+    /// Records real `key` in `slot`, and at its address.
+    fn insert(&mut self, key: RealKey, slot: RealSlot) {
+        self.at_addr.entry(key.addr).or_default().push(key.clone());
+        self.slots.insert(key, slot);
     }
 
     /// Returns: the addresses of the reals `wanted` picks, sorted, each once.
@@ -161,10 +182,15 @@ impl Reals {
         key: &RealKey,
         vs_index: u32,
     ) -> Result<(), ReconcileError> {
-        let id = self.free.pop().ok_or(ReconcileError::Capacity {
+        let id = self.free.pop_back().ok_or(ReconcileError::Capacity {
             what: "real servers",
             max: MAX_REALS,
         })?;
+        // An id never handed out (generation 0, here or by an earlier daemon whose
+        // maps were adopted) was never in a table, so no packet counted under it: its
+        // counters need no zeroing (a cold start of 100,000 reals saves as many
+        // syscalls).
+        let used = self.generations[id as usize] != 0;
         let generation = self.next_generation(id);
         let info = RealInfo {
             role: if key.sorry {
@@ -175,9 +201,11 @@ impl Reals {
             vs_index: vs_index as u16,
             ..self.real_info(key.addr, key.port, generation)
         };
-        dp.reset_counters(None, Some(id))?;
+        if used {
+            dp.reset_counters(None, Some(id))?;
+        }
         dp.set_real(id, &info)?;
-        self.slots.insert(key.clone(), RealSlot { id, info });
+        self.insert(key.clone(), RealSlot { id, info });
         Ok(())
     }
 
@@ -225,7 +253,8 @@ impl Reals {
             return Ok(());
         }
         self.next_hops.insert(addr, hop);
-        for (key, slot) in self.slots.iter_mut().filter(|(k, _)| k.addr == addr) {
+        for key in self.at_addr.get(&addr).into_iter().flatten() {
+            let slot = self.slots.get_mut(key).expect("indexed reals exist");
             slot.info.mac = hop.mac;
             slot.info.ifindex = hop.ifindex;
             dp.set_real(slot.id, &slot.info)?;
@@ -272,9 +301,15 @@ impl Reals {
         // A real that already lost REAL_F_ACTIVE had its generation retired then.
         self.lose(dp, key, 0)?;
         let mut slot = self.slots.remove(key).expect("caller listed it");
+        if let Some(keys) = self.at_addr.get_mut(&key.addr) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.at_addr.remove(&key.addr);
+            }
+        }
         slot.info.role = REAL_ROLE_FREE;
         dp.set_real(slot.id, &slot.info)?;
-        self.free.insert(0, slot.id); // reused last: stale flow state ages out first
+        self.free.push_front(slot.id); // reused last: stale flow state ages out first
         let what = if key.sorry {
             "sorry server removed"
         } else {

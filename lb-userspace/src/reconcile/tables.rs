@@ -1,9 +1,13 @@
-//! Virtual servers in the data path and their Maglev tables (decision 0001): each
-//! virtual server's index, its two rings and which one is live, the `VS_MAP` value last
-//! written; a shadow of every ring, so that a new table is written as the slots that
-//! changed; and the free indexes and rings.
+//! Virtual servers in the data path and their Maglev tables (decisions 0001 and 0013):
+//! each virtual server's index, the ring the data path reads for it, the `VS_MAP` value
+//! last written; the spare rings new tables are written into before they go live; a
+//! shadow of every ring, so that a new table is written as the slots that changed; and
+//! the free indexes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
 use lb_common::{
     user::{addr_words, mask_words},
@@ -17,13 +21,18 @@ use crate::{
     maglev,
 };
 
+/// How long a ring one virtual server left rests before it takes another table. A
+/// packet that read the old `VS_MAP` value just before the switch may still read a
+/// slot of the ring it named; one XDP run lasts microseconds, so after this no packet
+/// does (decision 0013).
+const REST: Duration = Duration::from_millis(1);
+
 #[derive(Debug)]
 struct VsSlot {
     key: VsKey,
     vs_index: u32,
-    rings: [u32; 2],
-    /// Index into `rings` of the ring the data path reads.
-    live: usize,
+    /// The ring the data path reads (`None` until the first table is installed).
+    ring: Option<u32>,
     /// Everything of the live `VsInfo` but its ring (to tell whether it must be
     /// rewritten).
     params: VsInfo,
@@ -32,6 +41,33 @@ struct VsSlot {
     /// The value must be written even if the table is unchanged (new virtual server,
     /// or parameters changed).
     dirty: bool,
+    /// Its reals and table must be brought in line with `cfg` on the next apply (new,
+    /// its configuration changed, or its last sync did not finish).
+    stale: bool,
+    /// The backends (identity, weight, id) and size the live table was built from: an
+    /// equal set gives an equal table, which is then neither rebuilt nor rewritten.
+    built: Option<(u32, BuiltFrom)>,
+}
+
+/// What a table is built from: (identity, weight, id) of each backend, sorted.
+type BuiltFrom = Vec<(Vec<u8>, u32, u32)>;
+
+/// Returns: what a table is built from, in a form to compare.
+fn built_key(backends: &[maglev::Backend]) -> BuiltFrom {
+    let mut key: Vec<(Vec<u8>, u32, u32)> = backends
+        .iter()
+        .map(|b| (b.identity.clone(), b.weight, b.id))
+        .collect();
+    key.sort_unstable();
+    key
+}
+
+/// A ring no virtual server reads.
+#[derive(Debug)]
+struct Spare {
+    ring: u32,
+    /// The virtual server that left it, and when (`None`: never read, or adopted).
+    left: Option<(String, Instant)>,
 }
 
 /// Every virtual server in the data path, by name, and the slots free for new ones.
@@ -42,7 +78,8 @@ pub(super) struct Tables {
     /// absent while unknown (never written by this daemon, or a write failed).
     shadows: HashMap<u32, Vec<u32>>,
     free_vs: Vec<u32>,
-    free_rings: Vec<u32>,
+    /// Rings no virtual server reads, the longest unread first.
+    spare: VecDeque<Spare>,
 }
 
 fn method_code(m: Method) -> u8 {
@@ -94,7 +131,9 @@ impl Tables {
             shadows: HashMap::new(),
             // Reversed so that pop() hands out 0, 1, 2, ...
             free_vs: (0..max_vs).rev().collect(),
-            free_rings: (0..ring_count).rev().collect(),
+            spare: (0..ring_count)
+                .map(|ring| Spare { ring, left: None })
+                .collect(),
         }
     }
 
@@ -115,8 +154,8 @@ impl Tables {
 
     /// Returns: the Maglev table the data path reads for virtual server `name`.
     pub fn live_table(&self, name: &str) -> Option<&[u32]> {
-        let v = self.vss.get(name)?;
-        self.shadows.get(&v.rings[v.live]).map(Vec::as_slice)
+        let ring = self.vss.get(name)?.ring?;
+        self.shadows.get(&ring).map(Vec::as_slice)
     }
 
     /// Returns: whether virtual server `name` forwards by direct routing.
@@ -124,7 +163,22 @@ impl Tables {
         self.vss.get(name).map(|s| s.params.method == METHOD_DR)
     }
 
-    /// Refuses `config` up front when its new virtual servers would not fit.
+    /// Returns: whether virtual server `name` must be synced by the next apply (it is
+    /// new, its configuration changed, or its last sync failed).
+    pub fn is_stale(&self, name: &str) -> bool {
+        self.vss.get(name).is_none_or(|s| s.stale)
+    }
+
+    /// Records that virtual server `name`'s reals and table match its configuration.
+    pub fn synced(&mut self, name: &str) {
+        if let Some(s) = self.vss.get_mut(name) {
+            s.stale = false;
+        }
+    }
+
+    /// Refuses `config` up front when its new virtual servers would not fit: every
+    /// virtual server needs an index and a ring to be read, and one spare ring must stay
+    /// to write a new table into (those being removed still count: they go last).
     pub fn check_capacity(&self, config: &Config) -> Result<(), ReconcileError> {
         let new_vs = config
             .virtual_servers
@@ -137,23 +191,26 @@ impl Tables {
                 max: (self.vss.len() + self.free_vs.len()) as u32,
             });
         }
-        if new_vs * 2 > self.free_rings.len() {
-            let max = ((self.vss.len() * 2 + self.free_rings.len()) / 2) as u32;
+        let reading = self.vss.values().filter(|s| s.ring.is_some()).count();
+        let rings = reading + self.spare.len();
+        let unread = self.vss.len() - reading;
+        if unread + new_vs + 1 > self.spare.len() {
             return Err(ReconcileError::Capacity {
                 what: "Maglev rings (virtual servers)",
-                max,
+                max: rings.saturating_sub(1) as u32,
             });
         }
         Ok(())
     }
 
     /// Makes sure virtual server `vs` has a slot (a new one if its VIP, port or
-    /// protocol changed) and records its configuration. Its table is written by
-    /// [`Tables::install`].
+    /// protocol changed) and records its configuration (`differs`: it is not the one
+    /// applied). Its table is written by [`Tables::install`].
     pub fn prepare(
         &mut self,
         dp: &mut impl Dataplane,
         vs: &VirtualServer,
+        differs: bool,
     ) -> Result<(), ReconcileError> {
         let (key, params) = vs_value(vs);
         if let Some(slot) = self.vss.get(&vs.name) {
@@ -164,7 +221,10 @@ impl Tables {
             }
         }
         if let Some(slot) = self.vss.get_mut(&vs.name) {
-            slot.cfg = vs.clone();
+            if differs {
+                slot.cfg = vs.clone();
+                slot.stale = true;
+            }
             if slot.params != params {
                 slot.params = params;
                 slot.dirty = true;
@@ -175,58 +235,85 @@ impl Tables {
             what: "virtual servers",
             max: 0,
         })?;
-        let a = self.free_rings.pop().ok_or(ReconcileError::Capacity {
-            what: "Maglev rings",
-            max: 0,
-        })?;
-        let b = self.free_rings.pop().ok_or(ReconcileError::Capacity {
-            what: "Maglev rings",
-            max: 0,
-        })?;
         dp.reset_counters(Some(vs_index), None)?;
-        // `live` starts at 1 so that the first table goes into ring 0.
         self.vss.insert(
             vs.name.clone(),
             VsSlot {
                 key,
                 vs_index,
-                rings: [a, b],
-                live: 1,
+                ring: None,
                 params,
                 cfg: vs.clone(),
                 dirty: true,
+                stale: true,
+                built: None,
             },
         );
         Ok(())
     }
 
+    /// Returns: whether virtual server `name`'s live table is the one of `backends` at
+    /// `size` slots (so it need not be built again).
+    pub fn is_built_from(&self, name: &str, backends: &[maglev::Backend], size: u32) -> bool {
+        self.vss.get(name).is_some_and(|slot| {
+            slot.ring.is_some_and(|r| self.shadows.contains_key(&r))
+                && slot
+                    .built
+                    .as_ref()
+                    .is_some_and(|(s, b)| *s == size && *b == built_key(backends))
+        })
+    }
+
     /// Installs the Maglev table of `backends` for virtual server `name` unless the
-    /// live one already is exactly that: into the idle ring, changed slots only, then
-    /// one `VS_MAP` update that makes it live.
+    /// live one already is exactly that: into a spare ring, changed slots only, then
+    /// one `VS_MAP` update that makes it live; the ring it leaves becomes a spare.
+    /// `prebuilt`: that table, if it was built already.
     pub fn install(
         &mut self,
         dp: &mut impl Dataplane,
         name: &str,
         backends: &[maglev::Backend],
+        prebuilt: Option<Vec<u32>>,
     ) -> Result<(), ReconcileError> {
+        let size = self.vss.get(name).expect("prepared").cfg.table_size;
+        let same_set = self.is_built_from(name, backends, size);
         let slot = self.vss.get(name).expect("prepared");
-        let table = maglev::build(backends, slot.cfg.table_size);
-        let live_ring = slot.rings[slot.live];
-        if self.shadows.get(&live_ring) == Some(&table) {
+        let wanted = built_key(backends);
+        let live = slot.ring.filter(|r| self.shadows.contains_key(r));
+        let table = match live {
+            // The live table was built from these backends: it is this table.
+            Some(_) if same_set => None,
+            _ => Some(prebuilt.unwrap_or_else(|| maglev::build(backends, size))),
+        };
+        let unchanged = match (&table, live) {
+            (None, Some(_)) => true,
+            (Some(t), Some(r)) => self.shadows.get(&r) == Some(t),
+            _ => false,
+        };
+        if unchanged {
+            let slot = self.vss.get_mut(name).expect("prepared");
+            slot.built = Some((size, wanted));
             if slot.dirty {
                 // Same table, new parameters: the value alone is replaced.
                 let info = VsInfo {
                     vs_index: slot.vs_index,
-                    ring_id: live_ring,
+                    ring_id: live.expect("unchanged"),
                     ..slot.params
                 };
                 dp.set_vs(&slot.key, &info)?;
-                self.vss.get_mut(name).expect("prepared").dirty = false;
+                slot.dirty = false;
             }
             return Ok(());
         }
-        let idle = 1 - slot.live;
-        let ring = slot.rings[idle];
+        let table = table.expect("built: no live table equals it");
+        let (key, info) = (
+            slot.key,
+            VsInfo {
+                vs_index: slot.vs_index,
+                ..slot.params
+            },
+        );
+        let ring = self.take_spare(name)?;
         let shadow = self.shadows.get(&ring);
         let changed: Vec<(u32, u32)> = table
             .iter()
@@ -239,16 +326,30 @@ impl Tables {
         // slots that differ only from what was half written (the data path would read
         // reals this table does not have). Without one, the next write is whole.
         self.shadows.remove(&ring);
-        dp.set_ring_slots(ring, &changed)?;
-        let info = VsInfo {
-            vs_index: slot.vs_index,
-            ring_id: ring,
-            ..slot.params
-        };
-        dp.set_vs(&slot.key, &info)?;
+        let written = dp
+            .set_ring_slots(ring, &changed)
+            .map_err(ReconcileError::from)
+            .and_then(|()| {
+                let info = VsInfo {
+                    ring_id: ring,
+                    ..info
+                };
+                Ok(dp.set_vs(&key, &info)?)
+            });
+        if let Err(e) = written {
+            // Still no virtual server reads it: back among the spares, first in line.
+            self.spare.push_front(Spare { ring, left: None });
+            return Err(e);
+        }
         let slot = self.vss.get_mut(name).expect("prepared");
-        slot.live = idle;
+        if let Some(old) = slot.ring.replace(ring) {
+            self.spare.push_back(Spare {
+                ring: old,
+                left: Some((name.to_string(), Instant::now())),
+            });
+        }
         slot.dirty = false;
+        slot.built = Some((size, wanted));
         let cfg = &slot.cfg;
         tracing::info!(
             vs = %cfg.name, vip = %cfg.address, port = cfg.port, protocol = %cfg.protocol, method = %cfg.method,
@@ -258,16 +359,43 @@ impl Tables {
         Ok(())
     }
 
+    /// Takes the spare ring virtual server `name` is to write its next table into: the
+    /// one it left itself if it is still spare (its shadow is this virtual server's
+    /// table before last, so few slots differ), else the one left longest ago. A ring
+    /// left less than [`REST`] ago is waited for.
+    fn take_spare(&mut self, name: &str) -> Result<u32, ReconcileError> {
+        let own = self
+            .spare
+            .iter()
+            .position(|s| s.left.as_ref().is_some_and(|(n, _)| n == name));
+        let at = own.unwrap_or(0);
+        let spare = self.spare.remove(at).ok_or(ReconcileError::Capacity {
+            what: "Maglev rings",
+            max: 0,
+        })?;
+        if let Some((_, when)) = spare.left {
+            if let Some(wait) = REST.checked_sub(when.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(spare.ring)
+    }
+
     /// Takes every virtual server that `config` no longer has out of the data path.
     pub fn remove_absent(
         &mut self,
         dp: &mut impl Dataplane,
         config: &Config,
     ) -> Result<(), ReconcileError> {
+        let names: std::collections::HashSet<&str> = config
+            .virtual_servers
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
         let gone: Vec<String> = self
             .vss
             .keys()
-            .filter(|n| !config.virtual_servers.iter().any(|v| &v.name == *n))
+            .filter(|n| !names.contains(n.as_str()))
             .cloned()
             .collect();
         for name in gone {
@@ -279,8 +407,9 @@ impl Tables {
     }
 
     /// Takes over virtual server `vs`, found in `VS_MAP` under `key` with `info` (written
-    /// by an earlier daemon) and live ring contents `live`. Its idle ring is given by
-    /// [`Tables::adopt_idle_rings`] once every live ring is known.
+    /// by an earlier daemon) and live ring contents `live`; every ring no adopted
+    /// virtual server reads stays spare, its contents unknown (the first table written
+    /// there is written whole).
     /// Returns: an error when the found index or ring is beyond this data path's size.
     pub fn adopt(
         &mut self,
@@ -289,16 +418,24 @@ impl Tables {
         info: VsInfo,
         live: Vec<u32>,
     ) -> Result<(), ReconcileError> {
-        let taken = |free: &mut Vec<u32>, id: u32, what| {
-            let at = free
-                .iter()
-                .position(|&f| f == id)
-                .ok_or(ReconcileError::Adopt { what, id })?;
-            free.remove(at);
-            Ok::<(), ReconcileError>(())
-        };
-        taken(&mut self.free_vs, info.vs_index, "virtual server index")?;
-        taken(&mut self.free_rings, info.ring_id, "Maglev ring")?;
+        let at = self
+            .free_vs
+            .iter()
+            .position(|&f| f == info.vs_index)
+            .ok_or(ReconcileError::Adopt {
+                what: "virtual server index",
+                id: info.vs_index,
+            })?;
+        self.free_vs.remove(at);
+        let at = self
+            .spare
+            .iter()
+            .position(|s| s.ring == info.ring_id)
+            .ok_or(ReconcileError::Adopt {
+                what: "Maglev ring",
+                id: info.ring_id,
+            })?;
+        self.spare.remove(at);
         let params = VsInfo {
             vs_index: 0,
             ring_id: 0,
@@ -310,37 +447,28 @@ impl Tables {
             VsSlot {
                 key,
                 vs_index: info.vs_index,
-                rings: [info.ring_id, info.ring_id],
-                live: 0,
+                ring: Some(info.ring_id),
                 params,
                 cfg: vs.clone(),
                 dirty: false,
+                stale: true,
+                built: None,
             },
         );
         Ok(())
     }
 
-    /// Gives every adopted virtual server a free ring as its idle one (its contents are
-    /// unknown, so the first table written there is written whole).
-    /// Returns: an error when too few rings are free.
-    pub fn adopt_idle_rings(&mut self) -> Result<(), ReconcileError> {
-        for slot in self.vss.values_mut().filter(|s| s.rings[0] == s.rings[1]) {
-            let ring = self.free_rings.pop().ok_or(ReconcileError::Capacity {
-                what: "Maglev rings",
-                max: 0,
-            })?;
-            self.shadows.remove(&ring);
-            slot.rings[1] = ring;
-        }
-        Ok(())
-    }
-
-    /// Takes a virtual server out of the data path and returns its index and rings to
-    /// the free pools (the rings keep their shadows, so reuse writes only changes).
+    /// Takes a virtual server out of the data path and returns its index and ring to
+    /// the free pools (the ring keeps its shadow, so reuse writes only changes).
     fn release(&mut self, dp: &mut impl Dataplane, slot: VsSlot) -> Result<(), ReconcileError> {
         dp.remove_vs(&slot.key)?;
         self.free_vs.push(slot.vs_index);
-        self.free_rings.extend(slot.rings);
+        if let Some(ring) = slot.ring {
+            self.spare.push_back(Spare {
+                ring,
+                left: Some((slot.cfg.name.clone(), Instant::now())),
+            });
+        }
         Ok(())
     }
 }

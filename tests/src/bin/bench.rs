@@ -329,6 +329,9 @@ fn main() {
         tests::live::run();
         return;
     }
+    if tests::scale::only() {
+        return tests::scale::run();
+    }
     memory();
     all_probes();
     let mut y = String::from("interfaces: [lo]\ntunnel_source: [10.0.1.1, 'fd00:1::1']\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    real_servers:\n");
@@ -409,6 +412,7 @@ fn main() {
     );
     routed(&f);
     fuzz();
+    tests::scale::run();
     tests::live::run();
 }
 

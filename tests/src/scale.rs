@@ -1,0 +1,553 @@
+//! The control plane at scale (issue 15), for `cargo xtask bench` (all of it) and
+//! `cargo xtask bench --scale` (this part only). Prints JSON lines; asserts nothing
+//! about speed.
+//!
+//! - `scale_maglev`: one Maglev table of 65,537 slots for 100 reals (`maglev::build`);
+//! - `scale_cold_apply`: 1,000 virtual servers of 100 reals each (default table size,
+//!   unprobed reals, so every table is full at once) applied by the daemon's
+//!   reconciler into a loaded balancer object, as a first start does; then every
+//!   real's next hop (`scale_next_hops`); and the kernel memory of the maps that grow
+//!   with virtual servers (`scale_memory`); then the cold start again with tables of
+//!   16,381 slots;
+//! - `scale_one_real`: the same file with one real's weight changed, applied as a
+//!   reload: what it took and what it wrote (virtual servers, rings, slots, reals);
+//!   `scale_one_disable`: one real disabled at run time (`xdpvs real disable`);
+//! - `scale_probes`: the daemon's prober with 10,000 reals probed over TCP every
+//!   second, measured over 10 s after a 2 s start-up (the first round starts them
+//!   all at once): probes, failures, latency and the CPU of the thread running them;
+//!   `scale_probe_close`, the CPU of one connect-and-close on loopback, one after
+//!   another, closed with a FIN (what a TCP probe does) and with a reset (HAProxy's
+//!   way, measured no cheaper here).
+//!
+//! On loopback the listener's half of each handshake runs in the prober's thread too
+//! (softirq on the sending CPU), so these figures overstate what probing remote reals
+//! costs.
+
+use std::{
+    cell::RefCell,
+    collections::BTreeSet,
+    net::IpAddr,
+    path::Path,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use lb_common::{
+    maps::{MAX_VS, VS_RINGS},
+    IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
+};
+use xdpvs::{
+    config::{self, Config, SystemFacts},
+    dataplane::{
+        bpf::{self, BpfDataplane},
+        Dataplane, DataplaneError,
+    },
+    maglev,
+    model::RealKey,
+    reconcile::{L2Next, Override, Reconciler},
+};
+
+const VSS: usize = 1000;
+const REALS: usize = 100;
+const PROBED: usize = 10_000;
+
+/// Returns: whether the bench was asked for this part alone (`--scale`).
+pub fn only() -> bool {
+    std::env::args().any(|a| a == "--scale")
+}
+
+/// Every figure of this part (`XDPVS_SCALE=maglev,reconcile,probes` picks some).
+pub fn run() {
+    crate::require_root();
+    let picked = std::env::var("XDPVS_SCALE").unwrap_or_default();
+    let wants = |part: &str| picked.is_empty() || picked.split(',').any(|p| p == part);
+    if wants("maglev") {
+        maglev_build();
+    }
+    if wants("reconcile") {
+        reconcile();
+        cold_apply_smaller_tables();
+    }
+    if wants("probes") {
+        probe_close();
+        probes();
+    }
+}
+
+struct Any;
+impl SystemFacts for Any {
+    fn interface_exists(&self, _: &str) -> bool {
+        true
+    }
+}
+
+fn maglev_build() {
+    let backends: Vec<maglev::Backend> = (0..REALS as u32)
+        .map(|i| maglev::Backend {
+            id: i,
+            identity: format!("10.1.{}.{}:80", i / 250, i % 250 + 1).into_bytes(),
+            weight: 1,
+        })
+        .collect();
+    // Wall time and the thread's CPU time of each build: on a busy machine the first
+    // includes waiting for a core.
+    let (mut wall, mut cpu): (Vec<Duration>, Vec<Duration>) = (0..50)
+        .map(|_| {
+            let (start, cpu0) = (Instant::now(), thread_cpu());
+            std::hint::black_box(maglev::build(&backends, 65537));
+            (start.elapsed(), thread_cpu() - cpu0)
+        })
+        .unzip();
+    wall.sort();
+    cpu.sort();
+    println!(
+        "{{\"bench\":\"scale_maglev\",\"slots\":65537,\"reals\":{REALS},\"runs\":50,\"ms_min\":{:.2},\"ms_median\":{:.2},\"ms_max\":{:.2},\"cpu_ms_median\":{:.2}}}",
+        ms(wall[0]),
+        ms(wall[25]),
+        ms(wall[49]),
+        ms(cpu[25])
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Returns: the configuration of 1,000 virtual servers of 100 reals; the real `(v, r)`
+/// of `heavier`, if any, has weight 2.
+fn config(heavier: Option<(usize, usize)>) -> Config {
+    config_of(heavier, 65537)
+}
+
+/// [`config`], every virtual server with `table_size` slots.
+fn config_of(heavier: Option<(usize, usize)>, table_size: u32) -> Config {
+    let mut y = String::from("interfaces: [lo]\nvirtual_servers:\n");
+    for v in 0..VSS {
+        y.push_str(&format!(
+            "  - name: vs{v}\n    address: 10.100.{}.{}\n    port: 80\n    protocol: tcp\n    health_check: {{ type: none }}\n    table_size: {table_size}\n    real_servers:\n",
+            v / 250,
+            v % 250 + 1
+        ));
+        for r in 0..REALS {
+            let w = if heavier == Some((v, r)) { 2 } else { 1 };
+            // 100,000 distinct addresses: 10.<v / 4>.<(v % 4) * 64 + r / 4>.<r % 4 + 1>.
+            y.push_str(&format!(
+                "      - {{ address: 10.{}.{}.{}, weight: {w} }}\n",
+                v / 4 + 1,
+                (v % 4) * 64 + r / 4,
+                r % 4 + 1
+            ));
+        }
+    }
+    config::parse(Path::new("scale.yaml"), &y, &Any).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What a reconciler wrote, counted on its way to the data path.
+#[derive(Default)]
+struct Writes {
+    vs: BTreeSet<[u32; 5]>,
+    rings: BTreeSet<u32>,
+    slots: usize,
+    reals: BTreeSet<u32>,
+    other: usize,
+}
+
+/// The loaded object's maps, with every write counted (the bench holds the counts too).
+struct Counting {
+    dp: BpfDataplane,
+    w: Rc<RefCell<Writes>>,
+}
+
+impl Dataplane for Counting {
+    fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.set_iface(ifindex, info)
+    }
+    fn set_vlans(
+        &mut self,
+        ins: &std::collections::BTreeMap<VlanKey, u32>,
+        outs: &std::collections::BTreeMap<u32, (IfaceInfo, VlanOut)>,
+    ) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.set_vlans(ins, outs)
+    }
+    fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.remove_iface(ifindex)
+    }
+    fn set_own_macs(
+        &mut self,
+        macs: &std::collections::BTreeMap<[u8; 6], u32>,
+    ) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.set_own_macs(macs)
+    }
+    fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.set_fragment_takers(takers)
+    }
+    fn set_nat_reals(&mut self, reals: &[(VsKey, NatState)]) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.set_nat_reals(reals)
+    }
+    fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().reals.insert(id);
+        self.dp.set_real(id, info)
+    }
+    fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        let mut w = self.w.borrow_mut();
+        w.rings.insert(ring_id);
+        w.slots += slots.len();
+        drop(w);
+        self.dp.set_ring_slots(ring_id, slots)
+    }
+    fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
+        let a = key.addr;
+        self.w
+            .borrow_mut()
+            .vs
+            .insert([a[0], a[1], a[2], a[3], u32::from(key.port_be)]);
+        self.dp.set_vs(key, info)
+    }
+    fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.remove_vs(key)
+    }
+    fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.set_settings(bits)
+    }
+    fn reset_counters(
+        &mut self,
+        vs_index: Option<u32>,
+        real_id: Option<u32>,
+    ) -> Result<(), DataplaneError> {
+        self.dp.reset_counters(vs_index, real_id)
+    }
+}
+
+fn writes_json(w: &Writes) -> String {
+    format!(
+        "\"vs_written\":{},\"rings_written\":{},\"slots_written\":{},\"reals_written\":{},\"other_writes\":{}",
+        w.vs.len(),
+        w.rings.len(),
+        w.slots,
+        w.reals.len(),
+        w.other
+    )
+}
+
+/// Returns: the entries and kernel memory (`memlock`) of this process's map `name`.
+fn memlock(name: &str) -> Option<(u64, u64)> {
+    for fd in std::fs::read_dir("/proc/self/fdinfo").ok()?.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |f: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(f))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(id), Some(entries), Some(bytes)) =
+            (field("map_id:"), field("max_entries:"), field("memlock:"))
+        else {
+            continue;
+        };
+        let named = aya::maps::MapInfo::from_id(id as u32)
+            .ok()
+            .is_some_and(|m| m.name_as_str() == Some(name));
+        if named {
+            return Some((entries, bytes));
+        }
+    }
+    None
+}
+
+/// The cold start again with tables of 16,381 slots (163 per real): what the table
+/// size costs a start.
+fn cold_apply_smaller_tables() {
+    const SIZE: u32 = 16381;
+    let cold = config_of(None, SIZE);
+    let rings = xdpvs::daemon::ring_count(&cold);
+    let ebpf = bpf::load(bpf::LoadOptions {
+        flow_entries: 65536,
+        ring_count: rings,
+    })
+    .expect("load BPF object");
+    let (dp, _programs) = BpfDataplane::new(ebpf).expect("maps");
+    let mut rec = Reconciler::new(dp, MAX_VS, rings);
+    let (start, cpu0, all0) = (Instant::now(), thread_cpu(), process_cpu());
+    rec.apply(&cold).expect("cold apply");
+    let (took, cpu, all) = (start.elapsed(), thread_cpu() - cpu0, process_cpu() - all0);
+    println!(
+        "{{\"bench\":\"scale_cold_apply\",\"virtual_servers\":{VSS},\"reals_each\":{REALS},\"table_size\":{SIZE},\"ms\":{:.0},\"cpu_ms\":{:.0},\"all_cpu_ms\":{:.0}}}",
+        ms(took),
+        ms(cpu),
+        ms(all)
+    );
+}
+
+fn reconcile() {
+    let start = Instant::now();
+    let cold = config(None);
+    let parse_ms = ms(start.elapsed());
+    // The daemon's sizing.
+    let rings = xdpvs::daemon::ring_count(&cold);
+    let start = Instant::now();
+    let ebpf = bpf::load(bpf::LoadOptions {
+        flow_entries: 65536,
+        ring_count: rings,
+    })
+    .expect("load BPF object");
+    let load_ms = ms(start.elapsed());
+    let (dp, _programs) = BpfDataplane::new(ebpf).expect("maps");
+    let counts = Rc::new(RefCell::new(Writes::default()));
+    let take = || counts.take();
+    let mut rec = Reconciler::new(
+        Counting {
+            dp,
+            w: counts.clone(),
+        },
+        MAX_VS,
+        rings,
+    );
+    let (start, cpu0, all0) = (Instant::now(), thread_cpu(), process_cpu());
+    rec.apply(&cold).expect("cold apply");
+    let (took, cpu, all) = (start.elapsed(), thread_cpu() - cpu0, process_cpu() - all0);
+    let w = take();
+    // cpu_ms: the applying thread; all_cpu_ms: with the threads building tables.
+    println!(
+        "{{\"bench\":\"scale_cold_apply\",\"virtual_servers\":{VSS},\"reals_each\":{REALS},\"table_size\":65537,\"ms\":{:.0},\"cpu_ms\":{:.0},\"all_cpu_ms\":{:.0},\"parse_ms\":{parse_ms:.0},\"load_ms\":{load_ms:.0},{}}}",
+        ms(took),
+        ms(cpu),
+        ms(all),
+        writes_json(&w)
+    );
+    let start = Instant::now();
+    let mut addrs: Vec<IpAddr> = rec.real_addresses();
+    addrs.sort();
+    for (i, addr) in addrs.iter().enumerate() {
+        let mac = [2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        rec.set_next_hop(*addr, L2Next { ifindex: 1, mac })
+            .expect("next hop");
+    }
+    let took = start.elapsed();
+    let w = take();
+    println!(
+        "{{\"bench\":\"scale_next_hops\",\"addresses\":{},\"ms\":{:.0},{}}}",
+        addrs.len(),
+        ms(took),
+        writes_json(&w)
+    );
+    if let Some((entries, bytes)) = memlock(VS_RINGS) {
+        println!(
+            "{{\"bench\":\"scale_memory\",\"map\":\"VS_RINGS\",\"rings\":{rings},\"entries\":{entries},\"memlock_bytes\":{bytes},\"bytes_per_ring\":{:.0}}}",
+            bytes as f64 / f64::from(rings)
+        );
+    }
+    for name in ["VS_MAP", "REALS", "STATS_VS", "STATS_REAL"] {
+        if let Some((entries, bytes)) = memlock(name) {
+            println!(
+                "{{\"bench\":\"scale_memory\",\"map\":\"{name}\",\"entries\":{entries},\"memlock_bytes\":{bytes},\"bytes_per_entry\":{:.0}}}",
+                bytes as f64 / entries as f64
+            );
+        }
+    }
+
+    // A reload with one real's weight changed.
+    let one = config(Some((500, 42)));
+    let (start, cpu0) = (Instant::now(), thread_cpu());
+    rec.apply(&one).expect("reload");
+    let (took, cpu) = (start.elapsed(), thread_cpu() - cpu0);
+    let w = take();
+    println!(
+        "{{\"bench\":\"scale_one_real\",\"virtual_servers\":{VSS},\"change\":\"weight of one real\",\"ms\":{:.1},\"cpu_ms\":{:.1},{}}}",
+        ms(took),
+        ms(cpu),
+        writes_json(&w)
+    );
+    // The same file again: nothing to do.
+    let (start, cpu0) = (Instant::now(), thread_cpu());
+    rec.apply(&one).expect("reload");
+    let (took, cpu) = (start.elapsed(), thread_cpu() - cpu0);
+    let w = take();
+    println!(
+        "{{\"bench\":\"scale_same_file\",\"virtual_servers\":{VSS},\"ms\":{:.1},\"cpu_ms\":{:.1},{}}}",
+        ms(took),
+        ms(cpu),
+        writes_json(&w)
+    );
+    // One real disabled at run time.
+    let vs = &one.virtual_servers[700];
+    let key = RealKey::real(
+        &vs.name,
+        vs.real_servers[7].address,
+        vs.real_servers[7].port,
+    );
+    let start = Instant::now();
+    rec.set_override(
+        &key,
+        Some(Override {
+            weight: None,
+            disabled: true,
+            file_weight: vs.real_servers[7].weight,
+        }),
+    )
+    .expect("disable");
+    let took = start.elapsed();
+    let w = take();
+    println!(
+        "{{\"bench\":\"scale_one_disable\",\"virtual_servers\":{VSS},\"ms\":{:.1},{}}}",
+        ms(took),
+        writes_json(&w)
+    );
+}
+
+/// CPU time used so far by the calling thread.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// CPU time used so far by the whole process (every thread).
+fn process_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A listener on every loopback address that accepts and closes, on a thread of its
+/// own (its CPU is not the prober's). Stops when the process ends.
+fn listener() -> u16 {
+    let l = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
+    let port = l.local_addr().expect("port").port();
+    // SAFETY: listen again on the listener's own fd, for a longer backlog.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 65535) };
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    port
+}
+
+/// CPU per connection of connecting to the listener and closing, with a FIN or with
+/// a reset, 5,000 connections each, one at a time.
+fn probe_close() {
+    const N: u32 = 5000;
+    let port = listener();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for reset in [false, true] {
+        let cpu = rt.block_on(async {
+            let cpu0 = thread_cpu();
+            for i in 0..N {
+                let addr = std::net::SocketAddr::from((
+                    [127, 2, (i / 200) as u8, (i % 200 + 1) as u8],
+                    port,
+                ));
+                let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                if reset {
+                    c.set_zero_linger().expect("SO_LINGER");
+                }
+                drop(c);
+            }
+            thread_cpu() - cpu0
+        });
+        println!(
+            "{{\"bench\":\"scale_probe_close\",\"close\":\"{}\",\"connections\":{N},\"cpu_us_per_connection\":{:.1}}}",
+            if reset { "reset" } else { "fin" },
+            cpu.as_secs_f64() * 1e6 / f64::from(N)
+        );
+    }
+}
+
+fn probes() {
+    const WARMUP: Duration = Duration::from_secs(2);
+    const WINDOW: Duration = Duration::from_secs(10);
+    // Each probe holds a socket for a moment; the first round opens them all at once.
+    let lim = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let port = listener();
+    let mut y = format!("interfaces: [lo]\nvirtual_servers:\n  - name: many\n    address: 10.0.0.1\n    port: {port}\n    protocol: tcp\n    health_check: {{ interval: 1s, timeout: 500ms, rise: 1, fall: 1 }}\n    table_size: 65537\n    real_servers:\n");
+    // `XDPVS_SCALE_PROBED=N` probes N reals instead (to compare with fewer).
+    let probed: usize = std::env::var("XDPVS_SCALE_PROBED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PROBED);
+    for i in 0..probed {
+        y.push_str(&format!(
+            "      - address: 127.1.{}.{}\n",
+            i / 200,
+            i % 200 + 1
+        ));
+    }
+    let cfg = config::parse(Path::new("probes.yaml"), &y, &Any).expect("config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (n, failed, mut lat, cpu) = rt.block_on(async {
+        let (mut h, mut rx) = xdpvs::health::Health::new();
+        let mut up = std::collections::HashSet::new();
+        let start = Instant::now();
+        h.sync(&cfg);
+        let mut cpu0 = None;
+        let (mut n, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+        loop {
+            tokio::select! {
+                Some(r) = rx.recv() => {
+                    let counted = cpu0.is_some();
+                    if counted {
+                        n += 1;
+                        match &r.result {
+                            Ok(d) => lat.push(*d),
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    if let Some(t) = h.record(r, |k| up.contains(k)) {
+                        if t.healthy {
+                            up.insert(t.key);
+                        } else {
+                            up.remove(&t.key);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until((start + WARMUP).into()), if cpu0.is_none() => {
+                    cpu0 = Some(thread_cpu());
+                }
+                _ = tokio::time::sleep_until((start + WARMUP + WINDOW).into()) => break,
+            }
+        }
+        (n, failed, lat, thread_cpu() - cpu0.expect("warmed up"))
+    });
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0, |d| d.as_micros())
+    };
+    println!(
+        "{{\"bench\":\"scale_probes\",\"reals\":{probed},\"interval_ms\":1000,\"seconds\":{},\"probes\":{n},\"failed\":{failed},\"latency_us_p50\":{},\"latency_us_p99\":{},\"cpu_ms\":{},\"cpu_percent_of_one_core\":{:.1},\"cpu_us_per_probe\":{:.1}}}",
+        WINDOW.as_secs(),
+        pct(0.5),
+        pct(0.99),
+        cpu.as_millis(),
+        100.0 * cpu.as_secs_f64() / WINDOW.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n.max(1) as f64
+    );
+}

@@ -2,7 +2,7 @@
 //! defaults; the daemon overrides `VS_RINGS` and `FLOWS` at load time.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -31,12 +31,12 @@ pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
 /// Connection table. Written and read here; the daemon reads it for status.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 /// Source-IP persistence: client network -> real. Written and read here; the default size.
 #[map]
 pub static PERSIST: LruHashMap<PersistKey, PersistState> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 /// ifindex -> interface facts (its MAC). Written by the daemon.
 #[map]
@@ -91,7 +91,7 @@ pub static SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
 /// NAT reply 5-tuple -> VIP:port to restore. Written and read here; sized like FLOWS.
 #[map]
 pub static NAT_STATE: LruHashMap<FlowKey, NatState> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 /// A NAT real's address and port -> the VIP:port it alone serves. Written by the daemon.
 #[map]

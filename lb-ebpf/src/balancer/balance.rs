@@ -46,15 +46,15 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
     // SYN guard (decision 0012): a TCP flow enters the connection table with the first
-    // packet after its SYN, so a spoofed SYN flood writes nothing there. NAT records
-    // at the SYN: its entry is how the real's SYN-ACK is known as a reply (0015).
-    let record = vs.method == METHOD_NAT || !parse::opening_syn(ctx, &p);
+    // packet after its SYN, so a spoofed SYN flood writes nothing there, whatever the
+    // method. A NAT SYN leaves its reply state in NAT_STATE instead (0015).
+    let record = !parse::opening_syn(ctx, &p);
     let choice = choose::real(&p.key, vs, record)?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, &p, real, ingress)?,
-        METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow)?,
+        METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow, record)?,
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
         _ => return Err(Verdict::internal()),
     };

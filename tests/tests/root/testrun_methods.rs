@@ -154,7 +154,8 @@ fn nat_reply_without_state_passes_untouched() {
 /// A real two NAT virtual servers share has each flow's reply restored to the VIP
 /// that flow was sent to (`NAT_STATE`); the real of one NAT virtual server has its
 /// replies found through the flow's `FLOWS` entry (decision 0015). Either way the
-/// answer to a SYN is restored: NAT records its flow at the SYN.
+/// answer to a SYN is restored: a NAT SYN, which `FLOWS` does not record (decision
+/// 0012), leaves its reply state in `NAT_STATE`.
 #[test]
 fn nat_replies_of_shared_and_sole_reals_go_back_as_their_own_vip() {
     let y = "interfaces: [lo]\nvirtual_servers:
@@ -200,6 +201,12 @@ fn nat_replies_of_shared_and_sole_reals_go_back_as_their_own_vip() {
             );
         }
     }
+    assert_eq!(f.flow_entries(), 0, "a NAT SYN writes no FLOWS entry");
+    // The client's ACK records its flow in FLOWS, through which the sole real's
+    // answers are found from then on.
+    let ack = V4Packet::tcp(CLIENT4, 5002, [10, 0, 0, 102], 80).build();
+    assert_eq!(f.run(&ack).action, XDP_REDIRECT);
+    assert_eq!(f.flow_entries(), 1, "the ACK recorded the flow");
     // The sole real's answer to a client port it never served is no reply.
     let stray = V4Packet::tcp([10, 0, 1, 12], 8080, CLIENT4, 5003).build();
     let r = f.run(&stray);

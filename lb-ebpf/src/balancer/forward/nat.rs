@@ -116,7 +116,9 @@ fn route(
     next_hop(ctx, p, &r, 0)
 }
 
-/// Forwards a request of virtual server `vs` to `real`.
+/// Forwards a request of virtual server `vs` to `real`. `recorded`: the flow is in
+/// `FLOWS` (false for a TCP SYN, decision 0012), so that the reply of a real that
+/// serves `vs` alone is found there; otherwise the reply state goes into `NAT_STATE`.
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn forward(
@@ -125,9 +127,10 @@ pub fn forward(
     vs: &VsInfo,
     real: &RealInfo,
     new_flow: bool,
+    recorded: bool,
 ) -> Result<Verdict, Verdict> {
     let hop = route(ctx, p, &p.key.src, &real.addr, p.key.sport_be, real.port_be)?;
-    if !sole_real_of(&real.addr, real.port_be, p, vs.vs_index) {
+    if !recorded || !sole_real_of(&real.addr, real.port_be, p, vs.vs_index) {
         keep_reply_state(p, vs, real, new_flow);
     }
     rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;

@@ -297,10 +297,19 @@ fn quoted_flow(
 /// `Parsed` costs stack the one inlined program has little of.
 /// Returns: `Some` once the ports are in, if `p` is a first fragment holding its whole
 /// TCP or UDP header (one that does not, RFC 1858's tiny fragment, is no datagram to
-/// translate); `None`, `p` unchanged, otherwise.
+/// translate, nor is one whose IP length ends before it, padded out by Ethernet);
+/// `None`, `p` unchanged, otherwise.
 #[inline(always)]
 pub fn first_fragment_ports(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
     if !p.frag_first || !l4_complete(ctx, p) {
+        return None;
+    }
+    let hlen = if p.key.proto == PROTO_TCP {
+        TCP_HLEN
+    } else {
+        UDP_HLEN
+    };
+    if p.l4_off + hlen > ETH_HLEN + p.ip_len {
         return None;
     }
     let ports: *const [u16; 2] = ptr_at(ctx, p.l4_off)?;

@@ -31,8 +31,8 @@ pub fn addressed_here(ctx: &XdpContext) -> Result<Option<&'static IfaceInfo>, Ve
         return Ok(None);
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: hash map value, valid for this program run; a concurrent update by the
-    // daemon (a MAC change) gives the old or the new entry.
+    // SAFETY: IFACES is BPF_F_NO_PREALLOC: a replaced value is freed only after this
+    // program returns (RCU), so the reference stays the old or the new entry.
     let iface = match unsafe { IFACES.get(&ifindex) } {
         Some(i) if i.mac == dst => return Ok(Some(i)),
         None => return Ok(None),

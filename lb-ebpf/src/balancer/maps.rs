@@ -40,7 +40,8 @@ pub static PERSIST: LruHashMap<PersistKey, PersistState> =
 
 /// ifindex -> interface facts (its MAC). Written by the daemon.
 #[map]
-pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+pub static IFACES: HashMap<u32, IfaceInfo> =
+    HashMap::with_max_entries(MAX_IFACES, BPF_F_NO_PREALLOC);
 
 /// (receiving ifindex, VLAN ids) -> the VLAN device's ifindex. Written by the daemon.
 #[map]

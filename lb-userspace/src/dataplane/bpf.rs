@@ -1,6 +1,9 @@
 //! The real data path: the embedded BPF object loaded with aya, and its maps.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    path::PathBuf,
+};
 
 use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
@@ -331,15 +334,17 @@ impl Dataplane for BpfDataplane {
         Ok(())
     }
     fn set_nat_reals(&mut self, reals: &[(VsKey, NatState)]) -> Result<(), DataplaneError> {
-        let have: Vec<VsKey> = self
-            .nat_reals
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(NAT_REALS))?;
-        for k in have.iter().filter(|k| !reals.iter().any(|(r, _)| r == *k)) {
+        let want: StdHashMap<VsKey, NatState> = reals.iter().copied().collect();
+        let mut have = StdHashMap::new();
+        for k in self.nat_reals.keys() {
+            let k = k.map_err(map_err(NAT_REALS))?;
+            let v = self.nat_reals.get(&k, 0).map_err(map_err(NAT_REALS))?;
+            have.insert(k, v);
+        }
+        for k in have.keys().filter(|k| !want.contains_key(*k)) {
             self.nat_reals.remove(k).map_err(map_err(NAT_REALS))?;
         }
-        for (k, state) in reals {
+        for (k, state) in want.iter().filter(|(k, v)| have.get(*k) != Some(*v)) {
             self.nat_reals
                 .insert(k, state, 0)
                 .map_err(map_err(NAT_REALS))?;

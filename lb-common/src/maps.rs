@@ -21,7 +21,7 @@
 //! | `STATS_REAL` | real id -> [`crate::Counters`] per CPU | XDP | daemon |
 //! | `VERDICTS` | [`crate::reason`] -> packets per CPU (`u64`) | XDP | daemon |
 //! | `SETTINGS` | 0 -> `SETTING_*` bits (`u32`) | daemon | XDP |
-//! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU), for reals not in `NAT_REALS` | XDP | XDP |
+//! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU): TCP SYNs, reals not in `NAT_REALS`, fragmented requests | XDP | XDP |
 //! | `NAT_REALS` | a NAT real's [`crate::VsKey`] -> [`crate::NatState`] of its only virtual server | daemon | XDP |
 //! | `NAT_FRAGS` | [`crate::FragKey`] of a reply's datagram -> [`crate::NatState`] (LRU) | XDP | XDP |
 
@@ -70,8 +70,9 @@ pub const VERDICTS: &str = "VERDICTS";
 
 /// Data path switches: one `u32` of `SETTING_*` bits. Array of one.
 pub const SETTINGS: &str = "SETTINGS";
-/// NAT replies: the reply 5-tuple of every NAT flow -> the VIP:port to restore. LRU
-/// hash, as large as `FLOWS`.
+/// NAT replies: the reply 5-tuple of a NAT flow that `FLOWS` cannot answer for (a TCP
+/// SYN, a real in no `NAT_REALS` entry, a fragmented request) -> the VIP:port to
+/// restore. LRU hash, as large as `FLOWS`.
 pub const NAT_STATE: &str = "NAT_STATE";
 /// NAT replies in fragments (decision 0016): (real, client, protocol, identification)
 /// of a fragmented reply -> the VIP:port its first fragment found (through `FLOWS` or
@@ -110,7 +111,7 @@ pub const MAX_REALS: u32 = 131_072;
 /// the daemon sets it at load time.
 pub const DEFAULT_RING_COUNT: u32 = 64;
 /// `VS_RINGS` map flags: `BPF_F_MMAPABLE`, so that the daemon writes a table into a
-/// ring as memory (a copy of 256 KiB) rather than one syscall per slot (decision 0013).
+/// ring as memory (65,537 slots, 8 bytes apart) rather than one syscall per slot (decision 0013).
 pub const VS_RINGS_FLAGS: u32 = 1 << 10;
 /// Default connection table size (entries); the daemon may set another at load time.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;

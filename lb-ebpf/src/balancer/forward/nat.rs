@@ -63,23 +63,9 @@ fn rewrite(ctx: &XdpContext, p: &Parsed, end: End, addr: &[u32; 4], port_be: u16
     let acc = csum::diff16(csum::diff_addr(0, old_addr, addr), old_port, port_be);
     let ports: *mut [u16; 2] = ptr_at(ctx, p.l4_off)?;
     let check: *mut u16 = ptr_at(ctx, l4_csum_off(p))?;
+    readdress(ctx, p, end, addr)?;
     // SAFETY: bounds checked by ptr_at; parse() read these headers already.
     unsafe {
-        if p.key.family == FAMILY_V4 {
-            let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-            let ip_acc = csum::diff32(0, old_addr[0], addr[0]);
-            (*ip).check = csum::apply((*ip).check, ip_acc);
-            match end {
-                End::Src => (*ip).src = addr[0],
-                End::Dst => (*ip).dst = addr[0],
-            }
-        } else {
-            let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
-            match end {
-                End::Src => (*ip).src = *addr,
-                End::Dst => (*ip).dst = *addr,
-            }
-        }
         match end {
             End::Src => (*ports)[0] = port_be,
             End::Dst => (*ports)[1] = port_be,

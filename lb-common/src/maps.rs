@@ -24,6 +24,7 @@
 //! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU): TCP SYNs, reals not in `NAT_REALS`, fragmented requests | XDP | XDP |
 //! | `NAT_REALS` | a NAT real's [`crate::VsKey`] -> [`crate::NatState`] of its only virtual server | daemon | XDP |
 //! | `NAT_FRAGS` | [`crate::FragKey`] of a reply's datagram -> [`crate::NatState`] (LRU) | XDP | XDP |
+//! | `UDP_SEEN` | flow hash's low bits -> the hash of the last UDP flow seen there unrecorded | XDP | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -86,10 +87,17 @@ pub const NAT_FRAGS: &str = "NAT_FRAGS";
 /// a NAT flow writes one table (decision 0015). Written by the daemon.
 pub const NAT_REALS: &str = "NAT_REALS";
 
+/// UDP flows seen once (decision 0017): a UDP flow of a direct-routing or tunnel
+/// virtual server enters `FLOWS` with its second packet; its first leaves the flow's
+/// hash here, in the slot its low bits pick, for the second to find. Array of
+/// [`UDP_SEEN_SLOTS`] `u32`s, shared by all CPUs; a slot keeps the last flow that
+/// used it.
+pub const UDP_SEEN: &str = "UDP_SEEN";
+
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
     VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, VLAN_IN, VLAN_OUT, RX_TAGS, OWN_MACS, FRAG_VS,
-    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE, NAT_REALS, NAT_FRAGS,
+    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE, NAT_REALS, NAT_FRAGS, UDP_SEEN,
 ];
 
 /// The load balancer, attached to every interface of the configuration.
@@ -119,6 +127,11 @@ pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// their way. An entry is needed only between a datagram's first fragment and its
 /// last (microseconds); the LRU forgets the oldest.
 pub const NAT_FRAG_ENTRIES: u32 = 16_384;
+/// Size of `UDP_SEEN` (a power of two): 256 KiB. Under a flood of new flows a slot is
+/// overwritten every `UDP_SEEN_SLOTS` / (new flows per second) seconds on average; a
+/// legitimate flow whose second packet comes later than that is not recorded until
+/// two of its packets come closer together (it is still balanced, by Maglev).
+pub const UDP_SEEN_SLOTS: u32 = 65_536;
 /// Most transmitting interfaces.
 pub const MAX_IFACES: u32 = 64;
 /// Most VLAN devices on the attached interfaces (`VLAN_IN`, `VLAN_OUT`).

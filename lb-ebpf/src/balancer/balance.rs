@@ -3,10 +3,13 @@
 //! server's method.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{reason, FlowKey, IfaceInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
+use lb_common::{
+    reason, FlowKey, IfaceInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
+};
 
 use crate::{
-    choose, forward, l2,
+    choose::{self, Record},
+    forward, l2,
     maps::{FRAG_VS, VS_MAP},
     parse, stats,
     verdict::Verdict,
@@ -47,14 +50,24 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     }
     // SYN guard (decision 0012): a TCP flow enters the connection table with the first
     // packet after its SYN, so a spoofed SYN flood writes nothing there, whatever the
-    // method. A NAT SYN leaves its reply state in NAT_STATE instead (0015).
-    let record = !parse::opening_syn(ctx, &p);
+    // method. A NAT SYN leaves its reply state in NAT_STATE instead (0015). A UDP flow
+    // of a method whose replies need no state enters it with its second packet (0017).
+    let record = if parse::opening_syn(ctx, &p) {
+        Record::Never
+    } else if p.key.proto == PROTO_UDP && vs.method != METHOD_NAT {
+        Record::Second
+    } else {
+        Record::Now
+    };
     let choice = choose::real(&p.key, vs, record)?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, &p, real, ingress)?,
-        METHOD_NAT => forward::nat::forward(ctx, &p, vs, real, choice.new_flow, record)?,
+        METHOD_NAT => {
+            let recorded = record == Record::Now;
+            forward::nat::forward(ctx, &p, vs, real, choice.new_flow, recorded)?
+        }
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
         _ => return Err(Verdict::internal()),
     };
@@ -75,7 +88,7 @@ fn fragment(ctx: &XdpContext, p: &mut parse::Parsed) -> Result<Verdict, Verdict>
         return Ok(verdict);
     };
     let ingress = l2::addressed_here(ctx)?;
-    let choice = choose::real(&p.key, vs, true)?;
+    let choice = choose::real(&p.key, vs, Record::Now)?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {

@@ -3,12 +3,12 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    flow_hash, reason, FlowKey, FlowState, PersistKey, PersistState, RealInfo, VsInfo, NO_REAL,
-    REAL_F_ACTIVE, REAL_F_NEW, RING_STRIDE,
+    flow_hash, maps::UDP_SEEN_SLOTS, reason, FlowKey, FlowState, PersistKey, PersistState,
+    RealInfo, VsInfo, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, RING_STRIDE,
 };
 
 use crate::{
-    maps::{FLOWS, PERSIST, REALS, VS_RINGS},
+    maps::{FLOWS, PERSIST, REALS, UDP_SEEN, VS_RINGS},
     verdict::Verdict,
 };
 
@@ -20,7 +20,7 @@ const PERSIST_TOUCH_NS: u64 = 1_000_000_000;
 pub struct Choice {
     pub real_id: u32,
     pub real: *const RealInfo,
-    /// The flow was (re)scheduled by this packet.
+    /// The flow was (re)scheduled by this packet: counted as a new flow.
     pub new_flow: bool,
 }
 
@@ -79,14 +79,29 @@ fn persist_lookup(pk: &PersistKey, vs: &VsInfo, now: u64) -> Option<(u32, *const
     Some((p.real_id, r))
 }
 
+/// When a packet whose flow the flow table does not hold writes it there (and into
+/// `PERSIST`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// At once: NAT (its reply is found through the entry, decision 0015), TCP past its
+    /// SYN, fragments.
+    Now,
+    /// At the flow's second packet: UDP of direct routing and tunnels (decision 0017).
+    /// The first leaves the flow's hash in `UDP_SEEN`, and counts as the new flow.
+    Second,
+    /// Never: a TCP SYN (decision 0012; the packet after it records the flow), an ICMP
+    /// error about the flow.
+    Never,
+}
+
 /// Picks the real for `key` on virtual server `vs`, recording a new choice in FLOWS
-/// (and PERSIST) when `record` (not for a TCP SYN: see decision 0012; the packet after
-/// it finds the same real by the same means, and records it). An entry naming a real
-/// that is gone (inactive, or its id reused) is re-steered.
+/// (and PERSIST) as `record` says. The packets of a flow before it is recorded find
+/// the same real by the same means while the tables hold. An entry naming a real that
+/// is gone (inactive, or its id reused) is re-steered.
 /// Returns: the choice, or the drop verdict: `drop_no_real` when the ring slot is empty
 /// (no real takes new flows), `drop_internal` for a ring or real index out of range.
 #[inline(always)]
-pub fn real(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict> {
+pub fn real(key: &FlowKey, vs: &VsInfo, record: Record) -> Result<Choice, Verdict> {
     pick(key, vs, record)
 }
 
@@ -94,18 +109,36 @@ pub fn real(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict>
 /// error about the flow, which must not create or refresh state.
 #[inline(always)]
 pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
-    pick(key, vs, false)
+    pick(key, vs, Record::Never)
+}
+
+/// Returns: whether the flow of hash `h` left its hash in `UDP_SEEN` with an earlier
+/// packet (this one then records it); otherwise leaves it there for the next.
+#[inline(always)]
+fn seen_before(h: u32) -> bool {
+    let Some(slot) = UDP_SEEN.get_ptr_mut(h % UDP_SEEN_SLOTS) else {
+        return true;
+    };
+    // SAFETY: array value pointer, valid for this run. Two CPUs writing one slot at
+    // once leave one of the two hashes: the other flow is recorded a packet later.
+    unsafe {
+        if *slot == h {
+            return true;
+        }
+        *slot = h;
+    }
+    false
 }
 
 #[inline(always)]
-fn pick(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict> {
+fn pick(key: &FlowKey, vs: &VsInfo, record: Record) -> Result<Choice, Verdict> {
     let persistent = vs.persist_timeout_ns != 0;
     // SAFETY: LRU hash value; a concurrent update can at worst give a stale but
     // well-formed FlowState, which is then validated against REALS.
     if let Some(f) = unsafe { FLOWS.get(key) } {
         if f.vs_index == vs.vs_index {
             if let Some(real) = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE) {
-                if persistent && record {
+                if persistent && record != Record::Never {
                     persist_touch(key, vs, f.real_id);
                 }
                 return Ok(Choice {
@@ -116,6 +149,16 @@ fn pick(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict> {
             }
         }
     }
+    // The one hash of the packet: Maglev's slot, and the flow's mark in UDP_SEEN.
+    let h = flow_hash(key);
+    let (record, new_flow) = match record {
+        Record::Now => (true, true),
+        Record::Never => (false, false),
+        Record::Second => {
+            let seen = seen_before(h);
+            (seen, !seen)
+        }
+    };
     let mut sticky = None;
     let mut now = 0;
     let pk = persist_key(key, vs);
@@ -129,7 +172,7 @@ fn pick(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict> {
             if vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
                 return Err(Verdict::internal());
             }
-            let slot = vs.ring_id * RING_STRIDE + flow_hash(key) % vs.ring_size;
+            let slot = vs.ring_id * RING_STRIDE + h % vs.ring_size;
             let real_id = *VS_RINGS.get(slot).ok_or(Verdict::internal())?;
             if real_id == NO_REAL {
                 return Err(Verdict::drop(reason::DROP_NO_REAL));
@@ -141,7 +184,7 @@ fn pick(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict> {
         return Ok(Choice {
             real_id,
             real,
-            new_flow: false,
+            new_flow,
         });
     }
     // SAFETY: as above.
@@ -165,6 +208,6 @@ fn pick(key: &FlowKey, vs: &VsInfo, record: bool) -> Result<Choice, Verdict> {
     Ok(Choice {
         real_id,
         real,
-        new_flow: true,
+        new_flow,
     })
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     maps::{
         DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VLANS,
-        MAX_VS, VS_RINGS_FLAGS,
+        MAX_VS, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
     },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
     VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
@@ -72,6 +72,11 @@ pub static FRAG_VS: HashMap<VsKey, u32> = HashMap::with_max_entries(MAX_VS, 0);
 #[map]
 pub static NAT_FRAGS: LruHashMap<lb_common::FragKey, NatState> =
     LruHashMap::with_max_entries(lb_common::maps::NAT_FRAG_ENTRIES, 0);
+
+/// Flow hash's low bits -> the hash of the last UDP flow whose first packet was
+/// balanced there without being recorded (decision 0017). Written and read here.
+#[map]
+pub static UDP_SEEN: Array<u32> = Array::with_max_entries(UDP_SEEN_SLOTS, 0);
 
 /// Per-VS counters, per CPU.
 #[map]

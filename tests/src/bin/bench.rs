@@ -338,6 +338,10 @@ fn main() {
     for i in 1..=10 {
         y.push_str(&format!("      - address: 10.0.1.{i}\n"));
     }
+    y.push_str("  - name: dns\n    address: 10.0.0.100\n    port: 53\n    protocol: udp\n    real_servers:\n");
+    for i in 1..=10 {
+        y.push_str(&format!("      - address: 10.0.1.{i}\n"));
+    }
     let mut f = Fixture::new(&y);
     let client = [192, 0, 2, 7];
     let vip = [10, 0, 0, 100];
@@ -387,6 +391,17 @@ fn main() {
         syn += f.run(&p).ns;
     }
     line("vip_syn_spoofed", syn as f64 / f64::from(NEW_FLOWS), 1);
+    // UDP by direct routing (decision 0017): a flow's first packet leaves its mark in
+    // UDP_SEEN and writes no entry; its second finds the mark and records the flow.
+    let (mut first, mut second) = (0u64, 0u64);
+    for i in 0..NEW_FLOWS {
+        let src = [198, 20, (i >> 16) as u8, (i >> 8) as u8];
+        let p = V4Packet::udp(src, (i & 0xffff) as u16 | 1024, vip, 53).build();
+        first += f.run(&p).ns;
+        second += f.run(&p).ns;
+    }
+    line("vip_udp_first_packet", first as f64 / f64::from(NEW_FLOWS), 1);
+    line("vip_udp_second_packet", second as f64 / f64::from(NEW_FLOWS), 1);
     // What `xdpvs status` and each /metrics scrape pay to count flows per real.
     let start = std::time::Instant::now();
     let flows = f

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use lb_common::{reason, FlowKey, PROTO_TCP};
+use lb_common::{reason, FlowKey, PROTO_TCP, PROTO_UDP};
 use tests::{
     fixture::{real_mac, Fixture, LB_MAC},
     packet::{V4Packet, TCP_ACK, TCP_SYN},
@@ -169,6 +169,74 @@ fn a_draining_real_keeps_its_connections_and_no_syn_writes_an_entry() {
     let next = segment(CLIENT, sport + 1000, TCP_ACK);
     assert_ne!(f.run(&next).out[0..6], real_mac(drained));
     assert_eq!(f.flow_entries(), 2);
+}
+
+/// Three reals behind a UDP virtual server by direct routing, then `reals` of them.
+fn udp_yaml(reals: &[&str]) -> String {
+    let mut y = String::from(
+        "interfaces: [lo]\nvirtual_servers:\n  - name: dns\n    address: 10.0.0.100\n    port: 53\n    protocol: udp\n    table_size: 65537\n    real_servers:\n",
+    );
+    for r in reals {
+        y.push_str(&format!("      - address: {r}\n"));
+    }
+    y
+}
+
+fn udp_key(src: [u8; 4], sport: u16) -> FlowKey {
+    FlowKey::new(IpAddr::from(src), sport, IpAddr::from(VIP), 53, PROTO_UDP)
+}
+
+/// A UDP flow of a direct-routing virtual server enters the connection table with its
+/// second packet (decision 0017): a flood of one-packet flows writes no entry, each
+/// still reaching its Maglev real and counted as a new flow once; a flow's second
+/// packet records it, and from then on it keeps its real when the table changes.
+#[test]
+fn a_udp_flow_is_recorded_at_its_second_packet() {
+    let mut f = Fixture::new(&udp_yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]));
+    for i in 0..10_000u32 {
+        let src = [198, 18, (i >> 8) as u8, i as u8];
+        let sport = 1024 + (i % 50_000) as u16;
+        let frame = V4Packet::udp(src, sport, VIP, 53).build();
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_TX, "datagram {i} forwarded");
+        assert_dr_rewrite(&frame, &r.out, f.predict("dns", &udp_key(src, sport)));
+    }
+    assert_eq!(f.flow_entries(), 0, "one-packet flows left no entry");
+    assert_eq!(new_flows(&f), 10_000, "each counted as a new flow");
+
+    // A flow whose Maglev real is .13, so that removing .13 would move it.
+    let moved: IpAddr = "10.0.1.13".parse().unwrap();
+    let sport = (20000..21000)
+        .find(|&s| f.predict("dns", &udp_key(CLIENT, s)) == moved)
+        .expect("a port whose flow lands on .13");
+    let frame = V4Packet::udp(CLIENT, sport, VIP, 53).build();
+    assert_eq!(f.run(&frame).out[0..6], real_mac(moved));
+    assert_eq!(f.flow_entries(), 0, "its first packet wrote nothing");
+    assert_eq!(f.run(&frame).out[0..6], real_mac(moved));
+    assert_eq!(f.flow_entries(), 1, "its second packet recorded it");
+    assert_eq!(new_flows(&f), 10_001, "counted once, at its first packet");
+
+    // .13 drains: the recorded flow stays, a one-packet flow of .13 goes elsewhere.
+    f.apply_config(&udp_yaml(&[
+        "10.0.1.11",
+        "10.0.1.12",
+        "10.0.1.13\n        weight: 0",
+    ]));
+    assert_eq!(
+        f.run(&frame).out[0..6],
+        real_mac(moved),
+        "the recorded flow keeps its real"
+    );
+    let next = V4Packet::udp([198, 51, 100, 9], 21000, VIP, 53).build();
+    for entries in [1, 2] {
+        let r = f.run(&next);
+        assert_ne!(
+            r.out[0..6],
+            real_mac(moved),
+            "a new flow sent to the draining real"
+        );
+        assert_eq!(f.flow_entries(), entries, "recorded at its second packet");
+    }
 }
 
 #[test]

@@ -229,6 +229,11 @@ fn nat_udp_both_ways_and_a_zero_udp_checksum_stays_zero() {
         }
         .build()
     );
+    assert_eq!(
+        f.flow_entries(),
+        1,
+        "a NAT UDP flow is recorded at its first packet, for its reply (decision 0017)"
+    );
     let r = f.run(&V4Packet::udp(real, 5353, CLIENT4, 7000).build());
     assert_eq!(r.action, XDP_REDIRECT);
     assert_eq!(

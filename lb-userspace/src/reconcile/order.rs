@@ -85,15 +85,32 @@ impl<D: Dataplane> Reconciler<D> {
         }
         // 2. Reals' flags and tables. Reals leaving a virtual server that stays first
         // leave its table. The tables of a few virtual servers at a time are built on
-        // every core, then installed one by one in the order above.
+        // every core, a batch ahead of the one being installed (one by one, in the
+        // order above), so that building and writing overlap.
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        for batch in changed.chunks(cores * 2) {
-            let mut built = self.build_tables(batch, cores).into_iter();
-            for vs in batch {
-                self.sync_with(&vs.name, built.next().flatten())?;
-                self.tables.synced(&vs.name);
+        let jobs = self.table_jobs(&changed);
+        let batch_len = cores * 2;
+        std::thread::scope(|s| -> Result<(), ReconcileError> {
+            let jobs = &jobs;
+            let build = |at: usize| {
+                let batch = &jobs[at..jobs.len().min(at + batch_len)];
+                s.spawn(move || build_tables(batch, cores))
+            };
+            let mut ahead = (!jobs.is_empty()).then(|| build(0));
+            for (n, batch) in changed.chunks(batch_len).enumerate() {
+                let built = ahead.take().expect("a batch ahead").join();
+                let built = built.expect("building Maglev tables does not panic");
+                let next = (n + 1) * batch_len;
+                if next < jobs.len() {
+                    ahead = Some(build(next));
+                }
+                for (vs, table) in batch.iter().zip(built) {
+                    self.sync_with(&vs.name, table)?;
+                    self.tables.synced(&vs.name);
+                }
             }
-        }
+            Ok(())
+        })?;
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
         // fragment passes), so the order against the tables does not matter.
         let takers: Vec<(lb_common::VsKey, u16)> = config
@@ -157,12 +174,11 @@ impl<D: Dataplane> Reconciler<D> {
         self.sync_with(name, None)
     }
 
-    /// Returns: the Maglev table of each of `vss` whose table is to change (`None` for
-    /// the others), built on up to `cores` threads. The same tables `sync` would build,
-    /// so that a cold start of many virtual servers is not one core's work.
-    fn build_tables(&self, vss: &[&VirtualServer], cores: usize) -> Vec<Option<Vec<u32>>> {
-        let jobs: Vec<Option<(Vec<crate::maglev::Backend>, u32)>> = vss
-            .iter()
+    /// Returns: for each of `vss`, the backends and size of its Maglev table if the
+    /// table is to change (`None` for the others): what [`build_tables`] builds, the
+    /// same tables `sync` would build.
+    fn table_jobs(&self, vss: &[&VirtualServer]) -> Vec<TableJob> {
+        vss.iter()
             .map(|vs| {
                 let backends = self.policy.backends(vs, |k| self.reals.id(k));
                 (!self
@@ -170,26 +186,7 @@ impl<D: Dataplane> Reconciler<D> {
                     .is_built_from(&vs.name, &backends, vs.table_size))
                 .then_some((backends, vs.table_size))
             })
-            .collect();
-        if cores < 2 || jobs.iter().flatten().count() < 2 {
-            return vec![None; vss.len()];
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut out: Vec<Option<Vec<u32>>> = vec![None; vss.len()];
-        let results = std::sync::Mutex::new(&mut out);
-        std::thread::scope(|s| {
-            for _ in 0..cores.min(jobs.len()) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    if let Some((backends, size)) = job {
-                        let table = crate::maglev::build(backends, *size);
-                        results.lock().expect("no panic while held")[i] = Some(table);
-                    }
-                });
-            }
-        });
-        out
+            .collect()
     }
 
     /// [`Reconciler::sync`], with virtual server `name`'s table already built when it
@@ -280,4 +277,33 @@ impl<D: Dataplane> Reconciler<D> {
         }
         Ok(())
     }
+}
+
+/// The backends and size of a Maglev table to build.
+type TableJob = Option<(Vec<crate::maglev::Backend>, u32)>;
+
+/// Returns: the Maglev table of each job (`None` where there is none), built on up to
+/// `cores` threads, so that a cold start of many virtual servers is not one core's
+/// work. With one core or one job, every result is `None`: `sync` builds the table
+/// itself.
+fn build_tables(jobs: &[TableJob], cores: usize) -> Vec<Option<Vec<u32>>> {
+    if cores < 2 || jobs.iter().flatten().count() < 2 {
+        return vec![None; jobs.len()];
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Option<Vec<u32>>> = vec![None; jobs.len()];
+    let results = std::sync::Mutex::new(&mut out);
+    std::thread::scope(|s| {
+        for _ in 0..cores.min(jobs.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                if let Some((backends, size)) = job {
+                    let table = crate::maglev::build(backends, *size);
+                    results.lock().expect("no panic while held")[i] = Some(table);
+                }
+            });
+        }
+    });
+    out
 }

@@ -400,8 +400,16 @@ fn main() {
         first += f.run(&p).ns;
         second += f.run(&p).ns;
     }
-    line("vip_udp_first_packet", first as f64 / f64::from(NEW_FLOWS), 1);
-    line("vip_udp_second_packet", second as f64 / f64::from(NEW_FLOWS), 1);
+    line(
+        "vip_udp_first_packet",
+        first as f64 / f64::from(NEW_FLOWS),
+        1,
+    );
+    line(
+        "vip_udp_second_packet",
+        second as f64 / f64::from(NEW_FLOWS),
+        1,
+    );
     // What `xdpvs status` and each /metrics scrape pay to count flows per real.
     let start = std::time::Instant::now();
     let flows = f

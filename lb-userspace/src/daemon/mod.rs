@@ -133,7 +133,10 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     }
     let ebpf = bpf::load_pinned(opts, &instance.pins)
         .context("loading the BPF programs (run as root; kernel with BPF and XDP)")?;
-    let (dp, programs) = BpfDataplane::new(ebpf).context("the BPF object's maps")?;
+    let (mut dp, mut programs) = BpfDataplane::new(ebpf).context("the BPF object's maps")?;
+    if let Some(grow) = plan.grow {
+        grow_rings(&mut dp, &mut programs, &instance, grow)?;
+    }
     let rec = if plan.adopt {
         let (rec, found) = Reconciler::adopt(dp, MAX_VS, opts.ring_count, &config)
             .context("adopting the pinned data path")?;
@@ -172,6 +175,31 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     let result = d.start_and_serve(&config).await;
     d.cleanup().await;
     result.map_err(RunError::Other)
+}
+
+/// Ends growing the ring map (`pins::Grow`): copies the rings of the map set aside into
+/// the new one, then puts the new program on the pinned links before anything is
+/// written: `VS_MAP` is shared, and from the first table written the old program would
+/// read, under a ring id, a ring written into the new map only. The new program reads
+/// the maps as the old one left them, which is what a reload starts from. Only then is
+/// the old map unpinned: a start that dies before finds it and grows again from it.
+fn grow_rings(
+    dp: &mut BpfDataplane,
+    programs: &mut Programs,
+    instance: &Instance,
+    grow: pins::Grow,
+) -> anyhow::Result<()> {
+    let pins = &instance.pins;
+    let copied = dp
+        .copy_rings(&pins.rings_aside())
+        .context("copying the pinned Maglev rings into the larger ring map")?;
+    programs
+        .replace_pinned(pins)
+        .context("swapping the program onto the pinned links")?;
+    pins.finish_grow()
+        .context("unpinning the smaller ring map")?;
+    tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map grew from {copied} to {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
+    Ok(())
 }
 
 impl Daemon {

@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use aya::{
@@ -122,12 +122,30 @@ impl Programs {
         ifname: &str,
         mode: XdpMode,
     ) -> Result<bool, anyhow::Error> {
-        let prog: &mut Xdp = self
+        Ok(pins.attach(self.balancer()?, ifindex, ifname, mode)?)
+    }
+
+    /// Puts the balancer in place of the program on every pinned link, making no new
+    /// link ([`Pins::replace`]). A link that cannot take it (its interface is gone:
+    /// no packet reaches it) is logged and left to [`Programs::attach_pinned`].
+    pub fn replace_pinned(&mut self, pins: &Pins) -> Result<(), anyhow::Error> {
+        let prog = self.balancer()?;
+        for ifname in pins.linked_interfaces() {
+            if let Err(e) = pins.replace(prog, &ifname) {
+                tracing::warn!(interface = %ifname, "the pinned XDP link cannot take the new program yet: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns: the balancer's XDP program.
+    fn balancer(&mut self) -> Result<&mut Xdp, anyhow::Error> {
+        let name = lb_common::maps::PROG_LB;
+        Ok(self
             .0
-            .program_mut(lb_common::maps::PROG_LB)
-            .ok_or_else(|| anyhow::anyhow!("program {} missing", lb_common::maps::PROG_LB))?
-            .try_into()?;
-        Ok(pins.attach(prog, ifindex, ifname, mode)?)
+            .program_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("program {name} missing"))?
+            .try_into()?)
     }
 
     /// Returns: program `name`, e.g. for a BPF_PROG_TEST_RUN.
@@ -178,6 +196,21 @@ impl BpfDataplane {
             flows,
         };
         Ok((dp, Programs(ebpf)))
+    }
+}
+
+impl BpfDataplane {
+    /// Copies every ring of the smaller `VS_RINGS` pinned at `from` (an earlier run's)
+    /// into this one, ring `i` to ring `i`, so that the ring ids in `VS_MAP` stay true
+    /// (`pins::Grow`). Nothing writes either map meanwhile: no daemon runs but this one,
+    /// and the data path only reads rings.
+    /// Returns: the rings copied.
+    pub fn copy_rings(&mut self, from: &Path) -> Result<u32, DataplaneError> {
+        let data = MapData::from_pin(from).map_err(map_err(VS_RINGS))?;
+        let old = Array::try_from(Map::Array(data)).map_err(map_err(VS_RINGS))?;
+        let old = RingMemory::map(old)?;
+        self.rings.copy_from(&old)?;
+        Ok((old.entries / RING_STRIDE as usize) as u32)
     }
 }
 
@@ -510,6 +543,23 @@ impl RingMemory {
                 Ok(unsafe { self.base.as_ptr().add(i).cast::<u32>().read() })
             })
             .collect()
+    }
+
+    /// Copies every element of `from` to the same index here.
+    fn copy_from(&mut self, from: &RingMemory) -> Result<(), DataplaneError> {
+        if from.entries > self.entries {
+            return Err(DataplaneError::Ring {
+                ring: (self.entries / RING_STRIDE as usize) as u32,
+                slot: 0,
+            });
+        }
+        // SAFETY: both mappings hold at least `from.entries` elements, and they are
+        // mappings of two maps, so they do not overlap; `&mut self` makes this the
+        // process's only access to this one.
+        unsafe {
+            std::ptr::copy_nonoverlapping(from.base.as_ptr(), self.base.as_ptr(), from.entries)
+        };
+        Ok(())
     }
 }
 

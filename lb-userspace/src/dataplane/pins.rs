@@ -13,6 +13,14 @@
 //! is dropped all of them are, and with them the connection and persistence tables,
 //! whose entries name real ids that the new maps give out afresh. The connection or
 //! persistence table alone can be dropped on its own.
+//!
+//! `VS_RINGS` differs from the others in its size alone when a configuration wants
+//! more rings than the pinned map holds. Ring `i` lies at the same offset in a map of
+//! any size, so such a map is grown, not dropped: it is set aside (pinned under
+//! `VS_RINGS-old`), the load makes a larger one in its place, the daemon copies every
+//! ring into it and swaps its program onto the links, and only then unpins the one set
+//! aside ([`Grow`]). A start that dies before that finds the map set aside and puts it
+//! back: it is the one whose rings the program still attached reads.
 
 use std::{
     collections::HashMap,
@@ -82,6 +90,22 @@ pub struct Plan {
     /// Maps that were pinned but are made anew, each with why (their contents are
     /// lost).
     pub dropped: Vec<String>,
+    /// The pinned `VS_RINGS` is too small and was set aside: the load makes a larger
+    /// one, which the daemon fills from it before anything else.
+    pub grow: Option<Grow>,
+}
+
+/// A pinned `VS_RINGS` being grown. Until [`Pins::finish_grow`], the old map stays
+/// pinned at [`Pins::rings_aside`]; the daemon copies its rings into the new one
+/// (`BpfDataplane::copy_rings`) and puts its program on the pinned links before
+/// finishing, because `VS_MAP`, shared by both programs, names rings by id and the
+/// old program must never read a ring written into the new map only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grow {
+    /// Rings of the map set aside.
+    pub from: u32,
+    /// Rings of the new map.
+    pub to: u32,
 }
 
 /// A map's definition as the kernel or the object has it.
@@ -130,6 +154,12 @@ impl Pins {
         self.maps_dir().join(name)
     }
 
+    /// Returns: where a `VS_RINGS` being grown is pinned until its rings are copied
+    /// (not `.old`: bpffs refuses names with a dot).
+    pub fn rings_aside(&self) -> PathBuf {
+        self.maps_dir().join(format!("{VS_RINGS}-old"))
+    }
+
     /// Returns: where the XDP link of interface `ifname` is pinned.
     pub fn link(&self, ifname: &str) -> PathBuf {
         self.links_dir().join(ifname)
@@ -153,14 +183,15 @@ impl Pins {
     }
 
     /// Decides which pinned maps the load reuses (see the module doc), removes the pins
-    /// of the others, and creates the directories. A pinned `VS_RINGS` larger than
-    /// `opts` asks for is kept at its size (`opts.ring_count` grows to it).
+    /// of the others, sets aside a `VS_RINGS` to be grown, and creates the directories.
+    /// `opts.ring_count` is raised to a larger pinned `VS_RINGS`'s size, which is kept.
     /// Returns: the plan.
     pub fn prepare(&self, object: &[u8], opts: &mut LoadOptions) -> Result<Plan, PinError> {
         for d in [self.maps_dir(), self.links_dir()] {
             std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
         }
-        let mut want = object_shapes(object, opts)?;
+        self.restore_rings()?;
+        let want = object_shapes(object, opts)?;
         let mut pinned = HashMap::new();
         for &name in ALL {
             let path = self.map(name);
@@ -171,41 +202,13 @@ impl Pins {
         if pinned.is_empty() {
             return Ok(Plan::default());
         }
-        // A larger pinned ring map still holds every ring this configuration needs.
-        if let (Some(p), Some(w)) = (pinned.get(VS_RINGS), want.get_mut(VS_RINGS)) {
-            let same_but_size = Shape {
-                entries: w.entries,
-                ..*p
-            } == *w;
-            if same_but_size && p.entries > w.entries && p.entries % RING_STRIDE == 0 {
-                w.entries = p.entries;
-                opts.ring_count = p.entries / RING_STRIDE;
-            }
-        }
-        let mut dropped = Vec::new();
-        for &name in ALL {
-            match pinned.get(name) {
-                Some(p) if *p != want[name] => dropped.push((
-                    name,
-                    format!("{name}: pinned as {p}, this release has {}", want[name]),
-                )),
-                None => dropped.push((name, format!("{name}: not pinned"))),
-                Some(_) => {}
-            }
-        }
-        let together_lost = dropped.iter().any(|(n, _)| RECONCILED.contains(n));
-        if together_lost {
-            for name in RECONCILED.into_iter().chain(NAMING_REALS) {
-                if !dropped.iter().any(|(n, _)| *n == name) {
-                    dropped.push((name, format!("{name}: dropped with the maps it refers to")));
-                }
-            }
-        }
+        let decision = decide(&pinned, &want);
+        opts.ring_count = decision.rings;
         let mut plan = Plan {
-            adopt: !together_lost,
-            dropped: Vec::new(),
+            adopt: decision.adopt,
+            ..Plan::default()
         };
-        for (name, why) in dropped {
+        for (name, why) in decision.dropped {
             let path = self.map(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
@@ -213,7 +216,35 @@ impl Pins {
             }
         }
         plan.dropped.sort();
+        if let Some(from) = decision.grow_from {
+            let (pin, aside) = (self.map(VS_RINGS), self.rings_aside());
+            std::fs::rename(&pin, &aside).map_err(io_err("setting aside", &pin))?;
+            plan.grow = Some(Grow {
+                from,
+                to: decision.rings,
+            });
+        }
         Ok(plan)
+    }
+
+    /// Puts back a `VS_RINGS` an earlier start set aside and did not finish growing:
+    /// it holds the rings the attached program reads; whatever is pinned as `VS_RINGS`
+    /// (a larger map, maybe half-filled) is replaced.
+    fn restore_rings(&self) -> Result<(), PinError> {
+        let aside = self.rings_aside();
+        if !aside.exists() {
+            return Ok(());
+        }
+        std::fs::rename(&aside, self.map(VS_RINGS)).map_err(io_err("putting back", &aside))?;
+        tracing::warn!(pin = %aside.display(), "an earlier start stopped while growing the ring map: its rings are taken from the map it set aside");
+        Ok(())
+    }
+
+    /// Ends a grow ([`Grow`]): unpins the map set aside. Call it once its rings are
+    /// copied and the new program is on the links.
+    pub fn finish_grow(&self) -> Result<(), PinError> {
+        let aside = self.rings_aside();
+        std::fs::remove_file(&aside).map_err(io_err("removing", &aside))
     }
 
     /// Attaches `prog` to interface `ifname` (`ifindex`) through its pinned link: the
@@ -233,12 +264,8 @@ impl Pins {
             message,
         };
         if path.exists() {
-            let replaced = PinnedLink::from_pin(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
-                .and_then(|l| prog.attach_to_link(l).map_err(|e| e.to_string()));
-            match replaced {
-                Ok(_) => return Ok(true),
+            match self.replace(prog, ifname) {
+                Ok(()) => return Ok(true),
                 Err(e) => {
                     tracing::warn!(
                         interface = ifname,
@@ -262,6 +289,18 @@ impl Pins {
         fd.pin(&path)
             .map_err(|e| link_err(format!("pinning: {e}")))?;
         Ok(false)
+    }
+
+    /// Puts `prog` in place of the program on the pinned link of interface `ifname`
+    /// (BPF_LINK_UPDATE: atomic; a no-op when it is there already).
+    /// Returns: why not, when the link is not pinned or cannot take it (its interface
+    /// is gone).
+    pub fn replace(&self, prog: &mut Xdp, ifname: &str) -> Result<(), String> {
+        PinnedLink::from_pin(self.link(ifname))
+            .map_err(|e| e.to_string())
+            .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+            .and_then(|l| prog.attach_to_link(l).map_err(|e| e.to_string()))
+            .map(|_| ())
     }
 
     /// Removes the pinned link of interface `ifname`: with no descriptor left, the
@@ -294,6 +333,69 @@ impl Pins {
             }
         }
         Ok(removed)
+    }
+}
+
+/// What to do with the pinned maps, from their definitions alone.
+#[derive(Debug, PartialEq, Eq)]
+struct Decision {
+    /// Rings `VS_RINGS` is loaded with.
+    rings: u32,
+    /// Rings of a pinned `VS_RINGS` that differs from the one wanted in its size alone
+    /// and is smaller: it is grown, not dropped.
+    grow_from: Option<u32>,
+    /// The reconciler's maps are reused.
+    adopt: bool,
+    /// Maps made anew (pinned or not), each with why.
+    dropped: Vec<(&'static str, String)>,
+}
+
+/// Returns: what to do with the maps `pinned` when loading maps defined as `want`
+/// (both by name; `want` has every map of `ALL`). See the module doc.
+fn decide(pinned: &HashMap<&'static str, Shape>, want: &HashMap<&'static str, Shape>) -> Decision {
+    let mut want = want.clone();
+    let mut grow_from = None;
+    // Ring `i` is at the same offset in a ring map of any size: a larger pinned one
+    // still holds every ring wanted, a smaller one is grown.
+    if let (Some(p), Some(w)) = (pinned.get(VS_RINGS), want.get_mut(VS_RINGS)) {
+        let same_but_size = Shape {
+            entries: w.entries,
+            ..*p
+        } == *w;
+        if same_but_size && p.entries % RING_STRIDE == 0 {
+            if p.entries < w.entries {
+                grow_from = Some(p.entries / RING_STRIDE);
+            }
+            w.entries = w.entries.max(p.entries);
+        }
+    }
+    let mut dropped = Vec::new();
+    for &name in ALL {
+        match pinned.get(name) {
+            // Grown: its rings are copied into the larger map.
+            Some(_) if name == VS_RINGS && grow_from.is_some() => {}
+            Some(p) if *p != want[name] => dropped.push((
+                name,
+                format!("{name}: pinned as {p}, this release has {}", want[name]),
+            )),
+            None => dropped.push((name, format!("{name}: not pinned"))),
+            Some(_) => {}
+        }
+    }
+    let adopt = !dropped.iter().any(|(n, _)| RECONCILED.contains(n));
+    if !adopt {
+        grow_from = None;
+        for name in RECONCILED.into_iter().chain(NAMING_REALS) {
+            if !dropped.iter().any(|(n, _)| *n == name) {
+                dropped.push((name, format!("{name}: dropped with the maps it refers to")));
+            }
+        }
+    }
+    Decision {
+        rings: want[VS_RINGS].entries / RING_STRIDE,
+        grow_from,
+        adopt,
+        dropped,
     }
 }
 
@@ -399,4 +501,118 @@ pub fn mount_bpffs(pin_path: &Path) -> Result<(), PinError> {
         tracing::info!(path = %at.display(), "mounted bpffs (pins last as long as this mount)");
     }
     std::fs::create_dir_all(pin_path).map_err(io_err("creating", pin_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::maps::VS_RINGS_FLAGS;
+
+    use super::*;
+
+    /// Returns: the definitions of this release's maps with `rings` Maglev rings.
+    fn shapes(rings: u32) -> HashMap<&'static str, Shape> {
+        let opts = LoadOptions {
+            ring_count: rings,
+            ..LoadOptions::default()
+        };
+        object_shapes(crate::BPF_OBJECT, &opts).expect("the embedded object")
+    }
+
+    /// Returns: the names of `d`'s dropped maps, sorted.
+    fn dropped(d: &Decision) -> Vec<&'static str> {
+        let mut names: Vec<_> = d.dropped.iter().map(|(n, _)| *n).collect();
+        names.sort();
+        names
+    }
+
+    /// The reconciler's maps and the tables naming reals, sorted.
+    fn together() -> Vec<&'static str> {
+        let mut names: Vec<_> = RECONCILED.into_iter().chain(NAMING_REALS).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn unchanged_pins_are_all_adopted() {
+        let d = decide(&shapes(64), &shapes(64));
+        assert_eq!(
+            d,
+            Decision {
+                rings: 64,
+                grow_from: None,
+                adopt: true,
+                dropped: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn a_smaller_pinned_ring_map_of_the_same_shape_is_grown_not_dropped() {
+        let d = decide(&shapes(64), &shapes(81));
+        assert_eq!(
+            d,
+            Decision {
+                rings: 81,
+                grow_from: Some(64),
+                adopt: true,
+                dropped: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn a_larger_pinned_ring_map_is_kept_at_its_size() {
+        let d = decide(&shapes(81), &shapes(64));
+        assert_eq!((d.rings, d.grow_from, d.adopt), (81, None, true));
+        assert!(d.dropped.is_empty(), "{:?}", d.dropped);
+    }
+
+    #[test]
+    fn a_grow_keeps_a_connection_table_of_another_size_dropped_alone() {
+        let mut pinned = shapes(64);
+        pinned.get_mut(FLOWS).expect("FLOWS").entries /= 2;
+        let d = decide(&pinned, &shapes(81));
+        assert_eq!((d.rings, d.grow_from, d.adopt), (81, Some(64), true));
+        assert_eq!(dropped(&d), [FLOWS]);
+    }
+
+    #[test]
+    fn a_ring_map_of_another_shape_is_dropped_with_the_maps_that_refer_to_it() {
+        let changes: [fn(&mut Shape); 3] = [
+            |s| s.flags &= !VS_RINGS_FLAGS,
+            |s| s.value = 8,
+            // Not whole rings.
+            |s| s.entries -= 1,
+        ];
+        for change in changes {
+            let mut pinned = shapes(64);
+            change(pinned.get_mut(VS_RINGS).expect("VS_RINGS"));
+            let d = decide(&pinned, &shapes(81));
+            assert_eq!((d.rings, d.grow_from, d.adopt), (81, None, false));
+            assert_eq!(dropped(&d), together());
+            let why = &d
+                .dropped
+                .iter()
+                .find(|(n, _)| *n == VS_RINGS)
+                .expect("VS_RINGS")
+                .1;
+            assert!(why.contains("pinned as"), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_smaller_ring_map_is_not_grown_when_the_maps_it_goes_with_are_dropped() {
+        let mut pinned = shapes(64);
+        pinned.get_mut(REALS).expect("REALS").value += 8;
+        let d = decide(&pinned, &shapes(81));
+        assert_eq!((d.rings, d.grow_from, d.adopt), (81, None, false));
+        assert_eq!(dropped(&d), together());
+        let why = &d
+            .dropped
+            .iter()
+            .find(|(n, _)| *n == VS_RINGS)
+            .expect("VS_RINGS")
+            .1;
+        assert!(why.contains("dropped with the maps it refers to"), "{why}");
+    }
 }

@@ -57,6 +57,10 @@ pub enum ReconcileError {
     Dataplane(#[from] DataplaneError),
     #[error("out of {what}: at most {max} (load-time capacity)")]
     Capacity { what: &'static str, max: u32 },
+    /// The ring map, sized at start, cannot take the virtual servers asked for; a
+    /// restart sizes it anew and keeps the data path's state (decision 0013).
+    #[error("out of Maglev rings: the ring map sized at start holds at most {max} virtual servers (counting those a reload removes); restart the daemon to grow it: a restart keeps every connection")]
+    Rings { max: u32 },
     #[error("the maps being adopted name {what} {id}, which this data path does not have")]
     Adopt { what: &'static str, id: u32 },
 }

@@ -186,7 +186,8 @@ fn one_ring_per_virtual_server_and_one_spare_are_enough() {
     }
     // A fourth virtual server would leave no spare to write a table into.
     let e = r.apply(&many(4, 4, |_, _| 1)).unwrap_err();
-    assert!(matches!(e, ReconcileError::Capacity { max: 3, .. }), "{e}");
+    assert!(matches!(e, ReconcileError::Rings { max: 3 }), "{e}");
+    assert!(e.to_string().contains("restart"), "{e}");
 }
 
 #[test]

@@ -195,8 +195,7 @@ impl Tables {
         let rings = reading + self.spare.len();
         let unread = self.vss.len() - reading;
         if unread + new_vs + 1 > self.spare.len() {
-            return Err(ReconcileError::Capacity {
-                what: "Maglev rings (virtual servers)",
+            return Err(ReconcileError::Rings {
                 max: rings.saturating_sub(1) as u32,
             });
         }

@@ -3,7 +3,9 @@
 //! the daemon is stopped, killed or replaced, a client keeps sending requests, an echoed
 //! stream and a UDP flow: every request must be answered, the stream must not break,
 //! no datagram may be lost, and the stream's entry in the pinned connection table must
-//! stay as it was. `xdpvs teardown` then leaves the balancer as it was before.
+//! stay as it was. A restart to a configuration that needs more Maglev rings than the
+//! pinned ring map holds grows it and keeps everything else, also when the start
+//! before it died growing. `xdpvs teardown` then leaves the balancer as it was before.
 
 use std::{
     collections::BTreeMap,
@@ -13,12 +15,13 @@ use std::{
 };
 
 use lb_common::{
-    maps::{ALL, FLOWS, NAT_REALS, PERSIST},
-    PROTO_TCP,
+    maps::{ALL, FLOWS, NAT_REALS, PERSIST, VS_MAP, VS_RINGS},
+    PROTO_TCP, RING_STRIDE,
 };
 use serde_json::Value;
 use tests::{
     daemon::{self, Daemon},
+    http::NamedServer,
     lab::{Family, Kind, Lab, Sample, StreamClient, UdpFlow, NAT_REAL_PORT},
     netns::sh,
     pins, wait_for,
@@ -214,6 +217,24 @@ impl Kept {
     /// Panics unless all of it is still there after `what`.
     fn check(&self, lab: &Lab, stream: &StreamClient, what: &str, r: &Restarts) {
         assert_eq!(map_ids(lab), self.maps, "maps made anew across {what}");
+        self.check_contents(lab, stream, what, r);
+    }
+
+    /// As [`Kept::check`] after a restart that grew the ring map: `VS_RINGS` is a new
+    /// map, every other map is the one pinned before.
+    fn check_grown(&self, lab: &Lab, stream: &StreamClient, what: &str, r: &Restarts) {
+        let (mut now, mut before) = (map_ids(lab), self.maps.clone());
+        assert_ne!(
+            now.remove(VS_RINGS),
+            before.remove(VS_RINGS),
+            "VS_RINGS is not a new map after {what}"
+        );
+        assert_eq!(now, before, "maps made anew across {what}");
+        self.check_contents(lab, stream, what, r);
+    }
+
+    /// Panics unless the planted connection and the stream's entries are still there.
+    fn check_contents(&self, lab: &Lab, stream: &StreamClient, what: &str, r: &Restarts) {
         assert_eq!(
             pins::lookup(&lab.map_pin(FLOWS), &self.marker.0).as_ref(),
             Some(&self.marker.1),
@@ -510,6 +531,241 @@ fn an_incompatible_pinned_map_is_replaced_and_its_contents_dropped() {
         .finish()
         .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
     println!("layout change: 30 of 30 requests answered, the stream intact ({chunks} chunks)");
+}
+
+/// First port of the virtual servers a grown configuration adds.
+const EXTRA_PORT: u16 = 10_000;
+
+/// Returns: the Maglev rings the pinned `VS_RINGS` holds.
+fn rings(lab: &Lab) -> u32 {
+    let info = pins::map_info(&lab.map_pin(VS_RINGS));
+    let entries = info["max_entries"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no max_entries: {info}"));
+    assert_eq!(entries % u64::from(RING_STRIDE), 0, "{info}");
+    (entries / u64::from(RING_STRIDE)) as u32
+}
+
+/// Writes, in place of the lab's configuration at `cfg`, the lab's configuration and
+/// `extra` more NAT virtual servers on the VIP, ports `EXTRA_PORT` and up, each with
+/// both reals at its own port (so that each NAT real serves one virtual server, as
+/// the lab's do) and no probe (the reals are in the table without a server there).
+fn write_grown(lab: &Lab, cfg: &Path, extra: u16) {
+    let mut y = std::fs::read_to_string(lab.write_config()).expect("the lab's config");
+    for i in 0..extra {
+        let port = EXTRA_PORT + i;
+        y.push_str(&format!(
+            "  - name: extra{i}\n    address: '{}'\n    port: {port}\n    protocol: tcp\n    method: nat\n    health_check: {{ type: none }}\n    real_servers:\n",
+            lab.vip
+        ));
+        for a in &lab.real_addrs[..2] {
+            y.push_str(&format!("      - address: '{a}'\n        port: {port}\n"));
+        }
+    }
+    std::fs::write(cfg, y).expect("write the grown config");
+}
+
+/// Returns: the ring each added virtual server reads, by port, from the pinned `VS_MAP`
+/// (`VsInfo.ring_id`: bytes 4 to 8 of the value, host order).
+fn extra_rings(lab: &Lab, extra: u16) -> BTreeMap<u16, u32> {
+    let by_key: BTreeMap<Vec<u8>, Vec<u8>> = pins::dump(&lab.map_pin(VS_MAP)).into_iter().collect();
+    (EXTRA_PORT..EXTRA_PORT + extra)
+        .map(|port| {
+            let key = pins::vs_key(SocketAddr::new(lab.vip, port), PROTO_TCP);
+            let v = by_key
+                .get(&key)
+                .unwrap_or_else(|| panic!("no VS_MAP entry for port {port}"));
+            let ring = u32::from_ne_bytes(v[4..8].try_into().expect("4 bytes"));
+            (port, ring)
+        })
+        .collect()
+}
+
+/// Panics unless requests to VIP:`port` are answered by the reals' servers on `port`
+/// (started here, stopped on return).
+fn forwards(lab: &Lab, port: u16, r: &Restarts) {
+    let servers: Vec<NamedServer> = lab.reals[..2]
+        .iter()
+        .zip(&lab.real_addrs)
+        .enumerate()
+        .map(|(i, (ns, a))| {
+            NamedServer::start(ns, SocketAddr::new(*a, port), &format!("real{}", i + 1))
+        })
+        .collect();
+    let vip = SocketAddr::new(lab.vip, port);
+    let answers: Vec<Result<String, String>> = lab.client.run(move || {
+        (0..6)
+            .map(|_| tests::http::get(vip, Duration::from_secs(3)))
+            .collect()
+    });
+    drop(servers);
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|s| s == "real1" || s == "real2")),
+        "VIP:{port}: {answers:?}\n{}",
+        r.all_logs()
+    );
+}
+
+/// The checks after a restart that grew the ring map from `old_rings` for `extra`
+/// added virtual servers: the log says so and drops nothing, the ring map is larger
+/// and nothing is left set aside, every other map and the stream's state are kept,
+/// the stream goes on, and added virtual servers forward, among them one reading a
+/// ring the old map did not have.
+fn assert_grown(
+    lab: &Lab,
+    r: &Restarts,
+    kept: &Kept,
+    stream: &StreamClient,
+    old_rings: u32,
+    extra: u16,
+) {
+    let log = r.last_log();
+    let new_rings = rings(lab);
+    let vss = pins::dump(&lab.map_pin(VS_MAP)).len() as u32;
+    assert!(
+        new_rings > old_rings && new_rings > vss,
+        "VS_RINGS holds {new_rings} rings, was {old_rings}, for {vss} virtual servers:\n{log}"
+    );
+    let grew = format!("the ring map grew from {old_rings} to {new_rings} rings");
+    assert!(log.contains(&grew), "the log does not say `{grew}`:\n{log}");
+    assert!(
+        !log.contains("made anew"),
+        "a pinned map was made anew:\n{log}"
+    );
+    assert!(
+        !log.contains("cannot take the new program"),
+        "the new program did not go onto every pinned link before the ring map was unpinned:\n{log}"
+    );
+    let mut all: Vec<&str> = ALL.to_vec();
+    all.sort();
+    assert_eq!(
+        pins::listing(&lab.pin_dir().join("maps")),
+        all,
+        "the maps pinned after the grow"
+    );
+    kept.check_grown(lab, stream, "the grow", r);
+    flows_on(stream, 3, r);
+    let by_port = extra_rings(lab, extra);
+    let (&low, _) = by_port
+        .iter()
+        .min_by_key(|(_, ring)| **ring)
+        .expect("ports");
+    let (&high, &ring) = by_port
+        .iter()
+        .max_by_key(|(_, ring)| **ring)
+        .expect("ports");
+    assert!(
+        ring >= old_rings,
+        "no added virtual server reads a ring beyond the old map's {old_rings}: {by_port:?}"
+    );
+    forwards(lab, low, r);
+    forwards(lab, high, r);
+    println!(
+        "grown from {old_rings} to {new_rings} rings; VIP:{low} (ring {}) and VIP:{high} (ring {ring}) forward",
+        by_port[&low]
+    );
+}
+
+/// Starts the NAT lab with its two virtual servers, opens a stream and records what
+/// a restart must keep. Returns: the lab's restarts, the stream, what is kept, and
+/// the rings of the pinned ring map.
+fn grow_lab(lab: &Lab) -> (Restarts<'_>, StreamClient, Kept, u32) {
+    let cfg = lab.write_config();
+    let r = Restarts::serving(lab, cfg, &daemon::binary(), &[0, 1]);
+    let stream = lab.stream();
+    flows_on(&stream, 3, &r);
+    let kept = Kept::record(lab, &stream);
+    let old_rings = rings(lab);
+    (r, stream, kept, old_rings)
+}
+
+#[test]
+fn a_restart_needing_more_rings_grows_the_ring_map_and_keeps_every_connection() {
+    let lab = Lab::new(Kind::Nat, Family::V4, 2);
+    let (mut r, stream, kept, old_rings) = grow_lab(&lab);
+    // As many more virtual servers as the ring map has rings: more than it can hold.
+    let extra = old_rings as u16;
+    write_grown(&lab, &r.cfg, extra);
+
+    // A reload cannot grow the map: it is refused, and says a restart will.
+    let (code, out, err) = lab.cli(&["reload"]);
+    let said = format!("{out}{err}");
+    println!("reload needing more rings: exit {code:?}: {said}");
+    assert_ne!(code, Some(0), "{said}");
+    assert!(
+        said.contains("out of Maglev rings") && said.contains("restart"),
+        "{said}"
+    );
+
+    let traffic = lab.traffic_every(EVERY, TIMEOUT, MAX_REQUESTS);
+    r.stop();
+    r.start(&daemon::binary());
+    assert_grown(&lab, &r, &kept, &stream, old_rings, extra);
+    let samples = traffic.finish();
+    let failed: Vec<_> = samples.iter().filter(|(_, res)| res.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the grow, first {:?}:\n{}",
+        failed.len(),
+        samples.len(),
+        failed.first(),
+        r.all_logs()
+    );
+    let (server, chunks, _) = stream
+        .finish()
+        .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
+    println!(
+        "{} requests answered across the grow; stream on {server}: {chunks} chunks intact",
+        samples.len()
+    );
+}
+
+#[test]
+fn a_grow_cut_short_is_done_again_from_the_ring_map_set_aside() {
+    let lab = Lab::new(Kind::Nat, Family::V4, 2);
+    let (mut r, stream, kept, old_rings) = grow_lab(&lab);
+    let extra = old_rings as u16;
+    write_grown(&lab, &r.cfg, extra);
+    // A start that died growing: the old map set aside, a larger one pinned in its
+    // place and not filled (all zeros: every slot names real 0).
+    r.kill();
+    let pin = lab.map_pin(VS_RINGS);
+    let aside = lab.map_pin(&format!("{VS_RINGS}-old"));
+    std::fs::rename(&pin, &aside).expect("set VS_RINGS aside");
+    let entries = (2 * old_rings * RING_STRIDE).to_string();
+    sh(&[
+        "bpftool",
+        "map",
+        "create",
+        pin.to_str().expect("utf-8 path"),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        &entries,
+        "name",
+        VS_RINGS,
+        "flags",
+        "1024",
+    ]);
+
+    r.start(&daemon::binary());
+    let log = r.last_log();
+    assert!(
+        log.contains("stopped while growing the ring map"),
+        "the log does not say the grow is done again:\n{log}"
+    );
+    assert!(!aside.exists(), "the map set aside is still pinned");
+    assert_grown(&lab, &r, &kept, &stream, old_rings, extra);
+    let (server, chunks, _) = stream
+        .finish()
+        .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
+    println!("grow done again after a cut: stream on {server}: {chunks} chunks intact");
 }
 
 /// What `xdpvs` may change on the balancer and must put back: its addresses

@@ -1,6 +1,6 @@
 //! The order of writes the module doc describes: reals gaining flags, tables, reals
-//! losing flags, removals; for a whole configuration (`apply`) or one virtual server
-//! whose reals' health or overrides changed (`sync`).
+//! losing flags, removals; for a whole configuration (`apply`), one virtual server
+//! whose reals' health or overrides changed (`sync`), or several (`sync_many`).
 
 use std::collections::{hash_map::Entry, HashMap, HashSet};
 
@@ -88,10 +88,11 @@ impl<D: Dataplane> Reconciler<D> {
         // every core, then installed one by one in the order above.
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         for batch in changed.chunks(cores * 2) {
-            let mut built = self.build_tables(batch, cores).into_iter();
-            for vs in batch {
-                self.sync_with(&vs.name, built.next().flatten())?;
-                self.tables.synced(&vs.name);
+            let names: Vec<&str> = batch.iter().map(|v| v.name.as_str()).collect();
+            let mut built = self.build_tables(&names, cores).into_iter();
+            for name in names {
+                self.sync_with(name, built.next().flatten())?;
+                self.tables.synced(name);
             }
         }
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
@@ -157,25 +158,42 @@ impl<D: Dataplane> Reconciler<D> {
         self.sync_with(name, None)
     }
 
-    /// Returns: the Maglev table of each of `vss` whose table is to change (`None` for
-    /// the others), built on up to `cores` threads. The same tables `sync` would build,
-    /// so that a cold start of many virtual servers is not one core's work.
-    fn build_tables(&self, vss: &[&VirtualServer], cores: usize) -> Vec<Option<Vec<u32>>> {
-        let jobs: Vec<Option<(Vec<crate::maglev::Backend>, u32)>> = vss
+    /// Brings each of `touched` (a virtual server's name; `true`: one of its reals went
+    /// down) in line with the policy, as [`Reconciler::sync`] does: those where a real
+    /// went down first, so that it leaves its table before other tables are rebuilt;
+    /// tables built on every core a few virtual servers at a time, as `apply` does.
+    pub(super) fn sync_many(&mut self, touched: &[(&str, bool)]) -> Result<(), ReconcileError> {
+        let (down, up): (Vec<_>, Vec<_>) = touched.iter().partition(|(_, d)| *d);
+        let names: Vec<&str> = down.iter().chain(&up).map(|(n, _)| *n).collect();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        for batch in names.chunks(cores * 2) {
+            let mut built = self.build_tables(batch, cores).into_iter();
+            for name in batch {
+                self.sync_with(name, built.next().flatten())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns: the Maglev table of each of virtual servers `names` whose table is to
+    /// change (`None` for the others), built on up to `cores` threads. The same tables
+    /// `sync` would build, so that a cold start of many virtual servers is not one
+    /// core's work.
+    fn build_tables(&self, names: &[&str], cores: usize) -> Vec<Option<Vec<u32>>> {
+        let jobs: Vec<Option<(Vec<crate::maglev::Backend>, u32)>> = names
             .iter()
-            .map(|vs| {
+            .map(|name| {
+                let vs = self.tables.config(name)?;
                 let backends = self.policy.backends(vs, |k| self.reals.id(k));
-                (!self
-                    .tables
-                    .is_built_from(&vs.name, &backends, vs.table_size))
-                .then_some((backends, vs.table_size))
+                (!self.tables.is_built_from(name, &backends, vs.table_size))
+                    .then_some((backends, vs.table_size))
             })
             .collect();
         if cores < 2 || jobs.iter().flatten().count() < 2 {
-            return vec![None; vss.len()];
+            return vec![None; names.len()];
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut out: Vec<Option<Vec<u32>>> = vec![None; vss.len()];
+        let mut out: Vec<Option<Vec<u32>>> = vec![None; names.len()];
         let results = std::sync::Mutex::new(&mut out);
         std::thread::scope(|s| {
             for _ in 0..cores.min(jobs.len()) {

@@ -4,7 +4,9 @@
 //!
 //! The tasks only probe and report ([`Report`] over a channel). The daemon's task owns
 //! the state machines ([`Health`]) and the maps, so health changes are applied in the
-//! same order as every other change. Whether a real is up is held once, by the
+//! same order as every other change. It takes the reports that queued up together
+//! ([`take_queued`]) and counts them at once ([`Health::record_all`]), so that their
+//! transitions rebuild each virtual server's table once. Whether a real is up is held once, by the
 //! reconciler: a state machine keeps only its streak and is told that state with each
 //! result it counts.
 
@@ -55,6 +57,10 @@ impl Tracker {
         false
     }
 }
+
+/// Most reports taken off the channel at once (its capacity): the daemon's loop serves
+/// signals and control requests between batches.
+pub const BATCH_MAX: usize = 4096;
 
 /// One probe's outcome, sent by a probe task.
 #[derive(Debug)]
@@ -219,6 +225,28 @@ impl Health {
         })
     }
 
+    /// Counts `reports` in the order they came, each against `healthy` (the reals'
+    /// health before them, the reconciler's) as changed by the transitions found before
+    /// it among them: reports that arrived together are counted as if each transition
+    /// had been applied at once. Returns: the transitions, in order (a real may flip
+    /// more than once: its last transition is its health).
+    pub fn record_all(
+        &mut self,
+        reports: impl IntoIterator<Item = Report>,
+        healthy: impl Fn(&RealKey) -> bool,
+    ) -> Vec<Transition> {
+        let mut flipped: HashMap<RealKey, bool> = HashMap::new();
+        let mut out = Vec::new();
+        for r in reports {
+            let now = |k: &RealKey| flipped.get(k).copied().unwrap_or_else(|| healthy(k));
+            if let Some(t) = self.record(r, now) {
+                flipped.insert(t.key.clone(), t.healthy);
+                out.push(t);
+            }
+        }
+        out
+    }
+
     /// Returns: the last probe of real `key`, if it is probed and was probed.
     pub fn last(&self, key: &RealKey) -> Option<&LastProbe> {
         self.probes.get(key)?.last.as_ref()
@@ -238,6 +266,19 @@ impl Health {
     pub fn is_empty(&self) -> bool {
         self.probes.is_empty()
     }
+}
+
+/// Returns: `first` and the reports already queued behind it, at most [`BATCH_MAX`] in
+/// all. It never waits for more: a failure reported is applied at once.
+pub fn take_queued(first: Report, rx: &mut mpsc::Receiver<Report>) -> Vec<Report> {
+    let mut out = vec![first];
+    while out.len() < BATCH_MAX {
+        match rx.try_recv() {
+            Ok(r) => out.push(r),
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 impl Drop for Health {
@@ -365,5 +406,80 @@ mod tests {
         };
         assert!(!down.healthy);
         assert_eq!(down.reason, Some(Failure::Refused));
+    }
+
+    #[tokio::test]
+    async fn reports_taken_together_count_against_the_transitions_before_them() {
+        let text = "interfaces: [lo]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.1\n    port: 9\n    protocol: tcp\n    health_check: { interval: 60s, timeout: 1s, rise: 1, fall: 1 }\n    real_servers: [{ address: 127.0.0.1 }, { address: 127.0.0.2 }]\n";
+        struct Any;
+        impl crate::config::SystemFacts for Any {
+            fn interface_exists(&self, _: &str) -> bool {
+                true
+            }
+        }
+        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), text, &Any).unwrap();
+        let (mut h, _rx) = Health::new();
+        h.sync(&cfg);
+        let key = |a: &str| RealKey::real("web", a.parse().unwrap(), 9);
+        let (a, b) = (key("127.0.0.1"), key("127.0.0.2"));
+        let report = |k: &RealKey, ok: bool| Report {
+            key: k.clone(),
+            task: h.probes[k].task,
+            result: if ok {
+                Ok(Duration::ZERO)
+            } else {
+                Err(Failure::Refused)
+            },
+        };
+        let reports = vec![
+            report(&a, true),
+            report(&a, false),
+            report(&b, true),
+            report(&a, true),
+            Report {
+                task: 0,
+                ..report(&b, false)
+            },
+        ];
+        // Both start down, as the reconciler holds them.
+        let ts: Vec<(IpAddr, bool)> = h
+            .record_all(reports, |_| false)
+            .into_iter()
+            .map(|t| (t.key.addr, t.healthy))
+            .collect();
+        let (ia, ib) = (a.addr, b.addr);
+        assert_eq!(
+            ts,
+            [(ia, true), (ia, false), (ib, true), (ia, true)],
+            "each result against the transition before it; a replaced task's ignored"
+        );
+    }
+
+    #[tokio::test]
+    async fn take_queued_takes_what_is_there_without_waiting() {
+        let (tx, mut rx) = mpsc::channel(BATCH_MAX + 10);
+        let report = |task| Report {
+            key: RealKey::real("web", "127.0.0.1".parse().unwrap(), 80),
+            task,
+            result: Ok(Duration::ZERO),
+        };
+        for task in 1..=3 {
+            tx.send(report(task)).await.unwrap();
+        }
+        let tasks: Vec<u64> = take_queued(report(0), &mut rx)
+            .iter()
+            .map(|r| r.task)
+            .collect();
+        assert_eq!(tasks, [0, 1, 2, 3]);
+        for task in 0..BATCH_MAX as u64 + 5 {
+            tx.send(report(task)).await.unwrap();
+        }
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            take_queued(first, &mut rx).len(),
+            BATCH_MAX,
+            "at most BATCH_MAX"
+        );
+        assert_eq!(rx.len(), 5, "the rest wait for the next batch");
     }
 }

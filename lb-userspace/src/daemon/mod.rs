@@ -251,7 +251,8 @@ impl Daemon {
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
                 _ = hup.recv() => { let _ = self.reload().await; }
                 Some(r) = reports.recv() => {
-                    let (down, up) = self.on_probe(crate::health::take_queued(r, &mut reports))?;
+                    let ts = self.health.take_batch(r, &mut reports, |k| self.rec.healthy(k)).await;
+                    let (down, up) = self.on_probe(ts)?;
                     for real in &down {
                         self.host.forget_real_neighbour(*real).await;
                     }
@@ -330,13 +331,15 @@ impl Daemon {
         }
     }
 
-    /// Counts probe results that arrived together; their health transitions are
-    /// applied at once, each virtual server they touch synced once (one table build and
-    /// write however many of its reals changed). Each transition is logged.
-    /// Returns: the addresses of reals that went down (each once), and whether any real
-    /// came up.
-    fn on_probe(&mut self, reports: Vec<Report>) -> anyhow::Result<(Vec<std::net::IpAddr>, bool)> {
-        let ts = self.health.record_all(reports, |k| self.rec.healthy(k));
+    /// Applies the health transitions of probe results taken together
+    /// ([`Health::take_batch`]) at once: each virtual server they touch is synced once
+    /// (one table build and write however many of its reals changed). Each transition
+    /// is logged. Returns: the addresses of reals that went down (each once), and
+    /// whether any real came up.
+    fn on_probe(
+        &mut self,
+        ts: Vec<crate::health::Transition>,
+    ) -> anyhow::Result<(Vec<std::net::IpAddr>, bool)> {
         if ts.is_empty() {
             return Ok((Vec::new(), false));
         }

@@ -18,6 +18,13 @@
 //!   `scale_probe_close`, the CPU of one connect-and-close on loopback, one after
 //!   another, closed with a FIN (what a TCP probe does) and with a reset (HAProxy's
 //!   way, measured no cheaper here).
+//! - `scale_probes_rise`: a first start of 100 virtual servers of 100 reals probed
+//!   over TCP (10,000 loopback addresses, one listener), through the daemon's loop:
+//!   reports taken as they queued up, counted, their transitions applied to a
+//!   reconciler writing a loaded balancer object, until every real is in its table:
+//!   the time, the CPU, the tables written. `XDPVS_SCALE_RISE=one` applies each report
+//!   on its own, as the daemon did before transitions were applied together;
+//!   `XDPVS_SCALE_RISE_VSS=N` starts N virtual servers instead.
 //!
 //! On loopback the listener's half of each handshake runs in the prober's thread too
 //! (softirq on the sending CPU), so these figures overstate what probing remote reals
@@ -71,6 +78,9 @@ pub fn run() {
     if wants("probes") {
         probe_close();
         probes();
+    }
+    if wants("rise") {
+        probes_rise();
     }
 }
 
@@ -150,6 +160,8 @@ struct Writes {
     slots: usize,
     reals: BTreeSet<u32>,
     other: usize,
+    /// `VS_MAP` values written (a table made live, or parameters changed).
+    vs_values: usize,
 }
 
 /// The loaded object's maps, with every write counted (the bench holds the counts too).
@@ -203,10 +215,10 @@ impl Dataplane for Counting {
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
         let a = key.addr;
-        self.w
-            .borrow_mut()
-            .vs
-            .insert([a[0], a[1], a[2], a[3], u32::from(key.port_be)]);
+        let mut w = self.w.borrow_mut();
+        w.vs.insert([a[0], a[1], a[2], a[3], u32::from(key.port_be)]);
+        w.vs_values += 1;
+        drop(w);
         self.dp.set_vs(key, info)
     }
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
@@ -428,16 +440,48 @@ fn process_cpu() -> Duration {
 /// A listener on every loopback address that accepts and closes, on a thread of its
 /// own (its CPU is not the prober's). Stops when the process ends.
 fn listener() -> u16 {
+    listener_thread().0
+}
+
+/// [`listener`], which `shutdown(fd)` closes (then every connection is refused; its
+/// thread stays, so that its clock can be read). Returns: its port, the clock of its
+/// thread's CPU time, and its descriptor.
+fn listener_thread() -> (u16, libc::clockid_t, std::os::fd::RawFd) {
     let l = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
     let port = l.local_addr().expect("port").port();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
     // SAFETY: listen again on the listener's own fd, for a longer backlog.
-    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 65535) };
-    std::thread::spawn(move || {
+    unsafe { libc::listen(fd, 65535) };
+    let t = std::thread::spawn(move || {
         for c in l.incoming() {
-            drop(c);
+            if c.is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
+                // Shut down: nothing will come again.
+                loop {
+                    std::thread::park();
+                }
+            }
         }
     });
-    port
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: the thread is running (it never ends, it outlives every reading).
+    unsafe {
+        libc::pthread_getcpuclockid(
+            std::os::unix::thread::JoinHandleExt::as_pthread_t(&t),
+            &mut clock,
+        )
+    };
+    (port, clock, fd)
+}
+
+/// CPU time used so far on `clock`.
+fn cpu_of(clock: libc::clockid_t) -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(clock, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// CPU per connection of connecting to the listener and closing, with a FIN or with
@@ -550,4 +594,178 @@ fn probes() {
         100.0 * cpu.as_secs_f64() / WINDOW.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / n.max(1) as f64
     );
+}
+
+/// What applying the probes' reports took (`probes_rise`).
+#[derive(Default)]
+struct Applied {
+    /// Until the last transition.
+    took: Duration,
+    /// From the first transition to the last.
+    spread: Duration,
+    batches: usize,
+    transitions: usize,
+    /// The process's CPU while the transitions were applied (tables built, written).
+    sync_cpu: Duration,
+}
+
+/// The daemon's loop (`daemon::serve`: one thread, the probes beside it) until `up`
+/// reals of `rec` are up, counting reports with `h` and applying their transitions
+/// together (`one`: each report on its own, as before they were applied together).
+/// `up`: how many are up now.
+async fn apply_until(
+    h: &mut xdpvs::health::Health,
+    rx: &mut tokio::sync::mpsc::Receiver<xdpvs::health::Report>,
+    rec: &mut Reconciler<Counting>,
+    one: bool,
+    mut up: usize,
+    want: usize,
+) -> Applied {
+    const LIMIT: Duration = Duration::from_secs(600);
+    let start = Instant::now();
+    let mut first = None;
+    let mut a = Applied::default();
+    while up != want {
+        let r = tokio::select! {
+            Some(r) = rx.recv() => r,
+            _ = tokio::time::sleep_until((start + LIMIT).into()) => {
+                panic!("{up} reals up, not {want}, after {LIMIT:?}")
+            }
+        };
+        let ts = if one {
+            h.record(r, |k| rec.healthy(k)).into_iter().collect()
+        } else {
+            h.take_batch(r, rx, |k| rec.healthy(k)).await
+        };
+        if ts.is_empty() {
+            continue;
+        }
+        first.get_or_insert_with(Instant::now);
+        let cpu0 = process_cpu();
+        if one {
+            for t in &ts {
+                rec.set_health(&t.key, t.healthy).expect("set_health");
+            }
+        } else {
+            let changes: Vec<_> = ts.iter().map(|t| (t.key.clone(), t.healthy)).collect();
+            rec.set_health_many(&changes).expect("set_health_many");
+        }
+        a.sync_cpu += process_cpu() - cpu0;
+        a.batches += 1;
+        a.transitions += ts.len();
+        for t in &ts {
+            if t.healthy {
+                up += 1;
+            } else {
+                up -= 1;
+            }
+        }
+    }
+    a.took = start.elapsed();
+    a.spread = first.map_or(Duration::ZERO, |f| f.elapsed());
+    a
+}
+
+/// A first start of probed virtual servers (`scale_probes_rise`): from the probes'
+/// start until every real is in its table; then their listener closed
+/// (`scale_probes_fall`) until every real is out. The daemon's loop applies what the
+/// probes report to a reconciler writing a loaded object.
+fn probes_rise() {
+    const RISE_REALS: usize = 100;
+    let vss: usize = std::env::var("XDPVS_SCALE_RISE_VSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let one = std::env::var("XDPVS_SCALE_RISE").is_ok_and(|v| v == "one");
+    let lim = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let (port, listener_clock, listener_fd) = listener_thread();
+    // The defaults but a 1 s interval: a real rises at its second probe, within 1 s
+    // of the first (at once), at its own phase; it falls at its third failure.
+    let mut y = String::from("interfaces: [lo]\nvirtual_servers:\n");
+    for v in 0..vss {
+        y.push_str(&format!(
+            "  - name: vs{v}\n    address: 10.100.{}.{}\n    port: {port}\n    protocol: tcp\n    health_check: {{ interval: 1s, timeout: 500ms, rise: 2, fall: 3 }}\n    real_servers:\n",
+            v / 250,
+            v % 250 + 1
+        ));
+        for r in 0..RISE_REALS {
+            let i = v * RISE_REALS + r;
+            y.push_str(&format!(
+                "      - address: 127.3.{}.{}\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+    }
+    let cfg = config::parse(Path::new("rise.yaml"), &y, &Any).expect("config");
+    let rings = xdpvs::daemon::ring_count(&cfg);
+    let ebpf = bpf::load(bpf::LoadOptions {
+        flow_entries: 65536,
+        ring_count: rings,
+    })
+    .expect("load BPF object");
+    let (dp, _programs) = BpfDataplane::new(ebpf).expect("maps");
+    let counts = Rc::new(RefCell::new(Writes::default()));
+    let mut rec = Reconciler::new(
+        Counting {
+            dp,
+            w: counts.clone(),
+        },
+        MAX_VS,
+        rings,
+    );
+    rec.apply(&cfg).expect("apply");
+    counts.take();
+    let total = vss * RISE_REALS;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let applied = if one { "one_by_one" } else { "together" };
+    rt.block_on(async {
+        let (mut h, mut rx) = xdpvs::health::Health::new();
+        let (all0, listener0) = (process_cpu(), cpu_of(listener_clock));
+        h.sync(&cfg);
+        let a = apply_until(&mut h, &mut rx, &mut rec, one, 0, total).await;
+        let listener = cpu_of(listener_clock) - listener0;
+        let all = process_cpu() - all0 - listener;
+        let w = counts.take();
+        println!(
+            "{{\"bench\":\"scale_probes_rise\",\"applied\":\"{applied}\",\"virtual_servers\":{vss},\"reals_each\":{RISE_REALS},\"table_size\":65537,\"ms\":{:.0},\"ms_first_to_last\":{:.0},\"cpu_ms\":{:.0},\"sync_cpu_ms\":{:.0},\"listener_cpu_ms\":{:.0},\"transitions\":{},\"batches\":{},\"tables_written\":{},\"slots_written\":{},\"reals_written\":{}}}",
+            ms(a.took),
+            ms(a.spread),
+            ms(all),
+            ms(a.sync_cpu),
+            ms(listener),
+            a.transitions,
+            a.batches,
+            w.vs_values,
+            w.slots,
+            w.reals.len()
+        );
+        // Every real fails at once (a switch between the balancer and a rack).
+        // SAFETY: shuts down the listener's own descriptor, still open.
+        unsafe { libc::shutdown(listener_fd, libc::SHUT_RDWR) };
+        let all0 = process_cpu();
+        let a = apply_until(&mut h, &mut rx, &mut rec, one, total, 0).await;
+        let all = process_cpu() - all0;
+        let w = counts.take();
+        println!(
+            "{{\"bench\":\"scale_probes_fall\",\"applied\":\"{applied}\",\"virtual_servers\":{vss},\"reals_each\":{RISE_REALS},\"table_size\":65537,\"ms\":{:.0},\"ms_first_to_last\":{:.0},\"cpu_ms\":{:.0},\"sync_cpu_ms\":{:.0},\"transitions\":{},\"batches\":{},\"tables_written\":{},\"slots_written\":{},\"reals_written\":{}}}",
+            ms(a.took),
+            ms(a.spread),
+            ms(all),
+            ms(a.sync_cpu),
+            a.transitions,
+            a.batches,
+            w.vs_values,
+            w.slots,
+            w.reals.len()
+        );
+    });
 }

@@ -278,17 +278,22 @@ impl Daemon {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
                 _ = hup.recv() => { let _ = self.reload().await; }
-                Some(r) = reports.recv() => if let Some((real, up)) = self.on_probe(r)? {
+                Some(r) = reports.recv() => {
+                    let ts = self.health.take_batch(r, &mut reports, |k| self.rec.healthy(k)).await;
+                    let (down, up) = self.on_probe(ts)?;
+                    for real in &down {
+                        self.host.forget_real_neighbour(*real).await;
+                    }
                     if up {
-                        // A MAC learnt by the probe that brought it up goes to REALS now,
-                        // not at the next tick.
+                        // A MAC learnt by the probe that brought a real up goes to REALS
+                        // now, not at the next tick.
                         if let Err(e) = self.host.refresh_next_hops(&mut self.rec).await {
                             tracing::error!("reading the reals' next hops: {e:#}");
                         }
-                    } else {
-                        self.host.forget_real_neighbour(real).await;
                     }
-                    self.sync_routes().await
+                    if up || !down.is_empty() {
+                        self.sync_routes().await
+                    }
                 },
                 Some((req, reply)) = calls.recv() => {
                     self.on_control(req, reply).await;
@@ -354,33 +359,56 @@ impl Daemon {
         }
     }
 
-    /// Counts a probe result; a health transition updates the real's table at once.
-    /// Returns: the real whose health changed, and whether it is up now.
-    fn on_probe(&mut self, report: Report) -> anyhow::Result<Option<(std::net::IpAddr, bool)>> {
-        let Some(t) = self.health.record(report, |k| self.rec.healthy(k)) else {
-            return Ok(None);
-        };
-        self.rec.set_health(&t.key, t.healthy)?;
-        let (vs, real, port) = (&t.key.vs, t.key.addr, t.key.port);
-        match &t.reason {
-            None => {
-                tracing::info!(vs = %vs, real = %real, port, "real server is up: back in the table")
+    /// Applies the health transitions of probe results taken together
+    /// ([`Health::take_batch`]) at once: each virtual server they touch is synced once
+    /// (one table build and write however many of its reals changed). Each transition
+    /// is logged. Returns: the addresses of reals that went down (each once), and
+    /// whether any real came up.
+    fn on_probe(
+        &mut self,
+        ts: Vec<crate::health::Transition>,
+    ) -> anyhow::Result<(Vec<std::net::IpAddr>, bool)> {
+        if ts.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let changes: Vec<_> = ts.iter().map(|t| (t.key.clone(), t.healthy)).collect();
+        self.rec.set_health_many(&changes)?;
+        let mut down = Vec::new();
+        // The virtual servers where a real went down, each once, in order.
+        let mut lost: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in &ts {
+            let (vs, real, port) = (&t.key.vs, t.key.addr, t.key.port);
+            match &t.reason {
+                None => {
+                    tracing::info!(vs = %vs, real = %real, port, "real server is up: back in the table")
+                }
+                Some(why) => {
+                    tracing::warn!(vs = %vs, real = %real, port, reason = %why, "real server is down: out of the table, its flows re-steered")
+                }
             }
-            Some(why) => {
-                tracing::warn!(vs = %vs, real = %real, port, reason = %why, "real server is down: out of the table, its flows re-steered")
+            if !t.healthy {
+                down.push(real);
+                if seen.insert(vs.as_str()) {
+                    lost.push(vs);
+                }
             }
         }
-        let views = self.rec.real_views(vs);
-        let serving = views.iter().filter(|v| v.in_table && !v.key.sorry).count();
-        let sorry = views.iter().any(|v| v.in_table && v.key.sorry);
-        if serving == 0 && !t.healthy {
-            if sorry {
-                tracing::warn!(vs = %vs, "no real server takes new flows: the sorry server does");
-            } else {
-                tracing::error!(vs = %vs, "no real server takes new flows: new flows are dropped (drop_no_real)");
+        for vs in lost {
+            let views = self.rec.real_views(vs);
+            let serving = views.iter().filter(|v| v.in_table && !v.key.sorry).count();
+            let sorry = views.iter().any(|v| v.in_table && v.key.sorry);
+            if serving == 0 {
+                if sorry {
+                    tracing::warn!(vs = %vs, "no real server takes new flows: the sorry server does");
+                } else {
+                    tracing::error!(vs = %vs, "no real server takes new flows: new flows are dropped (drop_no_real)");
+                }
             }
         }
-        Ok(Some((real, t.healthy)))
+        down.sort();
+        down.dedup();
+        Ok((down, ts.iter().any(|t| t.healthy)))
     }
 
     /// Re-reads the file; a bad file is reported and changes nothing. Counted for

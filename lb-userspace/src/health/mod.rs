@@ -6,7 +6,9 @@
 //! the state machines ([`Health`]) and the maps, so health changes are applied in the
 //! same order as every other change. Whether a real is up is held once, by the
 //! reconciler: a state machine keeps only its streak and is told that state with each
-//! result it counts.
+//! result it counts. Reports that queued up together are counted together
+//! ([`Health::take_batch`]), so that their transitions rebuild each virtual server's
+//! table once.
 
 mod probe;
 
@@ -55,6 +57,12 @@ impl Tracker {
         false
     }
 }
+
+/// Most reports taken off the channel at once (its capacity): the daemon's loop serves
+/// signals and control requests between batches.
+pub const BATCH_MAX: usize = 4096;
+/// Most rounds of the runtime's other tasks that a batch of rises waits for.
+pub const GATHER_ROUNDS: usize = 32;
 
 /// One probe's outcome, sent by a probe task.
 #[derive(Debug)]
@@ -219,6 +227,53 @@ impl Health {
         })
     }
 
+    /// Takes `first` and the reports queued behind it, and counts them in the order
+    /// they came, each against `healthy` (the reals' health before them, the
+    /// reconciler's) as changed by the transitions found before it among them. While
+    /// every transition found is a rise, the probes under way are let report too: the
+    /// task yields to the runtime's other tasks (the probes, the IO driver) and takes
+    /// what they sent, until a round sends nothing, so that reals that rise together
+    /// share their tables' builds. A failure is never held back: once one is found, what
+    /// was taken is returned at once. At most [`BATCH_MAX`] reports and
+    /// [`GATHER_ROUNDS`] rounds are taken. Returns: the transitions, in order (a real
+    /// may flip more than once: its last transition is its health).
+    pub async fn take_batch(
+        &mut self,
+        first: Report,
+        rx: &mut mpsc::Receiver<Report>,
+        healthy: impl Fn(&RealKey) -> bool,
+    ) -> Vec<Transition> {
+        let mut flipped: HashMap<RealKey, bool> = HashMap::new();
+        let mut out: Vec<Transition> = Vec::new();
+        let mut reports = vec![first];
+        let (mut taken, mut failed) = (1, false);
+        for round in 0..=GATHER_ROUNDS {
+            if round > 0 {
+                tokio::task::yield_now().await;
+            }
+            while taken < BATCH_MAX {
+                let Ok(r) = rx.try_recv() else { break };
+                reports.push(r);
+                taken += 1;
+            }
+            if reports.is_empty() {
+                break;
+            }
+            for r in reports.drain(..) {
+                let now = |k: &RealKey| flipped.get(k).copied().unwrap_or_else(|| healthy(k));
+                if let Some(t) = self.record(r, now) {
+                    flipped.insert(t.key.clone(), t.healthy);
+                    failed |= !t.healthy;
+                    out.push(t);
+                }
+            }
+            if out.is_empty() || failed || taken >= BATCH_MAX {
+                break;
+            }
+        }
+        out
+    }
+
     /// Returns: the last probe of real `key`, if it is probed and was probed.
     pub fn last(&self, key: &RealKey) -> Option<&LastProbe> {
         self.probes.get(key)?.last.as_ref()
@@ -365,5 +420,105 @@ mod tests {
         };
         assert!(!down.healthy);
         assert_eq!(down.reason, Some(Failure::Refused));
+    }
+
+    /// Two reals of `web` probed with rise 1 and fall 1 (`127.0.0.1:9`, `127.0.0.2:9`),
+    /// and a report of either from its probe task.
+    fn two_reals() -> (Health, [RealKey; 2]) {
+        let text = "interfaces: [lo]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.1\n    port: 9\n    protocol: tcp\n    health_check: { interval: 60s, timeout: 1s, rise: 1, fall: 1 }\n    real_servers: [{ address: 127.0.0.1 }, { address: 127.0.0.2 }]\n";
+        struct Any;
+        impl crate::config::SystemFacts for Any {
+            fn interface_exists(&self, _: &str) -> bool {
+                true
+            }
+        }
+        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), text, &Any).unwrap();
+        // Their own probes report on the manager's channel, not on the tests'.
+        let (mut h, _) = Health::new();
+        h.sync(&cfg);
+        let key = |a: &str| RealKey::real("web", a.parse().unwrap(), 9);
+        (h, [key("127.0.0.1"), key("127.0.0.2")])
+    }
+
+    fn report(h: &Health, k: &RealKey, ok: bool) -> Report {
+        Report {
+            key: k.clone(),
+            task: h.probes[k].task,
+            result: if ok {
+                Ok(Duration::ZERO)
+            } else {
+                Err(Failure::Refused)
+            },
+        }
+    }
+
+    /// Returns: the transitions as (address, healthy).
+    fn flips(ts: Vec<Transition>) -> Vec<(IpAddr, bool)> {
+        ts.into_iter().map(|t| (t.key.addr, t.healthy)).collect()
+    }
+
+    #[tokio::test]
+    async fn reports_taken_together_count_against_the_transitions_before_them() {
+        let (mut h, [a, b]) = two_reals();
+        let (tx, mut rx) = mpsc::channel(16);
+        for r in [
+            report(&h, &a, false),
+            report(&h, &b, true),
+            report(&h, &a, true),
+            Report {
+                task: 0,
+                ..report(&h, &b, false)
+            },
+        ] {
+            tx.send(r).await.unwrap();
+        }
+        // Both start down, as the reconciler holds them.
+        let ts = h.take_batch(report(&h, &a, true), &mut rx, |_| false).await;
+        let (ia, ib) = (a.addr, b.addr);
+        assert_eq!(
+            flips(ts),
+            [(ia, true), (ia, false), (ib, true), (ia, true)],
+            "each result against the transition before it; a replaced task's ignored"
+        );
+    }
+
+    #[tokio::test]
+    async fn rises_wait_for_the_probes_under_way_and_failures_do_not() {
+        let (mut h, [a, b]) = two_reals();
+        let (tx, mut rx) = mpsc::channel(16);
+        // A probe that reports once it runs: after the batch's first report is taken.
+        let late = |r: Report| {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(r).await.unwrap() })
+        };
+        late(report(&h, &b, true));
+        let ts = h.take_batch(report(&h, &a, true), &mut rx, |_| false).await;
+        assert_eq!(
+            flips(ts),
+            [(a.addr, true), (b.addr, true)],
+            "rises share a batch"
+        );
+
+        late(report(&h, &b, true));
+        let ts = h.take_batch(report(&h, &a, false), &mut rx, |_| true).await;
+        assert_eq!(flips(ts), [(a.addr, false)], "a failure is applied at once");
+        assert!(
+            rx.recv().await.is_some(),
+            "the later report waits for its turn"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_at_most_batch_max_reports() {
+        let (mut h, [a, _]) = two_reals();
+        let (tx, mut rx) = mpsc::channel(BATCH_MAX + 10);
+        for _ in 0..BATCH_MAX + 5 {
+            tx.send(report(&h, &a, false)).await.unwrap();
+        }
+        let ts = h
+            .take_batch(report(&h, &a, false), &mut rx, |_| false)
+            .await;
+        assert!(ts.is_empty(), "down already: no transition");
+        assert_eq!(rx.len(), 6, "the rest wait for the next batch");
     }
 }

@@ -24,6 +24,8 @@
 //! double-buffered rings and their shadows, decision 0001) and `order` (the order above).
 
 mod adopt;
+#[cfg(test)]
+mod batch_tests;
 mod model;
 mod order;
 mod policy;
@@ -36,7 +38,10 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use lb_common::IfaceInfo;
 
@@ -244,6 +249,47 @@ impl<D: Dataplane> Reconciler<D> {
         }
         self.sync(&key.vs)?;
         Ok(true)
+    }
+
+    /// Records the probed health of several reals, in the order given, and updates each
+    /// virtual server they touch once: one table built and written however many of its
+    /// reals changed. The data path ends as applying them one by one with
+    /// [`Reconciler::set_health`] would leave it (the same tables, the same `REALS`
+    /// flags and generations): a real that changes again within `changes` is not folded
+    /// into one step (down and up again must still retire its generation), so what was
+    /// recorded before it is synced first. Virtual servers where a real went down are
+    /// synced before those where reals only came up, so that a failed real leaves its
+    /// table first. Returns: how many of `changes` changed anything.
+    pub fn set_health_many(
+        &mut self,
+        changes: &[(RealKey, bool)],
+    ) -> Result<usize, ReconcileError> {
+        let mut count = 0;
+        // Reals recorded since the last sync, and the virtual servers they touch
+        // (`true`: a real of it went down).
+        let mut recorded: HashSet<&RealKey> = HashSet::new();
+        let mut touched: Vec<(&str, bool)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        for (key, healthy) in changes {
+            if recorded.contains(key) {
+                self.sync_many(&touched)?;
+                recorded.clear();
+                touched.clear();
+                at.clear();
+            }
+            if !self.reals.contains(key) || !self.policy.set_health(key, *healthy) {
+                continue;
+            }
+            count += 1;
+            recorded.insert(key);
+            let i = *at.entry(&key.vs).or_insert_with(|| {
+                touched.push((&key.vs, false));
+                touched.len() - 1
+            });
+            touched[i].1 |= !healthy;
+        }
+        self.sync_many(&touched)?;
+        Ok(count)
     }
 
     /// Sets or clears the runtime override of real `key` (`None`: back to the file).

@@ -1,6 +1,6 @@
 //! The order of writes the module doc describes: reals gaining flags, tables, reals
-//! losing flags, removals; for a whole configuration (`apply`) or one virtual server
-//! whose reals' health or overrides changed (`sync`).
+//! losing flags, removals; for a whole configuration (`apply`), one virtual server
+//! whose reals' health or overrides changed (`sync`), or several (`sync_many`).
 
 use std::collections::{hash_map::Entry, HashMap, HashSet};
 
@@ -87,30 +87,8 @@ impl<D: Dataplane> Reconciler<D> {
         // leave its table. The tables of a few virtual servers at a time are built on
         // every core, a batch ahead of the one being installed (one by one, in the
         // order above), so that building and writing overlap.
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let jobs = self.table_jobs(&changed);
-        let batch_len = cores * 2;
-        std::thread::scope(|s| -> Result<(), ReconcileError> {
-            let jobs = &jobs;
-            let build = |at: usize| {
-                let batch = &jobs[at..jobs.len().min(at + batch_len)];
-                s.spawn(move || build_tables(batch, cores))
-            };
-            let mut ahead = (!jobs.is_empty()).then(|| build(0));
-            for (n, batch) in changed.chunks(batch_len).enumerate() {
-                let built = ahead.take().expect("a batch ahead").join();
-                let built = built.expect("building Maglev tables does not panic");
-                let next = (n + 1) * batch_len;
-                if next < jobs.len() {
-                    ahead = Some(build(next));
-                }
-                for (vs, table) in batch.iter().zip(built) {
-                    self.sync_with(&vs.name, table)?;
-                    self.tables.synced(&vs.name);
-                }
-            }
-            Ok(())
-        })?;
+        let names: Vec<&str> = changed.iter().map(|v| v.name.as_str()).collect();
+        self.sync_all(&names, true)?;
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
         // fragment passes), so the order against the tables does not matter.
         let takers: Vec<(lb_common::VsKey, u16)> = config
@@ -174,17 +152,59 @@ impl<D: Dataplane> Reconciler<D> {
         self.sync_with(name, None)
     }
 
-    /// Returns: for each of `vss`, the backends and size of its Maglev table if the
-    /// table is to change (`None` for the others): what [`build_tables`] builds, the
-    /// same tables `sync` would build.
-    fn table_jobs(&self, vss: &[&VirtualServer]) -> Vec<TableJob> {
-        vss.iter()
-            .map(|vs| {
+    /// Brings each of `touched` (a virtual server's name; `true`: one of its reals went
+    /// down) in line with the policy, as [`Reconciler::sync`] does: those where a real
+    /// went down first, so that it leaves its table before other tables are rebuilt;
+    /// tables built on every core, as `apply` does.
+    pub(super) fn sync_many(&mut self, touched: &[(&str, bool)]) -> Result<(), ReconcileError> {
+        let (down, up): (Vec<_>, Vec<_>) = touched.iter().partition(|(_, d)| *d);
+        let names: Vec<&str> = down.iter().chain(&up).map(|(n, _)| *n).collect();
+        self.sync_all(&names, false)
+    }
+
+    /// Syncs each of virtual servers `names` in turn ([`Reconciler::sync`]; `synced`:
+    /// and records it as applied). Their tables are built on every core a batch ahead
+    /// of the one being installed, so that building and writing overlap.
+    fn sync_all(&mut self, names: &[&str], synced: bool) -> Result<(), ReconcileError> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let jobs = self.table_jobs(names);
+        let batch_len = cores * 2;
+        std::thread::scope(|s| -> Result<(), ReconcileError> {
+            let jobs = &jobs;
+            let build = |at: usize| {
+                let batch = &jobs[at..jobs.len().min(at + batch_len)];
+                s.spawn(move || build_tables(batch, cores))
+            };
+            let mut ahead = (!jobs.is_empty()).then(|| build(0));
+            for (n, batch) in names.chunks(batch_len).enumerate() {
+                let built = ahead.take().expect("a batch ahead").join();
+                let built = built.expect("building Maglev tables does not panic");
+                let next = (n + 1) * batch_len;
+                if next < jobs.len() {
+                    ahead = Some(build(next));
+                }
+                for (name, table) in batch.iter().zip(built) {
+                    self.sync_with(name, table)?;
+                    if synced {
+                        self.tables.synced(name);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Returns: for each of virtual servers `names`, the backends and size of its
+    /// Maglev table if the table is to change (`None` for the others): what
+    /// [`build_tables`] builds, the same tables `sync` would build.
+    fn table_jobs(&self, names: &[&str]) -> Vec<TableJob> {
+        names
+            .iter()
+            .map(|name| {
+                let vs = self.tables.config(name)?;
                 let backends = self.policy.backends(vs, |k| self.reals.id(k));
-                (!self
-                    .tables
-                    .is_built_from(&vs.name, &backends, vs.table_size))
-                .then_some((backends, vs.table_size))
+                (!self.tables.is_built_from(name, &backends, vs.table_size))
+                    .then_some((backends, vs.table_size))
             })
             .collect()
     }

@@ -1,0 +1,251 @@
+//! Health transitions applied together (`set_health_many`): each virtual server they
+//! touch gets one table, and the data path ends as applying them one by one would leave
+//! it (the same tables, the same `REALS` flags and generations).
+
+use std::path::Path;
+
+use lb_common::{IfaceInfo, NatState, RealInfo, VsInfo, VsKey};
+
+use super::*;
+use crate::{
+    config::{self, Config, SystemFacts},
+    dataplane::memory::MemoryDataplane,
+};
+
+struct Facts;
+impl SystemFacts for Facts {
+    fn interface_exists(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// The in-memory data path, counting table installs: `VS_MAP` values and ring writes,
+/// with the virtual servers whose value was written, in order.
+#[derive(Default)]
+struct Counted {
+    dp: MemoryDataplane,
+    vs_writes: Vec<VsKey>,
+    ring_writes: usize,
+}
+
+impl Dataplane for Counted {
+    fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
+        self.dp.set_iface(ifindex, info)
+    }
+    fn set_vlans(
+        &mut self,
+        ins: &std::collections::BTreeMap<lb_common::VlanKey, u32>,
+        outs: &std::collections::BTreeMap<u32, (IfaceInfo, lb_common::VlanOut)>,
+    ) -> Result<(), DataplaneError> {
+        self.dp.set_vlans(ins, outs)
+    }
+    fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.dp.remove_iface(ifindex)
+    }
+    fn set_own_macs(
+        &mut self,
+        macs: &std::collections::BTreeMap<[u8; 6], u32>,
+    ) -> Result<(), DataplaneError> {
+        self.dp.set_own_macs(macs)
+    }
+    fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError> {
+        self.dp.set_fragment_takers(takers)
+    }
+    fn set_nat_reals(&mut self, reals: &[(VsKey, NatState)]) -> Result<(), DataplaneError> {
+        self.dp.set_nat_reals(reals)
+    }
+    fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
+        self.dp.set_real(id, info)
+    }
+    fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        self.ring_writes += 1;
+        self.dp.set_ring_slots(ring_id, slots)
+    }
+    fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
+        self.vs_writes.push(*key);
+        self.dp.set_vs(key, info)
+    }
+    fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
+        self.dp.remove_vs(key)
+    }
+    fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
+        self.dp.set_settings(bits)
+    }
+    fn reset_counters(&mut self, vs: Option<u32>, real: Option<u32>) -> Result<(), DataplaneError> {
+        self.dp.reset_counters(vs, real)
+    }
+}
+
+const VSS: usize = 4;
+const REALS: usize = 6;
+
+/// `VSS` virtual servers `vs0`, `vs1`, ... of `REALS` probed reals each (10.<v>.0.<r>);
+/// `vs1` has a sorry server, and the last real of `vs2` weight 0.
+fn probed() -> Config {
+    let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n");
+    for v in 0..VSS {
+        t.push_str(&format!(
+            "  - name: vs{v}\n    address: 10.200.0.{}\n    port: 80\n    protocol: tcp\n    table_size: 1009\n",
+            v + 1
+        ));
+        if v == 1 {
+            t.push_str("    sorry_server: { address: 10.9.9.9 }\n");
+        }
+        t.push_str("    real_servers:\n");
+        for r in 0..REALS {
+            let w = if (v, r) == (2, REALS - 1) { 0 } else { 1 };
+            t.push_str(&format!(
+                "      - {{ address: 10.{v}.0.{}, weight: {w} }}\n",
+                r + 1
+            ));
+        }
+    }
+    config::parse(Path::new("probed.yaml"), &t, &Facts).unwrap()
+}
+
+fn real(v: usize, r: usize) -> RealKey {
+    RealKey::real(
+        &format!("vs{v}"),
+        format!("10.{v}.0.{}", r + 1).parse().unwrap(),
+        80,
+    )
+}
+
+fn vs_key(v: usize) -> VsKey {
+    VsKey::new(format!("10.200.0.{}", v + 1).parse().unwrap(), 80, 6)
+}
+
+fn started() -> Reconciler<Counted> {
+    let mut r = Reconciler::new(Counted::default(), 64, 64);
+    r.apply(&probed()).unwrap();
+    let dp = r.dataplane_mut();
+    dp.vs_writes.clear();
+    dp.ring_writes = 0;
+    r
+}
+
+/// Asserts that `a` and `b` hold the same data path: every virtual server reads the
+/// same table and has the same parameters, every real the same value.
+fn assert_same(a: &Reconciler<Counted>, b: &Reconciler<Counted>, when: &str) {
+    let (a, b) = (&a.dataplane().dp, &b.dataplane().dp);
+    assert_eq!(a.reals, b.reals, "{when}: REALS");
+    for v in 0..VSS {
+        assert_eq!(
+            a.table(&vs_key(v)),
+            b.table(&vs_key(v)),
+            "{when}: vs{v}'s table"
+        );
+        let params = |dp: &MemoryDataplane| VsInfo {
+            ring_id: 0,
+            ..dp.vs[&vs_key(v)]
+        };
+        assert_eq!(params(a), params(b), "{when}: vs{v}'s VS_MAP value");
+    }
+}
+
+#[test]
+fn a_batch_of_transitions_writes_one_table_per_virtual_server() {
+    // Every real comes up, the virtual servers' reals interleaved (as probes report).
+    let ups: Vec<(RealKey, bool)> = (0..REALS)
+        .flat_map(|r| (0..VSS).map(move |v| (real(v, r), true)))
+        .collect();
+    let mut batch = started();
+    assert_eq!(batch.set_health_many(&ups).unwrap(), VSS * REALS);
+    let dp = batch.dataplane();
+    assert_eq!(
+        dp.vs_writes.len(),
+        VSS,
+        "one VS_MAP value per virtual server"
+    );
+    assert_eq!(dp.ring_writes, VSS, "one ring write per virtual server");
+
+    let mut one = started();
+    for (key, healthy) in &ups {
+        assert!(one.set_health(key, *healthy).unwrap());
+    }
+    // The weight-0 real changes nothing in vs2's table.
+    let tables = VSS * REALS - 1;
+    assert_eq!(one.dataplane().vs_writes.len(), tables, "one by one");
+    assert_same(&batch, &one, "every real up");
+
+    // The same again changes nothing, and writes nothing.
+    assert_eq!(batch.set_health_many(&ups).unwrap(), 0);
+    assert_eq!(batch.dataplane().vs_writes.len(), VSS);
+}
+
+#[test]
+fn a_batch_ends_as_applying_its_transitions_one_by_one() {
+    let all = |healthy: bool| -> Vec<(RealKey, bool)> {
+        (0..VSS)
+            .flat_map(|v| (0..REALS).map(move |r| (real(v, r), healthy)))
+            .collect()
+    };
+    let rounds: Vec<Vec<(RealKey, bool)>> = vec![
+        all(true),
+        // vs1 loses every real (its sorry server takes the table), vs0 one.
+        (0..REALS)
+            .map(|r| (real(1, r), false))
+            .chain([(real(0, 2), false)])
+            .collect(),
+        // A real down and up again in one batch: its generation is still retired.
+        vec![(real(0, 3), false), (real(3, 1), false), (real(0, 3), true)],
+        // vs1's first real back (the sorry server leaves), the weight-0 real of vs2
+        // down, a real already up reported up (no change).
+        vec![
+            (real(1, 0), true),
+            (real(2, REALS - 1), false),
+            (real(3, 0), true),
+        ],
+        // A rack fails: every real.
+        all(false),
+        // And comes back, with one real flapping on the way.
+        all(true)
+            .into_iter()
+            .chain([(real(2, 1), false), (real(2, 1), true), (real(2, 1), false)])
+            .collect(),
+    ];
+    let (mut batch, mut one) = (started(), started());
+    for (i, changes) in rounds.iter().enumerate() {
+        let generations = batch.dataplane().dp.reals.clone();
+        let applied = batch.set_health_many(changes).unwrap();
+        let mut applied_one = 0;
+        for (key, healthy) in changes {
+            applied_one += usize::from(one.set_health(key, *healthy).unwrap());
+        }
+        assert_eq!(applied, applied_one, "round {i}: changes that took effect");
+        assert_same(&batch, &one, &format!("round {i}"));
+        if i == 2 {
+            let id = batch.real_id(&real(0, 3)).unwrap();
+            let now = &batch.dataplane().dp.reals[&id];
+            assert_ne!(
+                now.generation, generations[&id].generation,
+                "down and up in one batch: flows pinned to it are re-steered"
+            );
+            assert_eq!(now.flags, generations[&id].flags, "and it is back");
+        }
+    }
+}
+
+#[test]
+fn a_virtual_server_that_lost_a_real_is_written_first() {
+    let mut r = started();
+    r.set_health_many(&[(real(0, 0), true), (real(1, 0), true)])
+        .unwrap();
+    r.dataplane_mut().vs_writes.clear();
+    // vs0 gains reals first in the batch, vs1 loses its only one after.
+    let changes = [
+        (real(0, 1), true),
+        (real(0, 2), true),
+        (real(1, 0), false),
+        (real(0, 3), true),
+    ];
+    r.set_health_many(&changes).unwrap();
+    assert_eq!(r.dataplane().vs_writes, [vs_key(1), vs_key(0)]);
+    let in_table: Vec<bool> = r
+        .real_views("vs1")
+        .iter()
+        .filter(|v| v.in_table)
+        .map(|v| v.key.sorry)
+        .collect();
+    assert_eq!(in_table, [true], "vs1: the sorry server alone");
+}

@@ -85,8 +85,7 @@ impl<D: Dataplane> Reconciler<D> {
         }
         // 2. Reals' flags and tables. Reals leaving a virtual server that stays first
         // leave its table. The tables of a few virtual servers at a time are built on
-        // every core, a batch ahead of the one being installed (one by one, in the
-        // order above), so that building and writing overlap.
+        // every core, then installed one by one in the order above.
         let names: Vec<&str> = changed.iter().map(|v| v.name.as_str()).collect();
         self.sync_all(&names, true)?;
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
@@ -155,7 +154,7 @@ impl<D: Dataplane> Reconciler<D> {
     /// Brings each of `touched` (a virtual server's name; `true`: one of its reals went
     /// down) in line with the policy, as [`Reconciler::sync`] does: those where a real
     /// went down first, so that it leaves its table before other tables are rebuilt;
-    /// tables built on every core, as `apply` does.
+    /// tables built on every core a few virtual servers at a time, as `apply` does.
     pub(super) fn sync_many(&mut self, touched: &[(&str, bool)]) -> Result<(), ReconcileError> {
         let (down, up): (Vec<_>, Vec<_>) = touched.iter().partition(|(_, d)| *d);
         let names: Vec<&str> = down.iter().chain(&up).map(|(n, _)| *n).collect();
@@ -163,35 +162,20 @@ impl<D: Dataplane> Reconciler<D> {
     }
 
     /// Syncs each of virtual servers `names` in turn ([`Reconciler::sync`]; `synced`:
-    /// and records it as applied). Their tables are built on every core a batch ahead
-    /// of the one being installed, so that building and writing overlap.
+    /// and records it as applied), their tables built on every core a few virtual
+    /// servers at a time.
     fn sync_all(&mut self, names: &[&str], synced: bool) -> Result<(), ReconcileError> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let jobs = self.table_jobs(names);
-        let batch_len = cores * 2;
-        std::thread::scope(|s| -> Result<(), ReconcileError> {
-            let jobs = &jobs;
-            let build = |at: usize| {
-                let batch = &jobs[at..jobs.len().min(at + batch_len)];
-                s.spawn(move || build_tables(batch, cores))
-            };
-            let mut ahead = (!jobs.is_empty()).then(|| build(0));
-            for (n, batch) in names.chunks(batch_len).enumerate() {
-                let built = ahead.take().expect("a batch ahead").join();
-                let built = built.expect("building Maglev tables does not panic");
-                let next = (n + 1) * batch_len;
-                if next < jobs.len() {
-                    ahead = Some(build(next));
-                }
-                for (name, table) in batch.iter().zip(built) {
-                    self.sync_with(name, table)?;
-                    if synced {
-                        self.tables.synced(name);
-                    }
+        for batch in names.chunks(cores * 2) {
+            let built = build_tables(&self.table_jobs(batch), cores);
+            for (name, table) in batch.iter().zip(built) {
+                self.sync_with(name, table)?;
+                if synced {
+                    self.tables.synced(name);
                 }
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// Returns: for each of virtual servers `names`, the backends and size of its

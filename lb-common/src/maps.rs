@@ -24,7 +24,7 @@
 //! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU): TCP SYNs, reals not in `NAT_REALS`, fragmented requests | XDP | XDP |
 //! | `NAT_REALS` | a NAT real's [`crate::VsKey`] -> [`crate::NatState`] of its only virtual server | daemon | XDP |
 //! | `NAT_FRAGS` | [`crate::FragKey`] of a reply's datagram -> [`crate::NatState`] (LRU) | XDP | XDP |
-//! | `UDP_SEEN` | flow hash's low bits -> the hash of the last UDP flow seen there unrecorded | XDP | XDP |
+//! | `UDP_SEEN` | flow hash's low bits (halved) -> `[u32; 2]`: the hashes of the last UDP flows seen there unrecorded | XDP | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -88,10 +88,11 @@ pub const NAT_FRAGS: &str = "NAT_FRAGS";
 pub const NAT_REALS: &str = "NAT_REALS";
 
 /// UDP flows seen once (decision 0017): a UDP flow of a direct-routing or tunnel
-/// virtual server enters `FLOWS` with its second packet; its first leaves the flow's
-/// hash here, in the slot its low bits pick, for the second to find. Array of
-/// [`UDP_SEEN_SLOTS`] `u32`s, shared by all CPUs; a slot keeps the last flow that
-/// used it.
+/// virtual server without persistence enters `FLOWS` with its second packet; its first
+/// leaves the flow's hash (`lb_common::flow_hash`, a host-order `u32`) here, in the slot
+/// its low bits pick, for the second to find. Array of [`UDP_SEEN_SLOTS`] / 2
+/// elements of two `u32` slots each (array elements are 8-byte aligned), shared by all
+/// CPUs; a slot keeps the last flow that used it.
 pub const UDP_SEEN: &str = "UDP_SEEN";
 
 /// Every map of the balancer object.
@@ -132,6 +133,8 @@ pub const NAT_FRAG_ENTRIES: u32 = 16_384;
 /// legitimate flow whose second packet comes later than that is not recorded until
 /// two of its packets come closer together (it is still balanced, by Maglev).
 pub const UDP_SEEN_SLOTS: u32 = 65_536;
+// The data path picks a slot by the hash's low bits.
+const _: () = assert!(UDP_SEEN_SLOTS.is_power_of_two());
 /// Most transmitting interfaces.
 pub const MAX_IFACES: u32 = 64;
 /// Most VLAN devices on the attached interfaces (`VLAN_IN`, `VLAN_OUT`).

@@ -51,10 +51,14 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // SYN guard (decision 0012): a TCP flow enters the connection table with the first
     // packet after its SYN, so a spoofed SYN flood writes nothing there, whatever the
     // method. A NAT SYN leaves its reply state in NAT_STATE instead (0015). A UDP flow
-    // of a method whose replies need no state enters it with its second packet (0017).
+    // of a method whose replies need no state enters it with its second packet, unless
+    // persistence must place its client network at the first (0017).
+    let second = p.key.proto == PROTO_UDP
+        && matches!(vs.method, METHOD_DR | METHOD_TUNNEL)
+        && vs.persist_timeout_ns == 0;
     let record = if parse::opening_syn(ctx, &p) {
         Record::Never
-    } else if p.key.proto == PROTO_UDP && vs.method != METHOD_NAT {
+    } else if second {
         Record::Second
     } else {
         Record::Now

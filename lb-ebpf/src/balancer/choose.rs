@@ -86,8 +86,9 @@ pub enum Record {
     /// At once: NAT (its reply is found through the entry, decision 0015), TCP past its
     /// SYN, fragments.
     Now,
-    /// At the flow's second packet: UDP of direct routing and tunnels (decision 0017).
-    /// The first leaves the flow's hash in `UDP_SEEN`, and counts as the new flow.
+    /// At the flow's second packet: UDP of direct routing and tunnels without
+    /// persistence (decision 0017). The first leaves the flow's hash in `UDP_SEEN`, and
+    /// counts as the new flow; a flow re-steered from a stale entry is recorded at once.
     Second,
     /// Never: a TCP SYN (decision 0012; the packet after it records the flow), an ICMP
     /// error about the flow.
@@ -116,22 +117,26 @@ pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
 /// packet (this one then records it); otherwise leaves it there for the next.
 #[inline(always)]
 fn seen_before(h: u32) -> bool {
-    let Some(slot) = UDP_SEEN.get_ptr_mut(h % UDP_SEEN_SLOTS) else {
+    // Two slots per element: an array's elements are 8-byte aligned.
+    let slot = h % UDP_SEEN_SLOTS;
+    let Some(pair) = UDP_SEEN.get_ptr_mut(slot / 2) else {
         return true;
     };
-    // SAFETY: array value pointer, valid for this run. Two CPUs writing one slot at
-    // once leave one of the two hashes: the other flow is recorded a packet later.
+    // SAFETY: array value pointer, valid for this run; the index is 0 or 1. Two CPUs
+    // writing one slot at once leave one of the two hashes: the other flow is recorded
+    // a packet later.
     unsafe {
-        if *slot == h {
+        let mark = &mut (*pair)[(slot & 1) as usize];
+        if *mark == h {
             return true;
         }
-        *slot = h;
+        *mark = h;
     }
     false
 }
 
 #[inline(always)]
-fn pick(key: &FlowKey, vs: &VsInfo, record: Record) -> Result<Choice, Verdict> {
+fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdict> {
     let persistent = vs.persist_timeout_ns != 0;
     // SAFETY: LRU hash value; a concurrent update can at worst give a stale but
     // well-formed FlowState, which is then validated against REALS.
@@ -148,10 +153,14 @@ fn pick(key: &FlowKey, vs: &VsInfo, record: Record) -> Result<Choice, Verdict> {
                 });
             }
         }
+        // Re-steered: a flow that was recorded has shown its second packet already.
+        if record == Record::Second {
+            record = Record::Now;
+        }
     }
     // The one hash of the packet: Maglev's slot, and the flow's mark in UDP_SEEN.
     let h = flow_hash(key);
-    let (record, new_flow) = match record {
+    let (write, new_flow) = match record {
         Record::Now => (true, true),
         Record::Never => (false, false),
         Record::Second => {
@@ -180,7 +189,7 @@ fn pick(key: &FlowKey, vs: &VsInfo, record: Record) -> Result<Choice, Verdict> {
             (real_id, REALS.get_ptr(real_id).ok_or(Verdict::internal())?)
         }
     };
-    if !record {
+    if !write {
         return Ok(Choice {
             real_id,
             real,

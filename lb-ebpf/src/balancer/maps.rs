@@ -74,9 +74,10 @@ pub static NAT_FRAGS: LruHashMap<lb_common::FragKey, NatState> =
     LruHashMap::with_max_entries(lb_common::maps::NAT_FRAG_ENTRIES, 0);
 
 /// Flow hash's low bits -> the hash of the last UDP flow whose first packet was
-/// balanced there without being recorded (decision 0017). Written and read here.
+/// balanced there without being recorded (decision 0017), two slots per element
+/// (slot `s` is half `s % 2` of element `s / 2`). Written and read here.
 #[map]
-pub static UDP_SEEN: Array<u32> = Array::with_max_entries(UDP_SEEN_SLOTS, 0);
+pub static UDP_SEEN: Array<[u32; 2]> = Array::with_max_entries(UDP_SEEN_SLOTS / 2, 0);
 
 /// Per-VS counters, per CPU.
 #[map]

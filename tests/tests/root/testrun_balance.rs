@@ -171,10 +171,11 @@ fn a_draining_real_keeps_its_connections_and_no_syn_writes_an_entry() {
     assert_eq!(f.flow_entries(), 2);
 }
 
-/// Three reals behind a UDP virtual server by direct routing, then `reals` of them.
-fn udp_yaml(reals: &[&str]) -> String {
-    let mut y = String::from(
-        "interfaces: [lo]\nvirtual_servers:\n  - name: dns\n    address: 10.0.0.100\n    port: 53\n    protocol: udp\n    table_size: 65537\n    real_servers:\n",
+/// A UDP virtual server by direct routing with `reals` (each line a real's address,
+/// maybe with more of its fields), and `extra` lines of its own (e.g. persistence).
+fn udp_yaml(reals: &[&str], extra: &str) -> String {
+    let mut y = format!(
+        "interfaces: [lo]\nvirtual_servers:\n  - name: dns\n    address: 10.0.0.100\n    port: 53\n    protocol: udp\n    table_size: 65537\n{extra}    real_servers:\n",
     );
     for r in reals {
         y.push_str(&format!("      - address: {r}\n"));
@@ -186,16 +187,25 @@ fn udp_key(src: [u8; 4], sport: u16) -> FlowKey {
     FlowKey::new(IpAddr::from(src), sport, IpAddr::from(VIP), 53, PROTO_UDP)
 }
 
+/// Returns: a port from which `src`'s UDP flow lands on `real` by Maglev.
+fn udp_port_to(f: &Fixture, src: [u8; 4], from: u16, real: IpAddr) -> u16 {
+    (from..from + 1000)
+        .find(|&s| f.predict("dns", &udp_key(src, s)) == real)
+        .expect("a port whose flow lands on the real")
+}
+
 /// A UDP flow of a direct-routing virtual server enters the connection table with its
 /// second packet (decision 0017): a flood of one-packet flows writes no entry, each
 /// still reaching its Maglev real and counted as a new flow once; a flow's second
-/// packet records it, and from then on it keeps its real when the table changes.
+/// packet records it, and from then on it keeps its real when the table changes,
+/// while an unrecorded flow of the same real follows the table.
 #[test]
 fn a_udp_flow_is_recorded_at_its_second_packet() {
-    let mut f = Fixture::new(&udp_yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]));
+    let reals = ["10.0.1.11", "10.0.1.12", "10.0.1.13"];
+    let mut f = Fixture::new(&udp_yaml(&reals, ""));
     for i in 0..10_000u32 {
         let src = [198, 18, (i >> 8) as u8, i as u8];
-        let sport = 1024 + (i % 50_000) as u16;
+        let sport = 1024 + i as u16;
         let frame = V4Packet::udp(src, sport, VIP, 53).build();
         let r = f.run(&frame);
         assert_eq!(r.action, XDP_TX, "datagram {i} forwarded");
@@ -204,38 +214,78 @@ fn a_udp_flow_is_recorded_at_its_second_packet() {
     assert_eq!(f.flow_entries(), 0, "one-packet flows left no entry");
     assert_eq!(new_flows(&f), 10_000, "each counted as a new flow");
 
-    // A flow whose Maglev real is .13, so that removing .13 would move it.
+    // Two flows whose Maglev real is .13, so that draining .13 would move them.
     let moved: IpAddr = "10.0.1.13".parse().unwrap();
-    let sport = (20000..21000)
-        .find(|&s| f.predict("dns", &udp_key(CLIENT, s)) == moved)
-        .expect("a port whose flow lands on .13");
+    let sport = udp_port_to(&f, CLIENT, 20000, moved);
     let frame = V4Packet::udp(CLIENT, sport, VIP, 53).build();
+    let other = [198, 51, 100, 9];
+    let next = V4Packet::udp(other, udp_port_to(&f, other, 21000, moved), VIP, 53).build();
     assert_eq!(f.run(&frame).out[0..6], real_mac(moved));
     assert_eq!(f.flow_entries(), 0, "its first packet wrote nothing");
     assert_eq!(f.run(&frame).out[0..6], real_mac(moved));
     assert_eq!(f.flow_entries(), 1, "its second packet recorded it");
     assert_eq!(new_flows(&f), 10_001, "counted once, at its first packet");
-
-    // .13 drains: the recorded flow stays, a one-packet flow of .13 goes elsewhere.
-    f.apply_config(&udp_yaml(&[
-        "10.0.1.11",
-        "10.0.1.12",
-        "10.0.1.13\n        weight: 0",
-    ]));
+    let r = f.run(&next);
     assert_eq!(
-        f.run(&frame).out[0..6],
+        r.out[0..6],
+        real_mac(moved),
+        "the other flow's first packet"
+    );
+    assert_eq!(f.flow_entries(), 1, "not recorded yet");
+
+    // .13 drains: the recorded flow stays; the unrecorded one follows the new table
+    // and is recorded there at its next packet.
+    f.apply_config(&udp_yaml(
+        &["10.0.1.11", "10.0.1.12", "10.0.1.13\n        weight: 0"],
+        "",
+    ));
+    let r = f.run(&frame);
+    assert_eq!(r.action, XDP_TX);
+    assert_eq!(
+        r.out[0..6],
         real_mac(moved),
         "the recorded flow keeps its real"
     );
-    let next = V4Packet::udp([198, 51, 100, 9], 21000, VIP, 53).build();
-    for entries in [1, 2] {
-        let r = f.run(&next);
-        assert_ne!(
-            r.out[0..6],
-            real_mac(moved),
-            "a new flow sent to the draining real"
-        );
-        assert_eq!(f.flow_entries(), entries, "recorded at its second packet");
+    let r = f.run(&next);
+    assert_eq!(r.action, XDP_TX);
+    assert_ne!(
+        r.out[0..6],
+        real_mac(moved),
+        "the unrecorded flow follows the table"
+    );
+    assert_eq!(
+        f.flow_entries(),
+        2,
+        "and is recorded at that packet, its second"
+    );
+    assert_eq!(new_flows(&f), 10_002, "counted once, at its first packet");
+}
+
+/// With persistence, a UDP flow's first packet places its client network (decision
+/// 0017 leaves such virtual servers out): one-datagram flows from one network stick to
+/// the real the first of them got.
+#[test]
+fn persistent_udp_one_datagram_flows_stick_to_the_first_real() {
+    let reals = ["10.0.1.11", "10.0.1.12", "10.0.1.13"];
+    let f = Fixture::new(&udp_yaml(
+        &reals,
+        "    persistence: { timeout: 30s, netmask: 24 }\n",
+    ));
+    let frame = V4Packet::udp(CLIENT, 5000, VIP, 53).build();
+    let first = f.predict("dns", &udp_key(CLIENT, 5000));
+    assert_eq!(f.run(&frame).out[0..6], real_mac(first));
+    assert_eq!(f.flow_entries(), 1, "recorded at its first packet");
+    let neighbour = [192, 0, 2, 99];
+    for r in reals.iter().map(|r| r.parse::<IpAddr>().unwrap()) {
+        if r == first {
+            continue;
+        }
+        // A one-datagram flow from the same network that Maglev alone sends to `r`.
+        let sport = udp_port_to(&f, neighbour, 30000, r);
+        let d = V4Packet::udp(neighbour, sport, VIP, 53).build();
+        let out = f.run(&d);
+        assert_eq!(out.action, XDP_TX);
+        assert_eq!(out.out[0..6], real_mac(first), "{sport} sticks to {first}");
     }
 }
 

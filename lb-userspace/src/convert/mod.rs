@@ -22,7 +22,7 @@ use self::{
     finding::{At, Findings},
     plan::{Entry, Plan},
 };
-use crate::config::{self, ConfigErrors, Method, SystemFacts};
+use crate::config::{self, AnyInterface, ConfigErrors, Method};
 
 /// The interface written when the command line names none: it exists on every host,
 /// so the output validates, and the comment above it says to change it.
@@ -77,15 +77,6 @@ pub enum ConvertError {
     IncludeCycle { chain: String },
     #[error("xdpvs convert wrote a configuration that does not validate (a bug: please report it with the input)\n{0}")]
     Invalid(ConfigErrors),
-}
-
-/// Every interface exists: the output is checked for what it says, not for this host.
-struct AnyInterface;
-
-impl SystemFacts for AnyInterface {
-    fn interface_exists(&self, _: &str) -> bool {
-        true
-    }
 }
 
 /// Converts the file at `path` (`-`: standard input).

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::config::SystemFacts;
 
 /// The interfaces of the host the output is checked on: the placeholder exists
 /// everywhere.

@@ -283,18 +283,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{self, SystemFacts},
+        config::{self, AnyInterface},
         dataplane::memory::MemoryDataplane,
         metrics,
         model::RealKey,
     };
-
-    struct AnyInterface;
-    impl SystemFacts for AnyInterface {
-        fn interface_exists(&self, _: &str) -> bool {
-            true
-        }
-    }
 
     const YAML: &str = "\
 interfaces: [eth0]

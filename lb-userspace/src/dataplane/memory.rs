@@ -29,6 +29,10 @@ pub struct MemoryDataplane {
     pub slot_writes: usize,
     /// Number of `REALS` and `VS_MAP` writes, to check what is rewritten.
     pub value_writes: usize,
+    /// Ring writes (calls, however many slots each).
+    pub ring_writes: usize,
+    /// The virtual servers whose `VS_MAP` value was written, in order.
+    pub vs_writes: Vec<VsKey>,
     /// Counters by virtual server index and by real id (absent: zero).
     pub vs_counters: HashMap<u32, Counters>,
     pub real_counters: HashMap<u32, Counters>,
@@ -100,11 +104,13 @@ impl Dataplane for MemoryDataplane {
             self.rings.insert(ring_id * RING_STRIDE + slot, real);
         }
         self.slot_writes += slots.len();
+        self.ring_writes += 1;
         Ok(())
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
         self.vs.insert(*key, *info);
         self.value_writes += 1;
+        self.vs_writes.push(*key);
         Ok(())
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {

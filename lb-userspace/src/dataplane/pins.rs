@@ -590,12 +590,7 @@ mod tests {
             let d = decide(&pinned, &shapes(81));
             assert_eq!((d.rings, d.grow_from, d.adopt), (81, None, false));
             assert_eq!(dropped(&d), together());
-            let why = &d
-                .dropped
-                .iter()
-                .find(|(n, _)| *n == VS_RINGS)
-                .expect("VS_RINGS")
-                .1;
+            let why = why_dropped(&d, VS_RINGS);
             assert!(why.contains("pinned as"), "{why}");
         }
     }
@@ -607,12 +602,17 @@ mod tests {
         let d = decide(&pinned, &shapes(81));
         assert_eq!((d.rings, d.grow_from, d.adopt), (81, None, false));
         assert_eq!(dropped(&d), together());
-        let why = &d
+        let why = why_dropped(&d, VS_RINGS);
+        assert!(why.contains("dropped with the maps it refers to"), "{why}");
+    }
+
+    /// Returns: why `d` drops map `name` (panics if it does not).
+    fn why_dropped<'a>(d: &'a Decision, name: &str) -> &'a str {
+        let (_, why) = d
             .dropped
             .iter()
-            .find(|(n, _)| *n == VS_RINGS)
-            .expect("VS_RINGS")
-            .1;
-        assert!(why.contains("dropped with the maps it refers to"), "{why}");
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} not dropped"));
+        why
     }
 }

@@ -4,77 +4,13 @@
 
 use std::path::Path;
 
-use lb_common::{IfaceInfo, NatState, RealInfo, VsInfo, VsKey};
+use lb_common::{VsInfo, VsKey};
 
 use super::*;
 use crate::{
-    config::{self, Config, SystemFacts},
+    config::{self, AnyInterface, Config},
     dataplane::memory::MemoryDataplane,
 };
-
-struct Facts;
-impl SystemFacts for Facts {
-    fn interface_exists(&self, _: &str) -> bool {
-        true
-    }
-}
-
-/// The in-memory data path, counting table installs: `VS_MAP` values and ring writes,
-/// with the virtual servers whose value was written, in order.
-#[derive(Default)]
-struct Counted {
-    dp: MemoryDataplane,
-    vs_writes: Vec<VsKey>,
-    ring_writes: usize,
-}
-
-impl Dataplane for Counted {
-    fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
-        self.dp.set_iface(ifindex, info)
-    }
-    fn set_vlans(
-        &mut self,
-        ins: &std::collections::BTreeMap<lb_common::VlanKey, u32>,
-        outs: &std::collections::BTreeMap<u32, (IfaceInfo, lb_common::VlanOut)>,
-    ) -> Result<(), DataplaneError> {
-        self.dp.set_vlans(ins, outs)
-    }
-    fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        self.dp.remove_iface(ifindex)
-    }
-    fn set_own_macs(
-        &mut self,
-        macs: &std::collections::BTreeMap<[u8; 6], u32>,
-    ) -> Result<(), DataplaneError> {
-        self.dp.set_own_macs(macs)
-    }
-    fn set_fragment_takers(&mut self, takers: &[(VsKey, u16)]) -> Result<(), DataplaneError> {
-        self.dp.set_fragment_takers(takers)
-    }
-    fn set_nat_reals(&mut self, reals: &[(VsKey, NatState)]) -> Result<(), DataplaneError> {
-        self.dp.set_nat_reals(reals)
-    }
-    fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
-        self.dp.set_real(id, info)
-    }
-    fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
-        self.ring_writes += 1;
-        self.dp.set_ring_slots(ring_id, slots)
-    }
-    fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
-        self.vs_writes.push(*key);
-        self.dp.set_vs(key, info)
-    }
-    fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
-        self.dp.remove_vs(key)
-    }
-    fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
-        self.dp.set_settings(bits)
-    }
-    fn reset_counters(&mut self, vs: Option<u32>, real: Option<u32>) -> Result<(), DataplaneError> {
-        self.dp.reset_counters(vs, real)
-    }
-}
 
 const VSS: usize = 4;
 const REALS: usize = 6;
@@ -100,7 +36,7 @@ fn probed() -> Config {
             ));
         }
     }
-    config::parse(Path::new("probed.yaml"), &t, &Facts).unwrap()
+    config::parse(Path::new("probed.yaml"), &t, &AnyInterface).unwrap()
 }
 
 fn real(v: usize, r: usize) -> RealKey {
@@ -115,8 +51,8 @@ fn vs_key(v: usize) -> VsKey {
     VsKey::new(format!("10.200.0.{}", v + 1).parse().unwrap(), 80, 6)
 }
 
-fn started() -> Reconciler<Counted> {
-    let mut r = Reconciler::new(Counted::default(), 64, 64);
+fn started() -> Reconciler<MemoryDataplane> {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 64, 64);
     r.apply(&probed()).unwrap();
     let dp = r.dataplane_mut();
     dp.vs_writes.clear();
@@ -126,8 +62,8 @@ fn started() -> Reconciler<Counted> {
 
 /// Asserts that `a` and `b` hold the same data path: every virtual server reads the
 /// same table and has the same parameters, every real the same value.
-fn assert_same(a: &Reconciler<Counted>, b: &Reconciler<Counted>, when: &str) {
-    let (a, b) = (&a.dataplane().dp, &b.dataplane().dp);
+fn assert_same(a: &Reconciler<MemoryDataplane>, b: &Reconciler<MemoryDataplane>, when: &str) {
+    let (a, b) = (a.dataplane(), b.dataplane());
     assert_eq!(a.reals, b.reals, "{when}: REALS");
     for v in 0..VSS {
         assert_eq!(
@@ -206,7 +142,7 @@ fn a_batch_ends_as_applying_its_transitions_one_by_one() {
     ];
     let (mut batch, mut one) = (started(), started());
     for (i, changes) in rounds.iter().enumerate() {
-        let generations = batch.dataplane().dp.reals.clone();
+        let generations = batch.dataplane().reals.clone();
         let applied = batch.set_health_many(changes).unwrap();
         let mut applied_one = 0;
         for (key, healthy) in changes {
@@ -216,7 +152,7 @@ fn a_batch_ends_as_applying_its_transitions_one_by_one() {
         assert_same(&batch, &one, &format!("round {i}"));
         if i == 2 {
             let id = batch.real_id(&real(0, 3)).unwrap();
-            let now = &batch.dataplane().dp.reals[&id];
+            let now = &batch.dataplane().reals[&id];
             assert_ne!(
                 now.generation, generations[&id].generation,
                 "down and up in one batch: flows pinned to it are re-steered"

@@ -17,20 +17,13 @@ use lb_common::{maps::VS_RINGS, IfaceInfo, RealInfo, VsInfo, VsKey, NO_REAL};
 
 use super::{tables::vs_value, Reconciler};
 use crate::{
-    config::{self, CheckType, Config, SystemFacts},
+    config::{self, AnyInterface, CheckType, Config},
     dataplane::{memory::MemoryDataplane, Dataplane, DataplaneError},
     model::RealKey,
 };
 
 /// Generated configurations each test tries.
 const CASES: u64 = 40;
-
-struct Facts;
-impl SystemFacts for Facts {
-    fn interface_exists(&self, _: &str) -> bool {
-        true
-    }
-}
 
 /// splitmix64: small, seeded, the same on every machine.
 struct Rng(u64);
@@ -188,7 +181,7 @@ fn file(vss: &[Vs]) -> String {
 /// Returns: `vss` parsed as the daemon would.
 fn parse(vss: &[Vs]) -> Config {
     let text = file(vss);
-    config::parse(Path::new("t.yaml"), &text, &Facts)
+    config::parse(Path::new("t.yaml"), &text, &AnyInterface)
         .unwrap_or_else(|e| panic!("generated file refused: {e:?}\n{text}"))
 }
 

@@ -8,16 +8,9 @@ use lb_common::{VsKey, RING_STRIDE};
 
 use super::*;
 use crate::{
-    config::{self, Config, SystemFacts},
+    config::{self, AnyInterface, Config},
     dataplane::memory::MemoryDataplane,
 };
-
-struct Facts;
-impl SystemFacts for Facts {
-    fn interface_exists(&self, _: &str) -> bool {
-        true
-    }
-}
 
 /// `vss` virtual servers `vs0`, `vs1`, ... of `reals` unprobed reals each (10.<v>.0.<r>),
 /// `weight(v, r)` giving each real's weight.
@@ -36,7 +29,7 @@ fn many(vss: usize, reals: usize, weight: impl Fn(usize, usize) -> u32) -> Confi
             ));
         }
     }
-    config::parse(Path::new("many.yaml"), &t, &Facts).unwrap()
+    config::parse(Path::new("many.yaml"), &t, &AnyInterface).unwrap()
 }
 
 fn vs_key(v: usize) -> VsKey {
@@ -135,7 +128,7 @@ fn a_real_added_and_one_removed_touch_only_their_virtual_server() {
             text.push_str(&format!("      - {{ address: {a} }}\n"));
         }
     }
-    let c = config::parse(Path::new("many.yaml"), &text, &Facts).unwrap();
+    let c = config::parse(Path::new("many.yaml"), &text, &AnyInterface).unwrap();
     r.apply(&c).unwrap();
     let dp = r.dataplane();
     let changed: Vec<usize> = (0..10)

@@ -4,16 +4,9 @@ use lb_common::{VsKey, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, SETTING_NAT};
 
 use super::*;
 use crate::{
-    config::{self, Config, SystemFacts},
+    config::{self, AnyInterface, Config},
     dataplane::memory::MemoryDataplane,
 };
-
-struct Facts;
-impl SystemFacts for Facts {
-    fn interface_exists(&self, _: &str) -> bool {
-        true
-    }
-}
 
 /// One virtual server with `extra` YAML lines (indented as its fields) and reals.
 fn cfg_with(extra: &str, reals: &[(&str, u32)]) -> Config {
@@ -23,7 +16,7 @@ fn cfg_with(extra: &str, reals: &[(&str, u32)]) -> Config {
     for (a, w) in reals {
         t.push_str(&format!("      - {{ address: {a}, weight: {w} }}\n"));
     }
-    config::parse(Path::new("t.yaml"), &t, &Facts).unwrap()
+    config::parse(Path::new("t.yaml"), &t, &AnyInterface).unwrap()
 }
 
 /// Unprobed reals: healthy from the start.
@@ -157,7 +150,7 @@ fn nat_reply_lookup_is_switched_on_only_while_a_nat_vs_exists() {
     r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
     assert_eq!(r.dp.settings, 0);
     let nat = "interfaces: [eth0]\nvirtual_servers:\n  - { name: n, address: 10.0.0.1, port: 80, protocol: tcp, method: nat, health_check: { type: none }, real_servers: [{ address: 10.0.1.1, port: 8080 }] }\n";
-    r.apply(&config::parse(Path::new("t.yaml"), nat, &Facts).unwrap())
+    r.apply(&config::parse(Path::new("t.yaml"), nat, &AnyInterface).unwrap())
         .unwrap();
     assert_eq!(r.dp.settings, SETTING_NAT);
     r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
@@ -186,7 +179,7 @@ fn nat_reals_hold_the_reals_that_serve_one_nat_virtual_server_only() {
             "{ address: 10.0.1.2, port: 8080 }, { address: 10.0.1.2, port: 9090 }"
         ),
     );
-    r.apply(&config::parse(Path::new("t.yaml"), &both, &Facts).unwrap())
+    r.apply(&config::parse(Path::new("t.yaml"), &both, &AnyInterface).unwrap())
         .unwrap();
     let key = |a: [u8; 4], port: u16| VsKey {
         addr: [u32::from_ne_bytes(a), 0, 0, 0],
@@ -222,7 +215,7 @@ fn nat_reals_hold_the_reals_that_serve_one_nat_virtual_server_only() {
             "{ address: 10.0.1.1, port: 8080 }, { address: 10.0.1.2, port: 8080 }"
         ),
     );
-    r.apply(&config::parse(Path::new("t.yaml"), &only_a, &Facts).unwrap())
+    r.apply(&config::parse(Path::new("t.yaml"), &only_a, &AnyInterface).unwrap())
         .unwrap();
     assert_eq!(r.dp.nat_reals.len(), 2, "{:?}", r.dp.nat_reals);
     assert_eq!(
@@ -371,7 +364,7 @@ fn persistence_reaches_the_virtual_server_value() {
 /// healthy, with next hops: what an earlier daemon would leave in the maps.
 fn earlier_daemon() -> (Reconciler<MemoryDataplane>, Config) {
     let text = "interfaces: [eth0]\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    table_size: 1009\n    sorry_server: { address: 10.0.9.9 }\n    real_servers: [{ address: 10.0.1.1 }, { address: 10.0.1.2, weight: 2 }, { address: 10.0.1.3 }]\n  - { name: dns, address: 10.0.0.100, port: 53, protocol: udp, method: nat, table_size: 1009, real_servers: [{ address: 10.0.2.1, port: 5353 }] }\n";
-    let c = config::parse(Path::new("t.yaml"), text, &Facts).unwrap();
+    let c = config::parse(Path::new("t.yaml"), text, &AnyInterface).unwrap();
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
     r.apply(&c).unwrap();
     r.set_health(&rk("10.0.1.1"), true).unwrap();

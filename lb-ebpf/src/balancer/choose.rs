@@ -159,12 +159,14 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
         }
     }
     // The one hash of the packet: Maglev's slot, and the flow's mark in UDP_SEEN.
-    let h = flow_hash(key);
+    // Computed here only without persistence (which is never `Second`): a flow held
+    // by its client network needs none.
+    let hash = (!persistent).then(|| flow_hash(key));
     let (write, new_flow) = match record {
         Record::Now => (true, true),
         Record::Never => (false, false),
         Record::Second => {
-            let seen = seen_before(h);
+            let seen = hash.is_none_or(seen_before);
             (seen, !seen)
         }
     };
@@ -181,6 +183,7 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
             if vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
                 return Err(Verdict::internal());
             }
+            let h = hash.unwrap_or_else(|| flow_hash(key));
             let slot = vs.ring_id * RING_STRIDE + h % vs.ring_size;
             let real_id = *VS_RINGS.get(slot).ok_or(Verdict::internal())?;
             if real_id == NO_REAL {

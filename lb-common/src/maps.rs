@@ -24,6 +24,7 @@
 //! | `NAT_STATE` | reply [`crate::FlowKey`] -> [`crate::NatState`] (LRU): TCP SYNs, reals not in `NAT_REALS`, fragmented requests | XDP | XDP |
 //! | `NAT_REALS` | a NAT real's [`crate::VsKey`] -> [`crate::NatState`] of its only virtual server | daemon | XDP |
 //! | `NAT_FRAGS` | [`crate::FragKey`] of a reply's datagram -> [`crate::NatState`] (LRU) | XDP | XDP |
+//! | `TAILS` | [`TAIL_FRAGMENT`], [`TAIL_ICMP`] -> the program `xdpvs_lb` hands such packets to | daemon | XDP |
 //! | `UDP_SEEN` | flow hash's low bits (halved) -> `[u32; 2]`: the hashes of the last UDP flows seen there unrecorded | XDP | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
@@ -95,10 +96,17 @@ pub const NAT_REALS: &str = "NAT_REALS";
 /// CPUs; a slot keeps the last flow that used it.
 pub const UDP_SEEN: &str = "UDP_SEEN";
 
+/// The programs `xdpvs_lb` tail-calls (decision 0018): fragments and ICMP errors are
+/// handled by programs of their own, each verified apart, so that the balancer stays
+/// well within the verifier's million-instruction budget. Program array, indexed by
+/// [`TAIL_FRAGMENT`] and [`TAIL_ICMP`]; filled by the daemon with this object's
+/// programs ([`TAIL_PROGRAMS`]) as they go on the interfaces.
+pub const TAILS: &str = "TAILS";
+
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
     VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, VLAN_IN, VLAN_OUT, RX_TAGS, OWN_MACS, FRAG_VS,
-    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE, NAT_REALS, NAT_FRAGS, UDP_SEEN,
+    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE, NAT_REALS, NAT_FRAGS, UDP_SEEN, TAILS,
 ];
 
 /// The load balancer, attached to every interface of the configuration.
@@ -107,8 +115,22 @@ pub const PROG_LB: &str = "xdpvs_lb";
 /// a peer that has an XDP program attached; tests and the demo attach this one there.
 pub const PROG_PASS: &str = "xdpvs_pass";
 
+/// TCP and UDP fragments (not ICMP errors quoting one), tail-called by `xdpvs_lb`.
+pub const PROG_FRAGMENT: &str = "xdpvs_fragment";
+/// ICMP errors about flows, tail-called by `xdpvs_lb`.
+pub const PROG_ICMP: &str = "xdpvs_icmp_error";
+
+/// [`TAILS`] index of [`PROG_FRAGMENT`].
+pub const TAIL_FRAGMENT: u32 = 0;
+/// [`TAILS`] index of [`PROG_ICMP`].
+pub const TAIL_ICMP: u32 = 1;
+/// Entries of [`TAILS`].
+pub const TAIL_COUNT: u32 = 2;
+/// What [`TAILS`] holds: index -> program.
+pub const TAIL_PROGRAMS: &[(u32, &str)] = &[(TAIL_FRAGMENT, PROG_FRAGMENT), (TAIL_ICMP, PROG_ICMP)];
+
 /// Every program of the balancer object.
-pub const PROGRAMS: &[&str] = &[PROG_LB, PROG_PASS];
+pub const PROGRAMS: &[&str] = &[PROG_LB, PROG_PASS, PROG_FRAGMENT, PROG_ICMP];
 
 /// Most virtual servers the data path holds (VS_MAP entries, STATS_VS slots).
 pub const MAX_VS: u32 = 1024;

@@ -1,16 +1,18 @@
 //! One packet through the balancer: parse, find the virtual server, make sure the
 //! frame is addressed to this host, choose the real, forward with the virtual
-//! server's method.
+//! server's method. Fragments and ICMP errors go on in programs of their own, reached
+//! by tail call (decision 0018), which parse the (untagged) frame again.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
+    maps::{TAIL_FRAGMENT, TAIL_ICMP},
     reason, FlowKey, IfaceInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
 };
 
 use crate::{
     choose::{self, Record},
     forward, l2,
-    maps::{FRAG_VS, VS_MAP},
+    maps::{FRAG_VS, TAILS, VS_MAP},
     parse, stats,
     verdict::Verdict,
 };
@@ -20,31 +22,20 @@ use crate::{
 #[inline(always)]
 pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     l2::untag(ctx)?;
-    let mut p = parse::parse(ctx)?;
-    if p.frag && !p.icmp {
-        return fragment(ctx, &mut p);
+    let p = parse::parse(ctx)?;
+    if p.icmp {
+        return tail_call(ctx, TAIL_ICMP);
     }
-    let vs = if p.frag {
-        fragment_taker(&p.key).map(|(_, vs)| vs)
-    } else {
-        virtual_server(&p.key)
-    };
-    let Some(vs) = vs else {
-        if p.icmp {
-            // Maybe a NAT real's error about a flow, on its way to the client.
-            let (verdict, vs_index) = forward::nat::icmp_from_real(ctx, &p)?;
-            stats::count_reply(vs_index, p.len);
-            return Ok(verdict);
-        }
+    if p.frag {
+        return tail_call(ctx, TAIL_FRAGMENT);
+    }
+    let Some(vs) = virtual_server(&p.key) else {
         // Not for a VIP: maybe a real's reply to a NAT flow.
         let (verdict, vs_index) = forward::nat::reply(ctx, &p)?;
         stats::count_reply(vs_index, p.len);
         return Ok(verdict);
     };
     let ingress = l2::addressed_here(ctx)?;
-    if p.icmp {
-        return icmp_error(ctx, &p, vs, ingress);
-    }
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
@@ -77,6 +68,51 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
     Ok(verdict)
+}
+
+/// Goes on in program `index` of `TAILS`. Returns: only if that failed (an empty slot,
+/// which a daemon that loaded this program never leaves), with `drop_internal`.
+#[inline(always)]
+fn tail_call(ctx: &XdpContext, index: u32) -> Result<Verdict, Verdict> {
+    // SAFETY: the programs of TAILS are this object's XDP programs, written by the
+    // daemon; on success control never comes back.
+    unsafe { TAILS.tail_call(ctx, index) };
+    Err(Verdict::internal())
+}
+
+/// `xdpvs_fragment`: a TCP or UDP fragment that `try_balance` parsed as such.
+/// Returns: as [`try_balance`].
+#[inline(always)]
+pub fn try_fragment(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let mut p = parse::parse(ctx)?;
+    if !p.frag || p.icmp {
+        return Err(Verdict::internal());
+    }
+    fragment(ctx, &mut p)
+}
+
+/// `xdpvs_icmp_error`: an ICMP error that `try_balance` parsed as about a flow (its
+/// key the flow's, client -> VIP).
+/// Returns: as [`try_balance`].
+#[inline(always)]
+pub fn try_icmp_error(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let p = parse::parse(ctx)?;
+    if !p.icmp {
+        return Err(Verdict::internal());
+    }
+    let vs = if p.frag {
+        fragment_taker(&p.key).map(|(_, vs)| vs)
+    } else {
+        virtual_server(&p.key)
+    };
+    let Some(vs) = vs else {
+        // Maybe a NAT real's error about a flow, on its way to the client.
+        let (verdict, vs_index) = forward::nat::icmp_from_real(ctx, &p)?;
+        stats::count_reply(vs_index, p.len);
+        return Ok(verdict);
+    };
+    let ingress = l2::addressed_here(ctx)?;
+    icmp_error(ctx, &p, vs, ingress)
 }
 
 /// Balances a fragment of a datagram to the virtual server at its address that takes

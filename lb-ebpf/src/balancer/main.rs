@@ -1,5 +1,6 @@
 //! The load balancer's BPF object (`xdpvs`). Entry points only; the work is in the
-//! modules, one topic each.
+//! modules, one topic each. `xdpvs_lb` hands fragments and ICMP errors to programs of
+//! their own by tail call (`TAILS`, decision 0018); each ends as it does.
 #![no_std]
 #![no_main]
 
@@ -19,10 +20,29 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 /// The load balancer, attached to every interface of the configuration.
 #[xdp]
 pub fn xdpvs_lb(ctx: XdpContext) -> u32 {
-    let mut verdict = match balance::try_balance(&ctx) {
+    finish(&ctx, balance::try_balance(&ctx))
+}
+
+/// TCP and UDP fragments, from `xdpvs_lb` (`TAIL_FRAGMENT`).
+#[xdp]
+pub fn xdpvs_fragment(ctx: XdpContext) -> u32 {
+    finish(&ctx, balance::try_fragment(&ctx))
+}
+
+/// ICMP errors about flows, from `xdpvs_lb` (`TAIL_ICMP`).
+#[xdp]
+pub fn xdpvs_icmp_error(ctx: XdpContext) -> u32 {
+    finish(&ctx, balance::try_icmp_error(&ctx))
+}
+
+/// Ends a packet's run: a frame passed to the kernel gets its VLAN tags back; the
+/// verdict is counted. Returns: the XDP action.
+#[inline(always)]
+fn finish(ctx: &XdpContext, result: Result<verdict::Verdict, verdict::Verdict>) -> u32 {
+    let mut verdict = match result {
         Ok(v) | Err(v) => v,
     };
-    if verdict.action == xdp_action::XDP_PASS && !l2::retag(&ctx) {
+    if verdict.action == xdp_action::XDP_PASS && !l2::retag(ctx) {
         verdict = verdict::Verdict::internal();
     }
     stats::count_verdict(verdict.reason);

@@ -4,12 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     maps::{
         DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VLANS,
-        MAX_VS, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
+        MAX_VS, TAIL_COUNT, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
     },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
     VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
@@ -104,3 +104,8 @@ pub static NAT_STATE: LruHashMap<FlowKey, NatState> =
 #[map]
 pub static NAT_REALS: HashMap<VsKey, NatState> =
     HashMap::with_max_entries(MAX_REALS, BPF_F_NO_PREALLOC);
+
+/// `TAIL_FRAGMENT`, `TAIL_ICMP` -> the programs fragments and ICMP errors go on to
+/// (decision 0018). Written by the daemon.
+#[map]
+pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_COUNT, 0);

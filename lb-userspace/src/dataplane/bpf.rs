@@ -6,7 +6,9 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray,
+    },
     programs::{Xdp, XdpMode},
     util::nr_cpus,
     Ebpf, EbpfLoader,
@@ -14,8 +16,8 @@ use aya::{
 use lb_common::{
     maps::{
         own_mac_key, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_REALS, NAT_STATE, OWN_MACS,
-        PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP,
-        VS_RINGS,
+        PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, TAILS, TAIL_PROGRAMS, VERDICTS, VLAN_IN,
+        VLAN_OUT, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
     IFACE_F_VLAN, RING_STRIDE,
@@ -25,14 +27,18 @@ pub use super::LoadOptions;
 use super::{pins::Pins, Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
 
 /// Loads the BPF object with the given sizes; every XDP program is loaded (verified)
-/// but attached nowhere, and no map is pinned.
+/// but attached nowhere, `TAILS` filled, and no map is pinned.
 pub fn load(opts: LoadOptions) -> Result<Ebpf, anyhow::Error> {
-    load_with(opts, None)
+    let mut ebpf = load_with(opts, None)?;
+    fill_tails(&mut ebpf)?;
+    Ok(ebpf)
 }
 
 /// As [`load`], every map pinned under `pins`: a map already pinned there is reused with
 /// its contents ([`Pins::prepare`] first removes those that cannot be), the others are
-/// created and pinned.
+/// created and pinned. `TAILS` is left as it was: an earlier run's program may still be
+/// attached and tail-calling through it; [`Programs::attach_pinned`] and
+/// [`Programs::replace_pinned`] fill it as this object's program goes live.
 pub fn load_pinned(opts: LoadOptions, pins: &Pins) -> Result<Ebpf, anyhow::Error> {
     load_with(opts, Some(pins))
 }
@@ -59,6 +65,27 @@ fn load_with(opts: LoadOptions, pins: Option<&Pins>) -> Result<Ebpf, anyhow::Err
             .map_err(|e| anyhow::anyhow!("the kernel rejected XDP program {name}: {e}"))?;
     }
     Ok(ebpf)
+}
+
+/// Writes this object's fragment and ICMP programs into `TAILS`, where its balancer
+/// tail-calls them (decision 0018).
+fn fill_tails(ebpf: &mut Ebpf) -> Result<(), anyhow::Error> {
+    let mut fds = Vec::new();
+    for &(index, name) in TAIL_PROGRAMS {
+        let prog: &Xdp = ebpf
+            .program(name)
+            .ok_or_else(|| anyhow::anyhow!("program {name} missing from the BPF object"))?
+            .try_into()?;
+        fds.push((index, prog.fd()?.try_clone()?));
+    }
+    let map = ebpf
+        .map_mut(TAILS)
+        .ok_or_else(|| anyhow::anyhow!("map {TAILS} missing from the BPF object"))?;
+    let mut tails = ProgramArray::try_from(map)?;
+    for (index, fd) in &fds {
+        tails.set(*index, fd, 0)?;
+    }
+    Ok(())
 }
 
 impl From<crate::config::XdpMode> for XdpMode {
@@ -122,6 +149,7 @@ impl Programs {
         ifname: &str,
         mode: XdpMode,
     ) -> Result<bool, anyhow::Error> {
+        fill_tails(&mut self.0)?;
         Ok(pins.attach(self.balancer()?, ifindex, ifname, mode)?)
     }
 
@@ -129,6 +157,7 @@ impl Programs {
     /// link ([`Pins::replace`]). A link that cannot take it (its interface is gone:
     /// no packet reaches it) is logged and left to [`Programs::attach_pinned`].
     pub fn replace_pinned(&mut self, pins: &Pins) -> Result<(), anyhow::Error> {
+        fill_tails(&mut self.0)?;
         let prog = self.balancer()?;
         for ifname in pins.linked_interfaces() {
             if let Err(e) = pins.replace(prog, &ifname) {

@@ -26,4 +26,5 @@ mod testrun_balance;
 mod testrun_fuzz;
 mod testrun_methods;
 mod testrun_nat_fragments;
+mod testrun_verifier;
 mod testrun_vlan;

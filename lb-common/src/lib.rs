@@ -215,6 +215,23 @@ pub struct FragKey {
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 
+/// A next hop the FIB found no neighbour entry for: one record of
+/// [`maps::NEIGH_MISS`] (decision 0019).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighMiss {
+    /// The next hop (the destination itself, or the router toward it), network order
+    /// words; IPv4 in the first.
+    pub addr: [u32; 4],
+    /// The interface the packet would have left by.
+    pub ifindex: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<NeighMiss>() == 24);
+
 /// A client network of a persistent virtual server. Key of [`maps::PERSIST`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -26,6 +26,8 @@
 //! | `NAT_FRAGS` | [`crate::FragKey`] of a reply's datagram -> [`crate::NatState`] (LRU) | XDP | XDP |
 //! | `TAILS` | [`TAIL_FRAGMENT`], [`TAIL_ICMP`] -> the program `xdpvs_lb` hands such packets to | daemon | XDP |
 //! | `UDP_SEEN` | flow hash's low bits (halved) -> `[u32; 2]`: the hashes of the last UDP flows seen there unrecorded | XDP | XDP |
+//! | `NEIGH_MISS` | ring buffer of [`crate::NeighMiss`]: next hops the FIB had no neighbour entry for | XDP | daemon |
+//! | `NEIGH_ASKED` | next hop's hash (low bits) -> `bpf_ktime_get_ns` of its last report (`u64`) | XDP | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -103,10 +105,42 @@ pub const UDP_SEEN: &str = "UDP_SEEN";
 /// programs ([`TAIL_PROGRAMS`]) as they go on the interfaces.
 pub const TAILS: &str = "TAILS";
 
+/// Next hops without a neighbour entry (decision 0019): when the FIB lookup of a NAT
+/// reply or a routed request finds the route but no resolved link-layer address, the
+/// packet is dropped (`drop_no_neigh`) and the next hop ([`crate::NeighMiss`]) is
+/// written here for the daemon, which has the kernel resolve it. Ring buffer of
+/// [`NEIGH_MISS_BYTES`].
+pub const NEIGH_MISS: &str = "NEIGH_MISS";
+/// When each next hop was last written to [`NEIGH_MISS`]: slot (the next hop's hash's
+/// low bits) -> `bpf_ktime_get_ns`. A slot reports at most once every
+/// [`NEIGH_MISS_EVERY_NS`], so a flood toward unresolved next hops costs the ring at
+/// most [`NEIGH_ASKED_SLOTS`] reports per interval. Array, shared by all CPUs.
+pub const NEIGH_ASKED: &str = "NEIGH_ASKED";
+
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
-    VS_MAP, VS_RINGS, REALS, FLOWS, PERSIST, IFACES, VLAN_IN, VLAN_OUT, RX_TAGS, OWN_MACS, FRAG_VS,
-    STATS_VS, STATS_REAL, VERDICTS, SETTINGS, NAT_STATE, NAT_REALS, NAT_FRAGS, UDP_SEEN, TAILS,
+    VS_MAP,
+    VS_RINGS,
+    REALS,
+    FLOWS,
+    PERSIST,
+    IFACES,
+    VLAN_IN,
+    VLAN_OUT,
+    RX_TAGS,
+    OWN_MACS,
+    FRAG_VS,
+    STATS_VS,
+    STATS_REAL,
+    VERDICTS,
+    SETTINGS,
+    NAT_STATE,
+    NAT_REALS,
+    NAT_FRAGS,
+    UDP_SEEN,
+    TAILS,
+    NEIGH_MISS,
+    NEIGH_ASKED,
 ];
 
 /// The load balancer, attached to every interface of the configuration.
@@ -157,6 +191,14 @@ pub const NAT_FRAG_ENTRIES: u32 = 16_384;
 pub const UDP_SEEN_SLOTS: u32 = 65_536;
 // The data path picks a slot by the hash's low bits.
 const _: () = assert!(UDP_SEEN_SLOTS.is_power_of_two());
+/// Size of [`NEIGH_MISS`] in bytes (a power of two, a multiple of the page size):
+/// 2,048 reports of 24 bytes and their 8-byte headers.
+pub const NEIGH_MISS_BYTES: u32 = 64 * 1024;
+/// Slots of [`NEIGH_ASKED`] (a power of two).
+pub const NEIGH_ASKED_SLOTS: u32 = 1024;
+const _: () = assert!(NEIGH_ASKED_SLOTS.is_power_of_two());
+/// Least time between two reports from one [`NEIGH_ASKED`] slot: 100 ms.
+pub const NEIGH_MISS_EVERY_NS: u64 = 100_000_000;
 /// Most transmitting interfaces.
 pub const MAX_IFACES: u32 = 64;
 /// Most VLAN devices on the attached interfaces (`VLAN_IN`, `VLAN_OUT`).

@@ -4,8 +4,8 @@
 use core::net::IpAddr;
 
 use crate::{
-    Counters, FlowKey, FlowState, FragKey, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
-    VlanKey, VlanOut, VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
+    Counters, FlowKey, FlowState, FragKey, IfaceInfo, NatState, NeighMiss, PersistKey,
+    PersistState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
 };
 
 // SAFETY: all of these are repr(C), built only of integers and byte arrays, with
@@ -23,6 +23,28 @@ unsafe impl aya::Pod for NatState {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for PersistKey {}
 unsafe impl aya::Pod for PersistState {}
+
+impl NeighMiss {
+    /// Reads one record of `maps::NEIGH_MISS` as the data path wrote it.
+    /// Returns: the record, or `None` if `bytes` is not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != core::mem::size_of::<Self>() {
+            return None;
+        }
+        let word = |i: usize| u32::from_ne_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        Some(Self {
+            addr: [word(0), word(4), word(8), word(12)],
+            ifindex: word(16),
+            family: bytes[20],
+            _pad: [0; 3],
+        })
+    }
+
+    /// Returns: the next hop's address, or `None` for an unknown family.
+    pub fn address(&self) -> Option<IpAddr> {
+        words_addr(self.addr, self.family)
+    }
+}
 
 /// Converts an address to network order words and its family value.
 /// Returns: `(words, FAMILY_V4 | FAMILY_V6)`.
@@ -116,6 +138,31 @@ mod tests {
         let (w, _) = addr_words("10.0.0.1".parse().unwrap());
         assert_eq!(w[0].to_ne_bytes(), [10, 0, 0, 1]);
         assert_eq!(&w[1..], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn a_neigh_miss_record_reads_back_as_written() {
+        for a in ["192.0.2.9", "fe80::1"] {
+            let ip: IpAddr = a.parse().unwrap();
+            let (addr, family) = addr_words(ip);
+            let m = NeighMiss {
+                addr,
+                ifindex: 7,
+                family,
+                _pad: [0; 3],
+            };
+            // SAFETY: NeighMiss is repr(C), integers only, no hidden padding.
+            let bytes = unsafe {
+                core::slice::from_raw_parts(
+                    (&m as *const NeighMiss).cast::<u8>(),
+                    core::mem::size_of::<NeighMiss>(),
+                )
+            };
+            let back = NeighMiss::from_bytes(bytes).expect("a record");
+            assert_eq!(back, m);
+            assert_eq!(back.address(), Some(ip));
+            assert_eq!(NeighMiss::from_bytes(&bytes[1..]), None, "short");
+        }
     }
 
     #[test]

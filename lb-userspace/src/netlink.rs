@@ -8,7 +8,7 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, CacheInfo},
     link::{InfoData, InfoVlan, LinkAttribute, LinkInfo, LinkXdp},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -401,6 +401,30 @@ pub async fn forget_neighbour(handle: &Handle, addr: IpAddr) -> Result<usize, Ne
             .map_err(req(format!("deleting the neighbour entry of {addr}")))?;
     }
     Ok(n)
+}
+
+/// Has the kernel resolve neighbour `addr` on interface `ifindex`: an RTM_NEWNEIGH with
+/// NTF_USE creates the entry if there is none and starts resolution (ARP request or
+/// neighbour solicitation), as the kernel's own forwarding would on a packet to it. An
+/// entry already resolved, or static, is left as it is. What XDP forwards never passes
+/// the kernel's neighbour code, so the data path reports the next hops it found
+/// unresolved and the daemon asks for them here (decision 0019).
+pub async fn resolve_neighbour(
+    handle: &Handle,
+    ifindex: u32,
+    addr: IpAddr,
+) -> Result<(), NetlinkError> {
+    handle
+        .neighbours()
+        .add(ifindex, addr)
+        .state(NeighbourState::None)
+        .flags(NeighbourFlags::Use)
+        .replace()
+        .execute()
+        .await
+        .map_err(req(format!(
+            "resolving neighbour {addr} on ifindex {ifindex}"
+        )))
 }
 
 /// Makes the kernel resolve (or re-confirm) `addr`'s link-layer address: a datagram to

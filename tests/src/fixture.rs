@@ -27,12 +27,13 @@ use lb_common::{
         maps::{DECAP_LOCAL, DECAP_STATS, DECAP_VIPS},
         AddrKey,
     },
-    FlowKey, IfaceInfo, VlanKey, VlanOut, IFACE_F_VLAN,
+    FlowKey, IfaceInfo, NeighMiss, VlanKey, VlanOut, IFACE_F_VLAN,
 };
 use xdpvs::{
     config::{self, Config, SystemFacts},
     dataplane::{
         bpf::{self, BpfDataplane, Programs},
+        misses::NeighMisses,
         DataplaneRead as _, FlowReader as _,
     },
     model::RealKey,
@@ -80,6 +81,8 @@ impl SystemFacts for AnyInterface {
 pub struct Fixture {
     pub rec: Reconciler<BpfDataplane>,
     programs: Programs,
+    /// The data path's reports of unresolved next hops, once taken.
+    misses: Option<NeighMisses>,
     pub config: Config,
     pub net: Netns,
 }
@@ -156,6 +159,7 @@ impl Fixture {
         let mut f = Fixture {
             rec,
             programs,
+            misses: None,
             config: Self::parse(yaml),
             net,
         };
@@ -310,6 +314,15 @@ impl Fixture {
     /// Runs the pass-only program (the floor of any XDP program's cost).
     pub fn run_pass(&self, frame: &[u8], repeat: u32) -> Run {
         self.run_n(PROG_PASS, frame, repeat)
+    }
+
+    /// Returns: the next hops the data path reported unresolved since the last call
+    /// (`NEIGH_MISS`), oldest first.
+    pub fn neigh_misses(&mut self) -> Vec<NeighMiss> {
+        if self.misses.is_none() {
+            self.misses = Some(self.programs.take_neigh_misses().expect("NEIGH_MISS"));
+        }
+        self.misses.as_mut().expect("taken").drain()
     }
 
     /// Returns: the connection table's entries.

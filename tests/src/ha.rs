@@ -395,22 +395,10 @@ impl HaLab {
                 ns,
             });
         }
-        if nat {
-            // NAT replies leave through the node's FIB to the clients' next hop (here
-            // the client itself, as a router would be). xdpvs resolves its reals'
-            // neighbours, not that one: a backup that never spoke to it would drop
-            // every reply after taking over (`drop_no_neigh`) until the kernel
-            // resolves it for some other reason. Each node speaks to it once, as a
-            // node does with its router (docs/ha.md says so).
-            // (A TCP connection to a closed port: refused, but resolved.)
-            let router = SocketAddr::new(net(fam, 100, 2), 9);
-            for node in &nodes {
-                let refused = node.ns.run(move || {
-                    std::net::TcpStream::connect_timeout(&router, Duration::from_secs(2))
-                });
-                assert!(refused.is_err(), "something listens on {router}");
-            }
-        }
+        // NAT replies leave through the node's FIB to the clients' next hop (here the
+        // client itself, as a router would be). No node is made to resolve it first:
+        // a backup taking over finds it unresolved, and the daemon has it resolved
+        // when the data path reports it (decision 0019).
         let vip = net(fam, 100, 100);
         let gateway = nat.then(|| net(fam, 200, 1));
         let real_net = if nat { 200 } else { 100 };

@@ -1,17 +1,24 @@
 //! Next hop from the kernel's routing and neighbour tables (`bpf_fib_lookup`), for the
-//! methods that route (NAT, tunnel): the egress interface and both MAC addresses.
+//! methods that route (NAT, tunnel): the egress interface and both MAC addresses. A
+//! next hop without a neighbour entry is reported to the daemon (decision 0019).
 
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::generated::bpf_fib_lookup,
+    helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup},
     programs::XdpContext,
 };
-use lb_common::{reason, FAMILY_V4};
+use lb_common::{
+    maps::{NEIGH_ASKED_SLOTS, NEIGH_MISS_EVERY_NS},
+    reason, NeighMiss, FAMILY_V4, FAMILY_V6,
+};
 
-use crate::verdict::Verdict;
+use crate::{
+    maps::{NEIGH_ASKED, NEIGH_MISS},
+    verdict::Verdict,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -83,8 +90,57 @@ pub fn lookup(ctx: &XdpContext, input: u32, r: &Route) -> Result<Hop, Miss> {
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Miss::TooBig(u32::from(unsafe {
             p.__bindgen_anon_1.mtu_result
         }))),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Miss::Drop(Verdict::drop(reason::DROP_NO_NEIGH))),
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            report_no_neigh(&p, r.family);
+            Err(Miss::Drop(Verdict::drop(reason::DROP_NO_NEIGH)))
+        }
         BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Miss::Drop(Verdict::drop(reason::DROP_FWD_DISABLED))),
         _ => Err(Miss::Drop(Verdict::drop(reason::DROP_NO_ROUTE))),
     }
+}
+
+/// Tells the daemon that the next hop of lookup `p` (which returned NO_NEIGH) has no
+/// neighbour entry. On that return the kernel has already written the next hop (the
+/// route's gateway, or the destination itself) into the destination and the egress
+/// interface into `ifindex`. Nothing in the kernel resolves a neighbour for XDP: the
+/// daemon asks it to. At most one report per `NEIGH_ASKED` slot every
+/// `NEIGH_MISS_EVERY_NS`; a full ring loses the report, and a later packet makes it
+/// again. Not inlined: one copy for every route lookup the program makes.
+#[inline(never)]
+fn report_no_neigh(p: &FibParams, family: u8) {
+    // SAFETY: the kernel wrote the destination union for this family.
+    let addr = unsafe {
+        if family == FAMILY_V4 {
+            [p.__bindgen_anon_4.ipv4_dst, 0, 0, 0]
+        } else {
+            p.__bindgen_anon_4.ipv6_dst
+        }
+    };
+    let h = addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ p.ifindex;
+    let h = h ^ (h >> 16);
+    let h = h.wrapping_mul(0x45d9_f3b) ^ (h >> 8);
+    let Some(last) = NEIGH_ASKED.get_ptr_mut(h & (NEIGH_ASKED_SLOTS - 1)) else {
+        return;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a slot of an array map, valid for this program run. Another CPU may write
+    // it at the same time: at worst both report.
+    unsafe {
+        if *last != 0 && now.wrapping_sub(*last) < NEIGH_MISS_EVERY_NS {
+            return;
+        }
+        *last = now;
+    }
+    let m = NeighMiss {
+        addr,
+        ifindex: p.ifindex,
+        family: if family == FAMILY_V4 {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
+        },
+        _pad: [0; 3],
+    };
+    let _ = NEIGH_MISS.output::<NeighMiss>(&m, 0);
 }

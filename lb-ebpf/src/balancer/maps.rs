@@ -4,12 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
     maps::{
         DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VLANS,
-        MAX_VS, TAIL_COUNT, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
+        MAX_VS, NEIGH_ASKED_SLOTS, NEIGH_MISS_BYTES, TAIL_COUNT, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
     },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
     VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
@@ -109,3 +109,13 @@ pub static NAT_REALS: HashMap<VsKey, NatState> =
 /// (decision 0018). Written by the daemon.
 #[map]
 pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_COUNT, 0);
+
+/// Next hops the FIB had no neighbour entry for (`lb_common::NeighMiss`), for the daemon
+/// to have resolved (decision 0019). Written here, read by the daemon.
+#[map]
+pub static NEIGH_MISS: RingBuf = RingBuf::with_byte_size(NEIGH_MISS_BYTES, 0);
+
+/// Next hop's hash's low bits -> when that slot last wrote to `NEIGH_MISS`. Written and
+/// read here.
+#[map]
+pub static NEIGH_ASKED: Array<u64> = Array::with_max_entries(NEIGH_ASKED_SLOTS, 0);

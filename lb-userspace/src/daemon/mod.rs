@@ -15,6 +15,7 @@
 //! it added.
 
 mod host;
+mod neighbours;
 pub mod privilege;
 mod requests;
 mod routes;
@@ -222,6 +223,7 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.attach(config)?;
+        self.resolve_reported_next_hops();
         self.host.sync_vips(config).await?;
         self.routes
             .use_table(config.announce.map(|a| a.table))
@@ -242,6 +244,25 @@ impl Daemon {
         tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), probed_reals = self.health.len(), control_socket = %config.control_socket.display(), "xdpvs running");
         notify_ready();
         self.serve(calls, scrapes).await
+    }
+
+    /// Starts the task that has the kernel resolve the next hops the data path reports
+    /// unresolved (decision 0019). Without it those drop until something else resolves
+    /// them: logged, not fatal.
+    fn resolve_reported_next_hops(&mut self) {
+        let misses = self
+            .programs
+            .take_neigh_misses()
+            .map_err(anyhow::Error::from)
+            .and_then(|m| Ok(m.into_async()?));
+        match misses {
+            Ok(m) => {
+                tokio::spawn(neighbours::resolve(m, self.host.handle()));
+            }
+            Err(e) => tracing::error!(
+                "reading the data path's unresolved next hops: {e:#}; packets toward a next hop without a neighbour entry are dropped until the kernel resolves it for another reason"
+            ),
+        }
     }
 
     /// Binds `metrics_listen` (if set) and starts the task serving `/metrics`.

@@ -15,16 +15,19 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        own_mac_key, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_REALS, NAT_STATE, OWN_MACS,
-        PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, TAILS, TAIL_PROGRAMS, VERDICTS, VLAN_IN,
-        VLAN_OUT, VS_MAP, VS_RINGS,
+        own_mac_key, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_REALS, NAT_STATE, NEIGH_MISS,
+        OWN_MACS, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, TAILS, TAIL_PROGRAMS, VERDICTS,
+        VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
     IFACE_F_VLAN, RING_STRIDE,
 };
 
 pub use super::LoadOptions;
-use super::{pins::Pins, Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
+use super::{
+    misses::NeighMisses, pins::Pins, Dataplane, DataplaneContents, DataplaneError, DataplaneRead,
+    FlowReader,
+};
 
 /// Loads the BPF object with the given sizes; every XDP program is loaded (verified)
 /// but attached nowhere, `TAILS` filled, and no map is pinned.
@@ -175,6 +178,12 @@ impl Programs {
             .program_mut(name)
             .ok_or_else(|| anyhow::anyhow!("program {name} missing"))?
             .try_into()?)
+    }
+
+    /// Takes the data path's reports of unresolved next hops out of the object (once).
+    /// Returns: their ring buffer.
+    pub fn take_neigh_misses(&mut self) -> Result<NeighMisses, DataplaneError> {
+        typed(&mut self.0, NEIGH_MISS).map(NeighMisses::new)
     }
 
     /// Returns: program `name`, e.g. for a BPF_PROG_TEST_RUN.

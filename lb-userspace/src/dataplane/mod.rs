@@ -4,6 +4,7 @@
 
 pub mod bpf;
 pub mod memory;
+pub mod misses;
 pub mod pins;
 
 use std::collections::{BTreeMap, HashMap};

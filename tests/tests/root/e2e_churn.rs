@@ -369,3 +369,90 @@ fn vip_removed(kind: Kind, fam: Family) {
     );
     assert_no_eperm(&d);
 }
+
+#[test]
+fn churn_a_nat_client_the_balancer_has_no_neighbour_entry_for_is_resolved_and_answered() {
+    // What XDP forwards never passes the kernel's neighbour code: a NAT reply to a
+    // client whose entry the balancer lost is dropped (`drop_no_neigh`) until the
+    // daemon, told by the data path, has the kernel resolve it (decision 0019).
+    for fam in [Family::V4, Family::V6] {
+        client_forgotten(fam);
+    }
+}
+
+fn client_forgotten(fam: Family) {
+    let lab = Lab::new(Kind::Nat, fam, 2);
+    let cfg = lab.write_config();
+    let d = Daemon::start(&lab.lb, &cfg);
+    lab.wait_serving(&[0, 1], &d);
+
+    // The client holds the VIP's MAC for good: it never asks for it again, so the
+    // balancer's kernel cannot learn the client's MAC from its requests.
+    let lb_dev = &lab.lb_ifs[0];
+    let mac = mac_of(&lab.lb, lb_dev);
+    let client_dev = format!("{}c", lab.instance);
+    let vip = lab.vip.to_string();
+    lab.client.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        &vip,
+        "lladdr",
+        &mac,
+        "dev",
+        &client_dev,
+        "nud",
+        "permanent",
+    ]);
+    // The balancer forgets the client.
+    let client = lab
+        .client
+        .exec(&["ip", "-br", "addr", "show", "dev", &client_dev]);
+    lab.lb.exec(&["ip", "neigh", "flush", "dev", lb_dev]);
+    let before = status_verdict(&lab, "drop_no_neigh");
+    let start = Instant::now();
+    wait_forwarding(
+        &lab,
+        &d,
+        &["real1", "real2"],
+        20,
+        Duration::from_secs(20),
+        &format!("{fam:?}: replies to a client without neighbour entry"),
+    );
+    let dropped = status_verdict(&lab, "drop_no_neigh") - before;
+    println!(
+        "NAT {fam:?}: the balancer forgot the client ({}): both reals answer 20 requests in a row after {:?}, {dropped} replies dropped meanwhile",
+        client.trim(),
+        start.elapsed()
+    );
+    assert!(
+        dropped > 0,
+        "no reply met the missing entry: the test proves nothing:\n{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("asked the kernel to resolve it"),
+        "the log does not say the next hop was asked for:\n{log}"
+    );
+    let entry = lab.lb.exec(&["ip", "neigh", "show", "dev", lb_dev]);
+    assert!(
+        entry.contains(&mac_of(&lab.client, &client_dev)),
+        "the balancer holds no entry with the client's MAC: {entry}"
+    );
+    assert_no_eperm(&d);
+}
+
+/// Returns: packets counted under verdict `name`, from `xdpvs status --json`.
+fn status_verdict(lab: &Lab, name: &str) -> u64 {
+    let (code, out, err) = lab.cli(&["status", "--json"]);
+    assert_eq!(code, Some(0), "status: {err}");
+    let s: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    s["verdicts"][name].as_u64().unwrap_or(0)
+}
+
+/// Returns: the MAC of `dev` in `ns`.
+fn mac_of(ns: &tests::netns::Netns, dev: &str) -> String {
+    let link = ns.exec(&["ip", "-br", "link", "show", "dev", dev]);
+    link.split_whitespace().nth(2).expect("MAC").to_string()
+}

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use lb_common::{
     flow_hash,
     realserver::{maps::PROG_DECAP, DECAP_DONE},
-    reason, FlowKey, PROTO_TCP,
+    reason, FlowKey, NeighMiss, PROTO_TCP,
 };
 use tests::{
     fixture::{real_mac, DecapFixture, Fixture, CLIENT_MAC, FIB_MAC, GW_MAC, LB_MAC},
@@ -290,6 +290,116 @@ fn nat_v6_request_and_reply() {
         .build();
         assert_eq!(r.out, want, "reply from [VIP]:80");
     }
+}
+
+/// Returns: the ifindex of `dev` in the fixture's namespace.
+fn ifindex(f: &Fixture, dev: &str) -> u32 {
+    let out = f
+        .net
+        .exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")]);
+    out.trim().parse().expect("ifindex")
+}
+
+/// Runs `frame` `repeat` times in one BPF_PROG_TEST_RUN, expecting every run dropped as
+/// `drop_no_neigh`. Returns: the reports it left, and the most the rate limit allows for
+/// the time the runs took (one per slot per 100 ms).
+fn unresolved_runs(f: &mut Fixture, frame: &[u8], repeat: u32) -> (Vec<NeighMiss>, usize) {
+    let before = f.verdicts(reason::DROP_NO_NEIGH);
+    let start = std::time::Instant::now();
+    let r = f.run_n(lb_common::maps::PROG_LB, frame, repeat);
+    let allowed = 1 + (start.elapsed().as_millis() / 100) as usize;
+    assert_eq!(r.action, XDP_DROP, "no neighbour entry: dropped");
+    assert_eq!(
+        f.verdicts(reason::DROP_NO_NEIGH) - before,
+        u64::from(repeat),
+        "each counted as drop_no_neigh"
+    );
+    (f.neigh_misses(), allowed)
+}
+
+#[test]
+fn a_next_hop_without_neighbour_entry_is_reported_for_the_daemon_to_resolve() {
+    let mut f = Fixture::new(YAML);
+    let fxa = ifindex(&f, "fxa");
+    assert!(f.neigh_misses().is_empty(), "nothing reported at load");
+
+    // IPv4: a client on the connected network the balancer has no entry for. The
+    // request goes to a real (resolved); the reply finds none and is reported: the
+    // next hop is the client itself, on the interface the reply would leave by.
+    let client = [192, 0, 2, 9];
+    let request = V4Packet::tcp(client, 4000, NAT_VIP4, 80).build();
+    assert_eq!(f.run(&request).action, XDP_REDIRECT, "request forwarded");
+    let real = f.predict(
+        "nat4",
+        &key(client.into(), 4000, NAT_VIP4.into(), 80, PROTO_TCP),
+    );
+    let reply = V4Packet::tcp(v4(real), 8080, client, 4000).build();
+    let (got, allowed) = unresolved_runs(&mut f, &reply, 1000);
+    let want = NeighMiss {
+        addr: lb_common::user::addr_words(client.into()).0,
+        ifindex: fxa,
+        family: lb_common::FAMILY_V4,
+        _pad: [0; 3],
+    };
+    assert!(
+        !got.is_empty() && got.len() <= allowed,
+        "1,000 drops, one report per 100 ms at most ({allowed} allowed): {got:?}"
+    );
+    assert!(got.iter().all(|m| *m == want), "{got:?}");
+
+    // Once the kernel holds the entry (what the daemon has it do), the reply leaves.
+    f.net.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "192.0.2.9",
+        "lladdr",
+        &xdpvs::reconcile::fmt_mac(&CLIENT_MAC),
+        "dev",
+        "fxa",
+    ]);
+    let r = f.run(&reply);
+    assert_eq!(r.action, XDP_REDIRECT, "resolved: forwarded");
+    let want = V4Packet {
+        dst_mac: CLIENT_MAC,
+        src_mac: FIB_MAC,
+        ..V4Packet::tcp(NAT_VIP4, 80, client, 4000)
+    }
+    .build();
+    assert_eq!(r.out, want, "reply from VIP:80 to the client's MAC");
+    assert!(
+        f.neigh_misses().is_empty(),
+        "a resolved hop is not reported"
+    );
+
+    // IPv6: a client behind a router the balancer has no entry for. The report names
+    // the router, the neighbour to resolve, not the client.
+    f.net.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:d::/64",
+        "via",
+        "fd00:1::fd",
+    ]);
+    let (client, vip) = (v6("2001:db8:d::9"), v6("2001:db8:f::100"));
+    let request = V6Packet::tcp(client, 5000, vip, 80).build();
+    assert_eq!(f.run(&request).action, XDP_REDIRECT, "v6 request forwarded");
+    let real = f.predict("nat6", &key(client.into(), 5000, vip.into(), 80, PROTO_TCP));
+    let reply = V6Packet::tcp(v6of(real), 8080, client, 5000).build();
+    let (got, allowed) = unresolved_runs(&mut f, &reply, 1000);
+    let want = NeighMiss {
+        addr: lb_common::user::addr_words("fd00:1::fd".parse().expect("v6")).0,
+        ifindex: fxa,
+        family: lb_common::FAMILY_V6,
+        _pad: [0; 3],
+    };
+    assert!(
+        !got.is_empty() && got.len() <= allowed,
+        "v6: one report per 100 ms at most ({allowed} allowed): {got:?}"
+    );
+    assert!(got.iter().all(|m| *m == want), "v6: {got:?}");
 }
 
 #[test]

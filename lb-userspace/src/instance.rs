@@ -148,7 +148,7 @@ impl Instance {
             None => "since its daemon died".to_string(),
         };
         Some(format!(
-            "no daemon answers on {}, but the data path of instance `{}` ({}) has been forwarding unattended {since}: health checks are not running and nothing follows the configuration. `xdpvs run` takes it over; `xdpvs teardown` removes it.",
+            "no daemon answers on {}, but the data path of instance `{}` ({}) has been forwarding unattended {since}: health checks are not running, nothing follows the configuration, and next hops without a neighbour entry are not resolved. `xdpvs run` takes it over; `xdpvs teardown` removes it.",
             self.socket.display(),
             self.name,
             self.pins.dir().display(),

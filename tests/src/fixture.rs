@@ -33,7 +33,7 @@ use xdpvs::{
     config::{self, Config, SystemFacts},
     dataplane::{
         bpf::{self, BpfDataplane, Programs},
-        misses::NeighMisses,
+        neigh_misses::NeighMisses,
         DataplaneRead as _, FlowReader as _,
     },
     model::RealKey,

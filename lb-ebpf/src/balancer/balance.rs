@@ -1,12 +1,13 @@
 //! One packet through the balancer: parse, find the virtual server, make sure the
 //! frame is addressed to this host, choose the real, forward with the virtual
 //! server's method. Fragments and ICMP errors go on in programs of their own, reached
-//! by tail call (decision 0018), which parse the (untagged) frame again.
+//! by tail call (decision 0018): `fragment.rs` and `icmp_error.rs`. The lookups of
+//! the virtual server a packet is for are here, for all three.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     maps::{TAIL_FRAGMENT, TAIL_ICMP},
-    reason, FlowKey, IfaceInfo, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
+    reason, FlowKey, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
 };
 
 use crate::{
@@ -80,71 +81,10 @@ fn tail_call(ctx: &XdpContext, index: u32) -> Result<Verdict, Verdict> {
     Err(Verdict::internal())
 }
 
-/// `xdpvs_fragment`: a TCP or UDP fragment that `try_balance` parsed as such.
-/// Returns: as [`try_balance`].
-#[inline(always)]
-pub fn try_fragment(ctx: &XdpContext) -> Result<Verdict, Verdict> {
-    let mut p = parse::parse(ctx)?;
-    if !p.frag || p.icmp {
-        return Err(Verdict::internal());
-    }
-    fragment(ctx, &mut p)
-}
-
-/// `xdpvs_icmp_error`: an ICMP error that `try_balance` parsed as about a flow (its
-/// key the flow's, client -> VIP).
-/// Returns: as [`try_balance`].
-#[inline(always)]
-pub fn try_icmp_error(ctx: &XdpContext) -> Result<Verdict, Verdict> {
-    let p = parse::parse(ctx)?;
-    if !p.icmp {
-        return Err(Verdict::internal());
-    }
-    let vs = if p.frag {
-        fragment_taker(&p.key).map(|(_, vs)| vs)
-    } else {
-        virtual_server(&p.key)
-    };
-    let Some(vs) = vs else {
-        // Maybe a NAT real's error about a flow, on its way to the client.
-        let (verdict, vs_index) = forward::nat::icmp_from_real(ctx, &p)?;
-        stats::count_reply(vs_index, p.len);
-        return Ok(verdict);
-    };
-    let ingress = l2::addressed_here(ctx)?;
-    icmp_error(ctx, &p, vs, ingress)
-}
-
-/// Balances a fragment of a datagram to the virtual server at its address that takes
-/// fragments, by addresses only (its key's ports are zero), so that every fragment of
-/// the datagram reaches the same real. A fragment of a NAT real's reply gets the VIP
-/// back (decision 0016). Other fragments are passed to the kernel.
-#[inline(always)]
-fn fragment(ctx: &XdpContext, p: &mut parse::Parsed) -> Result<Verdict, Verdict> {
-    let Some((vport_be, vs)) = fragment_taker(&p.key) else {
-        // Not for a VIP: maybe a fragment of a real's reply to a NAT flow.
-        let (verdict, vs_index) = forward::nat::reply_fragment(ctx, p)?;
-        stats::count_reply(vs_index, p.len);
-        return Ok(verdict);
-    };
-    let ingress = l2::addressed_here(ctx)?;
-    let choice = choose::real(&p.key, vs, Record::Now)?;
-    // SAFETY: array value pointer, valid for this run.
-    let real = unsafe { &*choice.real };
-    let verdict = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, p, real, ingress)?,
-        METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
-        METHOD_NAT => forward::nat::forward_fragment(ctx, p, vs, vport_be, real, choice.new_flow)?,
-        _ => return Err(Verdict::internal()),
-    };
-    stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
-    Ok(verdict)
-}
-
 /// Returns: the virtual server at `key`'s destination address and protocol that takes
 /// fragments, with its port (network order), if one does.
 #[inline(always)]
-fn fragment_taker(key: &FlowKey) -> Option<(u16, &'static VsInfo)> {
+pub fn fragment_taker(key: &FlowKey) -> Option<(u16, &'static VsInfo)> {
     let frag_key = VsKey {
         addr: key.dst,
         port_be: 0,
@@ -161,39 +101,10 @@ fn fragment_taker(key: &FlowKey) -> Option<(u16, &'static VsInfo)> {
     unsafe { VS_MAP.get(&vs_key) }.map(|vs| (vs_key.port_be, vs))
 }
 
-/// Forwards an ICMP error about a flow of `vs` to the real that serves the flow, by the
-/// virtual server's method (NAT translates it), creating no state.
-/// Returns: the verdict, `fwd_icmp_error` when forwarded.
-#[inline(always)]
-fn icmp_error(
-    ctx: &XdpContext,
-    p: &parse::Parsed,
-    vs: &VsInfo,
-    ingress: Option<&IfaceInfo>,
-) -> Result<Verdict, Verdict> {
-    let choice = choose::serving(&p.key, vs)?;
-    // SAFETY: array value pointer, valid for this run.
-    let real = unsafe { &*choice.real };
-    let sent = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, p, real, ingress)?,
-        METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, real)?,
-        // An error quoting a fragment holds no ports to translate (or only the first
-        // fragment's): the kernel's.
-        METHOD_NAT if p.frag => return Err(Verdict::pass(reason::PASS_FRAGMENT)),
-        METHOD_NAT => forward::nat::icmp_to_real(ctx, p, real)?,
-        _ => return Err(Verdict::internal()),
-    };
-    stats::count_forward(vs.vs_index, choice.real_id, p.len, false);
-    Ok(Verdict {
-        action: sent.action,
-        reason: reason::FWD_ICMP_ERROR,
-    })
-}
-
 /// Returns: the virtual server the flow `key` is addressed to, if its destination
 /// address, port and protocol are one.
 #[inline(always)]
-fn virtual_server(key: &FlowKey) -> Option<&'static VsInfo> {
+pub fn virtual_server(key: &FlowKey) -> Option<&'static VsInfo> {
     let vs_key = VsKey {
         addr: key.dst,
         port_be: key.dport_be,

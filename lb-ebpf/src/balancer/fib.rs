@@ -91,7 +91,7 @@ pub fn lookup(ctx: &XdpContext, input: u32, r: &Route) -> Result<Hop, Miss> {
             p.__bindgen_anon_1.mtu_result
         }))),
         BPF_FIB_LKUP_RET_NO_NEIGH => {
-            report_no_neigh(&p, r.family);
+            report_no_neigh(&p);
             Err(Miss::Drop(Verdict::drop(reason::DROP_NO_NEIGH)))
         }
         BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Miss::Drop(Verdict::drop(reason::DROP_FWD_DISABLED))),
@@ -101,19 +101,21 @@ pub fn lookup(ctx: &XdpContext, input: u32, r: &Route) -> Result<Hop, Miss> {
 
 /// Tells the daemon that the next hop of lookup `p` (which returned NO_NEIGH) has no
 /// neighbour entry. On that return the kernel has already written the next hop (the
-/// route's gateway, or the destination itself) into the destination and the egress
+/// route's gateway, or the destination itself) into the destination, its family into
+/// `family` (an IPv4 route may have an IPv6 gateway, RFC 5549) and the egress
 /// interface into `ifindex`. Nothing in the kernel resolves a neighbour for XDP: the
 /// daemon asks it to. At most one report per `NEIGH_ASKED` slot every
 /// `NEIGH_MISS_EVERY_NS`; a full ring loses the report, and a later packet makes it
 /// again. Not inlined: one copy for every route lookup the program makes.
 #[inline(never)]
-fn report_no_neigh(p: &FibParams, family: u8) {
-    // SAFETY: the kernel wrote the destination union for this family.
+fn report_no_neigh(p: &FibParams) {
+    let v6 = p.family == AF_INET6;
+    // SAFETY: the kernel wrote the destination union for the family it set.
     let addr = unsafe {
-        if family == FAMILY_V4 {
-            [p.__bindgen_anon_4.ipv4_dst, 0, 0, 0]
-        } else {
+        if v6 {
             p.__bindgen_anon_4.ipv6_dst
+        } else {
+            [p.__bindgen_anon_4.ipv4_dst, 0, 0, 0]
         }
     };
     let h = addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ p.ifindex;
@@ -135,12 +137,10 @@ fn report_no_neigh(p: &FibParams, family: u8) {
     let m = NeighMiss {
         addr,
         ifindex: p.ifindex,
-        family: if family == FAMILY_V4 {
-            FAMILY_V4
-        } else {
-            FAMILY_V6
-        },
+        family: if v6 { FAMILY_V6 } else { FAMILY_V4 },
         _pad: [0; 3],
     };
+    // A full ring loses this report; the next packet toward the hop makes another once
+    // the slot's interval has passed, and the drop itself is counted (`drop_no_neigh`).
     let _ = NEIGH_MISS.output::<NeighMiss>(&m, 0);
 }

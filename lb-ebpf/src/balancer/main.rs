@@ -1,5 +1,5 @@
-//! The load balancer's BPF object (`xdpvs`). Entry points only; the work is in the
-//! modules, one topic each. `xdpvs_lb` hands fragments and ICMP errors to programs of
+//! The load balancer's BPF object (`xdpvs`). Entry points, and the end they share;
+//! the work is in the modules, one topic each. `xdpvs_lb` hands fragments and ICMP errors to programs of
 //! their own by tail call (`TAILS`, decision 0018); each ends as it does.
 #![no_std]
 #![no_main]
@@ -8,7 +8,9 @@ mod balance;
 mod choose;
 mod fib;
 mod forward;
+mod fragment;
 mod icmp;
+mod icmp_error;
 mod l2;
 mod maps;
 mod parse;
@@ -26,13 +28,13 @@ pub fn xdpvs_lb(ctx: XdpContext) -> u32 {
 /// TCP and UDP fragments, from `xdpvs_lb` (`TAIL_FRAGMENT`).
 #[xdp]
 pub fn xdpvs_fragment(ctx: XdpContext) -> u32 {
-    finish(&ctx, balance::try_fragment(&ctx))
+    finish(&ctx, fragment::try_fragment(&ctx))
 }
 
 /// ICMP errors about flows, from `xdpvs_lb` (`TAIL_ICMP`).
 #[xdp]
 pub fn xdpvs_icmp_error(ctx: XdpContext) -> u32 {
-    finish(&ctx, balance::try_icmp_error(&ctx))
+    finish(&ctx, icmp_error::try_icmp_error(&ctx))
 }
 
 /// Ends a packet's run: a frame passed to the kernel gets its VLAN tags back; the

@@ -253,14 +253,13 @@ impl Daemon {
         let misses = self
             .programs
             .take_neigh_misses()
-            .map_err(anyhow::Error::from)
-            .and_then(|m| Ok(m.into_async()?));
+            .and_then(|m| m.into_async());
         match misses {
             Ok(m) => {
                 tokio::spawn(neighbours::resolve(m, self.host.handle()));
             }
             Err(e) => tracing::error!(
-                "reading the data path's unresolved next hops: {e:#}; packets toward a next hop without a neighbour entry are dropped until the kernel resolves it for another reason"
+                "reading the data path's unresolved next hops: {e}; packets toward a next hop without a neighbour entry are dropped until the kernel resolves it for another reason"
             ),
         }
     }

@@ -13,13 +13,14 @@ use std::{
 
 use rtnetlink::Handle;
 
-use crate::{dataplane::misses::AsyncNeighMisses, netlink};
+use crate::{dataplane::neigh_misses::AsyncNeighMisses, netlink};
 
 /// One next hop is asked for at most this often (the data path reports it at most every
 /// 100 ms per slot; resolution takes the kernel up to its retransmit time, 1 s).
 const ASK_EVERY: Duration = Duration::from_secs(1);
-/// Remembered next hops above which those asked for longer than `ASK_EVERY` ago are
-/// forgotten.
+/// Most next hops remembered. When full, those asked for longer than `ASK_EVERY` ago
+/// are forgotten (at most once per `ASK_EVERY`); a next hop that finds it still full
+/// is not asked for (a flood of distinct next hops: it is reported again later).
 const REMEMBER: usize = 4096;
 /// Most "asked the kernel to resolve" lines logged per `LOG_WINDOW`; the others are
 /// counted in the next line.
@@ -30,6 +31,7 @@ const LOG_WINDOW: Duration = Duration::from_secs(10);
 pub async fn resolve(mut misses: AsyncNeighMisses, handle: Handle) {
     let mut asked = Asked::default();
     let mut log = LogBudget::default();
+    let mut failures = LogBudget::default();
     loop {
         let batch = match misses.next_batch().await {
             Ok(b) => b,
@@ -51,7 +53,9 @@ pub async fn resolve(mut misses: AsyncNeighMisses, handle: Handle) {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(next_hop = %addr, ifindex = m.ifindex, "asking the kernel to resolve a next hop: {e}")
+                    if let Some(more) = failures.take(now) {
+                        tracing::warn!(next_hop = %addr, ifindex = m.ifindex, more_since_last_line = more, "asking the kernel to resolve a next hop: {e}");
+                    }
                 }
             }
         }
@@ -60,21 +64,34 @@ pub async fn resolve(mut misses: AsyncNeighMisses, handle: Handle) {
 
 /// When each next hop was last asked for.
 #[derive(Default)]
-struct Asked(HashMap<(u32, IpAddr), Instant>);
+struct Asked {
+    at: HashMap<(u32, IpAddr), Instant>,
+    /// When those asked for too long ago were last forgotten.
+    pruned: Option<Instant>,
+}
 
 impl Asked {
     /// Returns: whether next hop `addr` on `ifindex` is to be asked for at `now` (and
     /// records it if so).
     fn due(&mut self, ifindex: u32, addr: IpAddr, now: Instant) -> bool {
-        if let Some(t) = self.0.get(&(ifindex, addr)) {
+        if let Some(t) = self.at.get(&(ifindex, addr)) {
             if now.duration_since(*t) < ASK_EVERY {
                 return false;
             }
+        } else if self.at.len() >= REMEMBER {
+            if self
+                .pruned
+                .is_some_and(|p| now.duration_since(p) < ASK_EVERY)
+            {
+                return false;
+            }
+            self.at.retain(|_, t| now.duration_since(*t) < ASK_EVERY);
+            self.pruned = Some(now);
+            if self.at.len() >= REMEMBER {
+                return false;
+            }
         }
-        if self.0.len() >= REMEMBER {
-            self.0.retain(|_, t| now.duration_since(*t) < ASK_EVERY);
-        }
-        self.0.insert((ifindex, addr), now);
+        self.at.insert((ifindex, addr), now);
         true
     }
 }
@@ -124,14 +141,24 @@ mod tests {
     }
 
     #[test]
-    fn remembering_stays_bounded() {
+    fn a_flood_of_next_hops_stays_bounded_and_is_asked_for_once_there_is_room() {
         let mut a = Asked::default();
         let t = Instant::now();
-        for i in 0..REMEMBER as u32 * 3 {
-            let hop = IpAddr::from(i.to_be_bytes());
-            assert!(a.due(1, hop, t + Duration::from_millis(u64::from(i))));
-        }
-        assert!(a.0.len() <= REMEMBER + 1, "{}", a.0.len());
+        let hop = |i: u32| IpAddr::from(i.to_be_bytes());
+        // Twice as many distinct next hops as remembered, all within one ASK_EVERY.
+        let asked = (0..REMEMBER as u32 * 2)
+            .filter(|&i| a.due(1, hop(i), t))
+            .count();
+        assert_eq!(
+            asked, REMEMBER,
+            "the first REMEMBER asked for, the rest not"
+        );
+        assert_eq!(a.at.len(), REMEMBER);
+        // Still within ASK_EVERY: no new next hop, and no second scan.
+        assert!(!a.due(1, hop(u32::MAX), t + ASK_EVERY / 2));
+        // Once those are old, the map is emptied of them and new ones are asked for.
+        assert!(a.due(1, hop(u32::MAX), t + ASK_EVERY));
+        assert_eq!(a.at.len(), 1);
     }
 
     #[test]

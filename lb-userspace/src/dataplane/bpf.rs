@@ -25,8 +25,8 @@ use lb_common::{
 
 pub use super::LoadOptions;
 use super::{
-    misses::NeighMisses, pins::Pins, Dataplane, DataplaneContents, DataplaneError, DataplaneRead,
-    FlowReader,
+    neigh_misses::NeighMisses, pins::Pins, Dataplane, DataplaneContents, DataplaneError,
+    DataplaneRead, FlowReader,
 };
 
 /// Loads the BPF object with the given sizes; every XDP program is loaded (verified)
@@ -140,7 +140,12 @@ pub struct BpfDataplane {
 }
 
 /// The loaded object's XDP programs, to attach (and, in tests, to run).
-pub struct Programs(Ebpf);
+pub struct Programs {
+    ebpf: Ebpf,
+    /// This object's programs are in `TAILS` (written once, as the balancer first goes
+    /// on a link).
+    tails_filled: bool,
+}
 
 impl Programs {
     /// Attaches the balancer to interface `ifname` through its link pinned under `pins`
@@ -152,7 +157,7 @@ impl Programs {
         ifname: &str,
         mode: XdpMode,
     ) -> Result<bool, anyhow::Error> {
-        fill_tails(&mut self.0)?;
+        self.fill_tails_once()?;
         Ok(pins.attach(self.balancer()?, ifindex, ifname, mode)?)
     }
 
@@ -160,7 +165,7 @@ impl Programs {
     /// link ([`Pins::replace`]). A link that cannot take it (its interface is gone:
     /// no packet reaches it) is logged and left to [`Programs::attach_pinned`].
     pub fn replace_pinned(&mut self, pins: &Pins) -> Result<(), anyhow::Error> {
-        fill_tails(&mut self.0)?;
+        self.fill_tails_once()?;
         let prog = self.balancer()?;
         for ifname in pins.linked_interfaces() {
             if let Err(e) = pins.replace(prog, &ifname) {
@@ -174,21 +179,32 @@ impl Programs {
     fn balancer(&mut self) -> Result<&mut Xdp, anyhow::Error> {
         let name = lb_common::maps::PROG_LB;
         Ok(self
-            .0
+            .ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow::anyhow!("program {name} missing"))?
             .try_into()?)
     }
 
+    /// Writes this object's programs into `TAILS` the first time the balancer goes on a
+    /// link: from then on the balancer that was there (an earlier daemon's) tail-calls
+    /// them too, for the moment until its link takes this one (decision 0018).
+    fn fill_tails_once(&mut self) -> Result<(), anyhow::Error> {
+        if !self.tails_filled {
+            fill_tails(&mut self.ebpf)?;
+            self.tails_filled = true;
+        }
+        Ok(())
+    }
+
     /// Takes the data path's reports of unresolved next hops out of the object (once).
     /// Returns: their ring buffer.
     pub fn take_neigh_misses(&mut self) -> Result<NeighMisses, DataplaneError> {
-        typed(&mut self.0, NEIGH_MISS).map(NeighMisses::new)
+        typed(&mut self.ebpf, NEIGH_MISS).map(NeighMisses::new)
     }
 
     /// Returns: program `name`, e.g. for a BPF_PROG_TEST_RUN.
     pub fn program(&self, name: &str) -> Option<&Xdp> {
-        self.0.program(name)?.try_into().ok()
+        self.ebpf.program(name)?.try_into().ok()
     }
 }
 
@@ -233,7 +249,11 @@ impl BpfDataplane {
             verdicts: typed(&mut ebpf, VERDICTS)?,
             flows,
         };
-        Ok((dp, Programs(ebpf)))
+        let programs = Programs {
+            ebpf,
+            tails_filled: false,
+        };
+        Ok((dp, programs))
     }
 }
 

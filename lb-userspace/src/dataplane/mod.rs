@@ -4,7 +4,7 @@
 
 pub mod bpf;
 pub mod memory;
-pub mod misses;
+pub mod neigh_misses;
 pub mod pins;
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +45,12 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("BPF map {map}: mapping it into memory: {source}")]
     Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("BPF map {map}: waiting on it from the runtime: {source}")]
+    Poll {
         map: &'static str,
         #[source]
         source: std::io::Error,

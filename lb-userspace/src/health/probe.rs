@@ -286,7 +286,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tcp_probe_resets_its_connection_and_leaves_no_time_wait() {
+    async fn a_tcp_probe_closes_its_connection_with_a_reset() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {

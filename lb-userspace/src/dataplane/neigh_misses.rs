@@ -2,8 +2,10 @@
 //! decision 0019), read by the daemon.
 
 use aya::maps::{MapData, RingBuf};
-use lb_common::NeighMiss;
+use lb_common::{maps::NEIGH_MISS, NeighMiss};
 use tokio::io::unix::AsyncFd;
+
+use super::DataplaneError;
 
 /// The `NEIGH_MISS` ring buffer, taken out of the loaded object.
 pub struct NeighMisses(RingBuf<MapData>);
@@ -27,10 +29,13 @@ impl NeighMisses {
 
     /// Waits on the ring from the tokio runtime.
     /// Returns: a reader that wakes when reports arrive.
-    pub fn into_async(self) -> std::io::Result<AsyncNeighMisses> {
+    pub fn into_async(self) -> Result<AsyncNeighMisses, DataplaneError> {
         // SAFETY: the descriptor is the ring buffer map's, owned by `self` (moved into the
         // AsyncFd): it stays open and the same for the AsyncFd's whole life.
-        let fd = unsafe { AsyncFd::register(self) }.map_err(std::io::Error::from)?;
+        let fd = unsafe { AsyncFd::register(self) }.map_err(|e| DataplaneError::Poll {
+            map: NEIGH_MISS,
+            source: e.into(),
+        })?;
         Ok(AsyncNeighMisses(fd))
     }
 }
@@ -47,9 +52,16 @@ pub struct AsyncNeighMisses(AsyncFd<NeighMisses>);
 impl AsyncNeighMisses {
     /// Waits until at least one report is there.
     /// Returns: every report waiting, oldest first.
-    pub async fn next_batch(&mut self) -> std::io::Result<Vec<NeighMiss>> {
+    pub async fn next_batch(&mut self) -> Result<Vec<NeighMiss>, DataplaneError> {
         loop {
-            let mut guard = self.0.readable_mut().await?;
+            let mut guard = self
+                .0
+                .readable_mut()
+                .await
+                .map_err(|source| DataplaneError::Poll {
+                    map: NEIGH_MISS,
+                    source,
+                })?;
             let batch = guard.get_inner_mut().drain();
             guard.clear_ready();
             if !batch.is_empty() {

@@ -258,7 +258,7 @@ impl Node {
 
     /// Returns: the MAC address of the node's `eth0`.
     pub fn mac(&self) -> String {
-        mac_of(&self.ns, "eth0")
+        lab::mac_of(&self.ns, "eth0")
     }
 
     /// Returns: the node's keepalived log, or its daemon's log, for a panic message.
@@ -292,16 +292,6 @@ impl Drop for Node {
         self.daemon.take();
         self.teardown();
     }
-}
-
-/// Returns: the MAC address of `dev` in `ns`.
-pub fn mac_of(ns: &Netns, dev: &str) -> String {
-    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v[0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address in {out}"))
-        .to_string()
 }
 
 /// Which forwarding method an [`HaLab`] balances with.

@@ -563,6 +563,17 @@ impl Lab {
         self.xdpvs(&full)
     }
 
+    /// Returns: the data path's count of `verdict`, from `xdpvs status --json`.
+    pub fn verdict(&self, verdict: &str) -> u64 {
+        let (code, out, err) = self.cli(&["status", "--json"]);
+        assert_eq!(code, Some(0), "status: {err}");
+        let s: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"));
+        s["verdicts"][verdict]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no verdict {verdict} in {out}"))
+    }
+
     /// Runs `xdpvs <args>` in the balancer's namespace.
     /// Returns: its exit code, stdout and stderr.
     pub fn xdpvs(&self, args: &[&str]) -> (Option<i32>, String, String) {
@@ -755,4 +766,15 @@ impl Drop for Lab {
         self.teardown_on_drop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Returns: the MAC address of `dev` in `ns`.
+pub fn mac_of(ns: &Netns, dev: &str) -> String {
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
+    let v =
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v[0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {out}"))
+        .to_string()
 }

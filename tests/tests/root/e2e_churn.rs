@@ -13,7 +13,7 @@ use std::{
 
 use tests::{
     daemon::Daemon,
-    lab::{Family, Kind, Lab},
+    lab::{self, Family, Kind, Lab},
     pins, wait_for,
 };
 
@@ -389,7 +389,7 @@ fn client_forgotten(fam: Family) {
     // The client holds the VIP's MAC for good: it never asks for it again, so the
     // balancer's kernel cannot learn the client's MAC from its requests.
     let lb_dev = &lab.lb_ifs[0];
-    let mac = mac_of(&lab.lb, lb_dev);
+    let mac = lab::mac_of(&lab.lb, lb_dev);
     let client_dev = format!("{}c", lab.instance);
     let vip = lab.vip.to_string();
     lab.client.exec(&[
@@ -409,7 +409,7 @@ fn client_forgotten(fam: Family) {
         .client
         .exec(&["ip", "-br", "addr", "show", "dev", &client_dev]);
     lab.lb.exec(&["ip", "neigh", "flush", "dev", lb_dev]);
-    let before = status_verdict(&lab, "drop_no_neigh");
+    let before = lab.verdict("drop_no_neigh");
     let start = Instant::now();
     wait_forwarding(
         &lab,
@@ -419,7 +419,7 @@ fn client_forgotten(fam: Family) {
         Duration::from_secs(20),
         &format!("{fam:?}: replies to a client without neighbour entry"),
     );
-    let dropped = status_verdict(&lab, "drop_no_neigh") - before;
+    let dropped = lab.verdict("drop_no_neigh") - before;
     println!(
         "NAT {fam:?}: the balancer forgot the client ({}): both reals answer 20 requests in a row after {:?}, {dropped} replies dropped meanwhile",
         client.trim(),
@@ -437,22 +437,8 @@ fn client_forgotten(fam: Family) {
     );
     let entry = lab.lb.exec(&["ip", "neigh", "show", "dev", lb_dev]);
     assert!(
-        entry.contains(&mac_of(&lab.client, &client_dev)),
+        entry.contains(&lab::mac_of(&lab.client, &client_dev)),
         "the balancer holds no entry with the client's MAC: {entry}"
     );
     assert_no_eperm(&d);
-}
-
-/// Returns: packets counted under verdict `name`, from `xdpvs status --json`.
-fn status_verdict(lab: &Lab, name: &str) -> u64 {
-    let (code, out, err) = lab.cli(&["status", "--json"]);
-    assert_eq!(code, Some(0), "status: {err}");
-    let s: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
-    s["verdicts"][name].as_u64().unwrap_or(0)
-}
-
-/// Returns: the MAC of `dev` in `ns`.
-fn mac_of(ns: &tests::netns::Netns, dev: &str) -> String {
-    let link = ns.exec(&["ip", "-br", "link", "show", "dev", dev]);
-    link.split_whitespace().nth(2).expect("MAC").to_string()
 }

@@ -2,7 +2,7 @@
 //! addresses, routes to reals and their neighbour (ARP/NDP) entries, and the routes
 //! that announce VIPs to a routing daemon.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::IpAddr;
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
@@ -408,7 +408,8 @@ pub async fn forget_neighbour(handle: &Handle, addr: IpAddr) -> Result<usize, Ne
 /// neighbour solicitation), as the kernel's own forwarding would on a packet to it. An
 /// entry already resolved, or static, is left as it is. What XDP forwards never passes
 /// the kernel's neighbour code, so the data path reports the next hops it found
-/// unresolved and the daemon asks for them here (decision 0019).
+/// unresolved and the daemon asks for them here (decision 0019); the daemon keeps its
+/// reals' next hops fresh the same way.
 pub async fn resolve_neighbour(
     handle: &Handle,
     ifindex: u32,
@@ -425,22 +426,6 @@ pub async fn resolve_neighbour(
         .map_err(req(format!(
             "resolving neighbour {addr} on ifindex {ifindex}"
         )))
-}
-
-/// Makes the kernel resolve (or re-confirm) `addr`'s link-layer address: a datagram to
-/// the discard port (9) of the real. The kernel queues it behind an ARP request or
-/// neighbour solicitation; the real drops it. Traffic the balancer forwards in XDP
-/// never passes the kernel's neighbour code, so without this the entry would go stale
-/// and a changed MAC would go unnoticed.
-pub fn solicit(addr: IpAddr) -> std::io::Result<()> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let sock = UdpSocket::bind(bind)?;
-    sock.send_to(b"xdpvs neighbour probe", SocketAddr::new(addr, 9))?;
-    Ok(())
 }
 
 /// The routing protocol number of the routes that announce VIPs (`proto 250` in `ip

@@ -201,19 +201,17 @@ impl Host {
         let forgot = match netlink::route_to(&self.handle, addr).await {
             Ok(Some(r)) if r.gateway.is_none() => netlink::forget_neighbour(&self.handle, addr)
                 .await
+                .map(|n| (n, r.oif))
                 .map_err(anyhow::Error::from),
-            Ok(_) => Ok(0),
+            Ok(_) => Ok((0, 0)),
             Err(e) => Err(e.into()),
         };
         match forgot {
-            Ok(0) => {}
-            Ok(_) => {
+            Ok((0, _)) => {}
+            Ok((_, oif)) => {
                 // Resolved again at once: NAT and tunnel look the entry up in XDP (the
                 // FIB), and another virtual server may still send to this address.
-                if let Err(e) = netlink::solicit(addr) {
-                    tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
-                }
-                self.last_solicit.insert(addr, Instant::now());
+                self.solicit(addr, oif, addr).await;
                 tracing::info!(real = %addr, "real server down: its neighbour entry is dropped, so that its MAC is learnt afresh");
             }
             Err(e) => tracing::error!(real = %addr, "dropping the neighbour entry: {e:#}"),
@@ -369,7 +367,8 @@ impl Host {
                     tracing::warn!(real = %addr, "real server's MAC is unresolved (its neighbour entry failed or is gone): unreachable at layer 2; its packets go to its last MAC until it answers");
                 }
             }
-            self.solicit_unless_fresh(addr, entry);
+            let hop = route.gateway.unwrap_or(addr);
+            self.solicit_unless_fresh(addr, route.oif, hop, entry).await;
         }
         Ok(missing)
     }
@@ -395,7 +394,7 @@ impl Host {
             if entry.is_none() {
                 missing += 1;
             }
-            self.solicit_unless_fresh(addr, entry);
+            self.solicit_unless_fresh(addr, route.oif, hop, entry).await;
         }
         Ok(missing)
     }
@@ -409,19 +408,34 @@ impl Host {
         Ok(route)
     }
 
-    /// Makes the kernel resolve the next hop toward `addr` again unless its neighbour
-    /// `entry` is fresh, at most once every SOLICIT_EVERY per real.
-    fn solicit_unless_fresh(&mut self, addr: IpAddr, entry: Option<&netlink::Neighbour>) {
+    /// Makes the kernel resolve `hop`, the next hop toward real `addr` on interface
+    /// `oif`, again unless its neighbour `entry` is fresh, at most once every
+    /// SOLICIT_EVERY per real.
+    async fn solicit_unless_fresh(
+        &mut self,
+        addr: IpAddr,
+        oif: u32,
+        hop: IpAddr,
+        entry: Option<&netlink::Neighbour>,
+    ) {
         let due = self
             .last_solicit
             .get(&addr)
             .is_none_or(|t| t.elapsed() >= SOLICIT_EVERY);
         if entry.is_none_or(|n| !n.fresh) && due {
-            if let Err(e) = netlink::solicit(addr) {
-                tracing::debug!(real = %addr, "neighbour solicitation failed: {e}");
-            }
-            self.last_solicit.insert(addr, Instant::now());
+            self.solicit(addr, oif, hop).await;
         }
+    }
+
+    /// Has the kernel resolve (or re-confirm) `hop` on `oif`, the next hop toward real
+    /// `addr` (an ARP request or neighbour solicitation, `netlink::resolve_neighbour`),
+    /// and notes when. What XDP forwards never passes the kernel's neighbour code, so
+    /// without this an entry would go stale and a changed MAC go unnoticed.
+    async fn solicit(&mut self, addr: IpAddr, oif: u32, hop: IpAddr) {
+        if let Err(e) = netlink::resolve_neighbour(&self.handle, oif, hop).await {
+            tracing::debug!(real = %addr, next_hop = %hop, "neighbour solicitation failed: {e}");
+        }
+        self.last_solicit.insert(addr, Instant::now());
     }
 }
 

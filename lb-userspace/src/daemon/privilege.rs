@@ -10,9 +10,9 @@
 //!   reconciler's maps, the flow reader's duplicate): no capability. Since Linux 6.5
 //!   only creating maps and loading programs check `unprivileged_bpf_disabled`.
 //! - VIP addresses, announcing routes (reloads, `withdraw`/`announce`, probe-driven
-//!   `min_healthy`, the withdrawal at stop): CAP_NET_ADMIN. Reading routes, addresses
-//!   and neighbours: nothing.
-//! - probes (TCP, HTTP, HTTPS connects), neighbour solicitation (a UDP datagram),
+//!   `min_healthy`, the withdrawal at stop), and asking the kernel to resolve a next
+//!   hop (`NTF_USE`): CAP_NET_ADMIN. Reading routes, addresses and neighbours: nothing.
+//! - probes (TCP, HTTP, HTTPS connects),
 //!   the control socket and the metrics listener (both bound before the drop),
 //!   writing the state file and re-reading the configuration (files owned by root,
 //!   the daemon's uid): nothing.

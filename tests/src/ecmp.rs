@@ -376,10 +376,23 @@ impl Scaleout {
     /// Sends `n` requests to `vip`:80, one connection each. Returns: who answered each
     /// (or the error).
     pub fn requests(&self, vip: IpAddr, n: usize) -> Vec<Result<String, String>> {
+        self.requests_from(vip, n)
+            .into_iter()
+            .map(|r| r.map(|(_, who)| who))
+            .collect()
+    }
+
+    /// Sends `n` requests to `vip`:80, one connection each. Returns: each connection's
+    /// local address and who answered (or the error).
+    pub fn requests_from(
+        &self,
+        vip: IpAddr,
+        n: usize,
+    ) -> Vec<Result<(SocketAddr, String), String>> {
         let to = SocketAddr::new(vip, 80);
         self.client.run(move || {
             (0..n)
-                .map(|_| crate::http::get(to, Duration::from_secs(3)))
+                .map(|_| crate::http::get_from(to, Duration::from_secs(3)))
                 .collect()
         })
     }

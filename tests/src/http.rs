@@ -237,7 +237,17 @@ fn exchange(
     request: &str,
     timeout: Duration,
 ) -> Result<(String, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    exchange_on(s, request, timeout)
+}
+
+/// Sends `request` on connection `s` and reads the response to its end.
+/// Returns: the response head and body.
+fn exchange_on(
+    mut s: TcpStream,
+    request: &str,
+    timeout: Duration,
+) -> Result<(String, String), String> {
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.write_all(request.as_bytes())
@@ -253,11 +263,19 @@ fn exchange(
 
 /// One GET to `addr`. Returns: the body, or the error.
 pub fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
-    let (head, body) = exchange(addr, "GET / HTTP/1.0\r\nHost: vip\r\n\r\n", timeout)?;
+    get_from(addr, timeout).map(|(_, body)| body)
+}
+
+/// One GET to `addr`. Returns: the connection's local address and the body, or the
+/// error.
+pub fn get_from(addr: SocketAddr, timeout: Duration) -> Result<(SocketAddr, String), String> {
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let local = s.local_addr().map_err(|e| format!("local address: {e}"))?;
+    let (head, body) = exchange_on(s, "GET / HTTP/1.0\r\nHost: vip\r\n\r\n", timeout)?;
     if !head.starts_with("HTTP/1.0 200") {
         return Err(format!("status: {head}"));
     }
-    Ok(body.trim().to_string())
+    Ok((local, body.trim().to_string()))
 }
 
 /// An HTTP/1.1 GET of `path` from `addr`, with an `Accept` header if given.

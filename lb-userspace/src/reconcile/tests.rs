@@ -269,6 +269,24 @@ fn a_failed_real_leaves_the_table_and_its_generation_is_retired() {
 }
 
 #[test]
+fn a_new_real_no_table_takes_is_written_all_the_same() {
+    // Written once: with its flags before the table, or (here, probed and not yet up)
+    // after it.
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    r.apply(&cfg_with("", &[("10.0.1.1", 1)])).unwrap();
+    let id = r.real_id(&rk("10.0.1.1")).unwrap();
+    assert!(ids_in_table(&r).is_empty(), "not up yet");
+    let info = r.dp.reals[&id];
+    assert_eq!(info.flags, 0);
+    assert_eq!(info.role, lb_common::REAL_ROLE_REAL);
+    assert_eq!(
+        lb_common::user::words_addr(info.addr, info.family),
+        Some("10.0.1.1".parse().unwrap())
+    );
+    assert_eq!(u16::from_be(info.port_be), 80);
+}
+
+#[test]
 fn weight_zero_drains_active_without_new_flows() {
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
     r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 1)])).unwrap();

@@ -90,8 +90,9 @@ pub fn build(backends: &[Backend], size: u32) -> Vec<u32> {
     let w_max = live.iter().map(|b| b.weight).max().unwrap_or(1);
     if live.iter().all(|b| b.weight == w_max) {
         // Equal weights (the usual case): every backend's turn comes every round, so
-        // the credit need not be kept. The same claims in the same order, a third
-        // faster: this loop is most of a cold start of many virtual servers.
+        // the credit need not be kept. The same claims in the same order, about a
+        // fifth faster (65,537 slots, 100 reals: 1.6-1.9 ms against 1.9-2.7): this
+        // loop is most of a cold start of many virtual servers.
         let ids: Vec<u32> = live.iter().map(|b| b.id).collect();
         let mut at: Vec<usize> = walks.iter().map(|w| w.at).collect();
         let skips: Vec<usize> = walks.iter().map(|w| w.skip).collect();

@@ -2,7 +2,10 @@
 //! losing flags, removals; for a whole configuration (`apply`), one virtual server
 //! whose reals' health or overrides changed (`sync`), or several (`sync_many`).
 
-use std::collections::{hash_map::Entry, HashMap, HashSet};
+use std::{
+    collections::{hash_map::Entry, HashMap, HashSet},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+};
 
 use lb_common::{NatState, VsKey, SETTING_NAT};
 
@@ -176,9 +179,9 @@ impl<D: Dataplane> Reconciler<D> {
             }
             return Ok(());
         }
-        let shared = Shared::default();
+        let queue = BuildQueue::default();
         std::thread::scope(|scope| {
-            let mut builders = Builders::start(scope, &jobs, &shared, cores);
+            let mut builders = Builders::start(scope, &jobs, &queue, cores);
             for (i, name) in names.iter().enumerate() {
                 let table = builders.take(i);
                 self.sync_one(name, table, synced)?;
@@ -204,7 +207,7 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Returns: for each of virtual servers `names`, the backends and size of its
     /// Maglev table if the table is to change (`None` for the others): what
-    /// [`build_tables`] builds, the same tables `sync` would build.
+    /// [`Builders`] build, the same tables `sync` would build.
     fn table_jobs(&self, names: &[&str]) -> Vec<TableJob> {
         names
             .iter()
@@ -310,25 +313,27 @@ impl<D: Dataplane> Reconciler<D> {
 /// The backends and size of a Maglev table to build.
 type TableJob = Option<(Vec<crate::maglev::Backend>, u32)>;
 
-/// What the threads of [`Builders`] share: the next job to take, and whether to stop.
+/// The queue the threads of [`Builders`] take jobs from: the next job, and whether to
+/// stop taking them.
 #[derive(Default)]
-struct Shared {
-    next: std::sync::atomic::AtomicUsize,
-    stop: std::sync::atomic::AtomicBool,
+struct BuildQueue {
+    next: AtomicUsize,
+    stop: AtomicBool,
 }
 
 /// Threads building the Maglev tables of a list of jobs, in order, while the caller
 /// installs those already built: a cold start of many virtual servers is then neither
 /// one core's work nor a sequence of build-install turns in which all but one core
-/// wait. At most a few tables wait to be taken (the threads block on a bounded
-/// channel), so memory stays a few tables' worth. Dropped before its jobs are all
-/// taken (an install failed), the threads stop after the table at hand.
+/// wait. Built tables wait in a bounded channel (two per thread; the threads block
+/// when it is full), and while one slow table is awaited the others taken meanwhile
+/// wait beside it (about one per thread). Dropped before its jobs are all taken (an
+/// install failed), the threads stop after the table at hand.
 struct Builders<'a> {
     jobs: &'a [TableJob],
     built: std::sync::mpsc::Receiver<(usize, Vec<u32>)>,
     /// Built ahead of the one asked for.
     early: HashMap<usize, Vec<u32>>,
-    shared: &'a Shared,
+    queue: &'a BuildQueue,
 }
 
 impl<'a> Builders<'a> {
@@ -336,16 +341,15 @@ impl<'a> Builders<'a> {
     fn start<'s>(
         scope: &'s std::thread::Scope<'s, 'a>,
         jobs: &'a [TableJob],
-        shared: &'a Shared,
+        queue: &'a BuildQueue,
         threads: usize,
     ) -> Self {
-        use std::sync::atomic::Ordering::Relaxed;
         let (tx, built) = std::sync::mpsc::sync_channel(threads * 2);
         for _ in 0..threads {
             let tx = tx.clone();
             scope.spawn(move || {
-                while !shared.stop.load(Relaxed) {
-                    let i = shared.next.fetch_add(1, Relaxed);
+                while !queue.stop.load(Relaxed) {
+                    let i = queue.next.fetch_add(1, Relaxed);
                     let Some(job) = jobs.get(i) else { break };
                     if let Some((backends, size)) = job {
                         let table = crate::maglev::build(backends, *size);
@@ -361,7 +365,7 @@ impl<'a> Builders<'a> {
             jobs,
             built,
             early: HashMap::new(),
-            shared,
+            queue,
         }
     }
 
@@ -382,8 +386,6 @@ impl Drop for Builders<'_> {
     fn drop(&mut self) {
         // The receiver goes next: a thread blocked on a full channel, or finishing a
         // table, fails to send it and stops; the others take no further job.
-        self.shared
-            .stop
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.queue.stop.store(true, Relaxed);
     }
 }

@@ -27,9 +27,17 @@ struct RealSlot {
     written: bool,
 }
 
-/// Writes `slot`'s value to `REALS`.
-fn write(dp: &mut impl Dataplane, slot: &mut RealSlot) -> Result<(), ReconcileError> {
-    dp.set_real(slot.id, &slot.info)?;
+/// Writes `info` to `REALS` as `slot`'s value, and records it there only once it is
+/// written: a write that fails leaves `slot` as it was, so the next change writes
+/// again (a flag recorded but not written would never be written, and a table could
+/// then name a real whose value is not in `REALS`).
+fn write(
+    dp: &mut impl Dataplane,
+    slot: &mut RealSlot,
+    info: RealInfo,
+) -> Result<(), ReconcileError> {
+    dp.set_real(slot.id, &info)?;
+    slot.info = info;
     slot.written = true;
     Ok(())
 }
@@ -248,7 +256,7 @@ impl Reals {
         while let Some(key) = self.unwritten.last() {
             if let Some(slot) = self.slots.get_mut(key) {
                 if !slot.written {
-                    write(dp, slot)?;
+                    write(dp, slot, slot.info)?;
                 }
             }
             self.unwritten.pop();
@@ -283,8 +291,11 @@ impl Reals {
     ) -> Result<(), ReconcileError> {
         let slot = self.slots.get_mut(key).expect("caller listed it");
         if u32::from(slot.info.vs_index) != vs_index {
-            slot.info.vs_index = vs_index as u16;
-            write(dp, slot)?;
+            let info = RealInfo {
+                vs_index: vs_index as u16,
+                ..slot.info
+            };
+            write(dp, slot, info)?;
         }
         Ok(())
     }
@@ -296,15 +307,20 @@ impl Reals {
         addr: IpAddr,
         hop: L2Next,
     ) -> Result<(), ReconcileError> {
-        if self.next_hops.get(&addr) == Some(&hop) {
-            return Ok(());
-        }
         self.next_hops.insert(addr, hop);
         for key in self.at_addr.get(&addr).into_iter().flatten() {
             let slot = self.slots.get_mut(key).expect("indexed reals exist");
-            slot.info.mac = hop.mac;
-            slot.info.ifindex = hop.ifindex;
-            write(dp, slot)?;
+            // Compared real by real, not with the hop last recorded: a write that
+            // failed is tried again with the next refresh.
+            if slot.info.mac == hop.mac && slot.info.ifindex == hop.ifindex {
+                continue;
+            }
+            let info = RealInfo {
+                mac: hop.mac,
+                ifindex: hop.ifindex,
+                ..slot.info
+            };
+            write(dp, slot, info)?;
             tracing::info!(real = %key.addr, vs = %key.vs, ifindex = hop.ifindex, mac = %fmt_mac(&hop.mac), "real server next hop updated");
         }
         Ok(())
@@ -321,8 +337,11 @@ impl Reals {
         let slot = self.slots.get_mut(key).expect("caller listed it");
         let gained = want & !slot.info.flags;
         if gained != 0 {
-            slot.info.flags |= gained;
-            write(dp, slot)?;
+            let info = RealInfo {
+                flags: slot.info.flags | gained,
+                ..slot.info
+            };
+            write(dp, slot, info)?;
         }
         Ok(())
     }
@@ -354,8 +373,11 @@ impl Reals {
                 self.at_addr.remove(&key.addr);
             }
         }
-        slot.info.role = REAL_ROLE_FREE;
-        write(dp, &mut slot)?;
+        let info = RealInfo {
+            role: REAL_ROLE_FREE,
+            ..slot.info
+        };
+        write(dp, &mut slot, info)?;
         self.free.push_front(slot.id); // reused last: stale flow state ages out first
         let what = if key.sorry {
             "sorry server removed"
@@ -377,11 +399,12 @@ impl Reals {
         let id = self.slots.get(key).expect("caller checked").id;
         let retired = (flags & REAL_F_ACTIVE != 0).then(|| self.next_generation(id));
         let slot = self.slots.get_mut(key).expect("caller checked");
-        slot.info.flags &= !flags;
-        if let Some(g) = retired {
-            slot.info.generation = g;
-        }
-        write(dp, slot)?;
+        let info = RealInfo {
+            flags: slot.info.flags & !flags,
+            generation: retired.unwrap_or(slot.info.generation),
+            ..slot.info
+        };
+        write(dp, slot, info)?;
         Ok(())
     }
 

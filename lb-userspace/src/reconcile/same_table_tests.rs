@@ -490,11 +490,28 @@ fn known_answer_pins_how_reals_are_named_to_maglev() {
 }
 
 /// The in-memory data path, but a ring write longer than `budget` slots writes that many
-/// and fails, as a map update can part-way through a table.
+/// and fails, as a map update can part-way through a table; and the next
+/// `failing_reals` writes of a `REALS` value fail. Records every real a ring write
+/// names that `REALS` does not hold.
 #[derive(Default)]
 struct Flaky {
     dp: MemoryDataplane,
     budget: Option<usize>,
+    failing_reals: usize,
+    named_unwritten: std::collections::BTreeSet<u32>,
+}
+
+/// A map update that failed for want of memory.
+fn enomem(map: &'static str) -> DataplaneError {
+    let io_error = std::io::Error::from_raw_os_error(12); // ENOMEM
+    let source = aya::sys::SyscallError {
+        call: "bpf_map_update_elem",
+        io_error,
+    };
+    DataplaneError::Map {
+        map,
+        source: source.into(),
+    }
 }
 
 impl Dataplane for Flaky {
@@ -527,21 +544,22 @@ impl Dataplane for Flaky {
         self.dp.set_nat_reals(reals)
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
+        if self.failing_reals > 0 {
+            self.failing_reals -= 1;
+            return Err(enomem(lb_common::maps::REALS));
+        }
         self.dp.set_real(id, info)
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        for &(_, id) in slots {
+            if id != NO_REAL && !self.dp.reals.contains_key(&id) {
+                self.named_unwritten.insert(id);
+            }
+        }
         match self.budget {
             Some(n) if slots.len() > n => {
                 self.dp.set_ring_slots(ring_id, &slots[..n])?;
-                let io_error = std::io::Error::from_raw_os_error(12); // ENOMEM
-                let source = aya::sys::SyscallError {
-                    call: "bpf_map_update_elem",
-                    io_error,
-                };
-                Err(DataplaneError::Map {
-                    map: VS_RINGS,
-                    source: source.into(),
-                })
+                Err(enomem(VS_RINGS))
             }
             _ => self.dp.set_ring_slots(ring_id, slots),
         }
@@ -587,4 +605,43 @@ fn a_ring_write_that_failed_part_way_is_rewritten_whole() {
         stale, 0,
         "slots the data path reads otherwise than the reconciler"
     );
+}
+
+#[test]
+fn a_real_whose_write_failed_is_written_before_a_table_names_it() {
+    // A new real is first written with the flags it gains before its table; that write
+    // fails here. The retry must write it again: the table names it, and the data path
+    // reads its address and MAC from REALS without looking at its flags.
+    let web = parse(&[Vs {
+        shape: 0,
+        table_size: 1009,
+        reals: (1..=2).map(|h| (address(0, h), 80, 1, false)).collect(),
+        sorry: None,
+    }]);
+    let mut r = Reconciler::new(Flaky::default(), 8, 16);
+    r.dataplane_mut().failing_reals = 1;
+    assert!(r.apply(&web).is_err(), "the first REALS write fails");
+    r.apply(&web).unwrap();
+    let unwritten = &r.dataplane().named_unwritten;
+    assert!(
+        unwritten.is_empty(),
+        "a table named reals before REALS held them: {unwritten:?}"
+    );
+    let key = vs_value(r.virtual_servers().next().unwrap()).0;
+    let named: HashSet<u32> = r
+        .dataplane()
+        .dp
+        .table(&key)
+        .unwrap()
+        .into_iter()
+        .filter(|&id| id != NO_REAL)
+        .collect();
+    assert_eq!(named.len(), 2);
+    for id in named {
+        let info = r.dataplane().dp.reals.get(&id);
+        assert!(
+            info.is_some_and(|i| i.flags & lb_common::REAL_F_ACTIVE != 0),
+            "real {id} is in the table but REALS holds {info:?}"
+        );
+    }
 }

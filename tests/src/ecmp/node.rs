@@ -3,6 +3,7 @@
 //! routes its xdpvs announces).
 
 use std::{
+    collections::HashSet,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -75,13 +76,24 @@ impl Node {
     /// Returns: whether the node's connection table holds the TCP connection from
     /// `client` to `vip` (it went through this node).
     pub fn has_flow(&self, client: SocketAddr, vip: SocketAddr) -> bool {
-        let pin = self
-            .bpffs
+        pins::lookup(&self.flows_pin(), &pins::flow_key(client, vip, PROTO_TCP)).is_some()
+    }
+
+    /// Returns: the key of every connection in the node's connection table (see
+    /// `pins::flow_key`), read in one dump.
+    pub fn flow_keys(&self) -> HashSet<Vec<u8>> {
+        pins::dump(&self.flows_pin())
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    fn flows_pin(&self) -> PathBuf {
+        self.bpffs
             .path
             .join(&self.instance)
             .join("maps")
-            .join(FLOWS);
-        pins::lookup(&pin, &pins::flow_key(client, vip, PROTO_TCP)).is_some()
+            .join(FLOWS)
     }
 
     /// Starts xdpvs on the node (its log: `node<n>.<start>.log`) and waits until every

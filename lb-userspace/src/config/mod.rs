@@ -212,6 +212,8 @@ pub enum CheckType {
     None,
     /// A TCP connection is accepted.
     Tcp,
+    /// A SYN is answered with a SYN-ACK (from a raw socket; the kernel resets it).
+    TcpHalfOpen,
     /// An HTTP GET answers with an expected status.
     Http,
     /// The same over TLS, the real's certificate verified unless told otherwise.
@@ -225,6 +227,7 @@ impl fmt::Display for CheckType {
         f.write_str(match self {
             CheckType::None => "none",
             CheckType::Tcp => "tcp",
+            CheckType::TcpHalfOpen => "tcp_half_open",
             CheckType::Http => "http",
             CheckType::Https => "https",
             CheckType::Dns => "dns",

@@ -146,6 +146,8 @@ impl RawHealthCheck {
 pub enum RawCheckType {
     None,
     Tcp,
+    #[serde(rename = "tcp_half_open")]
+    TcpHalfOpen,
     Http,
     Https,
     Dns,

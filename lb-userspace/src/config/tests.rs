@@ -146,6 +146,15 @@ fn probes_merge_per_real_and_udp_defaults_to_none() {
         })
     );
     assert_eq!(vs.sorry_server.map(|s| s.port), Some(80));
+    let half_open = GOOD.replacen(
+        "scheduler: maglev",
+        "scheduler: maglev\n    health_check: { type: tcp_half_open, port: 8443 }",
+        1,
+    );
+    let c = parse(Path::new("lb.yaml"), &half_open, &Facts).unwrap();
+    let hc = &c.virtual_servers[0].real_servers[1].health_check;
+    assert_eq!((hc.kind, hc.port), (CheckType::TcpHalfOpen, 8443));
+    assert_eq!(hc.kind.to_string(), "tcp_half_open");
     let udp = GOOD.replacen("protocol: tcp", "protocol: udp", 1);
     let c = parse(Path::new("lb.yaml"), &udp, &Facts).unwrap();
     assert_eq!(
@@ -207,6 +216,8 @@ fn each_error_names_line_and_field() {
         ("timeout over interval", "scheduler: maglev", "scheduler: maglev\n    health_check: { interval: 1s, timeout: 2s }", 10, "virtual_servers[0].health_check.timeout", "at most the interval"),
         ("rise zero", "scheduler: maglev", "scheduler: maglev\n    health_check: { rise: 0 }", 10, "virtual_servers[0].health_check.rise", "out of range"),
         ("path on a tcp probe", "scheduler: maglev", "scheduler: maglev\n    health_check: { path: /health }", 10, "virtual_servers[0].health_check.path", "type http only"),
+        ("path on a half-open probe", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: tcp_half_open, path: /health }", 10, "virtual_servers[0].health_check.path", "type is tcp_half_open"),
+        ("half-open probe of a udp service without a port", "protocol: tcp", "protocol: udp\n    health_check: { type: tcp_half_open }", 8, "virtual_servers[0].health_check.type", "tcp_half_open probe needs health_check.port"),
         ("bad status", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: http, expect_status: 700 }", 10, "virtual_servers[0].health_check.expect_status", "not an HTTP status"),
         ("reversed status range", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: http, expect_status: 399-200 }", 10, "virtual_servers[0].health_check.expect_status", "399-200"),
         ("unknown probe type", "scheduler: maglev", "scheduler: maglev\n    health_check: { type: icmp }", 10, "virtual_servers[0].health_check.type", "unknown variant"),

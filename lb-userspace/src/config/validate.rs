@@ -666,6 +666,7 @@ impl<'a> Validator<'a> {
         let kind = match m.kind.unwrap_or(default_kind) {
             RawCheckType::None => CheckType::None,
             RawCheckType::Tcp => CheckType::Tcp,
+            RawCheckType::TcpHalfOpen => CheckType::TcpHalfOpen,
             RawCheckType::Http => CheckType::Http,
             RawCheckType::Https => CheckType::Https,
             RawCheckType::Dns => CheckType::Dns,
@@ -753,9 +754,13 @@ impl<'a> Validator<'a> {
                 m.expect_status.is_some(),
             ),
         ];
-        if matches!(kind, CheckType::Tcp | CheckType::Dns) {
+        if matches!(
+            kind,
+            CheckType::Tcp | CheckType::TcpHalfOpen | CheckType::Dns
+        ) {
             let why = match kind {
                 CheckType::Tcp => "tcp, the default for a tcp virtual server",
+                CheckType::TcpHalfOpen => "tcp_half_open",
                 _ => "dns",
             };
             for (name, set_by_real, set) in http_only {

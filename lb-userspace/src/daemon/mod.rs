@@ -42,7 +42,7 @@ use crate::{
         bpf::{self, BpfDataplane, Programs},
         pins,
     },
-    health::{Health, Report},
+    health::{self, Health, Report},
     instance::{self, Instance},
     metrics,
     reconcile::Reconciler,
@@ -118,6 +118,25 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         )
         .into());
     }
+    // Raw sockets need CAP_NET_RAW, which the daemon drops once started (`privilege`):
+    // they are opened first, for the daemon's life, whether or not a probe uses them
+    // yet; a configuration that needs them and cannot have them changes nothing.
+    let sockets = match health::Sockets::open() {
+        Ok(s) => Some(s),
+        Err(e) => match health::first_half_open(&config) {
+            Some(real) => {
+                return Err(anyhow::anyhow!(
+                    "{}: {real}: health_check type tcp_half_open needs raw sockets, which could not be opened: {e} (the daemon needs CAP_NET_RAW at start)",
+                    path.display()
+                )
+                .into())
+            }
+            None => {
+                tracing::info!("half-open probes unavailable (raw sockets: {e}); a reload cannot add them");
+                None
+            }
+        },
+    };
     let mut host = Host::open(&config).await?;
     let mut opts = bpf::LoadOptions {
         flow_entries: config.flow_table_size,
@@ -152,7 +171,12 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     let state = instance.load_state();
     host.adopt_vips(state.added_vips);
     let routes = Routes::new(host.handle());
-    let (health, reports) = Health::new();
+    let (mut health, reports) = Health::new();
+    if let Some(s) = sockets {
+        health
+            .use_half_open(s)
+            .context("starting the half-open probes")?;
+    }
     let mut d = Daemon {
         path: path.to_owned(),
         instance,
@@ -454,6 +478,13 @@ impl Daemon {
             return Err(format!(
                 "reload rejected, running configuration unchanged: {e:#}"
             ));
+        }
+        if !self.health.has_half_open() {
+            if let Some(real) = health::first_half_open(&config) {
+                let e = format!("reload rejected, running configuration unchanged: {real}: health_check type tcp_half_open needs raw sockets, which this daemon could not open at start (CAP_NET_RAW); restart it with that capability");
+                tracing::error!(config = %self.path.display(), "{e}");
+                return Err(e);
+            }
         }
         let names: Vec<&String> = self.host.attached().iter().map(|i| &i.name).collect();
         // Runs with CAP_NET_ADMIN only (`privilege`): what would need more (attaching

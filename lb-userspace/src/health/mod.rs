@@ -21,7 +21,7 @@ use std::{
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-pub use self::probe::{probe, Failure};
+pub use self::probe::{probe, Failure, HalfOpen, Sockets, HALF_OPEN_UNAVAILABLE};
 use crate::{
     config::{CheckType, Config, HealthCheck},
     model::RealKey,
@@ -93,10 +93,18 @@ struct Probe {
     addr: IpAddr,
     check: HealthCheck,
     task: u64,
-    handle: JoinHandle<()>,
+    runner: Runner,
     tracker: Tracker,
     last: Option<LastProbe>,
     counts: ProbeCounts,
+}
+
+/// What probes a real.
+enum Runner {
+    /// A task of its own.
+    Task(JoinHandle<()>),
+    /// The half-open task, under this slot.
+    HalfOpen(probe::half_open::Slot),
 }
 
 /// What one real's probes found since its probe (re)started, for metrics.
@@ -123,6 +131,8 @@ pub struct Health {
     tx: mpsc::Sender<Report>,
     probes: HashMap<RealKey, Probe>,
     next_task: u64,
+    /// The task of half-open probes, when their raw sockets could be opened.
+    half_open: Option<HalfOpen>,
 }
 
 impl Health {
@@ -134,9 +144,23 @@ impl Health {
                 tx,
                 probes: HashMap::new(),
                 next_task: 0,
+                half_open: None,
             },
             rx,
         )
+    }
+
+    /// Sends half-open probes through `sockets` (opened by the caller, with
+    /// CAP_NET_RAW), from a task started now on the current runtime. Without, they fail
+    /// with [`HALF_OPEN_UNAVAILABLE`]. Call before the first [`Health::sync`].
+    pub fn use_half_open(&mut self, sockets: Sockets) -> std::io::Result<()> {
+        self.half_open = Some(HalfOpen::start(sockets, self.tx.clone())?);
+        Ok(())
+    }
+
+    /// Returns: whether half-open probes can be sent.
+    pub fn has_half_open(&self) -> bool {
+        self.half_open.is_some()
     }
 
     /// Starts, restarts (probe changed) and stops tasks so that exactly the probed reals
@@ -159,7 +183,7 @@ impl Health {
                 .get(k)
                 .is_some_and(|(a, c)| *a == p.addr && **c == p.check);
             if !keep {
-                p.handle.abort();
+                p.stop(self.half_open.as_ref());
             }
             keep
         });
@@ -169,20 +193,29 @@ impl Health {
             }
             self.next_task += 1;
             let task = self.next_task;
-            let handle = tokio::spawn(run_probe(
-                key.clone(),
-                task,
-                addr,
-                check.clone(),
-                self.tx.clone(),
-            ));
+            let runner = match &self.half_open {
+                Some(h) if check.kind == CheckType::TcpHalfOpen => Runner::HalfOpen(h.add(
+                    key.clone(),
+                    task,
+                    addr,
+                    check,
+                    phase(&key, check.interval),
+                )),
+                _ => Runner::Task(tokio::spawn(run_probe(
+                    key.clone(),
+                    task,
+                    addr,
+                    check.clone(),
+                    self.tx.clone(),
+                ))),
+            };
             self.probes.insert(
                 key,
                 Probe {
                     addr,
                     check: check.clone(),
                     task,
-                    handle,
+                    runner,
                     tracker: Tracker::default(),
                     last: None,
                     counts: ProbeCounts::new(),
@@ -295,12 +328,43 @@ impl Health {
     }
 }
 
+impl Probe {
+    /// Stops probing this real.
+    fn stop(&self, half_open: Option<&HalfOpen>) {
+        match &self.runner {
+            Runner::Task(t) => t.abort(),
+            Runner::HalfOpen(slot) => {
+                if let Some(h) = half_open {
+                    h.remove(*slot);
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Health {
     fn drop(&mut self) {
         for p in self.probes.values() {
-            p.handle.abort();
+            p.stop(self.half_open.as_ref());
         }
     }
+}
+
+/// Returns: the first real of `config` probed half-open, named by its virtual server and
+/// address (`virtual server web, real 10.0.1.11:80`), if any: such a configuration
+/// needs the raw sockets.
+pub fn first_half_open(config: &Config) -> Option<String> {
+    config.virtual_servers.iter().find_map(|vs| {
+        let r = vs
+            .real_servers
+            .iter()
+            .find(|r| r.health_check.kind == CheckType::TcpHalfOpen)?;
+        Some(format!(
+            "virtual server {}, real {}",
+            vs.name,
+            std::net::SocketAddr::new(r.address, r.port)
+        ))
+    })
 }
 
 /// Returns: where in its interval a real's probes fall, so that many reals probed at

@@ -1,12 +1,14 @@
-//! One probe of one real: a TCP connect, an HTTP request (over TLS for `https`) whose
-//! status is checked, or a DNS query over UDP, bounded by the probe's timeout. Stateless: the rise/fall state
-//! machines that turn results into transitions live in [`super`].
+//! One probe of one real: a TCP connect, a half-open TCP check (a SYN answered, from a
+//! raw socket: [`half_open`]), an HTTP request (over TLS for `https`) whose status is
+//! checked, or a DNS query over UDP, bounded by the probe's timeout. Stateless: the
+//! rise/fall state machines that turn results into transitions live in [`super`].
 //!
 //! HTTP is spoken by hyper's client, one connection per probe; only the response's head
 //! is read, then the connection is dropped. A TCP probe's connection is reset once
 //! made, leaving no TIME_WAIT socket behind.
 
 mod dns;
+pub mod half_open;
 mod tls;
 
 use std::{
@@ -29,7 +31,12 @@ use tokio::{
     net::TcpStream,
 };
 
+pub use self::half_open::{HalfOpen, Sockets};
 use crate::config::{CheckType, HealthCheck};
+
+/// Why a half-open probe fails when the daemon has no raw sockets.
+pub const HALF_OPEN_UNAVAILABLE: &str =
+    "half-open probes need raw sockets, which the daemon could not open at start (CAP_NET_RAW)";
 
 /// Largest response head read, in bytes (hyper's buffer): a real cannot make a probe
 /// hold more.
@@ -170,14 +177,17 @@ where
 
 async fn probe_inner(addr: IpAddr, check: &HealthCheck) -> Result<(), Failure> {
     let target = SocketAddr::new(addr, check.port);
-    if check.kind == CheckType::Dns {
-        return dns::probe(target, &check.dns).await;
+    match check.kind {
+        CheckType::Dns => return dns::probe(target, &check.dns).await,
+        // Probed by the half-open task when there is one (`super::Health`).
+        CheckType::TcpHalfOpen => return Err(Failure::Io(HALF_OPEN_UNAVAILABLE.into())),
+        _ => {}
     }
     let conn = TcpStream::connect(target)
         .await
         .map_err(|e| io_failure(&e))?;
     let status = match check.kind {
-        CheckType::None | CheckType::Tcp | CheckType::Dns => {
+        CheckType::None | CheckType::Tcp | CheckType::Dns | CheckType::TcpHalfOpen => {
             // The connection proved the port open; it is closed with a reset (zero
             // linger) rather than FIN: no TIME_WAIT socket on this host per probe (a
             // minute each: 10,000 reals probed every second would hold 600,000, past
@@ -200,7 +210,8 @@ async fn probe_inner(addr: IpAddr, check: &HealthCheck) -> Result<(), Failure> {
     }
 }
 
-/// Probes real `addr` once with `check`, within its timeout.
+/// Probes real `addr` once with `check`, within its timeout. A half-open probe fails
+/// here: those are sent by the half-open task ([`HalfOpen`]).
 /// Returns: the time the probe took, or why it failed.
 pub async fn probe(addr: IpAddr, check: &HealthCheck) -> Result<Duration, Failure> {
     let start = Instant::now();

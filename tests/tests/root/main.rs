@@ -13,6 +13,7 @@ mod e2e_dns;
 mod e2e_dr;
 mod e2e_fragments;
 mod e2e_ha;
+mod e2e_half_open;
 mod e2e_health;
 mod e2e_icmp;
 mod e2e_methods;

@@ -15,6 +15,12 @@
 //! - `scale_probes`: the daemon's prober with 10,000 reals probed over TCP every
 //!   second, measured over 10 s after a 2 s start-up (the first round starts them
 //!   all at once): probes, failures, latency and the CPU of the thread running them;
+//!   once with connect probes (`type: tcp`), once half-open (`tcp_half_open`,
+//!   decision 0020; `XDPVS_SCALE_PROBE=tcp` or `tcp_half_open` picks one).
+//!   `scale_probes_apart`: the same with the reals in a namespace of their own
+//!   behind a veth pair whose ends receive on threads of their own (threaded NAPI),
+//!   so that the balancer's side (the prober's thread and its end's receive thread)
+//!   is measured without the reals';
 //!   `scale_probe_close`, the CPU of one connect-and-close on loopback, one after
 //!   another, closed with a FIN and with a reset (what a TCP probe does, as HAProxy
 //!   does: it leaves no TIME_WAIT socket; little cheaper in CPU here).
@@ -76,8 +82,17 @@ pub fn run() {
         cold_apply_smaller_tables();
     }
     if wants("probes") {
-        probe_close();
-        probes();
+        // `XDPVS_SCALE_PROBE=tcp_half_open` (or `tcp`) picks one type of probe.
+        let kind = std::env::var("XDPVS_SCALE_PROBE").unwrap_or_default();
+        if kind.is_empty() {
+            probe_close();
+        }
+        for k in ["tcp", "tcp_half_open"] {
+            if kind.is_empty() || kind == k {
+                probes(k);
+                probes_apart(k);
+            }
+        }
     }
     if wants("rise") {
         probes_rise();
@@ -517,9 +532,31 @@ fn probe_close() {
     }
 }
 
-fn probes() {
-    const WARMUP: Duration = Duration::from_secs(2);
-    const WINDOW: Duration = Duration::from_secs(10);
+/// What a probing run measured.
+struct Probed {
+    probes: u64,
+    failed: u64,
+    latency: Vec<Duration>,
+    /// CPU of the thread running the probes.
+    cpu: Duration,
+    /// CPU of what `other` reads, over the same window.
+    other: Duration,
+}
+
+const PROBE_WARMUP: Duration = Duration::from_secs(2);
+const PROBE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Probes `probed` reals at `addr(i)`:`port` every second with probes of type `kind`,
+/// through the daemon's prober, on this thread; counts what was reported over
+/// [`PROBE_WINDOW`] after [`PROBE_WARMUP`]. `other` reads a CPU clock of something
+/// else (read at the window's start and end).
+fn run_probes(
+    kind: &str,
+    probed: usize,
+    addr: impl Fn(usize) -> String,
+    port: u16,
+    other: impl Fn() -> Duration,
+) -> Probed {
     // Each probe holds a socket for a moment; the first round opens them all at once.
     let lim = libc::rlimit {
         rlim_cur: 65536,
@@ -527,40 +564,33 @@ fn probes() {
     };
     // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    let port = listener();
-    let mut y = format!("interfaces: [lo]\nvirtual_servers:\n  - name: many\n    address: 10.0.0.1\n    port: {port}\n    protocol: tcp\n    health_check: {{ interval: 1s, timeout: 500ms, rise: 1, fall: 1 }}\n    table_size: 65537\n    real_servers:\n");
-    // `XDPVS_SCALE_PROBED=N` probes N reals instead (to compare with fewer).
-    let probed: usize = std::env::var("XDPVS_SCALE_PROBED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(PROBED);
+    let mut y = format!("interfaces: [lo]\nvirtual_servers:\n  - name: many\n    address: 10.0.0.1\n    port: {port}\n    protocol: tcp\n    health_check: {{ type: {kind}, interval: 1s, timeout: 500ms, rise: 1, fall: 1 }}\n    table_size: 65537\n    real_servers:\n");
     for i in 0..probed {
-        y.push_str(&format!(
-            "      - address: 127.1.{}.{}\n",
-            i / 200,
-            i % 200 + 1
-        ));
+        y.push_str(&format!("      - address: {}\n", addr(i)));
     }
     let cfg = config::parse(Path::new("probes.yaml"), &y, &Any).expect("config");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let (n, failed, mut lat, cpu) = rt.block_on(async {
+    rt.block_on(async {
         let (mut h, mut rx) = xdpvs::health::Health::new();
+        if kind == "tcp_half_open" {
+            let sockets = xdpvs::health::Sockets::open().expect("raw sockets (root)");
+            h.use_half_open(sockets).expect("the half-open task");
+        }
         let mut up = std::collections::HashSet::new();
         let start = Instant::now();
         h.sync(&cfg);
-        let mut cpu0 = None;
-        let (mut n, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+        let mut at_window = None;
+        let (mut n, mut failed, mut latency) = (0u64, 0u64, Vec::new());
         loop {
             tokio::select! {
                 Some(r) = rx.recv() => {
-                    let counted = cpu0.is_some();
-                    if counted {
+                    if at_window.is_some() {
                         n += 1;
                         match &r.result {
-                            Ok(d) => lat.push(*d),
+                            Ok(d) => latency.push(*d),
                             Err(_) => failed += 1,
                         }
                     }
@@ -572,28 +602,178 @@ fn probes() {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until((start + WARMUP).into()), if cpu0.is_none() => {
-                    cpu0 = Some(thread_cpu());
+                _ = tokio::time::sleep_until((start + PROBE_WARMUP).into()), if at_window.is_none() => {
+                    at_window = Some((thread_cpu(), other()));
                 }
-                _ = tokio::time::sleep_until((start + WARMUP + WINDOW).into()) => break,
+                _ = tokio::time::sleep_until((start + PROBE_WARMUP + PROBE_WINDOW).into()) => break,
             }
         }
-        (n, failed, lat, thread_cpu() - cpu0.expect("warmed up"))
-    });
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+        let (cpu0, other0) = at_window.expect("warmed up");
+        Probed {
+            probes: n,
+            failed,
+            latency,
+            cpu: thread_cpu() - cpu0,
+            other: other() - other0,
+        }
+    })
+}
+
+/// Prints one `scale_probes*` line.
+fn print_probed(bench: &str, kind: &str, probed: usize, mut p: Probed, extra: &str) {
+    p.latency.sort();
+    let lat = &p.latency;
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
             .map_or(0, |d| d.as_micros())
     };
+    let window = PROBE_WINDOW.as_secs_f64();
+    let cpu = p.cpu + p.other;
     println!(
-        "{{\"bench\":\"scale_probes\",\"reals\":{probed},\"interval_ms\":1000,\"seconds\":{},\"probes\":{n},\"failed\":{failed},\"latency_us_p50\":{},\"latency_us_p99\":{},\"cpu_ms\":{},\"cpu_percent_of_one_core\":{:.1},\"cpu_us_per_probe\":{:.1}}}",
-        WINDOW.as_secs(),
+        "{{\"bench\":\"{bench}\",\"type\":\"{kind}\",\"reals\":{probed},\"interval_ms\":1000,\"seconds\":{},\"probes\":{},\"failed\":{},\"latency_us_p50\":{},\"latency_us_p99\":{},\"cpu_ms\":{},\"cpu_percent_of_one_core\":{:.1},\"cpu_us_per_probe\":{:.1}{extra}}}",
+        PROBE_WINDOW.as_secs(),
+        p.probes,
+        p.failed,
         pct(0.5),
         pct(0.99),
         cpu.as_millis(),
-        100.0 * cpu.as_secs_f64() / WINDOW.as_secs_f64(),
-        cpu.as_secs_f64() * 1e6 / n.max(1) as f64
+        100.0 * cpu.as_secs_f64() / window,
+        cpu.as_secs_f64() * 1e6 / p.probes.max(1) as f64
     );
+}
+
+/// How many reals the probing benches probe (`XDPVS_SCALE_PROBED=N` to compare with
+/// fewer).
+fn probed() -> usize {
+    std::env::var("XDPVS_SCALE_PROBED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PROBED)
+}
+
+/// `scale_probes`: probes of type `kind` to loopback addresses, one listener; the
+/// listener's half of every exchange runs in the prober's thread too.
+fn probes(kind: &str) {
+    let port = listener();
+    let n = probed();
+    let p = run_probes(
+        kind,
+        n,
+        |i| format!("127.1.{}.{}", i / 200, i % 200 + 1),
+        port,
+        || Duration::ZERO,
+    );
+    print_probed("scale_probes", kind, n, p, "");
+}
+
+/// CPU time a task (a kernel thread) of this host has used so far, from
+/// `/proc/<pid>/schedstat`.
+fn task_cpu(pid: u32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+    Duration::from_nanos(
+        s.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// Returns: the pids of the threaded-NAPI kernel threads of interface `dev`
+/// (`napi/<dev>-<id>`).
+fn napi_threads(dev: &str) -> Vec<u32> {
+    let want = format!("napi/{dev}-");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(&want))
+        })
+        .collect()
+}
+
+/// `scale_probes_apart`: the reals in a namespace of their own behind a veth pair,
+/// whose two ends receive on kernel threads of their own (GRO and threaded NAPI, as a
+/// NIC's queues are served apart from the processes using them), so that what the
+/// balancer's side costs is measured without the reals': the prober's thread and the
+/// receive thread of its end. The reals' side (their end's thread and the listener)
+/// is printed beside.
+fn probes_apart(kind: &str) {
+    use crate::netns::{unique_prefix, veth, Netns};
+    const PORT: u16 = 8080;
+    let p = unique_prefix();
+    let (lb, reals) = (Netns::new(&format!("{p}lb")), Netns::new(&format!("{p}re")));
+    let (a, b) = (format!("{p}a"), format!("{p}b"));
+    veth(&a, &lb, &b, &reals);
+    lb.exec(&["ip", "addr", "add", "10.199.0.1/24", "dev", &a]);
+    reals.exec(&["ip", "addr", "add", "10.199.0.2/24", "dev", &b]);
+    // Every address of 10.200.0.0/16 is the reals' own.
+    reals.exec(&["ip", "route", "add", "local", "10.200.0.0/16", "dev", "lo"]);
+    lb.exec(&["ip", "route", "add", "10.200.0.0/16", "via", "10.199.0.2"]);
+    for (ns, dev) in [(&lb, &a), (&reals, &b)] {
+        ns.exec(&["ethtool", "-K", dev, "gro", "on"]);
+        ns.exec(&[
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{dev}/threaded"),
+        ]);
+    }
+    let (lb_napi, reals_napi) = (napi_threads(&a), napi_threads(&b));
+    assert!(
+        !lb_napi.is_empty() && !reals_napi.is_empty(),
+        "no threaded NAPI thread for {a} or {b}"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The reals' listener: accepts and closes (a connect probe's real), on a thread of
+    // its own in the reals' namespace. It ends when the namespace's listener fd is
+    // shut down below.
+    let listen = reals.spawn(move || {
+        let l = std::net::TcpListener::bind(("0.0.0.0", PORT)).expect("listener");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        // SAFETY: listen again on the listener's own fd, for a longer backlog.
+        unsafe { libc::listen(fd, 65535) };
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: this thread's own CPU clock.
+        unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        tx.send((fd, clock)).expect("send");
+        for c in l.incoming() {
+            if c.is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
+                return;
+            }
+        }
+    });
+    let (listen_fd, listen_clock) = rx.recv().expect("listener started");
+    let n = probed();
+    let reals_cpu = |at: &mut Option<Duration>| {
+        let now = cpu_of(listen_clock) + reals_napi.iter().map(|&t| task_cpu(t)).sum::<Duration>();
+        now - at.replace(now).unwrap_or(now)
+    };
+    let mut reals_at = None;
+    let (kind2, lb_napi2) = (kind.to_string(), lb_napi.clone());
+    let probing = lb.spawn(move || {
+        run_probes(
+            &kind2,
+            n,
+            |i| format!("10.200.{}.{}", i / 200, i % 200 + 1),
+            PORT,
+            move || lb_napi2.iter().map(|&t| task_cpu(t)).sum(),
+        )
+    });
+    // The reals' clocks over about the same window.
+    std::thread::sleep(PROBE_WARMUP + Duration::from_millis(500));
+    reals_cpu(&mut reals_at);
+    let p = probing.join().expect("probes");
+    let reals_used = reals_cpu(&mut reals_at);
+    // SAFETY: shuts the listener down (its accept fails with EINVAL and the thread ends).
+    unsafe { libc::shutdown(listen_fd, libc::SHUT_RDWR) };
+    let _ = listen.join();
+    let extra = format!(
+        ",\"prober_thread_ms\":{},\"receive_thread_ms\":{},\"reals_side_ms\":{}",
+        p.cpu.as_millis(),
+        p.other.as_millis(),
+        reals_used.as_millis()
+    );
+    print_probed("scale_probes_apart", kind, n, p, &extra);
 }
 
 /// What applying the probes' reports took (`probes_rise`).

@@ -12,7 +12,9 @@
 //! - VIP addresses, announcing routes (reloads, `withdraw`/`announce`, probe-driven
 //!   `min_healthy`, the withdrawal at stop), and asking the kernel to resolve a next
 //!   hop (`NTF_USE`): CAP_NET_ADMIN. Reading routes, addresses and neighbours: nothing.
-//! - probes (TCP, HTTP, HTTPS connects),
+//! - probes (TCP, HTTP, HTTPS connects; half-open probes through the two raw sockets
+//!   `daemon::run` opens before anything else, while CAP_NET_RAW is still held:
+//!   decision 0020),
 //!   the control socket and the metrics listener (both bound before the drop),
 //!   writing the state file and re-reading the configuration (files owned by root,
 //!   the daemon's uid): nothing.

@@ -1,6 +1,7 @@
 //! Health probes: one tokio task per probed real, each bounded by its timeout, so a
-//! slow real never delays another's verdict; and the rise/fall state machine that turns
-//! probe results into health transitions.
+//! slow real never delays another's verdict (half-open probes are all sent by one task,
+//! `probe::half_open`, whose probes wait on nothing but the answer); and the rise/fall
+//! state machine that turns probe results into health transitions.
 //!
 //! The tasks only probe and report ([`Report`] over a channel). The daemon's task owns
 //! the state machines ([`Health`]) and the maps, so health changes are applied in the
@@ -163,7 +164,8 @@ impl Health {
         self.half_open.is_some()
     }
 
-    /// Starts, restarts (probe changed) and stops tasks so that exactly the probed reals
+    /// Starts, restarts (probe changed) and stops probes (tasks, or reals of the
+    /// half-open task) so that exactly the probed reals
     /// of `config` are probed. A new or restarted probe's state machine starts with no
     /// streak.
     pub fn sync(&mut self, config: &Config) {
@@ -194,12 +196,17 @@ impl Health {
             self.next_task += 1;
             let task = self.next_task;
             let runner = match &self.half_open {
+                // At once, spread over a moment (as a task's first probe is at once, a
+                // first start does not wait an interval), then at the real's phase.
                 Some(h) if check.kind == CheckType::TcpHalfOpen => Runner::HalfOpen(h.add(
                     key.clone(),
                     task,
-                    addr,
-                    check,
-                    phase(&key, check.interval),
+                    std::net::SocketAddr::new(addr, check.port),
+                    (check.interval, check.timeout),
+                    (
+                        phase(&key, probe::half_open::FIRST_SPREAD),
+                        phase(&key, check.interval),
+                    ),
                 )),
                 _ => Runner::Task(tokio::spawn(run_probe(
                     key.clone(),

@@ -37,7 +37,7 @@ use std::{
 };
 
 use tokio::{
-    io::unix::AsyncFd,
+    io::{unix::AsyncFd, Interest},
     sync::{mpsc, Notify},
     task::JoinHandle,
     time::Instant,
@@ -57,6 +57,8 @@ pub const PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 /// How often at most the task wakes to send and time out: what is due within it is
 /// done together, at most this late.
 pub const BATCH: Duration = Duration::from_millis(5);
+/// Longest the task puts off sending and timing out while answers keep it reading.
+const DUE_AT_MOST: Duration = Duration::from_millis(20);
 /// The first probes of reals added together are spread over this, rather than sent in
 /// one burst whose answers would overrun the receive buffer.
 pub const FIRST_SPREAD: Duration = Duration::from_millis(100);
@@ -124,6 +126,8 @@ struct Real {
     /// When its next SYN is due.
     next: Instant,
     flight: Option<Flight>,
+    /// Since when its SYN is put off for a full send buffer, if it is.
+    put_off: Option<Instant>,
 }
 
 struct Flight {
@@ -142,8 +146,9 @@ struct ProbeTuple {
 
 /// Why a SYN was not sent.
 enum NotSent {
-    /// The socket's send buffer is full (EAGAIN, ENOBUFS): sent again a batch later.
-    Later,
+    /// The socket's send buffer is full (EAGAIN, ENOBUFS, the error given): sent again a
+    /// batch later, for at most the probe's timeout.
+    Later(io::Error),
     /// The probe fails.
     Failed(Failure),
 }
@@ -157,8 +162,9 @@ impl HalfOpen {
         // AsyncFd's whole life (the wire's copies of them live as long, in `Shared`).
         let (v4, v6) = unsafe {
             (
-                AsyncFd::register(v4)?,
-                v6.map(|v6| AsyncFd::register(v6)).transpose()?,
+                AsyncFd::register_with_interest(v4, Interest::READABLE)?,
+                v6.map(|v6| AsyncFd::register_with_interest(v6, Interest::READABLE))
+                    .transpose()?,
             )
         };
         let shared = Arc::new(Shared {
@@ -224,31 +230,38 @@ async fn run(shared: Arc<Shared>, reports: mpsc::Sender<Report>) {
     let mut out: Vec<Report> = Vec::new();
     let mut answers: Vec<Answer> = Vec::new();
     let mut last = Instant::now();
+    let mut more = false;
     loop {
-        let next = shared.state().0.queue.first();
-        let wake = next.map(|t| t.max(last + BATCH));
-        let v6 = async {
-            match &shared.v6 {
-                Some(fd) => fd.readable().await,
-                None => std::future::pending().await,
+        if more {
+            // The last read stopped at its limit: read on, after letting the rest of
+            // the daemon run, rather than wait for an arrival to wake the task.
+            tokio::task::yield_now().await;
+        } else {
+            let next = shared.state().0.queue.first();
+            let wake = next.map(|t| t.max(last + BATCH));
+            let v6 = async {
+                match &shared.v6 {
+                    Some(fd) => fd.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                r = shared.v4.readable() => match r {
+                    Ok(mut ready) => ready.clear_ready(),
+                    Err(e) => return stopped(&e),
+                },
+                r = v6 => match r {
+                    Ok(mut ready) => ready.clear_ready(),
+                    Err(e) => return stopped(&e),
+                },
+                () = shared.added.notified() => {}
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             }
-        };
-        tokio::select! {
-            biased;
-            r = shared.v4.readable() => match r {
-                Ok(mut ready) => ready.clear_ready(),
-                Err(e) => return stopped(&e),
-            },
-            r = v6 => match r {
-                Ok(mut ready) => ready.clear_ready(),
-                Err(e) => return stopped(&e),
-            },
-            () = shared.added.notified() => {}
-            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
         }
         // Read whatever is queued, whichever branch woke the task. The readiness just
         // cleared is set again by the next arrival.
-        let mut more = drain(shared.v4.as_raw_fd(), &mut buf, &mut answers);
+        more = drain(shared.v4.as_raw_fd(), &mut buf, &mut answers);
         if let Some(v6) = &shared.v6 {
             more |= drain(v6.as_raw_fd(), &mut buf, &mut answers);
         }
@@ -259,7 +272,10 @@ async fn run(shared: Arc<Shared>, reports: mpsc::Sender<Report>) {
             for a in answers.drain(..) {
                 st.answer(&a, now, &mut out);
             }
-            if now >= last + BATCH && !more {
+            // Timeouts wait for the sockets to be read to the end, but not for long: a
+            // flood of SYNs or resets to the probes' ports (anyone may send them) would
+            // otherwise keep every probe from being sent or timed out.
+            if now >= last + BATCH && (!more || now >= last + DUE_AT_MOST) {
                 last = now;
                 st.due(wire, now, &mut out);
             }
@@ -268,10 +284,6 @@ async fn run(shared: Arc<Shared>, reports: mpsc::Sender<Report>) {
             if reports.send(r).await.is_err() {
                 return;
             }
-        }
-        if more {
-            // Let the rest of the daemon run between reads of a full queue.
-            tokio::task::yield_now().await;
         }
     }
 }
@@ -331,6 +343,7 @@ impl State {
             generation,
             next: phase,
             flight: None,
+            put_off: None,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -430,12 +443,22 @@ impl State {
             }
             match self.send(wire, index, now) {
                 Ok(()) => {}
-                Err(NotSent::Later) => {
+                Err(NotSent::Later(e)) => {
                     let generation = self.generation();
-                    if let Some(Some(r)) = self.reals.get_mut(index) {
+                    let Some(Some(r)) = self.reals.get_mut(index) else {
+                        continue;
+                    };
+                    let since = *r.put_off.get_or_insert(now);
+                    if now.saturating_duration_since(since) < r.timeout {
                         r.generation = generation;
+                        self.queue.push(now + BATCH, index, generation);
+                        continue;
                     }
-                    self.queue.push(now + BATCH, index, generation);
+                    // Put off for as long as it would have waited for its answer: it
+                    // fails, and the next one keeps the real's schedule.
+                    r.put_off = None;
+                    r.next = (r.next + r.interval).max(now + r.interval / 2);
+                    self.end(index, Err(io_failure(&e)), out);
                 }
                 Err(NotSent::Failed(f)) => self.end(index, Err(f), out),
             }
@@ -472,20 +495,21 @@ impl State {
                 sent.map(|()| tuple).map_err(|e| {
                     self.in_flight.remove(&tuple);
                     if is_full(&e) {
-                        NotSent::Later
+                        NotSent::Later(e)
                     } else {
                         NotSent::Failed(io_failure(&e))
                     }
                 })
             });
-        if matches!(sent, Err(NotSent::Later)) {
-            return Err(NotSent::Later);
+        if let Err(NotSent::Later(e)) = sent {
+            return Err(NotSent::Later(e));
         }
         let generation = self.generation();
         let Some(Some(r)) = self.reals.get_mut(index) else {
             return Ok(());
         };
         r.next = next;
+        r.put_off = None;
         let tuple = sent?;
         r.flight = Some(Flight {
             tuple,
@@ -631,10 +655,10 @@ mod tests {
         RealKey::real("web", "10.0.1.11".parse().expect("address"), port)
     }
 
-    #[test]
-    fn a_real_is_probed_every_interval_and_each_answer_or_silence_reported_once() {
-        let t0 = Instant::now();
-        let (mut st, mut w, mut out) = (State::new(t0), FakeWire::default(), Vec::new());
+    /// Returns: a state probing real 10.0.1.11:80 every second from `t0`, a wire and
+    /// no reports.
+    fn one_real(t0: Instant) -> (State, FakeWire, Vec<Report>) {
+        let mut st = State::new(t0);
         st.add(
             key(80),
             1,
@@ -642,6 +666,13 @@ mod tests {
             (SECOND, TIMEOUT),
             (t0, t0),
         );
+        (st, FakeWire::default(), Vec::new())
+    }
+
+    #[test]
+    fn a_real_is_probed_every_interval_and_each_answer_or_silence_reported_once() {
+        let t0 = Instant::now();
+        let (mut st, mut w, mut out) = one_real(t0);
         st.due(&mut w, t0 + BATCH, &mut out);
         assert_eq!(w.sent.len(), 1, "the first SYN, at once");
         let (real, seg, source) = &w.sent[0];
@@ -754,6 +785,7 @@ mod tests {
         st.remove(slot);
         st.due(&mut w, t0 + TIMEOUT + 2 * BATCH, &mut out);
         assert!(out.is_empty(), "{:?}", results(&out));
+        assert_eq!(w.sent.len(), 1, "the stale entry sends nothing either");
         st.due(&mut w, t0 + SECOND + BATCH, &mut out);
         assert_eq!(
             w.sent.len(),
@@ -766,14 +798,7 @@ mod tests {
     #[test]
     fn a_full_send_buffer_delays_the_syn_and_another_error_fails_the_probe() {
         let t0 = Instant::now();
-        let (mut st, mut w, mut out) = (State::new(t0), FakeWire::default(), Vec::new());
-        st.add(
-            key(80),
-            1,
-            target("10.0.1.11:80"),
-            (SECOND, TIMEOUT),
-            (t0, t0),
-        );
+        let (mut st, mut w, mut out) = one_real(t0);
         w.fail = vec![
             io::Error::from_raw_os_error(libc::ENOBUFS),
             io::Error::from(io::ErrorKind::WouldBlock),
@@ -810,14 +835,7 @@ mod tests {
     #[test]
     fn a_source_that_left_the_host_is_asked_again_and_the_syn_sent_from_the_new_one() {
         let t0 = Instant::now();
-        let (mut st, mut w, mut out) = (State::new(t0), FakeWire::default(), Vec::new());
-        st.add(
-            key(80),
-            1,
-            target("10.0.1.11:80"),
-            (SECOND, TIMEOUT),
-            (t0, t0),
-        );
+        let (mut st, mut w, mut out) = one_real(t0);
         st.due(&mut w, t0 + BATCH, &mut out);
         st.answer(&answer_to(&w.sent[0], SYN | ACK, 0), t0 + BATCH, &mut out);
         // The old source is gone (EINVAL); the routes now give another.
@@ -834,6 +852,81 @@ mod tests {
             "summed over the new source"
         );
         assert_eq!(w.asked, 2);
+    }
+
+    #[test]
+    fn the_first_syn_goes_at_once_and_the_next_at_the_phase() {
+        let t0 = Instant::now();
+        let (mut st, mut w, mut out) = (State::new(t0), FakeWire::default(), Vec::new());
+        let phase = Duration::from_millis(300);
+        st.add(
+            key(80),
+            1,
+            target("10.0.1.11:80"),
+            (SECOND, TIMEOUT),
+            (t0, t0 + phase),
+        );
+        st.due(&mut w, t0 + BATCH, &mut out);
+        st.answer(&answer_to(&w.sent[0], SYN | ACK, 0), t0 + BATCH, &mut out);
+        st.due(&mut w, t0 + phase - BATCH, &mut out);
+        assert_eq!(w.sent.len(), 1, "nothing before the phase");
+        st.due(&mut w, t0 + phase + BATCH, &mut out);
+        assert_eq!(
+            w.sent.len(),
+            2,
+            "at the phase, not an interval after the first"
+        );
+        st.answer(
+            &answer_to(&w.sent[1], SYN | ACK, 0),
+            t0 + phase + BATCH,
+            &mut out,
+        );
+        st.due(&mut w, t0 + phase + SECOND - BATCH, &mut out);
+        assert_eq!(w.sent.len(), 2);
+        st.due(&mut w, t0 + phase + SECOND + BATCH, &mut out);
+        assert_eq!(w.sent.len(), 3, "then every interval");
+    }
+
+    #[test]
+    fn an_answer_read_before_the_deadline_is_handled_counts_even_when_late() {
+        // The task reads the sockets before it times probes out: an answer that waited
+        // there past the deadline (the task held up) is still the probe's.
+        let t0 = Instant::now();
+        let (mut st, mut w, mut out) = one_real(t0);
+        st.due(&mut w, t0 + BATCH, &mut out);
+        let late = t0 + TIMEOUT + 10 * BATCH;
+        st.answer(&answer_to(&w.sent[0], SYN | ACK, 0), late, &mut out);
+        st.due(&mut w, late, &mut out);
+        assert_eq!(results(&out), vec![(80, Ok(()))]);
+    }
+
+    #[test]
+    fn a_send_buffer_full_for_longer_than_the_timeout_fails_the_probe() {
+        let t0 = Instant::now();
+        let (mut st, mut w, mut out) = one_real(t0);
+        w.fail = (0..200)
+            .map(|_| io::Error::from_raw_os_error(libc::ENOBUFS))
+            .collect();
+        let mut at = t0 + BATCH;
+        while at < t0 + TIMEOUT {
+            st.due(&mut w, at, &mut out);
+            at += BATCH;
+        }
+        assert!(out.is_empty(), "put off, not failed, within the timeout");
+        st.due(&mut w, t0 + TIMEOUT + 2 * BATCH, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(
+            matches!(&out[0].result, Err(Failure::Io(m)) if m.contains("No buffer space")),
+            "{:?}",
+            out[0].result
+        );
+        // The next one keeps to the schedule: an interval after the first was due, or
+        // half an interval after this failure if that is later (here 1,010 ms).
+        w.fail.clear();
+        st.due(&mut w, t0 + SECOND + BATCH, &mut out);
+        assert!(w.sent.is_empty());
+        st.due(&mut w, t0 + SECOND + 3 * BATCH, &mut out);
+        assert_eq!(w.sent.len(), 1);
     }
 
     #[test]

@@ -110,8 +110,8 @@ impl Wire for RawWire {
 }
 
 /// Reads the answers queued on raw socket `fd` (until none is left, at most
-/// [`READ_MAX`]) into `answers`. Returns: whether it stopped at the limit (more may be
-/// queued).
+/// [`READ_MAX`] reads) into `answers`. Returns: whether it stopped at the limit (more
+/// may be queued).
 pub fn drain(fd: RawFd, buf: &mut [u8], answers: &mut Vec<Answer>) -> bool {
     for _ in 0..READ_MAX {
         match recv_from(fd, buf) {
@@ -119,17 +119,35 @@ pub fn drain(fd: RawFd, buf: &mut [u8], answers: &mut Vec<Answer>) -> bool {
                 Some(src) => parse_v6(src, &buf[..n]),
                 None => parse_v4(&buf[..n]),
             }),
-            // EAGAIN: nothing left. Another error (an IPv6 segment whose checksum
-            // failed is dropped with EAGAIN too) ends this read; the next wake reads on.
-            Err(e) => {
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    tracing::debug!("half-open probes: reading an answer: {e}");
+            // EAGAIN also when the IPv6 socket dropped a segment whose checksum failed,
+            // with others queued behind it: read on while any is.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if queued(fd) == 0 {
+                    return false;
                 }
-                return false;
+            }
+            Err(e) => {
+                tracing::debug!("half-open probes: reading an answer: {e}");
+                if queued(fd) == 0 {
+                    return false;
+                }
             }
         }
     }
     true
+}
+
+/// Returns: the length of the datagram first in `fd`'s receive queue (SIOCINQ), 0 when
+/// none is (or the question failed).
+fn queued(fd: RawFd) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut n) };
+    if r < 0 {
+        0
+    } else {
+        n
+    }
 }
 
 /// Sends TCP segment `seg` to `real` from `source` (given with IP_PKTINFO: the checksum
@@ -175,10 +193,7 @@ fn send_v6(fd: RawFd, real: Ipv6Addr, seg: &[u8]) -> io::Result<()> {
             size_of::<libc::sockaddr_in6>() as libc::socklen_t,
         )
     };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    checked(n).map(|_| ())
 }
 
 /// Classic BPF: the IPv4 socket reads the datagram from its IP header. It keeps an
@@ -235,6 +250,14 @@ fn jump(op: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     }
 }
 
+/// Returns: `r`, a system call's result, or the error it set when negative.
+fn checked<T: Default + PartialOrd>(r: T) -> io::Result<T> {
+    if r < T::default() {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
 /// Returns: a non-blocking raw TCP socket of `family`.
 fn raw_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments; the descriptor is owned at once.
@@ -245,13 +268,12 @@ fn raw_socket(family: libc::c_int) -> io::Result<OwnedFd> {
             libc::IPPROTO_TCP,
         )
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = checked(fd)?;
     // SAFETY: `fd` was just opened and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets int-valued socket option `name` of `level` to `v`.
 fn setsockopt(
     fd: &OwnedFd,
     level: libc::c_int,
@@ -268,12 +290,10 @@ fn setsockopt(
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    checked(r).map(|_| ())
 }
 
+/// Attaches classic BPF program `code` to socket `fd`.
 fn attach_filter(fd: &OwnedFd, code: &[libc::sock_filter]) -> io::Result<()> {
     let prog = libc::sock_fprog {
         len: code.len() as u16,
@@ -289,10 +309,7 @@ fn attach_filter(fd: &OwnedFd, code: &[libc::sock_filter]) -> io::Result<()> {
             size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    checked(r).map(|_| ())
 }
 
 /// `sendmsg` of `seg` to `dst` with an IP_PKTINFO control message naming the source,
@@ -331,11 +348,7 @@ fn send_with_pktinfo(
         (*c).cmsg_type = libc::IP_PKTINFO;
         (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(), *info);
-        let n = libc::sendmsg(fd, &raw const msg, libc::MSG_DONTWAIT);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        checked(libc::sendmsg(fd, &raw const msg, libc::MSG_DONTWAIT)).map(|n| n as usize)
     }
 }
 
@@ -355,10 +368,7 @@ fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ipv6Addr>)>
             (&raw mut from).cast(),
             &raw mut len,
         );
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = (n as usize).min(buf.len());
+        let n = (checked(n)? as usize).min(buf.len());
         if i32::from(from.ss_family) == libc::AF_INET6 {
             let a = &*(&raw const from).cast::<libc::sockaddr_in6>();
             return Ok((n, Some(Ipv6Addr::from(a.sin6_addr.s6_addr))));

@@ -56,6 +56,9 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         Record::Now
     };
     let choice = choose::real(&p.key, vs, record)?;
+    if choice.new_flow {
+        stats::count_new_flow(vs.vs_index, choice.real_id);
+    }
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
@@ -67,7 +70,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
         _ => return Err(Verdict::internal()),
     };
-    stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
+    stats::count_forward(vs.vs_index, choice.real_id, p.len);
     Ok(verdict)
 }
 

@@ -38,6 +38,9 @@ fn fragment(ctx: &XdpContext, p: &mut parse::Parsed) -> Result<Verdict, Verdict>
     };
     let ingress = l2::addressed_here(ctx)?;
     let choice = choose::real(&p.key, vs, Record::Now)?;
+    if choice.new_flow {
+        stats::count_new_flow(vs.vs_index, choice.real_id);
+    }
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
@@ -46,6 +49,6 @@ fn fragment(ctx: &XdpContext, p: &mut parse::Parsed) -> Result<Verdict, Verdict>
         METHOD_NAT => forward::nat::forward_fragment(ctx, p, vs, vport_be, real, choice.new_flow)?,
         _ => return Err(Verdict::internal()),
     };
-    stats::count_forward(vs.vs_index, choice.real_id, p.len, choice.new_flow);
+    stats::count_forward(vs.vs_index, choice.real_id, p.len);
     Ok(verdict)
 }

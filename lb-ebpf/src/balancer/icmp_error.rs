@@ -57,7 +57,7 @@ fn icmp_error(
         METHOD_NAT => forward::nat::icmp_to_real(ctx, p, real)?,
         _ => return Err(Verdict::internal()),
     };
-    stats::count_forward(vs.vs_index, choice.real_id, p.len, false);
+    stats::count_forward(vs.vs_index, choice.real_id, p.len);
     Ok(Verdict {
         action: sent.action,
         reason: reason::FWD_ICMP_ERROR,

@@ -13,24 +13,39 @@ pub fn count_verdict(reason: u32) {
 }
 
 #[inline(always)]
-fn add(c: Option<*mut Counters>, bytes: u64, new_flow: bool) {
+fn add(c: Option<*mut Counters>, bytes: u64) {
     if let Some(c) = c {
         // SAFETY: per-CPU slot, valid for this program run.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
-            if new_flow {
-                (*c).new_flows += 1;
-            }
         }
     }
 }
 
 /// Counts one forwarded packet of `bytes` for its virtual server and real.
 #[inline(always)]
-pub fn count_forward(vs_index: u32, real_id: u32, bytes: u64, new_flow: bool) {
-    add(STATS_VS.get_ptr_mut(vs_index), bytes, new_flow);
-    add(STATS_REAL.get_ptr_mut(real_id), bytes, new_flow);
+pub fn count_forward(vs_index: u32, real_id: u32, bytes: u64) {
+    add(STATS_VS.get_ptr_mut(vs_index), bytes);
+    add(STATS_REAL.get_ptr_mut(real_id), bytes);
+}
+
+/// Counts a new flow for its virtual server and real, when it is scheduled: before its
+/// packet is forwarded, so that a packet dropped on its way out (a next hop without a
+/// neighbour entry) leaves no flow in the connection table uncounted, whose later
+/// packets would not be new. IPVS counts a connection when it makes it.
+#[inline(always)]
+pub fn count_new_flow(vs_index: u32, real_id: u32) {
+    add_new_flow(STATS_VS.get_ptr_mut(vs_index));
+    add_new_flow(STATS_REAL.get_ptr_mut(real_id));
+}
+
+#[inline(always)]
+fn add_new_flow(c: Option<*mut Counters>) {
+    if let Some(c) = c {
+        // SAFETY: per-CPU slot, valid for this program run.
+        unsafe { (*c).new_flows += 1 };
+    }
 }
 
 /// Counts one NAT reply of `bytes` for its virtual server.

@@ -331,6 +331,16 @@ impl Fixture {
         reader.count().expect("count").values().sum()
     }
 
+    /// Returns: new flows counted over every virtual server of the configuration.
+    pub fn new_flows(&self) -> u64 {
+        (0..self.config.virtual_servers.len() as u32)
+            .map(|i| {
+                let c = self.rec.dataplane().vs_counters(i).expect("counters");
+                c.new_flows
+            })
+            .sum()
+    }
+
     /// Returns: packets counted under verdict `reason` since load.
     pub fn verdicts(&self, reason: u32) -> u64 {
         self.rec.dataplane().verdicts().expect("verdicts")[reason as usize]

@@ -8,7 +8,6 @@ use tests::{
     fixture::{real_mac, Fixture, LB_MAC},
     packet::{V4Packet, TCP_ACK, TCP_SYN},
 };
-use xdpvs::dataplane::DataplaneRead as _;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -66,19 +65,6 @@ fn vip_syn_is_sent_to_the_predicted_real_with_only_macs_changed() {
     assert_eq!(f.verdicts(reason::FWD_TX), 5);
 }
 
-/// Returns: new connections counted over every virtual server.
-fn new_flows(f: &Fixture) -> u64 {
-    (0..4)
-        .map(|i| {
-            f.rec
-                .dataplane()
-                .vs_counters(i)
-                .expect("counters")
-                .new_flows
-        })
-        .sum()
-}
-
 /// Returns: a TCP segment from `src:sport` to VIP:80 with `flags`.
 fn segment(src: [u8; 4], sport: u16, flags: u8) -> Vec<u8> {
     V4Packet {
@@ -104,7 +90,7 @@ fn a_syn_writes_no_state_and_the_packet_after_it_does() {
         0,
         "the SYN flood left no connection entry"
     );
-    assert_eq!(new_flows(&f), 0, "no SYN counted as a new connection");
+    assert_eq!(f.new_flows(), 0, "no SYN counted as a new connection");
 
     // A client's SYN, then its ACK: the same real both times; the ACK records it.
     let syn = segment(CLIENT, 5555, TCP_SYN);
@@ -119,7 +105,7 @@ fn a_syn_writes_no_state_and_the_packet_after_it_does() {
         "the ACK goes where the SYN went"
     );
     assert_eq!(f.flow_entries(), 1, "the ACK recorded the flow");
-    assert_eq!(new_flows(&f), 1, "counted once, at the ACK");
+    assert_eq!(f.new_flows(), 1, "counted once, at the ACK");
     // SYN+ACK, RST, FIN: not openings, recorded like any segment.
     for (sport, flags) in [
         (5556, TCP_SYN | TCP_ACK),
@@ -212,7 +198,7 @@ fn a_udp_flow_is_recorded_at_its_second_packet() {
         assert_dr_rewrite(&frame, &r.out, f.predict("dns", &udp_key(src, sport)));
     }
     assert_eq!(f.flow_entries(), 0, "one-packet flows left no entry");
-    assert_eq!(new_flows(&f), 10_000, "each counted as a new flow");
+    assert_eq!(f.new_flows(), 10_000, "each counted as a new flow");
 
     // Two flows whose Maglev real is .13, so that draining .13 would move them.
     let moved: IpAddr = "10.0.1.13".parse().unwrap();
@@ -224,7 +210,7 @@ fn a_udp_flow_is_recorded_at_its_second_packet() {
     assert_eq!(f.flow_entries(), 0, "its first packet wrote nothing");
     assert_eq!(f.run(&frame).out[0..6], real_mac(moved));
     assert_eq!(f.flow_entries(), 1, "its second packet recorded it");
-    assert_eq!(new_flows(&f), 10_001, "counted once, at its first packet");
+    assert_eq!(f.new_flows(), 10_001, "counted once, at its first packet");
     let r = f.run(&next);
     assert_eq!(
         r.out[0..6],
@@ -258,7 +244,7 @@ fn a_udp_flow_is_recorded_at_its_second_packet() {
         2,
         "and is recorded at that packet, its second"
     );
-    assert_eq!(new_flows(&f), 10_002, "counted once, at its first packet");
+    assert_eq!(f.new_flows(), 10_002, "counted once, at its first packet");
 }
 
 /// With persistence, a UDP flow's first packet places its client network (decision

@@ -17,7 +17,6 @@ use tests::{
         ipv6_header, V4Packet, V6Packet, TCP_ACK, TCP_SYN,
     },
 };
-use xdpvs::dataplane::DataplaneRead as _;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -400,19 +399,6 @@ fn a_next_hop_without_neighbour_entry_is_reported_for_the_daemon_to_resolve() {
     assert!(got.iter().all(|m| *m == want), "v6: {got:?}");
 }
 
-/// Returns: new connections counted over every virtual server of [`YAML`].
-fn new_flows(f: &Fixture) -> u64 {
-    (0..7)
-        .map(|i| {
-            f.rec
-                .dataplane()
-                .vs_counters(i)
-                .expect("counters")
-                .new_flows
-        })
-        .sum()
-}
-
 /// A flow recorded by a packet that is then dropped on its way out (its real's next hop
 /// has no neighbour entry) is in the connection table all the same: it is counted as a
 /// new flow then, once, and its later packets, forwarded, are not new.
@@ -430,12 +416,12 @@ fn a_new_flow_whose_first_packet_is_dropped_on_its_way_out_is_counted_once() {
         "no neighbour entry for {addr}"
     );
     assert_eq!(f.verdicts(reason::DROP_NO_NEIGH), 1);
-    assert_eq!(new_flows(&f), 1, "recorded, so counted, though dropped");
+    assert_eq!(f.new_flows(), 1, "recorded, so counted, though dropped");
     f.neighbour(addr, "fxa");
     for _ in 0..3 {
         assert_eq!(f.run(&frame).action, XDP_REDIRECT, "resolved: forwarded");
     }
-    assert_eq!(new_flows(&f), 1, "its later packets are not new");
+    assert_eq!(f.new_flows(), 1, "its later packets are not new");
 }
 
 #[test]

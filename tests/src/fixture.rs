@@ -331,6 +331,18 @@ impl Fixture {
         reader.count().expect("count").values().sum()
     }
 
+    /// Returns: the entries of `NAT_STATE`, the reply state of NAT flows whose replies
+    /// `FLOWS` cannot find.
+    pub fn nat_state_entries(&self) -> usize {
+        let map = self
+            .programs
+            .map(lb_common::maps::NAT_STATE)
+            .expect("NAT_STATE");
+        let m = aya::maps::HashMap::<_, FlowKey, lb_common::NatState>::try_from(map)
+            .expect("NAT_STATE is a hash map");
+        m.keys().count()
+    }
+
     /// Returns: new flows counted over every virtual server of the configuration.
     pub fn new_flows(&self) -> u64 {
         (0..self.config.virtual_servers.len() as u32)

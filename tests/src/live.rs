@@ -576,7 +576,16 @@ pub fn run() {
             "frame_bytes": 60,
         })
     );
+    // `XDPVS_LIVE_METHODS=nat,tunnel` runs those methods only.
+    let only = std::env::var("XDPVS_LIVE_METHODS").ok();
+    let wanted = |m: Method| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n.trim() == m.name()))
+    };
     for m in [Method::Dr, Method::Nat, Method::Tunnel] {
+        if !wanted(m) {
+            continue;
+        }
         let (xdpvs, replier) = bench.under_xdpvs(m);
         let pass = bench.under_pass(m, replier);
         let bounce = bench.under_bounce(m, replier);

@@ -42,15 +42,17 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     }
     // SYN guard (decision 0012): a TCP flow enters the connection table with the first
     // packet after its SYN, so a spoofed SYN flood writes nothing there, whatever the
-    // method. A NAT SYN leaves its reply state in NAT_STATE instead (0015). A UDP flow
-    // of a method whose replies need no state enters it with its second packet, unless
-    // persistence must place its client network at the first (0017).
-    let second = p.key.proto == PROTO_UDP
-        && matches!(vs.method, METHOD_DR | METHOD_TUNNEL)
-        && vs.persist_timeout_ns == 0;
+    // method. A UDP flow enters it with its second packet (0017). Without persistence,
+    // which must place a client network at once, a NAT flow's SYN or first datagram
+    // leaves its mark in UDP_SEEN, where its real's reply finds it (0021).
+    let unpersisted = vs.persist_timeout_ns == 0;
     let record = if parse::opening_syn(ctx, &p) {
-        Record::Never
-    } else if second {
+        if vs.method == METHOD_NAT && unpersisted {
+            Record::Mark
+        } else {
+            Record::Never
+        }
+    } else if p.key.proto == PROTO_UDP && unpersisted {
         Record::Second
     } else {
         Record::Now
@@ -64,8 +66,8 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let verdict = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, &p, real, ingress)?,
         METHOD_NAT => {
-            let recorded = record == Record::Now;
-            forward::nat::forward(ctx, &p, vs, real, choice.new_flow, recorded)?
+            let traced = choice.recorded || choice.marked;
+            forward::nat::forward(ctx, &p, vs, real, choice.new_flow, traced)?
         }
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
         _ => return Err(Verdict::internal()),

@@ -22,6 +22,11 @@ pub struct Choice {
     pub real: *const RealInfo,
     /// The flow was (re)scheduled by this packet: counted as a new flow.
     pub new_flow: bool,
+    /// `FLOWS` holds the flow (found there, or written by this packet).
+    pub recorded: bool,
+    /// The flow's hash is in `UDP_SEEN` (left there by this packet), where a NAT
+    /// real's reply finds it while the flow is unrecorded (decision 0021).
+    pub marked: bool,
 }
 
 /// Returns: real `id` if it still is the holder of `generation` and has every bit of
@@ -93,6 +98,9 @@ pub enum Record {
     /// Never: a TCP SYN (decision 0012; the packet after it records the flow), an ICMP
     /// error about the flow.
     Never,
+    /// Never, but leave the flow's hash in `UDP_SEEN`: a NAT virtual server's TCP SYN,
+    /// whose real's SYN-ACK finds it there (decision 0021). Without persistence only.
+    Mark,
 }
 
 /// Picks the real for `key` on virtual server `vs`, recording a new choice in FLOWS
@@ -113,26 +121,85 @@ pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
     pick(key, vs, Record::Never)
 }
 
+/// Returns: the `UDP_SEEN` slot of hash `h`.
+#[inline(always)]
+fn seen_slot(h: u32) -> Option<*mut u32> {
+    // Two slots per element: an array's elements are 8-byte aligned.
+    let slot = h % UDP_SEEN_SLOTS;
+    let pair = UDP_SEEN.get_ptr_mut(slot / 2)?;
+    // SAFETY: array value pointer, valid for this run; the index is 0 or 1.
+    Some(unsafe { &mut (*pair)[(slot & 1) as usize] as *mut u32 })
+}
+
 /// Returns: whether the flow of hash `h` left its hash in `UDP_SEEN` with an earlier
 /// packet (this one then records it); otherwise leaves it there for the next.
 #[inline(always)]
 fn seen_before(h: u32) -> bool {
-    // Two slots per element: an array's elements are 8-byte aligned.
-    let slot = h % UDP_SEEN_SLOTS;
-    let Some(pair) = UDP_SEEN.get_ptr_mut(slot / 2) else {
+    let Some(mark) = seen_slot(h) else {
         return true;
     };
-    // SAFETY: array value pointer, valid for this run; the index is 0 or 1. Two CPUs
-    // writing one slot at once leave one of the two hashes: the other flow is recorded
-    // a packet later.
+    // SAFETY: slot pointer, valid for this run. Two CPUs writing one slot at once
+    // leave one of the two hashes: the other flow is recorded a packet later.
     unsafe {
-        let mark = &mut (*pair)[(slot & 1) as usize];
         if *mark == h {
             return true;
         }
         *mark = h;
     }
     false
+}
+
+/// Leaves hash `h` in its `UDP_SEEN` slot. Returns: whether it could.
+#[inline(always)]
+fn mark(h: u32) -> bool {
+    let Some(mark) = seen_slot(h) else {
+        return false;
+    };
+    // SAFETY: as in `seen_before`.
+    unsafe { *mark = h };
+    true
+}
+
+/// Returns: whether the flow of hash `h` has its mark in `UDP_SEEN`, writing nothing.
+#[inline(always)]
+fn is_marked(h: u32) -> bool {
+    // SAFETY: as in `seen_before`.
+    seen_slot(h).is_some_and(|m| unsafe { *m } == h)
+}
+
+/// Returns: whether the unrecorded flow `key` of virtual server `vs` (without
+/// persistence) left its mark in `UDP_SEEN` and Maglev gives it to the real at
+/// `addr:port_be`: a NAT real's reply to a SYN or to a first datagram (decision
+/// 0021). With `record`, the flow is then recorded in `FLOWS` on that real.
+#[inline(always)]
+pub fn marked_to(key: &FlowKey, vs: &VsInfo, addr: &[u32; 4], port_be: u16, record: bool) -> bool {
+    if vs.persist_timeout_ns != 0 || vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
+        return false;
+    }
+    let h = flow_hash(key);
+    if !is_marked(h) {
+        return false;
+    }
+    let Some(&real_id) = VS_RINGS.get(vs.ring_id * RING_STRIDE + h % vs.ring_size) else {
+        return false;
+    };
+    let Some(real) = REALS.get(real_id) else {
+        return false;
+    };
+    if real.addr != *addr || real.port_be != port_be {
+        return false;
+    }
+    if record {
+        let state = FlowState {
+            real_id,
+            real_generation: real.generation,
+            vs_index: vs.vs_index,
+            _pad: 0,
+        };
+        // As in `pick`: an error here only leaves the flow to its next request.
+        let _ = FLOWS.insert(key, &state, 0);
+    }
+    true
 }
 
 #[inline(always)]
@@ -150,6 +217,8 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
                     real_id: f.real_id,
                     real,
                     new_flow: false,
+                    recorded: true,
+                    marked: false,
                 });
             }
         }
@@ -162,12 +231,14 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
     // Computed here only without persistence (which is never `Second`): a flow held
     // by its client network needs none.
     let hash = (!persistent).then(|| flow_hash(key));
-    let (write, new_flow) = match record {
-        Record::Now => (true, true),
-        Record::Never => (false, false),
+    // (write FLOWS, a new flow, the flow's mark is in UDP_SEEN)
+    let (write, new_flow, marked) = match record {
+        Record::Now => (true, true, false),
+        Record::Never => (false, false, false),
+        Record::Mark => (false, false, hash.is_some_and(mark)),
         Record::Second => {
             let seen = hash.is_none_or(seen_before);
-            (seen, !seen)
+            (seen, !seen, !seen)
         }
     };
     let mut sticky = None;
@@ -197,6 +268,8 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
             real_id,
             real,
             new_flow,
+            recorded: false,
+            marked,
         });
     }
     // SAFETY: as above.
@@ -221,5 +294,7 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
         real_id,
         real,
         new_flow,
+        recorded: true,
+        marked: false,
     })
 }

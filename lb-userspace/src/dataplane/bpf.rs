@@ -206,6 +206,12 @@ impl Programs {
     pub fn program(&self, name: &str) -> Option<&Xdp> {
         self.ebpf.program(name)?.try_into().ok()
     }
+
+    /// Returns: map `name` of the object, for tests that read a map the dataplane
+    /// keeps to the data path (`NAT_STATE`, say).
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
+    }
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {

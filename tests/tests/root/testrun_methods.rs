@@ -155,7 +155,8 @@ fn nat_reply_without_state_passes_untouched() {
 /// that flow was sent to (`NAT_STATE`); the real of one NAT virtual server has its
 /// replies found through the flow's `FLOWS` entry (decision 0015). Either way the
 /// answer to a SYN is restored: a NAT SYN, which `FLOWS` does not record (decision
-/// 0012), leaves its reply state in `NAT_STATE`.
+/// 0012), leaves its reply state in `NAT_STATE` for a shared real, and only its mark
+/// in `UDP_SEEN` for a sole one (decision 0021).
 #[test]
 fn nat_replies_of_shared_and_sole_reals_go_back_as_their_own_vip() {
     let y = "interfaces: [lo]\nvirtual_servers:
@@ -202,6 +203,11 @@ fn nat_replies_of_shared_and_sole_reals_go_back_as_their_own_vip() {
         }
     }
     assert_eq!(f.flow_entries(), 0, "a NAT SYN writes no FLOWS entry");
+    assert_eq!(
+        f.nat_state_entries(),
+        2,
+        "the SYNs to the shared real left reply state, the SYN to the sole real none"
+    );
     // The client's ACK records its flow in FLOWS, through which the sole real's
     // answers are found from then on.
     let ack = V4Packet::tcp(CLIENT4, 5002, [10, 0, 0, 102], 80).build();
@@ -211,6 +217,63 @@ fn nat_replies_of_shared_and_sole_reals_go_back_as_their_own_vip() {
     let stray = V4Packet::tcp([10, 0, 1, 12], 8080, CLIENT4, 5003).build();
     let r = f.run(&stray);
     assert_eq!((r.action, &r.out), (XDP_PASS, &stray));
+}
+
+/// An unrecorded NAT flow (a SYN, a first datagram) is found by its mark in
+/// `UDP_SEEN` (decision 0021): only the real Maglev gives the flow is restored, only
+/// while the mark is the flow's own, and a flow whose mark another overwrote is not.
+#[test]
+fn an_unrecorded_nat_flow_is_answered_by_its_own_real_while_its_mark_holds() {
+    let f = Fixture::new(YAML);
+    let reals = [[10, 0, 1, 11], [10, 0, 1, 12]];
+    let syn = |sport| V4Packet {
+        tcp_flags: TCP_SYN,
+        ..V4Packet::tcp(CLIENT4, sport, NAT_VIP4, 80)
+    };
+    let answer = |real, sport| V4Packet {
+        tcp_flags: TCP_SYN | TCP_ACK,
+        ..V4Packet::tcp(real, 8080, CLIENT4, sport)
+    };
+    let restored = |sport| V4Packet {
+        dst_mac: CLIENT_MAC,
+        src_mac: FIB_MAC,
+        tcp_flags: TCP_SYN | TCP_ACK,
+        ..V4Packet::tcp(NAT_VIP4, 80, CLIENT4, sport)
+    };
+    // Two client ports whose flows' hashes fall in one UDP_SEEN slot.
+    let slot = |sport: u16| {
+        flow_hash(&key(CLIENT4.into(), sport, NAT_VIP4.into(), 80, PROTO_TCP))
+            % lb_common::maps::UDP_SEEN_SLOTS
+    };
+    let mut seen = std::collections::HashMap::new();
+    let (first, rival) = (6000..=u16::MAX)
+        .find_map(|p| seen.insert(slot(p), p).map(|q| (q, p)))
+        .expect("two ports whose flows share a slot");
+    let r = f.run(&syn(first).build());
+    assert_eq!(r.action, XDP_REDIRECT);
+    let chosen: [u8; 4] = r.out[30..34].try_into().expect("4");
+    let other = *reals.iter().find(|r| **r != chosen).expect("two reals");
+    assert_eq!((f.flow_entries(), f.nat_state_entries()), (0, 0));
+    let stray = answer(other, first).build();
+    let r = f.run(&stray);
+    assert_eq!((r.action, &r.out), (XDP_PASS, &stray), "the other real's");
+    let r = f.run(&answer(chosen, first).build());
+    assert_eq!((r.action, r.out), (XDP_REDIRECT, restored(first).build()));
+    assert_eq!(f.flow_entries(), 0, "a SYN-ACK records nothing");
+
+    // The second SYN takes the slot over.
+    let r = f.run(&syn(rival).build());
+    assert_eq!(r.action, XDP_REDIRECT);
+    let rival_real: [u8; 4] = r.out[30..34].try_into().expect("4");
+    let lost = answer(chosen, first).build();
+    let r = f.run(&lost);
+    assert_eq!(
+        (r.action, &r.out),
+        (XDP_PASS, &lost),
+        "the first flow's mark is gone"
+    );
+    let r = f.run(&answer(rival_real, rival).build());
+    assert_eq!((r.action, r.out), (XDP_REDIRECT, restored(rival).build()));
 }
 
 #[test]
@@ -230,9 +293,9 @@ fn nat_udp_both_ways_and_a_zero_udp_checksum_stays_zero() {
         .build()
     );
     assert_eq!(
-        f.flow_entries(),
-        1,
-        "a NAT UDP flow is recorded at its first packet, for its reply (decision 0017)"
+        (f.flow_entries(), f.nat_state_entries()),
+        (0, 0),
+        "a NAT UDP flow's first datagram leaves only its mark (decision 0021)"
     );
     let r = f.run(&V4Packet::udp(real, 5353, CLIENT4, 7000).build());
     assert_eq!(r.action, XDP_REDIRECT);
@@ -244,6 +307,11 @@ fn nat_udp_both_ways_and_a_zero_udp_checksum_stays_zero() {
             ..V4Packet::udp(NAT_VIP4, 53, CLIENT4, 7000)
         }
         .build()
+    );
+    assert_eq!(
+        f.flow_entries(),
+        1,
+        "the reply found by the mark recorded the flow"
     );
 
     // IPv4 UDP without checksum (0): rewritten, still 0.
@@ -689,6 +757,11 @@ fn icmp_errors_about_nat_flows_are_translated_both_ways() {
     assert_eq!(
         r.out, want,
         "the client sees the VIP's error about its own datagram"
+    );
+    assert_eq!(
+        f.flow_entries(),
+        0,
+        "an error found by the datagram's mark records nothing (decision 0021)"
     );
 
     // A router's fragmentation-needed about a reply from VIP:80 reaches the real that

@@ -37,6 +37,8 @@ use lb_ebpf::{
 };
 
 use crate::{
+    balance::virtual_server,
+    choose::marked_to,
     fib,
     forward::egress::{next_hop, routed, transmit},
     l2::addressed_here,
@@ -102,9 +104,10 @@ fn route(
     next_hop(ctx, p, &r, 0)
 }
 
-/// Forwards a request of virtual server `vs` to `real`. `recorded`: the flow is in
-/// `FLOWS` (false for a TCP SYN, decision 0012), so that the reply of a real that
-/// serves `vs` alone is found there; otherwise the reply state goes into `NAT_STATE`.
+/// Forwards a request of virtual server `vs` to `real`. `traced`: the flow is in
+/// `FLOWS`, or its mark in `UDP_SEEN` (a SYN, a first datagram: decision 0021), so
+/// that the reply of a real that serves `vs` alone is found by it; otherwise the reply
+/// state goes into `NAT_STATE`.
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn forward(
@@ -113,10 +116,10 @@ pub fn forward(
     vs: &VsInfo,
     real: &RealInfo,
     new_flow: bool,
-    recorded: bool,
+    traced: bool,
 ) -> Result<Verdict, Verdict> {
     let hop = route(ctx, p, &p.key.src, &real.addr, p.key.sport_be, real.port_be)?;
-    if !recorded || !sole_real_of(&real.addr, real.port_be, p, vs.vs_index) {
+    if !traced || !sole_real_of(&real.addr, real.port_be, p, vs.vs_index) {
         keep_reply_state(p, vs, real, new_flow);
     }
     rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
@@ -172,13 +175,15 @@ fn keep_reply_state(p: &Parsed, vs: &VsInfo, real: &RealInfo, new_flow: bool) {
 }
 
 /// Returns: the NAT state of the flow whose reply direction `p.key` is, for a frame
-/// addressed to this host; a pass verdict when NAT is off or there is none.
+/// addressed to this host; a pass verdict when NAT is off or there is none. `record`:
+/// a UDP reply found by its flow's mark records the flow (an ICMP error records
+/// nothing).
 #[inline(always)]
-fn reply_state(ctx: &XdpContext, p: &Parsed) -> Result<NatState, Verdict> {
+fn reply_state(ctx: &XdpContext, p: &Parsed, record: bool) -> Result<NatState, Verdict> {
     if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
         return Err(Verdict::pass(reason::PASS_NOT_VS));
     }
-    let state = match flow_of_reply(p) {
+    let state = match flow_of_reply(p, record) {
         Some(s) => s,
         // SAFETY: LRU hash value, copied out at once.
         None => match unsafe { NAT_STATE.get(&p.key) } {
@@ -191,9 +196,13 @@ fn reply_state(ctx: &XdpContext, p: &Parsed) -> Result<NatState, Verdict> {
 }
 
 /// Returns: the VIP:port to restore on `p` (real -> client) if the real serves one NAT
-/// virtual server alone and the client's flow to it is in `FLOWS`, pinned to this real.
+/// virtual server alone and the client's flow to it is in `FLOWS`, pinned to this
+/// real, or, unrecorded, left its mark in `UDP_SEEN` and is Maglev's for this real
+/// (decision 0021). A UDP flow found by its mark is recorded when `record` says so;
+/// a TCP flow never is here (a real answers spoofed SYNs too: the client's ACK
+/// records it).
 #[inline(always)]
-fn flow_of_reply(p: &Parsed) -> Option<NatState> {
+fn flow_of_reply(p: &Parsed, record: bool) -> Option<NatState> {
     let k = nat_real_key(&p.key.src, p.key.sport_be, p);
     // SAFETY: hash map value, copied out at once.
     let state = *unsafe { NAT_REALS.get(&k) }?;
@@ -207,7 +216,11 @@ fn flow_of_reply(p: &Parsed) -> Option<NatState> {
         _pad: [0; 2],
     };
     // SAFETY: LRU hash value, copied out at once.
-    let flow = *unsafe { FLOWS.get(&request) }?;
+    let Some(flow) = unsafe { FLOWS.get(&request) }.copied() else {
+        let vs = virtual_server(&request).filter(|vs| vs.vs_index == state.vs_index)?;
+        let record = record && p.key.proto == PROTO_UDP;
+        return marked_to(&request, vs, &p.key.src, p.key.sport_be, record).then_some(state);
+    };
     if flow.vs_index != state.vs_index {
         return None;
     }
@@ -250,7 +263,7 @@ fn to_client(
 /// virtual server index of a restored reply.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
-    let state = reply_state(ctx, p)?;
+    let state = reply_state(ctx, p, true)?;
     if !l4_complete(ctx, p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
@@ -379,7 +392,7 @@ fn translate_error(
 /// is about no NAT flow.
 #[inline(always)]
 pub fn icmp_from_real(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
-    let state = reply_state(ctx, p)?;
+    let state = reply_state(ctx, p, false)?;
     to_client(ctx, p, &state, reason::FWD_ICMP_ERROR, || {
         translate_error(ctx, p, End::Src, &state.vip, state.vport_be)
     })
@@ -489,7 +502,7 @@ pub fn reply_fragment(ctx: &XdpContext, p: &mut Parsed) -> Result<(Verdict, u32)
     let state = if p.frag_first {
         crate::parse::first_fragment_ports(ctx, p).ok_or(not_reply)?;
         // No reply state: no NAT reply, counted as the fragment it is.
-        let state = reply_state(ctx, p).map_err(|v| {
+        let state = reply_state(ctx, p, true).map_err(|v| {
             if v.reason == reason::PASS_NOT_VS {
                 not_reply
             } else {

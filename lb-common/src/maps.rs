@@ -25,9 +25,10 @@
 //! | `NAT_REALS` | a NAT real's [`crate::VsKey`] -> [`crate::NatState`] of its only virtual server | daemon | XDP |
 //! | `NAT_FRAGS` | [`crate::FragKey`] of a reply's datagram -> [`crate::NatState`] (LRU) | XDP | XDP |
 //! | `TAILS` | [`TAIL_FRAGMENT`], [`TAIL_ICMP`] -> the program `xdpvs_lb` hands such packets to | daemon | XDP |
-//! | `UDP_SEEN` | flow hash's low bits (halved) -> `[u32; 2]`: the hashes of the last UDP flows seen there unrecorded | XDP | XDP |
+//! | `UDP_SEEN` | flow hash's low bits (halved) -> `[u32; 2]`: the hashes of the last flows seen there unrecorded (UDP; NAT SYNs, decision 0021) | XDP | XDP |
 //! | `NEIGH_MISS` | ring buffer of [`crate::NeighMiss`]: next hops the FIB had no neighbour entry for | XDP | daemon |
 //! | `NEIGH_ASKED` | next hop's hash (low bits) -> `bpf_ktime_get_ns` of its last report (`u64`) | XDP | XDP |
+//! | `ADDR_FILTER` | 0 -> written (`u64`, 1 once the daemon wrote the bits); 1.. -> 64 bits each of [`crate::addr_filter_bit`] | daemon | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -117,6 +118,19 @@ pub const NEIGH_MISS: &str = "NEIGH_MISS";
 /// most [`NEIGH_ASKED_SLOTS`] reports per interval. Array, shared by all CPUs.
 pub const NEIGH_ASKED: &str = "NEIGH_ASKED";
 
+/// Addresses the balancer may have work for (decision 0022): a bitmap of
+/// [`ADDR_FILTER_BITS`] bits over [`crate::addr_filter_bit`], set for every VIP (as a
+/// destination) and every NAT real (as a source). A packet whose destination and
+/// source both find their bit clear is no virtual server's and no NAT reply: passed at
+/// once, without the hash lookups. Array of `u64`: element 0 is 1 once the daemon has
+/// written the bits (a map made anew filters nothing), elements 1 to
+/// [`ADDR_FILTER_WORDS`] hold the bits, 64 each.
+pub const ADDR_FILTER: &str = "ADDR_FILTER";
+/// Words of [`ADDR_FILTER`]'s bitmap (8 KiB).
+pub const ADDR_FILTER_WORDS: u32 = 1024;
+/// Bits of [`ADDR_FILTER`]'s bitmap: half for VIPs, half for NAT reals.
+pub const ADDR_FILTER_BITS: u32 = ADDR_FILTER_WORDS * 64;
+
 /// Every map of the balancer object.
 pub const ALL: &[&str] = &[
     VS_MAP,
@@ -141,6 +155,7 @@ pub const ALL: &[&str] = &[
     TAILS,
     NEIGH_MISS,
     NEIGH_ASKED,
+    ADDR_FILTER,
 ];
 
 /// The load balancer, attached to every interface of the configuration.

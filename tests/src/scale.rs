@@ -244,6 +244,14 @@ impl Dataplane for Counting {
         self.w.borrow_mut().other += 1;
         self.dp.set_settings(bits)
     }
+    fn set_addr_filter(
+        &mut self,
+        words: &[(u32, u64)],
+        written: bool,
+    ) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += words.len() + usize::from(written);
+        self.dp.set_addr_filter(words, written)
+    }
     fn reset_counters(
         &mut self,
         vs_index: Option<u32>,

@@ -2,20 +2,22 @@
 //! frame is addressed to this host, choose the real, forward with the virtual
 //! server's method. Fragments and ICMP errors go on in programs of their own, reached
 //! by tail call (decision 0018): `fragment.rs` and `icmp_error.rs`. The lookups of
-//! the virtual server a packet is for are here, for all three.
+//! the virtual server a packet is for, which all three make, are in `vs.rs`.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
+    addr_filter_bit,
     maps::{TAIL_FRAGMENT, TAIL_ICMP},
-    reason, FlowKey, VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
+    reason, FlowKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
 };
 
 use crate::{
     choose::{self, Record},
     forward, l2,
-    maps::{FRAG_VS, TAILS, VS_MAP},
+    maps::{ADDR_FILTER, TAILS},
     parse, stats,
     verdict::Verdict,
+    vs::virtual_server,
 };
 
 /// Returns: `Ok` with the verdict of a forwarded packet, `Err` with the verdict of one
@@ -29,6 +31,9 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     }
     if p.frag {
         return tail_call(ctx, TAIL_FRAGMENT);
+    }
+    if !may_be_ours(&p.key) {
+        return Err(Verdict::pass(reason::PASS_NOT_VS));
     }
     let Some(vs) = virtual_server(&p.key) else {
         // Not for a VIP: maybe a real's reply to a NAT flow.
@@ -76,6 +81,22 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     Ok(verdict)
 }
 
+/// Returns: whether `key` may be for a virtual server (its destination a VIP) or a
+/// NAT reply (its source a NAT real), as far as `ADDR_FILTER` tells (decision 0022):
+/// `false` only when both bits are clear in a filter the daemon has written.
+#[inline(always)]
+fn may_be_ours(key: &FlowKey) -> bool {
+    if ADDR_FILTER.get(0).is_none_or(|written| *written == 0) {
+        return true;
+    }
+    let set = |bit: u32| {
+        ADDR_FILTER
+            .get(1 + bit / 64)
+            .is_none_or(|w| *w & (1u64 << (bit % 64)) != 0)
+    };
+    set(addr_filter_bit(&key.dst, false)) || set(addr_filter_bit(&key.src, true))
+}
+
 /// Goes on in program `index` of `TAILS`. Returns: only if that failed (an empty slot,
 /// which a daemon that loaded this program never leaves), with `drop_internal`.
 #[inline(always)]
@@ -84,39 +105,4 @@ fn tail_call(ctx: &XdpContext, index: u32) -> Result<Verdict, Verdict> {
     // daemon; on success control never comes back.
     unsafe { TAILS.tail_call(ctx, index) };
     Err(Verdict::internal())
-}
-
-/// Returns: the virtual server at `key`'s destination address and protocol that takes
-/// fragments, with its port (network order), if one does.
-#[inline(always)]
-pub fn fragment_taker(key: &FlowKey) -> Option<(u16, &'static VsInfo)> {
-    let frag_key = VsKey {
-        addr: key.dst,
-        port_be: 0,
-        proto: key.proto,
-        family: key.family,
-    };
-    // SAFETY: hash map value, copied out at once.
-    let port = unsafe { FRAG_VS.get(&frag_key) }.copied()?;
-    let vs_key = VsKey {
-        port_be: port as u16,
-        ..frag_key
-    };
-    // SAFETY: as in `virtual_server`.
-    unsafe { VS_MAP.get(&vs_key) }.map(|vs| (vs_key.port_be, vs))
-}
-
-/// Returns: the virtual server the flow `key` is addressed to, if its destination
-/// address, port and protocol are one.
-#[inline(always)]
-pub fn virtual_server(key: &FlowKey) -> Option<&'static VsInfo> {
-    let vs_key = VsKey {
-        addr: key.dst,
-        port_be: key.dport_be,
-        proto: key.proto,
-        family: key.family,
-    };
-    // SAFETY: VS_MAP is BPF_F_NO_PREALLOC: a replaced value stays valid until this
-    // program returns (RCU), so the reference cannot alias a newer value.
-    unsafe { VS_MAP.get(&vs_key) }
 }

@@ -7,10 +7,10 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
 
 use crate::{
-    balance::fragment_taker,
     choose::{self, Record},
     forward, l2, parse, stats,
     verdict::Verdict,
+    vs::fragment_taker,
 };
 
 /// `xdpvs_fragment`: a TCP or UDP fragment that `balance::try_balance` parsed as such.

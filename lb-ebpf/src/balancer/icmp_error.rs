@@ -6,9 +6,9 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{reason, IfaceInfo, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL};
 
 use crate::{
-    balance::{fragment_taker, virtual_server},
     choose, forward, l2, parse, stats,
     verdict::Verdict,
+    vs::{fragment_taker, virtual_server},
 };
 
 /// `xdpvs_icmp_error`: an ICMP error that `balance::try_balance` parsed as about a flow (its

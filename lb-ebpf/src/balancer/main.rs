@@ -16,6 +16,7 @@ mod maps;
 mod parse;
 mod stats;
 mod verdict;
+mod vs;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

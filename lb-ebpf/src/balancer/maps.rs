@@ -115,6 +115,12 @@ pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_COUNT, 0);
 #[map]
 pub static NEIGH_MISS: RingBuf = RingBuf::with_byte_size(NEIGH_MISS_BYTES, 0);
 
+/// 0 -> written; 1.. -> the bits of the addresses the balancer may have work for
+/// (`lb_common::maps::ADDR_FILTER`, decision 0022). Written by the daemon.
+#[map]
+pub static ADDR_FILTER: Array<u64> =
+    Array::with_max_entries(lb_common::maps::ADDR_FILTER_WORDS + 1, 0);
+
 /// Next hop's hash's low bits -> when that slot last wrote to `NEIGH_MISS`. Written and
 /// read here.
 #[map]

@@ -15,9 +15,9 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        own_mac_key, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_REALS, NAT_STATE, NEIGH_MISS,
-        OWN_MACS, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, TAILS, TAIL_PROGRAMS, VERDICTS,
-        VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
+        own_mac_key, ADDR_FILTER, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_REALS, NAT_STATE,
+        NEIGH_MISS, OWN_MACS, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, TAILS,
+        TAIL_PROGRAMS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
     IFACE_F_VLAN, RING_STRIDE,
@@ -132,6 +132,7 @@ pub struct BpfDataplane {
     frag_vs: HashMap<MapData, VsKey, u32>,
     nat_reals: HashMap<MapData, VsKey, NatState>,
     settings: Array<MapData, u32>,
+    addr_filter: Array<MapData, u64>,
     stats_vs: PerCpuArray<MapData, Counters>,
     stats_real: PerCpuArray<MapData, Counters>,
     verdicts: PerCpuArray<MapData, u64>,
@@ -250,6 +251,7 @@ impl BpfDataplane {
             frag_vs: typed(&mut ebpf, FRAG_VS)?,
             nat_reals: typed(&mut ebpf, NAT_REALS)?,
             settings: typed(&mut ebpf, SETTINGS)?,
+            addr_filter: typed(&mut ebpf, ADDR_FILTER)?,
             stats_vs: typed(&mut ebpf, STATS_VS)?,
             stats_real: typed(&mut ebpf, STATS_REAL)?,
             verdicts: typed(&mut ebpf, VERDICTS)?,
@@ -459,6 +461,23 @@ impl Dataplane for BpfDataplane {
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
         self.settings.set(0, bits, 0).map_err(map_err(SETTINGS))
+    }
+    fn set_addr_filter(
+        &mut self,
+        words: &[(u32, u64)],
+        written: bool,
+    ) -> Result<(), DataplaneError> {
+        for &(i, bits) in words {
+            self.addr_filter
+                .set(1 + i, bits, 0)
+                .map_err(map_err(ADDR_FILTER))?;
+        }
+        if written {
+            self.addr_filter
+                .set(0, 1, 0)
+                .map_err(map_err(ADDR_FILTER))?;
+        }
+        Ok(())
     }
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
         self.vs.remove(key).map_err(map_err(VS_MAP))

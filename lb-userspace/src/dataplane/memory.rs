@@ -10,6 +10,30 @@ use lb_common::{
 
 use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowReader};
 
+impl MemoryDataplane {
+    /// Returns: whether `ADDR_FILTER` has the bit of `addr` (as a VIP, or a NAT real).
+    pub fn filter_has(&self, addr: &[u32; 4], nat_real: bool) -> bool {
+        let bit = lb_common::addr_filter_bit(addr, nat_real);
+        self.addr_filter
+            .get(&(bit / 64))
+            .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+    }
+
+    /// Records the virtual servers a written filter hides (`filter_misses`).
+    fn check_filter(&mut self) {
+        if !self.addr_filter_written {
+            return;
+        }
+        let hidden: Vec<VsKey> = self
+            .vs
+            .keys()
+            .filter(|k| !self.filter_has(&k.addr, false))
+            .copied()
+            .collect();
+        self.filter_misses.extend(hidden);
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct MemoryDataplane {
     pub ifaces: HashMap<u32, IfaceInfo>,
@@ -25,6 +49,12 @@ pub struct MemoryDataplane {
     pub rings: HashMap<u32, u32>,
     pub vs: HashMap<VsKey, VsInfo>,
     pub settings: u32,
+    /// `ADDR_FILTER`'s bitmap by word (absent: zero), and whether it was marked written.
+    pub addr_filter: HashMap<u32, u64>,
+    pub addr_filter_written: bool,
+    /// Virtual servers that were in `VS_MAP` at some step while a filter marked
+    /// written hid their address: the data path would have passed their traffic.
+    pub filter_misses: Vec<VsKey>,
     /// Number of ring slot writes, to check that only changed slots are written.
     pub slot_writes: usize,
     /// Number of `REALS` and `VS_MAP` writes, to check what is rewritten.
@@ -111,10 +141,24 @@ impl Dataplane for MemoryDataplane {
         self.vs.insert(*key, *info);
         self.value_writes += 1;
         self.vs_writes.push(*key);
+        self.check_filter();
         Ok(())
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
         self.settings = bits;
+        Ok(())
+    }
+    fn set_addr_filter(
+        &mut self,
+        words: &[(u32, u64)],
+        written: bool,
+    ) -> Result<(), DataplaneError> {
+        for &(i, bits) in words {
+            self.addr_filter.insert(i, bits);
+            self.check_filter();
+        }
+        self.addr_filter_written |= written;
+        self.check_filter();
         Ok(())
     }
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {

@@ -98,6 +98,14 @@ pub trait Dataplane {
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError>;
     /// Sets the data path's `SETTING_*` bits.
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError>;
+    /// Writes `(word, bits)` pairs of `ADDR_FILTER`'s bitmap (word `i` is element
+    /// `1 + i`), then, with `written`, marks the filter written (element 0), from when
+    /// the data path trusts it (decision 0022).
+    fn set_addr_filter(
+        &mut self,
+        words: &[(u32, u64)],
+        written: bool,
+    ) -> Result<(), DataplaneError>;
     /// Zeroes the counters of a virtual server index and a real id about to be reused.
     fn reset_counters(
         &mut self,

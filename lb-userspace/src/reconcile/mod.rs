@@ -83,6 +83,9 @@ pub struct Reconciler<D: Dataplane> {
     fragment_takers: Option<Vec<(lb_common::VsKey, u16)>>,
     /// `NAT_REALS` as last written (`None`: not yet).
     nat_reals: Option<Vec<(lb_common::VsKey, lb_common::NatState)>>,
+    /// `ADDR_FILTER`'s bitmap as last written and marked written (`None`: not yet, or
+    /// a write failed: what the map holds is not known).
+    addr_filter: Option<Vec<u64>>,
     policy: Policy,
 }
 
@@ -96,6 +99,7 @@ impl<D: Dataplane> Reconciler<D> {
             settings: 0,
             fragment_takers: None,
             nat_reals: None,
+            addr_filter: None,
             policy: Policy::default(),
         }
     }

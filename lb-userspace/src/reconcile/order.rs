@@ -16,6 +16,30 @@ use crate::{
     model::RealKey,
 };
 
+/// Returns: `ADDR_FILTER`'s bitmap for `config` (decision 0022): the bit of every
+/// virtual server's address as a VIP, and of every real and sorry server of a NAT
+/// virtual server as a NAT real (the source of its replies).
+fn addr_filter_words(config: &Config) -> Vec<u64> {
+    let mut words = vec![0u64; lb_common::maps::ADDR_FILTER_WORDS as usize];
+    let mut set = |addr, nat_real| {
+        let (a, _) = lb_common::user::addr_words(addr);
+        let bit = lb_common::addr_filter_bit(&a, nat_real);
+        words[(bit / 64) as usize] |= 1 << (bit % 64);
+    };
+    for vs in &config.virtual_servers {
+        set(vs.address, false);
+        if vs.method == Method::Nat {
+            for r in &vs.real_servers {
+                set(r.address, true);
+            }
+            if let Some(s) = &vs.sorry_server {
+                set(s.address, true);
+            }
+        }
+    }
+    words
+}
+
 /// Returns: every real and sorry server of `vss`, in file order (the order new reals
 /// get their ids in).
 fn wanted_reals(vss: &[&VirtualServer]) -> Vec<RealKey> {
@@ -65,6 +89,15 @@ impl<D: Dataplane> Reconciler<D> {
             0
         };
         self.set_settings(self.settings | settings)?;
+        // The address filter lets through the addresses of both configurations until
+        // the removals below are done (decision 0022). What an earlier daemon left is
+        // not known: everything is let through until the exact bits go in.
+        let filter = addr_filter_words(config);
+        let union = match &self.addr_filter {
+            Some(old) => old.iter().zip(&filter).map(|(o, n)| o | n).collect(),
+            None => vec![!0; filter.len()],
+        };
+        self.write_addr_filter(union)?;
         // Virtual servers: slots for new ones (nothing the data path reads is written
         // before their tables), configurations recorded.
         for (vs, &differs) in config.virtual_servers.iter().zip(&differs) {
@@ -146,7 +179,33 @@ impl<D: Dataplane> Reconciler<D> {
             self.reals.remove(&mut self.dp, &key)?;
             self.policy.forget(&key);
         }
+        self.write_addr_filter(filter)?;
         self.set_settings(settings)?;
+        Ok(())
+    }
+
+    /// Makes `ADDR_FILTER`'s bitmap `words`, writing the words that differ from the
+    /// last written (all of them the first time, which then marks the filter written).
+    fn write_addr_filter(&mut self, words: Vec<u64>) -> Result<(), ReconcileError> {
+        let changed: Vec<(u32, u64)> = match &self.addr_filter {
+            Some(old) => words
+                .iter()
+                .zip(old)
+                .enumerate()
+                .filter(|(_, (new, old))| new != old)
+                .map(|(i, (new, _))| (i as u32, *new))
+                .collect(),
+            None => words
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (i as u32, *w))
+                .collect(),
+        };
+        let first = self.addr_filter.take().is_none();
+        if first || !changed.is_empty() {
+            self.dp.set_addr_filter(&changed, first)?;
+        }
+        self.addr_filter = Some(words);
         Ok(())
     }
 

@@ -573,6 +573,13 @@ impl Dataplane for Flaky {
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
         self.dp.set_settings(bits)
     }
+    fn set_addr_filter(
+        &mut self,
+        words: &[(u32, u64)],
+        written: bool,
+    ) -> Result<(), DataplaneError> {
+        self.dp.set_addr_filter(words, written)
+    }
     fn reset_counters(&mut self, vs: Option<u32>, real: Option<u32>) -> Result<(), DataplaneError> {
         self.dp.reset_counters(vs, real)
     }

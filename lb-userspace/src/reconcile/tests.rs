@@ -474,3 +474,75 @@ fn adoption_removes_what_the_configuration_no_longer_has() {
     assert!(!ids_in_table(&r).contains(&id4));
     assert_eq!(ids_in_table(&r).len(), 2);
 }
+
+/// `ADDR_FILTER` (decision 0022) has the bit of every VIP and of every NAT real, is
+/// marked written at the first apply, never hides a virtual server that is in
+/// `VS_MAP` (a VIP's bit goes in before its virtual server, and out after it), and
+/// loses the bits of addresses no longer configured.
+#[test]
+fn the_address_filter_covers_every_vip_and_nat_real_at_every_step() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let words = |a: &str| lb_common::user::addr_words(a.parse().unwrap()).0;
+    let file = |vss: &[(&str, &str, &str, &str)]| {
+        let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n");
+        for (name, vip, method, real) in vss {
+            let port = if *method == "nat" { 8080 } else { 80 };
+            t.push_str(&format!("  - {{ name: {name}, address: '{vip}', port: 80, protocol: tcp, method: {method}, health_check: {{ type: none }}, real_servers: [{{ address: '{real}', port: {port} }}] }}\n"));
+        }
+        config::parse(Path::new("t.yaml"), &t, &AnyInterface).unwrap()
+    };
+    r.apply(&file(&[
+        ("a", "10.0.0.1", "nat", "10.0.1.1"),
+        ("b", "2001:db8::2", "dr", "2001:db8:1::2"),
+    ]))
+    .unwrap();
+    assert!(r.dp.addr_filter_written);
+    assert!(r.dp.filter_has(&words("10.0.0.1"), false));
+    assert!(r.dp.filter_has(&words("2001:db8::2"), false));
+    assert!(r.dp.filter_has(&words("10.0.1.1"), true), "a NAT real");
+    assert!(
+        !r.dp.filter_has(&words("2001:db8:1::2"), true),
+        "a DR real sends no NAT replies"
+    );
+    let set: u32 = r.dp.addr_filter.values().map(|w| w.count_ones()).sum();
+    assert_eq!(set, 3, "nothing else is let through");
+
+    // a goes, c comes: at no step is a virtual server in VS_MAP hidden.
+    r.apply(&file(&[
+        ("b", "2001:db8::2", "dr", "2001:db8:1::2"),
+        ("c", "10.0.0.3", "nat", "10.0.1.3"),
+    ]))
+    .unwrap();
+    assert!(r.dp.filter_has(&words("10.0.0.3"), false));
+    assert!(r.dp.filter_has(&words("10.0.1.3"), true));
+    assert!(!r.dp.filter_has(&words("10.0.0.1"), false), "a is gone");
+    assert!(!r.dp.filter_has(&words("10.0.1.1"), true));
+    assert!(r.dp.filter_misses.is_empty(), "{:?}", r.dp.filter_misses);
+}
+
+/// A daemon that takes over maps an earlier one filled (a restart) does not know the
+/// filter they hold: its first apply lets everything through until the exact bits are
+/// written, and at no step hides a virtual server it keeps or adds.
+#[test]
+fn an_adopting_daemon_hides_no_virtual_server_while_it_rewrites_the_filter() {
+    let file = |vips: &[&str]| {
+        let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n");
+        for (i, vip) in vips.iter().enumerate() {
+            t.push_str(&format!("  - {{ name: v{i}, address: {vip}, port: 80, protocol: tcp, health_check: {{ type: none }}, real_servers: [{{ address: 10.0.1.{i} }}] }}\n"));
+        }
+        config::parse(Path::new("t.yaml"), &t, &AnyInterface).unwrap()
+    };
+    let mut earlier = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    earlier.apply(&file(&["10.0.0.1", "10.0.0.2"])).unwrap();
+    let c = file(&["10.0.0.1", "10.0.0.3"]);
+    let (mut r, _) = Reconciler::adopt(earlier.into_dataplane(), 8, 16, &c).unwrap();
+    let words = |a: &str| lb_common::user::addr_words(a.parse().unwrap()).0;
+    r.apply(&c).unwrap();
+    assert!(r.dp.filter_misses.is_empty(), "{:?}", r.dp.filter_misses);
+    assert!(r.dp.filter_has(&words("10.0.0.1"), false));
+    assert!(r.dp.filter_has(&words("10.0.0.3"), false));
+    assert!(
+        !r.dp.filter_has(&words("10.0.0.2"), false),
+        "removed at adoption"
+    );
+}

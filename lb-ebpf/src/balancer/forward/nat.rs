@@ -37,7 +37,6 @@ use lb_ebpf::{
 };
 
 use crate::{
-    balance::virtual_server,
     choose::marked_to,
     fib,
     forward::egress::{next_hop, routed, transmit},
@@ -45,6 +44,7 @@ use crate::{
     maps::{FLOWS, NAT_REALS, NAT_STATE, REALS, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
     verdict::Verdict,
+    vs::virtual_server,
 };
 
 /// Which end of a packet a rewrite changes.

@@ -74,7 +74,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             let traced = choice.recorded || choice.marked;
             forward::nat::forward(ctx, &p, vs, real, choice.new_flow, traced)?
         }
-        METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, real)?,
+        METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, choice.real_id, real)?,
         _ => return Err(Verdict::internal()),
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len);

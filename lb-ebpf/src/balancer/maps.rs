@@ -115,6 +115,30 @@ pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_COUNT, 0);
 #[map]
 pub static NEIGH_MISS: RingBuf = RingBuf::with_byte_size(NEIGH_MISS_BYTES, 0);
 
+/// A tunnel's next hop toward one real, as the FIB last gave it to this CPU (decision
+/// 0023).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TunnelHop {
+    /// `bpf_ktime_get_coarse_ns` of the lookup (0: none yet).
+    pub at_ns: u64,
+    /// The real id and generation it was looked up for.
+    pub real_id: u32,
+    pub generation: u32,
+    /// The interface the packet came in by, as the FIB was told.
+    pub input: u32,
+    /// The longest outer packet (IP length) the FIB accepted on this hop.
+    pub ok_len: u32,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Real id's low bits -> its tunnel's next hop, per CPU. Written and read here.
+#[map]
+pub static TUNNEL_HOPS: PerCpuArray<TunnelHop> =
+    PerCpuArray::with_max_entries(lb_common::maps::TUNNEL_HOP_SLOTS, 0);
+
 /// 0 -> written; 1.. -> the bits of the addresses the balancer may have work for
 /// (`lb_common::maps::ADDR_FILTER`, decision 0022). Written by the daemon.
 #[map]

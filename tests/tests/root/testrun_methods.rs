@@ -544,6 +544,72 @@ fn tunnel_v6_wraps_the_packet_in_a_correct_outer_header() {
     assert_eq!(r.out, want);
 }
 
+/// A CPU keeps a tunnel's next hop for at most `TUNNEL_HOP_TTL_NS` (decision 0023): a
+/// route change reaches tunnelled packets once that has passed, without a reload.
+#[test]
+fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
+    use std::time::{Duration, Instant};
+    let f = Fixture::new(YAML);
+    let frame = V4Packet::tcp(CLIENT4, 1000, TUN_VIP4, 80).build();
+    // Every CPU's copy of the hop is filled before the change (the run takes place on
+    // the calling thread's CPU).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for cpu in 0..cpus {
+        on_cpu(Some(cpu));
+        let r = f.run(&frame);
+        assert_eq!((r.action, &r.out[..6]), (XDP_REDIRECT, &GW_MAC[..]));
+    }
+    on_cpu(None);
+    let new_gw = [0x02, 0, 0, 0, 0xfe, 0x02];
+    f.net.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.0.1.253",
+        "lladdr",
+        "02:00:00:00:fe:02",
+        "dev",
+        "fxa",
+        "nud",
+        "permanent",
+    ]);
+    f.net
+        .exec(&["ip", "route", "replace", "10.0.9.0/24", "via", "10.0.1.253"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_REDIRECT);
+        if r.out[..6] == new_gw {
+            break;
+        }
+        assert_eq!(&r.out[..6], &GW_MAC[..], "one router or the other");
+        assert!(
+            Instant::now() < deadline,
+            "still sent to the old router 5 s after the route changed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Pins the calling thread to `cpu`, or lets it run on any CPU again (`None`).
+fn on_cpu(cpu: Option<usize>) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the CPU_* helpers stay within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        match cpu {
+            Some(c) => libc::CPU_SET(c, &mut set),
+            None => (0..libc::CPU_SETSIZE as usize).for_each(|c| libc::CPU_SET(c, &mut set)),
+        }
+        let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[test]
 fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
     let f = Fixture::new(YAML);
@@ -559,7 +625,9 @@ fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
         XDP_REDIRECT,
         "exactly the MTU once wrapped"
     );
-    let big = sized(1481, 101).build();
+    // The same flow, to the same real: its next hop is kept from the packet before
+    // (decision 0023), which must not let a longer packet past the MTU.
+    let big = sized(1481, 100).build();
     let r = f.run(&big);
     assert_eq!(
         r.action, XDP_TX,

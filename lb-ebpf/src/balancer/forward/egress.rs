@@ -13,16 +13,19 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_redirect, bpf_xdp_adjust_head},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use lb_common::{reason, IfaceInfo, VlanKey, VlanOut, FAMILY_V4};
+use lb_common::{
+    maps::{TUNNEL_HOP_SLOTS, TUNNEL_HOP_TTL_NS},
+    reason, IfaceInfo, VlanKey, VlanOut, FAMILY_V4,
+};
 use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 
 use crate::{
     fib, icmp,
     l2::{write_header, Tags},
-    maps::{IFACES, VLAN_IN, VLAN_OUT},
+    maps::{TunnelHop, IFACES, TUNNEL_HOPS, VLAN_IN, VLAN_OUT},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -70,13 +73,85 @@ pub fn next_hop(
     r: &fib::Route,
     overhead: u32,
 ) -> Result<fib::Hop, Verdict> {
-    match fib::lookup(ctx, input_ifindex(ctx)?, r) {
+    next_hop_from(ctx, input_ifindex(ctx)?, p, r, overhead)
+}
+
+/// [`next_hop`] for a packet that came in by interface `input`.
+#[inline(always)]
+fn next_hop_from(
+    ctx: &XdpContext,
+    input: u32,
+    p: &Parsed,
+    r: &fib::Route,
+    overhead: u32,
+) -> Result<fib::Hop, Verdict> {
+    match fib::lookup(ctx, input, r) {
         Ok(hop) => Ok(hop),
         // Never an ICMP error about an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
         Err(fib::Miss::TooBig(_)) if p.icmp => Err(Verdict::drop(reason::DROP_TOO_BIG)),
         Err(fib::Miss::TooBig(mtu)) => Err(icmp::too_big(ctx, p, mtu.saturating_sub(overhead))),
         Err(fib::Miss::Drop(v)) => Err(v),
     }
+}
+
+/// Looks up the next hop of a tunnel's outer packet `r` toward real `real_id` (of
+/// `generation`), as [`next_hop`] does, through `TUNNEL_HOPS` (decision 0023): the hop
+/// the FIB gave this CPU for that real, from the same input interface, less than
+/// `TUNNEL_HOP_TTL_NS` ago, is used again for a packet no longer than one the FIB
+/// accepted on it. The outer packet's route depends on the tunnel source and the
+/// real alone, never on the flow, so reusing it changes no flow's path.
+/// Returns: the hop, or the final verdict of a packet not forwarded.
+#[inline(always)]
+pub fn tunnel_hop(
+    ctx: &XdpContext,
+    p: &Parsed,
+    r: &fib::Route,
+    overhead: u32,
+    real_id: u32,
+    generation: u32,
+) -> Result<fib::Hop, Verdict> {
+    let input = input_ifindex(ctx)?;
+    let len = u32::from(r.tot_len);
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let slot = TUNNEL_HOPS.get_ptr_mut(real_id & (TUNNEL_HOP_SLOTS - 1));
+    let mut ok_len = len;
+    if let Some(c) = slot {
+        // SAFETY: per-CPU slot, valid for this program run; no other CPU writes it.
+        let c = unsafe { &*c };
+        let fresh = c.at_ns != 0
+            && now.wrapping_sub(c.at_ns) < TUNNEL_HOP_TTL_NS
+            && c.real_id == real_id
+            && c.generation == generation
+            && c.input == input;
+        if fresh && len <= c.ok_len {
+            return Ok(fib::Hop {
+                ifindex: c.ifindex,
+                smac: c.smac,
+                dmac: c.dmac,
+            });
+        }
+        if fresh {
+            ok_len = c.ok_len.max(len);
+        }
+    }
+    let hop = next_hop_from(ctx, input, p, r, overhead)?;
+    if let Some(c) = slot {
+        // SAFETY: as above.
+        unsafe {
+            *c = TunnelHop {
+                at_ns: now,
+                real_id,
+                generation,
+                input,
+                ok_len,
+                ifindex: hop.ifindex,
+                smac: hop.smac,
+                dmac: hop.dmac,
+            }
+        };
+    }
+    Ok(hop)
 }
 
 /// Looks up the interface a frame leaves by.
@@ -159,7 +234,13 @@ pub fn routed(
     hop: &fib::Hop,
     overhead: usize,
 ) -> Result<Out, Verdict> {
-    let vlan = vlan_out(hop.ifindex);
+    // XDP runs on the plain devices: a frame that leaves by the interface it came in by
+    // leaves by no VLAN device, and needs no VLAN_OUT lookup.
+    let vlan = if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        None
+    } else {
+        vlan_out(hop.ifindex)
+    };
     relayer(
         ctx,
         p,

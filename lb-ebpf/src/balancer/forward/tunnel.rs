@@ -15,20 +15,22 @@ use lb_ebpf::headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_IPIP, IPPROTO
 
 use crate::{
     fib,
-    forward::egress::{next_hop, routed, transmit},
+    forward::egress::{routed, transmit, tunnel_hop},
     parse::Parsed,
     verdict::Verdict,
 };
 
 const OUTER_TTL: u8 = 64;
 
-/// Encapsulates a packet of virtual server `vs` to `real`.
+/// Encapsulates a packet of virtual server `vs` to `real` (id `real_id`), its next
+/// hop from `TUNNEL_HOPS` or the FIB (decision 0023).
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
     p: &Parsed,
     vs: &VsInfo,
+    real_id: u32,
     real: &RealInfo,
 ) -> Result<Verdict, Verdict> {
     let v4 = p.key.family == FAMILY_V4;
@@ -47,7 +49,7 @@ pub fn forward(
         dport_be: 0,
         tot_len: outer_len as u16,
     };
-    let hop = next_hop(ctx, p, &r, overhead as u32)?;
+    let hop = tunnel_hop(ctx, p, &r, overhead as u32, real_id, real.generation)?;
     // Inner TOS / traffic class, read before the headers move.
     let tos = if v4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;

@@ -29,7 +29,7 @@
 //! | `NEIGH_MISS` | ring buffer of [`crate::NeighMiss`]: next hops the FIB had no neighbour entry for | XDP | daemon |
 //! | `NEIGH_ASKED` | next hop's hash (low bits) -> `bpf_ktime_get_ns` of its last report (`u64`) | XDP | XDP |
 //! | `TUNNEL_HOPS` | real id's low bits -> the next hop the FIB last gave this CPU toward that real of a tunnel, per CPU | XDP | XDP |
-//! | `ADDR_FILTER` | 0 -> written (`u64`, 1 once the daemon wrote the bits); 1.. -> 64 bits each of [`crate::addr_filter_bit`] | daemon | XDP |
+//! | `ADDR_FILTER` | 0 -> [`ADDR_FILTER_VERSION`] once the daemon wrote the bits (`u64`); 1.. -> 64 bits each of [`crate::addr_filter_bit`] | daemon | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -92,10 +92,11 @@ pub const NAT_FRAGS: &str = "NAT_FRAGS";
 /// a NAT flow writes one table (decision 0015). Written by the daemon.
 pub const NAT_REALS: &str = "NAT_REALS";
 
-/// UDP flows seen once (decision 0017): a UDP flow of a direct-routing or tunnel
-/// virtual server without persistence enters `FLOWS` with its second packet; its first
-/// leaves the flow's hash (`lb_common::flow_hash`, a host-order `u32`) here, in the slot
-/// its low bits pick, for the second to find. Array of [`UDP_SEEN_SLOTS`] / 2
+/// Flows seen unrecorded: a UDP flow of a virtual server without persistence enters
+/// `FLOWS` with its second packet (decision 0017); its first leaves the flow's hash
+/// (`lb_common::flow_hash`, a host-order `u32`) here, in the slot its low bits pick,
+/// for the second to find. A NAT SYN leaves its mark here too, and a NAT real's reply
+/// to an unrecorded flow is restored when it finds it (decision 0021). Array of [`UDP_SEEN_SLOTS`] / 2
 /// elements of two `u32` slots each (array elements are 8-byte aligned), shared by all
 /// CPUs; a slot keeps the last flow that used it.
 pub const UDP_SEEN: &str = "UDP_SEEN";
@@ -137,10 +138,15 @@ pub const TUNNEL_HOP_TTL_NS: u64 = 50_000_000;
 /// [`ADDR_FILTER_BITS`] bits over [`crate::addr_filter_bit`], set for every VIP (as a
 /// destination) and every NAT real (as a source). A packet whose destination and
 /// source both find their bit clear is no virtual server's and no NAT reply: passed at
-/// once, without the hash lookups. Array of `u64`: element 0 is 1 once the daemon has
-/// written the bits (a map made anew filters nothing), elements 1 to
-/// [`ADDR_FILTER_WORDS`] hold the bits, 64 each.
+/// once, without the hash lookups. Array of `u64`: element 0 is
+/// [`ADDR_FILTER_VERSION`] once the daemon has written the bits (a map made anew, or
+/// written by a release whose `addr_filter_bit` differs, filters nothing), elements 1
+/// to [`ADDR_FILTER_WORDS`] hold the bits, 64 each.
 pub const ADDR_FILTER: &str = "ADDR_FILTER";
+/// [`ADDR_FILTER`]'s element 0 once its bits are written: the version of
+/// [`crate::addr_filter_bit`] they were set with. A release that changes the function
+/// changes this number.
+pub const ADDR_FILTER_VERSION: u64 = 1;
 /// Words of [`ADDR_FILTER`]'s bitmap (8 KiB).
 pub const ADDR_FILTER_WORDS: u32 = 1024;
 /// Bits of [`ADDR_FILTER`]'s bitmap: half for VIPs, half for NAT reals.
@@ -215,11 +221,12 @@ pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// their way. An entry is needed only between a datagram's first fragment and its
 /// last (microseconds); the LRU forgets the oldest.
 pub const NAT_FRAG_ENTRIES: u32 = 16_384;
-/// Size of `UDP_SEEN` (a power of two): 256 KiB. Under a flood of new flows a slot is
+/// Size of `UDP_SEEN` (a power of two): 1 MiB. Under a flood of new flows a slot is
 /// overwritten every `UDP_SEEN_SLOTS` / (new flows per second) seconds on average; a
 /// legitimate flow whose second packet comes later than that is not recorded until
-/// two of its packets come closer together (it is still balanced, by Maglev).
-pub const UDP_SEEN_SLOTS: u32 = 65_536;
+/// two of its packets come closer together (it is still balanced, by Maglev), and a
+/// NAT real's answer to an unrecorded flow that comes later is lost (decision 0021).
+pub const UDP_SEEN_SLOTS: u32 = 1 << 18;
 // The data path picks a slot by the hash's low bits.
 const _: () = assert!(UDP_SEEN_SLOTS.is_power_of_two());
 /// Size of [`NEIGH_MISS`] in bytes (a power of two, a multiple of the page size):

@@ -293,7 +293,12 @@ impl Fixture {
 
     /// Sets the health of real `addr` (port 80) of virtual server `vs`, as a probe would.
     pub fn set_health(&mut self, vs: &str, addr: &str, healthy: bool) {
-        let key = RealKey::real(vs, addr.parse().expect("address"), 80);
+        self.set_port_health(vs, addr, 80, healthy);
+    }
+
+    /// Sets the health of real `addr:port` of virtual server `vs`, as a probe would.
+    pub fn set_port_health(&mut self, vs: &str, addr: &str, port: u16, healthy: bool) {
+        let key = RealKey::real(vs, addr.parse().expect("address"), port);
         self.rec.set_health(&key, healthy).expect("health");
     }
 

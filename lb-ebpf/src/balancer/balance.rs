@@ -7,7 +7,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     addr_filter_bit,
-    maps::{TAIL_FRAGMENT, TAIL_ICMP},
+    maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
     reason, FlowKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
 };
 
@@ -86,7 +86,10 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
 /// `false` only when both bits are clear in a filter the daemon has written.
 #[inline(always)]
 fn may_be_ours(key: &FlowKey) -> bool {
-    if ADDR_FILTER.get(0).is_none_or(|written| *written == 0) {
+    if ADDR_FILTER
+        .get(0)
+        .is_none_or(|written| *written != ADDR_FILTER_VERSION)
+    {
         return true;
     }
     let set = |bit: u32| {

@@ -88,12 +88,12 @@ fn persist_lookup(pk: &PersistKey, vs: &VsInfo, now: u64) -> Option<(u32, *const
 /// `PERSIST`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Record {
-    /// At once: NAT (its reply is found through the entry, decision 0015), TCP past its
-    /// SYN, fragments.
+    /// At once: TCP past its SYN, UDP with persistence, fragments.
     Now,
-    /// At the flow's second packet: UDP of direct routing and tunnels without
-    /// persistence (decision 0017). The first leaves the flow's hash in `UDP_SEEN`, and
-    /// counts as the new flow; a flow re-steered from a stale entry is recorded at once.
+    /// At the flow's second packet: UDP without persistence (decision 0017). The first
+    /// leaves the flow's hash in `UDP_SEEN`, where a NAT real's reply also finds it
+    /// (decision 0021), and counts as the new flow; a flow re-steered from a stale
+    /// entry is recorded at once.
     Second,
     /// Never: a TCP SYN (decision 0012; the packet after it records the flow), an ICMP
     /// error about the flow.
@@ -167,39 +167,38 @@ fn is_marked(h: u32) -> bool {
     seen_slot(h).is_some_and(|m| unsafe { *m } == h)
 }
 
-/// Returns: whether the unrecorded flow `key` of virtual server `vs` (without
-/// persistence) left its mark in `UDP_SEEN` and Maglev gives it to the real at
-/// `addr:port_be`: a NAT real's reply to a SYN or to a first datagram (decision
-/// 0021). With `record`, the flow is then recorded in `FLOWS` on that real.
+/// Returns: the `FLOWS` entry that would record the unrecorded flow `key` of virtual
+/// server `vs` (without persistence) if it left its mark in `UDP_SEEN` and Maglev
+/// gives it to the real at `addr:port_be`: a NAT real's reply to a SYN or to a first
+/// datagram (decision 0021). Writes nothing.
 #[inline(always)]
-pub fn marked_to(key: &FlowKey, vs: &VsInfo, addr: &[u32; 4], port_be: u16, record: bool) -> bool {
+pub fn marked_to(key: &FlowKey, vs: &VsInfo, addr: &[u32; 4], port_be: u16) -> Option<FlowState> {
     if vs.persist_timeout_ns != 0 || vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
-        return false;
+        return None;
     }
     let h = flow_hash(key);
     if !is_marked(h) {
-        return false;
+        return None;
     }
-    let Some(&real_id) = VS_RINGS.get(vs.ring_id * RING_STRIDE + h % vs.ring_size) else {
-        return false;
-    };
-    let Some(real) = REALS.get(real_id) else {
-        return false;
-    };
+    let real_id = *VS_RINGS.get(vs.ring_id * RING_STRIDE + h % vs.ring_size)?;
+    let real = REALS.get(real_id)?;
     if real.addr != *addr || real.port_be != port_be {
-        return false;
+        return None;
     }
-    if record {
-        let state = FlowState {
-            real_id,
-            real_generation: real.generation,
-            vs_index: vs.vs_index,
-            _pad: 0,
-        };
-        // As in `pick`: an error here only leaves the flow to its next request.
-        let _ = FLOWS.insert(key, &state, 0);
-    }
-    true
+    Some(FlowState {
+        real_id,
+        real_generation: real.generation,
+        vs_index: vs.vs_index,
+        _pad: 0,
+    })
+}
+
+/// Records flow `key` as `state` in `FLOWS`: a NAT flow found by its mark (decision
+/// 0021). A full LRU evicts its oldest entry; an error here only leaves the flow to
+/// its next packet.
+#[inline(always)]
+pub fn record(key: &FlowKey, state: &FlowState) {
+    let _ = FLOWS.insert(key, state, 0);
 }
 
 #[inline(always)]
@@ -222,9 +221,13 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
                 });
             }
         }
-        // Re-steered: a flow that was recorded has shown its second packet already.
-        if record == Record::Second {
-            record = Record::Now;
+        // Re-steered: a flow that was recorded has shown its second packet already. A
+        // NAT SYN leaves no mark: its real's SYN-ACK would find the stale entry first,
+        // and is found through NAT_STATE instead (decision 0021).
+        match record {
+            Record::Second => record = Record::Now,
+            Record::Mark => record = Record::Never,
+            _ => {}
         }
     }
     // The one hash of the packet: Maglev's slot, and the flow's mark in UDP_SEEN.

@@ -127,12 +127,15 @@ pub struct TunnelHop {
     pub generation: u32,
     /// The interface the packet came in by, as the FIB was told.
     pub input: u32,
-    /// The longest outer packet (IP length) the FIB accepted on this hop.
+    /// The outer packet's length (IP) the FIB accepted on this hop.
     pub ok_len: u32,
+    /// The tunnel source it was looked up from.
+    pub src: [u32; 4],
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
 }
+const _: () = assert!(core::mem::size_of::<TunnelHop>() == 56);
 
 /// Real id's low bits -> its tunnel's next hop, per CPU. Written and read here.
 #[map]

@@ -15,9 +15,9 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        own_mac_key, ADDR_FILTER, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS, NAT_REALS, NAT_STATE,
-        NEIGH_MISS, OWN_MACS, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS, TAILS,
-        TAIL_PROGRAMS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
+        own_mac_key, ADDR_FILTER, ADDR_FILTER_VERSION, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS,
+        NAT_REALS, NAT_STATE, NEIGH_MISS, OWN_MACS, PROGRAMS, REALS, SETTINGS, STATS_REAL,
+        STATS_VS, TAILS, TAIL_PROGRAMS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
     IFACE_F_VLAN, RING_STRIDE,
@@ -474,7 +474,7 @@ impl Dataplane for BpfDataplane {
         }
         if written {
             self.addr_filter
-                .set(0, 1, 0)
+                .set(0, ADDR_FILTER_VERSION, 0)
                 .map_err(map_err(ADDR_FILTER))?;
         }
         Ok(())

@@ -19,17 +19,31 @@ impl MemoryDataplane {
             .is_some_and(|w| w & (1 << (bit % 64)) != 0)
     }
 
-    /// Records the virtual servers a written filter hides (`filter_misses`).
+    /// Records what a written filter hides (`filter_misses`): a virtual server in
+    /// `VS_MAP`, or a real of a NAT one in `REALS` (whose replies the data path must
+    /// look at).
     fn check_filter(&mut self) {
         if !self.addr_filter_written {
             return;
         }
-        let hidden: Vec<VsKey> = self
+        let nat: std::collections::HashSet<u32> = self
+            .vs
+            .values()
+            .filter(|v| v.method == lb_common::METHOD_NAT)
+            .map(|v| v.vs_index)
+            .collect();
+        let vss = self
             .vs
             .keys()
             .filter(|k| !self.filter_has(&k.addr, false))
-            .copied()
-            .collect();
+            .map(|k| format!("virtual server {:?}", k.addr));
+        let reals = self
+            .reals
+            .values()
+            .filter(|r| r.role != lb_common::REAL_ROLE_FREE && nat.contains(&u32::from(r.vs_index)))
+            .filter(|r| !self.filter_has(&r.addr, true))
+            .map(|r| format!("NAT real {:?}", r.addr));
+        let hidden: Vec<String> = vss.chain(reals).collect();
         self.filter_misses.extend(hidden);
     }
 }
@@ -52,9 +66,9 @@ pub struct MemoryDataplane {
     /// `ADDR_FILTER`'s bitmap by word (absent: zero), and whether it was marked written.
     pub addr_filter: HashMap<u32, u64>,
     pub addr_filter_written: bool,
-    /// Virtual servers that were in `VS_MAP` at some step while a filter marked
-    /// written hid their address: the data path would have passed their traffic.
-    pub filter_misses: Vec<VsKey>,
+    /// Virtual servers (in `VS_MAP`) and NAT reals (in `REALS`) that a filter marked
+    /// written hid at some step: the data path would have passed their traffic.
+    pub filter_misses: Vec<String>,
     /// Number of ring slot writes, to check that only changed slots are written.
     pub slot_writes: usize,
     /// Number of `REALS` and `VS_MAP` writes, to check what is rewritten.
@@ -127,6 +141,7 @@ impl Dataplane for MemoryDataplane {
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
         self.reals.insert(id, *info);
         self.value_writes += 1;
+        self.check_filter();
         Ok(())
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {

@@ -99,8 +99,8 @@ pub trait Dataplane {
     /// Sets the data path's `SETTING_*` bits.
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError>;
     /// Writes `(word, bits)` pairs of `ADDR_FILTER`'s bitmap (word `i` is element
-    /// `1 + i`), then, with `written`, marks the filter written (element 0), from when
-    /// the data path trusts it (decision 0022).
+    /// `1 + i`), then, with `written`, marks the filter written (element 0 becomes
+    /// `ADDR_FILTER_VERSION`), from when the data path trusts it (decision 0022).
     fn set_addr_filter(
         &mut self,
         words: &[(u32, u64)],

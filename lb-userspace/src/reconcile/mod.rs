@@ -8,6 +8,8 @@
 //!
 //! Order of every change, so that the data path never follows a reference to something
 //! not yet written and never sends a new flow to a real on its way out:
+//! 0. (an apply) the address filter gets the bits of both configurations, and
+//!    `SETTINGS` the bits of both (decision 0022);
 //! 1. reals gaining flags (new, recovered, back in a table) are written (REALS); a new
 //!    real that gains none yet is written after the tables, naming no table;
 //! 2. each changed table is written into its virtual server's *idle* ring, changed
@@ -16,7 +18,8 @@
 //! 3. reals losing flags are written: a real that stops taking packets (failed or
 //!    removed) also gets a new generation, so flows and persistence entries naming it
 //!    are re-steered and never come back to it;
-//! 4. virtual servers that went away are removed, then their reals.
+//! 4. virtual servers that went away are removed, then their reals;
+//! 5. (an apply) the address filter and `SETTINGS` get the new configuration's bits.
 //!
 //! Where each part lives: `model` holds what callers hand in and get back (overrides,
 //! next hops, views); `policy` decides who is in a table and which flags a real carries,

@@ -522,27 +522,36 @@ fn the_address_filter_covers_every_vip_and_nat_real_at_every_step() {
 
 /// A daemon that takes over maps an earlier one filled (a restart) does not know the
 /// filter they hold: its first apply lets everything through until the exact bits are
-/// written, and at no step hides a virtual server it keeps or adds.
+/// written, so no virtual server it keeps or adds, and no NAT real still in `REALS`
+/// (one the new file drops leaves only at the end), is hidden at any step.
 #[test]
-fn an_adopting_daemon_hides_no_virtual_server_while_it_rewrites_the_filter() {
-    let file = |vips: &[&str]| {
+fn an_adopting_daemon_hides_nothing_while_it_rewrites_the_filter() {
+    let file = |vss: &[(&str, &str)]| {
         let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n");
-        for (i, vip) in vips.iter().enumerate() {
-            t.push_str(&format!("  - {{ name: v{i}, address: {vip}, port: 80, protocol: tcp, health_check: {{ type: none }}, real_servers: [{{ address: 10.0.1.{i} }}] }}\n"));
+        for (i, (vip, real)) in vss.iter().enumerate() {
+            t.push_str(&format!("  - {{ name: v{i}, address: {vip}, port: 80, protocol: tcp, method: nat, health_check: {{ type: none }}, real_servers: [{{ address: {real}, port: 8080 }}] }}\n"));
         }
         config::parse(Path::new("t.yaml"), &t, &AnyInterface).unwrap()
     };
     let mut earlier = Reconciler::new(MemoryDataplane::default(), 8, 16);
-    earlier.apply(&file(&["10.0.0.1", "10.0.0.2"])).unwrap();
-    let c = file(&["10.0.0.1", "10.0.0.3"]);
+    earlier
+        .apply(&file(&[("10.0.0.1", "10.0.1.1"), ("10.0.0.2", "10.0.1.2")]))
+        .unwrap();
+    assert!(earlier.dp.filter_misses.is_empty());
+    // v0 keeps its VIP and changes its real; v1 goes; v2 comes.
+    let c = file(&[("10.0.0.1", "10.0.1.9"), ("10.0.0.3", "10.0.1.3")]);
     let (mut r, _) = Reconciler::adopt(earlier.into_dataplane(), 8, 16, &c).unwrap();
     let words = |a: &str| lb_common::user::addr_words(a.parse().unwrap()).0;
     r.apply(&c).unwrap();
     assert!(r.dp.filter_misses.is_empty(), "{:?}", r.dp.filter_misses);
-    assert!(r.dp.filter_has(&words("10.0.0.1"), false));
-    assert!(r.dp.filter_has(&words("10.0.0.3"), false));
+    for vip in ["10.0.0.1", "10.0.0.3"] {
+        assert!(r.dp.filter_has(&words(vip), false), "{vip}");
+    }
+    for real in ["10.0.1.9", "10.0.1.3"] {
+        assert!(r.dp.filter_has(&words(real), true), "{real}");
+    }
     assert!(
-        !r.dp.filter_has(&words("10.0.0.2"), false),
-        "removed at adoption"
+        !r.dp.filter_has(&words("10.0.1.1"), true),
+        "gone at the end"
     );
 }

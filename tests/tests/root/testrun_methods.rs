@@ -276,6 +276,43 @@ fn an_unrecorded_nat_flow_is_answered_by_its_own_real_while_its_mark_holds() {
     assert_eq!((r.action, r.out), (XDP_REDIRECT, restored(rival).build()));
 }
 
+/// A SYN that finds its 5-tuple's entry stale (its real failed) goes to another real
+/// and leaves its reply state in `NAT_STATE`, not a mark: the new real's SYN-ACK,
+/// which finds the stale entry first, is restored (decision 0021).
+#[test]
+fn a_nat_syn_re_steered_from_a_stale_entry_is_answered() {
+    let mut f = Fixture::new(YAML);
+    let ack = V4Packet::tcp(CLIENT4, 7100, NAT_VIP4, 80).build();
+    let r = f.run(&ack);
+    assert_eq!(r.action, XDP_REDIRECT);
+    let first: [u8; 4] = r.out[30..34].try_into().expect("4");
+    assert_eq!(f.flow_entries(), 1);
+    let first_addr = std::net::Ipv4Addr::from(first).to_string();
+    f.set_port_health("nat4", &first_addr, 8080, false);
+    let syn = V4Packet {
+        tcp_flags: TCP_SYN,
+        ..V4Packet::tcp(CLIENT4, 7100, NAT_VIP4, 80)
+    };
+    let r = f.run(&syn.build());
+    assert_eq!(r.action, XDP_REDIRECT);
+    let second: [u8; 4] = r.out[30..34].try_into().expect("4");
+    assert_ne!(second, first, "re-steered away from the failed real");
+    let r = f.run(
+        &V4Packet {
+            tcp_flags: TCP_SYN | TCP_ACK,
+            ..V4Packet::tcp(second, 8080, CLIENT4, 7100)
+        }
+        .build(),
+    );
+    let restored = V4Packet {
+        dst_mac: CLIENT_MAC,
+        src_mac: FIB_MAC,
+        tcp_flags: TCP_SYN | TCP_ACK,
+        ..V4Packet::tcp(NAT_VIP4, 80, CLIENT4, 7100)
+    };
+    assert_eq!((r.action, r.out), (XDP_REDIRECT, restored.build()));
+}
+
 #[test]
 fn nat_udp_both_ways_and_a_zero_udp_checksum_stays_zero() {
     let f = Fixture::new(YAML);
@@ -553,13 +590,13 @@ fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
     let frame = V4Packet::tcp(CLIENT4, 1000, TUN_VIP4, 80).build();
     // Every CPU's copy of the hop is filled before the change (the run takes place on
     // the calling thread's CPU).
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for cpu in 0..cpus {
-        on_cpu(Some(cpu));
+    let allowed = allowed_cpus();
+    for &cpu in &allowed {
+        on_cpus(&[cpu]);
         let r = f.run(&frame);
         assert_eq!((r.action, &r.out[..6]), (XDP_REDIRECT, &GW_MAC[..]));
     }
-    on_cpu(None);
+    on_cpus(&allowed);
     let new_gw = [0x02, 0, 0, 0, 0xfe, 0x02];
     f.net.exec(&[
         "ip",
@@ -591,15 +628,30 @@ fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
     }
 }
 
-/// Pins the calling thread to `cpu`, or lets it run on any CPU again (`None`).
-fn on_cpu(cpu: Option<usize>) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; the CPU_* helpers stay within it.
+/// Returns: the CPUs the calling thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set, filled by sched_getaffinity.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        match cpu {
-            Some(c) => libc::CPU_SET(c, &mut set),
-            None => (0..libc::CPU_SETSIZE as usize).for_each(|c| libc::CPU_SET(c, &mut set)),
-        }
+        let rc = libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Lets the calling thread run on `cpus` only.
+fn on_cpus(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        cpus.iter().for_each(|&c| libc::CPU_SET(c, &mut set));
         let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
         assert_eq!(
             rc,
@@ -613,6 +665,9 @@ fn on_cpu(cpu: Option<usize>) {
 #[test]
 fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
     let f = Fixture::new(YAML);
+    // On one CPU, so that the too big packet finds the hop the one before it left.
+    let allowed = allowed_cpus();
+    on_cpus(&allowed[..1]);
     // 1480 bytes of IP packet fit a 1500 MTU with the 20-byte outer header.
     let sized = |ip_len: usize, sport: u16| {
         let mut p = V4Packet::tcp(CLIENT4, sport, TUN_VIP4, 80);
@@ -657,6 +712,7 @@ fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
     let r = f.run(&big6);
     assert_eq!(r.action, XDP_TX);
     assert_eq!(r.out, icmp6_too_big(&big6, 1460, 128));
+    on_cpus(&allowed);
 }
 
 /// Returns: `frame` as direct routing sends it to `real`: only the MACs rewritten.

@@ -25,7 +25,7 @@ use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 use crate::{
     fib, icmp,
     l2::{write_header, Tags},
-    maps::{TunnelHop, IFACES, TUNNEL_HOPS, VLAN_IN, VLAN_OUT},
+    maps::{IFACES, TUNNEL_HOPS, VLAN_IN, VLAN_OUT},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -96,10 +96,11 @@ fn next_hop_from(
 
 /// Looks up the next hop of a tunnel's outer packet `r` toward real `real_id` (of
 /// `generation`), as [`next_hop`] does, through `TUNNEL_HOPS` (decision 0023): the hop
-/// the FIB gave this CPU for that real, from the same input interface, less than
-/// `TUNNEL_HOP_TTL_NS` ago, is used again for a packet no longer than one the FIB
-/// accepted on it. The outer packet's route depends on the tunnel source and the
-/// real alone, never on the flow, so reusing it changes no flow's path.
+/// the FIB gave this CPU for that real, from the same tunnel source and input
+/// interface, less than
+/// `TUNNEL_HOP_TTL_NS` ago, is used again for a packet no longer than the one the FIB
+/// accepted then. The outer packet's route depends on the tunnel source, the real and
+/// the input interface alone, never on the flow, so reusing it changes no flow's path.
 /// Returns: the hop, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn tunnel_hop(
@@ -115,41 +116,37 @@ pub fn tunnel_hop(
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let slot = TUNNEL_HOPS.get_ptr_mut(real_id & (TUNNEL_HOP_SLOTS - 1));
-    let mut ok_len = len;
     if let Some(c) = slot {
         // SAFETY: per-CPU slot, valid for this program run; no other CPU writes it.
         let c = unsafe { &*c };
-        let fresh = c.at_ns != 0
+        let same = c.at_ns != 0
             && now.wrapping_sub(c.at_ns) < TUNNEL_HOP_TTL_NS
             && c.real_id == real_id
             && c.generation == generation
-            && c.input == input;
-        if fresh && len <= c.ok_len {
+            && c.input == input
+            && c.src == *r.src;
+        if same && len <= c.ok_len {
             return Ok(fib::Hop {
                 ifindex: c.ifindex,
                 smac: c.smac,
                 dmac: c.dmac,
             });
         }
-        if fresh {
-            ok_len = c.ok_len.max(len);
-        }
     }
     let hop = next_hop_from(ctx, input, p, r, overhead)?;
     if let Some(c) = slot {
-        // SAFETY: as above.
+        // SAFETY: as above. Field by field: no copy of the slot on the stack.
         unsafe {
-            *c = TunnelHop {
-                at_ns: now,
-                real_id,
-                generation,
-                input,
-                ok_len,
-                ifindex: hop.ifindex,
-                smac: hop.smac,
-                dmac: hop.dmac,
-            }
-        };
+            (*c).at_ns = now;
+            (*c).real_id = real_id;
+            (*c).generation = generation;
+            (*c).input = input;
+            (*c).ok_len = len;
+            (*c).src = *r.src;
+            (*c).ifindex = hop.ifindex;
+            (*c).smac = hop.smac;
+            (*c).dmac = hop.dmac;
+        }
     }
     Ok(hop)
 }

@@ -29,7 +29,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    reason, FlowKey, NatState, RealInfo, VsInfo, VsKey, FAMILY_V4, PROTO_UDP, SETTING_NAT,
+    reason, FlowKey, FlowState, NatState, RealInfo, VsInfo, VsKey, FAMILY_V4, PROTO_UDP,
+    SETTING_NAT,
 };
 use lb_ebpf::{
     csum,
@@ -37,7 +38,7 @@ use lb_ebpf::{
 };
 
 use crate::{
-    choose::marked_to,
+    choose::{marked_to, record},
     fib,
     forward::egress::{next_hop, routed, transmit},
     l2::addressed_here,
@@ -174,35 +175,38 @@ fn keep_reply_state(p: &Parsed, vs: &VsInfo, real: &RealInfo, new_flow: bool) {
     }
 }
 
+/// The entry of a NAT flow found by its mark, to record once its reply is known to be
+/// forwarded (a UDP flow's).
+type ToRecord = Option<FlowState>;
+
 /// Returns: the NAT state of the flow whose reply direction `p.key` is, for a frame
-/// addressed to this host; a pass verdict when NAT is off or there is none. `record`:
-/// a UDP reply found by its flow's mark records the flow (an ICMP error records
-/// nothing).
+/// addressed to this host, with the flow to record if it was found by its mark; a
+/// pass verdict when NAT is off or there is none.
 #[inline(always)]
-fn reply_state(ctx: &XdpContext, p: &Parsed, record: bool) -> Result<NatState, Verdict> {
+fn reply_state(ctx: &XdpContext, p: &Parsed) -> Result<(NatState, ToRecord), Verdict> {
     if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
         return Err(Verdict::pass(reason::PASS_NOT_VS));
     }
-    let state = match flow_of_reply(p, record) {
-        Some(s) => s,
+    let found = match flow_of_reply(p) {
+        Some(f) => f,
         // SAFETY: LRU hash value, copied out at once.
         None => match unsafe { NAT_STATE.get(&p.key) } {
-            Some(s) => *s,
+            Some(s) => (*s, None),
             None => return Err(Verdict::pass(reason::PASS_NOT_VS)),
         },
     };
     addressed_here(ctx)?;
-    Ok(state)
+    Ok(found)
 }
 
 /// Returns: the VIP:port to restore on `p` (real -> client) if the real serves one NAT
 /// virtual server alone and the client's flow to it is in `FLOWS`, pinned to this
-/// real, or, unrecorded, left its mark in `UDP_SEEN` and is Maglev's for this real
-/// (decision 0021). A UDP flow found by its mark is recorded when `record` says so;
-/// a TCP flow never is here (a real answers spoofed SYNs too: the client's ACK
-/// records it).
+/// real, or is in no entry but left its mark in `UDP_SEEN` and is Maglev's for this
+/// real (decision 0021); with, for the latter, the flow's entry, which a UDP reply
+/// records once it is forwarded (a TCP one never: a real answers spoofed SYNs too, and
+/// the client's ACK records it).
 #[inline(always)]
-fn flow_of_reply(p: &Parsed, record: bool) -> Option<NatState> {
+fn flow_of_reply(p: &Parsed) -> Option<(NatState, ToRecord)> {
     let k = nat_real_key(&p.key.src, p.key.sport_be, p);
     // SAFETY: hash map value, copied out at once.
     let state = *unsafe { NAT_REALS.get(&k) }?;
@@ -218,14 +222,29 @@ fn flow_of_reply(p: &Parsed, record: bool) -> Option<NatState> {
     // SAFETY: LRU hash value, copied out at once.
     let Some(flow) = unsafe { FLOWS.get(&request) }.copied() else {
         let vs = virtual_server(&request).filter(|vs| vs.vs_index == state.vs_index)?;
-        let record = record && p.key.proto == PROTO_UDP;
-        return marked_to(&request, vs, &p.key.src, p.key.sport_be, record).then_some(state);
+        let entry = marked_to(&request, vs, &p.key.src, p.key.sport_be)?;
+        return Some((state, (p.key.proto == PROTO_UDP).then_some(entry)));
     };
     if flow.vs_index != state.vs_index {
         return None;
     }
     let real = REALS.get(flow.real_id)?;
-    (real.addr == p.key.src && real.port_be == p.key.sport_be).then_some(state)
+    (real.addr == p.key.src && real.port_be == p.key.sport_be).then_some((state, None))
+}
+
+/// Records, as `entry`, the flow whose reply `p` is (restored to `state`'s VIP:port).
+#[inline(always)]
+fn record_reply_flow(p: &Parsed, state: &NatState, entry: &FlowState) {
+    let request = FlowKey {
+        src: p.key.dst,
+        dst: state.vip,
+        sport_be: p.key.dport_be,
+        dport_be: state.vport_be,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    record(&request, entry);
 }
 
 /// Sends `p` on to its client once `restore` has made it the VIP's, counted under
@@ -263,13 +282,17 @@ fn to_client(
 /// virtual server index of a restored reply.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
-    let state = reply_state(ctx, p, true)?;
+    let (state, to_record) = reply_state(ctx, p)?;
     if !l4_complete(ctx, p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
-    to_client(ctx, p, &state, reason::FWD_NAT_REPLY, || {
+    let sent = to_client(ctx, p, &state, reason::FWD_NAT_REPLY, || {
         rewrite(ctx, p, End::Src, &state.vip, state.vport_be)
-    })
+    })?;
+    if let Some(entry) = to_record {
+        record_reply_flow(p, &state, &entry);
+    }
+    Ok(sent)
 }
 
 /// Translates an ICMP error about a NAT flow in place. `outer` is the end of the outer
@@ -392,7 +415,8 @@ fn translate_error(
 /// is about no NAT flow.
 #[inline(always)]
 pub fn icmp_from_real(ctx: &XdpContext, p: &Parsed) -> Result<(Verdict, u32), Verdict> {
-    let state = reply_state(ctx, p, false)?;
+    // An error records nothing, whatever found its flow.
+    let (state, _) = reply_state(ctx, p)?;
     to_client(ctx, p, &state, reason::FWD_ICMP_ERROR, || {
         translate_error(ctx, p, End::Src, &state.vip, state.vport_be)
     })
@@ -499,16 +523,18 @@ pub fn reply_fragment(ctx: &XdpContext, p: &mut Parsed) -> Result<(Verdict, u32)
         family: p.key.family,
         _pad: [0; 2],
     };
+    let mut to_record = None;
     let state = if p.frag_first {
         crate::parse::first_fragment_ports(ctx, p).ok_or(not_reply)?;
         // No reply state: no NAT reply, counted as the fragment it is.
-        let state = reply_state(ctx, p, true).map_err(|v| {
+        let (state, found_by_mark) = reply_state(ctx, p).map_err(|v| {
             if v.reason == reason::PASS_NOT_VS {
                 not_reply
             } else {
                 v
             }
         })?;
+        to_record = found_by_mark;
         // A full LRU evicts its oldest entry; an error leaves the later fragments to
         // the kernel, and the datagram is lost as on any lossy path.
         let _ = crate::maps::NAT_FRAGS.insert(&datagram, &state, 0);
@@ -522,11 +548,15 @@ pub fn reply_fragment(ctx: &XdpContext, p: &mut Parsed) -> Result<(Verdict, u32)
         state
     };
     let p: &Parsed = p;
-    to_client(ctx, p, &state, reason::FWD_NAT_REPLY, || {
+    let sent = to_client(ctx, p, &state, reason::FWD_NAT_REPLY, || {
         if p.frag_first {
             rewrite(ctx, p, End::Src, &state.vip, state.vport_be)
         } else {
             readdress(ctx, p, End::Src, &state.vip)
         }
-    })
+    })?;
+    if let Some(entry) = to_record {
+        record_reply_flow(p, &state, &entry);
+    }
+    Ok(sent)
 }

@@ -210,15 +210,7 @@ fn flow_of_reply(p: &Parsed) -> Option<(NatState, ToRecord)> {
     let k = nat_real_key(&p.key.src, p.key.sport_be, p);
     // SAFETY: hash map value, copied out at once.
     let state = *unsafe { NAT_REALS.get(&k) }?;
-    let request = FlowKey {
-        src: p.key.dst,
-        dst: state.vip,
-        sport_be: p.key.dport_be,
-        dport_be: state.vport_be,
-        proto: p.key.proto,
-        family: p.key.family,
-        _pad: [0; 2],
-    };
+    let request = request_of(p, &state);
     // SAFETY: LRU hash value, copied out at once.
     let Some(flow) = unsafe { FLOWS.get(&request) }.copied() else {
         let vs = virtual_server(&request).filter(|vs| vs.vs_index == state.vs_index)?;
@@ -232,10 +224,11 @@ fn flow_of_reply(p: &Parsed) -> Option<(NatState, ToRecord)> {
     (real.addr == p.key.src && real.port_be == p.key.sport_be).then_some((state, None))
 }
 
-/// Records, as `entry`, the flow whose reply `p` is (restored to `state`'s VIP:port).
+/// Returns: the key of the flow whose reply `p` is, when `state`'s VIP:port is what
+/// its client sent to.
 #[inline(always)]
-fn record_reply_flow(p: &Parsed, state: &NatState, entry: &FlowState) {
-    let request = FlowKey {
+fn request_of(p: &Parsed, state: &NatState) -> FlowKey {
+    FlowKey {
         src: p.key.dst,
         dst: state.vip,
         sport_be: p.key.dport_be,
@@ -243,8 +236,13 @@ fn record_reply_flow(p: &Parsed, state: &NatState, entry: &FlowState) {
         proto: p.key.proto,
         family: p.key.family,
         _pad: [0; 2],
-    };
-    record(&request, entry);
+    }
+}
+
+/// Records, as `entry`, the flow whose reply `p` is (restored to `state`'s VIP:port).
+#[inline(always)]
+fn record_reply_flow(p: &Parsed, state: &NatState, entry: &FlowState) {
+    record(&request_of(p, state), entry);
 }
 
 /// Sends `p` on to its client once `restore` has made it the VIP's, counted under

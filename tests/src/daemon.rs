@@ -170,7 +170,8 @@ pub fn cli(ns: &Netns, args: &[&str]) -> (Option<i32>, String, String) {
 
 /// Takes `instance` (pinned under `pin_path`) off the host from `ns` with `xdpvs
 /// teardown` by name and pin path (a test may have left a broken file), on a lab's
-/// drop: a failure is reported, not raised, and a state file it left is removed.
+/// drop: a failure is reported, not raised, and a state file it left is removed, with
+/// `/run/xdpvs` once empty.
 pub fn teardown(ns: &Netns, instance: &str, pin_path: &Path) {
     let pin_path = pin_path.display().to_string();
     let (code, out, err) = cli(
@@ -185,4 +186,7 @@ pub fn teardown(ns: &Netns, instance: &str, pin_path: &Path) {
         eprintln!("{instance}: removing the state file teardown left");
         let _ = std::fs::remove_file(state);
     }
+    // The directory the daemon made for its state file, if nothing else is in it (a
+    // daemon of the host's own keeps its socket there).
+    let _ = std::fs::remove_dir("/run/xdpvs");
 }

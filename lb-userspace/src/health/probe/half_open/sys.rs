@@ -200,29 +200,34 @@ fn send_v6(fd: RawFd, real: Ipv6Addr, seg: &[u8]) -> io::Result<()> {
 /// unfragmented segment to a port of [`PORTS`] with SYN or RST set, the first 128 bytes
 /// of it (a header of up to 60 bytes and the TCP header's first 20).
 fn filter_v4() -> Vec<libc::sock_filter> {
-    let (lo, hi) = (u32::from(*PORTS.start()), u32::from(*PORTS.end()));
-    vec![
+    let mut f = vec![
         stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 6),
+        // A fragment: to the last statement of the test below, which refuses.
         jump(libc::BPF_JSET, 0x1fff, 7, 0),
+        // X: the TCP header's offset (4 times the IP header length).
         stmt(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, 0),
+    ];
+    f.extend(segment_test());
+    f
+}
+
+/// Classic BPF: the IPv6 socket reads the segment from its TCP header, at offset 0.
+fn filter_v6() -> Vec<libc::sock_filter> {
+    let mut f = vec![stmt(libc::BPF_LDX | libc::BPF_W | libc::BPF_IMM, 0)];
+    f.extend(segment_test());
+    f
+}
+
+/// The test both filters end with, on a TCP header at offset X: a destination port of
+/// [`PORTS`] and SYN or RST set keep the first 128 bytes; anything else is refused (the
+/// last statement).
+fn segment_test() -> [libc::sock_filter; 7] {
+    let (lo, hi) = (u32::from(*PORTS.start()), u32::from(*PORTS.end()));
+    [
         stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_IND, 2),
         jump(libc::BPF_JGE, lo, 0, 4),
         jump(libc::BPF_JGT, hi, 3, 0),
         stmt(libc::BPF_LD | libc::BPF_B | libc::BPF_IND, 13),
-        jump(libc::BPF_JSET, u32::from(SYN | RST), 0, 1),
-        stmt(libc::BPF_RET | libc::BPF_K, 128),
-        stmt(libc::BPF_RET | libc::BPF_K, 0),
-    ]
-}
-
-/// Classic BPF: the IPv6 socket reads the segment from its TCP header. The same test.
-fn filter_v6() -> Vec<libc::sock_filter> {
-    let (lo, hi) = (u32::from(*PORTS.start()), u32::from(*PORTS.end()));
-    vec![
-        stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 2),
-        jump(libc::BPF_JGE, lo, 0, 4),
-        jump(libc::BPF_JGT, hi, 3, 0),
-        stmt(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 13),
         jump(libc::BPF_JSET, u32::from(SYN | RST), 0, 1),
         stmt(libc::BPF_RET | libc::BPF_K, 128),
         stmt(libc::BPF_RET | libc::BPF_K, 0),

@@ -44,14 +44,16 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     finish(h ^ 40)
 }
 
-/// Returns: the bit of an address in `maps::ADDR_FILTER`'s bitmap (below
-/// `maps::ADDR_FILTER_BITS`): in the first half as a virtual server's address, in the
-/// second as a NAT real's (`nat_real`). Addresses are network order words, IPv4 in the
-/// first. Part of the contract between the daemon, which sets the bits, and the data
-/// path, which tests them.
+/// Returns: where an address's bit lies in `maps::ADDR_FILTER`'s bitmap: the word
+/// (below `maps::ADDR_FILTER_WORDS`; element `1 +` it of the map) and the bit's mask in
+/// it. The bit is in the first half of the bitmap as a virtual server's address, in
+/// the second as a NAT real's (`nat_real`). Addresses are network order words, IPv4 in
+/// the first. Part of the contract between the daemon, which sets the bits, and the
+/// data path, which tests them.
 #[inline(always)]
-pub fn addr_filter_bit(addr: &[u32; 4], nat_real: bool) -> u32 {
+pub fn addr_filter_place(addr: &[u32; 4], nat_real: bool) -> (u32, u64) {
     let x = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
     let half = crate::maps::ADDR_FILTER_BITS / 2;
-    (x.wrapping_mul(0x9e37_79b1) >> 16) % half + if nat_real { half } else { 0 }
+    let bit = (x.wrapping_mul(0x9e37_79b1) >> 16) % half + if nat_real { half } else { 0 };
+    (bit / 64, 1 << (bit % 64))
 }

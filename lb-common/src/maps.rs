@@ -29,7 +29,7 @@
 //! | `NEIGH_MISS` | ring buffer of [`crate::NeighMiss`]: next hops the FIB had no neighbour entry for | XDP | daemon |
 //! | `NEIGH_ASKED` | next hop's hash (low bits) -> `bpf_ktime_get_ns` of its last report (`u64`) | XDP | XDP |
 //! | `TUNNEL_HOPS` | real id's low bits -> the next hop the FIB last gave this CPU toward that real of a tunnel, per CPU | XDP | XDP |
-//! | `ADDR_FILTER` | 0 -> [`ADDR_FILTER_VERSION`] once the daemon wrote the bits (`u64`); 1.. -> 64 bits each of [`crate::addr_filter_bit`] | daemon | XDP |
+//! | `ADDR_FILTER` | 0 -> [`ADDR_FILTER_VERSION`] once the daemon wrote the bits (`u64`); 1.. -> 64 bits each of [`crate::addr_filter_place`] | daemon | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
 /// value is freed only after readers are done (RCU): lookups never see a torn value.
@@ -135,16 +135,16 @@ const _: () = assert!(TUNNEL_HOP_SLOTS.is_power_of_two());
 pub const TUNNEL_HOP_TTL_NS: u64 = 50_000_000;
 
 /// Addresses the balancer may have work for (decision 0022): a bitmap of
-/// [`ADDR_FILTER_BITS`] bits over [`crate::addr_filter_bit`], set for every VIP (as a
+/// [`ADDR_FILTER_BITS`] bits over [`crate::addr_filter_place`], set for every VIP (as a
 /// destination) and every NAT real (as a source). A packet whose destination and
 /// source both find their bit clear is no virtual server's and no NAT reply: passed at
 /// once, without the hash lookups. Array of `u64`: element 0 is
 /// [`ADDR_FILTER_VERSION`] once the daemon has written the bits (a map made anew, or
-/// written by a release whose `addr_filter_bit` differs, filters nothing), elements 1
+/// written by a release whose `addr_filter_place` differs, filters nothing), elements 1
 /// to [`ADDR_FILTER_WORDS`] hold the bits, 64 each.
 pub const ADDR_FILTER: &str = "ADDR_FILTER";
 /// [`ADDR_FILTER`]'s element 0 once its bits are written: the version of
-/// [`crate::addr_filter_bit`] they were set with. A release that changes the function
+/// [`crate::addr_filter_place`] they were set with. A release that changes the function
 /// changes this number.
 pub const ADDR_FILTER_VERSION: u64 = 1;
 /// Words of [`ADDR_FILTER`]'s bitmap (8 KiB).

@@ -6,7 +6,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    addr_filter_bit,
+    addr_filter_place,
     maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
     reason, FlowKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
 };
@@ -92,12 +92,8 @@ fn may_be_ours(key: &FlowKey) -> bool {
     {
         return true;
     }
-    let set = |bit: u32| {
-        ADDR_FILTER
-            .get(1 + bit / 64)
-            .is_none_or(|w| *w & (1u64 << (bit % 64)) != 0)
-    };
-    set(addr_filter_bit(&key.dst, false)) || set(addr_filter_bit(&key.src, true))
+    let set = |(word, mask): (u32, u64)| ADDR_FILTER.get(1 + word).is_none_or(|w| *w & mask != 0);
+    set(addr_filter_place(&key.dst, false)) || set(addr_filter_place(&key.src, true))
 }
 
 /// Goes on in program `index` of `TAILS`. Returns: only if that failed (an empty slot,

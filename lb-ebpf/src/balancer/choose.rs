@@ -173,14 +173,14 @@ fn is_marked(h: u32) -> bool {
 /// datagram (decision 0021). Writes nothing.
 #[inline(always)]
 pub fn marked_to(key: &FlowKey, vs: &VsInfo, addr: &[u32; 4], port_be: u16) -> Option<FlowState> {
-    if vs.persist_timeout_ns != 0 || vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
+    if vs.persist_timeout_ns != 0 {
         return None;
     }
     let h = flow_hash(key);
     if !is_marked(h) {
         return None;
     }
-    let real_id = *VS_RINGS.get(vs.ring_id * RING_STRIDE + h % vs.ring_size)?;
+    let real_id = maglev(vs, h).ok()?;
     let real = REALS.get(real_id)?;
     if real.addr != *addr || real.port_be != port_be {
         return None;
@@ -193,12 +193,27 @@ pub fn marked_to(key: &FlowKey, vs: &VsInfo, addr: &[u32; 4], port_be: u16) -> O
     })
 }
 
-/// Records flow `key` as `state` in `FLOWS`: a NAT flow found by its mark (decision
-/// 0021). A full LRU evicts its oldest entry; an error here only leaves the flow to
-/// its next packet.
+/// Records flow `key` as `state` in `FLOWS`. A full LRU evicts its oldest entry; an
+/// error here only costs stickiness (the flow's next packet is balanced again).
 #[inline(always)]
-pub fn record(key: &FlowKey, state: &FlowState) {
+pub fn record_flow(key: &FlowKey, state: &FlowState) {
     let _ = FLOWS.insert(key, state, 0);
+}
+
+/// Returns: the real id in the slot of virtual server `vs`'s live Maglev ring that
+/// hash `h` picks; `drop_no_real` for an empty slot (no real takes new flows),
+/// `drop_internal` for a ring out of range.
+#[inline(always)]
+fn maglev(vs: &VsInfo, h: u32) -> Result<u32, Verdict> {
+    if vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
+        return Err(Verdict::internal());
+    }
+    let slot = vs.ring_id * RING_STRIDE + h % vs.ring_size;
+    let real_id = *VS_RINGS.get(slot).ok_or(Verdict::internal())?;
+    if real_id == NO_REAL {
+        return Err(Verdict::drop(reason::DROP_NO_REAL));
+    }
+    Ok(real_id)
 }
 
 #[inline(always)]
@@ -254,15 +269,7 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
     let (real_id, real) = match sticky {
         Some(s) => s,
         None => {
-            if vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
-                return Err(Verdict::internal());
-            }
-            let h = hash.unwrap_or_else(|| flow_hash(key));
-            let slot = vs.ring_id * RING_STRIDE + h % vs.ring_size;
-            let real_id = *VS_RINGS.get(slot).ok_or(Verdict::internal())?;
-            if real_id == NO_REAL {
-                return Err(Verdict::drop(reason::DROP_NO_REAL));
-            }
+            let real_id = maglev(vs, hash.unwrap_or_else(|| flow_hash(key)))?;
             (real_id, REALS.get_ptr(real_id).ok_or(Verdict::internal())?)
         }
     };
@@ -283,8 +290,7 @@ fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdic
         vs_index: vs.vs_index,
         _pad: 0,
     };
-    // A full LRU evicts the oldest entry; an error here only costs stickiness.
-    let _ = FLOWS.insert(key, &state, 0);
+    record_flow(key, &state);
     if persistent {
         let p = PersistState {
             real_id,

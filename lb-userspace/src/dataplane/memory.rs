@@ -13,10 +13,8 @@ use super::{Dataplane, DataplaneContents, DataplaneError, DataplaneRead, FlowRea
 impl MemoryDataplane {
     /// Returns: whether `ADDR_FILTER` has the bit of `addr` (as a VIP, or a NAT real).
     pub fn filter_has(&self, addr: &[u32; 4], nat_real: bool) -> bool {
-        let bit = lb_common::addr_filter_bit(addr, nat_real);
-        self.addr_filter
-            .get(&(bit / 64))
-            .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+        let (word, mask) = lb_common::addr_filter_place(addr, nat_real);
+        self.addr_filter.get(&word).is_some_and(|w| w & mask != 0)
     }
 
     /// Records what a written filter hides (`filter_misses`): a virtual server in

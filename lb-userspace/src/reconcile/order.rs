@@ -23,8 +23,8 @@ fn addr_filter_words(config: &Config) -> Vec<u64> {
     let mut words = vec![0u64; lb_common::maps::ADDR_FILTER_WORDS as usize];
     let mut set = |addr, nat_real| {
         let (a, _) = lb_common::user::addr_words(addr);
-        let bit = lb_common::addr_filter_bit(&a, nat_real);
-        words[(bit / 64) as usize] |= 1 << (bit % 64);
+        let (word, mask) = lb_common::addr_filter_place(&a, nat_real);
+        words[word as usize] |= mask;
     };
     for vs in &config.virtual_servers {
         set(vs.address, false);
@@ -187,21 +187,15 @@ impl<D: Dataplane> Reconciler<D> {
     /// Makes `ADDR_FILTER`'s bitmap `words`, writing the words that differ from the
     /// last written (all of them the first time, which then marks the filter written).
     fn write_addr_filter(&mut self, words: Vec<u64>) -> Result<(), ReconcileError> {
-        let changed: Vec<(u32, u64)> = match &self.addr_filter {
-            Some(old) => words
-                .iter()
-                .zip(old)
-                .enumerate()
-                .filter(|(_, (new, old))| new != old)
-                .map(|(i, (new, _))| (i as u32, *new))
-                .collect(),
-            None => words
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (i as u32, *w))
-                .collect(),
-        };
-        let first = self.addr_filter.take().is_none();
+        // Taken: a write that fails leaves it unknown.
+        let old = self.addr_filter.take();
+        let changed: Vec<(u32, u64)> = words
+            .iter()
+            .enumerate()
+            .filter(|&(i, w)| old.as_ref().is_none_or(|o| o[i] != *w))
+            .map(|(i, w)| (i as u32, *w))
+            .collect();
+        let first = old.is_none();
         if first || !changed.is_empty() {
             self.dp.set_addr_filter(&changed, first)?;
         }

@@ -38,7 +38,7 @@ use lb_ebpf::{
 };
 
 use crate::{
-    choose::{marked_to, record},
+    choose::{marked_to, record_flow},
     fib,
     forward::egress::{next_hop, routed, transmit},
     l2::addressed_here,
@@ -242,7 +242,7 @@ fn request_of(p: &Parsed, state: &NatState) -> FlowKey {
 /// Records, as `entry`, the flow whose reply `p` is (restored to `state`'s VIP:port).
 #[inline(always)]
 fn record_reply_flow(p: &Parsed, state: &NatState, entry: &FlowState) {
-    record(&request_of(p, state), entry);
+    record_flow(&request_of(p, state), entry);
 }
 
 /// Sends `p` on to its client once `restore` has made it the VIP's, counted under

@@ -99,6 +99,14 @@ pub const REAL_F_ACTIVE: u32 = 1;
 /// table). Clear on a draining real: its flows go on, but a persistence entry naming it
 /// no longer brings new connections to it.
 pub const REAL_F_NEW: u32 = 2;
+/// [`RealInfo::flags`]: the kernel's route toward the real depends on its address alone
+/// (one path, and no rule that looks at a packet's source, ports or protocol), so a
+/// NAT request's next hop is the same for every client and is kept per CPU like a
+/// tunnel's (decision 0024). Written by the daemon from what it reads of the host's
+/// routes and rules; the policy's bits above are written apart from it.
+pub const REAL_F_BY_DEST: u32 = 4;
+/// The [`RealInfo::flags`] the reals' health and weights decide.
+pub const REAL_F_POLICY: u32 = REAL_F_ACTIVE | REAL_F_NEW;
 
 /// A real server as the data path forwards to it. Value of [`maps::REALS`], indexed by
 /// the real's id (the values found in Maglev rings and in flow state).

@@ -28,7 +28,7 @@
 //! | `UDP_SEEN` | flow hash's low bits (halved) -> `[u32; 2]`: the hashes of the last flows seen there unrecorded (UDP; NAT SYNs, decision 0021) | XDP | XDP |
 //! | `NEIGH_MISS` | ring buffer of [`crate::NeighMiss`]: next hops the FIB had no neighbour entry for | XDP | daemon |
 //! | `NEIGH_ASKED` | next hop's hash (low bits) -> `bpf_ktime_get_ns` of its last report (`u64`) | XDP | XDP |
-//! | `TUNNEL_HOPS` | real id's low bits -> the next hop the FIB last gave this CPU toward that real of a tunnel, per CPU | XDP | XDP |
+//! | `REAL_HOPS` | real id's low bits -> the next hop the FIB last gave this CPU toward that real (tunnels; NAT reals routed by their address alone), per CPU | XDP | XDP |
 //! | `ADDR_FILTER` | 0 -> [`ADDR_FILTER_VERSION`] once the daemon wrote the bits (`u64`); 1.. -> 64 bits each of [`crate::addr_filter_place`] | daemon | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
@@ -120,19 +120,20 @@ pub const NEIGH_MISS: &str = "NEIGH_MISS";
 /// most [`NEIGH_ASKED_SLOTS`] reports per interval. Array, shared by all CPUs.
 pub const NEIGH_ASKED: &str = "NEIGH_ASKED";
 
-/// Tunnels' next hops (decision 0023): the FIB's answer for the outer packet toward
-/// a real (tunnel source to real, the same for every flow), kept per CPU for
-/// [`TUNNEL_HOP_TTL_NS`] and used again for packets no longer than one it accepted.
-/// Per-CPU array of [`TUNNEL_HOP_SLOTS`], indexed by the real id's low bits and
-/// tagged with the id and its generation.
-pub const TUNNEL_HOPS: &str = "TUNNEL_HOPS";
-/// Slots of [`TUNNEL_HOPS`] per CPU (a power of two).
-pub const TUNNEL_HOP_SLOTS: u32 = 4096;
-const _: () = assert!(TUNNEL_HOP_SLOTS.is_power_of_two());
-/// How long a CPU uses a tunnel's next hop before asking the FIB again: 50 ms. A route
-/// or neighbour change reaches tunnelled packets within that (and the coarse clock's
+/// Next hops toward reals (decisions 0023, 0024): the FIB's answer for a packet toward
+/// a real whose route is the same for every flow to it (a tunnel's outer packet; a NAT
+/// request when the daemon found that the real's route depends on its address alone),
+/// kept per CPU for [`REAL_HOP_TTL_NS`] and used again for packets no longer than one
+/// it accepted. Per-CPU array of [`REAL_HOP_SLOTS`], indexed by the real id's low bits
+/// and tagged with the id and its generation.
+pub const REAL_HOPS: &str = "REAL_HOPS";
+/// Slots of [`REAL_HOPS`] per CPU (a power of two).
+pub const REAL_HOP_SLOTS: u32 = 4096;
+const _: () = assert!(REAL_HOP_SLOTS.is_power_of_two());
+/// How long a CPU uses a next hop toward a real before asking the FIB again: 50 ms. A
+/// route or neighbour change reaches those packets within that (and the coarse clock's
 /// tick).
-pub const TUNNEL_HOP_TTL_NS: u64 = 50_000_000;
+pub const REAL_HOP_TTL_NS: u64 = 50_000_000;
 
 /// Addresses the balancer may have work for (decision 0022): a bitmap of
 /// [`ADDR_FILTER_BITS`] bits over [`crate::addr_filter_place`], set for every VIP (as a
@@ -177,7 +178,7 @@ pub const ALL: &[&str] = &[
     NEIGH_MISS,
     NEIGH_ASKED,
     ADDR_FILTER,
-    TUNNEL_HOPS,
+    REAL_HOPS,
 ];
 
 /// The load balancer, attached to every interface of the configuration.

@@ -9,9 +9,10 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, CacheInfo},
     link::{InfoData, InfoVlan, LinkAttribute, LinkInfo, LinkXdp},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType},
+    rule::{RuleAttribute, RuleMessage},
 };
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -319,6 +320,95 @@ pub async fn route_to(handle: &Handle, dst: IpAddr) -> Result<Option<RouteTo>, N
     Ok((out.oif != 0).then_some(out))
 }
 
+/// Returns: for each of `addrs`, whether the host's route toward it depends on the
+/// address alone: every rule by destination ([`rules_by_destination`]) and the route
+/// matched single-path ([`single_path`]). What cannot be read counts as no (logged).
+pub async fn by_destination(handle: &Handle, addrs: &[IpAddr]) -> Vec<(IpAddr, bool)> {
+    if addrs.is_empty() {
+        return Vec::new();
+    }
+    let rules = rules_by_destination(handle).await.unwrap_or_else(|e| {
+        tracing::error!("reading the routing rules: {e:#}");
+        false
+    });
+    let mut out = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let one = rules
+            && match single_path(handle, addr).await {
+                Ok(one) => one == Some(true),
+                Err(e) => {
+                    tracing::error!(real = %addr, "reading the route toward a real server: {e:#}");
+                    false
+                }
+            };
+        out.push((addr, one));
+    }
+    out
+}
+
+/// Returns: whether every policy routing rule (IPv4 and IPv6) chooses its table
+/// without looking at anything that differs between the flows toward one destination
+/// through this host (their source address, ports and protocol), nor at anything the
+/// daemon's own route lookups cannot show (the input interface, a VRF, the user): the
+/// host's routes toward an address are then the ones [`single_path`] reads.
+pub async fn rules_by_destination(handle: &Handle) -> Result<bool, NetlinkError> {
+    for v in [IpVersion::V4, IpVersion::V6] {
+        let mut s = handle.rule().get(v).execute();
+        while let Some(rule) = s.try_next().await.map_err(req("listing routing rules"))? {
+            if !rule_by_destination(&rule) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Returns: whether `rule` looks at nothing but a packet's destination (and the
+/// firewall mark and TOS, which the data path's lookups and the daemon's both leave
+/// zero).
+fn rule_by_destination(rule: &RuleMessage) -> bool {
+    rule.header.src_len == 0
+        && rule.attributes.iter().all(|a| {
+            !matches!(
+                a,
+                RuleAttribute::Source(_)
+                    | RuleAttribute::Iifname(_)
+                    | RuleAttribute::L3MDev(true)
+                    | RuleAttribute::UidRange(_)
+                    | RuleAttribute::IpProtocol(_)
+                    | RuleAttribute::SourcePortRange(_)
+                    | RuleAttribute::DestinationPortRange(_)
+            )
+        })
+}
+
+/// Returns: whether the route the kernel's FIB matches for `dst` (`ip route get
+/// fibmatch`) has one path: no multipath next hops, no next-hop object (which may be
+/// a group), no source prefix (IPv6 source-specific routes); `None` when there is no
+/// route.
+pub async fn single_path(handle: &Handle, dst: IpAddr) -> Result<Option<bool>, NetlinkError> {
+    let mut msg = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst, host_prefix(dst))
+        .map_err(|e| NetlinkError::Route(format!("route to {dst}: {e}")))?
+        .build();
+    msg.header.flags |= RouteFlags::FibMatch;
+    let mut s = handle.route().get(msg).execute();
+    let Ok(Some(r)) = s.try_next().await else {
+        return Ok(None);
+    };
+    Ok(Some(route_single_path(&r)))
+}
+
+/// Returns: whether FIB entry `r` has one path (see [`single_path`]).
+fn route_single_path(r: &RouteMessage) -> bool {
+    r.header.source_prefix_length == 0
+        && r.attributes.iter().all(|a| match a {
+            RouteAttribute::MultiPath(hops) => hops.len() <= 1,
+            RouteAttribute::NhId(_) => false,
+            _ => true,
+        })
+}
+
 /// A neighbour table entry with a link-layer address.
 #[derive(Clone, Copy, Debug)]
 pub struct Neighbour {
@@ -515,4 +605,90 @@ pub async fn withdraw_table(handle: &Handle, table: u32) -> Result<Vec<IpAddr>, 
         withdraw(handle, table, *vip).await?;
     }
     Ok(vips)
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::{
+        route::RouteNextHop,
+        rule::{RulePortRange, RuleUidRange},
+        IpProtocol,
+    };
+
+    use super::*;
+
+    fn rule(src_len: u8, attributes: Vec<RuleAttribute>) -> RuleMessage {
+        let mut r = RuleMessage::default();
+        r.header.src_len = src_len;
+        r.attributes = attributes;
+        r
+    }
+
+    #[test]
+    fn rules_that_look_at_more_than_the_destination_are_told_apart() {
+        // The three rules of a host without policy routing, and rules on the
+        // destination, mark or output interface: the same for every flow to a real.
+        for r in [
+            rule(
+                0,
+                vec![RuleAttribute::Priority(0), RuleAttribute::Table(255)],
+            ),
+            rule(
+                0,
+                vec![RuleAttribute::Priority(32766), RuleAttribute::Table(254)],
+            ),
+            rule(0, vec![RuleAttribute::FwMark(7), RuleAttribute::Table(100)]),
+            rule(
+                0,
+                vec![RuleAttribute::Destination("10.0.0.0".parse().unwrap())],
+            ),
+            rule(0, vec![RuleAttribute::Oifname("eth1".into())]),
+            rule(0, vec![RuleAttribute::L3MDev(false)]),
+        ] {
+            assert!(rule_by_destination(&r), "{r:?}");
+        }
+        let ports = RulePortRange { start: 80, end: 80 };
+        for r in [
+            rule(
+                24,
+                vec![RuleAttribute::Source("10.150.0.0".parse().unwrap())],
+            ),
+            rule(0, vec![RuleAttribute::Iifname("eth0".into())]),
+            rule(0, vec![RuleAttribute::L3MDev(true)]),
+            rule(
+                0,
+                vec![RuleAttribute::UidRange(RuleUidRange { start: 1, end: 2 })],
+            ),
+            rule(0, vec![RuleAttribute::IpProtocol(IpProtocol::Tcp)]),
+            rule(0, vec![RuleAttribute::SourcePortRange(ports)]),
+            rule(0, vec![RuleAttribute::DestinationPortRange(ports)]),
+        ] {
+            assert!(!rule_by_destination(&r), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_route_has_one_path_unless_it_spreads_or_is_source_specific() {
+        let mut r = RouteMessage::default();
+        r.attributes = vec![
+            RouteAttribute::Oif(3),
+            RouteAttribute::Gateway(RouteAddress::Inet("10.0.0.1".parse().unwrap())),
+        ];
+        assert!(route_single_path(&r));
+        let mut one = r.clone();
+        one.attributes = vec![RouteAttribute::MultiPath(vec![RouteNextHop::default()])];
+        assert!(route_single_path(&one));
+        let mut ecmp = r.clone();
+        ecmp.attributes = vec![RouteAttribute::MultiPath(vec![
+            RouteNextHop::default(),
+            RouteNextHop::default(),
+        ])];
+        assert!(!route_single_path(&ecmp));
+        let mut object = r.clone();
+        object.attributes.push(RouteAttribute::NhId(12));
+        assert!(!route_single_path(&object));
+        let mut from = r.clone();
+        from.header.source_prefix_length = 64;
+        assert!(!route_single_path(&from));
+    }
 }

@@ -37,6 +37,7 @@ use xdpvs::{
         DataplaneRead as _, FlowReader as _,
     },
     model::RealKey,
+    netlink,
     realserver::decap,
     reconcile::{fmt_mac, L2Next, Reconciler},
 };
@@ -271,6 +272,26 @@ impl Fixture {
             mac: real_mac(addr),
         };
         self.rec.set_next_hop(addr, hop).expect("next hop");
+    }
+
+    /// Reads the namespace's rules and routes toward every NAT real and marks each
+    /// real routed by its address alone or not (`REAL_F_BY_DEST`), as the daemon does
+    /// each second (decision 0024). Returns: what it found, by address.
+    pub fn refresh_by_dest(&mut self) -> Vec<(IpAddr, bool)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let addrs = self.rec.nat_real_addresses();
+        // The socket is opened on this thread, in the fixture's namespace.
+        let found = rt.block_on(async {
+            let handle = netlink::connect().expect("netlink");
+            netlink::by_destination(&handle, &addrs).await
+        });
+        for &(addr, one) in &found {
+            self.rec.set_by_dest(addr, one).expect("by_dest");
+        }
+        found
     }
 
     /// Writes a permanent neighbour entry for `addr` on `dev` (its MAC: `real_mac`).

@@ -72,7 +72,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         METHOD_DR => forward::dr::forward(ctx, &p, real, ingress)?,
         METHOD_NAT => {
             let traced = choice.recorded || choice.marked;
-            forward::nat::forward(ctx, &p, vs, real, choice.new_flow, traced)?
+            forward::nat::forward(ctx, &p, vs, choice.real_id, real, choice.new_flow, traced)?
         }
         METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, choice.real_id, real)?,
         _ => return Err(Verdict::internal()),

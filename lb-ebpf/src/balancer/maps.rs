@@ -115,11 +115,11 @@ pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_COUNT, 0);
 #[map]
 pub static NEIGH_MISS: RingBuf = RingBuf::with_byte_size(NEIGH_MISS_BYTES, 0);
 
-/// A tunnel's next hop toward one real, as the FIB last gave it to this CPU (decision
-/// 0023).
+/// A next hop toward one real, as the FIB last gave it to this CPU (decisions 0023,
+/// 0024).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct TunnelHop {
+pub struct RealHop {
     /// `bpf_ktime_get_coarse_ns` of the lookup (0: none yet).
     pub at_ns: u64,
     /// The real id and generation it was looked up for.
@@ -129,18 +129,20 @@ pub struct TunnelHop {
     pub input: u32,
     /// The outer packet's length (IP) the FIB accepted on this hop.
     pub ok_len: u32,
-    /// The tunnel source it was looked up from.
+    /// The source it stands for: a tunnel's source, or zero for a NAT real routed by
+    /// its address alone (decision 0024).
     pub src: [u32; 4],
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<TunnelHop>() == 56);
+const _: () = assert!(core::mem::size_of::<RealHop>() == 56);
 
-/// Real id's low bits -> its tunnel's next hop, per CPU. Written and read here.
+/// Real id's low bits -> the next hop toward that real (a tunnel's; a NAT real's routed
+/// by its address alone), per CPU. Written and read here.
 #[map]
-pub static TUNNEL_HOPS: PerCpuArray<TunnelHop> =
-    PerCpuArray::with_max_entries(lb_common::maps::TUNNEL_HOP_SLOTS, 0);
+pub static REAL_HOPS: PerCpuArray<RealHop> =
+    PerCpuArray::with_max_entries(lb_common::maps::REAL_HOP_SLOTS, 0);
 
 /// 0 -> written; 1.. -> the bits of the addresses the balancer may have work for
 /// (`lb_common::maps::ADDR_FILTER`, decision 0022). Written by the daemon.

@@ -327,6 +327,7 @@ impl Host {
         &mut self,
         rec: &mut Reconciler<D>,
     ) -> anyhow::Result<usize> {
+        self.refresh_by_dest(rec).await?;
         let neigh = netlink::neighbours(&self.handle).await?;
         let mut missing = self.refresh_routed(rec, &neigh).await?;
         for addr in rec.real_addresses_of(true) {
@@ -371,6 +372,21 @@ impl Host {
             self.solicit_unless_fresh(addr, route.oif, hop, entry).await;
         }
         Ok(missing)
+    }
+
+    /// NAT reals: whether the kernel's route toward each depends on its address alone
+    /// (every rule by destination, the route matched single-path), so that the data
+    /// path may keep a request's next hop per CPU for every client (decision 0024). When
+    /// the rules or a real's route cannot be read, the real is looked up per packet.
+    async fn refresh_by_dest<D: Dataplane>(
+        &mut self,
+        rec: &mut Reconciler<D>,
+    ) -> anyhow::Result<()> {
+        let addrs = rec.nat_real_addresses();
+        for (addr, one) in netlink::by_destination(&self.handle, &addrs).await {
+            rec.set_by_dest(addr, one)?;
+        }
+        Ok(())
     }
 
     /// NAT and tunnel reals: the data path asks the FIB for their next hop (the real,

@@ -190,6 +190,11 @@ impl<D: Dataplane> Reconciler<D> {
             .addresses(|k| self.tables.is_dr(&k.vs).is_some_and(|d| d == dr))
     }
 
+    /// Returns: the real addresses of NAT virtual servers, sorted, each once.
+    pub fn nat_real_addresses(&self) -> Vec<IpAddr> {
+        self.reals.addresses(|k| self.tables.is_nat(&k.vs))
+    }
+
     /// Returns: whether real `key` counts as healthy (unprobed reals and the sorry
     /// server always do). This is the one record of the reals' health: the probes'
     /// rise/fall state machines count their results against it.
@@ -247,6 +252,12 @@ impl<D: Dataplane> Reconciler<D> {
     /// Records where `addr` is reached and rewrites the reals at that address.
     pub fn set_next_hop(&mut self, addr: IpAddr, hop: L2Next) -> Result<(), ReconcileError> {
         self.reals.set_next_hop(&mut self.dp, addr, hop)
+    }
+
+    /// Records whether the kernel's route toward real address `addr` depends on the
+    /// address alone, and rewrites the reals there (`REAL_F_BY_DEST`, decision 0024).
+    pub fn set_by_dest(&mut self, addr: IpAddr, by_dest: bool) -> Result<(), ReconcileError> {
+        self.reals.set_by_dest(&mut self.dp, addr, by_dest)
     }
 
     /// Records the probed health of real `key` and updates its table.

@@ -2,13 +2,13 @@
 //! at, the free ids, the flags each real carries and where its frames go.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
 };
 
 use lb_common::{
-    maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE, REAL_ROLE_FREE, REAL_ROLE_REAL,
-    REAL_ROLE_SORRY,
+    maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE, REAL_F_BY_DEST, REAL_F_POLICY,
+    REAL_ROLE_FREE, REAL_ROLE_REAL, REAL_ROLE_SORRY,
 };
 
 use super::{
@@ -55,6 +55,8 @@ pub(super) struct Reals {
     generations: Vec<u32>,
     /// Known next hops by real address.
     next_hops: HashMap<IpAddr, L2Next>,
+    /// Real addresses whose route depends on the address alone (`REAL_F_BY_DEST`).
+    by_dest: HashSet<IpAddr>,
     /// Reals added and maybe not written yet (see [`Reals::write_new`]).
     unwritten: Vec<RealKey>,
 }
@@ -68,6 +70,7 @@ impl Reals {
             free: (0..MAX_REALS).rev().collect(),
             generations: vec![0; MAX_REALS as usize],
             next_hops: HashMap::new(),
+            by_dest: HashSet::new(),
             unwritten: Vec::new(),
         }
     }
@@ -103,6 +106,9 @@ impl Reals {
             } else {
                 RealKey::real(&vs, addr, port)
             };
+            if info.flags & REAL_F_BY_DEST != 0 {
+                self.by_dest.insert(addr);
+            }
             if info.ifindex != 0 {
                 let hop = L2Next {
                     ifindex: info.ifindex,
@@ -273,7 +279,11 @@ impl Reals {
             port_be: port.to_be(),
             ifindex: hop.ifindex,
             generation,
-            flags: 0,
+            flags: if self.by_dest.contains(&addr) {
+                REAL_F_BY_DEST
+            } else {
+                0
+            },
             family,
             role: REAL_ROLE_FREE,
             vs_index: 0,
@@ -326,6 +336,40 @@ impl Reals {
         Ok(())
     }
 
+    /// Records whether the route toward `addr` depends on the address alone, and gives
+    /// the reals at that address `REAL_F_BY_DEST` or takes it from them.
+    pub fn set_by_dest(
+        &mut self,
+        dp: &mut impl Dataplane,
+        addr: IpAddr,
+        by_dest: bool,
+    ) -> Result<(), ReconcileError> {
+        if by_dest {
+            self.by_dest.insert(addr);
+        } else {
+            self.by_dest.remove(&addr);
+        }
+        let want = if by_dest { REAL_F_BY_DEST } else { 0 };
+        for key in self.at_addr.get(&addr).into_iter().flatten() {
+            let slot = self.slots.get_mut(key).expect("indexed reals exist");
+            // Compared real by real, as in `set_next_hop`.
+            if slot.info.flags & REAL_F_BY_DEST == want {
+                continue;
+            }
+            let info = RealInfo {
+                flags: slot.info.flags & !REAL_F_BY_DEST | want,
+                ..slot.info
+            };
+            write(dp, slot, info)?;
+            if by_dest {
+                tracing::info!(real = %key.addr, vs = %key.vs, "real server's route depends on its address alone: its next hop is kept per CPU");
+            } else {
+                tracing::info!(real = %key.addr, vs = %key.vs, "real server's route depends on more than its address: its next hop is looked up per packet");
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the flags of `want` that real `key` lacks (a gain: written before any
     /// table names it).
     pub fn gain(
@@ -346,15 +390,15 @@ impl Reals {
         Ok(())
     }
 
-    /// Clears the flags real `key` has beyond `want` (a loss: written after the tables
-    /// stopped naming it).
+    /// Clears the policy's flags (`REAL_F_POLICY`) real `key` has beyond `want` (a loss:
+    /// written after the tables stopped naming it).
     pub fn lose(
         &mut self,
         dp: &mut impl Dataplane,
         key: &RealKey,
         want: u32,
     ) -> Result<(), ReconcileError> {
-        let lost = self.slots[key].info.flags & !want;
+        let lost = self.slots[key].info.flags & REAL_F_POLICY & !want;
         if lost != 0 {
             self.clear_flags(dp, key, lost)?;
         }
@@ -375,6 +419,7 @@ impl Reals {
         }
         let info = RealInfo {
             role: REAL_ROLE_FREE,
+            flags: 0,
             ..slot.info
         };
         write(dp, &mut slot, info)?;

@@ -163,6 +163,13 @@ impl Tables {
         self.vss.get(name).map(|s| s.params.method == METHOD_DR)
     }
 
+    /// Returns: whether virtual server `name` forwards by NAT.
+    pub fn is_nat(&self, name: &str) -> bool {
+        self.vss
+            .get(name)
+            .is_some_and(|s| s.params.method == METHOD_NAT)
+    }
+
     /// Returns: whether virtual server `name` must be synced by the next apply (it is
     /// new, its configuration changed, or its last sync failed).
     pub fn is_stale(&self, name: &str) -> bool {

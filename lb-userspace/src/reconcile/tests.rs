@@ -144,6 +144,54 @@ fn next_hop_updates_reach_the_real() {
     assert_eq!((r.dp.reals[&id].ifindex, r.dp.reals[&id].mac), (7, hop.mac));
 }
 
+/// `REAL_F_BY_DEST` (decision 0024) is the host's to give and take: the health policy's
+/// flags come and go beside it, a real added later at the address gets it, and a
+/// removed real's id keeps none of it.
+#[test]
+fn a_real_keeps_its_route_mark_through_health_changes_and_new_reals_get_it() {
+    use lb_common::REAL_F_BY_DEST;
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let yaml = |reals: &str| {
+        let t = format!("interfaces: [eth0]\nvirtual_servers:\n  - {{ name: web, address: 10.0.0.100, port: 80, protocol: tcp, method: nat, health_check: {{ type: tcp }}, real_servers: [{reals}] }}\n");
+        config::parse(Path::new("t.yaml"), &t, &AnyInterface).unwrap()
+    };
+    r.apply(&yaml("{ address: 10.0.1.1, port: 8080 }")).unwrap();
+    let addr: IpAddr = "10.0.1.1".parse().unwrap();
+    assert_eq!(r.nat_real_addresses(), vec![addr]);
+    let k8080 = RealKey::real("web", addr, 8080);
+    let flags =
+        |r: &Reconciler<MemoryDataplane>, k: &RealKey| r.dp.reals[&r.real_id(k).unwrap()].flags;
+    assert_eq!(flags(&r, &k8080), 0, "not probed yet");
+    r.set_by_dest(addr, true).unwrap();
+    assert_eq!(flags(&r, &k8080), REAL_F_BY_DEST);
+    assert!(r.set_health(&k8080, true).unwrap());
+    let all = REAL_F_ACTIVE | REAL_F_NEW | REAL_F_BY_DEST;
+    assert_eq!(flags(&r, &k8080), all);
+    assert!(r.set_health(&k8080, false).unwrap());
+    let only = "health takes its own flags only";
+    assert_eq!(flags(&r, &k8080), REAL_F_BY_DEST, "{only}");
+    assert!(r.set_health(&k8080, true).unwrap());
+    assert_eq!(flags(&r, &k8080), all);
+    // A real at the same address, on another port, added after the mark.
+    r.apply(&yaml(
+        "{ address: 10.0.1.1, port: 8080 }, { address: 10.0.1.1, port: 8081 }",
+    ))
+    .unwrap();
+    let k8081 = RealKey::real("web", addr, 8081);
+    assert!(r.set_health(&k8081, true).unwrap());
+    assert_eq!(
+        flags(&r, &k8081),
+        REAL_F_ACTIVE | REAL_F_NEW | REAL_F_BY_DEST
+    );
+    r.set_by_dest(addr, false).unwrap();
+    assert_eq!(flags(&r, &k8080), REAL_F_ACTIVE | REAL_F_NEW);
+    assert_eq!(flags(&r, &k8081), REAL_F_ACTIVE | REAL_F_NEW);
+    r.set_by_dest(addr, true).unwrap();
+    let id = r.real_id(&k8081).unwrap();
+    r.apply(&yaml("{ address: 10.0.1.1, port: 8080 }")).unwrap();
+    assert_eq!(r.dp.reals[&id].flags, 0, "a freed id carries no flag");
+}
+
 #[test]
 fn nat_reply_lookup_is_switched_on_only_while_a_nat_vs_exists() {
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
@@ -164,7 +212,7 @@ fn nat_reply_lookup_is_switched_on_only_while_a_nat_vs_exists() {
 fn nat_reals_hold_the_reals_that_serve_one_nat_virtual_server_only() {
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
     let vs = |name: &str, vip: &str, reals: &str| {
-        format!("  - {{ name: {name}, address: {vip}, port: 80, protocol: tcp, method: nat, health_check: {{ type: none }}, real_servers: [{reals}] }}\n")
+        format!("  - {{ name: {name}, address: {vip}, port: 80, protocol: tcp, method: nat, health_check: {{ type: tcp }}, real_servers: [{reals}] }}\n")
     };
     let both = format!(
         "interfaces: [eth0]\nvirtual_servers:\n{}{}",

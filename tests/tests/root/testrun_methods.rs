@@ -581,7 +581,7 @@ fn tunnel_v6_wraps_the_packet_in_a_correct_outer_header() {
     assert_eq!(r.out, want);
 }
 
-/// A CPU keeps a tunnel's next hop for at most `TUNNEL_HOP_TTL_NS` (decision 0023): a
+/// A CPU keeps a tunnel's next hop for at most `REAL_HOP_TTL_NS` (decision 0023): a
 /// route change reaches tunnelled packets once that has passed, without a reload.
 #[test]
 fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
@@ -623,6 +623,148 @@ fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
         assert!(
             Instant::now() < deadline,
             "still sent to the old router 5 s after the route changed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Returns: a source port from which `client`'s flow to the TCP NAT virtual server
+/// goes to real `want`.
+fn port_to(f: &Fixture, client: [u8; 4], want: &str) -> u16 {
+    let want: IpAddr = want.parse().expect("address");
+    (1000u16..)
+        .find(|&sport| {
+            f.predict(
+                "nat4",
+                &key(client.into(), sport, NAT_VIP4.into(), 80, PROTO_TCP),
+            ) == want
+        })
+        .expect("some port goes to each real")
+}
+
+/// Returns: the destination MAC a NAT request from `client:sport` leaves with.
+fn nat_request_mac(f: &Fixture, client: [u8; 4], sport: u16) -> [u8; 6] {
+    let r = f.run(&V4Packet::tcp(client, sport, NAT_VIP4, 80).build());
+    assert_eq!(r.action, XDP_REDIRECT, "request from {client:?}:{sport}");
+    r.out[..6].try_into().expect("a frame")
+}
+
+/// Decision 0024: the daemon marks a NAT real whose route depends on its address alone,
+/// and only then does the data path keep a request's next hop for every client. A rule
+/// on the clients' source, or a multipath route, takes the mark away, and each client's
+/// request then goes where the kernel would send it.
+#[test]
+fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
+    let mut f = Fixture::new(YAML);
+    let found = f.refresh_by_dest();
+    let real: IpAddr = "10.0.1.11".parse().unwrap();
+    assert!(found.contains(&(real, true)), "{found:?}");
+    assert!(found.iter().all(|&(_, one)| one), "{found:?}");
+    let (a, b) = ([192, 0, 2, 7], [192, 0, 2, 8]);
+    let (pa, pb) = (port_to(&f, a, "10.0.1.11"), port_to(&f, b, "10.0.1.11"));
+    assert_eq!(nat_request_mac(&f, a, pa), real_mac(real));
+    assert_eq!(nat_request_mac(&f, b, pb), real_mac(real));
+
+    // Client b's requests go through the router, by a rule on their source.
+    f.net
+        .exec(&["ip", "rule", "add", "from", "192.0.2.8", "lookup", "100"]);
+    f.net.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.0.1.0/24",
+        "via",
+        "10.0.1.254",
+        "dev",
+        "fxa",
+        "onlink",
+        "table",
+        "100",
+    ]);
+    let found = f.refresh_by_dest();
+    assert!(found.iter().all(|&(_, one)| !one), "{found:?}");
+    // a first, so that a kept hop, if one were used, would be a's.
+    assert_eq!(nat_request_mac(&f, a, pa), real_mac(real));
+    assert_eq!(nat_request_mac(&f, b, pb), GW_MAC, "b's rule is followed");
+
+    // No rule, but a real reached by two paths: that real alone loses the mark.
+    f.net
+        .exec(&["ip", "rule", "del", "from", "192.0.2.8", "lookup", "100"]);
+    f.net.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.0.1.253",
+        "lladdr",
+        "02:00:00:00:fe:02",
+        "dev",
+        "fxa",
+        "nud",
+        "permanent",
+    ]);
+    f.net.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.0.1.11/32",
+        "nexthop",
+        "via",
+        "10.0.1.254",
+        "dev",
+        "fxa",
+        "onlink",
+        "nexthop",
+        "via",
+        "10.0.1.253",
+        "dev",
+        "fxa",
+        "onlink",
+    ]);
+    let found = f.refresh_by_dest();
+    for (addr, one) in found {
+        assert_eq!(one, addr != real, "{addr}");
+    }
+}
+
+/// A CPU keeps a NAT real's next hop for at most `REAL_HOP_TTL_NS` (decision 0024), as
+/// a tunnel's: a route change reaches the requests once that has passed, without a
+/// reload, and the mark stays (the new route depends on the real alone too).
+#[test]
+fn a_route_change_reaches_nat_requests_kept_per_cpu_without_a_reload() {
+    use std::time::{Duration, Instant};
+    let mut f = Fixture::new(YAML);
+    f.refresh_by_dest();
+    let real: IpAddr = "10.0.1.11".parse().unwrap();
+    let client = [192, 0, 2, 7];
+    let sport = port_to(&f, client, "10.0.1.11");
+    let allowed = allowed_cpus();
+    for &cpu in &allowed {
+        on_cpus(&[cpu]);
+        assert_eq!(nat_request_mac(&f, client, sport), real_mac(real));
+    }
+    on_cpus(&allowed);
+    f.net.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.0.1.11/32",
+        "via",
+        "10.0.1.254",
+        "dev",
+        "fxa",
+        "onlink",
+    ]);
+    assert!(f.refresh_by_dest().contains(&(real, true)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mac = nat_request_mac(&f, client, sport);
+        if mac == GW_MAC {
+            break;
+        }
+        assert_eq!(mac, real_mac(real), "the real or the router");
+        assert!(
+            Instant::now() < deadline,
+            "still sent to the real's own MAC 5 s after the route changed"
         );
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    maps::{TUNNEL_HOP_SLOTS, TUNNEL_HOP_TTL_NS},
+    maps::{REAL_HOP_SLOTS, REAL_HOP_TTL_NS},
     reason, IfaceInfo, VlanKey, VlanOut, FAMILY_V4,
 };
 use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
@@ -25,7 +25,7 @@ use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 use crate::{
     fib, icmp,
     l2::{write_header, Tags},
-    maps::{IFACES, TUNNEL_HOPS, VLAN_IN, VLAN_OUT},
+    maps::{IFACES, REAL_HOPS, VLAN_IN, VLAN_OUT},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -94,37 +94,40 @@ fn next_hop_from(
     }
 }
 
-/// Looks up the next hop of a tunnel's outer packet `r` toward real `real_id` (of
-/// `generation`), as [`next_hop`] does, through `TUNNEL_HOPS` (decision 0023): the hop
-/// the FIB gave this CPU for that real, from the same tunnel source and input
-/// interface, less than
-/// `TUNNEL_HOP_TTL_NS` ago, is used again for a packet no longer than the one the FIB
-/// accepted then. The outer packet's route depends on the tunnel source, the real and
-/// the input interface alone, never on the flow, so reusing it changes no flow's path.
+/// Looks up the next hop of a packet `r` toward real `real_id` (of `generation`) whose
+/// route is the same for every flow to that real, as [`next_hop`] does, through
+/// `REAL_HOPS` (decisions 0023, 0024): the hop the FIB gave this CPU for that real,
+/// with the same `tag` and input interface, less than `REAL_HOP_TTL_NS` ago, is used
+/// again for a packet no longer than the one the FIB accepted then. `tag` is the
+/// source the route was found from where it is the same for every flow (a tunnel's
+/// source), or zero where the daemon found that the real's route depends on its
+/// address alone (`REAL_F_BY_DEST`: a NAT request). Reusing the hop then changes no
+/// flow's path.
 /// Returns: the hop, or the final verdict of a packet not forwarded.
 #[inline(always)]
-pub fn tunnel_hop(
+pub fn real_hop(
     ctx: &XdpContext,
     p: &Parsed,
     r: &fib::Route,
     overhead: u32,
     real_id: u32,
     generation: u32,
+    tag: &[u32; 4],
 ) -> Result<fib::Hop, Verdict> {
     let input = input_ifindex(ctx)?;
     let len = u32::from(r.tot_len);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let slot = TUNNEL_HOPS.get_ptr_mut(real_id & (TUNNEL_HOP_SLOTS - 1));
+    let slot = REAL_HOPS.get_ptr_mut(real_id & (REAL_HOP_SLOTS - 1));
     if let Some(c) = slot {
         // SAFETY: per-CPU slot, valid for this program run; no other CPU writes it.
         let c = unsafe { &*c };
         let same = c.at_ns != 0
-            && now.wrapping_sub(c.at_ns) < TUNNEL_HOP_TTL_NS
+            && now.wrapping_sub(c.at_ns) < REAL_HOP_TTL_NS
             && c.real_id == real_id
             && c.generation == generation
             && c.input == input
-            && c.src == *r.src;
+            && c.src == *tag;
         if same && len <= c.ok_len {
             return Ok(fib::Hop {
                 ifindex: c.ifindex,
@@ -142,7 +145,7 @@ pub fn tunnel_hop(
             (*c).generation = generation;
             (*c).input = input;
             (*c).ok_len = len;
-            (*c).src = *r.src;
+            (*c).src = *tag;
             (*c).ifindex = hop.ifindex;
             (*c).smac = hop.smac;
             (*c).dmac = hop.dmac;

@@ -1,7 +1,8 @@
 //! NAT (LVS "masq"): requests get the real's address and port as destination; replies,
 //! which the reals route back through the balancer, get the VIP and virtual port back
 //! as source. Checksums are updated incrementally (RFC 1624); next hops come from the
-//! kernel's FIB.
+//! kernel's FIB (a request's kept per CPU for a real whose route depends on its address
+//! alone, decision 0024).
 //!
 //! Policy:
 //! - A reply is recognised by the flow's own `FLOWS` entry (decision 0015): a real whose
@@ -30,7 +31,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     reason, FlowKey, FlowState, NatState, RealInfo, VsInfo, VsKey, FAMILY_V4, PROTO_UDP,
-    SETTING_NAT,
+    REAL_F_BY_DEST, SETTING_NAT,
 };
 use lb_ebpf::{
     csum,
@@ -40,7 +41,7 @@ use lb_ebpf::{
 use crate::{
     choose::{marked_to, record_flow},
     fib,
-    forward::egress::{next_hop, routed, transmit},
+    forward::egress::{next_hop, real_hop, routed, transmit},
     l2::addressed_here,
     maps::{FLOWS, NAT_REALS, NAT_STATE, REALS, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
@@ -82,6 +83,26 @@ fn rewrite(ctx: &XdpContext, p: &Parsed, end: End, addr: &[u32; 4], port_be: u16
     Some(())
 }
 
+/// Returns: the route of `p` (source `src:sport_be`) toward `dst:dport_be`.
+#[inline(always)]
+fn route_of<'a>(
+    p: &Parsed,
+    src: &'a [u32; 4],
+    dst: &'a [u32; 4],
+    sport_be: u16,
+    dport_be: u16,
+) -> fib::Route<'a> {
+    fib::Route {
+        family: p.key.family,
+        proto: p.key.proto,
+        src,
+        dst,
+        sport_be,
+        dport_be,
+        tot_len: p.ip_len as u16,
+    }
+}
+
 /// Finds the next hop of `p` (source `src:sport_be`) toward `dst:dport_be`; NAT adds no
 /// bytes, so a too-big answer carries the egress MTU itself.
 #[inline(always)]
@@ -93,19 +114,27 @@ fn route(
     sport_be: u16,
     dport_be: u16,
 ) -> Result<fib::Hop, Verdict> {
-    let r = fib::Route {
-        family: p.key.family,
-        proto: p.key.proto,
-        src,
-        dst,
-        sport_be,
-        dport_be,
-        tot_len: p.ip_len as u16,
-    };
+    next_hop(ctx, p, &route_of(p, src, dst, sport_be, dport_be), 0)
+}
+
+/// Finds the next hop of request `p` toward `real` (id `real_id`), as [`route`] does:
+/// kept per CPU when the daemon found that the real's route depends on its address
+/// alone (`REAL_F_BY_DEST`, decision 0024), the same then for every client.
+#[inline(always)]
+fn request_hop(
+    ctx: &XdpContext,
+    p: &Parsed,
+    real_id: u32,
+    real: &RealInfo,
+) -> Result<fib::Hop, Verdict> {
+    let r = route_of(p, &p.key.src, &real.addr, p.key.sport_be, real.port_be);
+    if real.flags & REAL_F_BY_DEST != 0 {
+        return real_hop(ctx, p, &r, 0, real_id, real.generation, &[0; 4]);
+    }
     next_hop(ctx, p, &r, 0)
 }
 
-/// Forwards a request of virtual server `vs` to `real`. `traced`: the flow is in
+/// Forwards a request of virtual server `vs` to `real` (id `real_id`). `traced`: the flow is in
 /// `FLOWS`, or its mark in `UDP_SEEN` (a SYN, a first datagram: decision 0021), so
 /// that the reply of a real that serves `vs` alone is found by it; otherwise the reply
 /// state goes into `NAT_STATE`.
@@ -115,11 +144,12 @@ pub fn forward(
     ctx: &XdpContext,
     p: &Parsed,
     vs: &VsInfo,
+    real_id: u32,
     real: &RealInfo,
     new_flow: bool,
     traced: bool,
 ) -> Result<Verdict, Verdict> {
-    let hop = route(ctx, p, &p.key.src, &real.addr, p.key.sport_be, real.port_be)?;
+    let hop = request_hop(ctx, p, real_id, real)?;
     if !traced || !sole_real_of(&real.addr, real.port_be, p, vs.vs_index) {
         keep_reply_state(p, vs, real, new_flow);
     }

@@ -15,7 +15,7 @@ use lb_ebpf::headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_IPIP, IPPROTO
 
 use crate::{
     fib,
-    forward::egress::{routed, transmit, tunnel_hop},
+    forward::egress::{real_hop, routed, transmit},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -23,7 +23,7 @@ use crate::{
 const OUTER_TTL: u8 = 64;
 
 /// Encapsulates a packet of virtual server `vs` to `real` (id `real_id`), its next
-/// hop from `TUNNEL_HOPS` or the FIB (decision 0023).
+/// hop from `REAL_HOPS` or the FIB (decision 0023).
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn forward(
@@ -49,7 +49,7 @@ pub fn forward(
         dport_be: 0,
         tot_len: outer_len as u16,
     };
-    let hop = tunnel_hop(ctx, p, &r, overhead as u32, real_id, real.generation)?;
+    let hop = real_hop(ctx, p, &r, overhead as u32, real_id, real.generation, r.src)?;
     // Inner TOS / traffic class, read before the headers move.
     let tos = if v4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;

@@ -276,6 +276,12 @@ pub const IP6IP6_OVERHEAD: u32 = 40;
 /// [`maps::SETTINGS`] bit: some virtual server uses NAT, so packets for no VIP are
 /// looked up as possible NAT replies (otherwise that lookup is skipped).
 pub const SETTING_NAT: u32 = 1;
+/// [`maps::SETTINGS`] bit: every rule of the host looks at a packet's destination alone
+/// and no route has more than one path, so the route toward a client depends on its
+/// address alone and a NAT reply's next hop is kept per CPU by the client's address
+/// (`CLIENT_HOPS`, decision 0024). Written by the daemon from what it reads of the
+/// host; the configuration's bits are written apart from it.
+pub const SETTING_CLIENTS_BY_DEST: u32 = 2;
 
 /// An interface the data path transmits on. Value of [`maps::IFACES`], keyed by ifindex.
 #[repr(C)]

@@ -29,6 +29,7 @@
 //! | `NEIGH_MISS` | ring buffer of [`crate::NeighMiss`]: next hops the FIB had no neighbour entry for | XDP | daemon |
 //! | `NEIGH_ASKED` | next hop's hash (low bits) -> `bpf_ktime_get_ns` of its last report (`u64`) | XDP | XDP |
 //! | `REAL_HOPS` | real id's low bits -> the next hop the FIB last gave this CPU toward that real (tunnels; NAT reals routed by their address alone), per CPU | XDP | XDP |
+//! | `CLIENT_HOPS` | [`client_hop_slot`] of a client's address -> the next hop the FIB last gave this CPU toward it (NAT replies, while routes depend on the destination alone), per CPU | XDP | XDP |
 //! | `ADDR_FILTER` | 0 -> [`ADDR_FILTER_VERSION`] once the daemon wrote the bits (`u64`); 1.. -> 64 bits each of [`crate::addr_filter_place`] | daemon | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
@@ -135,6 +136,27 @@ const _: () = assert!(REAL_HOP_SLOTS.is_power_of_two());
 /// tick).
 pub const REAL_HOP_TTL_NS: u64 = 50_000_000;
 
+/// Next hops toward clients (decision 0024): the FIB's answer for a NAT reply toward a
+/// client address, kept per CPU for [`REAL_HOP_TTL_NS`] while
+/// [`crate::SETTING_CLIENTS_BY_DEST`] says routes depend on the destination alone.
+/// Per-CPU array of [`CLIENT_HOP_SLOTS`], indexed by a hash of the client's address
+/// ([`client_hop_slot`]) and tagged with the address.
+pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
+/// Slots of [`CLIENT_HOPS`] per CPU (a power of two).
+pub const CLIENT_HOP_SLOTS: u32 = 4096;
+const _: () = assert!(CLIENT_HOP_SLOTS.is_power_of_two());
+
+/// Returns: the [`CLIENT_HOPS`] slot of address `addr` (network order words; an IPv4
+/// address in the first): a multiplicative hash of the words' sum, top bits.
+#[inline(always)]
+pub fn client_hop_slot(addr: &[u32; 4]) -> u32 {
+    let sum = addr[0]
+        .wrapping_add(addr[1])
+        .wrapping_add(addr[2])
+        .wrapping_add(addr[3]);
+    sum.wrapping_mul(0x9e37_79b1) >> (32 - CLIENT_HOP_SLOTS.trailing_zeros())
+}
+
 /// Addresses the balancer may have work for (decision 0022): a bitmap of
 /// [`ADDR_FILTER_BITS`] bits over [`crate::addr_filter_place`], set for every VIP (as a
 /// destination) and every NAT real (as a source). A packet whose destination and
@@ -179,6 +201,7 @@ pub const ALL: &[&str] = &[
     NEIGH_ASKED,
     ADDR_FILTER,
     REAL_HOPS,
+    CLIENT_HOPS,
 ];
 
 /// The load balancer, attached to every interface of the configuration.

@@ -320,19 +320,33 @@ pub async fn route_to(handle: &Handle, dst: IpAddr) -> Result<Option<RouteTo>, N
     Ok((out.oif != 0).then_some(out))
 }
 
-/// Returns: for each of `addrs`, whether the host's route toward it depends on the
-/// address alone: every rule by destination ([`rules_by_destination`]) and the route
-/// matched single-path ([`single_path`]). What cannot be read counts as no (logged).
-pub async fn by_destination(handle: &Handle, addrs: &[IpAddr]) -> Vec<(IpAddr, bool)> {
-    if addrs.is_empty() {
-        return Vec::new();
-    }
+/// What the host's routing says of the next hops the data path may keep (decision
+/// 0024).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteShape {
+    /// For each real address asked about, whether the route toward it depends on the
+    /// address alone: every rule by destination ([`rules_by_destination`]) and the
+    /// route matched single-path ([`single_path`]).
+    pub reals: Vec<(IpAddr, bool)>,
+    /// Whether the route toward any address depends on the address alone: every rule
+    /// by destination and every route of every table single-path
+    /// ([`all_single_path`]).
+    pub clients: bool,
+}
+
+/// Most routes [`all_single_path`] reads: a host with more has its replies looked up
+/// per packet rather than read whole each second.
+pub const ROUTES_READ_AT_MOST: usize = 10_000;
+
+/// Reads the host's rules and routes (see [`RouteShape`]) for real addresses `reals`.
+/// What cannot be read counts as depending on more than the address (logged).
+pub async fn route_shape(handle: &Handle, reals: &[IpAddr]) -> RouteShape {
     let rules = rules_by_destination(handle).await.unwrap_or_else(|e| {
         tracing::error!("reading the routing rules: {e:#}");
         false
     });
-    let mut out = Vec::with_capacity(addrs.len());
-    for &addr in addrs {
+    let mut out = Vec::with_capacity(reals.len());
+    for &addr in reals {
         let one = rules
             && match single_path(handle, addr).await {
                 Ok(one) => one == Some(true),
@@ -343,7 +357,40 @@ pub async fn by_destination(handle: &Handle, addrs: &[IpAddr]) -> Vec<(IpAddr, b
             };
         out.push((addr, one));
     }
-    out
+    let clients = rules
+        && match all_single_path(handle).await {
+            Ok(all) => all == Some(true),
+            Err(e) => {
+                tracing::error!("reading the routing tables: {e:#}");
+                false
+            }
+        };
+    RouteShape {
+        reals: out,
+        clients,
+    }
+}
+
+/// Returns: whether every route of every table (IPv4 and IPv6) has one path (see
+/// [`single_path`]); `None` when there are more than [`ROUTES_READ_AT_MOST`].
+pub async fn all_single_path(handle: &Handle) -> Result<Option<bool>, NetlinkError> {
+    let mut read = 0;
+    for dump in [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ] {
+        let mut s = handle.route().get(dump).execute();
+        while let Some(r) = s.try_next().await.map_err(req("listing routes"))? {
+            read += 1;
+            if read > ROUTES_READ_AT_MOST {
+                return Ok(None);
+            }
+            if !route_single_path(&r) {
+                return Ok(Some(false));
+            }
+        }
+    }
+    Ok(Some(true))
 }
 
 /// Returns: whether every policy routing rule (IPv4 and IPv6) chooses its table

@@ -274,24 +274,27 @@ impl Fixture {
         self.rec.set_next_hop(addr, hop).expect("next hop");
     }
 
-    /// Reads the namespace's rules and routes toward every NAT real and marks each
-    /// real routed by its address alone or not (`REAL_F_BY_DEST`), as the daemon does
-    /// each second (decision 0024). Returns: what it found, by address.
-    pub fn refresh_by_dest(&mut self) -> Vec<(IpAddr, bool)> {
+    /// Reads the namespace's rules and routes and marks each NAT real routed by its
+    /// address alone or not (`REAL_F_BY_DEST`), and clients (`SETTING_CLIENTS_BY_DEST`),
+    /// as the daemon does each second (decision 0024). Returns: what it found.
+    pub fn refresh_by_dest(&mut self) -> netlink::RouteShape {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let addrs = self.rec.nat_real_addresses();
         // The socket is opened on this thread, in the fixture's namespace.
-        let found = rt.block_on(async {
+        let shape = rt.block_on(async {
             let handle = netlink::connect().expect("netlink");
-            netlink::by_destination(&handle, &addrs).await
+            netlink::route_shape(&handle, &addrs).await
         });
-        for &(addr, one) in &found {
+        for &(addr, one) in &shape.reals {
             self.rec.set_by_dest(addr, one).expect("by_dest");
         }
-        found
+        self.rec
+            .set_clients_by_dest(shape.clients)
+            .expect("clients_by_dest");
+        shape
     }
 
     /// Writes a permanent neighbour entry for `addr` on `dev` (its MAC: `real_mac`).

@@ -115,34 +115,41 @@ pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_COUNT, 0);
 #[map]
 pub static NEIGH_MISS: RingBuf = RingBuf::with_byte_size(NEIGH_MISS_BYTES, 0);
 
-/// A next hop toward one real, as the FIB last gave it to this CPU (decisions 0023,
-/// 0024).
+/// A next hop toward one real or one client, as the FIB last gave it to this CPU
+/// (decisions 0023, 0024).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct RealHop {
+pub struct KeptHop {
     /// `bpf_ktime_get_coarse_ns` of the lookup (0: none yet).
     pub at_ns: u64,
-    /// The real id and generation it was looked up for.
-    pub real_id: u32,
+    /// The real id and generation it was looked up for (zero for a client).
+    pub id: u32,
     pub generation: u32,
     /// The interface the packet came in by, as the FIB was told.
     pub input: u32,
-    /// The outer packet's length (IP) the FIB accepted on this hop.
+    /// The packet's length (IP) the FIB accepted on this hop.
     pub ok_len: u32,
-    /// The source it stands for: a tunnel's source, or zero for a NAT real routed by
-    /// its address alone (decision 0024).
-    pub src: [u32; 4],
+    /// The address the route stands for besides the id: a tunnel's source, zero for a
+    /// NAT real routed by its address alone, the client's address.
+    pub tag: [u32; 4],
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<RealHop>() == 56);
+const _: () = assert!(core::mem::size_of::<KeptHop>() == 56);
 
 /// Real id's low bits -> the next hop toward that real (a tunnel's; a NAT real's routed
 /// by its address alone), per CPU. Written and read here.
 #[map]
-pub static REAL_HOPS: PerCpuArray<RealHop> =
+pub static REAL_HOPS: PerCpuArray<KeptHop> =
     PerCpuArray::with_max_entries(lb_common::maps::REAL_HOP_SLOTS, 0);
+
+/// `client_hop_slot` of a client's address -> the next hop toward that client (NAT
+/// replies while routes depend on the destination alone), per CPU. Written and read
+/// here.
+#[map]
+pub static CLIENT_HOPS: PerCpuArray<KeptHop> =
+    PerCpuArray::with_max_entries(lb_common::maps::CLIENT_HOP_SLOTS, 0);
 
 /// 0 -> written; 1.. -> the bits of the addresses the balancer may have work for
 /// (`lb_common::maps::ADDR_FILTER`, decision 0022). Written by the daemon.

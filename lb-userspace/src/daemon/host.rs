@@ -47,6 +47,8 @@ pub struct Host {
     gone: HashSet<String>,
     resolved: HashSet<IpAddr>,
     lost: HashSet<IpAddr>,
+    /// Routes toward clients were last found to depend on the destination alone.
+    clients_by_dest: bool,
 }
 
 impl Host {
@@ -73,6 +75,7 @@ impl Host {
             gone: HashSet::new(),
             resolved: HashSet::new(),
             lost: HashSet::new(),
+            clients_by_dest: false,
         })
     }
 
@@ -374,18 +377,32 @@ impl Host {
         Ok(missing)
     }
 
-    /// NAT reals: whether the kernel's route toward each depends on its address alone
-    /// (every rule by destination, the route matched single-path), so that the data
-    /// path may keep a request's next hop per CPU for every client (decision 0024). When
-    /// the rules or a real's route cannot be read, the real is looked up per packet.
+    /// NAT: whether the kernel's route toward each NAT real, and toward any client,
+    /// depends on the address alone (every rule by destination, the routes single-path),
+    /// so that the data path may keep a request's next hop per real and a reply's per
+    /// client (decision 0024). What cannot be read counts as no: looked up per packet.
     async fn refresh_by_dest<D: Dataplane>(
         &mut self,
         rec: &mut Reconciler<D>,
     ) -> anyhow::Result<()> {
         let addrs = rec.nat_real_addresses();
-        for (addr, one) in netlink::by_destination(&self.handle, &addrs).await {
+        if addrs.is_empty() {
+            rec.set_clients_by_dest(false)?;
+            return Ok(());
+        }
+        let shape = netlink::route_shape(&self.handle, &addrs).await;
+        for (addr, one) in shape.reals {
             rec.set_by_dest(addr, one)?;
         }
+        if shape.clients != self.clients_by_dest {
+            self.clients_by_dest = shape.clients;
+            if shape.clients {
+                tracing::info!("every route depends on its destination alone: NAT replies' next hops are kept per CPU");
+            } else {
+                tracing::info!("some route or rule depends on more than the destination: NAT replies' next hops are looked up per packet");
+            }
+        }
+        rec.set_clients_by_dest(shape.clients)?;
         Ok(())
     }
 

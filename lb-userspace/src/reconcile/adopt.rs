@@ -10,7 +10,7 @@
 //! its probe says otherwise, as it did for the earlier daemon. Runtime overrides are
 //! not in the maps and are not carried over.
 
-use lb_common::REAL_F_ACTIVE;
+use lb_common::{REAL_F_ACTIVE, SETTING_CLIENTS_BY_DEST};
 
 use super::{tables::vs_value, Policy, ReconcileError, Reconciler};
 use crate::{
@@ -69,6 +69,8 @@ impl<D: Dataplane + DataplaneContents> Reconciler<D> {
         found.reals = taken.len();
         rec.policy = adopted_health(taken);
         rec.settings = rec.dp.settings()?;
+        // The earlier daemon's reading of the host, until the next one.
+        rec.host_settings = rec.settings & SETTING_CLIENTS_BY_DEST;
         Ok((rec, found))
     }
 }

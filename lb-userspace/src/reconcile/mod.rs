@@ -47,7 +47,7 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::IfaceInfo;
+use lb_common::{IfaceInfo, SETTING_CLIENTS_BY_DEST};
 
 pub use self::{
     adopt::Adopted,
@@ -81,6 +81,9 @@ pub struct Reconciler<D: Dataplane> {
     reals: Reals,
     /// `SETTING_*` bits last written.
     settings: u32,
+    /// The `SETTING_*` bits the host decides (`SETTING_CLIENTS_BY_DEST`), written with
+    /// those of every configuration.
+    host_settings: u32,
     /// `FRAG_VS` as last written (`None`: not yet, so the first apply writes it whole,
     /// replacing whatever an earlier daemon left).
     fragment_takers: Option<Vec<(lb_common::VsKey, u16)>>,
@@ -100,6 +103,7 @@ impl<D: Dataplane> Reconciler<D> {
             tables: Tables::new(max_vs, ring_count),
             reals: Reals::new(),
             settings: 0,
+            host_settings: 0,
             fragment_takers: None,
             nat_reals: None,
             addr_filter: None,
@@ -258,6 +262,14 @@ impl<D: Dataplane> Reconciler<D> {
     /// address alone, and rewrites the reals there (`REAL_F_BY_DEST`, decision 0024).
     pub fn set_by_dest(&mut self, addr: IpAddr, by_dest: bool) -> Result<(), ReconcileError> {
         self.reals.set_by_dest(&mut self.dp, addr, by_dest)
+    }
+
+    /// Records whether the host's routes toward any address depend on the address
+    /// alone, and writes `SETTING_CLIENTS_BY_DEST` accordingly (decision 0024).
+    pub fn set_clients_by_dest(&mut self, by_dest: bool) -> Result<(), ReconcileError> {
+        let config_bits = self.settings & !SETTING_CLIENTS_BY_DEST;
+        self.host_settings = if by_dest { SETTING_CLIENTS_BY_DEST } else { 0 };
+        self.set_settings(config_bits)
     }
 
     /// Records the probed health of real `key` and updates its table.

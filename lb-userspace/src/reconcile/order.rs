@@ -354,7 +354,9 @@ impl<D: Dataplane> Reconciler<D> {
             .collect()
     }
 
-    fn set_settings(&mut self, bits: u32) -> Result<(), ReconcileError> {
+    /// Writes the configuration's `SETTING_*` bits `bits` with the host's.
+    pub(super) fn set_settings(&mut self, bits: u32) -> Result<(), ReconcileError> {
+        let bits = bits | self.host_settings;
         if bits != self.settings {
             self.dp.set_settings(bits)?;
             self.settings = bits;

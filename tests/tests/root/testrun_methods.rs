@@ -3,7 +3,7 @@
 //! by transforming the program's output. Next hops come from the fixture namespace's
 //! FIB (see `tests::fixture`).
 
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 use lb_common::{
     flow_hash,
@@ -658,8 +658,9 @@ fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
     let mut f = Fixture::new(YAML);
     let found = f.refresh_by_dest();
     let real: IpAddr = "10.0.1.11".parse().unwrap();
-    assert!(found.contains(&(real, true)), "{found:?}");
-    assert!(found.iter().all(|&(_, one)| one), "{found:?}");
+    assert!(found.reals.contains(&(real, true)), "{found:?}");
+    assert!(found.reals.iter().all(|&(_, one)| one), "{found:?}");
+    assert!(found.clients, "{found:?}");
     let (a, b) = ([192, 0, 2, 7], [192, 0, 2, 8]);
     let (pa, pb) = (port_to(&f, a, "10.0.1.11"), port_to(&f, b, "10.0.1.11"));
     assert_eq!(nat_request_mac(&f, a, pa), real_mac(real));
@@ -682,7 +683,8 @@ fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
         "100",
     ]);
     let found = f.refresh_by_dest();
-    assert!(found.iter().all(|&(_, one)| !one), "{found:?}");
+    assert!(found.reals.iter().all(|&(_, one)| !one), "{found:?}");
+    assert!(!found.clients, "{found:?}");
     // a first, so that a kept hop, if one were used, would be a's.
     assert_eq!(nat_request_mac(&f, a, pa), real_mac(real));
     assert_eq!(nat_request_mac(&f, b, pb), GW_MAC, "b's rule is followed");
@@ -721,16 +723,18 @@ fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
         "onlink",
     ]);
     let found = f.refresh_by_dest();
-    for (addr, one) in found {
+    assert!(!found.clients, "{found:?}");
+    for (addr, one) in found.reals {
         assert_eq!(one, addr != real, "{addr}");
     }
 }
 
-/// A CPU keeps a NAT real's next hop for at most `REAL_HOP_TTL_NS` (decision 0024), as
-/// a tunnel's: a route change reaches the requests once that has passed, without a
-/// reload, and the mark stays (the new route depends on the real alone too).
+/// A CPU keeps a NAT real's and a client's next hop for at most `REAL_HOP_TTL_NS`
+/// (decision 0024), as a tunnel's: a route change reaches requests and replies once
+/// that has passed, without a reload (the new routes depend on the destination alone
+/// too, so the hops are still kept).
 #[test]
-fn a_route_change_reaches_nat_requests_kept_per_cpu_without_a_reload() {
+fn a_route_change_reaches_nat_requests_and_replies_kept_per_cpu_without_a_reload() {
     use std::time::{Duration, Instant};
     let mut f = Fixture::new(YAML);
     f.refresh_by_dest();
@@ -754,7 +758,7 @@ fn a_route_change_reaches_nat_requests_kept_per_cpu_without_a_reload() {
         "fxa",
         "onlink",
     ]);
-    assert!(f.refresh_by_dest().contains(&(real, true)));
+    assert!(f.refresh_by_dest().reals.contains(&(real, true)));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mac = nat_request_mac(&f, client, sport);
@@ -768,6 +772,94 @@ fn a_route_change_reaches_nat_requests_kept_per_cpu_without_a_reload() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Returns: the destination MAC the reply of real `real` (port 8080) to `client:sport`
+/// leaves with, once the request recorded the flow.
+fn nat_reply_mac(f: &Fixture, client: [u8; 4], sport: u16) -> [u8; 6] {
+    let real = f.predict(
+        "nat4",
+        &key(client.into(), sport, NAT_VIP4.into(), 80, PROTO_TCP),
+    );
+    nat_request_mac(f, client, sport);
+    let r = f.run(&V4Packet::tcp(v4(real), 8080, client, sport).build());
+    assert_eq!(r.action, XDP_REDIRECT, "reply to {client:?}:{sport}");
+    r.out[..6].try_into().expect("a frame")
+}
+
+/// With routes hashed over ports (`fib_multipath_hash_policy` 1) and two paths toward
+/// a real and toward a client, the flows of one real and one client spread over both
+/// paths: the daemon finds that the routes depend on more than the destination, and
+/// neither requests nor replies reuse a hop another flow found (decision 0024).
+#[test]
+fn flows_spread_over_multipath_routes_toward_a_real_and_a_client() {
+    let mut f = Fixture::new(YAML);
+    let other_gw = [0x02, 0, 0, 0, 0xfe, 0x02];
+    f.net
+        .exec(&["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
+    f.net.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.0.1.253",
+        "lladdr",
+        "02:00:00:00:fe:02",
+        "dev",
+        "fxa",
+        "nud",
+        "permanent",
+    ]);
+    for to in ["10.0.1.11/32", "192.0.2.8/32"] {
+        f.net.exec(&[
+            "ip",
+            "route",
+            "add",
+            to,
+            "nexthop",
+            "via",
+            "10.0.1.254",
+            "dev",
+            "fxa",
+            "onlink",
+            "nexthop",
+            "via",
+            "10.0.1.253",
+            "dev",
+            "fxa",
+            "onlink",
+        ]);
+    }
+    let found = f.refresh_by_dest();
+    assert!(!found.clients, "{found:?}");
+    let real: IpAddr = "10.0.1.11".parse().unwrap();
+    assert!(found.reals.contains(&(real, false)), "{found:?}");
+    // Every run on one CPU, within a few ms: a hop kept for the first flow would be
+    // used for all of them.
+    let allowed = allowed_cpus();
+    on_cpus(&allowed[..1]);
+    let client = [192, 0, 2, 8];
+    let (mut to_real, mut to_client) = (HashSet::new(), HashSet::new());
+    let mut sport = 1000;
+    while to_real.len() < 32 {
+        sport += 1;
+        let to = f.predict(
+            "nat4",
+            &key(client.into(), sport, NAT_VIP4.into(), 80, PROTO_TCP),
+        );
+        if to != real {
+            continue;
+        }
+        to_real.insert((sport, nat_request_mac(&f, client, sport)));
+        to_client.insert(nat_reply_mac(&f, client, sport));
+    }
+    on_cpus(&allowed);
+    let macs: HashSet<[u8; 6]> = to_real.iter().map(|&(_, m)| m).collect();
+    assert_eq!(
+        macs,
+        HashSet::from([GW_MAC, other_gw]),
+        "requests to {real}"
+    );
+    assert_eq!(to_client, HashSet::from([GW_MAC, other_gw]), "replies");
 }
 
 /// Returns: the CPUs the calling thread may run on.

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    maps::{REAL_HOP_SLOTS, REAL_HOP_TTL_NS},
+    maps::{client_hop_slot, REAL_HOP_SLOTS, REAL_HOP_TTL_NS},
     reason, IfaceInfo, VlanKey, VlanOut, FAMILY_V4,
 };
 use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
@@ -25,7 +25,7 @@ use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 use crate::{
     fib, icmp,
     l2::{write_header, Tags},
-    maps::{IFACES, REAL_HOPS, VLAN_IN, VLAN_OUT},
+    maps::{KeptHop, CLIENT_HOPS, IFACES, REAL_HOPS, VLAN_IN, VLAN_OUT},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -96,13 +96,10 @@ fn next_hop_from(
 
 /// Looks up the next hop of a packet `r` toward real `real_id` (of `generation`) whose
 /// route is the same for every flow to that real, as [`next_hop`] does, through
-/// `REAL_HOPS` (decisions 0023, 0024): the hop the FIB gave this CPU for that real,
-/// with the same `tag` and input interface, less than `REAL_HOP_TTL_NS` ago, is used
-/// again for a packet no longer than the one the FIB accepted then. `tag` is the
-/// source the route was found from where it is the same for every flow (a tunnel's
-/// source), or zero where the daemon found that the real's route depends on its
-/// address alone (`REAL_F_BY_DEST`: a NAT request). Reusing the hop then changes no
-/// flow's path.
+/// `REAL_HOPS` (decisions 0023, 0024): see [`kept_hop`]. `tag` is the source the route
+/// was found from where it is the same for every flow (a tunnel's source), or zero
+/// where the daemon found that the real's route depends on its address alone
+/// (`REAL_F_BY_DEST`: a NAT request).
 /// Returns: the hop, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn real_hop(
@@ -114,20 +111,53 @@ pub fn real_hop(
     generation: u32,
     tag: &[u32; 4],
 ) -> Result<fib::Hop, Verdict> {
+    let slot = REAL_HOPS.get_ptr_mut(real_id & (REAL_HOP_SLOTS - 1));
+    kept_hop(ctx, p, r, overhead, slot, real_id, generation, tag)
+}
+
+/// Looks up the next hop of a NAT reply `r` toward its client, as [`next_hop`] does,
+/// through `CLIENT_HOPS` (decision 0024), while the daemon says that routes depend on
+/// the destination alone (`SETTING_CLIENTS_BY_DEST`): see [`kept_hop`]; tagged with
+/// the client's address.
+/// Returns: the hop, or the final verdict of a packet not forwarded.
+#[inline(always)]
+pub fn client_hop(ctx: &XdpContext, p: &Parsed, r: &fib::Route) -> Result<fib::Hop, Verdict> {
+    let slot = CLIENT_HOPS.get_ptr_mut(client_hop_slot(r.dst));
+    kept_hop(ctx, p, r, 0, slot, 0, 0, r.dst)
+}
+
+/// Looks up the next hop of `r` through `slot`: the hop the FIB gave this CPU with the
+/// same `id`, `generation`, `tag` and input interface, less than `REAL_HOP_TTL_NS`
+/// ago, is used again for a packet no longer than the one the FIB accepted then;
+/// otherwise the FIB is asked ([`next_hop`]) and its answer kept. The caller vouches
+/// that the route depends on nothing but what the tag and the input interface hold:
+/// reusing the hop then changes no flow's path.
+/// Returns: the hop, or the final verdict of a packet not forwarded.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn kept_hop(
+    ctx: &XdpContext,
+    p: &Parsed,
+    r: &fib::Route,
+    overhead: u32,
+    slot: Option<*mut KeptHop>,
+    id: u32,
+    generation: u32,
+    tag: &[u32; 4],
+) -> Result<fib::Hop, Verdict> {
     let input = input_ifindex(ctx)?;
     let len = u32::from(r.tot_len);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let slot = REAL_HOPS.get_ptr_mut(real_id & (REAL_HOP_SLOTS - 1));
     if let Some(c) = slot {
         // SAFETY: per-CPU slot, valid for this program run; no other CPU writes it.
         let c = unsafe { &*c };
         let same = c.at_ns != 0
             && now.wrapping_sub(c.at_ns) < REAL_HOP_TTL_NS
-            && c.real_id == real_id
+            && c.id == id
             && c.generation == generation
             && c.input == input
-            && c.src == *tag;
+            && c.tag == *tag;
         if same && len <= c.ok_len {
             return Ok(fib::Hop {
                 ifindex: c.ifindex,
@@ -141,11 +171,11 @@ pub fn real_hop(
         // SAFETY: as above. Field by field: no copy of the slot on the stack.
         unsafe {
             (*c).at_ns = now;
-            (*c).real_id = real_id;
+            (*c).id = id;
             (*c).generation = generation;
             (*c).input = input;
             (*c).ok_len = len;
-            (*c).src = *tag;
+            (*c).tag = *tag;
             (*c).ifindex = hop.ifindex;
             (*c).smac = hop.smac;
             (*c).dmac = hop.dmac;

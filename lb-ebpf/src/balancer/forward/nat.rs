@@ -1,8 +1,8 @@
 //! NAT (LVS "masq"): requests get the real's address and port as destination; replies,
 //! which the reals route back through the balancer, get the VIP and virtual port back
 //! as source. Checksums are updated incrementally (RFC 1624); next hops come from the
-//! kernel's FIB (a request's kept per CPU for a real whose route depends on its address
-//! alone, decision 0024).
+//! kernel's FIB, kept per CPU where the route depends on the destination's address alone
+//! (decision 0024): a request's by its real, a reply's by its client.
 //!
 //! Policy:
 //! - A reply is recognised by the flow's own `FLOWS` entry (decision 0015): a real whose
@@ -31,7 +31,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     reason, FlowKey, FlowState, NatState, RealInfo, VsInfo, VsKey, FAMILY_V4, PROTO_UDP,
-    REAL_F_BY_DEST, SETTING_NAT,
+    REAL_F_BY_DEST, SETTING_CLIENTS_BY_DEST, SETTING_NAT,
 };
 use lb_ebpf::{
     csum,
@@ -41,7 +41,7 @@ use lb_ebpf::{
 use crate::{
     choose::{marked_to, record_flow},
     fib,
-    forward::egress::{next_hop, real_hop, routed, transmit},
+    forward::egress::{client_hop, next_hop, real_hop, routed, transmit},
     l2::addressed_here,
     maps::{FLOWS, NAT_REALS, NAT_STATE, REALS, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
@@ -276,7 +276,9 @@ fn record_reply_flow(p: &Parsed, state: &NatState, entry: &FlowState) {
 }
 
 /// Sends `p` on to its client once `restore` has made it the VIP's, counted under
-/// `reason`. Returns: the verdict and the virtual server index.
+/// `reason`; its next hop kept per CPU by the client's address while the daemon says
+/// routes depend on the destination alone (`SETTING_CLIENTS_BY_DEST`, decision 0024).
+/// Returns: the verdict and the virtual server index.
 #[inline(always)]
 fn to_client(
     ctx: &XdpContext,
@@ -285,14 +287,15 @@ fn to_client(
     reason: u32,
     restore: impl FnOnce() -> Option<()>,
 ) -> Result<(Verdict, u32), Verdict> {
-    let hop = route(
-        ctx,
-        p,
-        &state.vip,
-        &p.key.dst,
-        state.vport_be,
-        p.key.dport_be,
-    )?;
+    let r = route_of(p, &state.vip, &p.key.dst, state.vport_be, p.key.dport_be);
+    let by_dest = SETTINGS
+        .get(0)
+        .is_some_and(|s| *s & SETTING_CLIENTS_BY_DEST != 0);
+    let hop = if by_dest {
+        client_hop(ctx, p, &r)?
+    } else {
+        next_hop(ctx, p, &r, 0)?
+    };
     restore().ok_or(Verdict::internal())?;
     let out = routed(ctx, p, &hop, 0)?;
     let v = transmit(ctx, out.xmit);

@@ -8,7 +8,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     addr_filter_place,
     maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
-    reason, FlowKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
+    reason, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
 };
 
 use crate::{
@@ -32,11 +32,19 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     if p.frag {
         return tail_call(ctx, TAIL_FRAGMENT);
     }
-    if !may_be_ours(&p.key) {
-        return Err(Verdict::pass(reason::PASS_NOT_VS));
-    }
-    let Some(vs) = virtual_server(&p.key) else {
-        // Not for a VIP: maybe a real's reply to a NAT flow.
+    // Decision 0022: a destination that is no VIP is not looked up as one, and a
+    // source that is no NAT real not as a reply.
+    let filter = AddrFilter::read();
+    let vs = if filter.may_be(&p.key.dst, false) {
+        virtual_server(&p.key)
+    } else {
+        None
+    };
+    let Some(vs) = vs else {
+        if !filter.may_be(&p.key.src, true) {
+            return Err(Verdict::pass(reason::PASS_NOT_VS));
+        }
+        // Not for a virtual server: maybe a real's reply to a NAT flow.
         let (verdict, vs_index) = forward::nat::reply(ctx, &p)?;
         stats::count_reply(vs_index, p.len);
         return Ok(verdict);
@@ -81,19 +89,32 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     Ok(verdict)
 }
 
-/// Returns: whether `key` may be for a virtual server (its destination a VIP) or a
-/// NAT reply (its source a NAT real), as far as `ADDR_FILTER` tells (decision 0022):
-/// `false` only when both bits are clear in a filter the daemon has written.
-#[inline(always)]
-fn may_be_ours(key: &FlowKey) -> bool {
-    if ADDR_FILTER
-        .get(0)
-        .is_none_or(|written| *written != ADDR_FILTER_VERSION)
-    {
-        return true;
+/// `ADDR_FILTER` as this packet reads it (decision 0022).
+struct AddrFilter {
+    /// The daemon has written the bits (with this object's version of them).
+    written: bool,
+}
+
+impl AddrFilter {
+    #[inline(always)]
+    fn read() -> Self {
+        let written = ADDR_FILTER
+            .get(0)
+            .is_some_and(|w| *w == ADDR_FILTER_VERSION);
+        Self { written }
     }
-    let set = |(word, mask): (u32, u64)| ADDR_FILTER.get(1 + word).is_none_or(|w| *w & mask != 0);
-    set(addr_filter_place(&key.dst, false)) || set(addr_filter_place(&key.src, true))
+
+    /// Returns: whether `addr` may be a VIP (`nat_real` false) or a NAT real's
+    /// address (true): `false` only when its bit is clear in a filter the daemon
+    /// has written.
+    #[inline(always)]
+    fn may_be(&self, addr: &[u32; 4], nat_real: bool) -> bool {
+        if !self.written {
+            return true;
+        }
+        let (word, mask) = addr_filter_place(addr, nat_real);
+        ADDR_FILTER.get(1 + word).is_none_or(|w| *w & mask != 0)
+    }
 }
 
 /// Goes on in program `index` of `TAILS`. Returns: only if that failed (an empty slot,

@@ -47,8 +47,9 @@ pub struct Host {
     gone: HashSet<String>,
     resolved: HashSet<IpAddr>,
     lost: HashSet<IpAddr>,
-    /// Routes toward clients were last found to depend on the destination alone.
-    clients_by_dest: bool,
+    /// Routes toward clients were last found to depend on the destination alone
+    /// (`None`: not read yet, so the first reading is logged).
+    clients_by_dest: Option<bool>,
 }
 
 impl Host {
@@ -75,7 +76,7 @@ impl Host {
             gone: HashSet::new(),
             resolved: HashSet::new(),
             lost: HashSet::new(),
-            clients_by_dest: false,
+            clients_by_dest: None,
         })
     }
 
@@ -330,7 +331,10 @@ impl Host {
         &mut self,
         rec: &mut Reconciler<D>,
     ) -> anyhow::Result<usize> {
-        self.refresh_by_dest(rec).await?;
+        if let Err(e) = self.refresh_by_dest(rec).await {
+            // Retried at the next tick; the neighbours are kept resolved meanwhile.
+            tracing::error!("marking the NAT next hops that may be kept: {e:#}");
+        }
         let neigh = netlink::neighbours(&self.handle).await?;
         let mut missing = self.refresh_routed(rec, &neigh).await?;
         for addr in rec.real_addresses_of(true) {
@@ -386,22 +390,26 @@ impl Host {
         rec: &mut Reconciler<D>,
     ) -> anyhow::Result<()> {
         let addrs = rec.nat_real_addresses();
-        if addrs.is_empty() {
-            rec.set_clients_by_dest(false)?;
-            return Ok(());
-        }
-        let shape = netlink::route_shape(&self.handle, &addrs).await;
+        let shape = if addrs.is_empty() {
+            // No NAT: nothing is kept, and the bit is not left set for the next one.
+            netlink::RouteShape {
+                reals: Vec::new(),
+                clients: false,
+            }
+        } else {
+            netlink::route_shape(&self.handle, &addrs).await
+        };
         for (addr, one) in shape.reals {
             rec.set_by_dest(addr, one)?;
         }
-        if shape.clients != self.clients_by_dest {
-            self.clients_by_dest = shape.clients;
+        if self.clients_by_dest != Some(shape.clients) && !addrs.is_empty() {
             if shape.clients {
                 tracing::info!("every route depends on its destination alone: NAT replies' next hops are kept per CPU");
             } else {
                 tracing::info!("some route or rule depends on more than the destination: NAT replies' next hops are looked up per packet");
             }
         }
+        self.clients_by_dest = (!addrs.is_empty()).then_some(shape.clients);
         rec.set_clients_by_dest(shape.clients)?;
         Ok(())
     }

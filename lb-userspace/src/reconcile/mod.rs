@@ -260,8 +260,11 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Records whether the kernel's route toward real address `addr` depends on the
     /// address alone, and rewrites the reals there (`REAL_F_BY_DEST`, decision 0024).
+    /// Only NAT reals are marked: the other methods do not read it.
     pub fn set_by_dest(&mut self, addr: IpAddr, by_dest: bool) -> Result<(), ReconcileError> {
-        self.reals.set_by_dest(&mut self.dp, addr, by_dest)
+        let tables = &self.tables;
+        self.reals
+            .set_by_dest(&mut self.dp, addr, by_dest, |k| tables.is_nat(&k.vs))
     }
 
     /// Records whether the host's routes toward any address depend on the address

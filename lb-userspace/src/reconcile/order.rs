@@ -116,7 +116,8 @@ impl<D: Dataplane> Reconciler<D> {
             if self.reals.contains(key) {
                 self.reals.set_owner(&mut self.dp, key, vs_index)?;
             } else {
-                self.reals.add(&mut self.dp, key, vs_index)?;
+                let nat = self.tables.is_nat(&key.vs);
+                self.reals.add(&mut self.dp, key, vs_index, nat)?;
             }
         }
         // 2. Reals' flags and tables. Reals leaving a virtual server that stays first

@@ -209,7 +209,8 @@ impl Reals {
     }
 
     /// Gives real `key` of the virtual server at `vs_index` an id at a new generation,
-    /// with zeroed counters, and no flags (in no table yet). Its value is written with
+    /// with zeroed counters, and no flags (in no table yet) but, for a real of a NAT
+    /// virtual server (`nat`), `REAL_F_BY_DEST` if its address has it. Its value is written with
     /// the first flags it gains, before any table names it, or else by
     /// [`Reals::write_new`]: until then no table and no flow can name it at this
     /// generation, so the data path does not read it (a cold start of 100,000 reals
@@ -219,6 +220,7 @@ impl Reals {
         dp: &mut impl Dataplane,
         key: &RealKey,
         vs_index: u32,
+        nat: bool,
     ) -> Result<(), ReconcileError> {
         let id = self.free.pop_back().ok_or(ReconcileError::Capacity {
             what: "real servers",
@@ -237,6 +239,11 @@ impl Reals {
                 REAL_ROLE_REAL
             },
             vs_index: vs_index as u16,
+            flags: if nat && self.by_dest.contains(&key.addr) {
+                REAL_F_BY_DEST
+            } else {
+                0
+            },
             ..self.real_info(key.addr, key.port, generation)
         };
         if used {
@@ -279,11 +286,7 @@ impl Reals {
             port_be: port.to_be(),
             ifindex: hop.ifindex,
             generation,
-            flags: if self.by_dest.contains(&addr) {
-                REAL_F_BY_DEST
-            } else {
-                0
-            },
+            flags: 0,
             family,
             role: REAL_ROLE_FREE,
             vs_index: 0,
@@ -337,12 +340,14 @@ impl Reals {
     }
 
     /// Records whether the route toward `addr` depends on the address alone, and gives
-    /// the reals at that address `REAL_F_BY_DEST` or takes it from them.
+    /// the reals at that address that `marked` picks `REAL_F_BY_DEST` or takes it from
+    /// them.
     pub fn set_by_dest(
         &mut self,
         dp: &mut impl Dataplane,
         addr: IpAddr,
         by_dest: bool,
+        marked: impl Fn(&RealKey) -> bool,
     ) -> Result<(), ReconcileError> {
         if by_dest {
             self.by_dest.insert(addr);
@@ -351,6 +356,9 @@ impl Reals {
         }
         let want = if by_dest { REAL_F_BY_DEST } else { 0 };
         for key in self.at_addr.get(&addr).into_iter().flatten() {
+            if !marked(key) {
+                continue;
+            }
             let slot = self.slots.get_mut(key).expect("indexed reals exist");
             // Compared real by real, as in `set_next_hop`.
             if slot.info.flags & REAL_F_BY_DEST == want {

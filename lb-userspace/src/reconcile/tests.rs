@@ -190,6 +190,14 @@ fn a_real_keeps_its_route_mark_through_health_changes_and_new_reals_get_it() {
     let id = r.real_id(&k8081).unwrap();
     r.apply(&yaml("{ address: 10.0.1.1, port: 8080 }")).unwrap();
     assert_eq!(r.dp.reals[&id].flags, 0, "a freed id carries no flag");
+    // A direct routing real at the same address is not marked: only NAT reads it.
+    let both = "interfaces: [eth0]\nvirtual_servers:\n  - { name: web, address: 10.0.0.100, port: 80, protocol: tcp, method: nat, health_check: { type: none }, real_servers: [{ address: 10.0.1.1, port: 8080 }] }\n  - { name: dr, address: 10.0.0.101, port: 80, protocol: tcp, health_check: { type: none }, real_servers: [{ address: 10.0.1.1 }] }\n";
+    r.apply(&config::parse(Path::new("t.yaml"), both, &AnyInterface).unwrap())
+        .unwrap();
+    r.set_by_dest(addr, true).unwrap();
+    let dr = RealKey::real("dr", addr, 80);
+    assert_eq!(flags(&r, &dr), REAL_F_ACTIVE | REAL_F_NEW);
+    assert_eq!(flags(&r, &k8080) & REAL_F_BY_DEST, REAL_F_BY_DEST);
 }
 
 #[test]

@@ -727,6 +727,34 @@ fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
     for (addr, one) in found.reals {
         assert_eq!(one, addr != real, "{addr}");
     }
+
+    // Back to one path toward the real; two paths in a table of its own, which no
+    // rule names now, still count against the clients (every table is read).
+    f.net.exec(&["ip", "route", "del", "10.0.1.11/32"]);
+    assert!(f.refresh_by_dest().clients);
+    f.net.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "table",
+        "100",
+        "nexthop",
+        "via",
+        "10.0.1.254",
+        "dev",
+        "fxa",
+        "onlink",
+        "nexthop",
+        "via",
+        "10.0.1.253",
+        "dev",
+        "fxa",
+        "onlink",
+    ]);
+    let found = f.refresh_by_dest();
+    assert!(!found.clients, "{found:?}");
+    assert!(found.reals.iter().all(|&(_, one)| one), "{found:?}");
 }
 
 /// A CPU keeps a NAT real's and a client's next hop for at most `REAL_HOP_TTL_NS`
@@ -745,30 +773,45 @@ fn a_route_change_reaches_nat_requests_and_replies_kept_per_cpu_without_a_reload
     for &cpu in &allowed {
         on_cpus(&[cpu]);
         assert_eq!(nat_request_mac(&f, client, sport), real_mac(real));
+        assert_eq!(nat_reply_mac(&f, client, sport), CLIENT_MAC);
     }
     on_cpus(&allowed);
-    f.net.exec(&[
-        "ip",
-        "route",
-        "add",
-        "10.0.1.11/32",
-        "via",
-        "10.0.1.254",
-        "dev",
-        "fxa",
-        "onlink",
-    ]);
-    assert!(f.refresh_by_dest().reals.contains(&(real, true)));
+    for to in ["10.0.1.11/32", "192.0.2.7/32"] {
+        f.net.exec(&[
+            "ip",
+            "route",
+            "add",
+            to,
+            "via",
+            "10.0.1.254",
+            "dev",
+            "fxa",
+            "onlink",
+        ]);
+    }
+    let found = f.refresh_by_dest();
+    assert!(
+        found.reals.contains(&(real, true)) && found.clients,
+        "{found:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let (mut request, mut reply) = (false, false);
+    while !(request && reply) {
         let mac = nat_request_mac(&f, client, sport);
-        if mac == GW_MAC {
-            break;
-        }
-        assert_eq!(mac, real_mac(real), "the real or the router");
+        assert!(
+            mac == real_mac(real) || mac == GW_MAC,
+            "the real or the router"
+        );
+        request |= mac == GW_MAC;
+        let mac = nat_reply_mac(&f, client, sport);
+        assert!(
+            mac == CLIENT_MAC || mac == GW_MAC,
+            "the client or the router"
+        );
+        reply |= mac == GW_MAC;
         assert!(
             Instant::now() < deadline,
-            "still sent to the real's own MAC 5 s after the route changed"
+            "5 s after the routes changed: request by the router {request}, reply {reply}"
         );
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -12,6 +12,7 @@
 //! | `FLOWS` | [`crate::FlowKey`] -> [`crate::FlowState`] (LRU) | XDP | XDP, daemon |
 //! | `PERSIST` | [`crate::PersistKey`] -> [`crate::PersistState`] (LRU) | XDP | XDP |
 //! | `IFACES` | ifindex -> [`crate::IfaceInfo`] | daemon | XDP |
+//! | `IFACE_INDEX` | ifindex below [`IFACE_INDEX_SLOTS`] -> the same [`crate::IfaceInfo`] (array; zero MAC: none) | daemon | XDP |
 //! | `VLAN_IN` | [`crate::VlanKey`] -> ifindex of the VLAN device (`u32`) | daemon | XDP |
 //! | `VLAN_OUT` | ifindex of a VLAN device -> [`crate::VlanOut`] | daemon | XDP |
 //! | `RX_TAGS` | 0 -> the VLAN tags of the frame being processed (`[u16; 6]`) per CPU | XDP | XDP |
@@ -48,6 +49,13 @@ pub const FLOWS: &str = "FLOWS";
 pub const PERSIST: &str = "PERSIST";
 /// Transmitting interfaces by ifindex. Hash map.
 pub const IFACES: &str = "IFACES";
+/// The entries of [`IFACES`] whose ifindex is below [`IFACE_INDEX_SLOTS`], by ifindex:
+/// an array, so that the interface a frame came in by or leaves by is read without a
+/// hash lookup (a zero MAC: none here, look in [`IFACES`]). Written after the
+/// `IFACES` entry, cleared before it goes.
+pub const IFACE_INDEX: &str = "IFACE_INDEX";
+/// Slots of [`IFACE_INDEX`]: ifindex 0 to 4,095 (8 bytes each, 32 KiB).
+pub const IFACE_INDEX_SLOTS: u32 = 4096;
 /// The VLAN devices of the attached interfaces, by what tagged frames on them carry:
 /// (receiving ifindex, VLAN ids) -> the VLAN device's ifindex, which the FIB lookups of
 /// NAT and tunnel take as the frame's input interface. Hash map.
@@ -202,6 +210,7 @@ pub const ALL: &[&str] = &[
     ADDR_FILTER,
     REAL_HOPS,
     CLIENT_HOPS,
+    IFACE_INDEX,
 ];
 
 /// The load balancer, attached to every interface of the configuration.

@@ -9,11 +9,14 @@
 //! meant for another host.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{maps::own_mac_key, reason, IfaceInfo, VlanOut};
+use lb_common::{
+    maps::{own_mac_key, IFACE_INDEX_SLOTS},
+    reason, IfaceInfo, VlanOut,
+};
 use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, VLAN_HLEN};
 
 use crate::{
-    maps::{IFACES, OWN_MACS, RX_TAGS},
+    maps::{IFACES, IFACE_INDEX, OWN_MACS, RX_TAGS},
     verdict::Verdict,
 };
 
@@ -31,9 +34,7 @@ pub fn addressed_here(ctx: &XdpContext) -> Result<Option<&'static IfaceInfo>, Ve
         return Ok(None);
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: IFACES is BPF_F_NO_PREALLOC: a replaced value is freed only after this
-    // program returns (RCU), so the reference stays the old or the new entry.
-    let iface = match unsafe { IFACES.get(&ifindex) } {
+    let iface = match iface(ifindex) {
         Some(i) if i.mac == dst => return Ok(Some(i)),
         None => return Ok(None),
         Some(i) => i,
@@ -43,6 +44,24 @@ pub fn addressed_here(ctx: &XdpContext) -> Result<Option<&'static IfaceInfo>, Ve
         return Ok(Some(iface));
     }
     Err(Verdict::pass(reason::PASS_OTHER_HOST))
+}
+
+/// Returns: the `IFACES` entry of interface `ifindex`, read from `IFACE_INDEX` when it
+/// holds it (an array read, no hash lookup).
+#[inline(always)]
+pub fn iface(ifindex: u32) -> Option<&'static IfaceInfo> {
+    if ifindex < IFACE_INDEX_SLOTS {
+        // An 8-byte value, written by the daemon with one store: a frame reads the old
+        // entry or the new one.
+        if let Some(i) = IFACE_INDEX.get(ifindex) {
+            if i.mac != [0; 6] {
+                return Some(i);
+            }
+        }
+    }
+    // SAFETY: IFACES is BPF_F_NO_PREALLOC: a replaced value is freed only after this
+    // program returns (RCU), so the reference stays the old or the new entry.
+    unsafe { IFACES.get(&ifindex) }
 }
 
 /// The VLAN tags a frame carries or gets: `n` (0 to 2) tags, each a (TPID, TCI) pair

@@ -43,6 +43,12 @@ pub static PERSIST: LruHashMap<PersistKey, PersistState> =
 pub static IFACES: HashMap<u32, IfaceInfo> =
     HashMap::with_max_entries(MAX_IFACES, BPF_F_NO_PREALLOC);
 
+/// ifindex below `IFACE_INDEX_SLOTS` -> the same as in `IFACES` (a zero MAC: none).
+/// Written by the daemon.
+#[map]
+pub static IFACE_INDEX: Array<IfaceInfo> =
+    Array::with_max_entries(lb_common::maps::IFACE_INDEX_SLOTS, 0);
+
 /// (receiving ifindex, VLAN ids) -> the VLAN device's ifindex. Written by the daemon.
 #[map]
 pub static VLAN_IN: HashMap<VlanKey, u32> = HashMap::with_max_entries(MAX_VLANS, 0);

@@ -15,9 +15,10 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        own_mac_key, ADDR_FILTER, ADDR_FILTER_VERSION, ALL, FLOWS, FRAG_VS, IFACES, MAX_REALS,
-        NAT_REALS, NAT_STATE, NEIGH_MISS, OWN_MACS, PROGRAMS, REALS, SETTINGS, STATS_REAL,
-        STATS_VS, TAILS, TAIL_PROGRAMS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
+        own_mac_key, ADDR_FILTER, ADDR_FILTER_VERSION, ALL, FLOWS, FRAG_VS, IFACES, IFACE_INDEX,
+        IFACE_INDEX_SLOTS, MAX_REALS, NAT_REALS, NAT_STATE, NEIGH_MISS, OWN_MACS, PROGRAMS, REALS,
+        SETTINGS, STATS_REAL, STATS_VS, TAILS, TAIL_PROGRAMS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP,
+        VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
     IFACE_F_VLAN, RING_STRIDE,
@@ -126,6 +127,7 @@ pub struct BpfDataplane {
     rings: RingMemory,
     reals: Array<MapData, RealInfo>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
+    iface_index: Array<MapData, IfaceInfo>,
     own_macs: HashMap<MapData, [u8; 8], u32>,
     vlan_in: HashMap<MapData, VlanKey, u32>,
     vlan_out: HashMap<MapData, u32, VlanOut>,
@@ -245,6 +247,7 @@ impl BpfDataplane {
             rings: RingMemory::map(typed(&mut ebpf, VS_RINGS)?)?,
             reals: typed(&mut ebpf, REALS)?,
             ifaces: typed(&mut ebpf, IFACES)?,
+            iface_index: typed(&mut ebpf, IFACE_INDEX)?,
             own_macs: typed(&mut ebpf, OWN_MACS)?,
             vlan_in: typed(&mut ebpf, VLAN_IN)?,
             vlan_out: typed(&mut ebpf, VLAN_OUT)?,
@@ -343,11 +346,36 @@ impl DataplaneRead for BpfDataplane {
     }
 }
 
-impl Dataplane for BpfDataplane {
-    fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
+impl BpfDataplane {
+    /// Writes interface `ifindex`'s entry in `IFACES`, then in `IFACE_INDEX` if it has
+    /// a slot there.
+    fn put_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
         self.ifaces
             .insert(ifindex, *info, 0)
-            .map_err(map_err(IFACES))
+            .map_err(map_err(IFACES))?;
+        if ifindex < IFACE_INDEX_SLOTS {
+            self.iface_index
+                .set(ifindex, *info, 0)
+                .map_err(map_err(IFACE_INDEX))?;
+        }
+        Ok(())
+    }
+
+    /// Clears interface `ifindex`'s slot in `IFACE_INDEX`, then removes its `IFACES`
+    /// entry.
+    fn drop_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        if ifindex < IFACE_INDEX_SLOTS {
+            self.iface_index
+                .set(ifindex, IfaceInfo::default(), 0)
+                .map_err(map_err(IFACE_INDEX))?;
+        }
+        self.ifaces.remove(&ifindex).map_err(map_err(IFACES))
+    }
+}
+
+impl Dataplane for BpfDataplane {
+    fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {
+        self.put_iface(ifindex, info)
     }
     fn set_vlans(
         &mut self,
@@ -358,7 +386,7 @@ impl Dataplane for BpfDataplane {
         // them, and gone ones are unnamed before their other entries go.
         for (i, (info, out)) in outs {
             self.vlan_out.insert(i, out, 0).map_err(map_err(VLAN_OUT))?;
-            self.ifaces.insert(i, info, 0).map_err(map_err(IFACES))?;
+            self.put_iface(*i, info)?;
         }
         let have: Vec<VlanKey> = self
             .vlan_in
@@ -389,8 +417,8 @@ impl Dataplane for BpfDataplane {
             .filter(|(i, v)| v.flags & IFACE_F_VLAN != 0 && !outs.contains_key(i))
             .map(|(i, _)| i)
             .collect();
-        for i in &stale {
-            self.ifaces.remove(i).map_err(map_err(IFACES))?;
+        for i in stale {
+            self.drop_iface(i)?;
         }
         Ok(())
     }
@@ -398,7 +426,7 @@ impl Dataplane for BpfDataplane {
         if self.ifaces.get(&ifindex, 0).is_err() {
             return Ok(());
         }
-        self.ifaces.remove(&ifindex).map_err(map_err(IFACES))
+        self.drop_iface(ifindex)
     }
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {
         let want: BTreeMap<[u8; 8], u32> =

@@ -38,7 +38,9 @@ use aya::{
     },
 };
 use lb_common::{
-    maps::{ALL, FLOWS, IFACES, NAT_STATE, PERSIST, REALS, SETTINGS, VS_MAP, VS_RINGS},
+    maps::{
+        ALL, FLOWS, IFACES, IFACE_INDEX, NAT_STATE, PERSIST, REALS, SETTINGS, VS_MAP, VS_RINGS,
+    },
     RING_STRIDE,
 };
 
@@ -49,6 +51,11 @@ use super::LoadOptions;
 const RECONCILED: [&str; 5] = [VS_MAP, VS_RINGS, REALS, IFACES, SETTINGS];
 /// The tables whose entries name real ids: dropped with the reconciler's maps.
 const NAMING_REALS: [&str; 2] = [FLOWS, PERSIST];
+/// Copies of part of a reconciler's map: dropped with the reconciler's maps (a copy of
+/// entries that are gone must not outlive them), and made anew alone without harm (the
+/// data path looks an entry missing there up in the map it copies, and the daemon
+/// writes it again at start).
+const COPIES: [&str; 1] = [IFACE_INDEX];
 
 /// A failure to prepare, read or remove pins.
 #[derive(Debug, thiserror::Error)]
@@ -385,7 +392,7 @@ fn decide(pinned: &HashMap<&'static str, Shape>, want: &HashMap<&'static str, Sh
     let adopt = !dropped.iter().any(|(n, _)| RECONCILED.contains(n));
     if !adopt {
         grow_from = None;
-        for name in RECONCILED.into_iter().chain(NAMING_REALS) {
+        for name in RECONCILED.into_iter().chain(NAMING_REALS).chain(COPIES) {
             if !dropped.iter().any(|(n, _)| *n == name) {
                 dropped.push((name, format!("{name}: dropped with the maps it refers to")));
             }
@@ -525,9 +532,13 @@ mod tests {
         names
     }
 
-    /// The reconciler's maps and the tables naming reals, sorted.
+    /// The reconciler's maps, the tables naming reals and the copies, sorted.
     fn together() -> Vec<&'static str> {
-        let mut names: Vec<_> = RECONCILED.into_iter().chain(NAMING_REALS).collect();
+        let mut names: Vec<_> = RECONCILED
+            .into_iter()
+            .chain(NAMING_REALS)
+            .chain(COPIES)
+            .collect();
         names.sort();
         names
     }
@@ -604,6 +615,17 @@ mod tests {
         assert_eq!(dropped(&d), together());
         let why = why_dropped(&d, VS_RINGS);
         assert!(why.contains("dropped with the maps it refers to"), "{why}");
+    }
+
+    /// An `IFACE_INDEX` missing from the pins (a release before it) is made anew alone:
+    /// the data path finds what it lacks in `IFACES`, which is adopted.
+    #[test]
+    fn a_missing_copy_is_made_anew_alone() {
+        let mut pinned = shapes(64);
+        pinned.remove(IFACE_INDEX);
+        let d = decide(&pinned, &shapes(64));
+        assert!(d.adopt);
+        assert_eq!(dropped(&d), [IFACE_INDEX]);
     }
 
     /// Returns: why `d` drops map `name` (panics if it does not).

@@ -628,6 +628,44 @@ fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
     }
 }
 
+/// The interface a frame leaves by is read from `IFACE_INDEX` below ifindex 4,096 and
+/// from `IFACES` above: either way a direct routing frame toward a real behind it
+/// leaves with its MAC, and once it is removed, not at all.
+#[test]
+fn dr_leaves_by_an_interface_of_any_index_with_that_interfaces_mac() {
+    let mut f = Fixture::new(YAML);
+    let real: IpAddr = "10.0.1.21".parse().unwrap();
+    let sport = (1000u16..)
+        .find(|&p| {
+            f.predict(
+                "dr4",
+                &key(CLIENT4.into(), p, DR_VIP4.into(), 80, PROTO_TCP),
+            ) == real
+        })
+        .expect("a port to each real");
+    let frame = V4Packet::tcp(CLIENT4, sport, DR_VIP4, 80).build();
+    for (ifindex, mac) in [(7, [2, 0, 0, 0, 7, 7]), (5000, [2, 0, 0, 0, 0x50, 0])] {
+        let info = lb_common::IfaceInfo {
+            mac,
+            flags: 0,
+            _pad: 0,
+        };
+        f.rec.set_iface(ifindex, &info).expect("iface");
+        f.set_next_hop(real, ifindex);
+        let r = f.run(&frame);
+        assert_eq!(r.action, XDP_REDIRECT, "ifindex {ifindex}");
+        assert_eq!(
+            r.out[..12],
+            [real_mac(real), mac].concat(),
+            "ifindex {ifindex}"
+        );
+        let dropped = f.verdicts(reason::DROP_NO_IFACE);
+        f.rec.remove_iface(ifindex).expect("remove");
+        assert_eq!(f.run(&frame).action, XDP_DROP, "ifindex {ifindex} removed");
+        assert_eq!(f.verdicts(reason::DROP_NO_IFACE), dropped + 1);
+    }
+}
+
 /// Returns: a source port from which `client`'s flow to the TCP NAT virtual server
 /// goes to real `want`.
 fn port_to(f: &Fixture, client: [u8; 4], want: &str) -> u16 {

@@ -24,8 +24,8 @@ use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 
 use crate::{
     fib, icmp,
-    l2::{write_header, Tags},
-    maps::{KeptHop, CLIENT_HOPS, IFACES, REAL_HOPS, VLAN_IN, VLAN_OUT},
+    l2::{self, write_header, Tags},
+    maps::{KeptHop, CLIENT_HOPS, REAL_HOPS, VLAN_IN, VLAN_OUT},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -188,8 +188,7 @@ fn kept_hop(
 /// Returns: its facts, or the drop verdict for an interface the daemon did not register.
 #[inline(always)]
 pub fn egress_iface(ifindex: u32) -> Result<IfaceInfo, Verdict> {
-    // SAFETY: hash map value, copied at once.
-    unsafe { IFACES.get(&ifindex) }
+    l2::iface(ifindex)
         .copied()
         .ok_or(Verdict::drop(reason::DROP_NO_IFACE))
 }

@@ -64,7 +64,10 @@ fn input_ifindex(ctx: &XdpContext) -> Result<u32, Verdict> {
 
 /// Looks the next hop of `r` up in the kernel's FIB, for the methods that route. A
 /// packet too big for the egress once the method has added `overhead` bytes is answered
-/// with ICMP carrying the egress MTU less `overhead`.
+/// with ICMP carrying the egress MTU less `overhead`. With `keep`, the hop the FIB gave
+/// this CPU for the same route less than `REAL_HOP_TTL_NS` ago is used again for a
+/// packet no longer than the one the FIB accepted then, and a new answer is kept
+/// (decisions 0023, 0024; see [`Keep`]).
 /// Returns: the hop, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn next_hop(
@@ -72,116 +75,111 @@ pub fn next_hop(
     p: &Parsed,
     r: &fib::Route,
     overhead: u32,
-) -> Result<fib::Hop, Verdict> {
-    next_hop_from(ctx, input_ifindex(ctx)?, p, r, overhead)
-}
-
-/// [`next_hop`] for a packet that came in by interface `input`.
-#[inline(always)]
-fn next_hop_from(
-    ctx: &XdpContext,
-    input: u32,
-    p: &Parsed,
-    r: &fib::Route,
-    overhead: u32,
-) -> Result<fib::Hop, Verdict> {
-    match fib::lookup(ctx, input, r) {
-        Ok(hop) => Ok(hop),
-        // Never an ICMP error about an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
-        Err(fib::Miss::TooBig(_)) if p.icmp => Err(Verdict::drop(reason::DROP_TOO_BIG)),
-        Err(fib::Miss::TooBig(mtu)) => Err(icmp::too_big(ctx, p, mtu.saturating_sub(overhead))),
-        Err(fib::Miss::Drop(v)) => Err(v),
-    }
-}
-
-/// Looks up the next hop of a packet `r` toward real `real_id` (of `generation`) whose
-/// route is the same for every flow to that real, as [`next_hop`] does, through
-/// `REAL_HOPS` (decisions 0023, 0024): see [`kept_hop`]. `tag` is the source the route
-/// was found from where it is the same for every flow (a tunnel's source), or zero
-/// where the daemon found that the real's route depends on its address alone
-/// (`REAL_F_BY_DEST`: a NAT request).
-/// Returns: the hop, or the final verdict of a packet not forwarded.
-#[inline(always)]
-pub fn real_hop(
-    ctx: &XdpContext,
-    p: &Parsed,
-    r: &fib::Route,
-    overhead: u32,
-    real_id: u32,
-    generation: u32,
-    tag: &[u32; 4],
-) -> Result<fib::Hop, Verdict> {
-    let slot = REAL_HOPS.get_ptr_mut(real_id & (REAL_HOP_SLOTS - 1));
-    kept_hop(ctx, p, r, overhead, slot, real_id, generation, tag)
-}
-
-/// Looks up the next hop of a NAT reply `r` toward its client, as [`next_hop`] does,
-/// through `CLIENT_HOPS` (decision 0024), while the daemon says that routes depend on
-/// the destination alone (`SETTING_CLIENTS_BY_DEST`): see [`kept_hop`]; tagged with
-/// the client's address.
-/// Returns: the hop, or the final verdict of a packet not forwarded.
-#[inline(always)]
-pub fn client_hop(ctx: &XdpContext, p: &Parsed, r: &fib::Route) -> Result<fib::Hop, Verdict> {
-    let slot = CLIENT_HOPS.get_ptr_mut(client_hop_slot(r.dst));
-    kept_hop(ctx, p, r, 0, slot, 0, 0, r.dst)
-}
-
-/// Looks up the next hop of `r` through `slot`: the hop the FIB gave this CPU with the
-/// same `id`, `generation`, `tag` and input interface, less than `REAL_HOP_TTL_NS`
-/// ago, is used again for a packet no longer than the one the FIB accepted then;
-/// otherwise the FIB is asked ([`next_hop`]) and its answer kept. The caller vouches
-/// that the route depends on nothing but what the tag and the input interface hold:
-/// reusing the hop then changes no flow's path.
-/// Returns: the hop, or the final verdict of a packet not forwarded.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn kept_hop(
-    ctx: &XdpContext,
-    p: &Parsed,
-    r: &fib::Route,
-    overhead: u32,
-    slot: Option<*mut KeptHop>,
-    id: u32,
-    generation: u32,
-    tag: &[u32; 4],
+    keep: Option<Keep>,
 ) -> Result<fib::Hop, Verdict> {
     let input = input_ifindex(ctx)?;
     let len = u32::from(r.tot_len);
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(c) = slot {
-        // SAFETY: per-CPU slot, valid for this program run; no other CPU writes it.
-        let c = unsafe { &*c };
-        let same = c.at_ns != 0
-            && now.wrapping_sub(c.at_ns) < REAL_HOP_TTL_NS
-            && c.id == id
-            && c.generation == generation
-            && c.input == input
-            && c.tag == *tag;
-        if same && len <= c.ok_len {
-            return Ok(fib::Hop {
-                ifindex: c.ifindex,
-                smac: c.smac,
-                dmac: c.dmac,
-            });
+    let mut now = 0;
+    if let Some(k) = &keep {
+        // SAFETY: helper without arguments.
+        now = unsafe { bpf_ktime_get_coarse_ns() };
+        if let Some(hop) = k.fresh(now, input, len) {
+            return Ok(hop);
         }
     }
-    let hop = next_hop_from(ctx, input, p, r, overhead)?;
-    if let Some(c) = slot {
-        // SAFETY: as above. Field by field: no copy of the slot on the stack.
+    // One lookup whether or not the hop is kept: the verifier then checks what follows
+    // it once.
+    let hop = match fib::lookup(ctx, input, r) {
+        Ok(hop) => hop,
+        // Never an ICMP error about an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
+        Err(fib::Miss::TooBig(_)) if p.icmp => return Err(Verdict::drop(reason::DROP_TOO_BIG)),
+        Err(fib::Miss::TooBig(mtu)) => {
+            return Err(icmp::too_big(ctx, p, mtu.saturating_sub(overhead)))
+        }
+        Err(fib::Miss::Drop(v)) => return Err(v),
+    };
+    if let Some(k) = keep {
+        k.store(now, input, len, &hop);
+    }
+    Ok(hop)
+}
+
+/// Where a route's next hop is kept per CPU, and what it was kept for: the route toward
+/// one real that is the same for every flow to it (`REAL_HOPS`: a tunnel's outer
+/// packet; a NAT request to a real with `REAL_F_BY_DEST`), or toward one client while
+/// routes depend on the destination alone (`CLIENT_HOPS`: a NAT reply with
+/// `SETTING_CLIENTS_BY_DEST`). Reusing the hop then changes no flow's path.
+pub struct Keep {
+    slot: *mut KeptHop,
+    id: u32,
+    generation: u32,
+    tag: [u32; 4],
+}
+
+impl Keep {
+    /// The route toward real `real_id` at `generation`. `tag`: the source it is found
+    /// from where that is the same for every flow (a tunnel's), or zero where the
+    /// daemon found that the real's route depends on its address alone (a NAT
+    /// request).
+    #[inline(always)]
+    pub fn real(real_id: u32, generation: u32, tag: &[u32; 4]) -> Option<Keep> {
+        let slot = REAL_HOPS.get_ptr_mut(real_id & (REAL_HOP_SLOTS - 1))?;
+        Some(Keep {
+            slot,
+            id: real_id,
+            generation,
+            tag: *tag,
+        })
+    }
+
+    /// The route toward client `addr`.
+    #[inline(always)]
+    pub fn client(addr: &[u32; 4]) -> Option<Keep> {
+        let slot = CLIENT_HOPS.get_ptr_mut(client_hop_slot(addr))?;
+        Some(Keep {
+            slot,
+            id: 0,
+            generation: 0,
+            tag: *addr,
+        })
+    }
+
+    /// Returns: the hop kept for this route if it was found from `input` less than
+    /// `REAL_HOP_TTL_NS` before `now` for a packet of at least `len` bytes.
+    #[inline(always)]
+    fn fresh(&self, now: u64, input: u32, len: u32) -> Option<fib::Hop> {
+        // SAFETY: per-CPU slot, valid for this program run; no other CPU writes it.
+        let c = unsafe { &*self.slot };
+        let same = c.at_ns != 0
+            && now.wrapping_sub(c.at_ns) < REAL_HOP_TTL_NS
+            && c.id == self.id
+            && c.generation == self.generation
+            && c.input == input
+            && c.tag == self.tag;
+        (same && len <= c.ok_len).then_some(fib::Hop {
+            ifindex: c.ifindex,
+            smac: c.smac,
+            dmac: c.dmac,
+        })
+    }
+
+    /// Keeps `hop`, found at `now` from `input` for a packet of `len` bytes.
+    #[inline(always)]
+    fn store(&self, now: u64, input: u32, len: u32, hop: &fib::Hop) {
+        let c = self.slot;
+        // SAFETY: as in `fresh`. Field by field: no copy of the slot on the stack.
         unsafe {
             (*c).at_ns = now;
-            (*c).id = id;
-            (*c).generation = generation;
+            (*c).id = self.id;
+            (*c).generation = self.generation;
             (*c).input = input;
             (*c).ok_len = len;
-            (*c).tag = *tag;
+            (*c).tag = self.tag;
             (*c).ifindex = hop.ifindex;
             (*c).smac = hop.smac;
             (*c).dmac = hop.dmac;
         }
     }
-    Ok(hop)
 }
 
 /// Looks up the interface a frame leaves by.

@@ -41,7 +41,7 @@ use lb_ebpf::{
 use crate::{
     choose::{marked_to, record_flow},
     fib,
-    forward::egress::{client_hop, next_hop, real_hop, routed, transmit},
+    forward::egress::{next_hop, routed, transmit, Keep},
     l2::addressed_here,
     maps::{FLOWS, NAT_REALS, NAT_STATE, REALS, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
@@ -114,7 +114,7 @@ fn route(
     sport_be: u16,
     dport_be: u16,
 ) -> Result<fib::Hop, Verdict> {
-    next_hop(ctx, p, &route_of(p, src, dst, sport_be, dport_be), 0)
+    next_hop(ctx, p, &route_of(p, src, dst, sport_be, dport_be), 0, None)
 }
 
 /// Finds the next hop of request `p` toward `real` (id `real_id`), as [`route`] does:
@@ -128,10 +128,12 @@ fn request_hop(
     real: &RealInfo,
 ) -> Result<fib::Hop, Verdict> {
     let r = route_of(p, &p.key.src, &real.addr, p.key.sport_be, real.port_be);
-    if real.flags & REAL_F_BY_DEST != 0 {
-        return real_hop(ctx, p, &r, 0, real_id, real.generation, &[0; 4]);
-    }
-    next_hop(ctx, p, &r, 0)
+    let keep = if real.flags & REAL_F_BY_DEST != 0 {
+        Keep::real(real_id, real.generation, &[0; 4])
+    } else {
+        None
+    };
+    next_hop(ctx, p, &r, 0, keep)
 }
 
 /// Forwards a request of virtual server `vs` to `real` (id `real_id`). `traced`: the flow is in
@@ -291,11 +293,8 @@ fn to_client(
     let by_dest = SETTINGS
         .get(0)
         .is_some_and(|s| *s & SETTING_CLIENTS_BY_DEST != 0);
-    let hop = if by_dest {
-        client_hop(ctx, p, &r)?
-    } else {
-        next_hop(ctx, p, &r, 0)?
-    };
+    let keep = if by_dest { Keep::client(r.dst) } else { None };
+    let hop = next_hop(ctx, p, &r, 0, keep)?;
     restore().ok_or(Verdict::internal())?;
     let out = routed(ctx, p, &hop, 0)?;
     let v = transmit(ctx, out.xmit);

@@ -15,7 +15,7 @@ use lb_ebpf::headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_IPIP, IPPROTO
 
 use crate::{
     fib,
-    forward::egress::{real_hop, routed, transmit},
+    forward::egress::{next_hop, routed, transmit, Keep},
     parse::Parsed,
     verdict::Verdict,
 };
@@ -49,7 +49,8 @@ pub fn forward(
         dport_be: 0,
         tot_len: outer_len as u16,
     };
-    let hop = real_hop(ctx, p, &r, overhead as u32, real_id, real.generation, r.src)?;
+    let keep = Keep::real(real_id, real.generation, r.src);
+    let hop = next_hop(ctx, p, &r, overhead as u32, keep)?;
     // Inner TOS / traffic class, read before the headers move.
     let tos = if v4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Verdict::internal())?;

@@ -325,29 +325,48 @@ pub async fn route_to(handle: &Handle, dst: IpAddr) -> Result<Option<RouteTo>, N
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteShape {
     /// For each real address asked about, whether the route toward it depends on the
-    /// address alone: every rule by destination ([`rules_by_destination`]) and the
-    /// route matched single-path ([`single_path`]).
+    /// address alone: every rule by destination ([`rules_by_destination`]), the route
+    /// matched single-path ([`single_path`]) and, for an IPv6 real, no IPv6 route
+    /// specific to a source in any table (which the daemon's own lookup, from no
+    /// source, would not match).
     pub reals: Vec<(IpAddr, bool)>,
     /// Whether the route toward any address depends on the address alone: every rule
-    /// by destination and every route of every table single-path
-    /// ([`all_single_path`]).
+    /// by destination and every route of every table single-path ([`Tables`]).
     pub clients: bool,
+    /// The tables held more than [`ROUTES_READ_AT_MOST`] routes (or were not read).
+    pub too_many_routes: bool,
 }
 
-/// Most routes [`all_single_path`] reads: a host with more has its replies looked up
-/// per packet rather than read whole each second.
+/// Most routes read for [`RouteShape::clients`]: a host with more (a full BGP table)
+/// has its replies looked up per packet, and its IPv6 reals too.
 pub const ROUTES_READ_AT_MOST: usize = 10_000;
 
-/// Reads the host's rules and routes (see [`RouteShape`]) for real addresses `reals`.
-/// What cannot be read counts as depending on more than the address (logged).
-pub async fn route_shape(handle: &Handle, reals: &[IpAddr]) -> RouteShape {
+/// Reads the host's rules and routes (see [`RouteShape`]) for real addresses `reals`;
+/// every table too when `read_tables` (the daemon skips them for a while on a host
+/// that had too many). What cannot be read counts as depending on more than the
+/// address (logged).
+pub async fn route_shape(handle: &Handle, reals: &[IpAddr], read_tables: bool) -> RouteShape {
     let rules = rules_by_destination(handle).await.unwrap_or_else(|e| {
         tracing::error!("reading the routing rules: {e:#}");
         false
     });
+    let tables = if rules && read_tables {
+        match Tables::read(handle).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("reading the routing tables: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut out = Vec::with_capacity(reals.len());
     for &addr in reals {
+        // An IPv6 source-specific route anywhere counts against every IPv6 real.
+        let v6_ok = addr.is_ipv4() || tables.as_ref().is_some_and(|t| !t.v6_from);
         let one = rules
+            && v6_ok
             && match single_path(handle, addr).await {
                 Ok(one) => one == Some(true),
                 Err(e) => {
@@ -357,40 +376,56 @@ pub async fn route_shape(handle: &Handle, reals: &[IpAddr]) -> RouteShape {
             };
         out.push((addr, one));
     }
-    let clients = rules
-        && match all_single_path(handle).await {
-            Ok(all) => all == Some(true),
-            Err(e) => {
-                tracing::error!("reading the routing tables: {e:#}");
-                false
-            }
-        };
+    let too_many_routes = tables.as_ref().is_none_or(|t| t.read > ROUTES_READ_AT_MOST);
     RouteShape {
         reals: out,
-        clients,
+        clients: tables
+            .is_some_and(|t| t.read <= ROUTES_READ_AT_MOST && !t.multipath && !t.v6_from),
+        too_many_routes,
     }
 }
 
-/// Returns: whether every route of every table (IPv4 and IPv6) has one path (see
-/// [`single_path`]); `None` when there are more than [`ROUTES_READ_AT_MOST`].
-pub async fn all_single_path(handle: &Handle) -> Result<Option<bool>, NetlinkError> {
-    let mut read = 0;
-    for dump in [
-        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-    ] {
-        let mut s = handle.route().get(dump).execute();
-        while let Some(r) = s.try_next().await.map_err(req("listing routes"))? {
-            read += 1;
-            if read > ROUTES_READ_AT_MOST {
-                return Ok(None);
-            }
-            if !route_single_path(&r) {
-                return Ok(Some(false));
+/// What every table of the host holds, as far as [`RouteShape`] needs it.
+#[derive(Debug, Default)]
+pub struct Tables {
+    /// Routes read (IPv4 and IPv6; all of them, whatever their number: a dump is read
+    /// to its end).
+    pub read: usize,
+    /// Some route has more than one path (or a next-hop object).
+    pub multipath: bool,
+    /// Some IPv6 route is specific to a source prefix.
+    pub v6_from: bool,
+}
+
+impl Tables {
+    /// Dumps every route of every table, IPv4 and IPv6.
+    pub async fn read(handle: &Handle) -> Result<Tables, NetlinkError> {
+        let mut t = Tables::default();
+        for mut dump in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            // Every table (RT_TABLE_UNSPEC), whether or not the kernel filters dumps.
+            dump.header.table = 0;
+            dump.attributes
+                .retain(|a| !matches!(a, RouteAttribute::Table(_)));
+            let mut s = handle.route().get(dump).execute();
+            while let Some(r) = s.try_next().await.map_err(req("listing routes"))? {
+                t.read += 1;
+                t.add(&r);
             }
         }
+        Ok(t)
     }
-    Ok(Some(true))
+
+    /// Counts route `r`.
+    fn add(&mut self, r: &RouteMessage) {
+        if r.header.source_prefix_length != 0 {
+            self.v6_from = true;
+        } else if !route_single_path(r) {
+            self.multipath = true;
+        }
+    }
 }
 
 /// Returns: whether every policy routing rule (IPv4 and IPv6) chooses its table
@@ -430,9 +465,8 @@ fn rule_by_destination(rule: &RuleMessage) -> bool {
 }
 
 /// Returns: whether the route the kernel's FIB matches for `dst` (`ip route get
-/// fibmatch`) has one path: no multipath next hops, no next-hop object (which may be
-/// a group), no source prefix (IPv6 source-specific routes); `None` when there is no
-/// route.
+/// fibmatch`, from no source) has one path: no multipath next hops, no next-hop object
+/// (which may be a group), no source prefix; `None` when there is no route.
 pub async fn single_path(handle: &Handle, dst: IpAddr) -> Result<Option<bool>, NetlinkError> {
     let mut msg = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(dst, host_prefix(dst))
@@ -700,6 +734,11 @@ mod tests {
                 24,
                 vec![RuleAttribute::Source("10.150.0.0".parse().unwrap())],
             ),
+            rule(24, Vec::new()),
+            rule(
+                0,
+                vec![RuleAttribute::Source("10.150.0.0".parse().unwrap())],
+            ),
             rule(0, vec![RuleAttribute::Iifname("eth0".into())]),
             rule(0, vec![RuleAttribute::L3MDev(true)]),
             rule(
@@ -737,5 +776,14 @@ mod tests {
         let mut from = r.clone();
         from.header.source_prefix_length = 64;
         assert!(!route_single_path(&from));
+
+        // Over every table: a source-specific route is told from a multipath one.
+        let mut t = Tables::default();
+        t.add(&r);
+        assert!(!t.multipath && !t.v6_from);
+        t.add(&from);
+        assert!(!t.multipath && t.v6_from);
+        t.add(&ecmp);
+        assert!(t.multipath);
     }
 }

@@ -286,14 +286,9 @@ impl Fixture {
         // The socket is opened on this thread, in the fixture's namespace.
         let shape = rt.block_on(async {
             let handle = netlink::connect().expect("netlink");
-            netlink::route_shape(&handle, &addrs).await
+            netlink::route_shape(&handle, &addrs, true).await
         });
-        for &(addr, one) in &shape.reals {
-            self.rec.set_by_dest(addr, one).expect("by_dest");
-        }
-        self.rec
-            .set_clients_by_dest(shape.clients)
-            .expect("clients_by_dest");
+        self.rec.set_route_shape(&shape).expect("route shape");
         shape
     }
 
@@ -370,6 +365,23 @@ impl Fixture {
         let m = aya::maps::HashMap::<_, FlowKey, lb_common::NatState>::try_from(map)
             .expect("NAT_STATE is a hash map");
         m.keys().count()
+    }
+
+    /// Returns: what each CPU keeps in slot `slot` of `REAL_HOPS` or `CLIENT_HOPS`
+    /// (decision 0024): when it was looked up (`bpf_ktime_get_coarse_ns`, 0: never) and
+    /// the id it was kept for (a real id; a client's address family).
+    pub fn kept_hops(&self, map: &str, slot: u32) -> Vec<(u64, u32)> {
+        let m = self.programs.map(map).expect("a kept-hop map");
+        let m = PerCpuArray::<_, [u8; 56]>::try_from(m).expect("a per-CPU array");
+        let values = m.get(&slot, 0).expect("slot");
+        values
+            .iter()
+            .map(|v| {
+                let at = u64::from_ne_bytes(v[..8].try_into().expect("8 bytes"));
+                let id = u32::from_ne_bytes(v[8..12].try_into().expect("4 bytes"));
+                (at, id)
+            })
+            .collect()
     }
 
     /// Returns: new flows counted over every virtual server of the configuration.

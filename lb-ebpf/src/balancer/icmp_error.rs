@@ -43,7 +43,7 @@ fn icmp_error(
     ctx: &XdpContext,
     p: &parse::Parsed,
     vs: &VsInfo,
-    ingress: Option<&IfaceInfo>,
+    ingress: IfaceInfo,
 ) -> Result<Verdict, Verdict> {
     let choice = choose::serving(&p.key, vs)?;
     // SAFETY: array value pointer, valid for this run.

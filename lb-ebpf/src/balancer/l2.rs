@@ -23,45 +23,50 @@ use crate::{
 /// Returns: `Ok` when the frame's destination MAC is broadcast or multicast, the
 /// receiving interface's own, or one the host also answers for (`OWN_MACS`); a pass
 /// verdict otherwise. An interface the daemon has not registered is given the benefit
-/// of the doubt. `Ok` carries the receiving interface's `IFACES` entry when it was
-/// read, so that a frame leaving by the same interface needs no second lookup.
+/// of the doubt. `Ok` carries the receiving interface's entry when it was read (a
+/// zero MAC: not read), so that a frame leaving by the same interface needs no second
+/// lookup.
 #[inline(always)]
-pub fn addressed_here(ctx: &XdpContext) -> Result<Option<&'static IfaceInfo>, Verdict> {
+pub fn addressed_here(ctx: &XdpContext) -> Result<IfaceInfo, Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Verdict::internal())?;
     // SAFETY: bounds checked by ptr_at.
     let dst = unsafe { (*eth).dst };
     if dst[0] & 1 != 0 {
-        return Ok(None);
+        return Ok(IfaceInfo::default());
     }
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let iface = match iface(ifindex) {
-        Some(i) if i.mac == dst => return Ok(Some(i)),
-        None => return Ok(None),
-        Some(i) => i,
-    };
+    let i = iface(ctx.ingress_ifindex() as u32);
+    if i.mac == [0; 6] || i.mac == dst {
+        return Ok(i);
+    }
     // SAFETY: hash map lookup; only presence is read.
     if unsafe { OWN_MACS.get(&own_mac_key(dst)) }.is_some() {
-        return Ok(Some(iface));
+        return Ok(i);
     }
     Err(Verdict::pass(reason::PASS_OTHER_HOST))
 }
 
 /// Returns: the `IFACES` entry of interface `ifindex`, read from `IFACE_INDEX` when it
-/// holds it (an array read, no hash lookup).
+/// holds it (an array read, no hash lookup); an entry with a zero MAC when there is
+/// none. Returned by value, never as an `Option` of one, whose empty case the compiler
+/// may leave partly unwritten on the stack, which the verifier refuses. Copied once:
+/// the daemon rewrites an `IFACE_INDEX` value in place (an interface's MAC change,
+/// its removal), and a frame read as it does so may leave with a source MAC of both or
+/// be passed.
 #[inline(always)]
-pub fn iface(ifindex: u32) -> Option<&'static IfaceInfo> {
+pub fn iface(ifindex: u32) -> IfaceInfo {
     if ifindex < IFACE_INDEX_SLOTS {
-        // An 8-byte value, written by the daemon with one store: a frame reads the old
-        // entry or the new one.
         if let Some(i) = IFACE_INDEX.get(ifindex) {
+            let i = *i;
             if i.mac != [0; 6] {
-                return Some(i);
+                return i;
             }
         }
     }
-    // SAFETY: IFACES is BPF_F_NO_PREALLOC: a replaced value is freed only after this
-    // program returns (RCU), so the reference stays the old or the new entry.
-    unsafe { IFACES.get(&ifindex) }
+    // SAFETY: hash map value, copied at once.
+    match unsafe { IFACES.get(&ifindex) } {
+        Some(i) => *i,
+        None => IfaceInfo::default(),
+    }
 }
 
 /// The VLAN tags a frame carries or gets: `n` (0 to 2) tags, each a (TPID, TCI) pair

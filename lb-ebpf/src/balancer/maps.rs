@@ -128,7 +128,8 @@ pub static NEIGH_MISS: RingBuf = RingBuf::with_byte_size(NEIGH_MISS_BYTES, 0);
 pub struct KeptHop {
     /// `bpf_ktime_get_coarse_ns` of the lookup (0: none yet).
     pub at_ns: u64,
-    /// The real id and generation it was looked up for (zero for a client).
+    /// The real id and generation it was looked up for (for a client: its address
+    /// family, and zero).
     pub id: u32,
     pub generation: u32,
     /// The interface the packet came in by, as the FIB was told.

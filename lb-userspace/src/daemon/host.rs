@@ -21,6 +21,10 @@ use crate::{
     reconcile::{L2Next, Reconciler},
 };
 
+/// How long a host found with more routes than the daemon reads each second goes
+/// before its tables are read again (decision 0024).
+const TABLES_AGAIN: Duration = Duration::from_secs(60);
+
 /// A real whose neighbour entry is not fresh is solicited at most this often.
 const SOLICIT_EVERY: Duration = Duration::from_secs(5);
 
@@ -50,6 +54,8 @@ pub struct Host {
     /// Routes toward clients were last found to depend on the destination alone
     /// (`None`: not read yet, so the first reading is logged).
     clients_by_dest: Option<bool>,
+    /// When the routing tables, found too large, are read again (`None`: each tick).
+    tables_again: Option<Instant>,
 }
 
 impl Host {
@@ -77,6 +83,7 @@ impl Host {
             resolved: HashSet::new(),
             lost: HashSet::new(),
             clients_by_dest: None,
+            tables_again: None,
         })
     }
 
@@ -385,32 +392,44 @@ impl Host {
     /// depends on the address alone (every rule by destination, the routes single-path),
     /// so that the data path may keep a request's next hop per real and a reply's per
     /// client (decision 0024). What cannot be read counts as no: looked up per packet.
+    /// A host found with more than `ROUTES_READ_AT_MOST` routes has its tables read
+    /// again only after `TABLES_AGAIN`.
     async fn refresh_by_dest<D: Dataplane>(
         &mut self,
         rec: &mut Reconciler<D>,
     ) -> anyhow::Result<()> {
         let addrs = rec.nat_real_addresses();
         let shape = if addrs.is_empty() {
-            // No NAT: nothing is kept, and the bit is not left set for the next one.
+            // No NAT: nothing is kept, and no mark is left for the next one.
+            self.clients_by_dest = None;
             netlink::RouteShape {
                 reals: Vec::new(),
                 clients: false,
+                too_many_routes: false,
             }
         } else {
-            netlink::route_shape(&self.handle, &addrs).await
-        };
-        for (addr, one) in shape.reals {
-            rec.set_by_dest(addr, one)?;
-        }
-        if self.clients_by_dest != Some(shape.clients) && !addrs.is_empty() {
-            if shape.clients {
-                tracing::info!("every route depends on its destination alone: NAT replies' next hops are kept per CPU");
-            } else {
-                tracing::info!("some route or rule depends on more than the destination: NAT replies' next hops are looked up per packet");
+            let now = Instant::now();
+            let read_tables = self.tables_again.is_none_or(|t| now >= t);
+            let shape = netlink::route_shape(&self.handle, &addrs, read_tables).await;
+            if read_tables && shape.too_many_routes {
+                if self.tables_again.is_none() {
+                    tracing::warn!(at_most = netlink::ROUTES_READ_AT_MOST, "more routes than the daemon reads each second: NAT replies' next hops (and IPv6 reals') are looked up per packet; the tables are read again every minute");
+                }
+                self.tables_again = Some(now + TABLES_AGAIN);
+            } else if read_tables {
+                self.tables_again = None;
             }
-        }
-        self.clients_by_dest = (!addrs.is_empty()).then_some(shape.clients);
-        rec.set_clients_by_dest(shape.clients)?;
+            if self.clients_by_dest != Some(shape.clients) {
+                if shape.clients {
+                    tracing::info!("every route depends on its destination alone: NAT replies' next hops are kept per CPU");
+                } else {
+                    tracing::info!("some route or rule depends on more than the destination: NAT replies' next hops are looked up per packet");
+                }
+            }
+            self.clients_by_dest = Some(shape.clients);
+            shape
+        };
+        rec.set_route_shape(&shape)?;
         Ok(())
     }
 

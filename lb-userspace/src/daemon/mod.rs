@@ -582,6 +582,11 @@ impl Daemon {
             }
             return;
         }
+        // Nobody reads the host's routing any more: every NAT packet is looked up
+        // (decision 0024).
+        if let Err(e) = self.rec.clear_route_shape() {
+            tracing::error!("taking the NAT next hop marks away: {e:#}");
+        }
         self.save_state(Some(instance::now()));
         tracing::info!(instance = %self.instance.name, pins = %self.instance.pins.dir().display(), "stopped: the data path is left forwarding with its last state, without health checks; `xdpvs run` takes it over, `xdpvs teardown` removes it");
     }

@@ -424,6 +424,12 @@ impl Dataplane for BpfDataplane {
     }
     fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         if self.ifaces.get(&ifindex, 0).is_err() {
+            // Its copy too, whatever an earlier daemon left there.
+            if ifindex < IFACE_INDEX_SLOTS {
+                self.iface_index
+                    .set(ifindex, IfaceInfo::default(), 0)
+                    .map_err(map_err(IFACE_INDEX))?;
+            }
             return Ok(());
         }
         self.drop_iface(ifindex)

@@ -58,6 +58,7 @@ use crate::{
     config::{CheckType, VirtualServer},
     dataplane::{Dataplane, DataplaneError},
     model::RealKey,
+    netlink,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -258,10 +259,50 @@ impl<D: Dataplane> Reconciler<D> {
         self.reals.set_next_hop(&mut self.dp, addr, hop)
     }
 
+    /// Records what the host's routing says of the next hops the data path may keep
+    /// (decision 0024): `REAL_F_BY_DEST` for the NAT reals at each address of `shape`
+    /// (and for none elsewhere), `SETTING_CLIENTS_BY_DEST` for the replies. A bit
+    /// cleared is cleared first; a failed write does not stop the others.
+    /// Returns: the first error.
+    pub fn set_route_shape(&mut self, shape: &netlink::RouteShape) -> Result<(), ReconcileError> {
+        let mut first = None;
+        if !shape.clients {
+            first = self.set_clients_by_dest(false).err();
+        }
+        let asked: HashSet<IpAddr> = shape.reals.iter().map(|&(a, _)| a).collect();
+        let unasked: Vec<(IpAddr, bool)> = self
+            .reals
+            .by_dest_addresses()
+            .filter(|a| !asked.contains(a))
+            .map(|a| (a, false))
+            .collect();
+        for &(addr, one) in unasked.iter().chain(&shape.reals) {
+            if let Err(e) = self.set_by_dest(addr, one) {
+                first.get_or_insert(e);
+            }
+        }
+        if shape.clients {
+            if let Err(e) = self.set_clients_by_dest(true) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Takes every mark of [`Reconciler::set_route_shape`] away: with no daemon reading
+    /// the host's routing, every NAT packet is looked up.
+    pub fn clear_route_shape(&mut self) -> Result<(), ReconcileError> {
+        self.set_route_shape(&netlink::RouteShape {
+            reals: Vec::new(),
+            clients: false,
+            too_many_routes: false,
+        })
+    }
+
     /// Records whether the kernel's route toward real address `addr` depends on the
     /// address alone, and rewrites the reals there (`REAL_F_BY_DEST`, decision 0024).
     /// Only NAT reals are marked: the other methods do not read it.
-    pub fn set_by_dest(&mut self, addr: IpAddr, by_dest: bool) -> Result<(), ReconcileError> {
+    fn set_by_dest(&mut self, addr: IpAddr, by_dest: bool) -> Result<(), ReconcileError> {
         let tables = &self.tables;
         self.reals
             .set_by_dest(&mut self.dp, addr, by_dest, |k| tables.is_nat(&k.vs))
@@ -269,7 +310,7 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Records whether the host's routes toward any address depend on the address
     /// alone, and writes `SETTING_CLIENTS_BY_DEST` accordingly (decision 0024).
-    pub fn set_clients_by_dest(&mut self, by_dest: bool) -> Result<(), ReconcileError> {
+    fn set_clients_by_dest(&mut self, by_dest: bool) -> Result<(), ReconcileError> {
         let config_bits = self.settings & !SETTING_CLIENTS_BY_DEST;
         self.host_settings = if by_dest { SETTING_CLIENTS_BY_DEST } else { 0 };
         self.set_settings(config_bits)

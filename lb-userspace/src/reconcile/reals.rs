@@ -339,6 +339,11 @@ impl Reals {
         Ok(())
     }
 
+    /// Returns: the addresses recorded as routed by their address alone.
+    pub fn by_dest_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.by_dest.iter().copied()
+    }
+
     /// Records whether the route toward `addr` depends on the address alone, and gives
     /// the reals at that address that `marked` picks `REAL_F_BY_DEST` or takes it from
     /// them.

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use lb_common::{VsKey, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, SETTING_NAT};
+use lb_common::{VsKey, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, SETTING_CLIENTS_BY_DEST, SETTING_NAT};
 
 use super::*;
 use crate::{
@@ -198,6 +198,39 @@ fn a_real_keeps_its_route_mark_through_health_changes_and_new_reals_get_it() {
     let dr = RealKey::real("dr", addr, 80);
     assert_eq!(flags(&r, &dr), REAL_F_ACTIVE | REAL_F_NEW);
     assert_eq!(flags(&r, &k8080) & REAL_F_BY_DEST, REAL_F_BY_DEST);
+}
+
+/// The host's marks (decision 0024) go into the data path beside the configuration's:
+/// an apply keeps `SETTING_CLIENTS_BY_DEST`, an address no longer asked about loses
+/// `REAL_F_BY_DEST`, and a daemon that stops takes every mark away.
+#[test]
+fn the_hosts_route_marks_outlive_applies_not_the_daemon() {
+    use lb_common::REAL_F_BY_DEST;
+
+    use crate::netlink::RouteShape;
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let nat = "interfaces: [eth0]\nvirtual_servers:\n  - { name: n, address: 10.0.0.1, port: 80, protocol: tcp, method: nat, health_check: { type: none }, real_servers: [{ address: 10.0.1.1, port: 8080 }] }\n";
+    let config = config::parse(Path::new("t.yaml"), nat, &AnyInterface).unwrap();
+    r.apply(&config).unwrap();
+    let addr: IpAddr = "10.0.1.1".parse().unwrap();
+    let id = r.real_id(&RealKey::real("n", addr, 8080)).unwrap();
+    let shape = |reals: Vec<(IpAddr, bool)>, clients| RouteShape {
+        reals,
+        clients,
+        too_many_routes: false,
+    };
+    r.set_route_shape(&shape(vec![(addr, true)], true)).unwrap();
+    let both = SETTING_NAT | SETTING_CLIENTS_BY_DEST;
+    assert_eq!(r.dp.settings, both);
+    assert_eq!(r.dp.reals[&id].flags & REAL_F_BY_DEST, REAL_F_BY_DEST);
+    r.apply(&config).unwrap();
+    assert_eq!(r.dp.settings, both, "an apply keeps the host's bit");
+    r.set_route_shape(&shape(Vec::new(), true)).unwrap();
+    assert_eq!(r.dp.reals[&id].flags & REAL_F_BY_DEST, 0, "not asked about");
+    r.set_route_shape(&shape(vec![(addr, true)], true)).unwrap();
+    r.clear_route_shape().unwrap();
+    assert_eq!(r.dp.settings, SETTING_NAT);
+    assert_eq!(r.dp.reals[&id].flags & REAL_F_BY_DEST, 0);
 }
 
 #[test]

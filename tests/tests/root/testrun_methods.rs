@@ -7,6 +7,7 @@ use std::{collections::HashSet, net::IpAddr};
 
 use lb_common::{
     flow_hash,
+    maps::{client_hop_slot, CLIENT_HOPS, REAL_HOPS, REAL_HOP_SLOTS},
     realserver::{maps::PROG_DECAP, DECAP_DONE},
     reason, FlowKey, NeighMiss, PROTO_TCP,
 };
@@ -17,6 +18,7 @@ use tests::{
         ipv6_header, V4Packet, V6Packet, TCP_ACK, TCP_SYN,
     },
 };
+use xdpvs::model::RealKey;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -814,6 +816,24 @@ fn a_route_change_reaches_nat_requests_and_replies_kept_per_cpu_without_a_reload
         assert_eq!(nat_reply_mac(&f, client, sport), CLIENT_MAC);
     }
     on_cpus(&allowed);
+    // Each CPU that ran them keeps both hops: toward the real, and toward the client.
+    let id = f
+        .rec
+        .real_id(&RealKey::real("nat4", real, 8080))
+        .expect("real id");
+    let kept = |map: &str, slot: u32, want: u32| {
+        f.kept_hops(map, slot)
+            .iter()
+            .filter(|&&(at, id)| at != 0 && id == want)
+            .count()
+    };
+    assert_eq!(
+        kept(REAL_HOPS, id & (REAL_HOP_SLOTS - 1), id),
+        allowed.len()
+    );
+    let slot = client_hop_slot(&[u32::from_ne_bytes(client), 0, 0, 0]);
+    let v4 = u32::from(lb_common::FAMILY_V4);
+    assert_eq!(kept(CLIENT_HOPS, slot, v4), allowed.len());
     for to in ["10.0.1.11/32", "192.0.2.7/32"] {
         f.net.exec(&[
             "ip",
@@ -934,6 +954,18 @@ fn flows_spread_over_multipath_routes_toward_a_real_and_a_client() {
         to_client.insert(nat_reply_mac(&f, client, sport));
     }
     on_cpus(&allowed);
+    // Nothing was kept for that real, nor for that client.
+    let id = f
+        .rec
+        .real_id(&RealKey::real("nat4", real, 8080))
+        .expect("real id");
+    let never = |map: &str, slot: u32| f.kept_hops(map, slot).iter().all(|&(at, _)| at == 0);
+    assert!(
+        never(REAL_HOPS, id & (REAL_HOP_SLOTS - 1)),
+        "a hop kept for {real}"
+    );
+    let slot = client_hop_slot(&[u32::from_ne_bytes(client), 0, 0, 0]);
+    assert!(never(CLIENT_HOPS, slot), "a hop kept for the client");
     let macs: HashSet<[u8; 6]> = to_real.iter().map(|&(_, m)| m).collect();
     assert_eq!(
         macs,

@@ -12,22 +12,23 @@ use crate::{
 
 /// Rewrites destination MAC to the real's and source MAC to the egress interface's
 /// (and the VLAN tags to the egress interface's, when it is a VLAN device).
-/// `ingress` is the receiving interface's entry, if read already: the one-armed case
-/// then needs no second lookup.
+/// `ingress` is the receiving interface's entry, if read already (a zero MAC: not):
+/// the one-armed case then needs no second lookup.
 /// Returns: the transmit verdict, or a drop while the real's MAC is unresolved.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
     p: &Parsed,
     real: &RealInfo,
-    ingress: Option<&IfaceInfo>,
+    ingress: IfaceInfo,
 ) -> Result<Verdict, Verdict> {
     if real.mac == [0; 6] {
         return Err(Verdict::drop(reason::DROP_NO_MAC));
     }
-    let iface = match ingress {
-        Some(i) if real.ifindex == ctx.ingress_ifindex() as u32 => *i,
-        _ => egress_iface(real.ifindex)?,
+    let iface = if ingress.mac != [0; 6] && real.ifindex == ctx.ingress_ifindex() as u32 {
+        ingress
+    } else {
+        egress_iface(real.ifindex)?
     };
     let vlan = if iface.flags & IFACE_F_VLAN != 0 {
         vlan_out(real.ifindex)

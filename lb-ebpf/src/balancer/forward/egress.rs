@@ -132,13 +132,14 @@ impl Keep {
         })
     }
 
-    /// The route toward client `addr`.
+    /// The route toward client `addr` of address `family` (in the id: an IPv4 address
+    /// and the IPv6 one with the same first word are two clients).
     #[inline(always)]
-    pub fn client(addr: &[u32; 4]) -> Option<Keep> {
+    pub fn client(addr: &[u32; 4], family: u8) -> Option<Keep> {
         let slot = CLIENT_HOPS.get_ptr_mut(client_hop_slot(addr))?;
         Some(Keep {
             slot,
-            id: 0,
+            id: u32::from(family),
             generation: 0,
             tag: *addr,
         })
@@ -186,9 +187,11 @@ impl Keep {
 /// Returns: its facts, or the drop verdict for an interface the daemon did not register.
 #[inline(always)]
 pub fn egress_iface(ifindex: u32) -> Result<IfaceInfo, Verdict> {
-    l2::iface(ifindex)
-        .copied()
-        .ok_or(Verdict::drop(reason::DROP_NO_IFACE))
+    let i = l2::iface(ifindex);
+    if i.mac == [0; 6] {
+        return Err(Verdict::drop(reason::DROP_NO_IFACE));
+    }
+    Ok(i)
 }
 
 /// Returns: how frames leave by `ifindex` if it is a VLAN device the daemon registered.

@@ -293,7 +293,11 @@ fn to_client(
     let by_dest = SETTINGS
         .get(0)
         .is_some_and(|s| *s & SETTING_CLIENTS_BY_DEST != 0);
-    let keep = if by_dest { Keep::client(r.dst) } else { None };
+    let keep = if by_dest {
+        Keep::client(r.dst, p.key.family)
+    } else {
+        None
+    };
     let hop = next_hop(ctx, p, &r, 0, keep)?;
     restore().ok_or(Verdict::internal())?;
     let out = routed(ctx, p, &hop, 0)?;

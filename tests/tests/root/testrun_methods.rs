@@ -483,15 +483,7 @@ fn a_next_hop_without_neighbour_entry_is_reported_for_the_daemon_to_resolve() {
 
     // IPv6: a client behind a router the balancer has no entry for. The report names
     // the router, the neighbour to resolve, not the client.
-    f.net.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "2001:db8:d::/64",
-        "via",
-        "fd00:1::fd",
-    ]);
+    sh(&f, "ip -6 route add 2001:db8:d::/64 via fd00:1::fd");
     let (client, vip) = (v6("2001:db8:d::9"), v6("2001:db8:f::100"));
     let request = V6Packet::tcp(client, 5000, vip, 80).build();
     assert_eq!(f.run(&request).action, XDP_REDIRECT, "v6 request forwarded");
@@ -600,18 +592,10 @@ fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
     }
     on_cpus(&allowed);
     let new_gw = [0x02, 0, 0, 0, 0xfe, 0x02];
-    f.net.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.0.1.253",
-        "lladdr",
-        "02:00:00:00:fe:02",
-        "dev",
-        "fxa",
-        "nud",
-        "permanent",
-    ]);
+    sh(
+        &f,
+        "ip neigh replace 10.0.1.253 lladdr 02:00:00:00:fe:02 dev fxa nud permanent",
+    );
     f.net
         .exec(&["ip", "route", "replace", "10.0.9.0/24", "via", "10.0.1.253"]);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -707,21 +691,11 @@ fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
     assert_eq!(nat_request_mac(&f, b, pb), real_mac(real));
 
     // Client b's requests go through the router, by a rule on their source.
-    f.net
-        .exec(&["ip", "rule", "add", "from", "192.0.2.8", "lookup", "100"]);
-    f.net.exec(&[
-        "ip",
-        "route",
-        "add",
-        "10.0.1.0/24",
-        "via",
-        "10.0.1.254",
-        "dev",
-        "fxa",
-        "onlink",
-        "table",
-        "100",
-    ]);
+    sh(&f, "ip rule add from 192.0.2.8 lookup 100");
+    sh(
+        &f,
+        "ip route add 10.0.1.0/24 via 10.0.1.254 dev fxa onlink table 100",
+    );
     let found = f.refresh_by_dest();
     assert!(found.reals.iter().all(|&(_, one)| !one), "{found:?}");
     assert!(!found.clients, "{found:?}");
@@ -730,38 +704,12 @@ fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
     assert_eq!(nat_request_mac(&f, b, pb), GW_MAC, "b's rule is followed");
 
     // No rule, but a real reached by two paths: that real alone loses the mark.
-    f.net
-        .exec(&["ip", "rule", "del", "from", "192.0.2.8", "lookup", "100"]);
-    f.net.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.0.1.253",
-        "lladdr",
-        "02:00:00:00:fe:02",
-        "dev",
-        "fxa",
-        "nud",
-        "permanent",
-    ]);
-    f.net.exec(&[
-        "ip",
-        "route",
-        "add",
-        "10.0.1.11/32",
-        "nexthop",
-        "via",
-        "10.0.1.254",
-        "dev",
-        "fxa",
-        "onlink",
-        "nexthop",
-        "via",
-        "10.0.1.253",
-        "dev",
-        "fxa",
-        "onlink",
-    ]);
+    sh(&f, "ip rule del from 192.0.2.8 lookup 100");
+    sh(
+        &f,
+        "ip neigh replace 10.0.1.253 lladdr 02:00:00:00:fe:02 dev fxa nud permanent",
+    );
+    sh(&f, "ip route add 10.0.1.11/32 nexthop via 10.0.1.254 dev fxa onlink nexthop via 10.0.1.253 dev fxa onlink");
     let found = f.refresh_by_dest();
     assert!(!found.clients, "{found:?}");
     for (addr, one) in found.reals {
@@ -770,28 +718,9 @@ fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
 
     // Back to one path toward the real; two paths in a table of its own, which no
     // rule names now, still count against the clients (every table is read).
-    f.net.exec(&["ip", "route", "del", "10.0.1.11/32"]);
+    sh(&f, "ip route del 10.0.1.11/32");
     assert!(f.refresh_by_dest().clients);
-    f.net.exec(&[
-        "ip",
-        "route",
-        "add",
-        "198.51.100.0/24",
-        "table",
-        "100",
-        "nexthop",
-        "via",
-        "10.0.1.254",
-        "dev",
-        "fxa",
-        "onlink",
-        "nexthop",
-        "via",
-        "10.0.1.253",
-        "dev",
-        "fxa",
-        "onlink",
-    ]);
+    sh(&f, "ip route add 198.51.100.0/24 table 100 nexthop via 10.0.1.254 dev fxa onlink nexthop via 10.0.1.253 dev fxa onlink");
     let found = f.refresh_by_dest();
     assert!(!found.clients, "{found:?}");
     assert!(found.reals.iter().all(|&(_, one)| one), "{found:?}");
@@ -835,17 +764,10 @@ fn a_route_change_reaches_nat_requests_and_replies_kept_per_cpu_without_a_reload
     let v4 = u32::from(lb_common::FAMILY_V4);
     assert_eq!(kept(CLIENT_HOPS, slot, v4), allowed.len());
     for to in ["10.0.1.11/32", "192.0.2.7/32"] {
-        f.net.exec(&[
-            "ip",
-            "route",
-            "add",
-            to,
-            "via",
-            "10.0.1.254",
-            "dev",
-            "fxa",
-            "onlink",
-        ]);
+        sh(
+            &f,
+            &format!("ip route add {to} via 10.0.1.254 dev fxa onlink"),
+        );
     }
     let found = f.refresh_by_dest();
     assert!(
@@ -896,39 +818,13 @@ fn nat_reply_mac(f: &Fixture, client: [u8; 4], sport: u16) -> [u8; 6] {
 fn flows_spread_over_multipath_routes_toward_a_real_and_a_client() {
     let mut f = Fixture::new(YAML);
     let other_gw = [0x02, 0, 0, 0, 0xfe, 0x02];
-    f.net
-        .exec(&["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
-    f.net.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.0.1.253",
-        "lladdr",
-        "02:00:00:00:fe:02",
-        "dev",
-        "fxa",
-        "nud",
-        "permanent",
-    ]);
+    sh(&f, "sysctl -qw net.ipv4.fib_multipath_hash_policy=1");
+    sh(
+        &f,
+        "ip neigh replace 10.0.1.253 lladdr 02:00:00:00:fe:02 dev fxa nud permanent",
+    );
     for to in ["10.0.1.11/32", "192.0.2.8/32"] {
-        f.net.exec(&[
-            "ip",
-            "route",
-            "add",
-            to,
-            "nexthop",
-            "via",
-            "10.0.1.254",
-            "dev",
-            "fxa",
-            "onlink",
-            "nexthop",
-            "via",
-            "10.0.1.253",
-            "dev",
-            "fxa",
-            "onlink",
-        ]);
+        sh(&f, &format!("ip route add {to} nexthop via 10.0.1.254 dev fxa onlink nexthop via 10.0.1.253 dev fxa onlink"));
     }
     let found = f.refresh_by_dest();
     assert!(!found.clients, "{found:?}");
@@ -973,6 +869,11 @@ fn flows_spread_over_multipath_routes_toward_a_real_and_a_client() {
         "requests to {real}"
     );
     assert_eq!(to_client, HashSet::from([GW_MAC, other_gw]), "replies");
+}
+
+/// Runs `cmd` (words split at spaces) in the fixture's namespace.
+fn sh(f: &Fixture, cmd: &str) {
+    f.net.exec(&cmd.split(' ').collect::<Vec<_>>());
 }
 
 /// Returns: the CPUs the calling thread may run on.

@@ -333,7 +333,7 @@ pub struct RouteShape {
     /// Whether the route toward any address depends on the address alone: every rule
     /// by destination and every route of every table single-path ([`Tables`]).
     pub clients: bool,
-    /// The tables held more than [`ROUTES_READ_AT_MOST`] routes (or were not read).
+    /// The tables were read, and held more than [`ROUTES_READ_AT_MOST`] routes.
     pub too_many_routes: bool,
 }
 
@@ -376,7 +376,9 @@ pub async fn route_shape(handle: &Handle, reals: &[IpAddr], read_tables: bool) -
             };
         out.push((addr, one));
     }
-    let too_many_routes = tables.as_ref().is_none_or(|t| t.read > ROUTES_READ_AT_MOST);
+    let too_many_routes = tables
+        .as_ref()
+        .is_some_and(|t| t.read > ROUTES_READ_AT_MOST);
     RouteShape {
         reals: out,
         clients: tables
@@ -434,15 +436,16 @@ impl Tables {
 /// daemon's own route lookups cannot show (the input interface, a VRF, the user): the
 /// host's routes toward an address are then the ones [`single_path`] reads.
 pub async fn rules_by_destination(handle: &Handle) -> Result<bool, NetlinkError> {
+    let mut all = true;
     for v in [IpVersion::V4, IpVersion::V6] {
         let mut s = handle.rule().get(v).execute();
+        // Read to its end, as every dump here: a dump dropped halfway has its other
+        // messages logged as undeliverable by the netlink connection.
         while let Some(rule) = s.try_next().await.map_err(req("listing routing rules"))? {
-            if !rule_by_destination(&rule) {
-                return Ok(false);
-            }
+            all &= rule_by_destination(&rule);
         }
     }
-    Ok(true)
+    Ok(all)
 }
 
 /// Returns: whether `rule` looks at nothing but a packet's destination (and the

@@ -361,13 +361,16 @@ impl BpfDataplane {
         Ok(())
     }
 
-    /// Clears interface `ifindex`'s slot in `IFACE_INDEX`, then removes its `IFACES`
-    /// entry.
+    /// Clears interface `ifindex`'s slot in `IFACE_INDEX` (whatever an earlier daemon
+    /// left there), then removes its `IFACES` entry if it has one.
     fn drop_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         if ifindex < IFACE_INDEX_SLOTS {
             self.iface_index
                 .set(ifindex, IfaceInfo::default(), 0)
                 .map_err(map_err(IFACE_INDEX))?;
+        }
+        if self.ifaces.get(&ifindex, 0).is_err() {
+            return Ok(());
         }
         self.ifaces.remove(&ifindex).map_err(map_err(IFACES))
     }
@@ -423,15 +426,6 @@ impl Dataplane for BpfDataplane {
         Ok(())
     }
     fn remove_iface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        if self.ifaces.get(&ifindex, 0).is_err() {
-            // Its copy too, whatever an earlier daemon left there.
-            if ifindex < IFACE_INDEX_SLOTS {
-                self.iface_index
-                    .set(ifindex, IfaceInfo::default(), 0)
-                    .map_err(map_err(IFACE_INDEX))?;
-            }
-            return Ok(());
-        }
         self.drop_iface(ifindex)
     }
     fn set_own_macs(&mut self, macs: &BTreeMap<[u8; 6], u32>) -> Result<(), DataplaneError> {

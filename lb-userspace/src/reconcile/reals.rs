@@ -210,8 +210,8 @@ impl Reals {
 
     /// Gives real `key` of the virtual server at `vs_index` an id at a new generation,
     /// with zeroed counters, and no flags (in no table yet) but, for a real of a NAT
-    /// virtual server (`nat`), `REAL_F_BY_DEST` if its address has it. Its value is written with
-    /// the first flags it gains, before any table names it, or else by
+    /// virtual server (`nat`), `REAL_F_BY_DEST` if its address has it. Its value is
+    /// written with the first flags it gains, before any table names it, or else by
     /// [`Reals::write_new`]: until then no table and no flow can name it at this
     /// generation, so the data path does not read it (a cold start of 100,000 reals
     /// writes each once, not twice).

@@ -136,10 +136,10 @@ fn request_hop(
     next_hop(ctx, p, &r, 0, keep)
 }
 
-/// Forwards a request of virtual server `vs` to `real` (id `real_id`). `traced`: the flow is in
-/// `FLOWS`, or its mark in `UDP_SEEN` (a SYN, a first datagram: decision 0021), so
-/// that the reply of a real that serves `vs` alone is found by it; otherwise the reply
-/// state goes into `NAT_STATE`.
+/// Forwards a request of virtual server `vs` to `real` (id `real_id`). `traced`: the
+/// flow is in `FLOWS`, or its mark in `UDP_SEEN` (a SYN, a first datagram: decision
+/// 0021), so that the reply of a real that serves `vs` alone is found by it; otherwise
+/// the reply state goes into `NAT_STATE`.
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn forward(

@@ -136,8 +136,12 @@ impl Workload {
         }
     }
 
+    /// Returns: whether the workload runs for `m`: the NAT reply only for NAT, and
+    /// only the workloads `XDPVS_LIVE_WORKLOADS=tcp_syn,udp_new` names, if set.
     fn applies(self, m: Method) -> bool {
-        self != Workload::NatReply || m == Method::Nat
+        let picked = std::env::var("XDPVS_LIVE_WORKLOADS")
+            .map_or(true, |o| o.split(',').any(|n| n.trim() == self.name()));
+        picked && (self != Workload::NatReply || m == Method::Nat)
     }
 
     /// Returns: the target of issue 15 for xdpvs's ns/packet on the development VM

@@ -349,3 +349,39 @@ pub struct Counters {
     pub reply_bytes: u64,
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 40);
+
+/// One CPU's count of opening SYNs (decision 0025). Value of [`maps::SYN_RATE`]: the
+/// data path counts SYNs to virtual servers in windows of [`SYN_WINDOW_NS`]; while
+/// the current or the last window counted more than [`maps::SYN_GUARD`] allows, an
+/// opening SYN is balanced without looking up the connection table. Userspace reads
+/// `skipped`, summed over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynRate {
+    /// `bpf_ktime_get_coarse_ns` when the current window began.
+    pub window_ns: u64,
+    /// Opening SYNs counted in the current window.
+    pub count: u32,
+    /// Opening SYNs counted in the window before it (0 if that was not the one just
+    /// before).
+    pub previous: u32,
+    /// Opening SYNs that skipped the connection table, since the map was made.
+    pub skipped: u64,
+}
+const _: () = assert!(core::mem::size_of::<SynRate>() == 24);
+
+/// The window of [`SynRate`]: 100 ms.
+pub const SYN_WINDOW_NS: u64 = 100_000_000;
+/// Windows of [`SYN_WINDOW_NS`] in a second.
+pub const SYN_WINDOWS_PER_S: u32 = 10;
+
+/// Returns: the SYNs one CPU may count in a window of [`SYN_WINDOW_NS`] before SYNs
+/// skip the connection table, for `per_s` SYNs a second (`syn_flood_rate`): `per_s`
+/// spread over the windows of a second, at least 1; 0 (never) stays 0.
+pub const fn syn_guard_per_window(per_s: u32) -> u32 {
+    if per_s == 0 {
+        0
+    } else {
+        per_s.div_ceil(SYN_WINDOWS_PER_S)
+    }
+}

@@ -31,6 +31,8 @@
 //! | `NEIGH_ASKED` | next hop's hash (low bits) -> `bpf_ktime_get_ns` of its last report (`u64`) | XDP | XDP |
 //! | `REAL_HOPS` | real id's low bits -> the next hop the FIB last gave this CPU toward that real (tunnels; NAT reals routed by their address alone), per CPU | XDP | XDP |
 //! | `CLIENT_HOPS` | [`client_hop_slot`] of a client's address -> the next hop the FIB last gave this CPU toward it (NAT replies, while routes depend on the destination alone), per CPU | XDP | XDP |
+//! | `SYN_GUARD` | 0 -> opening SYNs one CPU may count in a window before SYNs skip `FLOWS` (`u32`; 0: never) | daemon | XDP |
+//! | `SYN_RATE` | 0 -> [`crate::SynRate`] per CPU | XDP | daemon |
 //! | `ADDR_FILTER` | 0 -> [`ADDR_FILTER_VERSION`] once the daemon wrote the bits (`u64`); 1.. -> 64 bits each of [`crate::addr_filter_place`] | daemon | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
@@ -109,6 +111,16 @@ pub const NAT_REALS: &str = "NAT_REALS";
 /// elements of two `u32` slots each (array elements are 8-byte aligned), shared by all
 /// CPUs; a slot keeps the last flow that used it.
 pub const UDP_SEEN: &str = "UDP_SEEN";
+
+/// The SYN-flood switch (decision 0025): how many opening SYNs to virtual servers one
+/// CPU may count in a window of [`crate::SYN_WINDOW_NS`] (this window or the last)
+/// before the next skip the connection table and go by Maglev (or persistence) alone;
+/// 0: never. Written by the daemon from `syn_flood_rate`
+/// ([`crate::syn_guard_per_window`]). Array of one `u32`.
+pub const SYN_GUARD: &str = "SYN_GUARD";
+/// Opening SYNs counted per CPU ([`crate::SynRate`]), against [`SYN_GUARD`]. Per-CPU
+/// array of one; the daemon reads the SYNs that skipped the connection table.
+pub const SYN_RATE: &str = "SYN_RATE";
 
 /// The programs `xdpvs_lb` tail-calls (decision 0018): fragments and ICMP errors are
 /// handled by programs of their own, each verified apart, so that the balancer stays
@@ -211,6 +223,8 @@ pub const ALL: &[&str] = &[
     REAL_HOPS,
     CLIENT_HOPS,
     IFACE_INDEX,
+    SYN_GUARD,
+    SYN_RATE,
 ];
 
 /// The load balancer, attached to every interface of the configuration.

@@ -5,7 +5,7 @@ use core::net::IpAddr;
 
 use crate::{
     Counters, FlowKey, FlowState, FragKey, IfaceInfo, NatState, NeighMiss, PersistKey,
-    PersistState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
+    PersistState, RealInfo, SynRate, VlanKey, VlanOut, VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
 };
 
 // SAFETY: all of these are repr(C), built only of integers and byte arrays, with
@@ -23,6 +23,7 @@ unsafe impl aya::Pod for NatState {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for PersistKey {}
 unsafe impl aya::Pod for PersistState {}
+unsafe impl aya::Pod for SynRate {}
 
 impl NeighMiss {
     /// Reads one record of `maps::NEIGH_MISS` as the data path wrote it.

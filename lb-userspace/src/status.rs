@@ -71,6 +71,10 @@ pub struct Status {
     /// Connection table entries in use, and its size.
     pub flow_table_entries: u64,
     pub flow_table_size: u64,
+    /// Opening SYNs balanced without a connection-table lookup because their CPU saw
+    /// more than `syn_flood_rate` SYNs a second (decision 0025), since the map was made.
+    #[serde(default)]
+    pub syns_past_flow_table: u64,
     /// The routing table VIPs are announced in (config `announce`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce_table: Option<u32>,

@@ -394,6 +394,12 @@ impl Fixture {
             .sum()
     }
 
+    /// Returns: opening SYNs balanced past the connection table during SYN floods
+    /// (`SYN_RATE`, decision 0025), summed over CPUs.
+    pub fn syns_past_table(&self) -> u64 {
+        self.rec.dataplane().syns_past_table().expect("SYN_RATE")
+    }
+
     /// Returns: packets counted under verdict `reason` since load.
     pub fn verdicts(&self, reason: u32) -> u64 {
         self.rec.dataplane().verdicts().expect("verdicts")[reason as usize]

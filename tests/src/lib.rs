@@ -3,6 +3,7 @@
 //! client, the daemon as a child process, a bpffs for its pins, and packet building for
 //! BPF test runs.
 
+pub mod cpus;
 pub mod daemon;
 pub mod ecmp;
 pub mod fixture;

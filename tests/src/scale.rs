@@ -244,6 +244,10 @@ impl Dataplane for Counting {
         self.w.borrow_mut().other += 1;
         self.dp.set_settings(bits)
     }
+    fn set_syn_guard(&mut self, per_window: u32) -> Result<(), DataplaneError> {
+        self.w.borrow_mut().other += 1;
+        self.dp.set_syn_guard(per_window)
+    }
     fn set_addr_filter(
         &mut self,
         words: &[(u32, u64)],

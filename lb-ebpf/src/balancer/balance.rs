@@ -13,7 +13,7 @@ use lb_common::{
 
 use crate::{
     choose::{self, Record},
-    forward, l2,
+    flood, forward, l2,
     maps::{ADDR_FILTER, TAILS},
     parse, stats,
     verdict::Verdict,
@@ -58,8 +58,13 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // method. A UDP flow enters it with its second packet (0017). Without persistence,
     // which must place a client network at once, a NAT flow's SYN or first datagram
     // leaves its mark in UDP_SEEN, where its real's reply finds it (0021).
+    // During a SYN flood (decision 0025) an opening SYN does not look up the
+    // connection table: its miss is most of a SYN's cost, and the ACK that follows a
+    // real handshake looks it up anyway.
     let unpersisted = vs.persist_timeout_ns == 0;
+    let mut skip_table = false;
     let record = if parse::opening_syn(ctx, &p) {
+        skip_table = flood::syn_skips_table();
         if vs.method == METHOD_NAT && unpersisted {
             Record::Mark
         } else {
@@ -70,7 +75,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     } else {
         Record::Now
     };
-    let choice = choose::real(&p.key, vs, record)?;
+    let choice = choose::real(&p.key, vs, record, skip_table)?;
     if choice.new_flow {
         stats::count_new_flow(vs.vs_index, choice.real_id);
     }

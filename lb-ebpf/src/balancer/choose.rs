@@ -106,19 +106,26 @@ pub enum Record {
 /// Picks the real for `key` on virtual server `vs`, recording a new choice in FLOWS
 /// (and PERSIST) as `record` says. The packets of a flow before it is recorded find
 /// the same real by the same means while the tables hold. An entry naming a real that
-/// is gone (inactive, or its id reused) is re-steered.
+/// is gone (inactive, or its id reused) is re-steered. With `skip_table` (an opening
+/// SYN during a SYN flood, decision 0025) FLOWS is not looked up: the flow goes where
+/// persistence or Maglev sends it, as if it had no entry.
 /// Returns: the choice, or the drop verdict: `drop_no_real` when the ring slot is empty
 /// (no real takes new flows), `drop_internal` for a ring or real index out of range.
 #[inline(always)]
-pub fn real(key: &FlowKey, vs: &VsInfo, record: Record) -> Result<Choice, Verdict> {
-    pick(key, vs, record)
+pub fn real(
+    key: &FlowKey,
+    vs: &VsInfo,
+    record: Record,
+    skip_table: bool,
+) -> Result<Choice, Verdict> {
+    pick(key, vs, record, skip_table)
 }
 
 /// Finds the real that serves `key` as [`real`] would, writing nothing: for an ICMP
 /// error about the flow, which must not create or refresh state.
 #[inline(always)]
 pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
-    pick(key, vs, Record::Never)
+    pick(key, vs, Record::Never, false)
 }
 
 /// Returns: the `UDP_SEEN` slot of hash `h`.
@@ -217,11 +224,21 @@ fn maglev(vs: &VsInfo, h: u32) -> Result<u32, Verdict> {
 }
 
 #[inline(always)]
-fn pick(key: &FlowKey, vs: &VsInfo, mut record: Record) -> Result<Choice, Verdict> {
+fn pick(
+    key: &FlowKey,
+    vs: &VsInfo,
+    mut record: Record,
+    skip_table: bool,
+) -> Result<Choice, Verdict> {
     let persistent = vs.persist_timeout_ns != 0;
     // SAFETY: LRU hash value; a concurrent update can at worst give a stale but
     // well-formed FlowState, which is then validated against REALS.
-    if let Some(f) = unsafe { FLOWS.get(key) } {
+    let found = if skip_table {
+        None
+    } else {
+        unsafe { FLOWS.get(key) }
+    };
+    if let Some(f) = found {
         if f.vs_index == vs.vs_index {
             if let Some(real) = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE) {
                 if persistent && record != Record::Never {

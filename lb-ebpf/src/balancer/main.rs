@@ -7,6 +7,7 @@
 mod balance;
 mod choose;
 mod fib;
+mod flood;
 mod forward;
 mod fragment;
 mod icmp;

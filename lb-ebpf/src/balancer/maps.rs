@@ -12,7 +12,7 @@ use lb_common::{
         MAX_VS, NEIGH_ASKED_SLOTS, NEIGH_MISS_BYTES, TAIL_COUNT, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
     },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
-    VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
+    SynRate, VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
 };
 
 /// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
@@ -168,3 +168,13 @@ pub static ADDR_FILTER: Array<u64> =
 /// read here.
 #[map]
 pub static NEIGH_ASKED: Array<u64> = Array::with_max_entries(NEIGH_ASKED_SLOTS, 0);
+
+/// Opening SYNs one CPU may count in a window before SYNs skip `FLOWS` (0: never).
+/// Written by the daemon (decision 0025).
+#[map]
+pub static SYN_GUARD: Array<u32> = Array::with_max_entries(1, 0);
+
+/// This CPU's count of opening SYNs against `SYN_GUARD`. Written here; the daemon reads
+/// the SYNs that skipped the table.
+#[map]
+pub static SYN_RATE: PerCpuArray<SynRate> = PerCpuArray::with_max_entries(1, 0);

@@ -30,6 +30,8 @@ pub const MAX_WEIGHT: u32 = 65535;
 pub const DEFAULT_SOCKET: &str = "/run/xdpvs/xdpvs.sock";
 /// The instance a daemon is unless `instance` says otherwise.
 pub const DEFAULT_INSTANCE: &str = "default";
+/// Default `syn_flood_rate`: opening SYNs a second on one CPU.
+pub const DEFAULT_SYN_FLOOD_RATE: u32 = 10_000;
 /// Where the data path is pinned unless `pin_path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdpvs";
 
@@ -118,6 +120,9 @@ pub struct Config {
     pub manage_vips: bool,
     /// Connection table entries.
     pub flow_table_size: u32,
+    /// Opening SYNs a second on one CPU above which SYNs are balanced without looking
+    /// up the connection table (decision 0025); 0: never.
+    pub syn_flood_rate: u32,
     /// Unix socket of the control channel (`xdpvs status`, `xdpvs real ...`).
     pub control_socket: PathBuf,
     /// This daemon's name on the host: its pins live under `pin_path/instance/`.

@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub flow_table_size: Option<u32>,
     #[serde(default)]
+    pub syn_flood_rate: Option<u32>,
+    #[serde(default)]
     pub control_socket: Option<String>,
     #[serde(default)]
     pub instance: Option<String>,

@@ -79,6 +79,7 @@ fn good_config_parses_with_defaults() {
         ("default", Some("/sys/fs/bpf/xdpvs"))
     );
     assert_eq!(c.control_socket.to_str(), Some("/run/xdpvs/xdpvs.sock"));
+    assert_eq!(c.syn_flood_rate, 10_000, "SYNs a second per CPU");
     let vs = &c.virtual_servers[0];
     assert_eq!(
         (
@@ -196,6 +197,7 @@ fn each_error_names_line_and_field() {
         ("tunnel source on dr", "method: dr", "method: dr\n    tunnel_source: 10.0.0.1", 9, "virtual_servers[0].tunnel_source", "method tunnel only"),
         ("bad global tunnel source", "xdp_mode: auto", "xdp_mode: auto\ntunnel_source: [10.0.0.1, nope]", 3, "tunnel_source[1]", "not an IPv4"),
         ("two global IPv4 sources", "xdp_mode: auto", "xdp_mode: auto\ntunnel_source: [10.0.0.1, 10.0.0.2]", 3, "tunnel_source[1]", "at most one per address family"),
+        ("negative SYN flood rate", "xdp_mode: auto", "xdp_mode: auto\nsyn_flood_rate: -1", 3, "syn_flood_rate", "expected u32"),
         ("missing interface", "[eth0]", "[eth9]", 1, "interfaces[0]", "does not exist"),
         ("no interface", "interfaces: [eth0]", "interfaces: []", 1, "interfaces", "at least one"),
         ("bad name", "name: web", "name: \"web server\"", 4, "virtual_servers[0].name", "not a valid name"),

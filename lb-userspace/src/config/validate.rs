@@ -406,6 +406,7 @@ impl<'a> Validator<'a> {
             },
             manage_vips: raw.manage_vips.unwrap_or(true),
             flow_table_size,
+            syn_flood_rate: raw.syn_flood_rate.unwrap_or(super::DEFAULT_SYN_FLOOD_RATE),
             control_socket,
             instance,
             pin_path,

@@ -116,6 +116,12 @@ pub fn render(status: &Status, stats: bool, rate: Option<(&Status, f64)>) -> Str
         "Connection table: {} of {} entries\n",
         status.flow_table_entries, status.flow_table_size
     ));
+    if status.syns_past_flow_table > 0 {
+        out.push_str(&format!(
+            "SYN floods: {} SYNs balanced past the connection table (syn_flood_rate)\n",
+            status.syns_past_flow_table
+        ));
+    }
     out.push_str(&announcements(status));
     out
 }
@@ -151,6 +157,7 @@ mod tests {
             virtual_servers: Vec::new(),
             verdicts: Default::default(),
             flow_table_entries: 0,
+            syns_past_flow_table: 0,
             flow_table_size: 1024,
             announce_table: None,
             withdrawn: false,

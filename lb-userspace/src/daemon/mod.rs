@@ -93,6 +93,9 @@ struct Daemon {
     xdp_mode: config::XdpMode,
     /// Interfaces that came back but could not be attached to yet (retried each tick).
     unattached: Vec<crate::netlink::Interface>,
+    /// SYNs past the connection table as read at the last tick, and whether that tick
+    /// saw a flood (decision 0025): each flood is logged as it starts and ends.
+    syn_flood: (Option<u64>, bool),
 }
 
 /// Spare Maglev rings beyond one per virtual server, at least.
@@ -196,6 +199,7 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         reloads: Reloads::default(),
         xdp_mode: config.xdp_mode,
         unattached: Vec::new(),
+        syn_flood: (None, false),
     };
     let result = d.start_and_serve(&config).await;
     d.cleanup().await;
@@ -389,6 +393,31 @@ impl Daemon {
             tracing::error!("reading the attached interfaces' VLAN devices: {e:#}");
         }
         self.sync_routes().await;
+        self.watch_syn_floods();
+    }
+
+    /// Logs a SYN flood as it starts (a tick in which SYNs went past the connection
+    /// table, decision 0025) and as it ends (a tick in which none did).
+    fn watch_syn_floods(&mut self) {
+        use crate::dataplane::DataplaneRead as _;
+        let now = match self.rec.dataplane().syns_past_table() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("reading the SYN-flood counters: {e:#}");
+                return;
+            }
+        };
+        let (before, flooding) = self.syn_flood;
+        let past = before.map_or(0, |b| now.saturating_sub(b));
+        if past > 0 && !flooding {
+            tracing::warn!(syns = past, "SYN flood: a CPU sees more than syn_flood_rate SYNs a second; SYNs are balanced without looking up the connection table until it ends");
+        } else if past == 0 && flooding {
+            tracing::info!(
+                total = now,
+                "SYN flood over: SYNs look up the connection table again"
+            );
+        }
+        self.syn_flood = (Some(now), past > 0);
     }
 
     /// Keeps the announce table true to what this node should take traffic for. A

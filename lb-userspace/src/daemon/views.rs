@@ -140,6 +140,7 @@ impl<D: Dataplane + DataplaneRead> Sources<'_, D> {
             verdicts,
             flow_table_entries: 0,
             flow_table_size: u64::from(self.flow_table_size),
+            syns_past_flow_table: dp.syns_past_table()?,
             announce_table: self.announce_table,
             withdrawn: self.withdrawn,
             announcements: self.announcements(),

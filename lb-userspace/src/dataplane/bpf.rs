@@ -17,11 +17,11 @@ use lb_common::{
     maps::{
         own_mac_key, ADDR_FILTER, ADDR_FILTER_VERSION, ALL, FLOWS, FRAG_VS, IFACES, IFACE_INDEX,
         IFACE_INDEX_SLOTS, MAX_REALS, NAT_REALS, NAT_STATE, NEIGH_MISS, OWN_MACS, PROGRAMS, REALS,
-        SETTINGS, STATS_REAL, STATS_VS, TAILS, TAIL_PROGRAMS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP,
-        VS_RINGS,
+        SETTINGS, STATS_REAL, STATS_VS, SYN_GUARD, SYN_RATE, TAILS, TAIL_PROGRAMS, VERDICTS,
+        VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
     },
-    Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, VlanKey, VlanOut, VsInfo, VsKey,
-    IFACE_F_VLAN, RING_STRIDE,
+    Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, SynRate, VlanKey, VlanOut, VsInfo,
+    VsKey, IFACE_F_VLAN, RING_STRIDE,
 };
 
 pub use super::LoadOptions;
@@ -138,6 +138,8 @@ pub struct BpfDataplane {
     stats_vs: PerCpuArray<MapData, Counters>,
     stats_real: PerCpuArray<MapData, Counters>,
     verdicts: PerCpuArray<MapData, u64>,
+    syn_guard: Array<MapData, u32>,
+    syn_rate: PerCpuArray<MapData, SynRate>,
     /// The connection table, kept untyped: readers get a descriptor of their own.
     flows: MapData,
 }
@@ -258,6 +260,8 @@ impl BpfDataplane {
             stats_vs: typed(&mut ebpf, STATS_VS)?,
             stats_real: typed(&mut ebpf, STATS_REAL)?,
             verdicts: typed(&mut ebpf, VERDICTS)?,
+            syn_guard: typed(&mut ebpf, SYN_GUARD)?,
+            syn_rate: typed(&mut ebpf, SYN_RATE)?,
             flows,
         };
         let programs = Programs {
@@ -329,6 +333,10 @@ impl DataplaneRead for BpfDataplane {
                     .map_err(map_err(VERDICTS))
             })
             .collect()
+    }
+    fn syns_past_table(&self) -> Result<u64, DataplaneError> {
+        let per_cpu = self.syn_rate.get(&0, 0).map_err(map_err(SYN_RATE))?;
+        Ok(per_cpu.iter().map(|r| r.skipped).sum())
     }
     /// A descriptor of its own on the connection table, so that it can be walked on
     /// another thread while the daemon's task goes on (about 1.7 µs per entry, `cargo
@@ -489,6 +497,11 @@ impl Dataplane for BpfDataplane {
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
         self.settings.set(0, bits, 0).map_err(map_err(SETTINGS))
+    }
+    fn set_syn_guard(&mut self, per_window: u32) -> Result<(), DataplaneError> {
+        self.syn_guard
+            .set(0, per_window, 0)
+            .map_err(map_err(SYN_GUARD))
     }
     fn set_addr_filter(
         &mut self,

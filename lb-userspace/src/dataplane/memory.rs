@@ -61,6 +61,10 @@ pub struct MemoryDataplane {
     pub rings: HashMap<u32, u32>,
     pub vs: HashMap<VsKey, VsInfo>,
     pub settings: u32,
+    /// `SYN_GUARD`.
+    pub syn_guard: u32,
+    /// What `SYN_RATE` would hold as SYNs past the table, summed over CPUs.
+    pub syns_past_table: u64,
     /// `ADDR_FILTER`'s bitmap by word (absent: zero), and whether it was marked written.
     pub addr_filter: HashMap<u32, u64>,
     pub addr_filter_written: bool,
@@ -161,6 +165,10 @@ impl Dataplane for MemoryDataplane {
         self.settings = bits;
         Ok(())
     }
+    fn set_syn_guard(&mut self, per_window: u32) -> Result<(), DataplaneError> {
+        self.syn_guard = per_window;
+        Ok(())
+    }
     fn set_addr_filter(
         &mut self,
         words: &[(u32, u64)],
@@ -200,6 +208,9 @@ impl DataplaneRead for MemoryDataplane {
         Ok((0..lb_common::reason::COUNT)
             .map(|i| self.verdicts.get(&i).copied().unwrap_or(0))
             .collect())
+    }
+    fn syns_past_table(&self) -> Result<u64, DataplaneError> {
+        Ok(self.syns_past_table)
     }
     fn flow_reader(&self) -> Result<MemoryFlows, DataplaneError> {
         Ok(MemoryFlows(self.flows.clone()))

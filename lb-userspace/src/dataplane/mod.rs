@@ -98,6 +98,9 @@ pub trait Dataplane {
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError>;
     /// Sets the data path's `SETTING_*` bits.
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError>;
+    /// Sets `SYN_GUARD`: the opening SYNs one CPU may count in a window before SYNs
+    /// skip the connection table (0: never; decision 0025).
+    fn set_syn_guard(&mut self, per_window: u32) -> Result<(), DataplaneError>;
     /// Writes `(word, bits)` pairs of `ADDR_FILTER`'s bitmap (word `i` is element
     /// `1 + i`), then, with `written`, marks the filter written (element 0 becomes
     /// `ADDR_FILTER_VERSION`), from when the data path trusts it (decision 0022).
@@ -124,6 +127,9 @@ pub trait DataplaneRead {
     fn real_counters(&self, id: u32) -> Result<Counters, DataplaneError>;
     /// Returns: packets counted under each verdict reason (`lb_common::reason`).
     fn verdicts(&self) -> Result<Vec<u64>, DataplaneError>;
+    /// Returns: opening SYNs balanced without a connection-table lookup during SYN
+    /// floods (decision 0025).
+    fn syns_past_table(&self) -> Result<u64, DataplaneError>;
     /// Returns: a reader of the connection table of its own.
     fn flow_reader(&self) -> Result<Self::Flows, DataplaneError>;
 }

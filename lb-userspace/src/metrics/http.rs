@@ -167,6 +167,7 @@ mod tests {
                 virtual_servers: Vec::new(),
                 verdicts: Default::default(),
                 flow_table_entries: 0,
+                syns_past_flow_table: 0,
                 flow_table_size: 1024,
                 announce_table: None,
                 withdrawn: false,

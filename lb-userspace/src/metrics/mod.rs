@@ -266,6 +266,16 @@ impl Snapshot {
         scalar(e, "flow_table_entries", help, s.flow_table_entries as i64)?;
         let help = "Connection table size (flow_table_size).";
         scalar(e, "flow_table_capacity", help, s.flow_table_size as i64)?;
+        let help = "Opening SYNs balanced without a connection-table lookup during SYN floods (syn_flood_rate).";
+        let syns = [(Vec::new(), ConstCounter::new(s.syns_past_flow_table))];
+        family(
+            e,
+            "syns_past_flow_table",
+            help,
+            None,
+            MetricType::Counter,
+            syns,
+        )?;
         let verdicts = s
             .verdicts
             .iter()
@@ -424,6 +434,7 @@ mod tests {
                     .into_iter()
                     .collect(),
                 flow_table_entries: 6,
+                syns_past_flow_table: 0,
                 flow_table_size: 65536,
                 announce_table: Some(4242),
                 withdrawn: false,

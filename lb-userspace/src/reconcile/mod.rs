@@ -93,6 +93,8 @@ pub struct Reconciler<D: Dataplane> {
     /// `ADDR_FILTER`'s bitmap as last written and marked written (`None`: not yet, or
     /// a write failed: what the map holds is not known).
     addr_filter: Option<Vec<u64>>,
+    /// `SYN_GUARD` as last written (`None`: not yet).
+    syn_guard: Option<u32>,
     policy: Policy,
 }
 
@@ -108,6 +110,7 @@ impl<D: Dataplane> Reconciler<D> {
             fragment_takers: None,
             nat_reals: None,
             addr_filter: None,
+            syn_guard: None,
             policy: Policy::default(),
         }
     }

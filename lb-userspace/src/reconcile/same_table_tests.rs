@@ -573,6 +573,9 @@ impl Dataplane for Flaky {
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
         self.dp.set_settings(bits)
     }
+    fn set_syn_guard(&mut self, per_window: u32) -> Result<(), DataplaneError> {
+        self.dp.set_syn_guard(per_window)
+    }
     fn set_addr_filter(
         &mut self,
         words: &[(u32, u64)],

@@ -644,3 +644,25 @@ fn an_adopting_daemon_hides_nothing_while_it_rewrites_the_filter() {
         "gone at the end"
     );
 }
+
+/// `syn_flood_rate` reaches `SYN_GUARD` per 100 ms window, written when it changes
+/// (decision 0025): 0 stays 0 (never), and any other rate allows at least one SYN.
+#[test]
+fn the_syn_flood_rate_is_written_per_window_when_it_changes() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let reals = [("10.0.1.11", 1)];
+    r.apply(&cfg(&reals)).unwrap();
+    assert_eq!(r.dp.syn_guard, 1_000, "the default, 10,000 a second");
+    let with = |rate: &str| {
+        let mut c = cfg(&reals);
+        c.syn_flood_rate = rate.parse().unwrap();
+        c
+    };
+    for (rate, per_window) in [("0", 0), ("5", 1), ("25000", 2_500)] {
+        r.apply(&with(rate)).unwrap();
+        assert_eq!(r.dp.syn_guard, per_window, "syn_flood_rate {rate}");
+    }
+    r.dp.syn_guard = 7;
+    r.apply(&with("25000")).unwrap();
+    assert_eq!(r.dp.syn_guard, 7, "an unchanged rate is not written again");
+}

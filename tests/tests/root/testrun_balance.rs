@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use lb_common::{reason, FlowKey, PROTO_TCP, PROTO_UDP};
 use tests::{
+    cpus,
     fixture::{real_mac, Fixture, LB_MAC},
     packet::{V4Packet, TCP_ACK, TCP_SYN},
 };
@@ -115,6 +116,81 @@ fn a_syn_writes_no_state_and_the_packet_after_it_does() {
         f.run(&segment(CLIENT, sport, flags));
     }
     assert_eq!(f.flow_entries(), 4);
+}
+
+/// During a SYN flood (decision 0025) opening SYNs are balanced without looking up
+/// the connection table, and only then: with `syn_flood_rate: 10` (one SYN per CPU in
+/// a 100 ms window), the first SYN of a 5-tuple whose entry names a real that Maglev
+/// no longer gives it to goes where the entry says, the SYNs past the first go by
+/// Maglev, and none writes an entry; with `syn_flood_rate: 0` none skips the table.
+#[test]
+fn during_a_syn_flood_syns_skip_the_connection_table_and_only_then() {
+    let allowed = cpus::allowed();
+    // One CPU: the SYNs are counted per CPU.
+    cpus::only_on(&allowed[..1]);
+    let flooding = |reals: &[&str]| format!("syn_flood_rate: 10\n{}", yaml(reals));
+    let mut f = Fixture::new(&flooding(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]));
+    let ports = 30000..30400u16;
+    for sport in ports.clone() {
+        assert_eq!(f.run(&segment(CLIENT, sport, TCP_ACK)).action, XDP_TX);
+    }
+    let entries = f.flow_entries();
+    assert_eq!(entries, ports.len() as u64);
+    let added: IpAddr = "10.0.1.14".parse().unwrap();
+    f.apply_config(&flooding(&[
+        "10.0.1.11",
+        "10.0.1.12",
+        "10.0.1.13",
+        "10.0.1.14",
+    ]));
+    // A recorded flow that Maglev now gives to the added real: its entry still names
+    // one of the first three, all up.
+    let sport = ports
+        .clone()
+        .find(|&p| f.predict("web", &key(p)) == added)
+        .expect("a recorded flow Maglev moved to the added real");
+    let ack = segment(CLIENT, sport, TCP_ACK);
+    let entry_real = f.run(&ack).out[0..6].to_vec();
+    assert_ne!(entry_real, real_mac(added), "the entry keeps its real");
+    let syn = segment(CLIENT, sport, TCP_SYN);
+    let first = f.run(&syn);
+    assert_eq!(
+        first.out[0..6],
+        entry_real[..],
+        "the first SYN of the window looks the table up"
+    );
+    assert_eq!(f.syns_past_table(), 0);
+    // Within a window or across one boundary (never two in microseconds), the third
+    // and fourth SYN of the run count more than one: they skip the table.
+    let outs: Vec<Vec<u8>> = (0..3).map(|_| f.run(&syn).out).collect();
+    for (i, out) in outs.iter().enumerate() {
+        let by_maglev = out[0..6] == real_mac(added);
+        assert!(
+            by_maglev || (i == 0 && out[0..6] == entry_real[..]),
+            "SYN {} went neither by Maglev nor, as the first of a window, by its entry",
+            i + 2
+        );
+        if by_maglev {
+            assert_dr_rewrite(&syn, out, added);
+        }
+    }
+    let skipped = outs.iter().filter(|o| o[0..6] == real_mac(added)).count() as u64;
+    assert_eq!(f.syns_past_table(), skipped, "each skip counted");
+    assert_eq!(f.flow_entries(), entries, "no SYN wrote an entry");
+    // The stale entry still takes the ACK: what a SYN flood costs a 5-tuple reused
+    // while its entry names another real that is up (decision 0025).
+    assert_eq!(f.run(&ack).out[0..6], entry_real[..]);
+
+    // syn_flood_rate 0: never.
+    f.apply_config(&format!(
+        "syn_flood_rate: 0\n{}",
+        yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13", "10.0.1.14"])
+    ));
+    for _ in 0..20 {
+        assert_eq!(f.run(&syn).out[0..6], entry_real[..], "the table looked up");
+    }
+    assert_eq!(f.syns_past_table(), skipped);
+    cpus::only_on(&allowed);
 }
 
 /// A draining real (weight 0) keeps its connections, is sent no SYN, and a SYN flood

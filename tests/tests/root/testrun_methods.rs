@@ -12,6 +12,7 @@ use lb_common::{
     reason, FlowKey, NeighMiss, PROTO_TCP,
 };
 use tests::{
+    cpus,
     fixture::{real_mac, DecapFixture, Fixture, CLIENT_MAC, FIB_MAC, GW_MAC, LB_MAC},
     packet::{
         eth, fragments_v4, icmp4_error, icmp4_too_big, icmp6_error, icmp6_too_big, ipv4_header,
@@ -315,6 +316,69 @@ fn a_nat_syn_re_steered_from_a_stale_entry_is_answered() {
     assert_eq!((r.action, r.out), (XDP_REDIRECT, restored.build()));
 }
 
+/// The same during a SYN flood (decision 0025): the SYN skips the table, so it
+/// leaves its mark, not reply state, and goes by Maglev; the new real's SYN-ACK, which
+/// finds the stale entry naming another real, is restored through the mark; the
+/// client's ACK is re-steered from the stale entry to the SYN's real and recorded.
+#[test]
+fn a_nat_syn_past_the_table_during_a_syn_flood_is_answered_through_its_mark() {
+    let allowed = cpus::allowed();
+    // One CPU: the SYNs are counted per CPU.
+    cpus::only_on(&allowed[..1]);
+    let mut f = Fixture::new(&format!("syn_flood_rate: 10\n{YAML}"));
+    let ack = V4Packet::tcp(CLIENT4, 7200, NAT_VIP4, 80).build();
+    let r = f.run(&ack);
+    assert_eq!(r.action, XDP_REDIRECT);
+    let first: [u8; 4] = r.out[30..34].try_into().expect("4");
+    f.set_port_health(
+        "nat4",
+        &std::net::Ipv4Addr::from(first).to_string(),
+        8080,
+        false,
+    );
+    // Two SYNs from elsewhere: this CPU's window has counted more than one.
+    for sport in [9001, 9002] {
+        let other = V4Packet {
+            tcp_flags: TCP_SYN,
+            ..V4Packet::tcp([198, 18, 0, 1], sport, NAT_VIP4, 80)
+        };
+        assert_eq!(f.run(&other.build()).action, XDP_REDIRECT);
+    }
+    let past = f.syns_past_table();
+    assert!(past >= 1, "the second SYN skipped the table");
+    let syn = V4Packet {
+        tcp_flags: TCP_SYN,
+        ..V4Packet::tcp(CLIENT4, 7200, NAT_VIP4, 80)
+    };
+    let r = f.run(&syn.build());
+    assert_eq!(r.action, XDP_REDIRECT);
+    assert_eq!(
+        f.syns_past_table(),
+        past + 1,
+        "the client's SYN skipped the table"
+    );
+    let second: [u8; 4] = r.out[30..34].try_into().expect("4");
+    assert_ne!(second, first, "Maglev's real, not the failed one");
+    assert_eq!(f.nat_state_entries(), 0, "a mark, no reply state");
+    let answer = |real| V4Packet {
+        tcp_flags: TCP_SYN | TCP_ACK,
+        ..V4Packet::tcp(real, 8080, CLIENT4, 7200)
+    };
+    let r = f.run(&answer(second).build());
+    let restored = V4Packet {
+        dst_mac: CLIENT_MAC,
+        src_mac: FIB_MAC,
+        tcp_flags: TCP_SYN | TCP_ACK,
+        ..V4Packet::tcp(NAT_VIP4, 80, CLIENT4, 7200)
+    };
+    assert_eq!((r.action, r.out), (XDP_REDIRECT, restored.build()));
+    let r = f.run(&ack);
+    assert_eq!(r.action, XDP_REDIRECT);
+    assert_eq!(r.out[30..34], second, "the ACK follows its SYN");
+    assert_eq!(f.flow_entries(), 1, "re-recorded in place");
+    cpus::only_on(&allowed);
+}
+
 #[test]
 fn nat_udp_both_ways_and_a_zero_udp_checksum_stays_zero() {
     let f = Fixture::new(YAML);
@@ -584,13 +648,13 @@ fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
     let frame = V4Packet::tcp(CLIENT4, 1000, TUN_VIP4, 80).build();
     // Every CPU's copy of the hop is filled before the change (the run takes place on
     // the calling thread's CPU).
-    let allowed = allowed_cpus();
+    let allowed = cpus::allowed();
     for &cpu in &allowed {
-        on_cpus(&[cpu]);
+        cpus::only_on(&[cpu]);
         let r = f.run(&frame);
         assert_eq!((r.action, &r.out[..6]), (XDP_REDIRECT, &GW_MAC[..]));
     }
-    on_cpus(&allowed);
+    cpus::only_on(&allowed);
     let new_gw = [0x02, 0, 0, 0, 0xfe, 0x02];
     sh(
         &f,
@@ -740,13 +804,13 @@ fn a_route_change_reaches_nat_requests_and_replies_kept_per_cpu_without_a_reload
     let real: IpAddr = "10.0.1.11".parse().unwrap();
     let client = [192, 0, 2, 7];
     let sport = port_to(&f, client, "10.0.1.11");
-    let allowed = allowed_cpus();
+    let allowed = cpus::allowed();
     for &cpu in &allowed {
-        on_cpus(&[cpu]);
+        cpus::only_on(&[cpu]);
         assert_eq!(nat_request_mac(&f, client, sport), real_mac(real));
         assert_eq!(nat_reply_mac(&f, client, sport), CLIENT_MAC);
     }
-    on_cpus(&allowed);
+    cpus::only_on(&allowed);
     // Each CPU that ran them keeps both hops: toward the real, and toward the client.
     let id = f
         .rec
@@ -834,8 +898,8 @@ fn flows_spread_over_multipath_routes_toward_a_real_and_a_client() {
     assert!(found.reals.contains(&(real, false)), "{found:?}");
     // Every run on one CPU, within a few ms: a hop kept for the first flow would be
     // used for all of them.
-    let allowed = allowed_cpus();
-    on_cpus(&allowed[..1]);
+    let allowed = cpus::allowed();
+    cpus::only_on(&allowed[..1]);
     let client = [192, 0, 2, 8];
     let (mut to_real, mut to_client) = (HashSet::new(), HashSet::new());
     let mut sport = 1000;
@@ -851,7 +915,7 @@ fn flows_spread_over_multipath_routes_toward_a_real_and_a_client() {
         to_real.insert((sport, nat_request_mac(&f, client, sport)));
         to_client.insert(nat_reply_mac(&f, client, sport));
     }
-    on_cpus(&allowed);
+    cpus::only_on(&allowed);
     // Nothing was kept for that real, nor for that client.
     let id = f
         .rec
@@ -878,46 +942,12 @@ fn sh(f: &Fixture, cmd: &str) {
     f.net.exec(&cmd.split(' ').collect::<Vec<_>>());
 }
 
-/// Returns: the CPUs the calling thread may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is an empty set, filled by sched_getaffinity.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let rc = libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_getaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// Lets the calling thread run on `cpus` only.
-fn on_cpus(cpus: &[usize]) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        cpus.iter().for_each(|&c| libc::CPU_SET(c, &mut set));
-        let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 #[test]
 fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
     let f = Fixture::new(YAML);
     // On one CPU, so that the too big packet finds the hop the one before it left.
-    let allowed = allowed_cpus();
-    on_cpus(&allowed[..1]);
+    let allowed = cpus::allowed();
+    cpus::only_on(&allowed[..1]);
     // 1480 bytes of IP packet fit a 1500 MTU with the 20-byte outer header.
     let sized = |ip_len: usize, sport: u16| {
         let mut p = V4Packet::tcp(CLIENT4, sport, TUN_VIP4, 80);
@@ -962,7 +992,7 @@ fn tunnel_too_big_is_answered_with_icmp_carrying_the_usable_mtu() {
     let r = f.run(&big6);
     assert_eq!(r.action, XDP_TX);
     assert_eq!(r.out, icmp6_too_big(&big6, 1460, 128));
-    on_cpus(&allowed);
+    cpus::only_on(&allowed);
 }
 
 /// Returns: `frame` as direct routing sends it to `real`: only the MACs rewritten.

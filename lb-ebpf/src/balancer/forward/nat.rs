@@ -234,9 +234,10 @@ fn reply_state(ctx: &XdpContext, p: &Parsed) -> Result<(NatState, ToRecord), Ver
 /// Returns: the VIP:port to restore on `p` (real -> client) if the real serves one NAT
 /// virtual server alone and the client's flow to it is in `FLOWS`, pinned to this
 /// real, or is in no entry but left its mark in `UDP_SEEN` and is Maglev's for this
-/// real (decision 0021); with, for the latter, the flow's entry, which a UDP reply
-/// records once it is forwarded (a TCP one never: a real answers spoofed SYNs too, and
-/// the client's ACK records it).
+/// real (decision 0021), or is in an entry naming another real but left that mark
+/// (a SYN balanced past the table during a SYN flood, decision 0025); with, for a flow
+/// in no entry, the flow's entry, which a UDP reply records once it is forwarded (a
+/// TCP one never: a real answers spoofed SYNs too, and the client's ACK records it).
 #[inline(always)]
 fn flow_of_reply(p: &Parsed) -> Option<(NatState, ToRecord)> {
     let k = nat_real_key(&p.key.src, p.key.sport_be, p);
@@ -244,16 +245,23 @@ fn flow_of_reply(p: &Parsed) -> Option<(NatState, ToRecord)> {
     let state = *unsafe { NAT_REALS.get(&k) }?;
     let request = request_of(p, &state);
     // SAFETY: LRU hash value, copied out at once.
-    let Some(flow) = unsafe { FLOWS.get(&request) }.copied() else {
-        let vs = virtual_server(&request).filter(|vs| vs.vs_index == state.vs_index)?;
-        let entry = marked_to(&request, vs, &p.key.src, p.key.sport_be)?;
-        return Some((state, (p.key.proto == PROTO_UDP).then_some(entry)));
-    };
-    if flow.vs_index != state.vs_index {
-        return None;
+    let flow = unsafe { FLOWS.get(&request) }.copied();
+    if let Some(f) = flow {
+        let ours = f.vs_index == state.vs_index
+            && REALS
+                .get(f.real_id)
+                .is_some_and(|r| r.addr == p.key.src && r.port_be == p.key.sport_be);
+        if ours {
+            return Some((state, None));
+        }
     }
-    let real = REALS.get(flow.real_id)?;
-    (real.addr == p.key.src && real.port_be == p.key.sport_be).then_some((state, None))
+    // Unrecorded, or recorded to another real: a SYN balanced past the table during a
+    // SYN flood (decision 0025) may have left its mark all the same. Only a flow that
+    // had no entry is recorded from its reply.
+    let vs = virtual_server(&request).filter(|vs| vs.vs_index == state.vs_index)?;
+    let entry = marked_to(&request, vs, &p.key.src, p.key.sport_be)?;
+    let record = flow.is_none() && p.key.proto == PROTO_UDP;
+    Some((state, record.then_some(entry)))
 }
 
 /// Returns: the key of the flow whose reply `p` is, when `state`'s VIP:port is what

@@ -105,6 +105,12 @@ pub const REAL_F_NEW: u32 = 2;
 /// tunnel's (decision 0024). Written by the daemon from what it reads of the host's
 /// routes and rules; the policy's bits above are written apart from it.
 pub const REAL_F_BY_DEST: u32 = 4;
+/// [`RealInfo::flags`]: the real's address, port and protocol serve its NAT virtual
+/// server alone: its [`maps::NAT_REALS`] entry names that virtual server, so its
+/// replies are found through `FLOWS` (decision 0015) and a request need not write
+/// `NAT_STATE`. Read instead of looking `NAT_REALS` up per request. Written by the
+/// daemon after the entry, and cleared before the entry goes.
+pub const REAL_F_SOLE_NAT: u32 = 8;
 /// The [`RealInfo::flags`] the reals' health and weights decide.
 pub const REAL_F_POLICY: u32 = REAL_F_ACTIVE | REAL_F_NEW;
 

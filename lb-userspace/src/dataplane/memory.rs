@@ -44,6 +44,27 @@ impl MemoryDataplane {
         let hidden: Vec<String> = vss.chain(reals).collect();
         self.filter_misses.extend(hidden);
     }
+
+    /// Records in `sole_misses` every real flagged `REAL_F_SOLE_NAT` whose `NAT_REALS`
+    /// entry does not name its virtual server: the data path would then write no reply
+    /// state for its flows, and find none of their replies.
+    fn check_sole(&mut self) {
+        let missing = self
+            .reals
+            .values()
+            .filter(|r| r.flags & lb_common::REAL_F_SOLE_NAT != 0)
+            .filter(|r| {
+                !self.nat_reals.iter().any(|(k, s)| {
+                    k.addr == r.addr
+                        && k.port_be == r.port_be
+                        && k.family == r.family
+                        && s.vs_index == u32::from(r.vs_index)
+                })
+            })
+            .map(|r| format!("sole NAT real {:?}:{}", r.addr, u16::from_be(r.port_be)));
+        let missing: Vec<String> = missing.collect();
+        self.sole_misses.extend(missing);
+    }
 }
 
 #[derive(Default, Debug)]
@@ -71,6 +92,9 @@ pub struct MemoryDataplane {
     /// Virtual servers (in `VS_MAP`) and NAT reals (in `REALS`) that a filter marked
     /// written hid at some step: the data path would have passed their traffic.
     pub filter_misses: Vec<String>,
+    /// Reals flagged `REAL_F_SOLE_NAT` at some step without the `NAT_REALS` entry the
+    /// flag stands for.
+    pub sole_misses: Vec<String>,
     /// Number of ring slot writes, to check that only changed slots are written.
     pub slot_writes: usize,
     /// Number of `REALS` and `VS_MAP` writes, to check what is rewritten.
@@ -138,12 +162,14 @@ impl Dataplane for MemoryDataplane {
     }
     fn set_nat_reals(&mut self, reals: &[(VsKey, NatState)]) -> Result<(), DataplaneError> {
         self.nat_reals = reals.iter().copied().collect();
+        self.check_sole();
         Ok(())
     }
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError> {
         self.reals.insert(id, *info);
         self.value_writes += 1;
         self.check_filter();
+        self.check_sole();
         Ok(())
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {

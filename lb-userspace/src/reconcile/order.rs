@@ -147,11 +147,34 @@ impl<D: Dataplane> Reconciler<D> {
         // once the virtual server's table is live; a real that becomes shared loses its
         // entry, and its flows' replies are found again through NAT_STATE once their
         // next request writes it (decision 0015).
+        // Each such real's REAL_F_SOLE_NAT stands for its entry: taken away before the
+        // entry goes, given after it is written.
         let nat_reals = self.sole_nat_reals(config);
+        let sole: HashMap<VsKey, u32> = nat_reals.iter().map(|(k, s)| (*k, s.vs_index)).collect();
+        let tables = &self.tables;
+        let is_sole = |k: &RealKey, info: &lb_common::RealInfo| {
+            tables.nat_proto(&k.vs).is_some_and(|proto| {
+                let key = VsKey {
+                    addr: info.addr,
+                    port_be: info.port_be,
+                    proto,
+                    family: info.family,
+                };
+                sole.get(&key) == Some(&u32::from(info.vs_index))
+            })
+        };
+        self.reals.lose_sole_nat(&mut self.dp, is_sole)?;
         if self.nat_reals.as_ref() != Some(&nat_reals) {
             self.dp.set_nat_reals(&nat_reals)?;
             self.nat_reals = Some(nat_reals);
         }
+        let nat_vss: Vec<&str> = config
+            .virtual_servers
+            .iter()
+            .filter(|v| v.method == Method::Nat)
+            .map(|v| v.name.as_str())
+            .collect();
+        self.reals.gain_sole_nat(&mut self.dp, &nat_vss, is_sole)?;
         // 3. Removals: reals no longer listed by a changed virtual server, and those of
         // virtual servers gone.
         self.tables.remove_absent(&mut self.dp, config)?;

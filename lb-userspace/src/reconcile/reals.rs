@@ -8,7 +8,7 @@ use std::{
 
 use lb_common::{
     maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE, REAL_F_BY_DEST, REAL_F_POLICY,
-    REAL_ROLE_FREE, REAL_ROLE_REAL, REAL_ROLE_SORRY,
+    REAL_F_SOLE_NAT, REAL_ROLE_FREE, REAL_ROLE_REAL, REAL_ROLE_SORRY,
 };
 
 use super::{
@@ -59,6 +59,8 @@ pub(super) struct Reals {
     by_dest: HashSet<IpAddr>,
     /// Reals added and maybe not written yet (see [`Reals::write_new`]).
     unwritten: Vec<RealKey>,
+    /// Reals flagged `REAL_F_SOLE_NAT`.
+    sole_nat: HashSet<RealKey>,
 }
 
 impl Reals {
@@ -72,6 +74,7 @@ impl Reals {
             next_hops: HashMap::new(),
             by_dest: HashSet::new(),
             unwritten: Vec::new(),
+            sole_nat: HashSet::new(),
         }
     }
 
@@ -108,6 +111,9 @@ impl Reals {
             };
             if info.flags & REAL_F_BY_DEST != 0 {
                 self.by_dest.insert(addr);
+            }
+            if info.flags & REAL_F_SOLE_NAT != 0 {
+                self.sole_nat.insert(key.clone());
             }
             if info.ifindex != 0 {
                 let hop = L2Next {
@@ -378,6 +384,67 @@ impl Reals {
                 tracing::info!(real = %key.addr, vs = %key.vs, "real server's route depends on its address alone: its next hop is kept per CPU");
             } else {
                 tracing::info!(real = %key.addr, vs = %key.vs, "real server's route depends on more than its address: its next hop is looked up per packet");
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `REAL_F_SOLE_NAT` from the reals that have it and that `sole` says should
+    /// not (`sole` gives `false` for a real of no NAT virtual server). The reconciler
+    /// does this before writing `NAT_REALS`, and [`Reals::gain_sole_nat`] after, so
+    /// that the flag never outlives the entry it stands for.
+    pub fn lose_sole_nat(
+        &mut self,
+        dp: &mut impl Dataplane,
+        sole: impl Fn(&RealKey, &RealInfo) -> bool,
+    ) -> Result<(), ReconcileError> {
+        let flagged: Vec<RealKey> = self.sole_nat.iter().cloned().collect();
+        for key in flagged {
+            let Some(slot) = self.slots.get_mut(&key) else {
+                self.sole_nat.remove(&key);
+                continue;
+            };
+            if sole(&key, &slot.info) {
+                continue;
+            }
+            let info = RealInfo {
+                flags: slot.info.flags & !REAL_F_SOLE_NAT,
+                ..slot.info
+            };
+            write(dp, slot, info)?;
+            self.sole_nat.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Gives `REAL_F_SOLE_NAT` to the reals of virtual servers `vss` that lack it and
+    /// that `sole` says should have it (see [`Reals::lose_sole_nat`]).
+    pub fn gain_sole_nat(
+        &mut self,
+        dp: &mut impl Dataplane,
+        vss: &[&str],
+        sole: impl Fn(&RealKey, &RealInfo) -> bool,
+    ) -> Result<(), ReconcileError> {
+        for vs in vss {
+            let first = RealKey::real(vs, IpAddr::from([0u8; 4]), 0);
+            let of_vs = self
+                .slots
+                .range_mut(first..)
+                .take_while(|(k, _)| k.vs == *vs);
+            for (key, slot) in of_vs {
+                if slot.info.flags & REAL_F_SOLE_NAT != 0 || !sole(key, &slot.info) {
+                    continue;
+                }
+                let info = RealInfo {
+                    flags: slot.info.flags | REAL_F_SOLE_NAT,
+                    ..slot.info
+                };
+                if slot.written {
+                    write(dp, slot, info)?;
+                } else {
+                    slot.info = info;
+                }
+                self.sole_nat.insert(key.clone());
             }
         }
         Ok(())

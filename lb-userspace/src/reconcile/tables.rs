@@ -170,6 +170,14 @@ impl Tables {
             .is_some_and(|s| s.params.method == METHOD_NAT)
     }
 
+    /// Returns: the protocol (`PROTO_*`) of virtual server `name` if it uses NAT.
+    pub fn nat_proto(&self, name: &str) -> Option<u8> {
+        self.vss
+            .get(name)
+            .filter(|s| s.params.method == METHOD_NAT)
+            .map(|s| s.key.proto)
+    }
+
     /// Returns: whether virtual server `name` must be synced by the next apply (it is
     /// new, its configuration changed, or its last sync failed).
     pub fn is_stale(&self, name: &str) -> bool {

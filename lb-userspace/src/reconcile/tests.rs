@@ -159,8 +159,10 @@ fn a_real_keeps_its_route_mark_through_health_changes_and_new_reals_get_it() {
     let addr: IpAddr = "10.0.1.1".parse().unwrap();
     assert_eq!(r.nat_real_addresses(), vec![addr]);
     let k8080 = RealKey::real("web", addr, 8080);
-    let flags =
-        |r: &Reconciler<MemoryDataplane>, k: &RealKey| r.dp.reals[&r.real_id(k).unwrap()].flags;
+    // Without REAL_F_SOLE_NAT, which the configuration decides (tested below).
+    let flags = |r: &Reconciler<MemoryDataplane>, k: &RealKey| {
+        r.dp.reals[&r.real_id(k).unwrap()].flags & !lb_common::REAL_F_SOLE_NAT
+    };
     assert_eq!(flags(&r, &k8080), 0, "not probed yet");
     r.set_by_dest(addr, true).unwrap();
     assert_eq!(flags(&r, &k8080), REAL_F_BY_DEST);
@@ -313,6 +315,54 @@ fn nat_reals_hold_the_reals_that_serve_one_nat_virtual_server_only() {
     );
     r.apply(&cfg(&[("10.0.1.1", 1)])).unwrap();
     assert!(r.dp.nat_reals.is_empty(), "no NAT virtual server left");
+}
+
+/// `REAL_F_SOLE_NAT` marks exactly the reals whose `NAT_REALS` entry names their
+/// virtual server, and never outlives that entry: given after it, taken before it goes
+/// (the memory data path checks at every write), through a real becoming shared, sole
+/// again, and its virtual server's method changing.
+#[test]
+fn the_sole_nat_flag_follows_the_nat_reals_entry_it_stands_for() {
+    use lb_common::REAL_F_SOLE_NAT;
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let vs = |name: &str, vip: &str, method: &str, reals: &str| {
+        format!("  - {{ name: {name}, address: {vip}, port: 80, protocol: tcp, method: {method}, health_check: {{ type: none }}, real_servers: [{reals}] }}\n")
+    };
+    let parse = |vss: &[String]| {
+        let t = format!("interfaces: [eth0]\nvirtual_servers:\n{}", vss.concat());
+        config::parse(Path::new("t.yaml"), &t, &AnyInterface).unwrap()
+    };
+    let a = vs(
+        "a",
+        "10.0.0.1",
+        "nat",
+        "{ address: 10.0.1.1, port: 8080 }, { address: 10.0.1.2, port: 8080 }",
+    );
+    let b = vs("b", "10.0.0.2", "nat", "{ address: 10.0.1.2, port: 8080 }");
+    let sole = |r: &Reconciler<MemoryDataplane>, vs: &str, addr: &str| {
+        let id = r
+            .real_id(&RealKey::real(vs, addr.parse().unwrap(), 8080))
+            .unwrap();
+        r.dp.reals[&id].flags & REAL_F_SOLE_NAT != 0
+    };
+    r.apply(&parse(std::slice::from_ref(&a))).unwrap();
+    assert!(sole(&r, "a", "10.0.1.1") && sole(&r, "a", "10.0.1.2"));
+    r.apply(&parse(&[a.clone(), b])).unwrap();
+    assert!(sole(&r, "a", "10.0.1.1"));
+    assert!(
+        !sole(&r, "a", "10.0.1.2") && !sole(&r, "b", "10.0.1.2"),
+        "shared"
+    );
+    r.apply(&parse(std::slice::from_ref(&a))).unwrap();
+    assert!(sole(&r, "a", "10.0.1.2"), "sole again");
+    let dr = vs("a", "10.0.0.1", "dr", "{ address: 10.0.1.1, port: 8080 }");
+    let dr = dr.replace(", port: 8080", "");
+    r.apply(&parse(&[dr])).unwrap();
+    let id = r
+        .real_id(&RealKey::real("a", "10.0.1.1".parse().unwrap(), 80))
+        .unwrap();
+    assert_eq!(r.dp.reals[&id].flags & REAL_F_SOLE_NAT, 0, "not NAT");
+    assert!(r.dp.sole_misses.is_empty(), "{:?}", r.dp.sole_misses);
 }
 
 #[test]

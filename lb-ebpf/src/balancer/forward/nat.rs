@@ -31,7 +31,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     reason, FlowKey, FlowState, NatState, RealInfo, VsInfo, VsKey, FAMILY_V4, PROTO_UDP,
-    REAL_F_BY_DEST, SETTING_CLIENTS_BY_DEST, SETTING_NAT,
+    REAL_F_BY_DEST, REAL_F_SOLE_NAT, SETTING_CLIENTS_BY_DEST, SETTING_NAT,
 };
 use lb_ebpf::{
     csum,
@@ -152,7 +152,8 @@ pub fn forward(
     traced: bool,
 ) -> Result<Verdict, Verdict> {
     let hop = request_hop(ctx, p, real_id, real)?;
-    if !traced || !sole_real_of(&real.addr, real.port_be, p, vs.vs_index) {
+    // REAL_F_SOLE_NAT: the real's NAT_REALS entry names this virtual server.
+    if !traced || real.flags & REAL_F_SOLE_NAT == 0 {
         keep_reply_state(p, vs, real, new_flow);
     }
     rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
@@ -169,15 +170,6 @@ fn nat_real_key(addr: &[u32; 4], port_be: u16, p: &Parsed) -> VsKey {
         proto: p.key.proto,
         family: p.key.family,
     }
-}
-
-/// Returns: whether the real at `addr:port_be` serves NAT virtual server `vs_index`
-/// alone, so that its replies are found through `FLOWS`.
-#[inline(always)]
-fn sole_real_of(addr: &[u32; 4], port_be: u16, p: &Parsed, vs_index: u32) -> bool {
-    // SAFETY: hash map value, read at once.
-    unsafe { NAT_REALS.get(&nat_real_key(addr, port_be, p)) }
-        .is_some_and(|s| s.vs_index == vs_index)
 }
 
 /// Writes the reply state of `p`'s flow to `real` in `NAT_STATE`, for a new flow or

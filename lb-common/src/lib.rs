@@ -18,7 +18,7 @@ pub mod reason;
 #[cfg(feature = "user")]
 pub mod user;
 
-pub use hash::{addr_filter_place, flow_hash};
+pub use hash::{addr_filter_place, flow_filter_slot, flow_hash};
 
 /// Address family value of IPv4 in [`VsKey::family`], [`FlowKey::family`], [`RealInfo::family`].
 pub const FAMILY_V4: u8 = 4;

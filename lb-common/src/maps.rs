@@ -31,6 +31,7 @@
 //! | `NEIGH_ASKED` | next hop's hash (low bits) -> `bpf_ktime_get_ns` of its last report (`u64`) | XDP | XDP |
 //! | `REAL_HOPS` | real id's low bits -> the next hop the FIB last gave this CPU toward that real (tunnels; NAT reals routed by their address alone), per CPU | XDP | XDP |
 //! | `CLIENT_HOPS` | [`client_hop_slot`] of a client's address -> the next hop the FIB last gave this CPU toward it (NAT replies, while routes depend on the destination alone), per CPU | XDP | XDP |
+//! | `FLOW_FILTER` | 0 -> the half read, whether complete, slots per half (`u64`); 1.. -> one bit per slot of [`crate::flow_filter_slot`], two halves: set where `FLOWS` may hold a flow | XDP (inserts), daemon (rebuilds) | XDP |
 //! | `SYN_GUARD` | 0 -> opening SYNs one CPU may count in a window before SYNs skip `FLOWS` (`u32`; 0: never) | daemon | XDP |
 //! | `SYN_RATE` | 0 -> [`crate::SynRate`] per CPU | XDP | daemon |
 //! | `ADDR_FILTER` | 0 -> [`ADDR_FILTER_VERSION`] once the daemon wrote the bits (`u64`); 1.. -> 64 bits each of [`crate::addr_filter_place`] | daemon | XDP |
@@ -111,6 +112,55 @@ pub const NAT_REALS: &str = "NAT_REALS";
 /// elements of two `u32` slots each (array elements are 8-byte aligned), shared by all
 /// CPUs; a slot keeps the last flow that used it.
 pub const UDP_SEEN: &str = "UDP_SEEN";
+
+/// The connection table's filter (decision 0026): one bit per slot of
+/// [`crate::flow_filter_slot`], set where `FLOWS` may hold a flow, so that a packet
+/// whose bit is clear skips the `FLOWS` lookup (a miss costs a new flow most of its
+/// time). Element 0 is the control word ([`FLOW_FILTER_HALF`],
+/// [`FLOW_FILTER_COMPLETE`], [`FLOW_FILTER_LOG2_SHIFT`]); then two halves of
+/// `1 << log2` bits, 64 per element, set with atomic ORs. The data path sets a flow's
+/// bit in both halves around each insert and reads the half the control word names;
+/// the daemon rebuilds the other from a walk of `FLOWS` and then names it, so that
+/// evicted flows' bits do not pile up. Until the daemon has rebuilt it once the data path
+/// does not trust it (a table adopted from a release without it holds flows it never
+/// saw). Array, mappable ([`FLOW_FILTER_FLAGS`]); sized at load from the connection
+/// table ([`flow_filter_log2`]).
+pub const FLOW_FILTER: &str = "FLOW_FILTER";
+/// [`FLOW_FILTER`] control bit: the half the data path reads (0 or 1).
+pub const FLOW_FILTER_HALF: u64 = 1;
+/// [`FLOW_FILTER`] control bit: the half named was rebuilt from a walk of `FLOWS`
+/// (with every insert since), so a clear bit there means no entry.
+pub const FLOW_FILTER_COMPLETE: u64 = 1 << 8;
+/// [`FLOW_FILTER`] control: log2 of the slots per half, in bits 16 to 23.
+pub const FLOW_FILTER_LOG2_SHIFT: u32 = 16;
+/// [`FLOW_FILTER`]'s flags: `BPF_F_MMAPABLE`, so that the daemon rebuilds a half with
+/// plain stores.
+pub const FLOW_FILTER_FLAGS: u32 = 1 << 10;
+/// log2 of [`FLOW_FILTER`]'s slots (bits) per half at the least and the most: 8 KiB
+/// and 4 MiB a half.
+pub const FLOW_FILTER_LOG2_MIN: u32 = 16;
+pub const FLOW_FILTER_LOG2_MAX: u32 = 25;
+
+/// Returns: log2 of [`FLOW_FILTER`]'s slots per half for a connection table of
+/// `flow_entries`: eight slots per entry, so that a full table sets at most an eighth
+/// of them, within [`FLOW_FILTER_LOG2_MIN`] and [`FLOW_FILTER_LOG2_MAX`].
+pub const fn flow_filter_log2(flow_entries: u32) -> u32 {
+    let slots = (flow_entries as u64) * 8;
+    let log2 = 64 - (slots.saturating_sub(1)).leading_zeros();
+    if log2 < FLOW_FILTER_LOG2_MIN {
+        FLOW_FILTER_LOG2_MIN
+    } else if log2 > FLOW_FILTER_LOG2_MAX {
+        FLOW_FILTER_LOG2_MAX
+    } else {
+        log2
+    }
+}
+
+/// Returns: [`FLOW_FILTER`]'s elements for `log2` slots per half: the control word and
+/// two halves of 64 slots (bits) per element.
+pub const fn flow_filter_entries(log2: u32) -> u32 {
+    1 + 2 * ((1 << log2) / 64)
+}
 
 /// The SYN-flood switch (decision 0025): how many opening SYNs to virtual servers one
 /// CPU may count in a window of [`crate::SYN_WINDOW_NS`] (this window or the last)
@@ -225,6 +275,7 @@ pub const ALL: &[&str] = &[
     IFACE_INDEX,
     SYN_GUARD,
     SYN_RATE,
+    FLOW_FILTER,
 ];
 
 /// The load balancer, attached to every interface of the configuration.

@@ -202,4 +202,27 @@ mod tests {
         k.src[0] ^= 1;
         assert_ne!(h, crate::flow_hash(&k));
     }
+
+    /// The filter of decision 0026: eight slots per connection-table entry within its
+    /// bounds, and its slots spread the flows of one client evenly.
+    #[test]
+    fn flow_filter_size_and_spread() {
+        use crate::{flow_filter_slot, maps::*, FlowKey, PROTO_UDP};
+        assert_eq!(flow_filter_log2(262_144), 21);
+        assert_eq!(flow_filter_log2(1024), FLOW_FILTER_LOG2_MIN);
+        assert_eq!(flow_filter_log2(4_194_304), FLOW_FILTER_LOG2_MAX);
+        assert_eq!(flow_filter_entries(21), 1 + 2 * 32_768);
+        let log2 = 16;
+        let mut seen = [0u32; 1 << 16];
+        let client: IpAddr = "198.18.0.1".parse().unwrap();
+        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+        for port in 0..u16::MAX {
+            let key = FlowKey::new(client, port, vip, 53, PROTO_UDP);
+            seen[flow_filter_slot(&key, log2) as usize] += 1;
+        }
+        let used = seen.iter().filter(|&&n| n > 0).count();
+        // 65,535 flows over 65,536 slots: about 1 - 1/e of the slots when spread.
+        assert!(used > 38_000, "{used} slots of 65,536 used");
+        assert!(seen.iter().all(|&n| n < 12), "a slot took too many flows");
+    }
 }

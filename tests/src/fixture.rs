@@ -394,6 +394,12 @@ impl Fixture {
             .sum()
     }
 
+    /// Returns: the connection table's filter (decision 0026), as the daemon's thread
+    /// has it; until [`FlowFilter::reset`] the data path neither trusts nor sets it.
+    pub fn flow_filter(&self) -> xdpvs::dataplane::flow_filter::FlowFilter {
+        self.rec.dataplane().flow_filter().expect("FLOW_FILTER")
+    }
+
     /// Returns: opening SYNs balanced past the connection table during SYN floods
     /// (`SYN_RATE`, decision 0025), summed over CPUs.
     pub fn syns_past_table(&self) -> u64 {

@@ -122,6 +122,17 @@ pub fn lookup(pin: &Path, key: &[u8]) -> Option<Vec<u8>> {
         .map(|(_, v)| v)
 }
 
+/// Returns: element `index` of the pinned array at `pin` (one lookup: no dump of a
+/// large array).
+pub fn element(pin: &Path, index: u32) -> Vec<u8> {
+    let p = pin.to_str().expect("utf-8 path");
+    let key: Vec<String> = index.to_ne_bytes().iter().map(|b| b.to_string()).collect();
+    let mut args = vec!["map", "lookup", "pinned", p, "key"];
+    args.extend(key.iter().map(String::as_str));
+    let v = bpftool(&args);
+    hex_bytes(&v["value"])
+}
+
 /// What bpftool says of the pinned map at `pin` (`type`, `name`, `bytes_key`,
 /// `bytes_value`, `max_entries`, `id`, ...). Returns: its JSON object.
 pub fn map_info(pin: &Path) -> Value {

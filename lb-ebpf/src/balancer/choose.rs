@@ -8,6 +8,7 @@ use lb_common::{
 };
 
 use crate::{
+    flow_filter,
     maps::{FLOWS, PERSIST, REALS, UDP_SEEN, VS_RINGS},
     verdict::Verdict,
 };
@@ -200,11 +201,14 @@ pub fn marked_to(key: &FlowKey, vs: &VsInfo, addr: &[u32; 4], port_be: u16) -> O
     })
 }
 
-/// Records flow `key` as `state` in `FLOWS`. A full LRU evicts its oldest entry; an
-/// error here only costs stickiness (the flow's next packet is balanced again).
+/// Records flow `key` as `state` in `FLOWS`, its bit set in the table's filter before
+/// and after (decision 0026). A full LRU evicts its oldest entry; an error here only
+/// costs stickiness (the flow's next packet is balanced again).
 #[inline(always)]
 pub fn record_flow(key: &FlowKey, state: &FlowState) {
+    flow_filter::hold(key);
     let _ = FLOWS.insert(key, state, 0);
+    flow_filter::hold(key);
 }
 
 /// Returns: the real id in the slot of virtual server `vs`'s live Maglev ring that
@@ -233,7 +237,8 @@ fn pick(
     let persistent = vs.persist_timeout_ns != 0;
     // SAFETY: LRU hash value; a concurrent update can at worst give a stale but
     // well-formed FlowState, which is then validated against REALS.
-    let found = if skip_table {
+    // Decision 0026: a flow the table's filter rules out is not looked up.
+    let found = if skip_table || !flow_filter::may_hold(key) {
         None
     } else {
         unsafe { FLOWS.get(key) }

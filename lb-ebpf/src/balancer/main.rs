@@ -3,11 +3,16 @@
 //! their own by tail call (`TAILS`, decision 0018); each ends as it does.
 #![no_std]
 #![no_main]
+// The BPF target offers no `fetch_or` on atomics; the intrinsic is the kernel's
+// BPF_ATOMIC | BPF_OR (decision 0026).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod balance;
 mod choose;
 mod fib;
 mod flood;
+mod flow_filter;
 mod forward;
 mod fragment;
 mod icmp;

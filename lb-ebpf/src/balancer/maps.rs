@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VLANS,
-        MAX_VS, NEIGH_ASKED_SLOTS, NEIGH_MISS_BYTES, TAIL_COUNT, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
+        flow_filter_entries, flow_filter_log2, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_COUNT,
+        FLOW_FILTER_FLAGS, MAX_IFACES, MAX_OWN_MACS, MAX_REALS, MAX_VLANS, MAX_VS,
+        NEIGH_ASKED_SLOTS, NEIGH_MISS_BYTES, TAIL_COUNT, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
     },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
     SynRate, VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
@@ -178,3 +179,12 @@ pub static SYN_GUARD: Array<u32> = Array::with_max_entries(1, 0);
 /// the SYNs that skipped the table.
 #[map]
 pub static SYN_RATE: PerCpuArray<SynRate> = PerCpuArray::with_max_entries(1, 0);
+
+/// The connection table's filter (decision 0026): a control word, then two halves of
+/// one bit per slot, set where `FLOWS` may hold a flow. Set here around inserts,
+/// rebuilt by the daemon; sized by the daemon at load.
+#[map]
+pub static FLOW_FILTER: Array<u64> = Array::with_max_entries(
+    flow_filter_entries(flow_filter_log2(DEFAULT_FLOW_ENTRIES)),
+    FLOW_FILTER_FLAGS,
+);

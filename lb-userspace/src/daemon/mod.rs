@@ -251,6 +251,7 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.attach(config)?;
+        let filter = self.flow_filter()?;
         self.resolve_reported_next_hops();
         self.host.sync_vips(config).await?;
         self.routes
@@ -269,6 +270,11 @@ impl Daemon {
         // Everything that needs more than CAP_NET_ADMIN is behind us (decision 0007).
         privilege::drop_to_kept().context("dropping privileges after start-up")?;
         tracing::info!(kept = %privilege::kept_names(), no_new_privs = true, "privileges dropped: every other capability is gone from the effective, permitted and bounding sets");
+        // Started after the drop: a thread keeps the capabilities it started with.
+        std::thread::Builder::new()
+            .name("flow-filter".into())
+            .spawn(move || filter.run())
+            .context("starting the connection table filter's thread")?;
         tracing::info!(config = %self.path.display(), virtual_servers = config.virtual_servers.len(), probed_reals = self.health.len(), control_socket = %config.control_socket.display(), "xdpvs running");
         notify_ready();
         self.serve(calls, scrapes).await
@@ -394,6 +400,20 @@ impl Daemon {
         }
         self.sync_routes().await;
         self.watch_syn_floods();
+    }
+
+    /// Has the data path stop trusting the connection table's filter (what ran before
+    /// may have left flows it does not hold). Returns: the filter, for a thread to
+    /// rebuild (decision 0026): at once, which makes it complete, then every few
+    /// seconds.
+    fn flow_filter(&mut self) -> anyhow::Result<crate::dataplane::flow_filter::FlowFilter> {
+        let mut filter = self
+            .rec
+            .dataplane()
+            .flow_filter()
+            .context("the connection table's filter")?;
+        filter.reset();
+        Ok(filter)
     }
 
     /// Logs a SYN flood as it starts (a tick in which SYNs went past the connection

@@ -15,10 +15,10 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        own_mac_key, ADDR_FILTER, ADDR_FILTER_VERSION, ALL, FLOWS, FRAG_VS, IFACES, IFACE_INDEX,
-        IFACE_INDEX_SLOTS, MAX_REALS, NAT_REALS, NAT_STATE, NEIGH_MISS, OWN_MACS, PROGRAMS, REALS,
-        SETTINGS, STATS_REAL, STATS_VS, SYN_GUARD, SYN_RATE, TAILS, TAIL_PROGRAMS, VERDICTS,
-        VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
+        flow_filter_entries, flow_filter_log2, own_mac_key, ADDR_FILTER, ADDR_FILTER_VERSION, ALL,
+        FLOWS, FLOW_FILTER, FRAG_VS, IFACES, IFACE_INDEX, IFACE_INDEX_SLOTS, MAX_REALS, NAT_REALS,
+        NAT_STATE, NEIGH_MISS, OWN_MACS, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS,
+        SYN_GUARD, SYN_RATE, TAILS, TAIL_PROGRAMS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
     },
     Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, SynRate, VlanKey, VlanOut, VsInfo,
     VsKey, IFACE_F_VLAN, RING_STRIDE,
@@ -55,7 +55,11 @@ fn load_with(opts: LoadOptions, pins: Option<&Pins>) -> Result<Ebpf, anyhow::Err
     loader
         .map_max_entries(VS_RINGS, opts.ring_count * RING_STRIDE)
         .map_max_entries(FLOWS, opts.flow_entries)
-        .map_max_entries(NAT_STATE, opts.flow_entries);
+        .map_max_entries(NAT_STATE, opts.flow_entries)
+        .map_max_entries(
+            FLOW_FILTER,
+            flow_filter_entries(flow_filter_log2(opts.flow_entries)),
+        );
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -142,6 +146,8 @@ pub struct BpfDataplane {
     syn_rate: PerCpuArray<MapData, SynRate>,
     /// The connection table, kept untyped: readers get a descriptor of their own.
     flows: MapData,
+    /// The connection table's filter (decision 0026), kept for [`BpfDataplane::flow_filter`].
+    flow_filter: MapData,
 }
 
 /// The loaded object's XDP programs, to attach (and, in tests, to run).
@@ -262,6 +268,10 @@ impl BpfDataplane {
             verdicts: typed(&mut ebpf, VERDICTS)?,
             syn_guard: typed(&mut ebpf, SYN_GUARD)?,
             syn_rate: typed(&mut ebpf, SYN_RATE)?,
+            flow_filter: match take(&mut ebpf, FLOW_FILTER)? {
+                Map::Array(m) => m,
+                _ => return Err(DataplaneError::MissingMap(FLOW_FILTER)),
+            },
             flows,
         };
         let programs = Programs {
@@ -355,6 +365,23 @@ impl DataplaneRead for BpfDataplane {
 }
 
 impl BpfDataplane {
+    /// Returns: the connection table's filter (decision 0026), mapped, with descriptors
+    /// of its own on `FLOW_FILTER` and `FLOWS`, for a thread to rebuild.
+    pub fn flow_filter(&self) -> Result<super::flow_filter::FlowFilter, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        let dup = |m: &MapData, map| {
+            m.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| DataplaneError::Dup { map, source })
+                .and_then(|fd| MapData::from_fd(fd).map_err(map_err(map)))
+        };
+        let flows = dup(&self.flows, FLOWS)?;
+        let entries = flows.info().map_err(map_err(FLOWS))?.max_entries();
+        let filter = dup(&self.flow_filter, FLOW_FILTER)?;
+        super::flow_filter::FlowFilter::new(flows, entries, filter, flow_filter_log2(entries))
+    }
+
     /// Writes interface `ifindex`'s entry in `IFACES`, then in `IFACE_INDEX` if it has
     /// a slot there.
     fn put_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DataplaneError> {

@@ -3,6 +3,7 @@
 //! metrics views are tested without a kernel ([`memory::MemoryDataplane`]).
 
 pub mod bpf;
+pub mod flow_filter;
 pub mod memory;
 pub mod neigh_misses;
 pub mod pins;

@@ -39,7 +39,8 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        ALL, FLOWS, IFACES, IFACE_INDEX, NAT_STATE, PERSIST, REALS, SETTINGS, VS_MAP, VS_RINGS,
+        ALL, FLOWS, FLOW_FILTER, IFACES, IFACE_INDEX, NAT_STATE, PERSIST, REALS, SETTINGS, VS_MAP,
+        VS_RINGS,
     },
     RING_STRIDE,
 };
@@ -419,6 +420,9 @@ fn object_shapes(
         let entries = match name {
             VS_RINGS => opts.ring_count * RING_STRIDE,
             FLOWS | NAT_STATE => opts.flow_entries,
+            FLOW_FILTER => lb_common::maps::flow_filter_entries(lb_common::maps::flow_filter_log2(
+                opts.flow_entries,
+            )),
             _ => m.max_entries(),
         };
         out.insert(

@@ -97,6 +97,19 @@ fn a_spoofed_syn_flood_fills_nothing_and_breaks_nothing() {
     let cfg = lab.write_config();
     let d = Daemon::start(&lab.lb, &cfg);
     lab.wait_serving(&[0, 1, 2], &d);
+    // The daemon's first rebuild of the connection table's filter makes it complete
+    // (decision 0026): from then on the flood's SYNs and the new connections' first
+    // packets skip the table's lookup where the filter rules them out.
+    let filter = lab.map_pin(lb_common::maps::FLOW_FILTER);
+    let complete = || {
+        let c = tests::pins::element(&filter, 0);
+        let c = u64::from_ne_bytes(c.try_into().expect("a u64 control word"));
+        c & lb_common::maps::FLOW_FILTER_COMPLETE != 0
+    };
+    assert!(
+        tests::wait_for(Duration::from_secs(10), complete),
+        "the connection table's filter was not made complete"
+    );
     let stream = lab.stream();
     let before = flows(&lab);
 

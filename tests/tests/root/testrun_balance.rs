@@ -193,6 +193,72 @@ fn during_a_syn_flood_syns_skip_the_connection_table_and_only_then() {
     cpus::only_on(&allowed);
 }
 
+/// The connection table's filter (decision 0026) never hides a flow the table holds:
+/// one recorded before the filter had a size (found by the daemon's walk), one
+/// recorded after the rebuild (set by its insert); each is a flow Maglev no longer
+/// gives to its real, so only its entry brings it there. A flow never recorded is not
+/// held, and is balanced by Maglev.
+#[test]
+fn the_flow_filter_holds_every_recorded_flow_and_no_other() {
+    let mut f = Fixture::new(&yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]));
+    let mut filter = f.flow_filter();
+    let ports = 30000..30400u16;
+    for sport in ports.clone() {
+        assert_eq!(f.run(&segment(CLIENT, sport, TCP_ACK)).action, XDP_TX);
+    }
+    let four = ["10.0.1.11", "10.0.1.12", "10.0.1.13", "10.0.1.14"];
+    f.apply_config(&yaml(&four));
+    let added: IpAddr = "10.0.1.14".parse().unwrap();
+    let moved = ports
+        .clone()
+        .find(|&p| f.predict("web", &key(p)) == added)
+        .expect("a recorded flow Maglev moved to the added real");
+    let ack = |sport| segment(CLIENT, sport, TCP_ACK);
+    let before = f.run(&ack(moved)).out[0..6].to_vec();
+    assert_ne!(before, real_mac(added), "found in the table");
+    assert!(!filter.state().1, "not complete before a rebuild");
+
+    filter.reset();
+    let rebuilt = filter.rebuild().expect("rebuild").expect("walked");
+    assert_eq!(
+        rebuilt.flows as u64,
+        f.flow_entries(),
+        "the walk found every flow"
+    );
+    assert!(filter.state().1, "complete");
+    assert!(filter.holds(&key(moved)), "the walk set the flow's byte");
+    assert_eq!(
+        f.run(&ack(moved)).out[0..6],
+        before[..],
+        "a flow recorded before the filter is still found"
+    );
+
+    // Recorded now (its insert sets the byte), then moved away by a drain.
+    let fresh = (31000..32000u16)
+        .find(|&p| f.predict("web", &key(p)) == added)
+        .expect("a new flow for the added real");
+    assert!(!filter.holds(&key(fresh)), "never recorded, not held");
+    assert_eq!(f.run(&ack(fresh)).out[0..6], real_mac(added));
+    assert!(filter.holds(&key(fresh)), "its insert set the byte");
+    f.apply_config(&yaml(&[
+        "10.0.1.11",
+        "10.0.1.12",
+        "10.0.1.13",
+        "10.0.1.14\n        weight: 0",
+    ]));
+    assert_ne!(f.predict("web", &key(fresh)), added);
+    assert_eq!(
+        f.run(&ack(fresh)).out[0..6],
+        real_mac(added),
+        "a flow recorded after the rebuild is found"
+    );
+    // A second rebuild, into the other half, holds them both.
+    let again = filter.rebuild().expect("rebuild").expect("walked");
+    assert_eq!(again.flows as u64, f.flow_entries());
+    assert!(filter.holds(&key(moved)) && filter.holds(&key(fresh)));
+    assert_eq!(f.run(&ack(moved)).out[0..6], before[..]);
+}
+
 /// A draining real (weight 0) keeps its connections, is sent no SYN, and a SYN flood
 /// while it drains still writes no entry.
 #[test]

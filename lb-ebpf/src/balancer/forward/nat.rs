@@ -236,8 +236,13 @@ fn flow_of_reply(p: &Parsed) -> Option<(NatState, ToRecord)> {
     // SAFETY: hash map value, copied out at once.
     let state = *unsafe { NAT_REALS.get(&k) }?;
     let request = request_of(p, &state);
-    // SAFETY: LRU hash value, copied out at once.
-    let flow = unsafe { FLOWS.get(&request) }.copied();
+    // SAFETY: LRU hash value, copied out at once. Not looked up where the table's
+    // filter rules the flow out (decision 0026).
+    let flow = if crate::flow_filter::may_hold(&request) {
+        unsafe { FLOWS.get(&request) }.copied()
+    } else {
+        None
+    };
     if let Some(f) = flow {
         let ours = f.vs_index == state.vs_index
             && REALS

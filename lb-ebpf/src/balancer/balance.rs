@@ -8,7 +8,11 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     addr_filter_place,
     maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
-    reason, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_UDP,
+    reason, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP,
+};
+
+use lb_ebpf::headers::{
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
 };
 
 use crate::{
@@ -92,6 +96,75 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     };
     stats::count_forward(vs.vs_index, choice.real_id, p.len);
     Ok(verdict)
+}
+
+/// Returns: whether the frame is the host's own traffic, by the address filter
+/// (decision 0022), told before it is untagged and parsed: an untagged IPv4 packet
+/// without options or IPv6 packet without extension headers, neither a fragment,
+/// carrying TCP or UDP ports, whose destination is no VIP and whose source is no NAT
+/// real. The whole path would pass it too (`pass_not_vs`), after writing and reading
+/// the frame's tags and building its flow key; anything else (tags, ICMP, fragments,
+/// options, a short or inconsistent header) goes the whole way.
+#[inline(always)]
+pub fn host_traffic(ctx: &XdpContext) -> bool {
+    let filter = AddrFilter::read();
+    if !filter.written {
+        return false;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    let len = ctx.data_end() - ctx.data();
+    // SAFETY: bounds checked by ptr_at, here and below.
+    let (src, l4_off) = match unsafe { (*eth).proto_be } {
+        p if p == ETH_P_IP.to_be() => {
+            let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+                return false;
+            };
+            // The destination first: a VIP's packet leaves here at once.
+            let dst = [unsafe { (*ip).dst }, 0, 0, 0];
+            if filter.may_be(&dst, false) {
+                return false;
+            }
+            let (ver_ihl, tot_len, frag, proto) = unsafe {
+                (
+                    (*ip).ver_ihl,
+                    usize::from(u16::from_be((*ip).tot_len_be)),
+                    (*ip).frag_off_be,
+                    (*ip).proto,
+                )
+            };
+            let whole = tot_len >= IPV4_HLEN && ETH_HLEN + tot_len <= len;
+            let plain = ver_ihl == 0x45 && frag & 0x3fff_u16.to_be() == 0;
+            if !whole || !plain || (proto != PROTO_TCP && proto != PROTO_UDP) {
+                return false;
+            }
+            ([unsafe { (*ip).src }, 0, 0, 0], ETH_HLEN + IPV4_HLEN)
+        }
+        p if p == ETH_P_IPV6.to_be() => {
+            let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+                return false;
+            };
+            let dst = unsafe { (*ip).dst };
+            if filter.may_be(&dst, false) {
+                return false;
+            }
+            let (vtf, payload, next) = unsafe {
+                (
+                    (*ip).ver_tc_flow,
+                    usize::from(u16::from_be((*ip).payload_len_be)),
+                    (*ip).next_hdr,
+                )
+            };
+            let whole = ETH_HLEN + IPV6_HLEN + payload <= len;
+            if u32::from_be(vtf) >> 28 != 6 || !whole || (next != PROTO_TCP && next != PROTO_UDP) {
+                return false;
+            }
+            (unsafe { (*ip).src }, ETH_HLEN + IPV6_HLEN)
+        }
+        _ => return false,
+    };
+    ptr_at::<[u16; 2]>(ctx, l4_off).is_some() && !filter.may_be(&src, true)
 }
 
 /// `ADDR_FILTER` as this packet reads it (decision 0022).

@@ -29,6 +29,10 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 /// The load balancer, attached to every interface of the configuration.
 #[xdp]
 pub fn xdpvs_lb(ctx: XdpContext) -> u32 {
+    if balance::host_traffic(&ctx) {
+        stats::count_verdict(lb_common::reason::PASS_NOT_VS);
+        return xdp_action::XDP_PASS;
+    }
     finish(&ctx, balance::try_balance(&ctx))
 }
 

@@ -476,14 +476,33 @@ fn traffic_not_for_a_virtual_server_passes_untouched() {
             b[12..14].copy_from_slice(&[0x08, 0x06]);
             b
         }),
+        (
+            "IPv6 to another address",
+            tests::packet::V6Packet::udp([0xfd; 16], 1000, [0xfe; 16], 53).build(),
+        ),
+        // The host's own traffic is told apart before the whole parse (balance.rs,
+        // `host_traffic`); what that parse would not pass as `pass_not_vs` is left
+        // to it.
+        ("another address, shorter than its IP header says", {
+            let mut b = V4Packet::udp(CLIENT, 1000, [10, 0, 0, 101], 53).build();
+            b.truncate(b.len() - 4);
+            b
+        }),
+        ("another address, no room for its ports", {
+            let mut b = V4Packet::udp(CLIENT, 1000, [10, 0, 0, 101], 53).build();
+            b.truncate(14 + 20 + 2);
+            b[16..18].copy_from_slice(&22u16.to_be_bytes());
+            b
+        }),
     ];
     for (what, frame) in cases {
         let r = f.run(&frame);
         assert_eq!(r.action, XDP_PASS, "{what}");
         assert_eq!(r.out, frame, "{what}: bytes unchanged");
     }
-    assert_eq!(f.verdicts(reason::PASS_NOT_VS), 5);
+    assert_eq!(f.verdicts(reason::PASS_NOT_VS), 6);
     assert_eq!(f.verdicts(reason::PASS_NOT_IP), 1);
+    assert_eq!(f.verdicts(reason::PASS_MALFORMED), 2);
 }
 
 #[test]

@@ -10,7 +10,6 @@ use lb_common::{
     maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
     reason, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP,
 };
-
 use lb_ebpf::headers::{
     ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
 };

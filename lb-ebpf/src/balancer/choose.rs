@@ -259,8 +259,9 @@ fn pick(
             }
         }
         // Re-steered: a flow that was recorded has shown its second packet already. A
-        // NAT SYN leaves no mark: its real's SYN-ACK would find the stale entry first,
-        // and is found through NAT_STATE instead (decision 0021).
+        // NAT SYN that found the stale entry leaves its reply state in NAT_STATE, not a
+        // mark (decision 0021; its SYN-ACK finds the stale entry first, and looks for a
+        // mark past it only for a SYN that skipped the table, decision 0025).
         match record {
             Record::Second => record = Record::Now,
             Record::Mark => record = Record::Never,

@@ -351,6 +351,20 @@ pub fn opening_syn(ctx: &XdpContext, p: &Parsed) -> bool {
     }
 }
 
+/// Returns: whether `p` is a TCP SYN-ACK (SYN and ACK set, RST and FIN clear): a
+/// real's answer to an opening SYN; never an ICMP error or a fragment.
+#[inline(always)]
+pub fn syn_ack(ctx: &XdpContext, p: &Parsed) -> bool {
+    if p.key.proto != PROTO_TCP || p.icmp || p.frag {
+        return false;
+    }
+    // SAFETY: bounds checked by ptr_at.
+    ptr_at::<[u8; 2]>(ctx, p.l4_off + TCP_FLAGS_OFF).is_some_and(|b| {
+        let flags = unsafe { (*b)[1] };
+        flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) == TCP_SYN | TCP_ACK
+    })
+}
+
 /// Offset in the TCP header of the data offset byte, which the flags byte follows.
 const TCP_FLAGS_OFF: usize = 12;
 const TCP_FIN: u8 = 0x01;

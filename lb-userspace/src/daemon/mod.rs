@@ -402,18 +402,14 @@ impl Daemon {
         self.watch_syn_floods();
     }
 
-    /// Has the data path stop trusting the connection table's filter (what ran before
-    /// may have left flows it does not hold). Returns: the filter, for a thread to
-    /// rebuild (decision 0026): at once, which makes it complete, then every few
-    /// seconds.
+    /// Returns: the connection table's filter (marked incomplete when the maps were
+    /// taken), for a thread to rebuild (decision 0026): at once, which makes it
+    /// complete, then every few seconds.
     fn flow_filter(&mut self) -> anyhow::Result<crate::dataplane::flow_filter::FlowFilter> {
-        let mut filter = self
-            .rec
+        self.rec
             .dataplane()
             .flow_filter()
-            .context("the connection table's filter")?;
-        filter.reset();
-        Ok(filter)
+            .context("the connection table's filter")
     }
 
     /// Logs a SYN flood as it starts (a tick in which SYNs went past the connection

@@ -29,8 +29,9 @@
 //!
 //! Capabilities are per thread. The daemon runs on tokio's current-thread runtime:
 //! nothing before the drop starts a thread, and threads started after (the flow walk's
-//! blocking thread, the connection table filter's) inherit the dropped sets. [`drop_to_kept`] checks every thread of
-//! the process afterwards and fails if any kept more.
+//! blocking thread, the connection table filter's) inherit the dropped sets.
+//! [`drop_to_kept`] checks every thread of the process afterwards and fails if any
+//! kept more.
 
 use std::io;
 

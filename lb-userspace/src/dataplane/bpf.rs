@@ -274,6 +274,11 @@ impl BpfDataplane {
             },
             flows,
         };
+        // Whatever ran before this release (or a release before the filter, after
+        // one that pinned it) may have left flows the filter never saw: it is not
+        // trusted again until this daemon rebuilds it, before any program of this
+        // load goes on an interface (decision 0026).
+        dp.flow_filter()?.reset();
         let programs = Programs {
             ebpf,
             tails_filled: false,
@@ -366,7 +371,8 @@ impl DataplaneRead for BpfDataplane {
 
 impl BpfDataplane {
     /// Returns: the connection table's filter (decision 0026), mapped, with descriptors
-    /// of its own on `FLOW_FILTER` and `FLOWS`, for a thread to rebuild.
+    /// of its own on `FLOW_FILTER` and `FLOWS`, for a thread to rebuild. Marked
+    /// incomplete as the maps are taken ([`BpfDataplane::new`]).
     pub fn flow_filter(&self) -> Result<super::flow_filter::FlowFilter, DataplaneError> {
         use std::os::fd::AsFd as _;
         let dup = |m: &MapData, map| {
@@ -379,7 +385,7 @@ impl BpfDataplane {
         let flows = dup(&self.flows, FLOWS)?;
         let entries = flows.info().map_err(map_err(FLOWS))?.max_entries();
         let filter = dup(&self.flow_filter, FLOW_FILTER)?;
-        super::flow_filter::FlowFilter::new(flows, entries, filter, flow_filter_log2(entries))
+        super::flow_filter::FlowFilter::new(flows, filter, flow_filter_log2(entries))
     }
 
     /// Writes interface `ifindex`'s entry in `IFACES`, then in `IFACE_INDEX` if it has

@@ -5,7 +5,8 @@
 //! rebuilds the other half from a walk of `FLOWS` now and then and has the data path
 //! read it: cleared first, then every flow the walk finds set, then named (with
 //! `FLOW_FILTER_COMPLETE`). A flow inserted meanwhile sets its bit itself after its
-//! insert, so it is in the new half whether or not the walk saw it.
+//! insert, so it is in the new half whether or not the walk saw it. The walk goes
+//! bucket by bucket (`BPF_MAP_LOOKUP_BATCH`), so a flow that stays in the table is met.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -14,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::MapData;
 use lb_common::{
     flow_filter_slot,
     maps::{
@@ -31,10 +32,9 @@ pub const REBUILD_EVERY: Duration = Duration::from_secs(10);
 /// A rebuild waits at least this many times as long as the last walk took, so that a
 /// large table costs at most a twentieth of a core.
 const WALK_SHARE: u32 = 20;
-/// A walk that visits this many times the table's entries is given up: flows deleted
-/// under its cursor restart it from the first bucket, and a table churning that fast
-/// keeps the half in use (correct, only fuller).
-const WALK_CUT: usize = 3;
+/// Entries read per `BPF_MAP_LOOKUP_BATCH`: whole buckets each time, so at least the
+/// longest bucket (a few entries: the table has a bucket per entry).
+const BATCH: u32 = 4096;
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +52,7 @@ pub struct Rebuilt {
 /// `FLOW_FILTER` mapped into the daemon's memory, with a descriptor of its own on
 /// `FLOWS` to walk.
 pub struct FlowFilter {
-    flows: HashMap<MapData, FlowKey, FlowState>,
-    /// Entries `FLOWS` holds at most.
-    flow_entries: usize,
+    flows: MapData,
     /// Keeps the filter's map, and so the mapping's object, alive.
     _map: MapData,
     base: NonNull<u8>,
@@ -67,15 +65,8 @@ unsafe impl Send for FlowFilter {}
 
 impl FlowFilter {
     /// Maps `filter` (the `FLOW_FILTER` of `log2` slots per half) and takes `flows`
-    /// (its own descriptor on `FLOWS`, of `flow_entries`).
-    pub(super) fn new(
-        flows: MapData,
-        flow_entries: u32,
-        filter: MapData,
-        log2: u32,
-    ) -> Result<Self, DataplaneError> {
-        let map_err = |map| move |source| DataplaneError::Map { map, source };
-        let flows = HashMap::try_from(Map::LruHashMap(flows)).map_err(map_err(FLOWS))?;
+    /// (its own descriptor on `FLOWS`).
+    pub(super) fn new(flows: MapData, filter: MapData, log2: u32) -> Result<Self, DataplaneError> {
         let elements = flow_filter_entries(log2) as usize;
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
@@ -105,7 +96,6 @@ impl FlowFilter {
         })?;
         Ok(Self {
             flows,
-            flow_entries: flow_entries as usize,
             _map: filter,
             base,
             bytes,
@@ -127,7 +117,7 @@ impl FlowFilter {
     }
 
     /// Returns: whether `key`'s bit is set in the half the data path reads.
-    pub fn holds(&mut self, key: &FlowKey) -> bool {
+    pub fn holds(&self, key: &FlowKey) -> bool {
         let (half, _) = self.state();
         let slot = flow_filter_slot(key, self.log2) as usize;
         self.half(half)[slot / 64].load(Ordering::Relaxed) & 1 << (slot % 64) != 0
@@ -156,10 +146,21 @@ impl FlowFilter {
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(at).cast::<AtomicU64>(), words) }
     }
 
+    /// Clears both halves and marks the filter incomplete, as a release that never set
+    /// its bits would leave it (for tests of the walk).
+    pub fn clear(&mut self) {
+        self.reset();
+        for half in [0, 1] {
+            for w in self.half(half) {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Rebuilds the half the data path does not read from a walk of `FLOWS` and has it
-    /// read that one. Returns: what it did, or `None` if the walk was given up (the
-    /// half in use stays: correct, only fuller).
-    pub fn rebuild(&mut self) -> Result<Option<Rebuilt>, DataplaneError> {
+    /// read that one. A walk that fails leaves the half in use (correct, only fuller).
+    /// Returns: what it did.
+    pub fn rebuild(&mut self) -> Result<Rebuilt, DataplaneError> {
         let start = Instant::now();
         let (half, _) = self.state();
         let other = 1 - half;
@@ -167,35 +168,24 @@ impl FlowFilter {
             w.store(0, Ordering::Relaxed);
         }
         let log2 = self.log2;
-        let mut keys = Vec::new();
-        let cut = self.flow_entries.saturating_mul(WALK_CUT);
-        for key in self.flows.keys() {
-            // A key deleted under the cursor restarts the walk from the first bucket
-            // (the kernel's answer); an error ends it, and a walk that did not reach
-            // the end must not be used.
-            let key = key.map_err(|source| DataplaneError::Map { map: FLOWS, source })?;
-            keys.push(key);
-            if keys.len() > cut {
-                return Ok(None);
-            }
-        }
         let new = self.half(other);
-        for key in &keys {
+        let walked = walk_keys(self.flows.fd().as_fd().as_raw_fd(), |key| {
             let slot = flow_filter_slot(key, log2) as usize;
             new[slot / 64].fetch_or(1 << (slot % 64), Ordering::Relaxed);
-        }
+        })
+        .map_err(|source| DataplaneError::Walk { map: FLOWS, source })?;
         let slots = new
             .iter()
             .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
             .sum();
         let c = other | FLOW_FILTER_COMPLETE | u64::from(log2) << FLOW_FILTER_LOG2_SHIFT;
         self.control().store(c, Ordering::Release);
-        Ok(Some(Rebuilt {
-            flows: keys.len(),
+        Ok(Rebuilt {
+            flows: walked,
             slots,
             of: 1 << log2,
             took: start.elapsed(),
-        }))
+        })
     }
 
     /// Rebuilds the filter for the daemon's life: at once, then every
@@ -206,17 +196,16 @@ impl FlowFilter {
         loop {
             let mut wait = REBUILD_EVERY;
             match self.rebuild() {
-                Ok(Some(r)) => {
+                Ok(r) => {
                     if first {
                         tracing::info!(flows = r.flows, slots_set = r.slots, slots = r.of, took_ms = r.took.as_millis() as u64, "connection table filter complete: new flows skip the table's lookup (decision 0026)");
                         first = false;
                     }
                     wait = wait.max(r.took * WALK_SHARE);
                 }
-                Ok(None) => {
-                    tracing::warn!("connection table filter: the table changed faster than it could be walked; the filter in use stays until the next try")
-                }
-                Err(e) => tracing::error!("connection table filter: {e}"),
+                Err(e) => tracing::error!(
+                    "connection table filter: walking the table, the half in use stays: {e}"
+                ),
             }
             std::thread::sleep(wait);
         }
@@ -227,5 +216,68 @@ impl Drop for FlowFilter {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, of `bytes`, unmapped once.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The `bpf_attr` of `BPF_MAP_LOOKUP_BATCH` (linux/bpf.h, `batch`).
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `BPF_MAP_LOOKUP_BATCH`, which aya does not offer.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Calls `each` with every key of the connection table at `fd`, bucket by bucket
+/// (`BPF_MAP_LOOKUP_BATCH`: each bucket read whole under its lock, so a flow that
+/// stays in the table throughout is met, whatever else is inserted or evicted; a
+/// key-by-key walk can skip buckets when its cursor's element is evicted and reused).
+/// Returns: the keys met, or the error that ended the walk early.
+fn walk_keys(fd: std::os::fd::RawFd, mut each: impl FnMut(&FlowKey)) -> std::io::Result<usize> {
+    let mut keys = vec![FlowKey::default(); BATCH as usize];
+    let mut values = vec![FlowState::default(); BATCH as usize];
+    // A hash map's batch token is a bucket index.
+    let (mut next, mut out) = (0u32, 0u32);
+    let mut total = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &next as *const u32 as u64 },
+            out_batch: &mut out as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the attr points at buffers of BATCH keys and values of the map's
+        // sizes (40 and 16 bytes), and at two u32 tokens, all alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        // Filled even by the last call, which ends with ENOENT.
+        let n = (attr.count as usize).min(keys.len());
+        keys[..n].iter().for_each(&mut each);
+        total += n;
+        match err {
+            None => next = out,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+            Some(e) => return Err(e),
+        }
+        first = false;
     }
 }

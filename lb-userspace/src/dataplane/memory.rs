@@ -45,23 +45,34 @@ impl MemoryDataplane {
         self.filter_misses.extend(hidden);
     }
 
-    /// Records in `sole_misses` every real flagged `REAL_F_SOLE_NAT` whose `NAT_REALS`
-    /// entry does not name its virtual server: the data path would then write no reply
-    /// state for its flows, and find none of their replies.
+    /// Records in `sole_misses` every real flagged `REAL_F_SOLE_NAT` of a virtual
+    /// server in `VS_MAP` whose `NAT_REALS` entry (by the real's address and port and
+    /// the virtual server's protocol) does not name that virtual server as the data
+    /// path reads it (index, VIP, port): the data path would then write no reply state
+    /// for its flows, and restore none of their replies.
     fn check_sole(&mut self) {
         let missing = self
             .reals
             .values()
             .filter(|r| r.flags & lb_common::REAL_F_SOLE_NAT != 0)
-            .filter(|r| {
-                !self.nat_reals.iter().any(|(k, s)| {
-                    k.addr == r.addr
-                        && k.port_be == r.port_be
-                        && k.family == r.family
-                        && s.vs_index == u32::from(r.vs_index)
-                })
-            })
-            .map(|r| format!("sole NAT real {:?}:{}", r.addr, u16::from_be(r.port_be)));
+            .filter_map(|r| {
+                let (vs, _) = self
+                    .vs
+                    .iter()
+                    .find(|(_, v)| v.vs_index == u32::from(r.vs_index))?;
+                let key = VsKey {
+                    addr: r.addr,
+                    port_be: r.port_be,
+                    proto: vs.proto,
+                    family: r.family,
+                };
+                let ok = self.nat_reals.get(&key).is_some_and(|s| {
+                    s.vs_index == u32::from(r.vs_index)
+                        && s.vip == vs.addr
+                        && s.vport_be == vs.port_be
+                });
+                (!ok).then(|| format!("sole NAT real {:?}:{}", r.addr, u16::from_be(r.port_be)))
+            });
         let missing: Vec<String> = missing.collect();
         self.sole_misses.extend(missing);
     }
@@ -185,6 +196,7 @@ impl Dataplane for MemoryDataplane {
         self.value_writes += 1;
         self.vs_writes.push(*key);
         self.check_filter();
+        self.check_sole();
         Ok(())
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {

@@ -64,6 +64,12 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("BPF map {map}: walking it: {source}")]
+    Walk {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Writes the daemon makes. Each call is one or a few map updates; the reconciler

@@ -98,6 +98,19 @@ impl<D: Dataplane> Reconciler<D> {
             None => vec![!0; filter.len()],
         };
         self.write_addr_filter(union)?;
+        // REAL_F_SOLE_NAT stands for a NAT_REALS entry naming the real's virtual server
+        // as the data path reads it (index, VIP, port, protocol): the reals of every
+        // virtual server this apply changes lose it before anything of theirs changes,
+        // and get it back once NAT_REALS is written below.
+        let changing: HashSet<&str> = config
+            .virtual_servers
+            .iter()
+            .zip(&differs)
+            .filter(|(_, &d)| d)
+            .map(|(v, _)| v.name.as_str())
+            .collect();
+        self.reals
+            .lose_sole_nat(&mut self.dp, |k, _| !changing.contains(k.vs.as_str()))?;
         // Virtual servers: slots for new ones (nothing the data path reads is written
         // before their tables), configurations recorded.
         for (vs, &differs) in config.virtual_servers.iter().zip(&differs) {

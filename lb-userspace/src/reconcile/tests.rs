@@ -355,6 +355,15 @@ fn the_sole_nat_flag_follows_the_nat_reals_entry_it_stands_for() {
     );
     r.apply(&parse(std::slice::from_ref(&a))).unwrap();
     assert!(sole(&r, "a", "10.0.1.2"), "sole again");
+    // The same virtual server on another VIP, then another protocol: its reals'
+    // entries change, and the flag must not name the old ones meanwhile.
+    let moved = a.replace("10.0.0.1", "10.0.0.9");
+    r.apply(&parse(std::slice::from_ref(&moved))).unwrap();
+    assert!(sole(&r, "a", "10.0.1.1"));
+    let udp = moved.replace("protocol: tcp", "protocol: udp");
+    r.apply(&parse(std::slice::from_ref(&udp))).unwrap();
+    assert!(sole(&r, "a", "10.0.1.1"));
+    assert!(r.dp.sole_misses.is_empty(), "{:?}", r.dp.sole_misses);
     let dr = vs("a", "10.0.0.1", "dr", "{ address: 10.0.1.1, port: 8080 }");
     let dr = dr.replace(", port: 8080", "");
     r.apply(&parse(&[dr])).unwrap();

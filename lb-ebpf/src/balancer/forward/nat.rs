@@ -211,7 +211,7 @@ fn reply_state(ctx: &XdpContext, p: &Parsed) -> Result<(NatState, ToRecord), Ver
     if SETTINGS.get(0).is_none_or(|s| *s & SETTING_NAT == 0) {
         return Err(Verdict::pass(reason::PASS_NOT_VS));
     }
-    let found = match flow_of_reply(p) {
+    let found = match flow_of_reply(ctx, p) {
         Some(f) => f,
         // SAFETY: LRU hash value, copied out at once.
         None => match unsafe { NAT_STATE.get(&p.key) } {
@@ -231,7 +231,7 @@ fn reply_state(ctx: &XdpContext, p: &Parsed) -> Result<(NatState, ToRecord), Ver
 /// in no entry, the flow's entry, which a UDP reply records once it is forwarded (a
 /// TCP one never: a real answers spoofed SYNs too, and the client's ACK records it).
 #[inline(always)]
-fn flow_of_reply(p: &Parsed) -> Option<(NatState, ToRecord)> {
+fn flow_of_reply(ctx: &XdpContext, p: &Parsed) -> Option<(NatState, ToRecord)> {
     let k = nat_real_key(&p.key.src, p.key.sport_be, p);
     // SAFETY: hash map value, copied out at once.
     let state = *unsafe { NAT_REALS.get(&k) }?;
@@ -253,8 +253,12 @@ fn flow_of_reply(p: &Parsed) -> Option<(NatState, ToRecord)> {
         }
     }
     // Unrecorded, or recorded to another real: a SYN balanced past the table during a
-    // SYN flood (decision 0025) may have left its mark all the same. Only a flow that
-    // had no entry is recorded from its reply.
+    // SYN flood (decision 0025) may have left its mark all the same, and its SYN-ACK
+    // alone is looked for past the entry. Only a flow that had no entry is recorded
+    // from its reply.
+    if flow.is_some() && !crate::parse::syn_ack(ctx, p) {
+        return None;
+    }
     let vs = virtual_server(&request).filter(|vs| vs.vs_index == state.vs_index)?;
     let entry = marked_to(&request, vs, &p.key.src, p.key.sport_be)?;
     let record = flow.is_none() && p.key.proto == PROTO_UDP;

@@ -68,32 +68,7 @@ impl FlowFilter {
     /// (its own descriptor on `FLOWS`).
     pub(super) fn new(flows: MapData, filter: MapData, log2: u32) -> Result<Self, DataplaneError> {
         let elements = flow_filter_entries(log2) as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (elements * 8).div_ceil(page) * page;
-        let fd = filter.fd().as_fd().as_raw_fd();
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array's own fd at offset 0, of the
-        // array's size rounded up to pages, as the kernel takes it.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap {
-                map: FLOW_FILTER,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or(DataplaneError::Mmap {
-            map: FLOW_FILTER,
-            source: std::io::Error::other("mmap returned null"),
-        })?;
+        let (base, bytes) = super::bpf::map_shared(&filter, elements * 8, FLOW_FILTER)?;
         Ok(Self {
             flows,
             _map: filter,

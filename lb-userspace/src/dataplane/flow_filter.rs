@@ -68,7 +68,7 @@ impl FlowFilter {
     /// (its own descriptor on `FLOWS`).
     pub(super) fn new(flows: MapData, filter: MapData, log2: u32) -> Result<Self, DataplaneError> {
         let elements = flow_filter_entries(log2) as usize;
-        let (base, bytes) = super::bpf::map_shared(&filter, elements * 8, FLOW_FILTER)?;
+        let (base, bytes) = super::mmap::map_shared(&filter, elements * 8, FLOW_FILTER)?;
         Ok(Self {
             flows,
             _map: filter,

@@ -382,6 +382,15 @@ fn a_nat_syn_past_the_table_during_a_syn_flood_is_answered_through_its_mark() {
 #[test]
 fn nat_udp_both_ways_and_a_zero_udp_checksum_stays_zero() {
     let f = Fixture::new(YAML);
+    // The sole real of the UDP virtual server carries REAL_F_SOLE_NAT in REALS: its
+    // requests write no NAT_STATE (below), without a NAT_REALS lookup.
+    use xdpvs::dataplane::DataplaneContents as _;
+    let reals = f.rec.dataplane().reals().expect("REALS");
+    let sole = reals.iter().find(|r| r.addr[0] == u32::from_ne_bytes([10, 0, 1, 53]));
+    assert!(
+        sole.is_some_and(|r| r.flags & lb_common::REAL_F_SOLE_NAT != 0),
+        "{sole:?}"
+    );
     let real = [10, 0, 1, 53];
     let frame = V4Packet::udp(CLIENT4, 7000, NAT_VIP4, 53).build();
     let r = f.run(&frame);

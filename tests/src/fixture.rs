@@ -395,7 +395,8 @@ impl Fixture {
     }
 
     /// Returns: the connection table's filter (decision 0026), as the daemon's thread
-    /// has it; until [`FlowFilter::reset`] the data path neither trusts nor sets it.
+    /// has it: sized and marked incomplete at load, so the data path sets its bits but
+    /// trusts it only after a rebuild.
     pub fn flow_filter(&self) -> xdpvs::dataplane::flow_filter::FlowFilter {
         self.rec.dataplane().flow_filter().expect("FLOW_FILTER")
     }

@@ -139,9 +139,8 @@ impl Workload {
     /// Returns: whether the workload runs for `m`: the NAT reply only for NAT, and
     /// only the workloads `XDPVS_LIVE_WORKLOADS=tcp_syn,udp_new` names, if set.
     fn applies(self, m: Method) -> bool {
-        let picked = std::env::var("XDPVS_LIVE_WORKLOADS")
-            .map_or(true, |o| o.split(',').any(|n| n.trim() == self.name()));
-        picked && (self != Workload::NatReply || m == Method::Nat)
+        picked("XDPVS_LIVE_WORKLOADS", self.name())
+            && (self != Workload::NatReply || m == Method::Nat)
     }
 
     /// Returns: the target of issue 15 for xdpvs's ns/packet on the development VM
@@ -505,6 +504,12 @@ impl Bench {
     }
 }
 
+/// Returns: whether `name` is among the comma-separated names of environment variable
+/// `var`, or `var` is not set.
+fn picked(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |o| o.split(',').any(|n| n.trim() == name))
+}
+
 /// Returns: the median of `v` (the upper one of an even count); NaN when empty.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -581,13 +586,8 @@ pub fn run() {
         })
     );
     // `XDPVS_LIVE_METHODS=nat,tunnel` runs those methods only.
-    let only = std::env::var("XDPVS_LIVE_METHODS").ok();
-    let wanted = |m: Method| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|n| n.trim() == m.name()))
-    };
     for m in [Method::Dr, Method::Nat, Method::Tunnel] {
-        if !wanted(m) {
+        if !picked("XDPVS_LIVE_METHODS", m.name()) {
             continue;
         }
         let (xdpvs, replier) = bench.under_xdpvs(m);

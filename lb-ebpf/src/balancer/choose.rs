@@ -201,6 +201,17 @@ pub fn marked_to(key: &FlowKey, vs: &VsInfo, addr: &[u32; 4], port_be: u16) -> O
     })
 }
 
+/// Returns: flow `key`'s entry in `FLOWS`, not looked up where the table's filter
+/// rules the flow out (decision 0026).
+#[inline(always)]
+pub fn recorded(key: &FlowKey) -> Option<&'static FlowState> {
+    if !flow_filter::may_hold(key) {
+        return None;
+    }
+    // SAFETY: LRU hash value, valid for this run.
+    unsafe { FLOWS.get(key) }
+}
+
 /// Records flow `key` as `state` in `FLOWS`, its bit set in the table's filter before
 /// and after (decision 0026). A full LRU evicts its oldest entry; an error here only
 /// costs stickiness (the flow's next packet is balanced again).
@@ -235,14 +246,9 @@ fn pick(
     skip_table: bool,
 ) -> Result<Choice, Verdict> {
     let persistent = vs.persist_timeout_ns != 0;
-    // SAFETY: LRU hash value; a concurrent update can at worst give a stale but
-    // well-formed FlowState, which is then validated against REALS.
-    // Decision 0026: a flow the table's filter rules out is not looked up.
-    let found = if skip_table || !flow_filter::may_hold(key) {
-        None
-    } else {
-        unsafe { FLOWS.get(key) }
-    };
+    // A concurrent update can at worst give a stale but well-formed FlowState, which
+    // is then validated against REALS.
+    let found = if skip_table { None } else { recorded(key) };
     if let Some(f) = found {
         if f.vs_index == vs.vs_index {
             if let Some(real) = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE) {

@@ -16,13 +16,15 @@ use lb_common::{
 
 use crate::maps::FLOW_FILTER;
 
-/// Returns: log2 of the slots per half the control word `ctrl` names, if in range.
+/// Returns: the control word and log2 of the slots per half it names, once the
+/// daemon has sized the filter (a log2 in range).
 #[inline(always)]
-fn log2_of(ctrl: u64) -> Option<u32> {
+fn control() -> Option<(u64, u32)> {
+    let ctrl = *FLOW_FILTER.get(0)?;
     let log2 = ((ctrl >> FLOW_FILTER_LOG2_SHIFT) & 0xff) as u32;
     (FLOW_FILTER_LOG2_MIN..=FLOW_FILTER_LOG2_MAX)
         .contains(&log2)
-        .then_some(log2)
+        .then_some((ctrl, log2))
 }
 
 /// Returns: the word of slot `slot` of half `half` (of `1 << log2` slots, 64 a word),
@@ -38,15 +40,12 @@ fn word(half: u32, log2: u32, slot: u32) -> Option<(*mut u64, u64)> {
 /// rebuilt has `key`'s bit clear.
 #[inline(always)]
 pub fn may_hold(key: &FlowKey) -> bool {
-    let Some(&ctrl) = FLOW_FILTER.get(0) else {
+    let Some((ctrl, log2)) = control() else {
         return true;
     };
     if ctrl & FLOW_FILTER_COMPLETE == 0 {
         return true;
     }
-    let Some(log2) = log2_of(ctrl) else {
-        return true;
-    };
     let half = (ctrl & FLOW_FILTER_HALF) as u32;
     // SAFETY: array value pointer, valid for this run.
     word(half, log2, flow_filter_slot(key, log2)).is_none_or(|(w, bit)| unsafe { *w } & bit != 0)
@@ -58,10 +57,7 @@ pub fn may_hold(key: &FlowKey) -> bool {
 /// does not leave it out.
 #[inline(always)]
 pub fn hold(key: &FlowKey) {
-    let Some(&ctrl) = FLOW_FILTER.get(0) else {
-        return;
-    };
-    let Some(log2) = log2_of(ctrl) else {
+    let Some((_, log2)) = control() else {
         return;
     };
     let slot = flow_filter_slot(key, log2);

@@ -337,31 +337,28 @@ pub fn l4_csum_off(p: &Parsed) -> usize {
 /// Call after [`l4_complete`].
 #[inline(always)]
 pub fn opening_syn(ctx: &XdpContext, p: &Parsed) -> bool {
-    if p.key.proto != PROTO_TCP {
-        return false;
-    }
-    // The data offset byte and the flags byte, read together.
-    match ptr_at::<[u8; 2]>(ctx, p.l4_off + TCP_FLAGS_OFF) {
-        Some(b) => {
-            // SAFETY: bounds checked by ptr_at.
-            let flags = unsafe { (*b)[1] };
-            flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) == TCP_SYN
-        }
-        None => false,
-    }
+    tcp_flags_are(ctx, p, TCP_SYN)
 }
 
 /// Returns: whether `p` is a TCP SYN-ACK (SYN and ACK set, RST and FIN clear): a
-/// real's answer to an opening SYN; never an ICMP error or a fragment.
+/// real's answer to an opening SYN.
 #[inline(always)]
 pub fn syn_ack(ctx: &XdpContext, p: &Parsed) -> bool {
+    tcp_flags_are(ctx, p, TCP_SYN | TCP_ACK)
+}
+
+/// Returns: whether `p` is a TCP segment (never an ICMP error's quote or a fragment)
+/// whose SYN, ACK, RST and FIN flags are exactly those of `flags`.
+#[inline(always)]
+fn tcp_flags_are(ctx: &XdpContext, p: &Parsed, flags: u8) -> bool {
     if p.key.proto != PROTO_TCP || p.icmp || p.frag {
         return false;
     }
-    // SAFETY: bounds checked by ptr_at.
+    // The data offset byte and the flags byte, read together.
     ptr_at::<[u8; 2]>(ctx, p.l4_off + TCP_FLAGS_OFF).is_some_and(|b| {
-        let flags = unsafe { (*b)[1] };
-        flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) == TCP_SYN | TCP_ACK
+        // SAFETY: bounds checked by ptr_at.
+        let have = unsafe { (*b)[1] };
+        have & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) == flags
     })
 }
 

@@ -229,6 +229,17 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError 
     move |source| DataplaneError::Map { map, source }
 }
 
+/// Returns: a descriptor of its own on map `m` (named `name`), for another thread.
+fn dup(m: &MapData, name: &'static str) -> Result<MapData, DataplaneError> {
+    use std::os::fd::AsFd as _;
+    let fd = m
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::Dup { map: name, source })?;
+    MapData::from_fd(fd).map_err(map_err(name))
+}
+
 /// Returns: map `name`, taken out of `ebpf`.
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
     ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
@@ -357,15 +368,7 @@ impl DataplaneRead for BpfDataplane {
     /// another thread while the daemon's task goes on (about 1.7 µs per entry, `cargo
     /// xtask bench`).
     fn flow_reader(&self) -> Result<FlowsReader, DataplaneError> {
-        use std::os::fd::AsFd as _;
-        let fd = self
-            .flows
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| DataplaneError::Dup { map: FLOWS, source })?;
-        let data = MapData::from_fd(fd).map_err(map_err(FLOWS))?;
-        Ok(FlowsReader(data))
+        Ok(FlowsReader(dup(&self.flows, FLOWS)?))
     }
 }
 
@@ -374,14 +377,6 @@ impl BpfDataplane {
     /// of its own on `FLOW_FILTER` and `FLOWS`, for a thread to rebuild. Marked
     /// incomplete as the maps are taken ([`BpfDataplane::new`]).
     pub fn flow_filter(&self) -> Result<super::flow_filter::FlowFilter, DataplaneError> {
-        use std::os::fd::AsFd as _;
-        let dup = |m: &MapData, map| {
-            m.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| DataplaneError::Dup { map, source })
-                .and_then(|fd| MapData::from_fd(fd).map_err(map_err(map)))
-        };
         let flows = dup(&self.flows, FLOWS)?;
         let entries = flows.info().map_err(map_err(FLOWS))?.max_entries();
         let filter = dup(&self.flow_filter, FLOW_FILTER)?;

@@ -99,13 +99,26 @@ impl FlowFilter {
     }
 
     /// Has the data path stop trusting the filter until the next rebuild, and gives it
-    /// the filter's size. A daemon does this at start: whatever ran before it (a
-    /// release without the filter, or one that wrote flows while this map was pinned
-    /// aside) may have left flows the filter does not hold.
+    /// the filter's size. Done as the maps are taken at load: whatever ran before (a
+    /// release without the filter, after one that pinned it) may have left flows the
+    /// filter does not hold.
     pub fn reset(&mut self) {
         let (half, _) = self.state();
-        let c = half | u64::from(self.log2) << FLOW_FILTER_LOG2_SHIFT;
+        self.name(half, false);
+    }
+
+    /// Has the data path read half `half`, trusting it when `complete`.
+    fn name(&self, half: u64, complete: bool) {
+        let done = if complete { FLOW_FILTER_COMPLETE } else { 0 };
+        let c = half | done | u64::from(self.log2) << FLOW_FILTER_LOG2_SHIFT;
         self.control().store(c, Ordering::Release);
+    }
+
+    /// Clears every bit of half `half`.
+    fn clear_half(&self, half: u64) {
+        for w in self.half(half) {
+            w.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Returns: the words of half `half` (64 slots each).
@@ -125,11 +138,8 @@ impl FlowFilter {
     /// its bits would leave it (for tests of the walk).
     pub fn clear(&mut self) {
         self.reset();
-        for half in [0, 1] {
-            for w in self.half(half) {
-                w.store(0, Ordering::Relaxed);
-            }
-        }
+        self.clear_half(0);
+        self.clear_half(1);
     }
 
     /// Rebuilds the half the data path does not read from a walk of `FLOWS` and has it
@@ -139,9 +149,7 @@ impl FlowFilter {
         let start = Instant::now();
         let (half, _) = self.state();
         let other = 1 - half;
-        for w in self.half(other) {
-            w.store(0, Ordering::Relaxed);
-        }
+        self.clear_half(other);
         let log2 = self.log2;
         let new = self.half(other);
         let walked = walk_keys(self.flows.fd().as_fd().as_raw_fd(), |key| {
@@ -153,8 +161,7 @@ impl FlowFilter {
             .iter()
             .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
             .sum();
-        let c = other | FLOW_FILTER_COMPLETE | u64::from(log2) << FLOW_FILTER_LOG2_SHIFT;
-        self.control().store(c, Ordering::Release);
+        self.name(other, true);
         Ok(Rebuilt {
             flows: walked,
             slots,

@@ -42,6 +42,12 @@ fn write(
     Ok(())
 }
 
+/// Returns: the least key of virtual server `vs`'s reals (keys sort by virtual server
+/// first), where a range of them starts.
+fn first_of(vs: &str) -> RealKey {
+    RealKey::real(vs, IpAddr::from([0u8; 4]), 0)
+}
+
 /// Every real in the data path, and the ids free for new ones.
 #[derive(Debug)]
 pub(super) struct Reals {
@@ -175,9 +181,8 @@ impl Reals {
     /// Returns: the reals of virtual server `vs` with their ids, in key order (a range
     /// of the map: keys sort by virtual server first).
     pub fn of_vs<'a>(&'a self, vs: &'a str) -> impl Iterator<Item = (&'a RealKey, u32)> {
-        let first = RealKey::real(vs, IpAddr::from([0u8; 4]), 0);
         self.slots
-            .range(first..)
+            .range(first_of(vs)..)
             .take_while(move |(k, _)| k.vs == vs)
             .map(|(k, r)| (k, r.id))
     }
@@ -426,10 +431,9 @@ impl Reals {
         sole: impl Fn(&RealKey, &RealInfo) -> bool,
     ) -> Result<(), ReconcileError> {
         for vs in vss {
-            let first = RealKey::real(vs, IpAddr::from([0u8; 4]), 0);
             let of_vs = self
                 .slots
-                .range_mut(first..)
+                .range_mut(first_of(vs)..)
                 .take_while(|(k, _)| k.vs == *vs);
             for (key, slot) in of_vs {
                 if slot.info.flags & REAL_F_SOLE_NAT != 0 || !sole(key, &slot.info) {

@@ -386,7 +386,9 @@ fn nat_udp_both_ways_and_a_zero_udp_checksum_stays_zero() {
     // requests write no NAT_STATE (below), without a NAT_REALS lookup.
     use xdpvs::dataplane::DataplaneContents as _;
     let reals = f.rec.dataplane().reals().expect("REALS");
-    let sole = reals.iter().find(|r| r.addr[0] == u32::from_ne_bytes([10, 0, 1, 53]));
+    let sole = reals
+        .iter()
+        .find(|r| r.addr[0] == u32::from_ne_bytes([10, 0, 1, 53]));
     assert!(
         sole.is_some_and(|r| r.flags & lb_common::REAL_F_SOLE_NAT != 0),
         "{sole:?}"

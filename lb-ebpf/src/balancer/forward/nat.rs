@@ -39,11 +39,11 @@ use lb_ebpf::{
 };
 
 use crate::{
-    choose::{marked_to, record_flow},
+    choose::{marked_to, record_flow, recorded},
     fib,
     forward::egress::{next_hop, routed, transmit, Keep},
     l2::addressed_here,
-    maps::{FLOWS, NAT_REALS, NAT_STATE, REALS, SETTINGS},
+    maps::{NAT_REALS, NAT_STATE, REALS, SETTINGS},
     parse::{l4_complete, l4_csum_off, Parsed},
     verdict::Verdict,
     vs::virtual_server,
@@ -236,13 +236,7 @@ fn flow_of_reply(ctx: &XdpContext, p: &Parsed) -> Option<(NatState, ToRecord)> {
     // SAFETY: hash map value, copied out at once.
     let state = *unsafe { NAT_REALS.get(&k) }?;
     let request = request_of(p, &state);
-    // SAFETY: LRU hash value, copied out at once. Not looked up where the table's
-    // filter rules the flow out (decision 0026).
-    let flow = if crate::flow_filter::may_hold(&request) {
-        unsafe { FLOWS.get(&request) }.copied()
-    } else {
-        None
-    };
+    let flow = recorded(&request).copied();
     if let Some(f) = flow {
         let ours = f.vs_index == state.vs_index
             && REALS

@@ -111,6 +111,18 @@ pub const REAL_F_BY_DEST: u32 = 4;
 /// `NAT_STATE`. Read instead of looking `NAT_REALS` up per request. Written by the
 /// daemon after the entry, and cleared before the entry goes.
 pub const REAL_F_SOLE_NAT: u32 = 8;
+/// [`RealInfo::flags`]: the real's virtual server forwards by direct routing, without
+/// persistence. A packet of a flow `FLOWS` holds for this real (at its generation) is
+/// then forwarded by the entry and the real alone, without looking its virtual server
+/// up (decision 0027). Written by the daemon: taken before the virtual server's method
+/// or persistence changes, given after its value is written.
+pub const REAL_F_PLAIN_DR: u32 = 16;
+/// [`RealInfo::flags`]: as [`REAL_F_PLAIN_DR`], for a NAT virtual server without
+/// persistence.
+pub const REAL_F_PLAIN_NAT: u32 = 32;
+/// The [`RealInfo::flags`] that say how a flow recorded for the real is forwarded
+/// without its virtual server.
+pub const REAL_F_PLAIN: u32 = REAL_F_PLAIN_DR | REAL_F_PLAIN_NAT;
 /// The [`RealInfo::flags`] the reals' health and weights decide.
 pub const REAL_F_POLICY: u32 = REAL_F_ACTIVE | REAL_F_NEW;
 

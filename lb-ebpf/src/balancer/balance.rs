@@ -8,14 +8,14 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     addr_filter_place,
     maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
-    reason, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP,
+    reason, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP, REAL_F_PLAIN_DR,
 };
 use lb_ebpf::headers::{
     ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
 };
 
 use crate::{
-    choose::{self, Record},
+    choose::{self, Choice, Record},
     flood, forward, l2,
     maps::{ADDR_FILTER, TAILS},
     parse, stats,
@@ -38,12 +38,23 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // Decision 0022: a destination that is no VIP is not looked up as one, and a
     // source that is no NAT real not as a reply.
     let filter = AddrFilter::read();
-    let vs = if filter.may_be(&p.key.dst, false) {
-        virtual_server(&p.key)
+    let may_vip = filter.may_be(&p.key.dst, false);
+    // An opening SYN looks its entry up (or not, during a flood) once its virtual
+    // server is known; any other packet first, so that an established flow of a
+    // virtual server without persistence that forwards by direct routing or NAT is
+    // forwarded by its entry and its real alone (decision 0027).
+    let syn = may_vip && parse::opening_syn(ctx, &p);
+    let found = if may_vip && !syn {
+        choose::recorded(&p.key)
     } else {
         None
     };
-    let Some(vs) = vs else {
+    let plain = found.and_then(choose::plain);
+    let vs = match plain {
+        None if may_vip => virtual_server(&p.key),
+        _ => None,
+    };
+    if plain.is_none() && vs.is_none() {
         if !filter.may_be(&p.key.src, true) {
             return Err(Verdict::pass(reason::PASS_NOT_VS));
         }
@@ -51,23 +62,83 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         let (verdict, vs_index) = forward::nat::reply(ctx, &p)?;
         stats::count_reply(vs_index, p.len);
         return Ok(verdict);
-    };
+    }
     let ingress = l2::addressed_here(ctx)?;
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
-    // SYN guard (decision 0012): a TCP flow enters the connection table with the first
-    // packet after its SYN, so a spoofed SYN flood writes nothing there, whatever the
-    // method. A UDP flow enters it with its second packet (0017). Without persistence,
-    // which must place a client network at once, a NAT flow's SYN or first datagram
-    // leaves its mark in UDP_SEEN, where its real's reply finds it (0021).
-    // During a SYN flood (decision 0025) an opening SYN does not look up the
-    // connection table: its miss is most of a SYN's cost, and the ACK that follows a
-    // real handshake looks it up anyway.
+    // (virtual server index, method, choice)
+    let (vs_index, method, choice) = match (plain, found, vs) {
+        (Some(real), Some(f), _) => {
+            let method = if real.flags & REAL_F_PLAIN_DR != 0 {
+                METHOD_DR
+            } else {
+                METHOD_NAT
+            };
+            let choice = Choice {
+                real_id: f.real_id,
+                real,
+                new_flow: false,
+                recorded: true,
+                marked: false,
+            };
+            (f.vs_index, method, choice)
+        }
+        (None, _, Some(vs)) => {
+            let found = if syn && !flood::syn_skips_table() {
+                choose::recorded(&p.key)
+            } else {
+                found
+            };
+            let choice = choose::real(&p.key, vs, record(&p, vs, syn), found)?;
+            if choice.new_flow {
+                stats::count_new_flow(vs.vs_index, choice.real_id);
+            }
+            (vs.vs_index, vs.method, choice)
+        }
+        _ => return Err(Verdict::internal()),
+    };
+    // SAFETY: array value pointer, valid for this run.
+    let real = unsafe { &*choice.real };
+    let verdict = match method {
+        METHOD_DR => forward::dr::forward(ctx, &p, real, ingress)?,
+        METHOD_NAT => {
+            let traced = choice.recorded || choice.marked;
+            forward::nat::forward(
+                ctx,
+                &p,
+                vs_index,
+                choice.real_id,
+                real,
+                choice.new_flow,
+                traced,
+            )?
+        }
+        METHOD_TUNNEL => {
+            let vs = vs.ok_or(Verdict::internal())?;
+            forward::tunnel::forward(ctx, &p, vs, choice.real_id, real)?
+        }
+        _ => return Err(Verdict::internal()),
+    };
+    stats::count_forward(vs_index, choice.real_id, p.len);
+    Ok(verdict)
+}
+
+/// Returns: when a packet of virtual server `vs` whose flow `FLOWS` does not hold
+/// writes it there.
+///
+/// SYN guard (decision 0012): a TCP flow enters the connection table with the first
+/// packet after its SYN, so a spoofed SYN flood writes nothing there, whatever the
+/// method. A UDP flow enters it with its second packet (0017). Without persistence,
+/// which must place a client network at once, a NAT flow's SYN or first datagram
+/// leaves its mark in UDP_SEEN, where its real's reply finds it (0021). During a SYN
+/// flood (decision 0025) an opening SYN does not look up the connection table: its
+/// miss is most of a SYN's cost, and the ACK that follows a real handshake looks it
+/// up anyway.
+#[inline(always)]
+fn record(p: &parse::Parsed, vs: &VsInfo, syn: bool) -> Record {
     let unpersisted = vs.persist_timeout_ns == 0;
-    let mut skip_table = false;
-    let record = if parse::opening_syn(ctx, &p) {
-        skip_table = flood::syn_skips_table();
+    if syn {
         if vs.method == METHOD_NAT && unpersisted {
             Record::Mark
         } else {
@@ -77,24 +148,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         Record::Second
     } else {
         Record::Now
-    };
-    let choice = choose::real(&p.key, vs, record, skip_table)?;
-    if choice.new_flow {
-        stats::count_new_flow(vs.vs_index, choice.real_id);
     }
-    // SAFETY: array value pointer, valid for this run.
-    let real = unsafe { &*choice.real };
-    let verdict = match vs.method {
-        METHOD_DR => forward::dr::forward(ctx, &p, real, ingress)?,
-        METHOD_NAT => {
-            let traced = choice.recorded || choice.marked;
-            forward::nat::forward(ctx, &p, vs, choice.real_id, real, choice.new_flow, traced)?
-        }
-        METHOD_TUNNEL => forward::tunnel::forward(ctx, &p, vs, choice.real_id, real)?,
-        _ => return Err(Verdict::internal()),
-    };
-    stats::count_forward(vs.vs_index, choice.real_id, p.len);
-    Ok(verdict)
 }
 
 /// Returns: whether the frame is the host's own traffic, by the address filter

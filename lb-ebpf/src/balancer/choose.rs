@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     flow_hash, maps::UDP_SEEN_SLOTS, reason, FlowKey, FlowState, PersistKey, PersistState,
-    RealInfo, VsInfo, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, RING_STRIDE,
+    RealInfo, VsInfo, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, REAL_F_PLAIN, RING_STRIDE,
 };
 
 use crate::{
@@ -105,11 +105,12 @@ pub enum Record {
 }
 
 /// Picks the real for `key` on virtual server `vs`, recording a new choice in FLOWS
-/// (and PERSIST) as `record` says. The packets of a flow before it is recorded find
-/// the same real by the same means while the tables hold. An entry naming a real that
-/// is gone (inactive, or its id reused) is re-steered. With `skip_table` (an opening
-/// SYN during a SYN flood, decision 0025) FLOWS is not looked up: the flow goes where
-/// persistence or Maglev sends it, as if it had no entry.
+/// (and PERSIST) as `record` says. `found`: the flow's entry, which the caller looked
+/// up with [`recorded`], or `None` where it did not look (an opening SYN during a SYN
+/// flood, decision 0025: the flow goes where persistence or Maglev sends it, as if it
+/// had no entry). The packets of a flow before it is recorded find the same real by
+/// the same means while the tables hold. An entry naming a real that is gone
+/// (inactive, or its id reused) is re-steered.
 /// Returns: the choice, or the drop verdict: `drop_no_real` when the ring slot is empty
 /// (no real takes new flows), `drop_internal` for a ring or real index out of range.
 #[inline(always)]
@@ -117,16 +118,30 @@ pub fn real(
     key: &FlowKey,
     vs: &VsInfo,
     record: Record,
-    skip_table: bool,
+    found: Option<&FlowState>,
 ) -> Result<Choice, Verdict> {
-    pick(key, vs, record, skip_table)
+    pick(key, vs, record, found)
 }
 
 /// Finds the real that serves `key` as [`real`] would, writing nothing: for an ICMP
 /// error about the flow, which must not create or refresh state.
 #[inline(always)]
 pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
-    pick(key, vs, Record::Never, false)
+    pick(key, vs, Record::Never, recorded(key))
+}
+
+/// Returns: the real of the flow whose entry is `f` when that real still holds the
+/// entry's generation, is active and is flagged `REAL_F_PLAIN_*`: its virtual server
+/// (the entry's index) forwards the flow by direct routing or NAT without
+/// persistence, and is still at the packet's VIP, port and protocol, since the daemon
+/// gives the reals of a virtual server that leaves them a new generation (decision
+/// 0027).
+#[inline(always)]
+pub fn plain(f: &FlowState) -> Option<&'static RealInfo> {
+    let real = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE)?;
+    // SAFETY: array value pointer, valid for this run.
+    let real = unsafe { &*real };
+    (real.flags & REAL_F_PLAIN != 0).then_some(real)
 }
 
 /// Returns: the `UDP_SEEN` slot of hash `h`.
@@ -243,12 +258,11 @@ fn pick(
     key: &FlowKey,
     vs: &VsInfo,
     mut record: Record,
-    skip_table: bool,
+    found: Option<&FlowState>,
 ) -> Result<Choice, Verdict> {
     let persistent = vs.persist_timeout_ns != 0;
     // A concurrent update can at worst give a stale but well-formed FlowState, which
     // is then validated against REALS.
-    let found = if skip_table { None } else { recorded(key) };
     if let Some(f) = found {
         if f.vs_index == vs.vs_index {
             if let Some(real) = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE) {

@@ -37,7 +37,7 @@ fn fragment(ctx: &XdpContext, p: &mut parse::Parsed) -> Result<Verdict, Verdict>
         return Ok(verdict);
     };
     let ingress = l2::addressed_here(ctx)?;
-    let choice = choose::real(&p.key, vs, Record::Now, false)?;
+    let choice = choose::real(&p.key, vs, Record::Now, choose::recorded(&p.key))?;
     if choice.new_flow {
         stats::count_new_flow(vs.vs_index, choice.real_id);
     }

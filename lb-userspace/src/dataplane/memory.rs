@@ -78,6 +78,39 @@ impl MemoryDataplane {
     }
 }
 
+impl MemoryDataplane {
+    /// Records in `plain_misses` every active real flagged `REAL_F_PLAIN_*` whose
+    /// virtual server (by the real's index) is not in `VS_MAP`, forwards by another
+    /// method, or has persistence: the data path would forward the real's
+    /// established flows as that virtual server no longer does (decision 0027).
+    fn check_plain(&mut self) {
+        let wrong = self
+            .reals
+            .values()
+            .filter(|r| r.flags & lb_common::REAL_F_ACTIVE != 0)
+            .filter(|r| r.flags & lb_common::REAL_F_PLAIN != 0)
+            .filter(|r| {
+                let vs = self
+                    .vs
+                    .values()
+                    .find(|v| v.vs_index == u32::from(r.vs_index));
+                let want = match vs {
+                    Some(v) if v.persist_timeout_ns == 0 && v.method == lb_common::METHOD_DR => {
+                        lb_common::REAL_F_PLAIN_DR
+                    }
+                    Some(v) if v.persist_timeout_ns == 0 && v.method == lb_common::METHOD_NAT => {
+                        lb_common::REAL_F_PLAIN_NAT
+                    }
+                    _ => 0,
+                };
+                r.flags & lb_common::REAL_F_PLAIN != want
+            })
+            .map(|r| format!("plain real {:?}:{}", r.addr, u16::from_be(r.port_be)));
+        let wrong: Vec<String> = wrong.collect();
+        self.plain_misses.extend(wrong);
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct MemoryDataplane {
     pub ifaces: HashMap<u32, IfaceInfo>,
@@ -106,6 +139,9 @@ pub struct MemoryDataplane {
     /// Reals flagged `REAL_F_SOLE_NAT` at some step without the `NAT_REALS` entry the
     /// flag stands for.
     pub sole_misses: Vec<String>,
+    /// Active reals flagged `REAL_F_PLAIN_*` at some step that their virtual server
+    /// (in `VS_MAP`, by index) did not warrant.
+    pub plain_misses: Vec<String>,
     /// Number of ring slot writes, to check that only changed slots are written.
     pub slot_writes: usize,
     /// Number of `REALS` and `VS_MAP` writes, to check what is rewritten.
@@ -181,6 +217,7 @@ impl Dataplane for MemoryDataplane {
         self.value_writes += 1;
         self.check_filter();
         self.check_sole();
+        self.check_plain();
         Ok(())
     }
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
@@ -197,6 +234,7 @@ impl Dataplane for MemoryDataplane {
         self.vs_writes.push(*key);
         self.check_filter();
         self.check_sole();
+        self.check_plain();
         Ok(())
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {
@@ -222,6 +260,7 @@ impl Dataplane for MemoryDataplane {
     }
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError> {
         self.vs.remove(key);
+        self.check_plain();
         Ok(())
     }
     fn reset_counters(

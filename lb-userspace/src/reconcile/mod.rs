@@ -120,6 +120,14 @@ impl<D: Dataplane> Reconciler<D> {
         &self.dp
     }
 
+    /// Returns: the data path, for a test that writes behind the reconciler's back a
+    /// state it never writes itself (to show what the data path reads; the
+    /// reconciler's picture is then wrong until the test is done with it).
+    #[doc(hidden)]
+    pub fn dataplane_behind_its_back(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
     /// Returns: the data path, given back (a test reads what was written).
     #[cfg(test)]
     pub(crate) fn into_dataplane(self) -> D {

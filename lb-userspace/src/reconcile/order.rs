@@ -9,7 +9,11 @@ use std::{
 
 use lb_common::{NatState, VsKey, SETTING_NAT};
 
-use super::{policy::Policy, ReconcileError, Reconciler};
+use super::{
+    policy::Policy,
+    tables::{plain_flags, vs_value},
+    ReconcileError, Reconciler,
+};
 use crate::{
     config::{Config, Method, VirtualServer},
     dataplane::Dataplane,
@@ -111,10 +115,34 @@ impl<D: Dataplane> Reconciler<D> {
             .collect();
         self.reals
             .lose_sole_nat(&mut self.dp, |k, _| !changing.contains(k.vs.as_str()))?;
+        // REAL_F_PLAIN_* lets the data path forward a real's established flows without
+        // their virtual server (decision 0027): taken first from the reals of every
+        // virtual server that goes, moves or changes how it forwards, given again once
+        // the new values are written.
+        let tables = &self.tables;
+        let plain: HashMap<&str, u32> = config
+            .virtual_servers
+            .iter()
+            .filter(|v| tables.key(&v.name).is_none_or(|k| k == vs_value(v).0))
+            .map(|v| (v.name.as_str(), plain_flags(v)))
+            .collect();
+        self.reals
+            .lose_plain(&mut self.dp, |vs| plain.get(vs).copied().unwrap_or(0))?;
         // Virtual servers: slots for new ones (nothing the data path reads is written
         // before their tables), configurations recorded.
         for (vs, &differs) in config.virtual_servers.iter().zip(&differs) {
-            self.tables.prepare(&mut self.dp, vs, differs)?;
+            if self.tables.prepare(&mut self.dp, vs, differs)? {
+                // Another service under the same name: its reals leave with the old
+                // one's value, and come back below at new ids and generations, so
+                // that no flow of the old VIP, port or protocol is still theirs (the
+                // data path forwards an established flow of a plain virtual server by
+                // its real alone, decision 0027).
+                let old: Vec<RealKey> =
+                    self.reals.of_vs(&vs.name).map(|(k, _)| k.clone()).collect();
+                for key in old {
+                    self.reals.remove(&mut self.dp, &key)?;
+                }
+            }
         }
         let changed: Vec<&VirtualServer> = config
             .virtual_servers
@@ -138,6 +166,10 @@ impl<D: Dataplane> Reconciler<D> {
         // installs them one by one, in the order above.
         let names: Vec<&str> = changed.iter().map(|v| v.name.as_str()).collect();
         self.sync_all(&names, true)?;
+        // REAL_F_PLAIN_*: given once the virtual servers' values are written.
+        let tables = &self.tables;
+        self.reals
+            .gain_plain(&mut self.dp, &names, |vs| tables.plain_flags(vs))?;
         // New reals no table took: written now, naming no table.
         self.reals.write_new(&mut self.dp)?;
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the
@@ -147,7 +179,7 @@ impl<D: Dataplane> Reconciler<D> {
             .iter()
             .filter(|v| v.fragments)
             .map(|v| {
-                let (key, _) = super::tables::vs_value(v);
+                let (key, _) = vs_value(v);
                 let port_be = key.port_be;
                 (lb_common::VsKey { port_be: 0, ..key }, port_be)
             })
@@ -360,7 +392,7 @@ impl<D: Dataplane> Reconciler<D> {
             let Some(vs_index) = self.tables.vs_index(&vs.name) else {
                 continue;
             };
-            let (vs_key, _) = super::tables::vs_value(vs);
+            let (vs_key, _) = vs_value(vs);
             let state = NatState {
                 vip: vs_key.addr,
                 vport_be: vs_key.port_be,

@@ -7,8 +7,8 @@ use std::{
 };
 
 use lb_common::{
-    maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE, REAL_F_BY_DEST, REAL_F_POLICY,
-    REAL_F_SOLE_NAT, REAL_ROLE_FREE, REAL_ROLE_REAL, REAL_ROLE_SORRY,
+    maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE, REAL_F_BY_DEST, REAL_F_PLAIN,
+    REAL_F_POLICY, REAL_F_SOLE_NAT, REAL_ROLE_FREE, REAL_ROLE_REAL, REAL_ROLE_SORRY,
 };
 
 use super::{
@@ -320,6 +320,70 @@ impl Reals {
                 ..slot.info
             };
             write(dp, slot, info)?;
+        }
+        Ok(())
+    }
+
+    /// Takes from every real the `REAL_F_PLAIN_*` flags beyond those `plain` gives its
+    /// virtual server (by name): before anything of a virtual server whose method,
+    /// persistence, VIP, port or protocol changes, or that goes, is written (decision
+    /// 0027).
+    pub fn lose_plain(
+        &mut self,
+        dp: &mut impl Dataplane,
+        plain: impl Fn(&str) -> u32,
+    ) -> Result<(), ReconcileError> {
+        for (key, slot) in self.slots.iter_mut() {
+            let lost = slot.info.flags & REAL_F_PLAIN & !plain(&key.vs);
+            if lost == 0 {
+                continue;
+            }
+            let info = RealInfo {
+                flags: slot.info.flags & !lost,
+                ..slot.info
+            };
+            if slot.written {
+                write(dp, slot, info)?;
+            } else {
+                slot.info = info;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the reals of virtual servers `vss` the `REAL_F_PLAIN_*` flag `plain`
+    /// names for their virtual server, where they lack it (decision 0027): after the
+    /// virtual server's value is written. A real not written yet gets it with its
+    /// first write.
+    pub fn gain_plain(
+        &mut self,
+        dp: &mut impl Dataplane,
+        vss: &[&str],
+        plain: impl Fn(&str) -> u32,
+    ) -> Result<(), ReconcileError> {
+        for vs in vss {
+            let want = plain(vs);
+            if want == 0 {
+                continue;
+            }
+            let of_vs = self
+                .slots
+                .range_mut(first_of(vs)..)
+                .take_while(|(k, _)| k.vs == *vs);
+            for (_, slot) in of_vs {
+                if slot.info.flags & want == want {
+                    continue;
+                }
+                let info = RealInfo {
+                    flags: slot.info.flags | want,
+                    ..slot.info
+                };
+                if slot.written {
+                    write(dp, slot, info)?;
+                } else {
+                    slot.info = info;
+                }
+            }
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::{
 
 use lb_common::{
     user::{addr_words, mask_words},
-    VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL,
+    VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT,
 };
 
 use super::ReconcileError;
@@ -88,6 +88,21 @@ fn method_code(m: Method) -> u8 {
         Method::Nat => METHOD_NAT,
         Method::Tunnel => METHOD_TUNNEL,
     }
+}
+
+/// Returns: the `REAL_F_PLAIN_*` flag of a virtual server with parameters `params`:
+/// direct routing or NAT, without persistence (decision 0027); 0 otherwise.
+fn plain_of(params: &VsInfo) -> u32 {
+    match (params.method, params.persist_timeout_ns) {
+        (METHOD_DR, 0) => REAL_F_PLAIN_DR,
+        (METHOD_NAT, 0) => REAL_F_PLAIN_NAT,
+        _ => 0,
+    }
+}
+
+/// Returns: the `REAL_F_PLAIN_*` flag the reals of `vs` carry (decision 0027).
+pub(super) fn plain_flags(vs: &VirtualServer) -> u32 {
+    plain_of(&vs_value(vs).1)
 }
 
 /// Returns: the `VS_MAP` key of `vs`, and its value but for index and ring.
@@ -170,6 +185,18 @@ impl Tables {
             .is_some_and(|s| s.params.method == METHOD_NAT)
     }
 
+    /// Returns: the `REAL_F_PLAIN_*` flag the reals of virtual server `name` carry, by
+    /// its parameters as the reconciler last prepared them (see [`plain_flags`]); 0
+    /// for no such server.
+    pub fn plain_flags(&self, name: &str) -> u32 {
+        self.vss.get(name).map_or(0, |s| plain_of(&s.params))
+    }
+
+    /// Returns: the `VS_MAP` key of virtual server `name`, if it has a slot.
+    pub fn key(&self, name: &str) -> Option<VsKey> {
+        self.vss.get(name).map(|s| s.key)
+    }
+
     /// Returns: the protocol (`PROTO_*`) of virtual server `name` if it uses NAT.
     pub fn nat_proto(&self, name: &str) -> Option<u8> {
         self.vss
@@ -220,18 +247,22 @@ impl Tables {
     /// Makes sure virtual server `vs` has a slot (a new one if its VIP, port or
     /// protocol changed) and records its configuration (`differs`: it is not the one
     /// applied). Its table is written by [`Tables::install`].
+    /// Returns: whether it replaced the slot of a virtual server of the same name at
+    /// another VIP, port or protocol (whose value is gone from the data path).
     pub fn prepare(
         &mut self,
         dp: &mut impl Dataplane,
         vs: &VirtualServer,
         differs: bool,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<bool, ReconcileError> {
         let (key, params) = vs_value(vs);
+        let mut replaced = false;
         if let Some(slot) = self.vss.get(&vs.name) {
             if slot.key != key {
                 // Same name, other VIP/port/protocol: a different service; replace it.
                 let old = self.vss.remove(&vs.name).expect("present");
                 self.release(dp, old)?;
+                replaced = true;
             }
         }
         if let Some(slot) = self.vss.get_mut(&vs.name) {
@@ -243,7 +274,7 @@ impl Tables {
                 slot.params = params;
                 slot.dirty = true;
             }
-            return Ok(());
+            return Ok(replaced);
         }
         let vs_index = self.free_vs.pop().ok_or(ReconcileError::Capacity {
             what: "virtual servers",
@@ -263,7 +294,7 @@ impl Tables {
                 built: None,
             },
         );
-        Ok(())
+        Ok(replaced)
     }
 
     /// Returns: whether virtual server `name`'s live table is the one of `backends` at

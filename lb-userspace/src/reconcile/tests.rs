@@ -159,9 +159,11 @@ fn a_real_keeps_its_route_mark_through_health_changes_and_new_reals_get_it() {
     let addr: IpAddr = "10.0.1.1".parse().unwrap();
     assert_eq!(r.nat_real_addresses(), vec![addr]);
     let k8080 = RealKey::real("web", addr, 8080);
-    // Without REAL_F_SOLE_NAT, which the configuration decides (tested below).
+    // Without REAL_F_SOLE_NAT and REAL_F_PLAIN_NAT, which the configuration decides
+    // (tested below).
     let flags = |r: &Reconciler<MemoryDataplane>, k: &RealKey| {
-        r.dp.reals[&r.real_id(k).unwrap()].flags & !lb_common::REAL_F_SOLE_NAT
+        r.dp.reals[&r.real_id(k).unwrap()].flags
+            & !(lb_common::REAL_F_SOLE_NAT | lb_common::REAL_F_PLAIN)
     };
     assert_eq!(flags(&r, &k8080), 0, "not probed yet");
     r.set_by_dest(addr, true).unwrap();
@@ -374,6 +376,65 @@ fn the_sole_nat_flag_follows_the_nat_reals_entry_it_stands_for() {
     assert!(r.dp.sole_misses.is_empty(), "{:?}", r.dp.sole_misses);
 }
 
+/// `REAL_F_PLAIN_*` (decision 0027) marks the reals of a virtual server that forwards
+/// by direct routing or NAT without persistence, and no other: at no step is an
+/// active real flagged for a method its virtual server (in `VS_MAP`, by index) does
+/// not use (the memory data path checks at every write), through method and
+/// persistence changes and removal. A virtual server that moves to another VIP under
+/// its name gives its reals new generations, so that flows of the old VIP, which the
+/// data path forwards by their real alone, are no longer theirs.
+#[test]
+fn the_plain_flags_follow_the_method_and_a_moved_virtual_server_retires_its_reals() {
+    use lb_common::{REAL_F_PLAIN, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT};
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    let parse = |vip: &str, extra: &str| {
+        let t = format!("interfaces: [eth0]\nvirtual_servers:\n  - {{ name: a, address: {vip}, port: 80, protocol: tcp, health_check: {{ type: none }}{extra}, real_servers: [{{ address: 10.0.1.1 }}, {{ address: 10.0.1.2 }}] }}\n");
+        config::parse(Path::new("t.yaml"), &t, &AnyInterface).unwrap()
+    };
+    let real = |r: &Reconciler<MemoryDataplane>| {
+        let id = r
+            .real_id(&RealKey::real("a", "10.0.1.1".parse().unwrap(), 80))
+            .unwrap();
+        (id, r.dp.reals[&id])
+    };
+    r.apply(&parse("10.0.0.1", "")).unwrap();
+    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, REAL_F_PLAIN_DR);
+    r.apply(&parse("10.0.0.1", ", method: nat")).unwrap();
+    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, REAL_F_PLAIN_NAT);
+    r.apply(&parse(
+        "10.0.0.1",
+        ", method: tunnel, tunnel_source: 10.0.9.1",
+    ))
+    .unwrap();
+    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, 0, "tunnel");
+    r.apply(&parse("10.0.0.1", "")).unwrap();
+    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, REAL_F_PLAIN_DR);
+    let persistent = ", persistence: { timeout: 60s }";
+    r.apply(&parse("10.0.0.1", persistent)).unwrap();
+    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, 0, "persistence");
+    r.apply(&parse("10.0.0.1", "")).unwrap();
+    let (id, before) = real(&r);
+    assert_eq!(before.flags & REAL_F_PLAIN, REAL_F_PLAIN_DR);
+    r.apply(&parse("10.0.0.2", "")).unwrap();
+    let (now_id, now) = real(&r);
+    assert_ne!(
+        (now_id, now.generation),
+        (id, before.generation),
+        "moved: the real is another"
+    );
+    let old = r.dp.reals[&id];
+    assert!(
+        id == now_id || old.generation != before.generation && old.flags == 0,
+        "the old id is retired: {old:?}"
+    );
+    assert_eq!(now.flags & REAL_F_PLAIN, REAL_F_PLAIN_DR);
+    let empty = "interfaces: [eth0]\nvirtual_servers: []\n";
+    r.apply(&config::parse(Path::new("t.yaml"), empty, &AnyInterface).unwrap())
+        .unwrap();
+    assert_eq!(r.dp.reals[&now_id].flags, 0, "removed");
+    assert!(r.dp.plain_misses.is_empty(), "{:?}", r.dp.plain_misses);
+}
+
 #[test]
 fn probed_reals_start_out_of_the_table_and_enter_when_healthy() {
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
@@ -384,10 +445,13 @@ fn probed_reals_start_out_of_the_table_and_enter_when_healthy() {
         r.real_id(&rk("10.0.1.1")).unwrap(),
         r.real_id(&rk("10.0.1.2")).unwrap(),
     );
-    assert_eq!(r.dp.reals[&id1].flags, 0);
+    assert_eq!(r.dp.reals[&id1].flags & !lb_common::REAL_F_PLAIN, 0);
     assert!(r.set_health(&rk("10.0.1.1"), true).unwrap());
     assert_eq!(ids_in_table(&r), [id1].into());
-    assert_eq!(r.dp.reals[&id1].flags, REAL_F_ACTIVE | REAL_F_NEW);
+    assert_eq!(
+        r.dp.reals[&id1].flags & !lb_common::REAL_F_PLAIN,
+        REAL_F_ACTIVE | REAL_F_NEW
+    );
     r.set_health(&rk("10.0.1.2"), true).unwrap();
     assert_eq!(ids_in_table(&r), [id1, id2].into());
     assert!(!r.set_health(&rk("10.0.1.2"), true).unwrap(), "no change");
@@ -404,7 +468,7 @@ fn a_failed_real_leaves_the_table_and_its_generation_is_retired() {
     let gen = r.dp.reals[&id2].generation;
     r.set_health(&rk("10.0.1.2"), false).unwrap();
     assert!(!ids_in_table(&r).contains(&id2));
-    assert_eq!(r.dp.reals[&id2].flags, 0);
+    assert_eq!(r.dp.reals[&id2].flags & !lb_common::REAL_F_PLAIN, 0);
     assert_ne!(
         r.dp.reals[&id2].generation, gen,
         "flows pinned to it must not return"
@@ -425,7 +489,7 @@ fn a_new_real_no_table_takes_is_written_all_the_same() {
     let id = r.real_id(&rk("10.0.1.1")).unwrap();
     assert!(ids_in_table(&r).is_empty(), "not up yet");
     let info = r.dp.reals[&id];
-    assert_eq!(info.flags, 0);
+    assert_eq!(info.flags & !lb_common::REAL_F_PLAIN, 0);
     assert_eq!(info.role, lb_common::REAL_ROLE_REAL);
     assert_eq!(
         lb_common::user::words_addr(info.addr, info.family),
@@ -442,7 +506,8 @@ fn weight_zero_drains_active_without_new_flows() {
     let gen = r.dp.reals[&id2].generation;
     r.apply(&cfg(&[("10.0.1.1", 1), ("10.0.1.2", 0)])).unwrap();
     assert_eq!(
-        r.dp.reals[&id2].flags, REAL_F_ACTIVE,
+        r.dp.reals[&id2].flags & !lb_common::REAL_F_PLAIN,
+        REAL_F_ACTIVE,
         "draining: no REAL_F_NEW"
     );
     assert_eq!(r.dp.reals[&id2].generation, gen, "its flows go on");
@@ -463,7 +528,8 @@ fn the_sorry_server_fills_the_table_only_while_no_real_takes_flows() {
     let id1 = r.real_id(&rk("10.0.1.1")).unwrap();
     assert_eq!(ids_in_table(&r), [id1].into());
     assert_eq!(
-        r.dp.reals[&sid].flags, REAL_F_ACTIVE,
+        r.dp.reals[&sid].flags & !lb_common::REAL_F_PLAIN,
+        REAL_F_ACTIVE,
         "its own flows finish"
     );
     r.set_health(&rk("10.0.1.1"), false).unwrap();
@@ -486,7 +552,10 @@ fn overrides_drain_and_reweight_until_the_file_changes_the_weight() {
     };
     assert!(r.set_override(&rk("10.0.1.2"), Some(disable)).unwrap());
     assert!(!ids_in_table(&r).contains(&id2));
-    assert_eq!(r.dp.reals[&id2].flags, REAL_F_ACTIVE);
+    assert_eq!(
+        r.dp.reals[&id2].flags & !lb_common::REAL_F_PLAIN,
+        REAL_F_ACTIVE
+    );
     // Same file again: the override stays.
     r.apply(&c).unwrap();
     assert!(!ids_in_table(&r).contains(&id2));

@@ -13,6 +13,7 @@ use tests::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 
 const VIP: [u8; 4] = [10, 0, 0, 100];
 const CLIENT: [u8; 4] = [192, 0, 2, 7];
@@ -644,6 +645,92 @@ fn established_flows_keep_their_real_across_table_changes() {
         }
     }
     assert!(resteered > 0, "some flows were on the removed real");
+}
+
+/// Decision 0027: a packet of an established flow of a virtual server that forwards
+/// by direct routing without persistence is forwarded by the flow's entry and its
+/// real alone. Shown behind the daemon's back: with the virtual server's `VS_MAP`
+/// value taken away, the flow's packet still reaches its real (a new flow is passed:
+/// no virtual server); once its real lacks `REAL_F_PLAIN_DR`, the packet looks its
+/// virtual server up like any other, and is passed too.
+#[test]
+fn an_established_plain_flow_is_forwarded_by_its_entry_and_real_alone() {
+    use xdpvs::dataplane::{Dataplane as _, DataplaneContents as _};
+    let mut f = three();
+    let established = segment(CLIENT, 5000, TCP_ACK);
+    let real = f.predict("web", &key(5000));
+    let r = f.run(&established);
+    assert_eq!(r.action, XDP_TX);
+    assert_dr_rewrite(&established, &r.out, real);
+    let id = f
+        .rec
+        .real_id(&xdpvs::model::RealKey::real("web", real, 80))
+        .expect("the real's id");
+    let dp = f.rec.dataplane_behind_its_back();
+    let mut info = dp.reals().expect("REALS")[id as usize];
+    assert_ne!(info.flags & lb_common::REAL_F_PLAIN_DR, 0, "{info:?}");
+    dp.remove_vs(&lb_common::VsKey::new(IpAddr::from(VIP), 80, PROTO_TCP))
+        .expect("VS_MAP");
+    let r = f.run(&established);
+    assert_eq!(r.action, XDP_TX, "by its entry and real alone");
+    assert_dr_rewrite(&established, &r.out, real);
+    let other = segment(CLIENT, 5001, TCP_ACK);
+    assert_eq!(
+        f.run(&other).action,
+        XDP_PASS,
+        "no entry, no virtual server"
+    );
+    info.flags &= !lb_common::REAL_F_PLAIN_DR;
+    f.rec
+        .dataplane_behind_its_back()
+        .set_real(id, &info)
+        .expect("REALS");
+    assert_eq!(f.run(&established).action, XDP_PASS, "looked up: none");
+    assert_eq!(f.verdicts(reason::PASS_NOT_VS), 2);
+}
+
+/// A virtual server that changes how it forwards, or moves to another VIP under its
+/// name, takes its established flows along at once (decision 0027): after a change to
+/// NAT, a flow's packet is translated; after the move, a packet to the old VIP is
+/// passed, not sent to the real its entry names.
+#[test]
+fn a_changed_or_moved_virtual_server_takes_its_established_flows_along() {
+    let mut f = three();
+    let established = segment(CLIENT, 5000, TCP_ACK);
+    assert_eq!(f.run(&established).action, XDP_TX);
+    let nat = yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]).replace(
+        "protocol: tcp\n    table_size",
+        "protocol: tcp\n    method: nat\n    table_size",
+    );
+    f.apply_config(&nat);
+    let r = f.run(&established);
+    assert!(
+        r.action == XDP_TX || r.action == XDP_REDIRECT,
+        "{}",
+        r.action
+    );
+    let IpAddr::V4(real) = f.predict("web", &key(5000)) else {
+        panic!("an IPv4 real")
+    };
+    assert_eq!(
+        &r.out[30..34],
+        &real.octets(),
+        "NAT: destination is the real's"
+    );
+    let flows = f.flow_entries();
+    f.apply_config(&nat.replace(
+        "address: 10.0.0.100\n    port: 80",
+        "address: 10.0.0.101\n    port: 80",
+    ));
+    let passed = f.verdicts(reason::PASS_NOT_VS);
+    let r = f.run(&established);
+    assert_eq!(
+        (r.action, r.out),
+        (XDP_PASS, established.clone()),
+        "old VIP"
+    );
+    assert_eq!(f.verdicts(reason::PASS_NOT_VS), passed + 1);
+    assert_eq!(f.flow_entries(), flows, "the entry is still there");
 }
 
 #[test]

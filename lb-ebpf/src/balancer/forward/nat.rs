@@ -136,16 +136,16 @@ fn request_hop(
     next_hop(ctx, p, &r, 0, keep)
 }
 
-/// Forwards a request of virtual server `vs` to `real` (id `real_id`). `traced`: the
-/// flow is in `FLOWS`, or its mark in `UDP_SEEN` (a SYN, a first datagram: decision
-/// 0021), so that the reply of a real that serves `vs` alone is found by it; otherwise
-/// the reply state goes into `NAT_STATE`.
+/// Forwards a request of the virtual server at `vs_index` to `real` (id `real_id`).
+/// `traced`: the flow is in `FLOWS`, or its mark in `UDP_SEEN` (a SYN, a first
+/// datagram: decision 0021), so that the reply of a real that serves the virtual
+/// server alone is found by it; otherwise the reply state goes into `NAT_STATE`.
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
     p: &Parsed,
-    vs: &VsInfo,
+    vs_index: u32,
     real_id: u32,
     real: &RealInfo,
     new_flow: bool,
@@ -154,7 +154,7 @@ pub fn forward(
     let hop = request_hop(ctx, p, real_id, real)?;
     // REAL_F_SOLE_NAT: the real's NAT_REALS entry names this virtual server.
     if !traced || real.flags & REAL_F_SOLE_NAT == 0 {
-        keep_reply_state(p, vs, real, new_flow);
+        keep_reply_state(p, vs_index, real, new_flow);
     }
     rewrite(ctx, p, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
     let out = routed(ctx, p, &hop, 0)?;
@@ -175,7 +175,7 @@ fn nat_real_key(addr: &[u32; 4], port_be: u16, p: &Parsed) -> VsKey {
 /// Writes the reply state of `p`'s flow to `real` in `NAT_STATE`, for a new flow or
 /// when it is missing.
 #[inline(always)]
-fn keep_reply_state(p: &Parsed, vs: &VsInfo, real: &RealInfo, new_flow: bool) {
+fn keep_reply_state(p: &Parsed, vs_index: u32, real: &RealInfo, new_flow: bool) {
     let reply = FlowKey {
         src: real.addr,
         dst: p.key.src,
@@ -191,7 +191,7 @@ fn keep_reply_state(p: &Parsed, vs: &VsInfo, real: &RealInfo, new_flow: bool) {
             vip: p.key.dst,
             vport_be: p.key.dport_be,
             _pad: 0,
-            vs_index: vs.vs_index,
+            vs_index,
         };
         // A full LRU evicts its oldest entry; an error leaves the reply unrestored, and
         // the next request tries again.
@@ -528,7 +528,7 @@ pub fn forward_fragment(
         let hop = route(ctx, q, &q.key.src, &real.addr, q.key.sport_be, real.port_be)?;
         // The datagram's flow is in FLOWS by addresses, where its reply, which has
         // ports, does not look: the reply state goes to NAT_STATE whatever the real.
-        keep_reply_state(q, vs, real, new_flow);
+        keep_reply_state(q, vs.vs_index, real, new_flow);
         rewrite(ctx, q, End::Dst, &real.addr, real.port_be).ok_or(Verdict::internal())?;
         let out = routed(ctx, q, &hop, 0)?;
         return Ok(transmit(ctx, out.xmit));

@@ -42,6 +42,21 @@ fn write(
     Ok(())
 }
 
+/// Writes `info` as `slot`'s value if its value is in `REALS` already; otherwise only
+/// records it, to be written with the real's first write (see [`Reals::add`]).
+fn write_or_keep(
+    dp: &mut impl Dataplane,
+    slot: &mut RealSlot,
+    info: RealInfo,
+) -> Result<(), ReconcileError> {
+    if slot.written {
+        write(dp, slot, info)
+    } else {
+        slot.info = info;
+        Ok(())
+    }
+}
+
 /// Returns: the least key of virtual server `vs`'s reals (keys sort by virtual server
 /// first), where a range of them starts.
 fn first_of(vs: &str) -> RealKey {
@@ -342,11 +357,7 @@ impl Reals {
                 flags: slot.info.flags & !lost,
                 ..slot.info
             };
-            if slot.written {
-                write(dp, slot, info)?;
-            } else {
-                slot.info = info;
-            }
+            write_or_keep(dp, slot, info)?;
         }
         Ok(())
     }
@@ -378,11 +389,7 @@ impl Reals {
                     flags: slot.info.flags | want,
                     ..slot.info
                 };
-                if slot.written {
-                    write(dp, slot, info)?;
-                } else {
-                    slot.info = info;
-                }
+                write_or_keep(dp, slot, info)?;
             }
         }
         Ok(())
@@ -507,11 +514,7 @@ impl Reals {
                     flags: slot.info.flags | REAL_F_SOLE_NAT,
                     ..slot.info
                 };
-                if slot.written {
-                    write(dp, slot, info)?;
-                } else {
-                    slot.info = info;
-                }
+                write_or_keep(dp, slot, info)?;
                 self.sole_nat.insert(key.clone());
             }
         }

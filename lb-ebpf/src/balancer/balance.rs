@@ -43,8 +43,10 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // server is known; any other packet first, so that an established flow of a
     // virtual server without persistence that forwards by direct routing or NAT is
     // forwarded by its entry and its real alone (decision 0027).
+    // Port 0 is no virtual server's: the entries with a zero destination port are
+    // fragments' (by addresses), never a whole packet's.
     let syn = may_vip && parse::opening_syn(ctx, &p);
-    let found = if may_vip && !syn {
+    let found = if may_vip && !syn && p.key.dport_be != 0 {
         choose::recorded(&p.key)
     } else {
         None

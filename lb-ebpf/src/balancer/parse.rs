@@ -334,7 +334,7 @@ pub fn l4_csum_off(p: &Parsed) -> usize {
 
 /// Returns: whether `p` is a TCP segment that opens a connection: SYN set, ACK, RST and
 /// FIN clear (the one kind of packet a spoofed flood can send without an exchange).
-/// Call after [`l4_complete`].
+/// A segment too short to hold its flags is none.
 #[inline(always)]
 pub fn opening_syn(ctx: &XdpContext, p: &Parsed) -> bool {
     tcp_flags_are(ctx, p, TCP_SYN)

@@ -45,6 +45,33 @@ impl MemoryDataplane {
         self.filter_misses.extend(hidden);
     }
 
+    /// Records in `plain_misses` every active real flagged `REAL_F_PLAIN_*`, at a
+    /// generation a live table has named (so that a flow may name it), whose virtual
+    /// server (by the real's index) is not in `VS_MAP`, forwards by another method, or
+    /// has persistence: the data path would forward the real's established flows as
+    /// that virtual server no longer does (decision 0027).
+    fn check_plain(&mut self) {
+        let by_index: HashMap<u32, &VsInfo> = self.vs.values().map(|v| (v.vs_index, v)).collect();
+        let wrong = self
+            .reals
+            .iter()
+            .filter(|(&id, r)| self.named.contains(&(id, r.generation)))
+            .filter(|(_, r)| r.flags & lb_common::REAL_F_ACTIVE != 0)
+            .filter(|(_, r)| r.flags & lb_common::REAL_F_PLAIN != 0)
+            .filter(|(_, r)| {
+                let want = match by_index.get(&u32::from(r.vs_index)) {
+                    Some(v) if v.persist_timeout_ns != 0 => 0,
+                    Some(v) if v.method == lb_common::METHOD_DR => lb_common::REAL_F_PLAIN_DR,
+                    Some(v) if v.method == lb_common::METHOD_NAT => lb_common::REAL_F_PLAIN_NAT,
+                    _ => 0,
+                };
+                r.flags & lb_common::REAL_F_PLAIN != want
+            })
+            .map(|(_, r)| format!("plain real {:?}:{}", r.addr, u16::from_be(r.port_be)));
+        let wrong: Vec<String> = wrong.collect();
+        self.plain_misses.extend(wrong);
+    }
+
     /// Records in `sole_misses` every real flagged `REAL_F_SOLE_NAT` of a virtual
     /// server in `VS_MAP` whose `NAT_REALS` entry (by the real's address and port and
     /// the virtual server's protocol) does not name that virtual server as the data
@@ -75,39 +102,6 @@ impl MemoryDataplane {
             });
         let missing: Vec<String> = missing.collect();
         self.sole_misses.extend(missing);
-    }
-}
-
-impl MemoryDataplane {
-    /// Records in `plain_misses` every active real flagged `REAL_F_PLAIN_*` whose
-    /// virtual server (by the real's index) is not in `VS_MAP`, forwards by another
-    /// method, or has persistence: the data path would forward the real's
-    /// established flows as that virtual server no longer does (decision 0027).
-    fn check_plain(&mut self) {
-        let wrong = self
-            .reals
-            .values()
-            .filter(|r| r.flags & lb_common::REAL_F_ACTIVE != 0)
-            .filter(|r| r.flags & lb_common::REAL_F_PLAIN != 0)
-            .filter(|r| {
-                let vs = self
-                    .vs
-                    .values()
-                    .find(|v| v.vs_index == u32::from(r.vs_index));
-                let want = match vs {
-                    Some(v) if v.persist_timeout_ns == 0 && v.method == lb_common::METHOD_DR => {
-                        lb_common::REAL_F_PLAIN_DR
-                    }
-                    Some(v) if v.persist_timeout_ns == 0 && v.method == lb_common::METHOD_NAT => {
-                        lb_common::REAL_F_PLAIN_NAT
-                    }
-                    _ => 0,
-                };
-                r.flags & lb_common::REAL_F_PLAIN != want
-            })
-            .map(|r| format!("plain real {:?}:{}", r.addr, u16::from_be(r.port_be)));
-        let wrong: Vec<String> = wrong.collect();
-        self.plain_misses.extend(wrong);
     }
 }
 
@@ -142,6 +136,8 @@ pub struct MemoryDataplane {
     /// Active reals flagged `REAL_F_PLAIN_*` at some step that their virtual server
     /// (in `VS_MAP`, by index) did not warrant.
     pub plain_misses: Vec<String>,
+    /// (real id, generation) pairs some live table has named.
+    pub named: std::collections::HashSet<(u32, u32)>,
     /// Number of ring slot writes, to check that only changed slots are written.
     pub slot_writes: usize,
     /// Number of `REALS` and `VS_MAP` writes, to check what is rewritten.
@@ -232,6 +228,11 @@ impl Dataplane for MemoryDataplane {
         self.vs.insert(*key, *info);
         self.value_writes += 1;
         self.vs_writes.push(*key);
+        for id in self.table(key).unwrap_or_default() {
+            if let Some(r) = self.reals.get(&id) {
+                self.named.insert((id, r.generation));
+            }
+        }
         self.check_filter();
         self.check_sole();
         self.check_plain();

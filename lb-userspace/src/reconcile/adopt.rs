@@ -10,7 +10,7 @@
 //! its probe says otherwise, as it did for the earlier daemon. Runtime overrides are
 //! not in the maps and are not carried over.
 
-use lb_common::{REAL_F_ACTIVE, SETTING_CLIENTS_BY_DEST};
+use lb_common::{REAL_F_ACTIVE, REAL_F_PLAIN, REAL_ROLE_FREE, SETTING_CLIENTS_BY_DEST};
 
 use super::{tables::vs_value, Policy, ReconcileError, Reconciler};
 use crate::{
@@ -47,7 +47,24 @@ impl<D: Dataplane + DataplaneContents> Reconciler<D> {
         let mut rec = Reconciler::new(dp, max_vs, ring_count);
         let mut found = Adopted::default();
         let mut names = std::collections::HashMap::new();
-        for (key, info) in rec.dp.virtual_servers()? {
+        let vss = rec.dp.virtual_servers()?;
+        let mut all = rec.dp.reals()?;
+        // The reals of a virtual server about to go lose REAL_F_PLAIN_* first: the
+        // program still forwarding would forward their established flows by them
+        // alone (decision 0027).
+        let going: std::collections::HashSet<u32> = vss
+            .iter()
+            .filter(|(key, _)| !config.virtual_servers.iter().any(|v| vs_value(v).0 == *key))
+            .map(|(_, info)| info.vs_index)
+            .collect();
+        for (id, info) in (0u32..).zip(all.iter_mut()) {
+            let flagged = info.flags & REAL_F_PLAIN != 0 && info.role != REAL_ROLE_FREE;
+            if flagged && going.contains(&u32::from(info.vs_index)) {
+                info.flags &= !REAL_F_PLAIN;
+                rec.dp.set_real(id, info)?;
+            }
+        }
+        for (key, info) in vss {
             let vs = config.virtual_servers.iter().find(|v| vs_value(v).0 == key);
             let Some(vs) = vs else {
                 rec.dp.remove_vs(&key)?;
@@ -61,7 +78,6 @@ impl<D: Dataplane + DataplaneContents> Reconciler<D> {
         }
         found.virtual_servers.sort();
         found.removed.sort();
-        let all = rec.dp.reals()?;
         let (taken, orphans) = rec.reals.adopt(&all, |i| names.get(&i).cloned());
         for id in orphans {
             rec.reals.clear_orphan(&mut rec.dp, id, all[id as usize])?;

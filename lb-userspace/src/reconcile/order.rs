@@ -11,7 +11,7 @@ use lb_common::{NatState, VsKey, SETTING_NAT};
 
 use super::{
     policy::Policy,
-    tables::{plain_flags, vs_value},
+    tables::{plain_flags_of, vs_value},
     ReconcileError, Reconciler,
 };
 use crate::{
@@ -124,25 +124,27 @@ impl<D: Dataplane> Reconciler<D> {
             .virtual_servers
             .iter()
             .filter(|v| tables.key(&v.name).is_none_or(|k| k == vs_value(v).0))
-            .map(|v| (v.name.as_str(), plain_flags(v)))
+            .map(|v| (v.name.as_str(), plain_flags_of(v)))
             .collect();
         self.reals
             .lose_plain(&mut self.dp, |vs| plain.get(vs).copied().unwrap_or(0))?;
         // Virtual servers: slots for new ones (nothing the data path reads is written
         // before their tables), configurations recorded.
         for (vs, &differs) in config.virtual_servers.iter().zip(&differs) {
-            if self.tables.prepare(&mut self.dp, vs, differs)? {
-                // Another service under the same name: its reals leave with the old
-                // one's value, and come back below at new ids and generations, so
-                // that no flow of the old VIP, port or protocol is still theirs (the
-                // data path forwards an established flow of a plain virtual server by
-                // its real alone, decision 0027).
-                let old: Vec<RealKey> =
-                    self.reals.of_vs(&vs.name).map(|(k, _)| k.clone()).collect();
-                for key in old {
-                    self.reals.remove(&mut self.dp, &key)?;
-                }
+            self.tables.prepare(&mut self.dp, vs, differs)?;
+        }
+        // A virtual server moved under its name is another service: its reals leave
+        // with the old one's value, and come back below at new ids and generations, so
+        // that no flow of the old VIP, port or protocol is still theirs (the data path
+        // forwards an established flow of a plain virtual server by its real alone,
+        // decision 0027). Until they all are out, the move stays recorded, whatever
+        // fails.
+        for name in self.tables.moved() {
+            let old: Vec<RealKey> = self.reals.of_vs(&name).map(|(k, _)| k.clone()).collect();
+            for key in old {
+                self.reals.remove(&mut self.dp, &key)?;
             }
+            self.tables.moved_out(&name);
         }
         let changed: Vec<&VirtualServer> = config
             .virtual_servers
@@ -158,7 +160,8 @@ impl<D: Dataplane> Reconciler<D> {
                 self.reals.set_owner(&mut self.dp, key, vs_index)?;
             } else {
                 let nat = self.tables.is_nat(&key.vs);
-                self.reals.add(&mut self.dp, key, vs_index, nat)?;
+                let plain = self.tables.plain_flags(&key.vs);
+                self.reals.add(&mut self.dp, key, vs_index, nat, plain)?;
             }
         }
         // 2. Reals' flags and tables. Reals leaving a virtual server that stays first
@@ -166,10 +169,18 @@ impl<D: Dataplane> Reconciler<D> {
         // installs them one by one, in the order above.
         let names: Vec<&str> = changed.iter().map(|v| v.name.as_str()).collect();
         self.sync_all(&names, true)?;
-        // REAL_F_PLAIN_*: given once the virtual servers' values are written.
+        // REAL_F_PLAIN_*: given once the virtual servers' values are written; to the
+        // reals of every virtual server, so that a flag an earlier apply took and did
+        // not give back (it failed) comes back (new reals have theirs already: no flow
+        // can name their new generation, and they are written once).
         let tables = &self.tables;
+        let all: Vec<&str> = config
+            .virtual_servers
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
         self.reals
-            .gain_plain(&mut self.dp, &names, |vs| tables.plain_flags(vs))?;
+            .gain_plain(&mut self.dp, &all, |vs| tables.plain_flags(vs))?;
         // New reals no table took: written now, naming no table.
         self.reals.write_new(&mut self.dp)?;
         // Fragments: a taker's entry points at its port, read in VS_MAP (absent: the

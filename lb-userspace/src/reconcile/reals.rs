@@ -235,8 +235,9 @@ impl Reals {
     }
 
     /// Gives real `key` of the virtual server at `vs_index` an id at a new generation,
-    /// with zeroed counters, and no flags (in no table yet) but, for a real of a NAT
-    /// virtual server (`nat`), `REAL_F_BY_DEST` if its address has it. Its value is
+    /// with zeroed counters, and no flags (in no table yet) but its virtual server's
+    /// `REAL_F_PLAIN_*` flag `plain` (no flow can name the new generation yet) and, for
+    /// a real of a NAT virtual server (`nat`), `REAL_F_BY_DEST` if its address has it. Its value is
     /// written with the first flags it gains, before any table names it, or else by
     /// [`Reals::write_new`]: until then no table and no flow can name it at this
     /// generation, so the data path does not read it (a cold start of 100,000 reals
@@ -247,6 +248,7 @@ impl Reals {
         key: &RealKey,
         vs_index: u32,
         nat: bool,
+        plain: u32,
     ) -> Result<(), ReconcileError> {
         let id = self.free.pop_back().ok_or(ReconcileError::Capacity {
             what: "real servers",
@@ -265,11 +267,12 @@ impl Reals {
                 REAL_ROLE_REAL
             },
             vs_index: vs_index as u16,
-            flags: if nat && self.by_dest.contains(&key.addr) {
-                REAL_F_BY_DEST
-            } else {
-                0
-            },
+            flags: plain
+                | if nat && self.by_dest.contains(&key.addr) {
+                    REAL_F_BY_DEST
+                } else {
+                    0
+                },
             ..self.real_info(key.addr, key.port, generation)
         };
         if used {
@@ -319,9 +322,9 @@ impl Reals {
         }
     }
 
-    /// Records that real `key` belongs to the virtual server at `vs_index` (a virtual
-    /// server that changed its VIP, port or protocol got a new index). The data path
-    /// does not read it; a daemon adopting the maps does.
+    /// Records that real `key` belongs to the virtual server at `vs_index`, which the
+    /// data path does not read; a daemon adopting the maps does. (A virtual server that
+    /// moves under its name gets its reals anew, decision 0027.)
     pub fn set_owner(
         &mut self,
         dp: &mut impl Dataplane,

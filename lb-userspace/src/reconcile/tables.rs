@@ -5,7 +5,7 @@
 //! the free indexes.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -80,6 +80,9 @@ pub(super) struct Tables {
     free_vs: Vec<u32>,
     /// Rings no virtual server reads, the longest unread first.
     spare: VecDeque<Spare>,
+    /// Virtual servers that moved to another VIP, port or protocol under their name
+    /// and whose reals have not all been taken out yet (see [`Tables::moved`]).
+    moved: BTreeSet<String>,
 }
 
 fn method_code(m: Method) -> u8 {
@@ -101,7 +104,7 @@ fn plain_of(params: &VsInfo) -> u32 {
 }
 
 /// Returns: the `REAL_F_PLAIN_*` flag the reals of `vs` carry (decision 0027).
-pub(super) fn plain_flags(vs: &VirtualServer) -> u32 {
+pub(super) fn plain_flags_of(vs: &VirtualServer) -> u32 {
     plain_of(&vs_value(vs).1)
 }
 
@@ -149,6 +152,7 @@ impl Tables {
             spare: (0..ring_count)
                 .map(|ring| Spare { ring, left: None })
                 .collect(),
+            moved: BTreeSet::new(),
         }
     }
 
@@ -186,7 +190,7 @@ impl Tables {
     }
 
     /// Returns: the `REAL_F_PLAIN_*` flag the reals of virtual server `name` carry, by
-    /// its parameters as the reconciler last prepared them (see [`plain_flags`]); 0
+    /// its parameters as the reconciler last prepared them (see [`plain_flags_of`]); 0
     /// for no such server.
     pub fn plain_flags(&self, name: &str) -> u32 {
         self.vss.get(name).map_or(0, |s| plain_of(&s.params))
@@ -247,22 +251,22 @@ impl Tables {
     /// Makes sure virtual server `vs` has a slot (a new one if its VIP, port or
     /// protocol changed) and records its configuration (`differs`: it is not the one
     /// applied). Its table is written by [`Tables::install`].
-    /// Returns: whether it replaced the slot of a virtual server of the same name at
-    /// another VIP, port or protocol (whose value is gone from the data path).
+    /// A slot replaced that way is recorded as moved ([`Tables::moved`]).
     pub fn prepare(
         &mut self,
         dp: &mut impl Dataplane,
         vs: &VirtualServer,
         differs: bool,
-    ) -> Result<bool, ReconcileError> {
+    ) -> Result<(), ReconcileError> {
         let (key, params) = vs_value(vs);
-        let mut replaced = false;
         if let Some(slot) = self.vss.get(&vs.name) {
             if slot.key != key {
                 // Same name, other VIP/port/protocol: a different service; replace it.
+                // Recorded before anything is written, so that an apply that fails
+                // from here on still leaves its reals to be taken out.
+                self.moved.insert(vs.name.clone());
                 let old = self.vss.remove(&vs.name).expect("present");
                 self.release(dp, old)?;
-                replaced = true;
             }
         }
         if let Some(slot) = self.vss.get_mut(&vs.name) {
@@ -274,7 +278,7 @@ impl Tables {
                 slot.params = params;
                 slot.dirty = true;
             }
-            return Ok(replaced);
+            return Ok(());
         }
         let vs_index = self.free_vs.pop().ok_or(ReconcileError::Capacity {
             what: "virtual servers",
@@ -294,7 +298,18 @@ impl Tables {
                 built: None,
             },
         );
-        Ok(replaced)
+        Ok(())
+    }
+
+    /// Returns: the virtual servers that moved to another VIP, port or protocol under
+    /// their name whose reals, the old service's, are still to be taken out.
+    pub fn moved(&self) -> Vec<String> {
+        self.moved.iter().cloned().collect()
+    }
+
+    /// Records that the reals of moved virtual server `name` are out.
+    pub fn moved_out(&mut self, name: &str) {
+        self.moved.remove(name);
     }
 
     /// Returns: whether virtual server `name`'s live table is the one of `backends` at

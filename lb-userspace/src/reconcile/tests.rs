@@ -690,6 +690,8 @@ fn adoption_removes_what_the_configuration_no_longer_has() {
     let id4 = r.real_id(&rk("10.0.1.4")).unwrap();
     assert!(!ids_in_table(&r).contains(&id4));
     assert_eq!(ids_in_table(&r).len(), 2);
+    // The dns real lost REAL_F_PLAIN_DR before its virtual server went (decision 0027).
+    assert!(r.dp.plain_misses.is_empty(), "{:?}", r.dp.plain_misses);
 }
 
 /// `ADDR_FILTER` (decision 0022) has the bit of every VIP and of every NAT real, is

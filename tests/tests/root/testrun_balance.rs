@@ -689,6 +689,36 @@ fn an_established_plain_flow_is_forwarded_by_its_entry_and_real_alone() {
     assert_eq!(f.verdicts(reason::PASS_NOT_VS), 2);
 }
 
+/// A fragment's entry (by addresses: both ports zero) is never taken for a whole
+/// packet's: a packet to port 0, which no virtual server has, is passed even when the
+/// client's fragments recorded an entry for the VIP (decision 0027).
+#[test]
+fn a_packet_to_port_zero_never_uses_a_fragments_entry() {
+    let y = yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]).replace(
+        "    table_size: 65537\n",
+        "    table_size: 65537\n    fragments: true\n",
+    );
+    let f = Fixture::new(&y);
+    let whole = V4Packet {
+        payload: vec![7; 64],
+        ..V4Packet::tcp(CLIENT, 5000, VIP, 80)
+    }
+    .build();
+    let frags = tests::packet::fragments_v4(&whole, 32, 77);
+    for frag in &frags {
+        assert_eq!(f.run(frag).action, XDP_TX, "a fragment is forwarded");
+    }
+    assert_eq!(f.flow_entries(), 1, "the fragments' entry, by addresses");
+    let mut port0 = segment(CLIENT, 0, TCP_ACK);
+    port0[36..38].copy_from_slice(&0u16.to_be_bytes());
+    let r = f.run(&port0);
+    assert_eq!(
+        (r.action, r.out),
+        (XDP_PASS, port0.clone()),
+        "no virtual server"
+    );
+}
+
 /// A virtual server that changes how it forwards, or moves to another VIP under its
 /// name, takes its established flows along at once (decision 0027): after a change to
 /// NAT, a flow's packet is translated; after the move, a packet to the old VIP is

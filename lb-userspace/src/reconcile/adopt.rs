@@ -47,15 +47,26 @@ impl<D: Dataplane + DataplaneContents> Reconciler<D> {
         let mut rec = Reconciler::new(dp, max_vs, ring_count);
         let mut found = Adopted::default();
         let mut names = std::collections::HashMap::new();
-        let vss = rec.dp.virtual_servers()?;
+        // Each virtual server in the maps, with the one of `config` at its key, if any.
+        let keys: std::collections::HashMap<_, _> = config
+            .virtual_servers
+            .iter()
+            .map(|v| (vs_value(v).0, v))
+            .collect();
+        let vss: Vec<_> = rec
+            .dp
+            .virtual_servers()?
+            .into_iter()
+            .map(|(key, info)| (key, info, keys.get(&key).copied()))
+            .collect();
         let mut all = rec.dp.reals()?;
         // The reals of a virtual server about to go lose REAL_F_PLAIN_* first: the
         // program still forwarding would forward their established flows by them
         // alone (decision 0027).
         let going: std::collections::HashSet<u32> = vss
             .iter()
-            .filter(|(key, _)| !config.virtual_servers.iter().any(|v| vs_value(v).0 == *key))
-            .map(|(_, info)| info.vs_index)
+            .filter(|(_, _, vs)| vs.is_none())
+            .map(|(_, info, _)| info.vs_index)
             .collect();
         for (id, info) in (0u32..).zip(all.iter_mut()) {
             let flagged = info.flags & REAL_F_PLAIN != 0 && info.role != REAL_ROLE_FREE;
@@ -64,8 +75,7 @@ impl<D: Dataplane + DataplaneContents> Reconciler<D> {
                 rec.dp.set_real(id, info)?;
             }
         }
-        for (key, info) in vss {
-            let vs = config.virtual_servers.iter().find(|v| vs_value(v).0 == key);
+        for (key, info, vs) in vss {
             let Some(vs) = vs else {
                 rec.dp.remove_vs(&key)?;
                 found.removed.push(describe(&key));

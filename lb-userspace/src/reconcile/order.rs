@@ -11,7 +11,7 @@ use lb_common::{NatState, VsKey, SETTING_NAT};
 
 use super::{
     policy::Policy,
-    tables::{plain_flags_of, vs_value},
+    tables::{plain_of, vs_value},
     ReconcileError, Reconciler,
 };
 use crate::{
@@ -123,8 +123,11 @@ impl<D: Dataplane> Reconciler<D> {
         let plain: HashMap<&str, u32> = config
             .virtual_servers
             .iter()
-            .filter(|v| tables.key(&v.name).is_none_or(|k| k == vs_value(v).0))
-            .map(|v| (v.name.as_str(), plain_flags_of(v)))
+            .filter_map(|v| {
+                let (key, params) = vs_value(v);
+                let stays = tables.key(&v.name).is_none_or(|k| k == key);
+                stays.then(|| (v.name.as_str(), plain_of(&params)))
+            })
             .collect();
         self.reals
             .lose_plain(&mut self.dp, |vs| plain.get(vs).copied().unwrap_or(0))?;

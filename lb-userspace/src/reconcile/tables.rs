@@ -95,17 +95,12 @@ fn method_code(m: Method) -> u8 {
 
 /// Returns: the `REAL_F_PLAIN_*` flag of a virtual server with parameters `params`:
 /// direct routing or NAT, without persistence (decision 0027); 0 otherwise.
-fn plain_of(params: &VsInfo) -> u32 {
+pub(super) fn plain_of(params: &VsInfo) -> u32 {
     match (params.method, params.persist_timeout_ns) {
         (METHOD_DR, 0) => REAL_F_PLAIN_DR,
         (METHOD_NAT, 0) => REAL_F_PLAIN_NAT,
         _ => 0,
     }
-}
-
-/// Returns: the `REAL_F_PLAIN_*` flag the reals of `vs` carry (decision 0027).
-pub(super) fn plain_flags_of(vs: &VirtualServer) -> u32 {
-    plain_of(&vs_value(vs).1)
 }
 
 /// Returns: the `VS_MAP` key of `vs`, and its value but for index and ring.
@@ -190,7 +185,7 @@ impl Tables {
     }
 
     /// Returns: the `REAL_F_PLAIN_*` flag the reals of virtual server `name` carry, by
-    /// its parameters as the reconciler last prepared them (see [`plain_flags_of`]); 0
+    /// its parameters as the reconciler last prepared them (see [`plain_of`]); 0
     /// for no such server.
     pub fn plain_flags(&self, name: &str) -> u32 {
         self.vss.get(name).map_or(0, |s| plain_of(&s.params))

@@ -18,7 +18,8 @@
 //! 3. reals losing flags are written: a real that stops taking packets (failed or
 //!    removed) also gets a new generation, so flows and persistence entries naming it
 //!    are re-steered and never come back to it;
-//! 4. virtual servers that went away are removed, then their reals;
+//! 4. virtual servers that went away are removed, then their reals (a `VS_MAP` entry
+//!    stays when another virtual server now holds its key: one renamed, or moved there);
 //! 5. (an apply) the address filter and `SETTINGS` get the new configuration's bits.
 //!
 //! Where each part lives: `model` holds what callers hand in and get back (overrides,

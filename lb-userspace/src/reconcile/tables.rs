@@ -515,8 +515,13 @@ impl Tables {
 
     /// Takes a virtual server out of the data path and returns its index and ring to
     /// the free pools (the ring keeps its shadow, so reuse writes only changes).
+    /// Its `VS_MAP` entry is removed unless another virtual server now holds its key
+    /// (one renamed at the same VIP, port and protocol, or moved to the key it
+    /// leaves), whose value that entry is or will be.
     fn release(&mut self, dp: &mut impl Dataplane, slot: VsSlot) -> Result<(), ReconcileError> {
-        dp.remove_vs(&slot.key)?;
+        if !self.vss.values().any(|s| s.key == slot.key) {
+            dp.remove_vs(&slot.key)?;
+        }
         self.free_vs.push(slot.vs_index);
         if let Some(ring) = slot.ring {
             self.spare.push_back(Spare {

@@ -436,6 +436,57 @@ fn the_plain_flags_follow_the_method_and_a_moved_virtual_server_retires_its_real
 }
 
 #[test]
+fn a_renamed_virtual_server_or_one_moved_into_a_vacated_key_keeps_its_entry() {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
+    // (name, VIP) pairs, all at port 80/tcp, each with one real of its own.
+    let parse = |vss: &[(&str, &str, &str)]| {
+        let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n");
+        for (name, vip, real) in vss {
+            t.push_str(&format!("  - {{ name: {name}, address: {vip}, port: 80, protocol: tcp, health_check: {{ type: none }}, real_servers: [{{ address: {real} }}] }}\n"));
+        }
+        config::parse(Path::new("t.yaml"), &t, &AnyInterface).unwrap()
+    };
+    let at = |vip: &str| VsKey::new(vip.parse().unwrap(), 80, 6);
+    // The value under `vip` is `name`'s and its table holds `name`'s real.
+    let serves = |r: &Reconciler<MemoryDataplane>, vip: &str, name: &str, real: &str| {
+        let info = r.dp.vs.get(&at(vip)).copied();
+        let id = r
+            .real_id(&RealKey::real(name, real.parse().unwrap(), 80))
+            .unwrap();
+        assert_eq!(r.tables.key(name), Some(at(vip)), "{name} is applied there");
+        let table = r.dp.table(&at(vip));
+        assert!(
+            info.is_some() && table.as_ref().is_some_and(|t| t.iter().all(|&i| i == id)),
+            "{vip} serves {name}: {info:?}"
+        );
+    };
+    r.apply(&parse(&[
+        ("a", "10.0.0.1", "10.0.1.1"),
+        ("c", "10.0.0.2", "10.0.1.2"),
+    ]))
+    .unwrap();
+    serves(&r, "10.0.0.1", "a", "10.0.1.1");
+    // Renamed at the same key: the old name's removal must not take the new value.
+    r.apply(&parse(&[
+        ("b", "10.0.0.1", "10.0.1.1"),
+        ("c", "10.0.0.2", "10.0.1.2"),
+    ]))
+    .unwrap();
+    serves(&r, "10.0.0.1", "b", "10.0.1.1");
+    // Moved into the key a removed virtual server leaves.
+    r.apply(&parse(&[("b", "10.0.0.2", "10.0.1.1")])).unwrap();
+    serves(&r, "10.0.0.2", "b", "10.0.1.1");
+    assert!(
+        !r.dp.vs.contains_key(&at("10.0.0.1")),
+        "the key b left is free"
+    );
+    // And the next apply, with nothing to change, leaves it so.
+    r.apply(&parse(&[("b", "10.0.0.2", "10.0.1.1")])).unwrap();
+    serves(&r, "10.0.0.2", "b", "10.0.1.1");
+    assert_eq!(r.dp.vs.len(), 1);
+}
+
+#[test]
 fn probed_reals_start_out_of_the_table_and_enter_when_healthy() {
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
     r.apply(&cfg_with("", &[("10.0.1.1", 1), ("10.0.1.2", 1)]))

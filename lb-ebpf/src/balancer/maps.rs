@@ -60,7 +60,10 @@ pub static VLAN_OUT: HashMap<u32, VlanOut> = HashMap::with_max_entries(MAX_VLANS
 
 /// The VLAN tags of the frame being processed, taken off at the start: `[count, TPID,
 /// TCI, TPID, TCI, 0]`, network order words but the count. Per CPU; written and read
-/// here within one program run.
+/// here within one program run. A map and not a value carried in the parse, though
+/// that would save a store per frame: a count the verifier can follow splits every
+/// path after `untag` by the number of tags, and `xdpvs_lb` then took 90% of the
+/// verifier's limit instead of 41% (measured, 2026-11).
 #[map]
 pub static RX_TAGS: PerCpuArray<[u16; 6]> = PerCpuArray::with_max_entries(1, 0);
 

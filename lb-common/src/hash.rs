@@ -58,6 +58,19 @@ pub fn addr_filter_place(addr: &[u32; 4], nat_real: bool) -> (u32, u64) {
     (bit / 64, 1 << (bit % 64))
 }
 
+/// Returns: the check word of [`crate::TunnelSource`] for outer source `addr`: never
+/// zero, and different for addresses that differ in any of their words but with odds
+/// of one in 2^31, so that a value read while the daemon rewrites it (some words old,
+/// some new) is told apart from a whole one.
+#[inline(always)]
+pub fn tunnel_source_check(addr: &[u32; 4]) -> u32 {
+    let mut h = 0x7475_6e6e;
+    for w in addr {
+        h = mix(h, *w);
+    }
+    finish(h) | 1
+}
+
 /// Returns: the slot of flow `key` in each half of `maps::FLOW_FILTER` of
 /// `1 << log2_slots` slots (decision 0026). Cheaper than [`flow_hash`] (three
 /// multiplications that do not wait on each other), because every packet of every

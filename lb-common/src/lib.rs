@@ -18,7 +18,7 @@ pub mod reason;
 #[cfg(feature = "user")]
 pub mod user;
 
-pub use hash::{addr_filter_place, flow_filter_slot, flow_hash};
+pub use hash::{addr_filter_place, flow_filter_slot, flow_hash, tunnel_source_check};
 
 /// Address family value of IPv4 in [`VsKey::family`], [`FlowKey::family`], [`RealInfo::family`].
 pub const FAMILY_V4: u8 = 4;
@@ -120,9 +120,13 @@ pub const REAL_F_PLAIN_DR: u32 = 16;
 /// [`RealInfo::flags`]: as [`REAL_F_PLAIN_DR`], for a NAT virtual server without
 /// persistence.
 pub const REAL_F_PLAIN_NAT: u32 = 32;
+/// [`RealInfo::flags`]: as [`REAL_F_PLAIN_DR`], for a tunnelling virtual server without
+/// persistence; the outer source is read from [`maps::TUNNEL_SRCS`] by the entry's
+/// virtual server index (decision 0028).
+pub const REAL_F_PLAIN_TUNNEL: u32 = 64;
 /// The [`RealInfo::flags`] that say how a flow recorded for the real is forwarded
 /// without its virtual server.
-pub const REAL_F_PLAIN: u32 = REAL_F_PLAIN_DR | REAL_F_PLAIN_NAT;
+pub const REAL_F_PLAIN: u32 = REAL_F_PLAIN_DR | REAL_F_PLAIN_NAT | REAL_F_PLAIN_TUNNEL;
 /// The [`RealInfo::flags`] the reals' health and weights decide.
 pub const REAL_F_POLICY: u32 = REAL_F_ACTIVE | REAL_F_NEW;
 
@@ -155,6 +159,40 @@ pub struct RealInfo {
     pub vs_index: u16,
 }
 const _: () = assert!(core::mem::size_of::<RealInfo>() == 40);
+
+/// A tunnelling virtual server's outer source, by its index: value of
+/// [`maps::TUNNEL_SRCS`] (decision 0028). An array value is rewritten in place, so a
+/// packet may read one half-written; `check` tells: a packet uses the address only
+/// when `check` is [`crate::tunnel_source_check`] of it, and looks the virtual server
+/// up otherwise. All zero: never written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelSource {
+    /// The outer source address, network order words, as [`VsInfo::tunnel_src`].
+    pub addr: [u32; 4],
+    /// [`crate::tunnel_source_check`] of `addr`; never zero once written.
+    pub check: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TunnelSource>() == 24);
+
+impl TunnelSource {
+    /// Returns: the value that carries `addr`.
+    pub fn new(addr: [u32; 4]) -> Self {
+        Self {
+            addr,
+            check: crate::tunnel_source_check(&addr),
+            _pad: 0,
+        }
+    }
+
+    /// Returns: whether `check` is that of `addr`: written, and read whole.
+    #[inline(always)]
+    pub fn is_whole(&self) -> bool {
+        self.check == crate::tunnel_source_check(&self.addr)
+    }
+}
 
 /// [`RealInfo::role`]: the id is free (no real holds it; its generation is kept).
 pub const REAL_ROLE_FREE: u8 = 0;

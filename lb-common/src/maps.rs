@@ -34,6 +34,7 @@
 //! | `FLOW_FILTER` | 0 -> the half read, whether complete, slots per half (`u64`); 1.. -> one bit per slot of [`crate::flow_filter_slot`], two halves: set where `FLOWS` may hold a flow | XDP (inserts), daemon (rebuilds) | XDP |
 //! | `SYN_GUARD` | 0 -> opening SYNs one CPU may count in a window before SYNs skip `FLOWS` (`u32`; 0: never) | daemon | XDP |
 //! | `SYN_RATE` | 0 -> [`crate::SynRate`] per CPU | XDP | daemon |
+//! | `TUNNEL_SRCS` | vs index -> [`crate::TunnelSource`] of a tunnelling virtual server (array; a copy of its `VS_MAP` value's `tunnel_src`) | daemon | XDP |
 //! | `ADDR_FILTER` | 0 -> [`ADDR_FILTER_VERSION`] once the daemon wrote the bits (`u64`); 1.. -> 64 bits each of [`crate::addr_filter_place`] | daemon | XDP |
 
 /// Virtual servers by VIP/port/protocol. Hash map without preallocation, so a replaced
@@ -59,6 +60,12 @@ pub const IFACES: &str = "IFACES";
 pub const IFACE_INDEX: &str = "IFACE_INDEX";
 /// Slots of [`IFACE_INDEX`]: ifindex 0 to 4,095 (8 bytes each, 32 KiB).
 pub const IFACE_INDEX_SLOTS: u32 = 4096;
+/// The outer source of every tunnelling virtual server, by its index ([`MAX_VS`]
+/// slots of [`crate::TunnelSource`]): what an established flow of one without
+/// persistence needs of it, read without looking it up (decision 0028). Written with
+/// the virtual server's `VS_MAP` value, before it, and rewritten whole from `VS_MAP`
+/// at every load.
+pub const TUNNEL_SRCS: &str = "TUNNEL_SRCS";
 /// The VLAN devices of the attached interfaces, by what tagged frames on them carry:
 /// (receiving ifindex, VLAN ids) -> the VLAN device's ifindex, which the FIB lookups of
 /// NAT and tunnel take as the frame's input interface. Hash map.
@@ -273,6 +280,7 @@ pub const ALL: &[&str] = &[
     REAL_HOPS,
     CLIENT_HOPS,
     IFACE_INDEX,
+    TUNNEL_SRCS,
     SYN_GUARD,
     SYN_RATE,
     FLOW_FILTER,

@@ -5,7 +5,8 @@ use core::net::IpAddr;
 
 use crate::{
     Counters, FlowKey, FlowState, FragKey, IfaceInfo, NatState, NeighMiss, PersistKey,
-    PersistState, RealInfo, SynRate, VlanKey, VlanOut, VsInfo, VsKey, FAMILY_V4, FAMILY_V6,
+    PersistState, RealInfo, SynRate, TunnelSource, VlanKey, VlanOut, VsInfo, VsKey, FAMILY_V4,
+    FAMILY_V6,
 };
 
 // SAFETY: all of these are repr(C), built only of integers and byte arrays, with
@@ -13,6 +14,7 @@ use crate::{
 unsafe impl aya::Pod for VsKey {}
 unsafe impl aya::Pod for VsInfo {}
 unsafe impl aya::Pod for RealInfo {}
+unsafe impl aya::Pod for TunnelSource {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowState {}
 unsafe impl aya::Pod for IfaceInfo {}
@@ -224,5 +226,44 @@ mod tests {
         // 65,535 flows over 65,536 slots: about 1 - 1/e of the slots when spread.
         assert!(used > 38_000, "{used} slots of 65,536 used");
         assert!(seen.iter().all(|&n| n < 12), "a slot took too many flows");
+    }
+
+    /// A `TunnelSource` read while the daemon rewrites it, some words of the old
+    /// address and some of the new, is not taken for whole; neither is a slot never
+    /// written (decision 0028).
+    #[test]
+    fn a_tunnel_source_read_half_written_is_not_whole() {
+        assert!(!TunnelSource::default().is_whole(), "never written");
+        let v4 = |a: &str| addr_words(a.parse().unwrap()).0;
+        let pairs = [
+            (v4("10.0.9.1"), v4("10.0.9.2")),
+            (v4("2001:db8::1"), v4("fd00:1::1")),
+            (v4("fd00:1::1"), v4("fd00:2::2")),
+        ];
+        for (old, new) in pairs {
+            let (o, n) = (TunnelSource::new(old), TunnelSource::new(new));
+            assert!(o.is_whole() && n.is_whole());
+            // Every mix of the two addresses' words under either check word.
+            for mask in 0..16u32 {
+                let mut addr = old;
+                for (i, w) in addr.iter_mut().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        *w = new[i];
+                    }
+                }
+                for check in [o.check, n.check] {
+                    let t = TunnelSource {
+                        addr,
+                        check,
+                        _pad: 0,
+                    };
+                    assert_eq!(
+                        t.is_whole(),
+                        addr == old && check == o.check || addr == new && check == n.check,
+                        "{t:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -8,7 +8,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     addr_filter_place,
     maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
-    reason, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP, REAL_F_PLAIN_DR,
+    reason, FlowKey, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP,
+    REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT,
 };
 use lb_ebpf::headers::{
     ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
@@ -41,8 +42,8 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let may_vip = filter.may_be(&p.key.dst, false);
     // An opening SYN looks its entry up (or not, during a flood) once its virtual
     // server is known; any other packet first, so that an established flow of a
-    // virtual server without persistence that forwards by direct routing or NAT is
-    // forwarded by its entry and its real alone (decision 0027).
+    // virtual server without persistence is forwarded by its entry and its real alone
+    // (decisions 0027, 0028).
     // Port 0 is no virtual server's: the entries with a zero destination port are
     // fragments' (by addresses), never a whole packet's.
     let syn = may_vip && parse::opening_syn(ctx, &p);
@@ -74,8 +75,10 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         (Some(real), Some(f), _) => {
             let method = if real.flags & REAL_F_PLAIN_DR != 0 {
                 METHOD_DR
-            } else {
+            } else if real.flags & REAL_F_PLAIN_NAT != 0 {
                 METHOD_NAT
+            } else {
+                METHOD_TUNNEL
             };
             let choice = Choice {
                 real_id: f.real_id,
@@ -117,13 +120,35 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             )?
         }
         METHOD_TUNNEL => {
-            let vs = vs.ok_or(Verdict::internal())?;
-            forward::tunnel::forward(ctx, &p, vs, choice.real_id, real)?
+            let src = match vs {
+                Some(vs) => vs.tunnel_src,
+                None => plain_tunnel_source(&p.key, vs_index)?,
+            };
+            forward::tunnel::forward(ctx, &p, &src, choice.real_id, real)?
         }
         _ => return Err(Verdict::internal()),
     };
     stats::count_forward(vs_index, choice.real_id, p.len);
     Ok(verdict)
+}
+
+/// Returns: the outer source of flow `key`, established on a plain tunnel's real
+/// (decision 0028): the one `TUNNEL_SRCS` holds for its virtual server (index
+/// `vs_index`), if read whole; otherwise, the virtual server at the flow's VIP, port
+/// and protocol being the entry's (the real's generation says so), that one's, looked
+/// up. A packet for which that finds no tunnelling virtual server of that index (it
+/// went, or changed its method while this packet ran) is passed, as any packet of no
+/// virtual server.
+#[inline(always)]
+fn plain_tunnel_source(key: &FlowKey, vs_index: u32) -> Result<[u32; 4], Verdict> {
+    let t = choose::tunnel_source(vs_index);
+    if t.is_whole() {
+        return Ok(t.addr);
+    }
+    match virtual_server(key) {
+        Some(vs) if vs.method == METHOD_TUNNEL && vs.vs_index == vs_index => Ok(vs.tunnel_src),
+        _ => Err(Verdict::pass(reason::PASS_NOT_VS)),
+    }
 }
 
 /// Returns: when a packet of virtual server `vs` whose flow `FLOWS` does not hold

@@ -4,12 +4,12 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     flow_hash, maps::UDP_SEEN_SLOTS, reason, FlowKey, FlowState, PersistKey, PersistState,
-    RealInfo, VsInfo, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, REAL_F_PLAIN, RING_STRIDE,
+    RealInfo, TunnelSource, VsInfo, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, REAL_F_PLAIN, RING_STRIDE,
 };
 
 use crate::{
     flow_filter,
-    maps::{FLOWS, PERSIST, REALS, UDP_SEEN, VS_RINGS},
+    maps::{FLOWS, PERSIST, REALS, TUNNEL_SRCS, UDP_SEEN, VS_RINGS},
     verdict::Verdict,
 };
 
@@ -132,7 +132,7 @@ pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
 
 /// Returns: the real of the flow whose entry is `f` when that real still holds the
 /// entry's generation, is active and is flagged `REAL_F_PLAIN_*`: its virtual server
-/// (the entry's index) forwards the flow by direct routing or NAT without
+/// (the entry's index) forwards the flow by direct routing, NAT or tunnelling without
 /// persistence, and is still at the packet's VIP, port and protocol, since the daemon
 /// gives the reals of a virtual server that leaves them a new generation (decision
 /// 0027).
@@ -142,6 +142,18 @@ pub fn plain(f: &FlowState) -> Option<&'static RealInfo> {
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*real };
     (real.flags & REAL_F_PLAIN != 0).then_some(real)
+}
+
+/// Returns: a copy of the outer source `TUNNEL_SRCS` holds for virtual server
+/// `vs_index` (decision 0028), all zero if there is none. Copied once, so that the
+/// address checked ([`TunnelSource::is_whole`]) is the address used: the daemon
+/// rewrites the value in place.
+#[inline(always)]
+pub fn tunnel_source(vs_index: u32) -> TunnelSource {
+    match TUNNEL_SRCS.get(vs_index) {
+        Some(t) => *t,
+        None => TunnelSource::default(),
+    }
 }
 
 /// Returns: the `UDP_SEEN` slot of hash `h`.

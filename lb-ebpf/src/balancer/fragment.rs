@@ -45,7 +45,7 @@ fn fragment(ctx: &XdpContext, p: &mut parse::Parsed) -> Result<Verdict, Verdict>
     let real = unsafe { &*choice.real };
     let verdict = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, p, real, ingress)?,
-        METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, choice.real_id, real)?,
+        METHOD_TUNNEL => forward::tunnel::forward(ctx, p, &vs.tunnel_src, choice.real_id, real)?,
         METHOD_NAT => forward::nat::forward_fragment(ctx, p, vs, vport_be, real, choice.new_flow)?,
         _ => return Err(Verdict::internal()),
     };

@@ -50,7 +50,7 @@ fn icmp_error(
     let real = unsafe { &*choice.real };
     let sent = match vs.method {
         METHOD_DR => forward::dr::forward(ctx, p, real, ingress)?,
-        METHOD_TUNNEL => forward::tunnel::forward(ctx, p, vs, choice.real_id, real)?,
+        METHOD_TUNNEL => forward::tunnel::forward(ctx, p, &vs.tunnel_src, choice.real_id, real)?,
         // An error quoting a fragment holds no ports to translate (or only the first
         // fragment's): the kernel's.
         METHOD_NAT if p.frag => return Err(Verdict::pass(reason::PASS_FRAGMENT)),

@@ -13,7 +13,7 @@ use lb_common::{
         NEIGH_ASKED_SLOTS, NEIGH_MISS_BYTES, TAIL_COUNT, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
     },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
-    SynRate, VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
+    SynRate, TunnelSource, VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
 };
 
 /// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
@@ -49,6 +49,11 @@ pub static IFACES: HashMap<u32, IfaceInfo> =
 #[map]
 pub static IFACE_INDEX: Array<IfaceInfo> =
     Array::with_max_entries(lb_common::maps::IFACE_INDEX_SLOTS, 0);
+
+/// vs index -> a tunnelling virtual server's outer source (decision 0028). Written by
+/// the daemon, in place: read whole only when its check says so.
+#[map]
+pub static TUNNEL_SRCS: Array<TunnelSource> = Array::with_max_entries(MAX_VS, 0);
 
 /// (receiving ifindex, VLAN ids) -> the VLAN device's ifindex. Written by the daemon.
 #[map]

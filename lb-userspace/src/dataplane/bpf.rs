@@ -18,10 +18,11 @@ use lb_common::{
         flow_filter_entries, flow_filter_log2, own_mac_key, ADDR_FILTER, ADDR_FILTER_VERSION, ALL,
         FLOWS, FLOW_FILTER, FRAG_VS, IFACES, IFACE_INDEX, IFACE_INDEX_SLOTS, MAX_REALS, NAT_REALS,
         NAT_STATE, NEIGH_MISS, OWN_MACS, PROGRAMS, REALS, SETTINGS, STATS_REAL, STATS_VS,
-        SYN_GUARD, SYN_RATE, TAILS, TAIL_PROGRAMS, VERDICTS, VLAN_IN, VLAN_OUT, VS_MAP, VS_RINGS,
+        SYN_GUARD, SYN_RATE, TAILS, TAIL_PROGRAMS, TUNNEL_SRCS, VERDICTS, VLAN_IN, VLAN_OUT,
+        VS_MAP, VS_RINGS,
     },
-    Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, SynRate, VlanKey, VlanOut, VsInfo,
-    VsKey, IFACE_F_VLAN, RING_STRIDE,
+    Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, SynRate, TunnelSource, VlanKey,
+    VlanOut, VsInfo, VsKey, IFACE_F_VLAN, METHOD_TUNNEL, RING_STRIDE,
 };
 
 pub use super::LoadOptions;
@@ -132,6 +133,7 @@ pub struct BpfDataplane {
     reals: Array<MapData, RealInfo>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     iface_index: Array<MapData, IfaceInfo>,
+    tunnel_srcs: Array<MapData, TunnelSource>,
     own_macs: HashMap<MapData, [u8; 8], u32>,
     vlan_in: HashMap<MapData, VlanKey, u32>,
     vlan_out: HashMap<MapData, u32, VlanOut>,
@@ -254,6 +256,43 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 }
 
 impl BpfDataplane {
+    /// Writes the `TUNNEL_SRCS` slot of tunnelling virtual server `info`: before its
+    /// `VS_MAP` value, so that no flow its value lets the data path record can find the
+    /// slot of an earlier holder of the index (decision 0028).
+    /// Writes `TUNNEL_SRCS` again from `VS_MAP`, as every load does: a release before
+    /// it did not keep it (it is then made anew, empty), and one without it may have
+    /// run in between and given an index to another virtual server (decision 0028).
+    pub fn fill_tunnel_sources(&mut self) -> Result<(), DataplaneError> {
+        let tunnels: Vec<VsInfo> = self
+            .vs
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, info)| info)
+            .filter(|info| info.method == METHOD_TUNNEL)
+            .collect();
+        for info in tunnels {
+            self.set_tunnel_source(&info)?;
+        }
+        Ok(())
+    }
+
+    fn set_tunnel_source(&mut self, info: &VsInfo) -> Result<(), DataplaneError> {
+        self.write_tunnel_source(info.vs_index, TunnelSource::new(info.tunnel_src))
+    }
+
+    /// Writes `value` as is in `TUNNEL_SRCS` slot `vs_index`: for a test that shows
+    /// what the data path does with a value read half-written.
+    #[doc(hidden)]
+    pub fn write_tunnel_source(
+        &mut self,
+        vs_index: u32,
+        value: TunnelSource,
+    ) -> Result<(), DataplaneError> {
+        self.tunnel_srcs
+            .set(vs_index, value, 0)
+            .map_err(map_err(TUNNEL_SRCS))
+    }
+
     /// Takes the balancer's maps out of a loaded object. Returns: them, and the object
     /// with its programs.
     pub fn new(mut ebpf: Ebpf) -> Result<(Self, Programs), DataplaneError> {
@@ -261,12 +300,13 @@ impl BpfDataplane {
             Map::LruHashMap(m) => m,
             _ => return Err(DataplaneError::MissingMap(FLOWS)),
         };
-        let dp = Self {
+        let mut dp = Self {
             vs: typed(&mut ebpf, VS_MAP)?,
             rings: RingMemory::map(typed(&mut ebpf, VS_RINGS)?)?,
             reals: typed(&mut ebpf, REALS)?,
             ifaces: typed(&mut ebpf, IFACES)?,
             iface_index: typed(&mut ebpf, IFACE_INDEX)?,
+            tunnel_srcs: typed(&mut ebpf, TUNNEL_SRCS)?,
             own_macs: typed(&mut ebpf, OWN_MACS)?,
             vlan_in: typed(&mut ebpf, VLAN_IN)?,
             vlan_out: typed(&mut ebpf, VLAN_OUT)?,
@@ -290,6 +330,8 @@ impl BpfDataplane {
         // trusted again until this daemon rebuilds it, before any program of this
         // load goes on an interface (decision 0026).
         dp.flow_filter()?.reset();
+        // Before any program of this load goes on an interface.
+        dp.fill_tunnel_sources()?;
         let programs = Programs {
             ebpf,
             tails_filled: false,
@@ -521,6 +563,9 @@ impl Dataplane for BpfDataplane {
         self.rings.write(ring_id, slots)
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
+        if info.method == METHOD_TUNNEL {
+            self.set_tunnel_source(info)?;
+        }
         self.vs.insert(*key, *info, 0).map_err(map_err(VS_MAP))
     }
     fn set_settings(&mut self, bits: u32) -> Result<(), DataplaneError> {

@@ -63,6 +63,9 @@ impl MemoryDataplane {
                     Some(v) if v.persist_timeout_ns != 0 => 0,
                     Some(v) if v.method == lb_common::METHOD_DR => lb_common::REAL_F_PLAIN_DR,
                     Some(v) if v.method == lb_common::METHOD_NAT => lb_common::REAL_F_PLAIN_NAT,
+                    Some(v) if v.method == lb_common::METHOD_TUNNEL => {
+                        lb_common::REAL_F_PLAIN_TUNNEL
+                    }
                     _ => 0,
                 };
                 r.flags & lb_common::REAL_F_PLAIN != want

@@ -39,8 +39,8 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        ALL, FLOWS, FLOW_FILTER, IFACES, IFACE_INDEX, NAT_STATE, PERSIST, REALS, SETTINGS, VS_MAP,
-        VS_RINGS,
+        ALL, FLOWS, FLOW_FILTER, IFACES, IFACE_INDEX, NAT_STATE, PERSIST, REALS, SETTINGS,
+        TUNNEL_SRCS, VS_MAP, VS_RINGS,
     },
     RING_STRIDE,
 };
@@ -56,7 +56,7 @@ const NAMING_REALS: [&str; 2] = [FLOWS, PERSIST];
 /// entries that are gone must not outlive them), and made anew alone without harm (the
 /// data path looks an entry missing there up in the map it copies, and the daemon
 /// writes it again at start).
-const COPIES: [&str; 1] = [IFACE_INDEX];
+const COPIES: [&str; 2] = [IFACE_INDEX, TUNNEL_SRCS];
 
 /// A failure to prepare, read or remove pins.
 #[derive(Debug, thiserror::Error)]
@@ -621,15 +621,18 @@ mod tests {
         assert!(why.contains("dropped with the maps it refers to"), "{why}");
     }
 
-    /// An `IFACE_INDEX` missing from the pins (a release before it) is made anew alone:
-    /// the data path finds what it lacks in `IFACES`, which is adopted.
+    /// An `IFACE_INDEX` or `TUNNEL_SRCS` missing from the pins (a release before it) is
+    /// made anew alone: the data path finds what it lacks in `IFACES` or `VS_MAP`, which
+    /// are adopted (and the load fills `TUNNEL_SRCS` from `VS_MAP`).
     #[test]
     fn a_missing_copy_is_made_anew_alone() {
-        let mut pinned = shapes(64);
-        pinned.remove(IFACE_INDEX);
-        let d = decide(&pinned, &shapes(64));
-        assert!(d.adopt);
-        assert_eq!(dropped(&d), [IFACE_INDEX]);
+        for copy in COPIES {
+            let mut pinned = shapes(64);
+            pinned.remove(copy);
+            let d = decide(&pinned, &shapes(64));
+            assert!(d.adopt);
+            assert_eq!(dropped(&d), [copy]);
+        }
     }
 
     /// Returns: why `d` drops map `name` (panics if it does not).

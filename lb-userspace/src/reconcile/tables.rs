@@ -12,6 +12,7 @@ use std::{
 use lb_common::{
     user::{addr_words, mask_words},
     VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT,
+    REAL_F_PLAIN_TUNNEL,
 };
 
 use super::ReconcileError;
@@ -94,11 +95,12 @@ fn method_code(m: Method) -> u8 {
 }
 
 /// Returns: the `REAL_F_PLAIN_*` flag of a virtual server with parameters `params`:
-/// direct routing or NAT, without persistence (decision 0027); 0 otherwise.
+/// any method without persistence (decisions 0027, 0028); 0 otherwise.
 pub(super) fn plain_of(params: &VsInfo) -> u32 {
     match (params.method, params.persist_timeout_ns) {
         (METHOD_DR, 0) => REAL_F_PLAIN_DR,
         (METHOD_NAT, 0) => REAL_F_PLAIN_NAT,
+        (METHOD_TUNNEL, 0) => REAL_F_PLAIN_TUNNEL,
         _ => 0,
     }
 }

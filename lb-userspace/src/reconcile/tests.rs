@@ -376,8 +376,8 @@ fn the_sole_nat_flag_follows_the_nat_reals_entry_it_stands_for() {
     assert!(r.dp.sole_misses.is_empty(), "{:?}", r.dp.sole_misses);
 }
 
-/// `REAL_F_PLAIN_*` (decision 0027) marks the reals of a virtual server that forwards
-/// by direct routing or NAT without persistence, and no other: at no step is an
+/// `REAL_F_PLAIN_*` (decisions 0027, 0028) marks the reals of a virtual server
+/// without persistence, by its method, and no other: at no step is an
 /// active real flagged for a method its virtual server (in `VS_MAP`, by index) does
 /// not use (the memory data path checks at every write), through method and
 /// persistence changes and removal. A virtual server that moves to another VIP under
@@ -385,7 +385,7 @@ fn the_sole_nat_flag_follows_the_nat_reals_entry_it_stands_for() {
 /// data path forwards by their real alone, are no longer theirs.
 #[test]
 fn the_plain_flags_follow_the_method_and_a_moved_virtual_server_retires_its_reals() {
-    use lb_common::{REAL_F_PLAIN, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT};
+    use lb_common::{REAL_F_PLAIN, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT, REAL_F_PLAIN_TUNNEL};
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
     let parse = |vip: &str, extra: &str| {
         let t = format!("interfaces: [eth0]\nvirtual_servers:\n  - {{ name: a, address: {vip}, port: 80, protocol: tcp, health_check: {{ type: none }}{extra}, real_servers: [{{ address: 10.0.1.1 }}, {{ address: 10.0.1.2 }}] }}\n");
@@ -406,7 +406,26 @@ fn the_plain_flags_follow_the_method_and_a_moved_virtual_server_retires_its_real
         ", method: tunnel, tunnel_source: 10.0.9.1",
     ))
     .unwrap();
-    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, 0, "tunnel");
+    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, REAL_F_PLAIN_TUNNEL);
+    // Another outer source: the flag stays (the data path checks the copy it reads).
+    r.apply(&parse(
+        "10.0.0.1",
+        ", method: tunnel, tunnel_source: 10.0.9.2",
+    ))
+    .unwrap();
+    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, REAL_F_PLAIN_TUNNEL);
+    let vs = r.dp.vs.values().next().expect("the virtual server");
+    assert_eq!(vs.tunnel_src[0], u32::from_ne_bytes([10, 0, 9, 2]));
+    r.apply(&parse(
+        "10.0.0.1",
+        ", method: tunnel, tunnel_source: 10.0.9.2, persistence: { timeout: 60s }",
+    ))
+    .unwrap();
+    assert_eq!(
+        real(&r).1.flags & REAL_F_PLAIN,
+        0,
+        "tunnel with persistence"
+    );
     r.apply(&parse("10.0.0.1", "")).unwrap();
     assert_eq!(real(&r).1.flags & REAL_F_PLAIN, REAL_F_PLAIN_DR);
     let persistent = ", persistence: { timeout: 60s }";

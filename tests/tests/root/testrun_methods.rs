@@ -626,6 +626,88 @@ fn tunnel_v4_wraps_the_packet_in_a_correct_outer_header() {
     }
 }
 
+/// An established flow of a tunnelling virtual server without persistence is wrapped
+/// from its entry, its real and the outer source `TUNNEL_SRCS` holds for its virtual
+/// server's index (decision 0028): a reload that gives the virtual server another
+/// source reaches the flow; with `TUNNEL_SRCS` emptied and filled again from `VS_MAP`
+/// (as a load after a release without it does), then `VS_MAP`'s value taken away
+/// behind the daemon's back, the flow is still wrapped, byte for byte, while a new
+/// flow is passed; a source read half-written is not used (the packet looks its
+/// virtual server up: none, passed).
+#[test]
+fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() {
+    use lb_common::{user::addr_words, TunnelSource, VsKey};
+    use xdpvs::dataplane::{Dataplane as _, DataplaneContents as _};
+    let mut f = Fixture::new(YAML);
+    let sport = 4242;
+    let frame = V4Packet::tcp(CLIENT4, sport, TUN_VIP4, 80).build();
+    let real = f.predict(
+        "tun4",
+        &key(CLIENT4.into(), sport, TUN_VIP4.into(), 80, PROTO_TCP),
+    );
+    let wrapped = |src: [u8; 4]| ipip(&frame, src, v4(real), 0);
+    let r = f.run(&frame);
+    assert_eq!(
+        (r.action, &r.out),
+        (XDP_REDIRECT, &wrapped(TUN_SRC4)),
+        "recorded"
+    );
+    let new_src = [10, 0, 1, 9];
+    f.apply_config(&YAML.replace(
+        "method: tunnel,\n      real_servers: [{ address: 10.0.9.11 }",
+        "method: tunnel, tunnel_source: 10.0.1.9,\n      real_servers: [{ address: 10.0.9.11 }",
+    ));
+    let r = f.run(&frame);
+    assert_eq!(
+        (r.action, &r.out),
+        (XDP_REDIRECT, &wrapped(new_src)),
+        "reloaded"
+    );
+    let vs_key = VsKey::new(IpAddr::from(TUN_VIP4), 80, PROTO_TCP);
+    let dp = f.rec.dataplane_behind_its_back();
+    let (_, info) = dp
+        .virtual_servers()
+        .expect("VS_MAP")
+        .into_iter()
+        .find(|(k, _)| *k == vs_key)
+        .expect("tun4");
+    dp.write_tunnel_source(info.vs_index, TunnelSource::default())
+        .expect("TUNNEL_SRCS");
+    dp.fill_tunnel_sources().expect("TUNNEL_SRCS");
+    dp.remove_vs(&vs_key).expect("VS_MAP");
+    let r = f.run(&frame);
+    assert_eq!(
+        (r.action, &r.out),
+        (XDP_REDIRECT, &wrapped(new_src)),
+        "by its entry, real and outer source alone"
+    );
+    let other = V4Packet::tcp(CLIENT4, sport + 1, TUN_VIP4, 80).build();
+    assert_eq!(
+        f.run(&other).action,
+        XDP_PASS,
+        "no entry, no virtual server"
+    );
+    let (old, new) = (addr_words(TUN_SRC4.into()).0, addr_words(new_src.into()).0);
+    let torn = TunnelSource {
+        check: TunnelSource::new(old).check,
+        ..TunnelSource::new(new)
+    };
+    let dp = f.rec.dataplane_behind_its_back();
+    dp.write_tunnel_source(info.vs_index, torn)
+        .expect("TUNNEL_SRCS");
+    assert_eq!(f.run(&frame).action, XDP_PASS, "half-written: looked up");
+    f.rec
+        .dataplane_behind_its_back()
+        .write_tunnel_source(info.vs_index, TunnelSource::new(new))
+        .expect("TUNNEL_SRCS");
+    let r = f.run(&frame);
+    assert_eq!(
+        (r.action, &r.out),
+        (XDP_REDIRECT, &wrapped(new_src)),
+        "whole again"
+    );
+}
+
 #[test]
 fn tunnel_v6_wraps_the_packet_in_a_correct_outer_header() {
     let f = Fixture::new(YAML);
@@ -1014,36 +1096,43 @@ fn dr_to(frame: &[u8], real: IpAddr) -> Vec<u8> {
     w
 }
 
+/// Returns: the IP packet of `frame` wrapped in IPv4 from `src` to `real` with `tos`
+/// copied and DF, as the tunnel sends it through the fixture's router.
+fn ipip(frame: &[u8], src: [u8; 4], real: [u8; 4], tos: u8) -> Vec<u8> {
+    let inner = &frame[14..];
+    let mut w = eth(GW_MAC, FIB_MAC, None, 0x0800);
+    w.extend_from_slice(&ipv4_header(
+        tos,
+        20 + inner.len(),
+        0,
+        0x4000,
+        64,
+        4,
+        src,
+        real,
+    ));
+    w.extend_from_slice(inner);
+    w
+}
+
 /// Returns: the IP packet of `frame` as the tunnel sends it to `real` through the
 /// fixture's router: IPIP from the IPv4 tunnel source with `tos` copied and DF, or
 /// IPv6-in-IPv6 with the flow label of `k`.
 fn tunnelled(frame: &[u8], real: IpAddr, k: &FlowKey, tos: u8) -> Vec<u8> {
-    let inner = &frame[14..];
-    let mut w;
     if real.is_ipv4() {
-        w = eth(GW_MAC, FIB_MAC, None, 0x0800);
-        w.extend_from_slice(&ipv4_header(
-            tos,
-            20 + inner.len(),
-            0,
-            0x4000,
-            64,
-            4,
-            TUN_SRC4,
-            v4(real),
-        ));
-    } else {
-        w = eth(GW_MAC, FIB_MAC, None, 0x86dd);
-        w.extend_from_slice(&ipv6_header(
-            tos,
-            flow_hash(k) & 0xf_ffff,
-            inner.len(),
-            41,
-            64,
-            v6("fd00:1::1"),
-            v6of(real),
-        ));
+        return ipip(frame, TUN_SRC4, v4(real), tos);
     }
+    let inner = &frame[14..];
+    let mut w = eth(GW_MAC, FIB_MAC, None, 0x86dd);
+    w.extend_from_slice(&ipv6_header(
+        tos,
+        flow_hash(k) & 0xf_ffff,
+        inner.len(),
+        41,
+        64,
+        v6("fd00:1::1"),
+        v6of(real),
+    ));
     w.extend_from_slice(inner);
     w
 }

@@ -10,7 +10,7 @@
 //! egress MTU once wrapped is answered with ICMP carrying MTU minus the overhead.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{flow_hash, reason, RealInfo, VsInfo, FAMILY_V4, IP6IP6_OVERHEAD, IPIP_OVERHEAD};
+use lb_common::{flow_hash, reason, RealInfo, FAMILY_V4, IP6IP6_OVERHEAD, IPIP_OVERHEAD};
 use lb_ebpf::headers::{ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_IPIP, IPPROTO_IPV6, IP_DF};
 
 use crate::{
@@ -22,14 +22,14 @@ use crate::{
 
 const OUTER_TTL: u8 = 64;
 
-/// Encapsulates a packet of virtual server `vs` to `real` (id `real_id`), its next
-/// hop from `REAL_HOPS` or the FIB (decision 0023).
+/// Encapsulates a packet to `real` (id `real_id`) from its virtual server's outer
+/// source `src`, its next hop from `REAL_HOPS` or the FIB (decision 0023).
 /// Returns: the transmit verdict, or the final verdict of a packet not forwarded.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
     p: &Parsed,
-    vs: &VsInfo,
+    src: &[u32; 4],
     real_id: u32,
     real: &RealInfo,
 ) -> Result<Verdict, Verdict> {
@@ -43,7 +43,7 @@ pub fn forward(
     let r = fib::Route {
         family: p.key.family,
         proto,
-        src: &vs.tunnel_src,
+        src,
         dst: &real.addr,
         sport_be: 0,
         dport_be: 0,
@@ -71,7 +71,7 @@ pub fn forward(
             IP_DF,
             OUTER_TTL,
             IPPROTO_IPIP,
-            vs.tunnel_src[0],
+            src[0],
             real.addr[0],
         );
         // SAFETY: bounds checked by ptr_at.
@@ -85,7 +85,7 @@ pub fn forward(
             p.ip_len as u16,
             IPPROTO_IPV6,
             OUTER_TTL,
-            vs.tunnel_src,
+            *src,
             real.addr,
         );
         // SAFETY: bounds checked by ptr_at.

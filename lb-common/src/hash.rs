@@ -59,9 +59,9 @@ pub fn addr_filter_place(addr: &[u32; 4], nat_real: bool) -> (u32, u64) {
 }
 
 /// Returns: the check word of [`crate::TunnelSource`] for outer source `addr`: never
-/// zero, and different for addresses that differ in any of their words but with odds
-/// of one in 2^31, so that a value read while the daemon rewrites it (some words old,
-/// some new) is told apart from a whole one.
+/// zero, and another for another address but with odds of about one in 2^31, so that
+/// a value read while the daemon rewrites it (part old, part new) is told apart from a
+/// whole one.
 #[inline(always)]
 pub fn tunnel_source_check(addr: &[u32; 4]) -> u32 {
     let mut h = 0x7475_6e6e;

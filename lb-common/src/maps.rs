@@ -63,8 +63,8 @@ pub const IFACE_INDEX_SLOTS: u32 = 4096;
 /// The outer source of every tunnelling virtual server, by its index ([`MAX_VS`]
 /// slots of [`crate::TunnelSource`]): what an established flow of one without
 /// persistence needs of it, read without looking it up (decision 0028). Written with
-/// the virtual server's `VS_MAP` value, before it, and rewritten whole from `VS_MAP`
-/// at every load.
+/// the virtual server's `VS_MAP` value, before it, and at every load for every
+/// tunnelling virtual server `VS_MAP` holds (other slots are read by no flagged real).
 pub const TUNNEL_SRCS: &str = "TUNNEL_SRCS";
 /// The VLAN devices of the attached interfaces, by what tagged frames on them carry:
 /// (receiving ifindex, VLAN ids) -> the VLAN device's ifindex, which the FIB lookups of

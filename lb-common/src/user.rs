@@ -234,11 +234,11 @@ mod tests {
     #[test]
     fn a_tunnel_source_read_half_written_is_not_whole() {
         assert!(!TunnelSource::default().is_whole(), "never written");
-        let v4 = |a: &str| addr_words(a.parse().unwrap()).0;
+        let words = |a: &str| addr_words(a.parse().unwrap()).0;
         let pairs = [
-            (v4("10.0.9.1"), v4("10.0.9.2")),
-            (v4("2001:db8::1"), v4("fd00:1::1")),
-            (v4("fd00:1::1"), v4("fd00:2::2")),
+            (words("10.0.9.1"), words("10.0.9.2")),
+            (words("2001:db8::1"), words("fd00:1::1")),
+            (words("fd00:1::1"), words("fd00:2::2")),
         ];
         for (old, new) in pairs {
             let (o, n) = (TunnelSource::new(old), TunnelSource::new(new));

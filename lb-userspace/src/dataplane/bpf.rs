@@ -256,17 +256,16 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 }
 
 impl BpfDataplane {
-    /// Writes the `TUNNEL_SRCS` slot of tunnelling virtual server `info`: before its
-    /// `VS_MAP` value, so that no flow its value lets the data path record can find the
-    /// slot of an earlier holder of the index (decision 0028).
-    /// Writes `TUNNEL_SRCS` again from `VS_MAP`, as every load does: a release before
-    /// it did not keep it (it is then made anew, empty), and one without it may have
-    /// run in between and given an index to another virtual server (decision 0028).
+    /// Writes `TUNNEL_SRCS` again from `VS_MAP`, as every load does: the slot of every
+    /// tunnelling virtual server there (the others are read by no flagged real). A
+    /// release before it did not keep the map (it is then made anew, empty), and one
+    /// without it may have run in between and given an index to another virtual server
+    /// (decision 0028). Returns: an error if `VS_MAP` cannot be read whole, since a
+    /// slot left out could hold another virtual server's source, whole.
     pub fn fill_tunnel_sources(&mut self) -> Result<(), DataplaneError> {
         let tunnels: Vec<VsInfo> = self
-            .vs
-            .iter()
-            .filter_map(Result::ok)
+            .virtual_servers()?
+            .into_iter()
             .map(|(_, info)| info)
             .filter(|info| info.method == METHOD_TUNNEL)
             .collect();
@@ -276,6 +275,9 @@ impl BpfDataplane {
         Ok(())
     }
 
+    /// Writes the `TUNNEL_SRCS` slot of tunnelling virtual server `info`: before its
+    /// `VS_MAP` value, so that no flow its value lets the data path record can find the
+    /// slot of an earlier holder of the index (decision 0028).
     fn set_tunnel_source(&mut self, info: &VsInfo) -> Result<(), DataplaneError> {
         self.write_tunnel_source(info.vs_index, TunnelSource::new(info.tunnel_src))
     }

@@ -48,8 +48,9 @@ impl MemoryDataplane {
     /// Records in `plain_misses` every active real flagged `REAL_F_PLAIN_*`, at a
     /// generation a live table has named (so that a flow may name it), whose virtual
     /// server (by the real's index) is not in `VS_MAP`, forwards by another method, or
-    /// has persistence: the data path would forward the real's established flows as
-    /// that virtual server no longer does (decision 0027).
+    /// has persistence, or tunnels from a source other than its `TUNNEL_SRCS` slot's:
+    /// the data path would forward the real's established flows as that virtual
+    /// server no longer does (decisions 0027, 0028).
     fn check_plain(&mut self) {
         let by_index: HashMap<u32, &VsInfo> = self.vs.values().map(|v| (v.vs_index, v)).collect();
         let wrong = self
@@ -59,7 +60,13 @@ impl MemoryDataplane {
             .filter(|(_, r)| r.flags & lb_common::REAL_F_ACTIVE != 0)
             .filter(|(_, r)| r.flags & lb_common::REAL_F_PLAIN != 0)
             .filter(|(_, r)| {
-                let want = match by_index.get(&u32::from(r.vs_index)) {
+                let vs = by_index.get(&u32::from(r.vs_index));
+                let src_differs =
+                    vs.is_some_and(|v| self.tunnel_srcs.get(&v.vs_index) != Some(&v.tunnel_src));
+                if r.flags & lb_common::REAL_F_PLAIN_TUNNEL != 0 && src_differs {
+                    return true;
+                }
+                let want = match vs {
                     Some(v) if v.persist_timeout_ns != 0 => 0,
                     Some(v) if v.method == lb_common::METHOD_DR => lb_common::REAL_F_PLAIN_DR,
                     Some(v) if v.method == lb_common::METHOD_NAT => lb_common::REAL_F_PLAIN_NAT,
@@ -122,6 +129,9 @@ pub struct MemoryDataplane {
     /// `ring_id * RING_STRIDE + slot` -> real id.
     pub rings: HashMap<u32, u32>,
     pub vs: HashMap<VsKey, VsInfo>,
+    /// `TUNNEL_SRCS`: vs index -> the outer source, as `set_vs` writes it (before the
+    /// value) for a tunnelling virtual server (decision 0028).
+    pub tunnel_srcs: HashMap<u32, [u32; 4]>,
     pub settings: u32,
     /// `SYN_GUARD`.
     pub syn_guard: u32,
@@ -228,6 +238,9 @@ impl Dataplane for MemoryDataplane {
         Ok(())
     }
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError> {
+        if info.method == lb_common::METHOD_TUNNEL {
+            self.tunnel_srcs.insert(info.vs_index, info.tunnel_src);
+        }
         self.vs.insert(*key, *info);
         self.value_writes += 1;
         self.vs_writes.push(*key);

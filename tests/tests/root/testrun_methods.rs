@@ -628,12 +628,14 @@ fn tunnel_v4_wraps_the_packet_in_a_correct_outer_header() {
 
 /// An established flow of a tunnelling virtual server without persistence is wrapped
 /// from its entry, its real and the outer source `TUNNEL_SRCS` holds for its virtual
-/// server's index (decision 0028): a reload that gives the virtual server another
-/// source reaches the flow; with `TUNNEL_SRCS` emptied and filled again from `VS_MAP`
-/// (as a load after a release without it does), then `VS_MAP`'s value taken away
-/// behind the daemon's back, the flow is still wrapped, byte for byte, while a new
-/// flow is passed; a source read half-written is not used (the packet looks its
-/// virtual server up: none, passed).
+/// server's index (decision 0028), byte for byte:
+/// - a reload that gives the virtual server another source writes it there: with
+///   `VS_MAP`'s value then taken away behind the daemon's back, the flow is wrapped
+///   from the new source, while a new flow is passed;
+/// - with the value back, the slot emptied and filled again from `VS_MAP` (what a load
+///   does), and the value taken away again, the flow is still wrapped;
+/// - a source read half-written is not used: the packet looks its virtual server up
+///   (none: passed).
 #[test]
 fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() {
     use lb_common::{user::addr_words, TunnelSource, VsKey};
@@ -657,12 +659,6 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
         "method: tunnel,\n      real_servers: [{ address: 10.0.9.11 }",
         "method: tunnel, tunnel_source: 10.0.1.9,\n      real_servers: [{ address: 10.0.9.11 }",
     ));
-    let r = f.run(&frame);
-    assert_eq!(
-        (r.action, &r.out),
-        (XDP_REDIRECT, &wrapped(new_src)),
-        "reloaded"
-    );
     let vs_key = VsKey::new(IpAddr::from(TUN_VIP4), 80, PROTO_TCP);
     let dp = f.rec.dataplane_behind_its_back();
     let (_, info) = dp
@@ -671,6 +667,21 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
         .into_iter()
         .find(|(k, _)| *k == vs_key)
         .expect("tun4");
+    dp.remove_vs(&vs_key).expect("VS_MAP");
+    let r = f.run(&frame);
+    assert_eq!(
+        (r.action, &r.out),
+        (XDP_REDIRECT, &wrapped(new_src)),
+        "reloaded: by its entry, real and outer source alone"
+    );
+    let other = V4Packet::tcp(CLIENT4, sport + 1, TUN_VIP4, 80).build();
+    assert_eq!(
+        f.run(&other).action,
+        XDP_PASS,
+        "no entry, no virtual server"
+    );
+    let dp = f.rec.dataplane_behind_its_back();
+    dp.set_vs(&vs_key, &info).expect("VS_MAP");
     dp.write_tunnel_source(info.vs_index, TunnelSource::default())
         .expect("TUNNEL_SRCS");
     dp.fill_tunnel_sources().expect("TUNNEL_SRCS");
@@ -679,13 +690,7 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
     assert_eq!(
         (r.action, &r.out),
         (XDP_REDIRECT, &wrapped(new_src)),
-        "by its entry, real and outer source alone"
-    );
-    let other = V4Packet::tcp(CLIENT4, sport + 1, TUN_VIP4, 80).build();
-    assert_eq!(
-        f.run(&other).action,
-        XDP_PASS,
-        "no entry, no virtual server"
+        "filled from VS_MAP"
     );
     let (old, new) = (addr_words(TUN_SRC4.into()).0, addr_words(new_src.into()).0);
     let torn = TunnelSource {
@@ -715,8 +720,16 @@ fn tunnel_v6_wraps_the_packet_in_a_correct_outer_header() {
     let frame = V6Packet::tcp(client, 5555, vip, 80).build();
     let k = key(client.into(), 5555, vip.into(), 80, PROTO_TCP);
     let real = f.predict("tun6", &k);
+    // The first packet records the flow; the second is wrapped from its entry, its
+    // real and `TUNNEL_SRCS` (decision 0028): the same frame.
     let r = f.run(&frame);
     assert_eq!(r.action, XDP_REDIRECT);
+    let second = f.run(&frame);
+    assert_eq!(
+        (second.action, &second.out),
+        (r.action, &r.out),
+        "established"
+    );
     let inner = &frame[14..];
     let mut want = eth(GW_MAC, FIB_MAC, None, 0x86dd);
     want.extend_from_slice(&ipv6_header(

@@ -60,17 +60,15 @@ impl MemoryDataplane {
             .filter(|(_, r)| r.flags & lb_common::REAL_F_ACTIVE != 0)
             .filter(|(_, r)| r.flags & lb_common::REAL_F_PLAIN != 0)
             .filter(|(_, r)| {
-                let vs = by_index.get(&u32::from(r.vs_index));
-                let src_differs =
-                    vs.is_some_and(|v| self.tunnel_srcs.get(&v.vs_index) != Some(&v.tunnel_src));
-                if r.flags & lb_common::REAL_F_PLAIN_TUNNEL != 0 && src_differs {
-                    return true;
-                }
-                let want = match vs {
+                let want = match by_index.get(&u32::from(r.vs_index)) {
                     Some(v) if v.persist_timeout_ns != 0 => 0,
                     Some(v) if v.method == lb_common::METHOD_DR => lb_common::REAL_F_PLAIN_DR,
                     Some(v) if v.method == lb_common::METHOD_NAT => lb_common::REAL_F_PLAIN_NAT,
-                    Some(v) if v.method == lb_common::METHOD_TUNNEL => {
+                    // Only with its outer source in its slot (decision 0028).
+                    Some(v)
+                        if v.method == lb_common::METHOD_TUNNEL
+                            && self.tunnel_srcs.get(&v.vs_index) == Some(&v.tunnel_src) =>
+                    {
                         lb_common::REAL_F_PLAIN_TUNNEL
                     }
                     _ => 0,

@@ -100,7 +100,10 @@ pub trait Dataplane {
     fn set_real(&mut self, id: u32, info: &RealInfo) -> Result<(), DataplaneError>;
     /// Writes `(slot, real_id)` pairs into ring `ring_id`.
     fn set_ring_slots(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
-    /// Inserts or replaces a virtual server (one atomic map update).
+    /// Inserts or replaces a virtual server (one atomic map update). A tunnelling
+    /// virtual server's outer source is written to its `TUNNEL_SRCS` slot first, so
+    /// that no flow the new value lets the data path record finds the slot of an
+    /// earlier holder of the index (decision 0028).
     fn set_vs(&mut self, key: &VsKey, info: &VsInfo) -> Result<(), DataplaneError>;
     /// Removes a virtual server; its traffic is passed to the kernel from then on.
     fn remove_vs(&mut self, key: &VsKey) -> Result<(), DataplaneError>;

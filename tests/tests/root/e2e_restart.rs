@@ -5,7 +5,9 @@
 //! no datagram may be lost, and the stream's entry in the pinned connection table must
 //! stay as it was. A restart to a configuration that needs more Maglev rings than the
 //! pinned ring map holds grows it and keeps everything else, also when the start
-//! before it died growing. `xdpvs teardown` then leaves the balancer as it was before.
+//! before it died growing. An upgrade from a release without `TUNNEL_SRCS` fills it
+//! from the adopted virtual servers. `xdpvs teardown` then leaves the balancer as it
+//! was before.
 
 use std::{
     collections::BTreeMap,
@@ -15,14 +17,15 @@ use std::{
 };
 
 use lb_common::{
-    maps::{ALL, FLOWS, NAT_REALS, PERSIST, VS_MAP, VS_RINGS},
-    PROTO_TCP, RING_STRIDE,
+    maps::{ALL, FLOWS, NAT_REALS, PERSIST, TUNNEL_SRCS, VS_MAP, VS_RINGS},
+    user::addr_words,
+    TunnelSource, PROTO_TCP, RING_STRIDE,
 };
 use serde_json::Value;
 use tests::{
     daemon::{self, Daemon},
     http::NamedServer,
-    lab::{Family, Kind, Lab, Sample, StreamClient, UdpFlow, NAT_REAL_PORT},
+    lab::{net, Family, Kind, Lab, Sample, StreamClient, UdpFlow, NAT_REAL_PORT},
     netns::sh,
     pins, wait_for,
 };
@@ -174,7 +177,13 @@ fn stream_entries(lab: &Lab, stream: &StreamClient) -> Vec<(&'static str, Vec<u8
 /// Returns: the kernel's id of every pinned map of the instance, by name. A map the
 /// daemon adopts keeps its id; one made anew gets another.
 fn map_ids(lab: &Lab) -> BTreeMap<&'static str, u64> {
+    map_ids_but(lab, "")
+}
+
+/// Returns: [`map_ids`] without map `name`.
+fn map_ids_but(lab: &Lab, name: &str) -> BTreeMap<&'static str, u64> {
     ALL.iter()
+        .filter(|&&n| n != name)
         .map(|&name| {
             let info = pins::map_info(&lab.map_pin(name));
             let id = info["id"]
@@ -531,6 +540,69 @@ fn an_incompatible_pinned_map_is_replaced_and_its_contents_dropped() {
         .finish()
         .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
     println!("layout change: 30 of 30 requests answered, the stream intact ({chunks} chunks)");
+}
+
+/// Returns: the written slots of the pinned `TUNNEL_SRCS` at `pin` (not all zero), as
+/// (index, value) bytes.
+fn tunnel_sources(pin: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pins::dump(pin)
+        .into_iter()
+        .filter(|(_, v)| v.iter().any(|&b| b != 0))
+        .collect()
+}
+
+/// An upgrade from a release without `TUNNEL_SRCS` (decision 0028): the new map is
+/// filled from the adopted `VS_MAP` at load, so that the tunnelled flows it finds go
+/// on by their entries alone from the first packet the new program sees.
+#[test]
+fn an_upgrade_from_a_release_without_tunnel_sources_fills_them_from_the_virtual_servers() {
+    let lab = Lab::new(Kind::Tunnel, Family::V4, 2);
+    let cfg = lab.write_config();
+    let bin = daemon::binary();
+    let mut r = Restarts::serving(&lab, cfg, &bin, &[0, 1]);
+    let stream = lab.stream();
+    flows_on(&stream, 3, &r);
+    let pin = lab.map_pin(TUNNEL_SRCS);
+    let source = TunnelSource::new(addr_words(net(Family::V4, 100, 1)).0);
+    let mut want: Vec<u8> = source.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    want.extend(source.check.to_ne_bytes());
+    want.extend(source._pad.to_ne_bytes());
+    let written = tunnel_sources(&pin);
+    assert_eq!(
+        written.iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        [&want],
+        "one slot, the lab's tunnel source, written by the start"
+    );
+    r.stop();
+    // What a release before decision 0028 leaves: no such pin. The attached program
+    // keeps the map it was loaded with.
+    std::fs::remove_file(&pin).expect("unpin TUNNEL_SRCS");
+    flows_on(&stream, 3, &r);
+    let ids = map_ids_but(&lab, TUNNEL_SRCS);
+    r.start(&bin);
+    assert_eq!(
+        map_ids_but(&lab, TUNNEL_SRCS),
+        ids,
+        "every other map adopted:\n{}",
+        r.all_logs()
+    );
+    assert_eq!(
+        tunnel_sources(&pin),
+        written,
+        "TUNNEL_SRCS made anew without its slot filled:\n{}",
+        r.all_logs()
+    );
+    flows_on(&stream, 3, &r);
+    let answers = lab.requests(30);
+    assert!(
+        answers.iter().all(Result::is_ok),
+        "requests after the upgrade: {answers:?}\n{}",
+        r.all_logs()
+    );
+    let (_, chunks, _) = stream
+        .finish()
+        .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
+    println!("upgrade without TUNNEL_SRCS: slot filled, 30 of 30 requests, the stream intact ({chunks} chunks)");
 }
 
 /// First port of the virtual servers a grown configuration adds.

@@ -8,8 +8,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     addr_filter_place,
     maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
-    reason, FlowKey, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP,
-    REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT,
+    reason, FlowKey, FlowState, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP,
 };
 use lb_ebpf::headers::{
     ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
@@ -52,56 +51,20 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     } else {
         None
     };
-    let plain = found.and_then(choose::plain);
-    let vs = match plain {
-        None if may_vip => virtual_server(&p.key),
-        _ => None,
+    let route = match found.and_then(choose::plain) {
+        Some(plain) => Route::Plain(plain),
+        None => match may_vip.then(|| virtual_server(&p.key)).flatten() {
+            Some(vs) => Route::Scheduled(vs),
+            None => return not_for_a_virtual_server(ctx, &p, &filter),
+        },
     };
-    if plain.is_none() && vs.is_none() {
-        if !filter.may_be(&p.key.src, true) {
-            return Err(Verdict::pass(reason::PASS_NOT_VS));
-        }
-        // Not for a virtual server: maybe a real's reply to a NAT flow.
-        let (verdict, vs_index) = forward::nat::reply(ctx, &p)?;
-        stats::count_reply(vs_index, p.len);
-        return Ok(verdict);
-    }
     let ingress = l2::addressed_here(ctx)?;
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
-    // (virtual server index, method, choice)
-    let (vs_index, method, choice) = match (plain, found, vs) {
-        (Some(real), Some(f), _) => {
-            let method = if real.flags & REAL_F_PLAIN_DR != 0 {
-                METHOD_DR
-            } else if real.flags & REAL_F_PLAIN_NAT != 0 {
-                METHOD_NAT
-            } else {
-                METHOD_TUNNEL
-            };
-            let choice = Choice {
-                real_id: f.real_id,
-                real,
-                new_flow: false,
-                recorded: true,
-                marked: false,
-            };
-            (f.vs_index, method, choice)
-        }
-        (None, _, Some(vs)) => {
-            let found = if syn && !flood::syn_skips_table() {
-                choose::recorded(&p.key)
-            } else {
-                found
-            };
-            let choice = choose::real(&p.key, vs, record(&p, vs, syn), found)?;
-            if choice.new_flow {
-                stats::count_new_flow(vs.vs_index, choice.real_id);
-            }
-            (vs.vs_index, vs.method, choice)
-        }
-        _ => return Err(Verdict::internal()),
+    let (vs_index, method, choice) = match route {
+        Route::Plain(plain) => (plain.vs_index, plain.method, plain.choice()),
+        Route::Scheduled(vs) => (vs.vs_index, vs.method, scheduled(&p, vs, syn, found)?),
     };
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
@@ -120,9 +83,9 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             )?
         }
         METHOD_TUNNEL => {
-            let src = match vs {
-                Some(vs) => vs.tunnel_src,
-                None => plain_tunnel_source(&p.key, vs_index)?,
+            let src = match route {
+                Route::Scheduled(vs) => vs.tunnel_src,
+                Route::Plain(_) => plain_tunnel_source(&p.key, vs_index)?,
             };
             forward::tunnel::forward(ctx, &p, &src, choice.real_id, real)?
         }
@@ -130,6 +93,55 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     };
     stats::count_forward(vs_index, choice.real_id, p.len);
     Ok(verdict)
+}
+
+/// How a packet for a virtual server finds its real.
+#[derive(Clone, Copy)]
+enum Route {
+    /// By its flow's entry and that entry's real alone (decisions 0027, 0028).
+    Plain(choose::Plain),
+    /// Through its virtual server: a new flow, a SYN, a persistent virtual server's
+    /// packet, or a flow whose entry's real is no longer flagged plain.
+    Scheduled(&'static VsInfo),
+}
+
+/// A packet of no virtual server (by the filter, or looked up): a NAT real's reply,
+/// if it is one (decision 0015). Returns: its verdict (`pass_not_vs` if it is none).
+#[inline(always)]
+fn not_for_a_virtual_server(
+    ctx: &XdpContext,
+    p: &parse::Parsed,
+    filter: &AddrFilter,
+) -> Result<Verdict, Verdict> {
+    if !filter.may_be(&p.key.src, true) {
+        return Err(Verdict::pass(reason::PASS_NOT_VS));
+    }
+    let (verdict, vs_index) = forward::nat::reply(ctx, p)?;
+    stats::count_reply(vs_index, p.len);
+    Ok(verdict)
+}
+
+/// Returns: the real of packet `p` of virtual server `vs` ([`choose::real`]), the
+/// flow's entry `found` being what the caller looked up; an opening SYN (`syn`) looks
+/// its entry up here, unless a SYN flood skips the table (decision 0025). A new flow
+/// is counted.
+#[inline(always)]
+fn scheduled(
+    p: &parse::Parsed,
+    vs: &VsInfo,
+    syn: bool,
+    found: Option<&FlowState>,
+) -> Result<Choice, Verdict> {
+    let found = if syn && !flood::syn_skips_table() {
+        choose::recorded(&p.key)
+    } else {
+        found
+    };
+    let choice = choose::real(&p.key, vs, record(p, vs, syn), found)?;
+    if choice.new_flow {
+        stats::count_new_flow(vs.vs_index, choice.real_id);
+    }
+    Ok(choice)
 }
 
 /// Returns: the outer source of flow `key`, established on a plain tunnel's real

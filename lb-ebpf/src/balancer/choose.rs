@@ -4,7 +4,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     flow_hash, maps::UDP_SEEN_SLOTS, reason, FlowKey, FlowState, PersistKey, PersistState,
-    RealInfo, TunnelSource, VsInfo, NO_REAL, REAL_F_ACTIVE, REAL_F_NEW, REAL_F_PLAIN, RING_STRIDE,
+    RealInfo, TunnelSource, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, NO_REAL, REAL_F_ACTIVE,
+    REAL_F_NEW, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT, REAL_F_PLAIN_TUNNEL, RING_STRIDE,
 };
 
 use crate::{
@@ -130,18 +131,57 @@ pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
     pick(key, vs, Record::Never, recorded(key))
 }
 
-/// Returns: the real of the flow whose entry is `f` when that real still holds the
+/// An established flow that goes by its entry and its real alone (decision 0027).
+#[derive(Clone, Copy)]
+pub struct Plain {
+    pub real_id: u32,
+    pub real: &'static RealInfo,
+    /// The entry's virtual server index.
+    pub vs_index: u32,
+    /// `METHOD_*` of that virtual server, by the real's `REAL_F_PLAIN_*` flag.
+    pub method: u8,
+}
+
+impl Plain {
+    /// Returns: the choice of the flow's packet: its recorded real.
+    #[inline(always)]
+    pub fn choice(&self) -> Choice {
+        Choice {
+            real_id: self.real_id,
+            real: self.real,
+            new_flow: false,
+            recorded: true,
+            marked: false,
+        }
+    }
+}
+
+/// Returns: the flow whose entry is `f`, plain, when the entry's real still holds the
 /// entry's generation, is active and is flagged `REAL_F_PLAIN_*`: its virtual server
 /// (the entry's index) forwards the flow by direct routing, NAT or tunnelling without
 /// persistence, and is still at the packet's VIP, port and protocol, since the daemon
 /// gives the reals of a virtual server that leaves them a new generation (decision
 /// 0027).
 #[inline(always)]
-pub fn plain(f: &FlowState) -> Option<&'static RealInfo> {
+pub fn plain(f: &FlowState) -> Option<Plain> {
     let real = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE)?;
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*real };
-    (real.flags & REAL_F_PLAIN != 0).then_some(real)
+    let method = if real.flags & REAL_F_PLAIN_DR != 0 {
+        METHOD_DR
+    } else if real.flags & REAL_F_PLAIN_NAT != 0 {
+        METHOD_NAT
+    } else if real.flags & REAL_F_PLAIN_TUNNEL != 0 {
+        METHOD_TUNNEL
+    } else {
+        return None;
+    };
+    Some(Plain {
+        real_id: f.real_id,
+        real,
+        vs_index: f.vs_index,
+        method,
+    })
 }
 
 /// Returns: a copy of the outer source `TUNNEL_SRCS` holds for virtual server

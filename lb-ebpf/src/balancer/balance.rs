@@ -25,8 +25,9 @@ use crate::{
 
 /// Returns: `Ok` with the verdict of a forwarded packet, `Err` with the verdict of one
 /// that was passed or dropped (both are final; the split keeps `?` usable).
+/// `filter` and `seen`: the address filter and what [`first_look`] told by it.
 #[inline(always)]
-pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+pub fn try_balance(ctx: &XdpContext, filter: &AddrFilter, seen: Seen) -> Result<Verdict, Verdict> {
     l2::untag(ctx)?;
     let p = parse::parse(ctx)?;
     if p.icmp {
@@ -36,9 +37,12 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         return tail_call(ctx, TAIL_FRAGMENT);
     }
     // Decision 0022: a destination that is no VIP is not looked up as one, and a
-    // source that is no NAT real not as a reply.
-    let filter = AddrFilter::read();
-    let may_vip = filter.may_be(&p.key.dst, false);
+    // source that is no NAT real not as a reply. An untagged frame's destination was
+    // tested before the parse.
+    let may_vip = match seen {
+        Seen::Dst(may_vip) => may_vip,
+        Seen::Host | Seen::Unread => filter.may_be(&p.key.dst, false),
+    };
     // An opening SYN looks its entry up (or not, during a flood) once its virtual
     // server is known; any other packet first, so that an established flow of a
     // virtual server without persistence is forwarded by its entry and its real alone
@@ -55,7 +59,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         Some(plain) => Route::Plain(plain),
         None => match may_vip.then(|| virtual_server(&p.key)).flatten() {
             Some(vs) => Route::Scheduled(vs),
-            None => return not_for_a_virtual_server(ctx, &p, &filter),
+            None => return not_for_a_virtual_server(ctx, &p, filter),
         },
     };
     let ingress = l2::addressed_here(ctx)?;
@@ -190,33 +194,44 @@ fn record(p: &parse::Parsed, vs: &VsInfo, syn: bool) -> Record {
     }
 }
 
+/// What [`first_look`] told of a frame, before it was untagged and parsed.
+#[derive(Clone, Copy)]
+pub enum Seen {
+    /// The host's own traffic: passed at once.
+    Host,
+    /// An untagged IP packet whose destination was tested: whether it may be a VIP.
+    Dst(bool),
+    /// Nothing (an unwritten filter, tags, not IP, a short header).
+    Unread,
+}
+
 /// Returns: whether the frame is the host's own traffic, by the address filter
 /// (decision 0022), told before it is untagged and parsed: an untagged IPv4 packet
 /// without options or IPv6 packet without extension headers, neither a fragment,
 /// carrying TCP or UDP ports, whose destination is no VIP and whose source is no NAT
 /// real. The whole path would pass it too (`pass_not_vs`), after writing and reading
 /// the frame's tags and building its flow key; anything else (tags, ICMP, fragments,
-/// options, a short or inconsistent header) goes the whole way.
+/// options, a short or inconsistent header) goes the whole way, with its destination's
+/// test if it was made, so that the whole path reads the filter once.
 #[inline(always)]
-pub fn host_traffic(ctx: &XdpContext) -> bool {
-    let filter = AddrFilter::read();
+pub fn first_look(ctx: &XdpContext, filter: &AddrFilter) -> Seen {
     if !filter.written {
-        return false;
+        return Seen::Unread;
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return false;
+        return Seen::Unread;
     };
     let len = ctx.data_end() - ctx.data();
     // SAFETY: bounds checked by ptr_at, here and below.
     let (src, l4_off) = match unsafe { (*eth).proto_be } {
         p if p == ETH_P_IP.to_be() => {
             let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-                return false;
+                return Seen::Unread;
             };
             // The destination first: a VIP's packet leaves here at once.
             let dst = [unsafe { (*ip).dst }, 0, 0, 0];
             if filter.may_be(&dst, false) {
-                return false;
+                return Seen::Dst(true);
             }
             let (ver_ihl, tot_len, frag, proto) = unsafe {
                 (
@@ -229,17 +244,17 @@ pub fn host_traffic(ctx: &XdpContext) -> bool {
             let whole = tot_len >= IPV4_HLEN && ETH_HLEN + tot_len <= len;
             let plain = ver_ihl == 0x45 && frag & 0x3fff_u16.to_be() == 0;
             if !whole || !plain || (proto != PROTO_TCP && proto != PROTO_UDP) {
-                return false;
+                return Seen::Dst(false);
             }
             ([unsafe { (*ip).src }, 0, 0, 0], ETH_HLEN + IPV4_HLEN)
         }
         p if p == ETH_P_IPV6.to_be() => {
             let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
-                return false;
+                return Seen::Unread;
             };
             let dst = unsafe { (*ip).dst };
             if filter.may_be(&dst, false) {
-                return false;
+                return Seen::Dst(true);
             }
             let (vtf, payload, next) = unsafe {
                 (
@@ -250,24 +265,28 @@ pub fn host_traffic(ctx: &XdpContext) -> bool {
             };
             let whole = ETH_HLEN + IPV6_HLEN + payload <= len;
             if u32::from_be(vtf) >> 28 != 6 || !whole || (next != PROTO_TCP && next != PROTO_UDP) {
-                return false;
+                return Seen::Dst(false);
             }
             (unsafe { (*ip).src }, ETH_HLEN + IPV6_HLEN)
         }
-        _ => return false,
+        _ => return Seen::Unread,
     };
-    ptr_at::<[u16; 2]>(ctx, l4_off).is_some() && !filter.may_be(&src, true)
+    if ptr_at::<[u16; 2]>(ctx, l4_off).is_some() && !filter.may_be(&src, true) {
+        Seen::Host
+    } else {
+        Seen::Dst(false)
+    }
 }
 
 /// `ADDR_FILTER` as this packet reads it (decision 0022).
-struct AddrFilter {
+pub struct AddrFilter {
     /// The daemon has written the bits (with this object's version of them).
     written: bool,
 }
 
 impl AddrFilter {
     #[inline(always)]
-    fn read() -> Self {
+    pub fn read() -> Self {
         let written = ADDR_FILTER
             .get(0)
             .is_some_and(|w| *w == ADDR_FILTER_VERSION);

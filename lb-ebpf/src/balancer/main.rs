@@ -29,11 +29,13 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 /// The load balancer, attached to every interface of the configuration.
 #[xdp]
 pub fn xdpvs_lb(ctx: XdpContext) -> u32 {
-    if balance::host_traffic(&ctx) {
+    let filter = balance::AddrFilter::read();
+    let seen = balance::first_look(&ctx, &filter);
+    if let balance::Seen::Host = seen {
         stats::count_verdict(lb_common::reason::PASS_NOT_VS);
         return xdp_action::XDP_PASS;
     }
-    finish(&ctx, balance::try_balance(&ctx))
+    finish(&ctx, balance::try_balance(&ctx, &filter, seen))
 }
 
 /// TCP and UDP fragments, from `xdpvs_lb` (`TAIL_FRAGMENT`).

@@ -483,7 +483,7 @@ fn traffic_not_for_a_virtual_server_passes_untouched() {
             tests::packet::V6Packet::udp([0xfd; 16], 1000, [0xfe; 16], 53).build(),
         ),
         // The host's own traffic is told apart before the whole parse (balance.rs,
-        // `host_traffic`); what that parse would not pass as `pass_not_vs` is left
+        // `first_look`); what that parse would not pass as `pass_not_vs` is left
         // to it.
         ("another address, shorter than its IP header says", {
             let mut b = V4Packet::udp(CLIENT, 1000, [10, 0, 0, 101], 53).build();

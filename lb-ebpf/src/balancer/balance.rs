@@ -8,7 +8,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     addr_filter_place,
     maps::{ADDR_FILTER_VERSION, TAIL_FRAGMENT, TAIL_ICMP},
-    reason, FlowKey, FlowState, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP, PROTO_UDP,
+    reason, FlowKey, FlowState, IfaceInfo, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, PROTO_TCP,
+    PROTO_UDP,
 };
 use lb_ebpf::headers::{
     ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
@@ -39,6 +40,7 @@ pub fn try_balance(ctx: &XdpContext, filter: &AddrFilter, seen: Seen) -> Result<
     // Decision 0022: a destination that is no VIP is not looked up as one, and a
     // source that is no NAT real not as a reply. An untagged frame's destination was
     // tested before the parse.
+    // (`Seen::Host` never comes here: the entry point passes it.)
     let may_vip = match seen {
         Seen::Dst(may_vip) => may_vip,
         Seen::Host | Seen::Unread => filter.may_be(&p.key.dst, false),
@@ -70,33 +72,49 @@ pub fn try_balance(ctx: &XdpContext, filter: &AddrFilter, seen: Seen) -> Result<
         Route::Plain(plain) => (plain.vs_index, plain.method, plain.choice()),
         Route::Scheduled(vs) => (vs.vs_index, vs.method, scheduled(&p, vs, syn, found)?),
     };
+    let verdict = forward_to_real(ctx, &p, route, vs_index, method, &choice, ingress)?;
+    stats::count_forward(vs_index, choice.real_id, p.len);
+    Ok(verdict)
+}
+
+/// Forwards packet `p` of virtual server `vs_index` to the real of `choice` by
+/// `method`, on the route it came (`ingress`: as [`l2::addressed_here`] gave it).
+/// Returns: the transmit verdict, or the verdict that stopped the packet.
+#[inline(always)]
+fn forward_to_real(
+    ctx: &XdpContext,
+    p: &parse::Parsed,
+    route: Route,
+    vs_index: u32,
+    method: u8,
+    choice: &Choice,
+    ingress: IfaceInfo,
+) -> Result<Verdict, Verdict> {
     // SAFETY: array value pointer, valid for this run.
     let real = unsafe { &*choice.real };
-    let verdict = match method {
-        METHOD_DR => forward::dr::forward(ctx, &p, real, ingress)?,
+    match method {
+        METHOD_DR => forward::dr::forward(ctx, p, real, ingress),
         METHOD_NAT => {
             let traced = choice.recorded || choice.marked;
             forward::nat::forward(
                 ctx,
-                &p,
+                p,
                 vs_index,
                 choice.real_id,
                 real,
                 choice.new_flow,
                 traced,
-            )?
+            )
         }
         METHOD_TUNNEL => {
             let src = match route {
                 Route::Scheduled(vs) => vs.tunnel_src,
                 Route::Plain(_) => plain_tunnel_source(&p.key, vs_index)?,
             };
-            forward::tunnel::forward(ctx, &p, &src, choice.real_id, real)?
+            forward::tunnel::forward(ctx, p, &src, choice.real_id, real)
         }
-        _ => return Err(Verdict::internal()),
-    };
-    stats::count_forward(vs_index, choice.real_id, p.len);
-    Ok(verdict)
+        _ => Err(Verdict::internal()),
+    }
 }
 
 /// How a packet for a virtual server finds its real.
@@ -205,14 +223,16 @@ pub enum Seen {
     Unread,
 }
 
-/// Returns: whether the frame is the host's own traffic, by the address filter
-/// (decision 0022), told before it is untagged and parsed: an untagged IPv4 packet
-/// without options or IPv6 packet without extension headers, neither a fragment,
-/// carrying TCP or UDP ports, whose destination is no VIP and whose source is no NAT
-/// real. The whole path would pass it too (`pass_not_vs`), after writing and reading
-/// the frame's tags and building its flow key; anything else (tags, ICMP, fragments,
-/// options, a short or inconsistent header) goes the whole way, with its destination's
-/// test if it was made, so that the whole path reads the filter once.
+/// Tells the host's own traffic by the address filter (decision 0022), before the
+/// frame is untagged and parsed: an untagged IPv4 packet without options or IPv6
+/// packet without extension headers, neither a fragment, carrying TCP or UDP ports,
+/// whose destination is no VIP and whose source is no NAT real. The whole path would
+/// pass it too (`pass_not_vs`), after writing and reading the frame's tags and
+/// building its flow key; anything else (tags, ICMP, fragments, options, a short or
+/// inconsistent header) goes the whole way.
+/// Returns: `Seen::Host` for the host's own traffic; `Seen::Dst` with the test of the
+/// destination if it was made (the whole path then does not make it again);
+/// `Seen::Unread` otherwise.
 #[inline(always)]
 pub fn first_look(ctx: &XdpContext, filter: &AddrFilter) -> Seen {
     if !filter.written {
@@ -285,6 +305,7 @@ pub struct AddrFilter {
 }
 
 impl AddrFilter {
+    /// Returns: the filter as written now (element 0).
     #[inline(always)]
     pub fn read() -> Self {
         let written = ADDR_FILTER

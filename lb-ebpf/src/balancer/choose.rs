@@ -134,7 +134,9 @@ pub fn serving(key: &FlowKey, vs: &VsInfo) -> Result<Choice, Verdict> {
 /// An established flow that goes by its entry and its real alone (decision 0027).
 #[derive(Clone, Copy)]
 pub struct Plain {
+    /// The entry's real.
     pub real_id: u32,
+    /// Its `REALS` value.
     pub real: &'static RealInfo,
     /// The entry's virtual server index.
     pub vs_index: u32,

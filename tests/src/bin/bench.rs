@@ -5,7 +5,12 @@
 //! - `non_vip`: a TCP packet for an address that is no VIP (passed); and
 //!   `non_vip_nat_configured`, the same once a NAT virtual server exists (it is then
 //!   also looked up as a possible NAT reply);
-//! - `vip_established`: a VIP packet whose flow is in the connection table;
+//! - `vip_established`: a VIP packet whose flow is in the connection table, direct
+//!   routing. The kernel repeats the frame as the first run rewrote it, addressed to
+//!   the real's MAC: every later run looks the flow up, finds the frame another host's
+//!   (`OWN_MACS` looked up) and passes it, so this is the cost up to that check, not of
+//!   a forward; `vip_established_single` is the whole forward, one run per packet,
+//!   beside `floor_xdp_pass_single`;
 //! - `vip_new_flow`: a VIP packet of a flow never seen (hash, Maglev, table insert).
 //!   The kernel repeats one packet, so after the first run a flow is established;
 //!   new flows are measured one run per distinct packet instead, and reported beside a
@@ -364,6 +369,7 @@ fn main() {
         f.run_n(lb_common::maps::PROG_LB, &frame, REPEAT).ns as f64,
         REPEAT,
     );
+    line("vip_established_single", single(&f, &frame), 1);
 
     let mut floor = 0u64;
     let mut new = 0u64;

@@ -263,14 +263,10 @@ impl BpfDataplane {
     /// (decision 0028). Returns: an error if `VS_MAP` cannot be read whole, since a
     /// slot left out could hold another virtual server's source, whole.
     pub fn fill_tunnel_sources(&mut self) -> Result<(), DataplaneError> {
-        let tunnels: Vec<VsInfo> = self
-            .virtual_servers()?
-            .into_iter()
-            .map(|(_, info)| info)
-            .filter(|info| info.method == METHOD_TUNNEL)
-            .collect();
-        for info in tunnels {
-            self.set_tunnel_source(&info)?;
+        for (_, info) in self.virtual_servers()? {
+            if info.method == METHOD_TUNNEL {
+                self.set_tunnel_source(&info)?;
+            }
         }
         Ok(())
     }

@@ -647,13 +647,13 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
         "tun4",
         &key(CLIENT4.into(), sport, TUN_VIP4.into(), 80, PROTO_TCP),
     );
-    let wrapped = |src: [u8; 4]| ipip(&frame, src, v4(real), 0);
-    let r = f.run(&frame);
-    assert_eq!(
-        (r.action, &r.out),
-        (XDP_REDIRECT, &wrapped(TUN_SRC4)),
-        "recorded"
-    );
+    // Runs the flow's frame: it must leave wrapped from outer source `src`.
+    let assert_wrapped = |f: &Fixture, src: [u8; 4], what: &str| {
+        let r = f.run(&frame);
+        let want = ipip(&frame, src, v4(real), 0);
+        assert_eq!((r.action, &r.out), (XDP_REDIRECT, &want), "{what}");
+    };
+    assert_wrapped(&f, TUN_SRC4, "recorded");
     let new_src = [10, 0, 1, 9];
     f.apply_config(&YAML.replace(
         "method: tunnel,\n      real_servers: [{ address: 10.0.9.11 }",
@@ -668,11 +668,10 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
         .find(|(k, _)| *k == vs_key)
         .expect("tun4");
     dp.remove_vs(&vs_key).expect("VS_MAP");
-    let r = f.run(&frame);
-    assert_eq!(
-        (r.action, &r.out),
-        (XDP_REDIRECT, &wrapped(new_src)),
-        "reloaded: by its entry, real and outer source alone"
+    assert_wrapped(
+        &f,
+        new_src,
+        "reloaded: by its entry, real and outer source alone",
     );
     let other = V4Packet::tcp(CLIENT4, sport + 1, TUN_VIP4, 80).build();
     assert_eq!(
@@ -686,12 +685,7 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
         .expect("TUNNEL_SRCS");
     dp.fill_tunnel_sources().expect("TUNNEL_SRCS");
     dp.remove_vs(&vs_key).expect("VS_MAP");
-    let r = f.run(&frame);
-    assert_eq!(
-        (r.action, &r.out),
-        (XDP_REDIRECT, &wrapped(new_src)),
-        "filled from VS_MAP"
-    );
+    assert_wrapped(&f, new_src, "filled from VS_MAP");
     let (old, new) = (addr_words(TUN_SRC4.into()).0, addr_words(new_src.into()).0);
     let torn = TunnelSource {
         check: TunnelSource::new(old).check,
@@ -705,12 +699,7 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
         .dataplane_behind_its_back()
         .write_tunnel_source(info.vs_index, TunnelSource::new(new))
         .expect("TUNNEL_SRCS");
-    let r = f.run(&frame);
-    assert_eq!(
-        (r.action, &r.out),
-        (XDP_REDIRECT, &wrapped(new_src)),
-        "whole again"
-    );
+    assert_wrapped(&f, new_src, "whole again");
 }
 
 #[test]

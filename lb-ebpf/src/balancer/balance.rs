@@ -68,6 +68,9 @@ pub fn try_balance(ctx: &XdpContext, filter: &AddrFilter, seen: Seen) -> Result<
     if !parse::l4_complete(ctx, &p) {
         return Err(Verdict::drop(reason::DROP_MALFORMED));
     }
+    // The index and method are taken here, beside the route, rather than read from it
+    // where they are used: LLVM then shifted the route's saved `VS_MAP` pointer to get
+    // at them, which the verifier refuses (pointer arithmetic with `>>=`).
     let (vs_index, method, choice) = match route {
         Route::Plain(plain) => (plain.vs_index, plain.method, plain.choice()),
         Route::Scheduled(vs) => (vs.vs_index, vs.method, scheduled(&p, vs, syn, found)?),

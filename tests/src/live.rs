@@ -449,6 +449,9 @@ impl Bench {
         let mut replier = 0;
         let mut out = Vec::new();
         for w in WORKLOADS.into_iter().filter(|w| w.applies(m)) {
+            if crate::stopping() {
+                break;
+            }
             let f = self.measure(prog, w, m, replier, "xdpvs");
             if w == Workload::UdpEst {
                 // The real whose sink counted the flow (sinks: client first).
@@ -476,6 +479,7 @@ impl Bench {
         let out = WORKLOADS
             .into_iter()
             .filter(|w| w.applies(m))
+            .take_while(|_| !crate::stopping())
             .map(|w| self.measure(prog, w, m, replier, "pass"))
             .collect();
         drop(pass);
@@ -488,6 +492,7 @@ impl Bench {
         WORKLOADS
             .into_iter()
             .filter(|w| w.applies(m))
+            .take_while(|_| !crate::stopping())
             .map(|w| {
                 if w == Workload::NonVip {
                     return None;
@@ -593,6 +598,10 @@ pub fn run() {
         let (xdpvs, replier) = bench.under_xdpvs(m);
         let pass = bench.under_pass(m, replier);
         let bounce = bench.under_bounce(m, replier);
+        if crate::stopping() {
+            // Some workloads were skipped: no line is printed without all three runs.
+            return;
+        }
         for (((w, x), p), b) in xdpvs.iter().zip(&pass).zip(&bounce) {
             println!("{}", line(m, *w, x, p, b.as_ref()));
         }

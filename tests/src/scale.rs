@@ -73,7 +73,10 @@ pub fn only() -> bool {
 pub fn run() {
     crate::require_root();
     let picked = std::env::var("XDPVS_SCALE").unwrap_or_default();
-    let wants = |part: &str| picked.is_empty() || picked.split(',').any(|p| p == part);
+    // A part is skipped once a signal has asked the bench to stop.
+    let wants = |part: &str| {
+        !crate::stopping() && (picked.is_empty() || picked.split(',').any(|p| p == part))
+    };
     if wants("maglev") {
         maglev_build();
     }
@@ -88,7 +91,7 @@ pub fn run() {
             probe_close();
         }
         for k in ["tcp", "tcp_half_open"] {
-            if kind.is_empty() || kind == k {
+            if (kind.is_empty() || kind == k) && !crate::stopping() {
                 probes(k);
                 probes_apart(k);
             }

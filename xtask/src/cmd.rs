@@ -4,6 +4,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicI32, Ordering},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -16,15 +17,44 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `cmd` in the workspace root, echoing it first.
+/// The pid of the command [`run`] waits for; 0 when none.
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+/// Hands a signal that would end xtask on to the command it waits for, which ends in its
+/// own way (the demo and benches clean their namespaces up first) and whose failure
+/// then ends xtask. With no command running, the signal's default action ends xtask.
+extern "C" fn hand_on(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    // SAFETY: kill, signal and raise are async-signal-safe.
+    unsafe {
+        if pid > 0 {
+            libc::kill(pid, sig);
+        } else {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+}
+
+/// Runs `cmd` in the workspace root, echoing it first. SIGINT, SIGTERM and SIGHUP sent
+/// to xtask meanwhile go to `cmd`, and xtask waits for it to end (a terminal's Ctrl-C
+/// reaches both; `cmd` then gets it twice).
 ///
 /// Returns: an error when it cannot start or exits unsuccessfully.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
-    let status = cmd
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that makes only async-signal-safe calls.
+        unsafe { libc::signal(sig, hand_on as *const () as libc::sighandler_t) };
+    }
+    let mut child = cmd
         .current_dir(root())
-        .status()
+        .spawn()
         .with_context(|| format!("running {cmd:?}"))?;
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let status = child.wait();
+    CHILD.store(0, Ordering::SeqCst);
+    let status = status.with_context(|| format!("waiting for {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }

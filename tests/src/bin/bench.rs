@@ -329,16 +329,26 @@ fn memory() {
 }
 
 fn main() {
+    tests::stop_on_signals();
+    run();
+    tests::exit_if_stopped();
+}
+
+/// Every part of the bench, or the one picked; returns early when a signal asks it to
+/// stop, its labs and fixtures dropped on the way out.
+fn run() {
     // `cargo xtask bench --live`: the live bench alone.
     if std::env::args().any(|a| a == "--live") {
-        tests::live::run();
-        return;
+        return tests::live::run();
     }
     if tests::scale::only() {
         return tests::scale::run();
     }
     memory();
     all_probes();
+    if tests::stopping() {
+        return;
+    }
     let mut y = String::from("interfaces: [lo]\ntunnel_source: [10.0.1.1, 'fd00:1::1']\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    real_servers:\n");
     for i in 1..=10 {
         y.push_str(&format!("      - address: 10.0.1.{i}\n"));
@@ -385,6 +395,9 @@ fn main() {
         1,
     );
     line("vip_new_flow", new as f64 / f64::from(NEW_FLOWS), 1);
+    if tests::stopping() {
+        return;
+    }
     // Spoofed SYNs: each from a new source, forwarded without a table write.
     let mut syn = 0u64;
     for i in 0..NEW_FLOWS {
@@ -440,9 +453,13 @@ fn main() {
         REPEAT,
     );
     routed(&f);
-    fuzz();
-    tests::scale::run();
-    tests::live::run();
+    drop(f);
+    for part in [fuzz, tests::scale::run, tests::live::run] {
+        if tests::stopping() {
+            return;
+        }
+        part();
+    }
 }
 
 /// The fuzzer's long run: ten times the test's packets, its figures as one line.

@@ -1,22 +1,14 @@
 //! `cargo xtask demo`: a client, xdpvs and three real servers in network namespaces;
 //! 300 HTTP requests to the VIP with equal weights, then with weights 1:1:2; who
-//! answered is printed. Everything is removed at the end, on failure and on Ctrl-C.
+//! answered is printed. Everything is removed at the end, on failure, and on Ctrl-C,
+//! SIGTERM or SIGHUP (after the round under way).
 
-use std::{
-    collections::BTreeMap,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::collections::BTreeMap;
 
 use tests::{
     daemon::Daemon,
     lab::{Family, Kind, Lab, Spec},
 };
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
 
 fn round(lab: &Lab, weights: &[u32]) {
     let cfg = lab.write_spec(&Spec {
@@ -63,12 +55,11 @@ fn round(lab: &Lab, weights: &[u32]) {
 
 fn main() {
     tests::require_root();
-    // SAFETY: installs an async-signal-safe handler that only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    tests::stop_on_signals();
     println!("building topology: client, xdpvs, 3 real servers on one L2 segment (direct routing)");
     let lab = Lab::new(Kind::Dr, Family::V4, 3);
     for weights in [[1, 1, 1], [1, 1, 2]] {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if tests::stopping() {
             println!("interrupted");
             break;
         }
@@ -76,4 +67,5 @@ fn main() {
     }
     drop(lab);
     println!("\ncleaned up: namespaces, veths and XDP programs removed");
+    tests::exit_if_stopped();
 }

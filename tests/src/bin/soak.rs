@@ -58,6 +58,7 @@ fn growth(a: f64, b: f64) -> f64 {
 }
 
 fn main() {
+    tests::stop_on_signals();
     let minutes: u64 = std::env::args()
         .nth(1)
         .map(|m| m.parse().expect("minutes"))
@@ -94,7 +95,8 @@ fn main() {
         (start + SAMPLE, start + RELOAD, start + FLAP);
     let mut samples: Vec<(Duration, u64, usize)> = Vec::new();
     let (mut reloads, mut flaps, mut weight) = (0u32, 0u32, 1u32);
-    while start.elapsed() < run_for {
+    // A signal ends the run early: the result is printed for the time it ran.
+    while start.elapsed() < run_for && !tests::stopping() {
         let now = Instant::now();
         if now >= next_sample {
             let s = (start.elapsed(), rss_kib(pid), fds(pid));
@@ -166,6 +168,7 @@ fn main() {
     );
     drop(d);
     drop(lab);
+    tests::exit_if_stopped();
     let ok = rss <= 5.0 && fd <= 5.0 && broken_steady.is_empty();
     if !ok {
         eprintln!("soak: memory or descriptors grew by more than 5%, or a steady stream broke: {broken_steady:?}");

@@ -27,19 +27,30 @@
 //! descriptor already held and pins it in root's bpffs directory: CAP_NET_ADMIN is
 //! enough (`e2e_churn`), as it is for deleting a real's neighbour entry.
 //!
-//! Capabilities are per thread. The daemon runs on tokio's current-thread runtime:
-//! nothing before the drop starts a thread, and threads started after (the flow walk's
-//! blocking thread, the connection table filter's) inherit the dropped sets.
-//! [`drop_to_kept`] checks every thread of the process afterwards and fails if any
-//! kept more.
+//! Capabilities are per thread. The daemon runs on tokio's current-thread runtime.
+//! The only threads before the drop are the table builders of the first sync
+//! (decision 0013), joined before it; threads started after (the flow walk's blocking
+//! thread, the connection table filter's) inherit the dropped sets. [`drop_to_kept`]
+//! checks every thread of the process afterwards and fails if any kept more. A joined
+//! thread is not gone yet: the kernel wakes its joiner from the thread's exit, before
+//! it leaves `/proc/self/task`, and on a loaded machine the check can still find it,
+//! with the privileges it was started with. So a thread that differs is looked at
+//! again until [`EXITING_GRACE`] has passed; only one still there then fails the start.
 
-use std::io;
+use std::{
+    io,
+    time::{Duration, Instant},
+};
 
 /// CAP_NET_ADMIN (linux/capability.h).
 pub const CAP_NET_ADMIN: u32 = 12;
 
 /// The capabilities a running daemon keeps, with their names (for the log).
 pub const KEPT: &[(u32, &str)] = &[(CAP_NET_ADMIN, "CAP_NET_ADMIN")];
+
+/// How long a thread that kept more than [`KEPT`] after the drop may take to end before
+/// the start fails: ample for a joined thread to finish leaving (see the module doc).
+const EXITING_GRACE: Duration = Duration::from_secs(2);
 
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -160,35 +171,54 @@ pub fn drop_to_kept() -> Result<(), PrivilegeError> {
 }
 
 /// Checks that every thread of this process has exactly `kept` in its effective,
-/// permitted and bounding sets, nothing inheritable or ambient, and no_new_privs.
+/// permitted and bounding sets, nothing inheritable or ambient, and no_new_privs,
+/// waiting up to [`EXITING_GRACE`] for a thread that differs to end.
 fn check_threads(kept: u64) -> Result<(), PrivilegeError> {
-    let tasks = std::fs::read_dir("/proc/self/task").map_err(|source| PrivilegeError::Syscall {
+    let deadline = Instant::now() + EXITING_GRACE;
+    loop {
+        match first_privileged(kept, tasks()?) {
+            None => return Ok(()),
+            Some(e) if Instant::now() >= deadline => return Err(e),
+            Some(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Returns: each thread of this process with its `/proc/self/task/<tid>/status` text;
+/// a thread that ended while they were read is left out.
+fn tasks() -> Result<Vec<(String, String)>, PrivilegeError> {
+    let dir = std::fs::read_dir("/proc/self/task").map_err(|source| PrivilegeError::Syscall {
         what: "reading /proc/self/task".into(),
         source,
     })?;
-    for task in tasks.flatten() {
-        let tid = task.file_name().to_string_lossy().into_owned();
-        // A thread that ended meanwhile has nothing left to check.
-        let Ok(text) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        let want = |field: &str| match field {
-            "CapInh" | "CapAmb" => 0,
-            "NoNewPrivs" => 1,
-            _ => kept,
-        };
-        for (field, have) in status_fields(&text) {
-            if have != want(field) {
-                return Err(PrivilegeError::Thread {
-                    tid,
-                    field,
-                    have,
-                    want: want(field),
-                });
-            }
-        }
-    }
-    Ok(())
+    Ok(dir
+        .flatten()
+        .filter_map(|task| {
+            let text = std::fs::read_to_string(task.path().join("status")).ok()?;
+            Some((task.file_name().to_string_lossy().into_owned(), text))
+        })
+        .collect())
+}
+
+/// Returns: the first difference from the dropped sets (`kept`, nothing inheritable
+/// or ambient, no_new_privs) among `tasks` (tid, status text), if any.
+fn first_privileged(kept: u64, tasks: Vec<(String, String)>) -> Option<PrivilegeError> {
+    let want = |field: &str| match field {
+        "CapInh" | "CapAmb" => 0,
+        "NoNewPrivs" => 1,
+        _ => kept,
+    };
+    tasks.into_iter().find_map(|(tid, text)| {
+        status_fields(&text)
+            .into_iter()
+            .find(|&(field, have)| have != want(field))
+            .map(|(field, have)| PrivilegeError::Thread {
+                tid,
+                field,
+                have,
+                want: want(field),
+            })
+    })
 }
 
 /// The privilege fields of a `/proc/<pid>/status` text, in this order.
@@ -229,6 +259,49 @@ mod tests {
     fn kept_is_net_admin_only() {
         assert_eq!(kept_mask(), 0x1000);
         assert_eq!(kept_names(), "CAP_NET_ADMIN");
+    }
+
+    fn status(prm: u64, nnp: u8) -> String {
+        format!(
+            "Name:\txdpvs\nCapInh:\t0000000000000000\nCapPrm:\t{prm:016x}\n\
+             CapEff:\t{prm:016x}\nCapBnd:\t{prm:016x}\nCapAmb:\t0000000000000000\n\
+             NoNewPrivs:\t{nnp}\n"
+        )
+    }
+
+    #[test]
+    fn a_thread_with_more_than_the_kept_sets_is_named() {
+        let kept = kept_mask();
+        let dropped = vec![
+            ("1".to_string(), status(kept, 1)),
+            ("2".into(), status(kept, 1)),
+        ];
+        assert!(first_privileged(kept, dropped.clone()).is_none());
+        let mut builder = dropped.clone();
+        builder.push(("3".into(), status(0x1ff_feff_ffff, 0)));
+        match first_privileged(kept, builder) {
+            Some(PrivilegeError::Thread {
+                tid,
+                field,
+                have,
+                want,
+            }) => {
+                assert_eq!(
+                    (tid.as_str(), field, have, want),
+                    ("3", "CapPrm", 0x1ff_feff_ffff, kept)
+                );
+            }
+            other => panic!("expected thread 3 named, got {other:?}"),
+        }
+        let mut no_nnp = dropped;
+        no_nnp.push(("4".into(), status(kept, 0)));
+        assert!(matches!(
+            first_privileged(kept, no_nnp),
+            Some(PrivilegeError::Thread {
+                field: "NoNewPrivs",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! forwarding, the lab that owns the instance tears it down (`xdpvs teardown`).
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -73,16 +74,20 @@ impl Daemon {
         );
         let log = log.to_path_buf();
         let log_file = std::fs::File::create(&log).expect("daemon log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
             .arg(bin)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawning xdpvs");
+            .stderr(log_file);
+        if crate::signals::handled() {
+            // Out of the terminal's foreground group: the program that handles a
+            // Ctrl-C stops the daemon itself (crate::signals).
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().expect("spawning xdpvs");
         let mut d = Daemon {
             child: Some(child),
             log,

@@ -17,40 +17,7 @@ pub mod netns;
 pub mod packet;
 pub mod pins;
 pub mod scale;
-
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static STOPPING: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOPPING.store(true, Ordering::SeqCst);
-}
-
-/// Makes SIGINT, SIGTERM and SIGHUP ask this program to stop instead of ending it on the
-/// spot: a demo or bench ended by the kernel's default action never runs its drops, and
-/// leaves its namespaces, bpffs mount, daemon state and trafgen behind. With this, the
-/// program sees [`stopping`] at its next check, returns, and its labs clean up as they
-/// do at the end of a run. SIGKILL still leaves everything behind.
-pub fn stop_on_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installs an async-signal-safe handler that only stores to an atomic.
-        unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-/// Returns: whether a signal asked this program to stop (see [`stop_on_signals`]).
-pub fn stopping() -> bool {
-    STOPPING.load(Ordering::SeqCst)
-}
-
-/// Ends the program with the shell's code for an interrupted one (130) if a signal asked
-/// it to stop; call it once everything has been dropped.
-pub fn exit_if_stopped() {
-    if stopping() {
-        eprintln!("stopped by a signal; cleaned up");
-        std::process::exit(130);
-    }
-}
+pub mod signals;
 
 /// Panics unless running as root: a root-only test must fail loudly, never pass quietly.
 pub fn require_root() {

@@ -449,7 +449,7 @@ impl Bench {
         let mut replier = 0;
         let mut out = Vec::new();
         for w in WORKLOADS.into_iter().filter(|w| w.applies(m)) {
-            if crate::stopping() {
+            if crate::signals::stopping() {
                 break;
             }
             let f = self.measure(prog, w, m, replier, "xdpvs");
@@ -479,7 +479,7 @@ impl Bench {
         let out = WORKLOADS
             .into_iter()
             .filter(|w| w.applies(m))
-            .take_while(|_| !crate::stopping())
+            .take_while(|_| !crate::signals::stopping())
             .map(|w| self.measure(prog, w, m, replier, "pass"))
             .collect();
         drop(pass);
@@ -492,7 +492,7 @@ impl Bench {
         WORKLOADS
             .into_iter()
             .filter(|w| w.applies(m))
-            .take_while(|_| !crate::stopping())
+            .take_while(|_| !crate::signals::stopping())
             .map(|w| {
                 if w == Workload::NonVip {
                     return None;
@@ -598,7 +598,7 @@ pub fn run() {
         let (xdpvs, replier) = bench.under_xdpvs(m);
         let pass = bench.under_pass(m, replier);
         let bounce = bench.under_bounce(m, replier);
-        if crate::stopping() {
+        if crate::signals::stopping() {
             // Some workloads were skipped: no line is printed without all three runs.
             return;
         }

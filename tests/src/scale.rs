@@ -75,7 +75,7 @@ pub fn run() {
     let picked = std::env::var("XDPVS_SCALE").unwrap_or_default();
     // A part is skipped once a signal has asked the bench to stop.
     let wants = |part: &str| {
-        !crate::stopping() && (picked.is_empty() || picked.split(',').any(|p| p == part))
+        !crate::signals::stopping() && (picked.is_empty() || picked.split(',').any(|p| p == part))
     };
     if wants("maglev") {
         maglev_build();
@@ -91,7 +91,7 @@ pub fn run() {
             probe_close();
         }
         for k in ["tcp", "tcp_half_open"] {
-            if (kind.is_empty() || kind == k) && !crate::stopping() {
+            if (kind.is_empty() || kind == k) && !crate::signals::stopping() {
                 probes(k);
                 probes_apart(k);
             }

@@ -2,9 +2,10 @@
 //! `cargo xtask test` shows what to run by hand.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicI32, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -19,42 +20,94 @@ pub fn root() -> PathBuf {
 
 /// The pid of the command [`run`] waits for; 0 when none.
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// Set when a stopping signal reached xtask while a command ran.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
-/// Hands a signal that would end xtask on to the command it waits for, which ends in its
-/// own way (the demo and benches clean their namespaces up first) and whose failure
-/// then ends xtask. With no command running, the signal's default action ends xtask.
-extern "C" fn hand_on(sig: libc::c_int) {
+/// The signals that would end xtask, handled while [`run`] waits for a command.
+const STOPPING: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// A stopping signal while a command runs: sent to xtask alone (by `kill`, by a CI's
+/// timeout), it is handed on to the command, which ends in its own way (the demo and the
+/// benches remove their namespaces first); sent by the terminal (Ctrl-C: the kernel
+/// sends it to the whole foreground group, the command included), it is not sent
+/// twice. Either way xtask then waits for the command and exits 130. With no command
+/// running, the signal's default action ends xtask.
+extern "C" fn hand_on(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let pid = CHILD.load(Ordering::SeqCst);
-    // SAFETY: kill, signal and raise are async-signal-safe.
+    // SAFETY: errno is this thread's; signal, raise and kill are async-signal-safe;
+    // the kernel hands a SA_SIGINFO handler a valid `info`.
     unsafe {
-        if pid > 0 {
-            libc::kill(pid, sig);
-        } else {
+        if pid <= 0 {
             libc::signal(sig, libc::SIG_DFL);
             libc::raise(sig);
+            return;
+        }
+        SIGNALLED.store(true, Ordering::SeqCst);
+        if (*info).si_code != libc::SI_KERNEL {
+            let errno = *libc::__errno_location();
+            libc::kill(pid, sig);
+            *libc::__errno_location() = errno;
         }
     }
 }
 
-/// Runs `cmd` in the workspace root, echoing it first. SIGINT, SIGTERM and SIGHUP sent
-/// to xtask meanwhile go to `cmd`, and xtask waits for it to end (a terminal's Ctrl-C
-/// reaches both; `cmd` then gets it twice).
+/// Runs `f` with the stopping signals blocked, so that none arrives between a
+/// command's start and the record of its pid. The command itself starts with xtask's
+/// mask as it was: the mask is inherited through fork and exec, and std does not reset it.
+fn with_stopping_blocked<T>(cmd: &mut Command, f: impl FnOnce(&mut Command) -> T) -> T {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset before use; the
+    // mask is this thread's and restored below; the child's closure calls only
+    // pthread_sigmask, which is async-signal-safe, as a `pre_exec` closure must be.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in STOPPING {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        cmd.pre_exec(move || {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            Ok(())
+        });
+        let out = f(cmd);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        out
+    }
+}
+
+/// Runs `cmd` in the workspace root, echoing it first. A signal that would end xtask
+/// meanwhile reaches `cmd` (see [`hand_on`]); once `cmd` has ended, xtask exits 130.
 ///
 /// Returns: an error when it cannot start or exits unsuccessfully.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installs a handler that makes only async-signal-safe calls.
-        unsafe { libc::signal(sig, hand_on as *const () as libc::sighandler_t) };
+    for sig in STOPPING {
+        // SAFETY: installs a handler that makes only async-signal-safe calls; the
+        // sigaction is zeroed, then its mask emptied.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = hand_on as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
     }
-    let mut child = cmd
-        .current_dir(root())
-        .spawn()
-        .with_context(|| format!("running {cmd:?}"))?;
-    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let mut child = with_stopping_blocked(cmd, |cmd| {
+        let child = cmd.current_dir(root()).spawn();
+        if let Ok(c) = &child {
+            CHILD.store(c.id() as i32, Ordering::SeqCst);
+        }
+        child
+    })
+    .with_context(|| format!("running {cmd:?}"))?;
     let status = child.wait();
     CHILD.store(0, Ordering::SeqCst);
     let status = status.with_context(|| format!("waiting for {cmd:?}"))?;
+    if SIGNALLED.load(Ordering::SeqCst) {
+        eprintln!("xtask: stopped by a signal ({cmd:?}: {status})");
+        std::process::exit(130);
+    }
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }

@@ -35,6 +35,10 @@
 //!   done, their latency, and the CPU time of the thread that runs them, in all and
 //!   per probe; `health_probes_http`: the same over HTTP (hyper's client, a `GET` per
 //!   probe, each answered 200 by a small server on a thread of its own).
+//!
+//! Ctrl-C, SIGTERM or SIGHUP stop the bench at its next check, between two parts or
+//! two live measurements (`tests::signals`): its labs and fixtures are removed and it
+//! exits 130; a part cut short prints no line.
 
 use tests::{
     fixture::Fixture,
@@ -329,9 +333,9 @@ fn memory() {
 }
 
 fn main() {
-    tests::stop_on_signals();
+    tests::signals::stop_on_signals();
     run();
-    tests::exit_if_stopped();
+    tests::signals::exit_if_stopped();
 }
 
 /// Every part of the bench, or the one picked; returns early when a signal asks it to
@@ -346,7 +350,7 @@ fn run() {
     }
     memory();
     all_probes();
-    if tests::stopping() {
+    if tests::signals::stopping() {
         return;
     }
     let mut y = String::from("interfaces: [lo]\ntunnel_source: [10.0.1.1, 'fd00:1::1']\nvirtual_servers:\n  - name: web\n    address: 10.0.0.100\n    port: 80\n    protocol: tcp\n    real_servers:\n");
@@ -395,7 +399,7 @@ fn run() {
         1,
     );
     line("vip_new_flow", new as f64 / f64::from(NEW_FLOWS), 1);
-    if tests::stopping() {
+    if tests::signals::stopping() {
         return;
     }
     // Spoofed SYNs: each from a new source, forwarded without a table write.
@@ -455,7 +459,7 @@ fn run() {
     routed(&f);
     drop(f);
     for part in [fuzz, tests::scale::run, tests::live::run] {
-        if tests::stopping() {
+        if tests::signals::stopping() {
             return;
         }
         part();

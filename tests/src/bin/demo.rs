@@ -55,11 +55,11 @@ fn round(lab: &Lab, weights: &[u32]) {
 
 fn main() {
     tests::require_root();
-    tests::stop_on_signals();
+    tests::signals::stop_on_signals();
     println!("building topology: client, xdpvs, 3 real servers on one L2 segment (direct routing)");
     let lab = Lab::new(Kind::Dr, Family::V4, 3);
     for weights in [[1, 1, 1], [1, 1, 2]] {
-        if tests::stopping() {
+        if tests::signals::stopping() {
             println!("interrupted");
             break;
         }
@@ -67,5 +67,5 @@ fn main() {
     }
     drop(lab);
     println!("\ncleaned up: namespaces, veths and XDP programs removed");
-    tests::exit_if_stopped();
+    tests::signals::exit_if_stopped();
 }

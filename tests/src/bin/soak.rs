@@ -16,7 +16,9 @@
 //! ones on real1 and real2 must all be intact (no established flow lost); those on
 //! real3 die with its server each time it flaps, by design, and are counted apart.
 //! It exits non-zero when memory or descriptors grew by more than 5% or a stream on a
-//! steady real broke.
+//! steady real broke. Ctrl-C, SIGTERM or SIGHUP end the run early (`tests::signals`):
+//! the result line then says how long it ran (`seconds_run`, `stopped_by_signal`), the
+//! lab is removed, and the soak exits 130 without judging the shorter run.
 
 use std::time::{Duration, Instant};
 
@@ -58,7 +60,7 @@ fn growth(a: f64, b: f64) -> f64 {
 }
 
 fn main() {
-    tests::stop_on_signals();
+    tests::signals::stop_on_signals();
     let minutes: u64 = std::env::args()
         .nth(1)
         .map(|m| m.parse().expect("minutes"))
@@ -96,7 +98,7 @@ fn main() {
     let mut samples: Vec<(Duration, u64, usize)> = Vec::new();
     let (mut reloads, mut flaps, mut weight) = (0u32, 0u32, 1u32);
     // A signal ends the run early: the result is printed for the time it ran.
-    while start.elapsed() < run_for && !tests::stopping() {
+    while start.elapsed() < run_for && !tests::signals::stopping() {
         let now = Instant::now();
         if now >= next_sample {
             let s = (start.elapsed(), rss_kib(pid), fds(pid));
@@ -130,6 +132,9 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let ran = start.elapsed();
+    // A last sample, so that a run cut short in its first seconds has one too.
+    samples.push((ran, rss_kib(pid), fds(pid)));
 
     let broken_steady: Vec<String> = streams
         .iter()
@@ -151,12 +156,14 @@ fn main() {
     let warm: Vec<_> = samples.iter().filter(|s| s.0 >= WARM_UP).collect();
     let (first, last) = (
         warm.first().copied().unwrap_or(&samples[0]),
-        samples.last().expect("samples"),
+        &samples[samples.len() - 1],
     );
     let rss = growth(first.1 as f64, last.1 as f64);
     let fd = growth(first.2 as f64, last.2 as f64);
     println!(
-        "{{\"soak\":\"result\",\"minutes\":{minutes},\"reloads\":{reloads},\"flaps\":{flaps},\"http_sent\":{},\"http_answered\":{answered},\"udp_sent\":{},\"udp_answered\":{},\"stream_chunks\":{chunks},\"steady_streams\":{steady},\"steady_streams_broken\":{},\"rss_kib\":[{},{}],\"rss_growth_pct\":{rss:.1},\"fds\":[{},{}],\"fds_growth_pct\":{fd:.1}}}",
+        "{{\"soak\":\"result\",\"minutes\":{minutes},\"seconds_run\":{},\"stopped_by_signal\":{},\"reloads\":{reloads},\"flaps\":{flaps},\"http_sent\":{},\"http_answered\":{answered},\"udp_sent\":{},\"udp_answered\":{},\"stream_chunks\":{chunks},\"steady_streams\":{steady},\"steady_streams_broken\":{},\"rss_kib\":[{},{}],\"rss_growth_pct\":{rss:.1},\"fds\":[{},{}],\"fds_growth_pct\":{fd:.1}}}",
+        ran.as_secs(),
+        tests::signals::stopping(),
         requests.len(),
         udp.sent,
         udp.answered.len(),
@@ -168,7 +175,7 @@ fn main() {
     );
     drop(d);
     drop(lab);
-    tests::exit_if_stopped();
+    tests::signals::exit_if_stopped();
     let ok = rss <= 5.0 && fd <= 5.0 && broken_steady.is_empty();
     if !ok {
         eprintln!("soak: memory or descriptors grew by more than 5%, or a steady stream broke: {broken_steady:?}");

@@ -9,6 +9,7 @@ mod e2e_announce;
 mod e2e_churn;
 mod e2e_control;
 mod e2e_convert;
+mod e2e_demo;
 mod e2e_dns;
 mod e2e_dr;
 mod e2e_fragments;

@@ -174,12 +174,24 @@ pub fn drop_to_kept() -> Result<(), PrivilegeError> {
 /// permitted and bounding sets, nothing inheritable or ambient, and no_new_privs,
 /// waiting up to [`EXITING_GRACE`] for a thread that differs to end.
 fn check_threads(kept: u64) -> Result<(), PrivilegeError> {
-    let deadline = Instant::now() + EXITING_GRACE;
+    check_threads_with(kept, EXITING_GRACE, tasks)
+}
+
+/// How often a thread that differs is looked at again.
+const RESCAN: Duration = Duration::from_millis(10);
+
+/// [`check_threads`] over the threads `scan` lists (tid, status text), for up to `grace`.
+fn check_threads_with(
+    kept: u64,
+    grace: Duration,
+    mut scan: impl FnMut() -> Result<Vec<(String, String)>, PrivilegeError>,
+) -> Result<(), PrivilegeError> {
+    let deadline = Instant::now() + grace;
     loop {
-        match first_privileged(kept, tasks()?) {
+        match first_privileged(kept, scan()?) {
             None => return Ok(()),
             Some(e) if Instant::now() >= deadline => return Err(e),
-            Some(_) => std::thread::sleep(Duration::from_millis(10)),
+            Some(_) => std::thread::sleep(RESCAN),
         }
     }
 }
@@ -302,6 +314,33 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_thread_on_its_way_out_is_waited_for_and_one_that_stays_fails() {
+        let kept = kept_mask();
+        let main = ("1".to_string(), status(kept, 1));
+        let leaving = ("2".to_string(), status(0x1ff_feff_ffff, 0));
+        // Listed for two scans, then gone: the start goes on.
+        let mut scans = 0;
+        let r = check_threads_with(kept, Duration::from_secs(5), || {
+            scans += 1;
+            Ok(if scans <= 2 {
+                vec![main.clone(), leaving.clone()]
+            } else {
+                vec![main.clone()]
+            })
+        });
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(scans, 3);
+        // Still there when the grace is over: the start fails, naming it.
+        let r = check_threads_with(kept, Duration::from_millis(50), || {
+            Ok(vec![main.clone(), leaving.clone()])
+        });
+        assert!(
+            matches!(&r, Err(PrivilegeError::Thread { tid, .. }) if tid == "2"),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub fn binary() -> PathBuf {
 pub struct Daemon {
     child: Option<Child>,
     pub log: PathBuf,
+    /// Its slot among the daemons a second signal stops (`crate::signals::started`).
+    slot: Option<usize>,
 }
 
 impl Daemon {
@@ -88,9 +90,13 @@ impl Daemon {
             cmd.process_group(0);
         }
         let child = cmd.spawn().expect("spawning xdpvs");
+        let slot = crate::signals::handled()
+            .then(|| crate::signals::started(child.id() as i32))
+            .flatten();
         let mut d = Daemon {
             child: Some(child),
             log,
+            slot,
         };
         let up = crate::wait_for(Duration::from_secs(20), || {
             if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.try_wait()) {
@@ -132,14 +138,20 @@ impl Daemon {
         let mut child = self.child.take()?;
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        for _ in 0..100 {
-            if let Ok(Some(s)) = child.try_wait() {
-                return s.code();
+        let mut code = None;
+        let ended = crate::wait_for(Duration::from_secs(5), || match child.try_wait() {
+            Ok(Some(s)) => {
+                code = s.code();
+                true
             }
-            std::thread::sleep(Duration::from_millis(50));
+            _ => false,
+        });
+        if !ended {
+            let _ = child.kill();
+            code = child.wait().ok().and_then(|s| s.code());
         }
-        let _ = child.kill();
-        child.wait().ok().and_then(|s| s.code())
+        self.reaped();
+        code
     }
 
     /// Kills the daemon with SIGKILL (a crash: it cleans nothing up) and reaps it.
@@ -147,6 +159,14 @@ impl Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.reaped();
+        }
+    }
+
+    /// Forgets the reaped daemon's pid for a second signal (`crate::signals`).
+    fn reaped(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            crate::signals::ended(slot);
         }
     }
 }

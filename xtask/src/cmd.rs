@@ -26,12 +26,13 @@ static SIGNALLED: AtomicBool = AtomicBool::new(false);
 /// The signals that would end xtask, handled while [`run`] waits for a command.
 const STOPPING: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-/// A stopping signal while a command runs: sent to xtask alone (by `kill`, by a CI's
-/// timeout), it is handed on to the command, which ends in its own way (the demo and the
-/// benches remove their namespaces first); sent by the terminal (Ctrl-C: the kernel
-/// sends it to the whole foreground group, the command included), it is not sent
-/// twice. Either way xtask then waits for the command and exits 130. With no command
-/// running, the signal's default action ends xtask.
+/// A stopping signal while a command runs: sent by a process (`kill`, a CI's
+/// timeout), it is handed on to the command, which ends in its own way (the demo and
+/// the benches remove their namespaces first; one that also got it from a signal to
+/// its group takes the two as one, `tests::signals`); sent by the terminal (Ctrl-C:
+/// the kernel sends it to the whole foreground group, the command included), it is
+/// not sent twice. Either way xtask then waits for the command and exits 130. With no
+/// command running, the signal's default action ends xtask.
 extern "C" fn hand_on(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let pid = CHILD.load(Ordering::SeqCst);
     // SAFETY: errno is this thread's; signal, raise and kill are async-signal-safe;
@@ -51,9 +52,11 @@ extern "C" fn hand_on(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     }
 }
 
-/// Runs `f` with the stopping signals blocked, so that none arrives between a
+/// Runs `f` on `cmd` with the stopping signals blocked, so that none arrives between a
 /// command's start and the record of its pid. The command itself starts with xtask's
-/// mask as it was: the mask is inherited through fork and exec, and std does not reset it.
+/// mask as it was: the mask is inherited through fork and exec, and std does not reset
+/// it (since Rust 1.66).
+/// Returns: what `f` returns.
 fn with_stopping_blocked<T>(cmd: &mut Command, f: impl FnOnce(&mut Command) -> T) -> T {
     // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset before use; the
     // mask is this thread's and restored below; the child's closure calls only
@@ -83,9 +86,15 @@ fn with_stopping_blocked<T>(cmd: &mut Command, f: impl FnOnce(&mut Command) -> T
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
     for sig in STOPPING {
-        // SAFETY: installs a handler that makes only async-signal-safe calls; the
-        // sigaction is zeroed, then its mask emptied.
+        // SAFETY: reads the signal's disposition, then installs a handler that makes
+        // only async-signal-safe calls; both sigactions are zeroed before use.
         unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old);
+            if old.sa_sigaction == libc::SIG_IGN {
+                // Ignored by whoever started xtask (`nohup`): left so.
+                continue;
+            }
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = hand_on as *const () as libc::sighandler_t;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;

@@ -1,24 +1,28 @@
-//! The demo, the README's first command, stopped by SIGTERM once its first daemon
-//! starts: it finishes the round under way, removes its namespaces, bpffs mount,
-//! daemon and files, and exits 130 (`tests::signals`). Ended by the kernel's default
-//! action instead, it would leave all of them behind.
+//! The demo, the README's first command, stopped by a signal once it says its first
+//! daemon is starting: it finishes the round under way, removes its namespaces, bpffs
+//! mount, daemon and files, and exits 130 (`tests::signals`). Ended by the kernel's
+//! default action instead, it would leave all of them behind. Two ways: SIGTERM to the
+//! demo alone, and SIGINT to its whole process group, as a terminal's Ctrl-C does.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    path::Path,
+    io::{BufRead as _, BufReader, Read},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tests::{require_root, wait_for};
 
 /// The demo's process, stopped (SIGTERM, which it cleans up after, then SIGKILL) if
-/// the test ends before it does; then whatever of its lab (`lab`, once known) it left
-/// behind is removed, so that a failing test leaves nothing either.
+/// the test ends before it does; then whatever of its lab it left behind is removed,
+/// so that a failing test leaves nothing either. Nothing here panics.
 struct Demo {
     child: Child,
-    lab: Option<String>,
+    /// The prefix of its lab's names: `xv<pid % 10000>0` (`tests::netns::unique_prefix`,
+    /// the demo's first and only call).
+    lab: String,
 }
 
 impl Drop for Demo {
@@ -33,104 +37,164 @@ impl Drop for Demo {
                 let _ = self.child.wait();
             }
         }
-        let Some(lab) = &self.lab else {
-            return;
-        };
-        for pid in processes_with(&format!("{lab}-xdpvs/")) {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        for pid in processes_with(&format!("{}-xdpvs/", self.lab)) {
+            // SAFETY: kill on a pid just read; at worst it has ended meanwhile.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        for ns in namespaces_of(&format!("{lab}-")) {
+        for ns in namespaces_of(&format!("{}-", self.lab)) {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
-        let tmp = std::env::temp_dir();
-        let bpffs = tmp.join(format!("{lab}-bpffs"));
-        let _ = Command::new("umount").arg("-l").arg(&bpffs).status();
+        let bpffs = bpffs_of(&self.lab);
+        if mounted(&bpffs) {
+            let _ = Command::new("umount").arg("-l").arg(&bpffs).status();
+        }
         let _ = std::fs::remove_dir_all(&bpffs);
-        let _ = std::fs::remove_dir_all(tmp.join(format!("{lab}-xdpvs")));
-        let _ = std::fs::remove_file(Path::new("/run/xdpvs").join(format!("{lab}.state.json")));
+        let _ = std::fs::remove_dir_all(dir_of(&self.lab));
+        let _ = std::fs::remove_file(state_of(&self.lab));
     }
 }
 
-/// Returns: the namespaces whose names start with `prefix`.
+fn bpffs_of(lab: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{lab}-bpffs"))
+}
+
+fn dir_of(lab: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{lab}-xdpvs"))
+}
+
+fn state_of(lab: &str) -> PathBuf {
+    Path::new("/run/xdpvs").join(format!("{lab}.state.json"))
+}
+
+/// Returns: the namespaces whose names start with `prefix`; none if `ip` fails.
 fn namespaces_of(prefix: &str) -> Vec<String> {
-    let out = tests::netns::sh(&["ip", "netns", "list"]);
-    out.lines()
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let text = out.map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|n| n.starts_with(prefix))
         .map(str::to_string)
         .collect()
 }
 
+/// Returns: whether `path` is a mount point now.
+fn mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let p = path.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*p))
+}
+
 /// Returns: the pids whose command line mentions `needle`.
-fn processes_with(needle: &str) -> Vec<String> {
+fn processes_with(needle: &str) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
         })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
 
-#[test]
-fn the_demo_stopped_by_sigterm_removes_its_lab_and_exits_130() {
+/// Sends every line read from `from` on `to`, on a thread of its own.
+fn lines_to(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if to.send(line).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Returns: the lines received on `rx` until every sender is gone or `deadline`.
+fn lines_until(rx: &mpsc::Receiver<String>, deadline: Instant) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => v.push(l),
+            Err(_) => break,
+        }
+    }
+    v
+}
+
+/// Runs the demo until it says its first daemon is starting, sends `sig` to it
+/// (`group`: to its whole process group, which it leads), and checks that it exits 130
+/// having removed everything of its lab.
+fn stopped_by(sig: libc::c_int, group: bool) {
     require_root();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
-        .env("XDPVS_BIN", tests::daemon::binary())
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo"));
+    cmd.env("XDPVS_BIN", tests::daemon::binary())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the demo");
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let mut demo = Demo { child, lab: None };
-    let (tx, lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        .stderr(Stdio::piped());
+    if group {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().expect("starting the demo");
+    let (out_tx, out) = mpsc::channel();
+    let (err_tx, err) = mpsc::channel();
+    lines_to(child.stdout.take().expect("piped"), out_tx);
+    lines_to(child.stderr.take().expect("piped"), err_tx);
+    let lab = format!("xv{}0", child.id() % 10000);
+    let mut demo = Demo { child, lab };
+    let lab = demo.lab.clone();
 
     // "== weights [1, 1, 1]: starting `xdpvs run --config …` in namespace xv…-lb"
-    let mut seen = Vec::new();
-    let lab = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("the demo started no daemon ({e}); it printed {seen:#?}"));
-        if let Some(ns) = line.split("in namespace ").nth(1) {
-            break ns.trim().trim_end_matches("-lb").to_string();
+    let mut printed = Vec::new();
+    let start = Instant::now() + Duration::from_secs(120);
+    while !printed
+        .iter()
+        .any(|l: &String| l.contains("starting `xdpvs run"))
+    {
+        let left = start.saturating_duration_since(Instant::now());
+        match out.recv_timeout(left) {
+            Ok(l) => printed.push(l),
+            Err(e) => panic!("the demo started no daemon ({e}); it printed {printed:#?}"),
         }
-        seen.push(line);
-    };
-    assert!(lab.starts_with("xv"), "lab prefix {lab:?}");
-    demo.lab = Some(lab.clone());
+    }
+    let said = printed.last().expect("a line");
+    assert!(
+        said.ends_with(&format!("in namespace {lab}-lb")),
+        "the demo's lab is not {lab}: {said}"
+    );
     let prefix = format!("{lab}-");
     assert!(
-        !namespaces_of(&prefix).is_empty(),
-        "the demo's namespaces {prefix}* are not there while it runs"
+        !namespaces_of(&prefix).is_empty() && mounted(&bpffs_of(&lab)) && dir_of(&lab).exists(),
+        "the demo's namespaces {prefix}*, bpffs or directory are missing while it runs"
     );
 
-    // SAFETY: kill on our own child's pid.
-    unsafe { libc::kill(demo.child.id() as i32, libc::SIGTERM) };
+    let target = if group {
+        -(demo.child.id() as i32)
+    } else {
+        demo.child.id() as i32
+    };
+    // SAFETY: kill on our own child, or the process group it leads.
+    unsafe { libc::kill(target, sig) };
     let mut status = None;
     let ended = wait_for(Duration::from_secs(120), || {
-        status = demo.child.try_wait().expect("waiting for the demo");
+        status = demo.child.try_wait().ok().flatten();
         status.is_some()
     });
-    assert!(ended, "the demo did not end within 120 s of SIGTERM");
-    reader.join().expect("stdout reader");
-    let printed: Vec<String> = lines.try_iter().collect();
-    let errors = errors.join().expect("stderr reader");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    printed.extend(lines_until(&out, deadline));
+    let errors = lines_until(&err, deadline).join("\n");
+    assert!(
+        ended,
+        "the demo did not end within 120 s of the signal: {printed:#?}"
+    );
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(130),
-        "the demo's exit after SIGTERM; it printed {printed:#?}\n{errors}"
+        "the demo's exit after the signal; it printed {printed:#?}\n{errors}"
     );
     assert!(
         printed.iter().any(|l| l.starts_with("cleaned up")),
@@ -143,23 +207,27 @@ fn the_demo_stopped_by_sigterm_removes_its_lab_and_exits_130() {
         Vec::<String>::new(),
         "namespaces left"
     );
-    let tmp = std::env::temp_dir();
-    let bpffs = tmp.join(format!("{lab}-bpffs"));
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
     assert!(
-        !mounts.contains(&*bpffs.to_string_lossy()),
+        !mounted(&bpffs_of(&lab)),
         "{} still mounted",
-        bpffs.display()
+        bpffs_of(&lab).display()
     );
-    for left in [bpffs, tmp.join(format!("{lab}-xdpvs"))] {
+    for left in [bpffs_of(&lab), dir_of(&lab), state_of(&lab)] {
         assert!(!left.exists(), "{} left behind", left.display());
     }
-    let state = Path::new("/run/xdpvs").join(format!("{lab}.state.json"));
-    assert!(!state.exists(), "{} left behind", state.display());
-    let config_dir = format!("{lab}-xdpvs/");
     assert_eq!(
-        processes_with(&config_dir),
-        Vec::<String>::new(),
+        processes_with(&format!("{lab}-xdpvs/")),
+        Vec::<i32>::new(),
         "processes still running with the demo's configuration"
     );
+}
+
+#[test]
+fn the_demo_stopped_by_sigterm_removes_its_lab_and_exits_130() {
+    stopped_by(libc::SIGTERM, false);
+}
+
+#[test]
+fn the_demo_stopped_by_sigint_to_its_group_removes_its_lab_and_exits_130() {
+    stopped_by(libc::SIGINT, true);
 }

@@ -3,8 +3,9 @@
 //!
 //! - `floor_xdp_pass`: the do-nothing program, the cost of any XDP program here;
 //! - `non_vip`: a TCP packet for an address that is no VIP (passed); and
-//!   `non_vip_nat_configured`, the same once a NAT virtual server exists (it is then
-//!   also looked up as a possible NAT reply);
+//!   `non_vip_nat_configured`, the same once a NAT virtual server exists. Its source
+//!   is no NAT real, so the address filter passes it without a NAT reply lookup
+//!   (decision 0022); before the filter it was looked up as a possible reply;
 //! - `vip_established`: a VIP packet whose flow is in the connection table, direct
 //!   routing. The kernel repeats the frame as the first run rewrote it, addressed to
 //!   the real's MAC: every later run looks the flow up, finds the frame another host's

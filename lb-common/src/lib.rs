@@ -34,6 +34,15 @@ pub const PROTO_UDP: u8 = 17;
 /// [`maps::VS_RINGS`] has this stride, whatever the virtual server's own table size.
 pub const RING_STRIDE: u32 = 65537;
 
+/// [`maps::VS_RINGS`] elements per ring: two slots to an 8-byte element, since the
+/// kernel gives every array value 8 bytes (decision 0030). Slot `s` of ring `r` is half
+/// `s % 2` of element `r * RING_ELEMS + s / 2`; in the map's memory, the `u32` at
+/// `r * 2 * RING_ELEMS + s`.
+pub const RING_ELEMS: u32 = RING_STRIDE.div_ceil(2);
+
+/// A [`maps::VS_RINGS`] element: two consecutive slots of a ring.
+pub type RingPair = [u32; 2];
+
 /// Ring slot value meaning "no real server": the data path drops new flows that hit it.
 pub const NO_REAL: u32 = u32::MAX;
 

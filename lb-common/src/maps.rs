@@ -7,7 +7,7 @@
 //! | map | holds | written by | read by |
 //! |---|---|---|---|
 //! | `VS_MAP` | [`crate::VsKey`] -> [`crate::VsInfo`] | daemon | XDP |
-//! | `VS_RINGS` | ring slot -> real id (`u32`) | daemon | XDP |
+//! | `VS_RINGS` | two ring slots -> their real ids ([`crate::RingPair`]) | daemon | XDP |
 //! | `REALS` | real id -> [`crate::RealInfo`] | daemon | XDP |
 //! | `FLOWS` | [`crate::FlowKey`] -> [`crate::FlowState`] (LRU) | XDP | XDP, daemon |
 //! | `PERSIST` | [`crate::PersistKey`] -> [`crate::PersistState`] (LRU) | XDP | XDP |
@@ -42,7 +42,8 @@
 pub const VS_MAP: &str = "VS_MAP";
 /// Maglev rings, `RING_STRIDE` slots each: one live per virtual server, and spares a
 /// new table is written into before it goes live (decision 0013). Array of real ids,
-/// mappable ([`VS_RINGS_FLAGS`]).
+/// two to an element ([`crate::RING_ELEMS`], decision 0030), mappable
+/// ([`VS_RINGS_FLAGS`]).
 pub const VS_RINGS: &str = "VS_RINGS";
 /// Real servers by id. Array.
 pub const REALS: &str = "REALS";
@@ -315,11 +316,12 @@ pub const MAX_VS: u32 = 1024;
 /// for each of 1,000 virtual servers, with room for their sorry servers.
 pub const MAX_REALS: u32 = 131_072;
 /// Default number of Maglev rings (one per virtual server, plus spares to write new
-/// tables into: decision 0013). `VS_RINGS` holds `ring_count * RING_STRIDE` entries;
+/// tables into: decision 0013). `VS_RINGS` holds `ring_count * RING_ELEMS` entries;
 /// the daemon sets it at load time.
 pub const DEFAULT_RING_COUNT: u32 = 64;
 /// `VS_RINGS` map flags: `BPF_F_MMAPABLE`, so that the daemon writes a table into a
-/// ring as memory (65,537 slots, 8 bytes apart) rather than one syscall per slot (decision 0013).
+/// ring as memory (65,537 slots, 4 bytes apart) rather than one syscall per slot
+/// (decision 0013).
 pub const VS_RINGS_FLAGS: u32 = 1 << 10;
 /// Default connection table size (entries); the daemon may set another at load time.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     flow_hash, maps::UDP_SEEN_SLOTS, reason, FlowKey, FlowState, PersistKey, PersistState,
     RealInfo, TunnelSource, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, NO_REAL, REAL_F_ACTIVE,
-    REAL_F_NEW, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT, REAL_F_PLAIN_TUNNEL, RING_STRIDE,
+    REAL_F_NEW, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT, REAL_F_PLAIN_TUNNEL, RING_ELEMS, RING_STRIDE,
 };
 
 use crate::{
@@ -299,8 +299,11 @@ fn maglev(vs: &VsInfo, h: u32) -> Result<u32, Verdict> {
     if vs.ring_size == 0 || vs.ring_size > RING_STRIDE {
         return Err(Verdict::internal());
     }
-    let slot = vs.ring_id * RING_STRIDE + h % vs.ring_size;
-    let real_id = *VS_RINGS.get(slot).ok_or(Verdict::internal())?;
+    let slot = h % vs.ring_size;
+    let pair = VS_RINGS
+        .get(vs.ring_id * RING_ELEMS + slot / 2)
+        .ok_or(Verdict::internal())?;
+    let real_id = pair[(slot & 1) as usize];
     if real_id == NO_REAL {
         return Err(Verdict::drop(reason::DROP_NO_REAL));
     }

@@ -13,17 +13,18 @@ use lb_common::{
         NEIGH_ASKED_SLOTS, NEIGH_MISS_BYTES, TAIL_COUNT, UDP_SEEN_SLOTS, VS_RINGS_FLAGS,
     },
     reason, Counters, FlowKey, FlowState, IfaceInfo, NatState, PersistKey, PersistState, RealInfo,
-    SynRate, TunnelSource, VlanKey, VlanOut, VsInfo, VsKey, RING_STRIDE,
+    RingPair, SynRate, TunnelSource, VlanKey, VlanOut, VsInfo, VsKey, RING_ELEMS,
 };
 
 /// VIP:port/proto -> virtual server. Written by the daemon (whole values, RCU-freed).
 #[map]
 pub static VS_MAP: HashMap<VsKey, VsInfo> = HashMap::with_max_entries(MAX_VS, BPF_F_NO_PREALLOC);
 
-/// Maglev rings: slot -> real id. Written by the daemon into the ring not in use.
+/// Maglev rings: two slots -> their real ids (`lb_common::RING_ELEMS`). Written by the
+/// daemon into the ring not in use.
 #[map]
-pub static VS_RINGS: Array<u32> =
-    Array::with_max_entries(DEFAULT_RING_COUNT * RING_STRIDE, VS_RINGS_FLAGS);
+pub static VS_RINGS: Array<RingPair> =
+    Array::with_max_entries(DEFAULT_RING_COUNT * RING_ELEMS, VS_RINGS_FLAGS);
 
 /// Real id -> real server. Written by the daemon.
 #[map]

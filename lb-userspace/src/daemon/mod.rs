@@ -221,13 +221,17 @@ fn grow_rings(
     let pins = &instance.pins;
     let copied = dp
         .copy_rings(&pins.rings_aside())
-        .context("copying the pinned Maglev rings into the larger ring map")?;
+        .context("copying the pinned Maglev rings into the new ring map")?;
     programs
         .replace_pinned(pins)
         .context("swapping the program onto the pinned links")?;
     pins.finish_grow()
         .context("unpinning the smaller ring map")?;
-    tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map grew from {copied} to {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
+    if grow.single {
+        tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map was made anew with two slots to an element (decision 0030), {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
+    } else {
+        tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map grew from {copied} to {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
+    }
     Ok(())
 }
 

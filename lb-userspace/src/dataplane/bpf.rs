@@ -21,8 +21,8 @@ use lb_common::{
         SYN_GUARD, SYN_RATE, TAILS, TAIL_PROGRAMS, TUNNEL_SRCS, VERDICTS, VLAN_IN, VLAN_OUT,
         VS_MAP, VS_RINGS,
     },
-    Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, SynRate, TunnelSource, VlanKey,
-    VlanOut, VsInfo, VsKey, IFACE_F_VLAN, METHOD_TUNNEL, RING_STRIDE,
+    Counters, FlowKey, FlowState, IfaceInfo, NatState, RealInfo, RingPair, SynRate, TunnelSource,
+    VlanKey, VlanOut, VsInfo, VsKey, IFACE_F_VLAN, METHOD_TUNNEL, RING_ELEMS, RING_STRIDE,
 };
 
 pub use super::LoadOptions;
@@ -54,7 +54,7 @@ fn load_with(opts: LoadOptions, pins: Option<&Pins>) -> Result<Ebpf, anyhow::Err
         .unwrap_or_default();
     let mut loader = EbpfLoader::new();
     loader
-        .map_max_entries(VS_RINGS, opts.ring_count * RING_STRIDE)
+        .map_max_entries(VS_RINGS, opts.ring_count * RING_ELEMS)
         .map_max_entries(FLOWS, opts.flow_entries)
         .map_max_entries(NAT_STATE, opts.flow_entries)
         .map_max_entries(
@@ -342,14 +342,20 @@ impl BpfDataplane {
     /// Copies every ring of the smaller `VS_RINGS` pinned at `from` (an earlier run's)
     /// into this one, ring `i` to ring `i`, so that the ring ids in `VS_MAP` stay true
     /// (`pins::Grow`). Nothing writes either map meanwhile: no daemon runs but this one,
-    /// and the data path only reads rings.
+    /// and the data path only reads rings. The map at `from` may have a slot to an
+    /// element, as releases before decision 0030 made it: its rings are copied slot by
+    /// slot into this one's pairs.
     /// Returns: the rings copied.
     pub fn copy_rings(&mut self, from: &Path) -> Result<u32, DataplaneError> {
         let data = MapData::from_pin(from).map_err(map_err(VS_RINGS))?;
+        let info = data.info().map_err(map_err(VS_RINGS))?;
+        if info.value_size() as usize == std::mem::size_of::<u32>() {
+            return self.rings.copy_from_single(&data, info.max_entries());
+        }
         let old = Array::try_from(Map::Array(data)).map_err(map_err(VS_RINGS))?;
         let old = RingMemory::map(old)?;
         self.rings.copy_from(&old)?;
-        Ok((old.entries / RING_STRIDE as usize) as u32)
+        Ok((old.entries / RING_ELEMS as usize) as u32)
     }
 }
 
@@ -647,12 +653,12 @@ impl FlowReader for FlowsReader {
 /// data path sees a ring only once `VS_MAP` names it, and that update is a syscall
 /// made after the stores (the kernel publishes the new value with release order).
 ///
-/// A BPF array's elements are 8-byte aligned: element `i`, a `u32`, is the first four
-/// of the 8 bytes at `8 * i`.
+/// An element is two slots ([`RingPair`], decision 0030), so the mapping is one `u32`
+/// per slot: slot `s` of ring `r` is the `u32` at `r * 2 * RING_ELEMS + s`.
 struct RingMemory {
     /// Keeps the map (and so the mapping's object) alive.
-    _map: Array<MapData, u32>,
-    base: std::ptr::NonNull<u64>,
+    _map: Array<MapData, RingPair>,
+    base: std::ptr::NonNull<u32>,
     /// Elements mapped.
     entries: usize,
     /// Bytes mapped (whole pages).
@@ -664,14 +670,19 @@ unsafe impl Send for RingMemory {}
 // SAFETY: shared references only read.
 unsafe impl Sync for RingMemory {}
 
-/// Bytes of one `VS_RINGS` element in the map's memory.
+/// Bytes of one `VS_RINGS` element in the map's memory, in this release and in those
+/// before decision 0030 (a `u32` then, in 8 bytes).
 const RING_ELEMENT: usize = 8;
 
+/// Slots a ring takes in the mapping (`RING_STRIDE` and, for an odd stride, one more
+/// that no table uses).
+const RING_SLOTS: usize = 2 * RING_ELEMS as usize;
+
 impl RingMemory {
-    fn map(map: Array<MapData, u32>) -> Result<Self, DataplaneError> {
+    fn map(map: Array<MapData, RingPair>) -> Result<Self, DataplaneError> {
         let entries = map.len() as usize;
         let (base, bytes) = super::mmap::map_shared(map.map(), entries * RING_ELEMENT, VS_RINGS)?;
-        let base = base.cast::<u64>();
+        let base = base.cast::<u32>();
         Ok(Self {
             _map: map,
             base,
@@ -680,26 +691,30 @@ impl RingMemory {
         })
     }
 
-    /// Returns: the element index of slot `slot` of ring `ring_id`, if the map has it.
+    /// Returns: the rings the map holds.
+    fn rings(&self) -> u32 {
+        (self.entries / RING_ELEMS as usize) as u32
+    }
+
+    /// Returns: where slot `slot` of ring `ring_id` is in the mapping (in `u32`s), if
+    /// the map has it.
     fn index(&self, ring_id: u32, slot: u32) -> Result<usize, DataplaneError> {
-        let i = ring_id as usize * RING_STRIDE as usize + slot as usize;
-        if slot >= RING_STRIDE || i >= self.entries {
+        if slot >= RING_STRIDE || ring_id >= self.rings() {
             return Err(DataplaneError::Ring {
                 ring: ring_id,
                 slot,
             });
         }
-        Ok(i)
+        Ok(ring_id as usize * RING_SLOTS + slot as usize)
     }
 
     /// Writes `(slot, real_id)` pairs into ring `ring_id`.
     fn write(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
         for &(slot, real) in slots {
             let i = self.index(ring_id, slot)?;
-            // SAFETY: element `i` is within the mapping (checked) and its first four
-            // bytes are aligned for a u32; `&mut self` makes this the process's only
-            // access.
-            unsafe { self.base.as_ptr().add(i).cast::<u32>().write(real) };
+            // SAFETY: slot `i` is within the mapping (checked) and aligned for a u32;
+            // `&mut self` makes this the process's only access.
+            unsafe { self.base.as_ptr().add(i).write(real) };
         }
         Ok(())
     }
@@ -710,7 +725,7 @@ impl RingMemory {
             .map(|slot| {
                 let i = self.index(ring_id, slot)?;
                 // SAFETY: as in `write`, a read.
-                Ok(unsafe { self.base.as_ptr().add(i).cast::<u32>().read() })
+                Ok(unsafe { self.base.as_ptr().add(i).read() })
             })
             .collect()
     }
@@ -719,17 +734,50 @@ impl RingMemory {
     fn copy_from(&mut self, from: &RingMemory) -> Result<(), DataplaneError> {
         if from.entries > self.entries {
             return Err(DataplaneError::Ring {
-                ring: (self.entries / RING_STRIDE as usize) as u32,
+                ring: self.rings(),
                 slot: 0,
             });
         }
-        // SAFETY: both mappings hold at least `from.entries` elements, and they are
-        // mappings of two maps, so they do not overlap; `&mut self` makes this the
-        // process's only access to this one.
+        // SAFETY: both mappings hold at least `from.entries` elements of two u32s, and
+        // they are mappings of two maps, so they do not overlap; `&mut self` makes this
+        // the process's only access to this one.
         unsafe {
-            std::ptr::copy_nonoverlapping(from.base.as_ptr(), self.base.as_ptr(), from.entries)
+            std::ptr::copy_nonoverlapping(from.base.as_ptr(), self.base.as_ptr(), 2 * from.entries)
         };
         Ok(())
+    }
+
+    /// Copies every ring of `from`, a `VS_RINGS` of `entries` elements with one slot to
+    /// an element (releases before decision 0030: slot `s` of ring `r` in the first four
+    /// bytes of element `r * RING_STRIDE + s`), slot by slot into the same ring here.
+    /// Returns: the rings copied.
+    fn copy_from_single(&mut self, from: &MapData, entries: u32) -> Result<u32, DataplaneError> {
+        let rings = entries / RING_STRIDE;
+        if rings > self.rings() {
+            return Err(DataplaneError::Ring {
+                ring: self.rings(),
+                slot: 0,
+            });
+        }
+        let bytes = entries as usize * RING_ELEMENT;
+        let (base, mapped) = super::mmap::map_shared(from, bytes, VS_RINGS)?;
+        for ring in 0..rings {
+            for slot in 0..RING_STRIDE {
+                let at = (ring * RING_STRIDE + slot) as usize * RING_ELEMENT;
+                let i = ring as usize * RING_SLOTS + slot as usize;
+                // SAFETY: `at` is the start of an element within the old mapping (ring
+                // < entries / RING_STRIDE), aligned for a u32; `i` is within this one
+                // (rings <= self.rings(), checked above); two maps' mappings do not
+                // overlap, and `&mut self` makes this the process's only access here.
+                unsafe {
+                    let real = base.as_ptr().add(at).cast::<u32>().read();
+                    self.base.as_ptr().add(i).write(real);
+                }
+            }
+        }
+        // SAFETY: the mapping made above, unmapped once.
+        unsafe { libc::munmap(base.as_ptr().cast(), mapped) };
+        Ok(rings)
     }
 }
 

@@ -20,7 +20,9 @@
 //! `VS_RINGS-old`), the load makes a larger one in its place, the daemon copies every
 //! ring into it and swaps its program onto the links, and only then unpins the one set
 //! aside ([`Grow`]). A start that dies before that finds the map set aside and puts it
-//! back: it is the one whose rings the program still attached reads.
+//! back: it is the one whose rings the program still attached reads. A `VS_RINGS` of a
+//! release before decision 0030, a slot to an element, goes the same way: set aside,
+//! its rings copied slot by slot into a map of pairs.
 
 use std::{
     collections::HashMap,
@@ -42,7 +44,7 @@ use lb_common::{
         ALL, FLOWS, FLOW_FILTER, IFACES, IFACE_INDEX, NAT_STATE, PERSIST, REALS, SETTINGS,
         TUNNEL_SRCS, VS_MAP, VS_RINGS,
     },
-    RING_STRIDE,
+    RING_ELEMS, RING_STRIDE,
 };
 
 use super::LoadOptions;
@@ -98,8 +100,9 @@ pub struct Plan {
     /// Maps that were pinned but are made anew, each with why (their contents are
     /// lost).
     pub dropped: Vec<String>,
-    /// The pinned `VS_RINGS` is too small and was set aside: the load makes a larger
-    /// one, which the daemon fills from it before anything else.
+    /// The pinned `VS_RINGS` is too small, or has a slot to an element, and was set
+    /// aside: the load makes a larger one (or one with pairs), which the daemon fills
+    /// from it before anything else.
     pub grow: Option<Grow>,
 }
 
@@ -114,6 +117,9 @@ pub struct Grow {
     pub from: u32,
     /// Rings of the new map.
     pub to: u32,
+    /// The map set aside has a slot to an element (a release before decision 0030): it
+    /// is remade with two, whatever its size.
+    pub single: bool,
 }
 
 /// A map's definition as the kernel or the object has it.
@@ -230,6 +236,7 @@ impl Pins {
             plan.grow = Some(Grow {
                 from,
                 to: decision.rings,
+                single: decision.single,
             });
         }
         Ok(plan)
@@ -350,8 +357,11 @@ struct Decision {
     /// Rings `VS_RINGS` is loaded with.
     rings: u32,
     /// Rings of a pinned `VS_RINGS` that differs from the one wanted in its size alone
-    /// and is smaller: it is grown, not dropped.
+    /// and is smaller, or has a slot to an element: it is grown (or remade with pairs),
+    /// not dropped.
     grow_from: Option<u32>,
+    /// The pinned `VS_RINGS` has a slot to an element (before decision 0030).
+    single: bool,
     /// The reconciler's maps are reused.
     adopt: bool,
     /// Maps made anew (pinned or not), each with why.
@@ -363,18 +373,36 @@ struct Decision {
 fn decide(pinned: &HashMap<&'static str, Shape>, want: &HashMap<&'static str, Shape>) -> Decision {
     let mut want = want.clone();
     let mut grow_from = None;
+    let mut single = false;
     // Ring `i` is at the same offset in a ring map of any size: a larger pinned one
-    // still holds every ring wanted, a smaller one is grown.
+    // still holds every ring wanted, a smaller one is grown. One with a slot to an
+    // element (before decision 0030) is made anew with pairs, its rings copied.
     if let (Some(p), Some(w)) = (pinned.get(VS_RINGS), want.get_mut(VS_RINGS)) {
         let same_but_size = Shape {
             entries: w.entries,
             ..*p
         } == *w;
-        if same_but_size && p.entries % RING_STRIDE == 0 {
-            if p.entries < w.entries {
-                grow_from = Some(p.entries / RING_STRIDE);
+        let single_slots = Shape {
+            entries: w.entries,
+            value: w.value,
+            ..*p
+        } == *w
+            && p.value as usize == std::mem::size_of::<u32>()
+            && p.entries % RING_STRIDE == 0;
+        let rings = if same_but_size && p.entries % RING_ELEMS == 0 {
+            Some(p.entries / RING_ELEMS)
+        } else if single_slots {
+            single = true;
+            Some(p.entries / RING_STRIDE)
+        } else {
+            None
+        };
+        if let Some(rings) = rings {
+            let wanted = w.entries / RING_ELEMS;
+            if single || rings < wanted {
+                grow_from = Some(rings);
             }
-            w.entries = w.entries.max(p.entries);
+            w.entries = wanted.max(rings) * RING_ELEMS;
         }
     }
     let mut dropped = Vec::new();
@@ -393,6 +421,7 @@ fn decide(pinned: &HashMap<&'static str, Shape>, want: &HashMap<&'static str, Sh
     let adopt = !dropped.iter().any(|(n, _)| RECONCILED.contains(n));
     if !adopt {
         grow_from = None;
+        single = false;
         for name in RECONCILED.into_iter().chain(NAMING_REALS).chain(COPIES) {
             if !dropped.iter().any(|(n, _)| *n == name) {
                 dropped.push((name, format!("{name}: dropped with the maps it refers to")));
@@ -400,8 +429,9 @@ fn decide(pinned: &HashMap<&'static str, Shape>, want: &HashMap<&'static str, Sh
         }
     }
     Decision {
-        rings: want[VS_RINGS].entries / RING_STRIDE,
+        rings: want[VS_RINGS].entries / RING_ELEMS,
         grow_from,
+        single,
         adopt,
         dropped,
     }
@@ -418,7 +448,7 @@ fn object_shapes(
     for &name in ALL {
         let m = obj.maps.get(name).ok_or(PinError::MissingMap(name))?;
         let entries = match name {
-            VS_RINGS => opts.ring_count * RING_STRIDE,
+            VS_RINGS => opts.ring_count * RING_ELEMS,
             FLOWS | NAT_STATE => opts.flow_entries,
             FLOW_FILTER => lb_common::maps::flow_filter_entries(lb_common::maps::flow_filter_log2(
                 opts.flow_entries,
@@ -555,6 +585,7 @@ mod tests {
             Decision {
                 rings: 64,
                 grow_from: None,
+                single: false,
                 adopt: true,
                 dropped: Vec::new()
             }
@@ -569,10 +600,36 @@ mod tests {
             Decision {
                 rings: 81,
                 grow_from: Some(64),
+                single: false,
                 adopt: true,
                 dropped: Vec::new()
             }
         );
+    }
+
+    /// A ring map of a release before decision 0030 (a slot to an element, whole rings
+    /// of `RING_STRIDE` elements) is remade with pairs and its rings copied, at its size
+    /// or the one wanted, whichever is larger; nothing is dropped.
+    #[test]
+    fn a_ring_map_of_a_slot_to_an_element_is_remade_with_pairs_not_dropped() {
+        for (pinned_rings, wanted, rings) in [(64, 64, 64), (64, 81, 81), (81, 64, 81)] {
+            let mut pinned = shapes(64);
+            let r = pinned.get_mut(VS_RINGS).expect("VS_RINGS");
+            r.value = 4;
+            r.entries = pinned_rings * RING_STRIDE;
+            let d = decide(&pinned, &shapes(wanted));
+            assert_eq!(
+                d,
+                Decision {
+                    rings,
+                    grow_from: Some(pinned_rings),
+                    single: true,
+                    adopt: true,
+                    dropped: Vec::new()
+                },
+                "{pinned_rings} rings pinned, {wanted} wanted"
+            );
+        }
     }
 
     #[test]
@@ -593,11 +650,16 @@ mod tests {
 
     #[test]
     fn a_ring_map_of_another_shape_is_dropped_with_the_maps_that_refer_to_it() {
-        let changes: [fn(&mut Shape); 3] = [
+        let changes: [fn(&mut Shape); 4] = [
             |s| s.flags &= !VS_RINGS_FLAGS,
-            |s| s.value = 8,
+            |s| s.value = 16,
             // Not whole rings.
             |s| s.entries -= 1,
+            // A slot to an element, but not whole rings of them.
+            |s| {
+                s.value = 4;
+                s.entries = 64 * RING_STRIDE - 1;
+            },
         ];
         for change in changes {
             let mut pinned = shapes(64);

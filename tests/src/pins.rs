@@ -191,3 +191,125 @@ fn addr(a: IpAddr) -> [u8; 16] {
         IpAddr::V6(v6) => v6.octets(),
     }
 }
+
+/// A pinned `VS_RINGS` mapped into this process (it is `BPF_F_MMAPABLE`); unmapped on
+/// drop.
+struct MappedRings {
+    base: *mut u8,
+    bytes: usize,
+    /// Bytes per element: 8 (two slots, decision 0030; or one slot in 8 bytes before).
+    value: usize,
+    entries: usize,
+    /// Slots to an element: 2, or 1 for a map of a release before decision 0030.
+    per_element: usize,
+}
+
+impl MappedRings {
+    fn open(pin: &Path) -> Self {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let data = aya::maps::MapData::from_pin(pin)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", pin.display()));
+        let info = data.info().expect("map info");
+        let entries = info.max_entries() as usize;
+        let per_element = if info.value_size() == 4 { 1 } else { 2 };
+        // A BPF array gives every value 8 bytes.
+        let value = 8;
+        let bytes = (entries * value).div_ceil(4096) * 4096;
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array's own fd at offset 0, of
+        // its size rounded up to pages.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap of {}", pin.display());
+        Self {
+            base: base.cast(),
+            bytes,
+            value,
+            entries,
+            per_element,
+        }
+    }
+
+    /// Returns: the byte offset of slot `slot` of ring `ring`.
+    fn at(&self, ring: usize, slot: usize) -> usize {
+        let stride = lb_common::RING_STRIDE as usize;
+        if self.per_element == 1 {
+            (ring * stride + slot) * self.value
+        } else {
+            (ring * 2 * lb_common::RING_ELEMS as usize + slot) * 4
+        }
+    }
+
+    fn rings(&self) -> usize {
+        if self.per_element == 1 {
+            self.entries / lb_common::RING_STRIDE as usize
+        } else {
+            self.entries / lb_common::RING_ELEMS as usize
+        }
+    }
+}
+
+impl Drop for MappedRings {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.bytes) };
+    }
+}
+
+/// Returns: every ring of the `VS_RINGS` pinned at `pin` (either layout), each its
+/// `RING_STRIDE` slots.
+pub fn rings(pin: &Path) -> Vec<Vec<u32>> {
+    let m = MappedRings::open(pin);
+    (0..m.rings())
+        .map(|r| {
+            (0..lb_common::RING_STRIDE as usize)
+                // SAFETY: within the mapping (r < rings), aligned for a u32.
+                .map(|s| unsafe { m.base.add(m.at(r, s)).cast::<u32>().read() })
+                .collect()
+        })
+        .collect()
+}
+
+/// Pins at `pin` a `VS_RINGS` as releases before decision 0030 made it (a slot to an
+/// element: `u32` values, `RING_STRIDE` elements per ring) holding `rings`.
+pub fn pin_single_slot_rings(pin: &Path, rings: &[Vec<u32>]) {
+    let entries = (rings.len() * lb_common::RING_STRIDE as usize).to_string();
+    sh(&[
+        "bpftool",
+        "map",
+        "create",
+        pin.to_str().expect("utf-8 path"),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        &entries,
+        "name",
+        lb_common::maps::VS_RINGS,
+        "flags",
+        &lb_common::maps::VS_RINGS_FLAGS.to_string(),
+    ]);
+    let m = MappedRings::open(pin);
+    assert_eq!(
+        m.per_element,
+        1,
+        "{} is not of a slot to an element",
+        pin.display()
+    );
+    for (r, ring) in rings.iter().enumerate() {
+        for (s, real) in ring.iter().enumerate() {
+            // SAFETY: within the mapping (r < rings, s < RING_STRIDE), aligned for a u32.
+            unsafe { m.base.add(m.at(r, s)).cast::<u32>().write(*real) };
+        }
+    }
+}

@@ -19,7 +19,7 @@ use std::{
 use lb_common::{
     maps::{ALL, FLOWS, NAT_REALS, PERSIST, TUNNEL_SRCS, VS_MAP, VS_RINGS},
     user::addr_words,
-    TunnelSource, PROTO_TCP, RING_STRIDE,
+    TunnelSource, PROTO_TCP, RING_ELEMS,
 };
 use serde_json::Value;
 use tests::{
@@ -619,8 +619,8 @@ fn rings(lab: &Lab) -> u32 {
     let entries = info["max_entries"]
         .as_u64()
         .unwrap_or_else(|| panic!("no max_entries: {info}"));
-    assert_eq!(entries % u64::from(RING_STRIDE), 0, "{info}");
-    (entries / u64::from(RING_STRIDE)) as u32
+    assert_eq!(entries % u64::from(RING_ELEMS), 0, "{info}");
+    (entries / u64::from(RING_ELEMS)) as u32
 }
 
 /// Writes, in place of the lab's configuration at `cfg`, the lab's configuration and
@@ -811,7 +811,7 @@ fn a_grow_cut_short_is_done_again_from_the_ring_map_set_aside() {
     let pin = lab.map_pin(VS_RINGS);
     let aside = lab.map_pin(&format!("{VS_RINGS}-old"));
     std::fs::rename(&pin, &aside).expect("set VS_RINGS aside");
-    let entries = (2 * old_rings * RING_STRIDE).to_string();
+    let entries = (2 * old_rings * RING_ELEMS).to_string();
     sh(&[
         "bpftool",
         "map",
@@ -822,7 +822,7 @@ fn a_grow_cut_short_is_done_again_from_the_ring_map_set_aside() {
         "key",
         "4",
         "value",
-        "4",
+        "8",
         "entries",
         &entries,
         "name",
@@ -843,6 +843,81 @@ fn a_grow_cut_short_is_done_again_from_the_ring_map_set_aside() {
         .finish()
         .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
     println!("grow done again after a cut: stream on {server}: {chunks} chunks intact");
+}
+
+/// Panics, naming the first slot that differs, unless `now` holds the rings `before`.
+fn assert_same_rings(now: &[Vec<u32>], before: &[Vec<u32>], what: &str) {
+    assert_eq!(now.len(), before.len(), "{what}: rings");
+    for (r, (a, b)) in now.iter().zip(before).enumerate() {
+        if let Some(s) = (0..a.len().max(b.len())).find(|&s| a.get(s) != b.get(s)) {
+            panic!(
+                "{what}: ring {r} slot {s} holds {:?}, was {:?}",
+                a.get(s),
+                b.get(s)
+            );
+        }
+    }
+}
+
+/// An upgrade from a release before decision 0030, whose `VS_RINGS` has a slot to an
+/// element: the daemon stops (its data path forwarding), its ring map is replaced by
+/// one of that layout holding the same rings (the program attached keeps the map it
+/// has), and the daemon starts again. It sets that map aside, makes one of pairs,
+/// copies every ring slot by slot, swaps its program and unpins the old one: the log
+/// says so, the rings read back the same, every other map and the stream's state are
+/// kept, the stream goes on and no request fails across it.
+#[test]
+fn an_upgrade_from_a_ring_map_of_a_slot_to_an_element_remakes_it_and_keeps_every_connection() {
+    let lab = Lab::new(Kind::Nat, Family::V4, 2);
+    let (mut r, stream, kept, old_rings) = grow_lab(&lab);
+    let traffic = lab.traffic_every(EVERY, TIMEOUT, MAX_REQUESTS);
+    r.stop();
+    let pin = lab.map_pin(VS_RINGS);
+    let before = pins::rings(&pin);
+    assert_eq!(before.len(), old_rings as usize);
+    std::fs::remove_file(&pin).expect("unpin VS_RINGS");
+    pins::pin_single_slot_rings(&pin, &before);
+    assert_eq!(
+        pins::map_info(&pin)["bytes_value"].as_u64(),
+        Some(4),
+        "the old layout's map"
+    );
+    assert_same_rings(&pins::rings(&pin), &before, "the old layout's map");
+
+    r.start(&daemon::binary());
+    let log = r.last_log();
+    let said = format!("the ring map was made anew with two slots to an element (decision 0030), {old_rings} rings");
+    assert!(log.contains(&said), "the log does not say `{said}`:\n{log}");
+    assert!(
+        !log.contains("pinned map made anew"),
+        "a pinned map was dropped:\n{log}"
+    );
+    assert_eq!(pins::map_info(&pin)["bytes_value"].as_u64(), Some(8));
+    assert_eq!(rings(&lab), old_rings);
+    assert_same_rings(&pins::rings(&pin), &before, "the rings after the upgrade");
+    assert!(
+        !lab.map_pin(&format!("{VS_RINGS}-old")).exists(),
+        "the old ring map is still pinned"
+    );
+    kept.check_grown(&lab, &stream, "the upgrade", &r);
+    flows_on(&stream, 3, &r);
+    let samples = traffic.finish();
+    let failed: Vec<_> = samples.iter().filter(|(_, res)| res.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the upgrade, first {:?}:\n{}",
+        failed.len(),
+        samples.len(),
+        failed.first(),
+        r.all_logs()
+    );
+    let (server, chunks, _) = stream
+        .finish()
+        .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
+    println!(
+        "{} requests answered across the upgrade; {old_rings} rings copied; stream on {server}: {chunks} chunks intact",
+        samples.len()
+    );
 }
 
 /// What `xdpvs` may change on the balancer and must put back: its addresses

@@ -104,7 +104,8 @@ const MIN_SPARE_RINGS: u32 = 8;
 /// Returns: the Maglev rings to load `VS_RINGS` with for `config`: one per virtual
 /// server and spares that new tables are written into (decision 0013), an eighth more
 /// and at least 8 so that a reload may add virtual servers; at least
-/// `DEFAULT_RING_COUNT`. Each ring takes 512 KiB (65,537 slots of 8 bytes).
+/// `DEFAULT_RING_COUNT`. Each ring takes 256 KiB (65,537 slots, two to an 8-byte
+/// element: decision 0030).
 pub fn ring_count(config: &Config) -> u32 {
     let n = config.virtual_servers.len() as u32;
     (n + (n / 8).max(MIN_SPARE_RINGS)).clamp(DEFAULT_RING_COUNT, MAX_VS + MIN_SPARE_RINGS)

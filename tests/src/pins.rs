@@ -277,10 +277,9 @@ pub fn rings(pin: &Path) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Pins at `pin` a `VS_RINGS` as releases before decision 0030 made it (a slot to an
-/// element: `u32` values, `RING_STRIDE` elements per ring) holding `rings`.
-pub fn pin_single_slot_rings(pin: &Path, rings: &[Vec<u32>]) {
-    let entries = (rings.len() * lb_common::RING_STRIDE as usize).to_string();
+/// Pins at `pin` an empty mappable array named `VS_RINGS` of `entries` values of
+/// `value` bytes, as a daemon would have left one.
+pub fn pin_ring_map(pin: &Path, value: u32, entries: u32) {
     sh(&[
         "bpftool",
         "map",
@@ -291,14 +290,20 @@ pub fn pin_single_slot_rings(pin: &Path, rings: &[Vec<u32>]) {
         "key",
         "4",
         "value",
-        "4",
+        &value.to_string(),
         "entries",
-        &entries,
+        &entries.to_string(),
         "name",
         lb_common::maps::VS_RINGS,
         "flags",
         &lb_common::maps::VS_RINGS_FLAGS.to_string(),
     ]);
+}
+
+/// Pins at `pin` a `VS_RINGS` as releases before decision 0030 made it (a slot to an
+/// element: `u32` values, `RING_STRIDE` elements per ring) holding `rings`.
+pub fn pin_single_slot_rings(pin: &Path, rings: &[Vec<u32>]) {
+    pin_ring_map(pin, 4, rings.len() as u32 * lb_common::RING_STRIDE);
     let m = MappedRings::open(pin);
     assert_eq!(
         m.per_element,

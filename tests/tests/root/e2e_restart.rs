@@ -25,7 +25,7 @@ use serde_json::Value;
 use tests::{
     daemon::{self, Daemon},
     http::NamedServer,
-    lab::{net, Family, Kind, Lab, Sample, StreamClient, UdpFlow, NAT_REAL_PORT},
+    lab::{net, Family, Kind, Lab, Sample, StreamClient, Traffic, UdpFlow, NAT_REAL_PORT},
     netns::sh,
     pins, wait_for,
 };
@@ -780,22 +780,9 @@ fn a_restart_needing_more_rings_grows_the_ring_map_and_keeps_every_connection() 
     r.stop();
     r.start(&daemon::binary());
     assert_grown(&lab, &r, &kept, &stream, old_rings, extra);
-    let samples = traffic.finish();
-    let failed: Vec<_> = samples.iter().filter(|(_, res)| res.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed across the grow, first {:?}:\n{}",
-        failed.len(),
-        samples.len(),
-        failed.first(),
-        r.all_logs()
-    );
-    let (server, chunks, _) = stream
-        .finish()
-        .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
+    let (answered, server, chunks) = all_answered(traffic, stream, "the grow", &r);
     println!(
-        "{} requests answered across the grow; stream on {server}: {chunks} chunks intact",
-        samples.len()
+        "{answered} requests answered across the grow; stream on {server}: {chunks} chunks intact"
     );
 }
 
@@ -811,25 +798,7 @@ fn a_grow_cut_short_is_done_again_from_the_ring_map_set_aside() {
     let pin = lab.map_pin(VS_RINGS);
     let aside = lab.map_pin(&format!("{VS_RINGS}-old"));
     std::fs::rename(&pin, &aside).expect("set VS_RINGS aside");
-    let entries = (2 * old_rings * RING_ELEMS).to_string();
-    sh(&[
-        "bpftool",
-        "map",
-        "create",
-        pin.to_str().expect("utf-8 path"),
-        "type",
-        "array",
-        "key",
-        "4",
-        "value",
-        "8",
-        "entries",
-        &entries,
-        "name",
-        VS_RINGS,
-        "flags",
-        "1024",
-    ]);
+    pins::pin_ring_map(&pin, 8, 2 * old_rings * RING_ELEMS);
 
     r.start(&daemon::binary());
     let log = r.last_log();
@@ -843,6 +812,31 @@ fn a_grow_cut_short_is_done_again_from_the_ring_map_set_aside() {
         .finish()
         .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
     println!("grow done again after a cut: stream on {server}: {chunks} chunks intact");
+}
+
+/// Stops `traffic` and `stream`; panics with the logs unless every request was
+/// answered across `what` and the stream is intact.
+/// Returns: the requests answered, the stream's server and its chunks.
+fn all_answered(
+    traffic: Traffic,
+    stream: StreamClient,
+    what: &str,
+    r: &Restarts,
+) -> (usize, String, u64) {
+    let samples = traffic.finish();
+    let failed: Vec<_> = samples.iter().filter(|(_, res)| res.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across {what}, first {:?}:\n{}",
+        failed.len(),
+        samples.len(),
+        failed.first(),
+        r.all_logs()
+    );
+    let (server, chunks, _) = stream
+        .finish()
+        .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
+    (samples.len(), server, chunks)
 }
 
 /// Panics, naming the first slot that differs, unless `now` holds the rings `before`.
@@ -901,23 +895,8 @@ fn an_upgrade_from_a_ring_map_of_a_slot_to_an_element_remakes_it_and_keeps_every
     );
     kept.check_grown(&lab, &stream, "the upgrade", &r);
     flows_on(&stream, 3, &r);
-    let samples = traffic.finish();
-    let failed: Vec<_> = samples.iter().filter(|(_, res)| res.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed across the upgrade, first {:?}:\n{}",
-        failed.len(),
-        samples.len(),
-        failed.first(),
-        r.all_logs()
-    );
-    let (server, chunks, _) = stream
-        .finish()
-        .unwrap_or_else(|e| panic!("the stream broke: {e}\n{}", r.all_logs()));
-    println!(
-        "{} requests answered across the upgrade; {old_rings} rings copied; stream on {server}: {chunks} chunks intact",
-        samples.len()
-    );
+    let (answered, server, chunks) = all_answered(traffic, stream, "the upgrade", &r);
+    println!("{answered} requests answered across the upgrade; {old_rings} rings copied; stream on {server}: {chunks} chunks intact");
 }
 
 /// What `xdpvs` may change on the balancer and must put back: its addresses

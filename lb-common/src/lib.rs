@@ -42,6 +42,7 @@ pub const RING_ELEMS: u32 = RING_STRIDE.div_ceil(2);
 
 /// A [`maps::VS_RINGS`] element: two consecutive slots of a ring.
 pub type RingPair = [u32; 2];
+const _: () = assert!(core::mem::size_of::<RingPair>() == 8);
 
 /// Ring slot value meaning "no real server": the data path drops new flows that hit it.
 pub const NO_REAL: u32 = u32::MAX;
@@ -79,7 +80,8 @@ const _: () = assert!(core::mem::size_of::<VsKey>() == 20);
 pub struct VsInfo {
     /// Index of the virtual server in [`maps::STATS_VS`] (stable while the VS exists).
     pub vs_index: u32,
-    /// Ring in [`maps::VS_RINGS`] in use: slot `i` lives at `ring_id * RING_STRIDE + i`.
+    /// Ring in [`maps::VS_RINGS`] in use: slot `i` is half `i % 2` of element
+    /// `ring_id * RING_ELEMS + i / 2` ([`RING_ELEMS`]).
     pub ring_id: u32,
     /// Maglev table size of this virtual server, a prime `<= RING_STRIDE`.
     pub ring_size: u32,

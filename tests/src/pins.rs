@@ -197,8 +197,6 @@ fn addr(a: IpAddr) -> [u8; 16] {
 struct MappedRings {
     base: *mut u8,
     bytes: usize,
-    /// Bytes per element: 8 (two slots, decision 0030; or one slot in 8 bytes before).
-    value: usize,
     entries: usize,
     /// Slots to an element: 2, or 1 for a map of a release before decision 0030.
     per_element: usize,
@@ -212,9 +210,8 @@ impl MappedRings {
         let info = data.info().expect("map info");
         let entries = info.max_entries() as usize;
         let per_element = if info.value_size() == 4 { 1 } else { 2 };
-        // A BPF array gives every value 8 bytes.
-        let value = 8;
-        let bytes = (entries * value).div_ceil(4096) * 4096;
+        // A BPF array gives every value 8 bytes, whatever its size.
+        let bytes = (entries * 8).div_ceil(4096) * 4096;
         // SAFETY: a shared mapping of a BPF_F_MMAPABLE array's own fd at offset 0, of
         // its size rounded up to pages.
         let base = unsafe {
@@ -231,7 +228,6 @@ impl MappedRings {
         Self {
             base: base.cast(),
             bytes,
-            value,
             entries,
             per_element,
         }
@@ -241,7 +237,7 @@ impl MappedRings {
     fn at(&self, ring: usize, slot: usize) -> usize {
         let stride = lb_common::RING_STRIDE as usize;
         if self.per_element == 1 {
-            (ring * stride + slot) * self.value
+            (ring * stride + slot) * 8
         } else {
             (ring * 2 * lb_common::RING_ELEMS as usize + slot) * 4
         }

@@ -227,9 +227,9 @@ fn grow_rings(
         .replace_pinned(pins)
         .context("swapping the program onto the pinned links")?;
     pins.finish_grow()
-        .context("unpinning the smaller ring map")?;
+        .context("unpinning the ring map set aside")?;
     if grow.single {
-        tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map was made anew with two slots to an element (decision 0030), {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
+        tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map was rebuilt with two slots to an element (decision 0030), {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
     } else {
         tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map grew from {copied} to {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
     }

@@ -339,7 +339,8 @@ impl BpfDataplane {
 }
 
 impl BpfDataplane {
-    /// Copies every ring of the smaller `VS_RINGS` pinned at `from` (an earlier run's)
+    /// Copies every ring of the `VS_RINGS` pinned at `from` (an earlier run's, smaller
+    /// or of one slot to an element)
     /// into this one, ring `i` to ring `i`, so that the ring ids in `VS_MAP` stay true
     /// (`pins::Grow`). Nothing writes either map meanwhile: no daemon runs but this one,
     /// and the data path only reads rings. The map at `from` may have a slot to an

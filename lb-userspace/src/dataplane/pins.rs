@@ -632,6 +632,29 @@ mod tests {
         }
     }
 
+    /// A ring map of a slot to an element is not remade alone when the maps it goes
+    /// with are dropped: it goes with them, and nothing is copied.
+    #[test]
+    fn a_ring_map_of_a_slot_to_an_element_goes_with_the_maps_dropped() {
+        let mut pinned = shapes(64);
+        let r = pinned.get_mut(VS_RINGS).expect("VS_RINGS");
+        r.value = 4;
+        r.entries = 64 * RING_STRIDE;
+        pinned.get_mut(REALS).expect("REALS").value += 8;
+        let d = decide(&pinned, &shapes(64));
+        assert_eq!((d.grow_from, d.single, d.adopt), (None, false, false));
+        assert_eq!(dropped(&d), together());
+        // Of another kind of map as well: not a ring map this release can read.
+        let mut pinned = shapes(64);
+        let r = pinned.get_mut(VS_RINGS).expect("VS_RINGS");
+        r.value = 4;
+        r.entries = 64 * RING_STRIDE;
+        r.flags &= !VS_RINGS_FLAGS;
+        let d = decide(&pinned, &shapes(64));
+        assert_eq!((d.grow_from, d.single, d.adopt), (None, false, false));
+        assert_eq!(dropped(&d), together());
+    }
+
     #[test]
     fn a_larger_pinned_ring_map_is_kept_at_its_size() {
         let d = decide(&shapes(81), &shapes(64));

@@ -880,7 +880,9 @@ fn an_upgrade_from_a_ring_map_of_a_slot_to_an_element_remakes_it_and_keeps_every
 
     r.start(&daemon::binary());
     let log = r.last_log();
-    let said = format!("the ring map was made anew with two slots to an element (decision 0030), {old_rings} rings");
+    let said = format!(
+        "the ring map was rebuilt with two slots to an element (decision 0030), {old_rings} rings"
+    );
     assert!(log.contains(&said), "the log does not say `{said}`:\n{log}");
     assert!(
         !log.contains("pinned map made anew"),

@@ -192,11 +192,9 @@ fn addr(a: IpAddr) -> [u8; 16] {
     }
 }
 
-/// A pinned `VS_RINGS` mapped into this process (it is `BPF_F_MMAPABLE`); unmapped on
-/// drop.
+/// A pinned `VS_RINGS` mapped into this process (it is `BPF_F_MMAPABLE`).
 struct MappedRings {
-    base: *mut u8,
-    bytes: usize,
+    mapping: xdpvs::dataplane::mmap::Mapping,
     entries: usize,
     /// Slots to an element: 2, or 1 for a map of a release before decision 0030.
     per_element: usize,
@@ -204,30 +202,17 @@ struct MappedRings {
 
 impl MappedRings {
     fn open(pin: &Path) -> Self {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
         let data = aya::maps::MapData::from_pin(pin)
             .unwrap_or_else(|e| panic!("opening {}: {e}", pin.display()));
         let info = data.info().expect("map info");
         let entries = info.max_entries() as usize;
         let per_element = if info.value_size() == 4 { 1 } else { 2 };
         // A BPF array gives every value 8 bytes, whatever its size.
-        let bytes = (entries * 8).div_ceil(4096) * 4096;
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array's own fd at offset 0, of
-        // its size rounded up to pages.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED, "mmap of {}", pin.display());
+        let mapping =
+            xdpvs::dataplane::mmap::Mapping::shared(&data, entries * 8, lb_common::maps::VS_RINGS)
+                .unwrap_or_else(|e| panic!("mapping {}: {e}", pin.display()));
         Self {
-            base: base.cast(),
-            bytes,
+            mapping,
             entries,
             per_element,
         }
@@ -252,13 +237,6 @@ impl MappedRings {
     }
 }
 
-impl Drop for MappedRings {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.bytes) };
-    }
-}
-
 /// Returns: every ring of the `VS_RINGS` pinned at `pin` (either layout), each its
 /// `RING_STRIDE` slots.
 pub fn rings(pin: &Path) -> Vec<Vec<u32>> {
@@ -267,7 +245,7 @@ pub fn rings(pin: &Path) -> Vec<Vec<u32>> {
         .map(|r| {
             (0..lb_common::RING_STRIDE as usize)
                 // SAFETY: within the mapping (r < rings), aligned for a u32.
-                .map(|s| unsafe { m.base.add(m.at(r, s)).cast::<u32>().read() })
+                .map(|s| unsafe { m.mapping.as_ptr().add(m.at(r, s)).cast::<u32>().read() })
                 .collect()
         })
         .collect()
@@ -310,7 +288,13 @@ pub fn pin_single_slot_rings(pin: &Path, rings: &[Vec<u32>]) {
     for (r, ring) in rings.iter().enumerate() {
         for (s, real) in ring.iter().enumerate() {
             // SAFETY: within the mapping (r < rings, s < RING_STRIDE), aligned for a u32.
-            unsafe { m.base.add(m.at(r, s)).cast::<u32>().write(*real) };
+            unsafe {
+                m.mapping
+                    .as_ptr()
+                    .add(m.at(r, s))
+                    .cast::<u32>()
+                    .write(*real)
+            };
         }
     }
 }

@@ -27,8 +27,8 @@ use lb_common::{
 
 pub use super::LoadOptions;
 use super::{
-    neigh_misses::NeighMisses, pins::Pins, Dataplane, DataplaneContents, DataplaneError,
-    DataplaneRead, FlowReader,
+    mmap::Mapping, neigh_misses::NeighMisses, pins::Pins, Dataplane, DataplaneContents,
+    DataplaneError, DataplaneRead, FlowReader,
 };
 
 /// Loads the BPF object with the given sizes; every XDP program is loaded (verified)
@@ -340,9 +340,8 @@ impl BpfDataplane {
 
 impl BpfDataplane {
     /// Copies every ring of the `VS_RINGS` pinned at `from` (an earlier run's, smaller
-    /// or of one slot to an element)
-    /// into this one, ring `i` to ring `i`, so that the ring ids in `VS_MAP` stay true
-    /// (`pins::Grow`). Nothing writes either map meanwhile: no daemon runs but this one,
+    /// or of one slot to an element) into this one, ring `i` to ring `i`, so that the
+    /// ring ids in `VS_MAP` stay true (`pins::Grow`). Nothing writes either map meanwhile: no daemon runs but this one,
     /// and the data path only reads rings. The map at `from` may have a slot to an
     /// element, as releases before decision 0030 made it: its rings are copied slot by
     /// slot into this one's pairs.
@@ -657,18 +656,14 @@ impl FlowReader for FlowsReader {
 /// An element is two slots ([`RingPair`], decision 0030), so the mapping is one `u32`
 /// per slot: slot `s` of ring `r` is the `u32` at `r * 2 * RING_ELEMS + s`.
 struct RingMemory {
-    /// Keeps the map (and so the mapping's object) alive.
+    /// Keeps the map alive.
     _map: Array<MapData, RingPair>,
-    base: std::ptr::NonNull<u32>,
+    mapping: Mapping,
     /// Elements mapped.
     entries: usize,
-    /// Bytes mapped (whole pages).
-    bytes: usize,
 }
 
-// SAFETY: the mapping is owned by this value alone; `&mut self` guards its writes.
-unsafe impl Send for RingMemory {}
-// SAFETY: shared references only read.
+// SAFETY: shared references only read; `&mut self` guards the writes.
 unsafe impl Sync for RingMemory {}
 
 /// Bytes of one `VS_RINGS` element in the map's memory, in this release and in those
@@ -682,14 +677,17 @@ const RING_SLOTS: usize = 2 * RING_ELEMS as usize;
 impl RingMemory {
     fn map(map: Array<MapData, RingPair>) -> Result<Self, DataplaneError> {
         let entries = map.len() as usize;
-        let (base, bytes) = super::mmap::map_shared(map.map(), entries * RING_ELEMENT, VS_RINGS)?;
-        let base = base.cast::<u32>();
+        let mapping = Mapping::shared(map.map(), entries * RING_ELEMENT, VS_RINGS)?;
         Ok(Self {
             _map: map,
-            base,
+            mapping,
             entries,
-            bytes,
         })
+    }
+
+    /// Returns: the mapping as slots.
+    fn slots(&self) -> *mut u32 {
+        self.mapping.as_ptr().cast()
     }
 
     /// Returns: the rings the map holds.
@@ -715,7 +713,7 @@ impl RingMemory {
             let i = self.index(ring_id, slot)?;
             // SAFETY: slot `i` is within the mapping (checked) and aligned for a u32;
             // `&mut self` makes this the process's only access.
-            unsafe { self.base.as_ptr().add(i).write(real) };
+            unsafe { self.slots().add(i).write(real) };
         }
         Ok(())
     }
@@ -726,7 +724,7 @@ impl RingMemory {
             .map(|slot| {
                 let i = self.index(ring_id, slot)?;
                 // SAFETY: as in `write`, a read.
-                Ok(unsafe { self.base.as_ptr().add(i).read() })
+                Ok(unsafe { self.slots().add(i).read() })
             })
             .collect()
     }
@@ -742,9 +740,7 @@ impl RingMemory {
         // SAFETY: both mappings hold at least `from.entries` elements of two u32s, and
         // they are mappings of two maps, so they do not overlap; `&mut self` makes this
         // the process's only access to this one.
-        unsafe {
-            std::ptr::copy_nonoverlapping(from.base.as_ptr(), self.base.as_ptr(), 2 * from.entries)
-        };
+        unsafe { std::ptr::copy_nonoverlapping(from.slots(), self.slots(), 2 * from.entries) };
         Ok(())
     }
 
@@ -760,8 +756,7 @@ impl RingMemory {
                 slot: 0,
             });
         }
-        let bytes = entries as usize * RING_ELEMENT;
-        let (base, mapped) = super::mmap::map_shared(from, bytes, VS_RINGS)?;
+        let old = Mapping::shared(from, entries as usize * RING_ELEMENT, VS_RINGS)?;
         for ring in 0..rings {
             for slot in 0..RING_STRIDE {
                 let at = (ring * RING_STRIDE + slot) as usize * RING_ELEMENT;
@@ -771,20 +766,11 @@ impl RingMemory {
                 // (rings <= self.rings(), checked above); two maps' mappings do not
                 // overlap, and `&mut self` makes this the process's only access here.
                 unsafe {
-                    let real = base.as_ptr().add(at).cast::<u32>().read();
-                    self.base.as_ptr().add(i).write(real);
+                    let real = old.as_ptr().add(at).cast::<u32>().read();
+                    self.slots().add(i).write(real);
                 }
             }
         }
-        // SAFETY: the mapping made above, unmapped once.
-        unsafe { libc::munmap(base.as_ptr().cast(), mapped) };
         Ok(rings)
-    }
-}
-
-impl Drop for RingMemory {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

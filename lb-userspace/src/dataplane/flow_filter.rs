@@ -10,7 +10,6 @@
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -25,7 +24,7 @@ use lb_common::{
     FlowKey, FlowState,
 };
 
-use super::DataplaneError;
+use super::{mmap::Mapping, DataplaneError};
 
 /// Least time between two rebuilds.
 pub const REBUILD_EVERY: Duration = Duration::from_secs(10);
@@ -53,27 +52,22 @@ pub struct Rebuilt {
 /// `FLOWS` to walk.
 pub struct FlowFilter {
     flows: MapData,
-    /// Keeps the filter's map, and so the mapping's object, alive.
+    /// Keeps the filter's map alive.
     _map: MapData,
-    base: NonNull<u8>,
-    bytes: usize,
+    mapping: Mapping,
     log2: u32,
 }
-
-// SAFETY: the mapping is owned by this value alone; `&mut self` guards its writes.
-unsafe impl Send for FlowFilter {}
 
 impl FlowFilter {
     /// Maps `filter` (the `FLOW_FILTER` of `log2` slots per half) and takes `flows`
     /// (its own descriptor on `FLOWS`).
     pub(super) fn new(flows: MapData, filter: MapData, log2: u32) -> Result<Self, DataplaneError> {
         let elements = flow_filter_entries(log2) as usize;
-        let (base, bytes) = super::mmap::map_shared(&filter, elements * 8, FLOW_FILTER)?;
+        let mapping = Mapping::shared(&filter, elements * 8, FLOW_FILTER)?;
         Ok(Self {
             flows,
             _map: filter,
-            base,
-            bytes,
+            mapping,
             log2,
         })
     }
@@ -82,7 +76,7 @@ impl FlowFilter {
     fn control(&self) -> &AtomicU64 {
         // SAFETY: element 0 is 8 bytes at the start of the page-aligned mapping, which
         // lives as long as `self`; the data path reads it with plain loads.
-        unsafe { AtomicU64::from_ptr(self.base.as_ptr().cast::<u64>()) }
+        unsafe { AtomicU64::from_ptr(self.mapping.as_ptr().cast::<u64>()) }
     }
 
     /// Returns: the half the data path reads, and whether the filter is complete.
@@ -126,12 +120,14 @@ impl FlowFilter {
         let words = (1usize << self.log2) / 64;
         let at = 8 + words * 8 * half as usize;
         assert!(
-            at + words * 8 <= self.bytes,
+            at + words * 8 <= self.mapping.bytes(),
             "the halves lie within the mapping"
         );
         // SAFETY: within the mapping (asserted), 8-byte aligned (the mapping is page
         // aligned); the data path sets bits with atomic ORs, as these do.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(at).cast::<AtomicU64>(), words) }
+        unsafe {
+            std::slice::from_raw_parts(self.mapping.as_ptr().add(at).cast::<AtomicU64>(), words)
+        }
     }
 
     /// Clears both halves and marks the filter incomplete, as a release that never set
@@ -191,13 +187,6 @@ impl FlowFilter {
             }
             std::thread::sleep(wait);
         }
-    }
-}
-
-impl Drop for FlowFilter {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, of `bytes`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }
 

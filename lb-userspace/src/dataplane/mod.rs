@@ -5,7 +5,7 @@
 pub mod bpf;
 pub mod flow_filter;
 pub mod memory;
-mod mmap;
+pub mod mmap;
 pub mod neigh_misses;
 pub mod pins;
 

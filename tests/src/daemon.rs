@@ -84,13 +84,14 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        if crate::signals::handled() {
+        let handled = crate::signals::handled();
+        if handled {
             // Out of the terminal's foreground group: the program that handles a
             // Ctrl-C stops the daemon itself (crate::signals).
             cmd.process_group(0);
         }
         let child = cmd.spawn().expect("spawning xdpvs");
-        let slot = crate::signals::handled()
+        let slot = handled
             .then(|| crate::signals::started(child.id() as i32))
             .flatten();
         let mut d = Daemon {

@@ -228,11 +228,15 @@ fn grow_rings(
         .context("swapping the program onto the pinned links")?;
     pins.finish_grow()
         .context("unpinning the ring map set aside")?;
-    if grow.single {
-        tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map was rebuilt with two slots to an element (decision 0030), {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
+    let how = if grow.single {
+        format!(
+            "was rebuilt with two slots to an element (decision 0030), {} rings",
+            grow.to
+        )
     } else {
-        tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map grew from {copied} to {} rings: every ring copied, no pinned map dropped, connections kept", grow.to);
-    }
+        format!("grew from {copied} to {} rings", grow.to)
+    };
+    tracing::info!(instance = %instance.name, from = copied, to = grow.to, "the ring map {how}: every ring copied, no pinned map dropped, connections kept");
     Ok(())
 }
 

@@ -7,9 +7,9 @@
 /// The "bounce": the least an XDP load balancer can do with a frame (both MACs
 /// rewritten, XDP_TX back out, no lookup). The live bench's ceiling on a topology.
 pub const PROG_BOUNCE: &str = "xdpvs_bounce";
-/// The counting sink on the receivers' interfaces: drops IP frames so that the
-/// receiving stack costs nothing, passes ARP so that neighbours resolve. Its `run_cnt`
-/// is the count of frames delivered.
+/// The counting sink on the receivers' interfaces (a tc ingress program): drops IP
+/// frames so that the receiving stack costs nothing, passes ARP so that neighbours
+/// resolve. Its `run_cnt` is the count of frames delivered.
 pub const PROG_SINK: &str = "xdpvs_sink";
 
 /// Every program of the benchmark object.

@@ -6,9 +6,12 @@
 //! The topology is the one-armed NAT lab of `lab.rs` (one bridge; client 10.150.0.2,
 //! balancer 10.150.0.1 and 10.100.0.1, reals 10.100.0.11-13; VIP 10.150.0.100), used for
 //! every method, with:
-//! - the benchmark object's counting sink (`xdpvs_sink`) on the client's and the reals'
-//!   interfaces: it drops every IP frame (so the receivers' stacks cost nothing) and its
-//!   run count is the count of frames delivered;
+//! - the benchmark object's counting sink (`xdpvs_sink`) on the tc ingress of the
+//!   client's and the reals' interfaces: it drops every IP frame (so the receivers'
+//!   stacks cost nothing) and its run count is the count of frames delivered. Not XDP:
+//!   XDP on a veth copies every frame with less than 256 bytes of headroom, and a
+//!   tunnelled frame has 236 (the balancer took 20 for its outer header), so an XDP
+//!   sink charged tunnelling a copy at the receiver that no NIC makes;
 //! - static forwarding entries in the bridge and flooding of unknown unicast off, so a
 //!   frame reaches exactly the port of its destination MAC and no sink counts a frame
 //!   meant for another;
@@ -40,7 +43,7 @@
 //! - `ratio`: xdpvs's pps over the bounce's.
 //!
 //! The whole path of a frame (trafgen's socket, the veths, the bridge, the balancer's
-//! XDP, the receiver's) runs in softirq on trafgen's CPU, one frame at a time: the pps
+//! XDP, the receiver's tc) runs in softirq on trafgen's CPU, one frame at a time: the pps
 //! figures are what one core does with everything on it, and a program's cost shows in
 //! them as its share of that path. The ns figures are the program's cost in that
 //! setting, caches included (not a tight loop over one packet, as under

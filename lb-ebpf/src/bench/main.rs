@@ -4,7 +4,11 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use lb_ebpf::headers::{ptr_at, EthHdr};
 
 /// EtherType of ARP.
@@ -35,20 +39,17 @@ pub fn xdpvs_bounce(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// The receivers' sink: every frame it drops is one delivered (its `run_cnt` counts
-/// them); ARP passes so that the balancer can resolve the receiver, and a receiver
-/// sending (the NAT reply workload) can resolve the balancer.
-#[xdp]
-pub fn xdpvs_sink(ctx: XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
-        return xdp_action::XDP_DROP;
-    };
-    // SAFETY: `ptr_at` checked that the header lies within the frame.
-    let proto = u16::from_be(unsafe { (*eth).proto_be });
-    if proto == ETH_P_ARP {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
+/// The receivers' sink, on their interfaces' tc ingress: every frame it drops is one
+/// delivered (its `run_cnt` counts them); ARP passes so that the balancer can resolve
+/// the receiver, and a receiver sending (the NAT reply workload) can resolve the
+/// balancer. A tc program rather than XDP: XDP on a veth needs 256 bytes of headroom
+/// and copies every frame that has less, which an encapsulated frame (20 bytes of it
+/// taken by its outer header) has: the receiver, not the balancer, would pay that copy.
+#[classifier]
+pub fn xdpvs_sink(ctx: TcContext) -> i32 {
+    match ctx.load::<u16>(12) {
+        Ok(proto_be) if u16::from_be(proto_be) == ETH_P_ARP => TC_ACT_OK as i32,
+        _ => TC_ACT_SHOT as i32,
     }
 }
 

@@ -1,11 +1,12 @@
 //! The live bench's view of XDP programs: the kernel's per-program statistics
 //! (`run_time_ns`, `run_cnt`), which program an interface runs, and the benchmark
-//! object's programs (the bounce, the counting sink) attached inside a namespace.
+//! object's programs (the bounce on XDP, the counting sink on tc ingress) attached
+//! inside a namespace.
 
 use std::os::fd::OwnedFd;
 
 use aya::{
-    programs::{loaded_programs, Xdp, XdpMode},
+    programs::{loaded_programs, tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
     sys::{enable_stats, Stats},
     Ebpf, EbpfLoader,
 };
@@ -86,34 +87,51 @@ pub struct Attached {
     pub id: u32,
 }
 
-/// Loads the benchmark object inside `ns` and attaches its counting sink to `dev`.
+/// Loads the benchmark object inside `ns` and attaches its counting sink to `dev`'s tc
+/// ingress (TCX).
 pub fn sink(ns: &Netns, dev: &str) -> Attached {
-    attach_bench(ns, dev, PROG_SINK, [0; 6], [0; 6])
+    let dev = dev.to_string();
+    ns.run(move || {
+        let mut ebpf = load_bench([0; 6], [0; 6]);
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(PROG_SINK)
+            .unwrap_or_else(|| panic!("{PROG_SINK} missing from the benchmark object"))
+            .try_into()
+            .expect("a tc classifier");
+        p.load()
+            .unwrap_or_else(|e| panic!("loading {PROG_SINK}: {e}"));
+        p.attach(&dev, TcAttachType::Ingress)
+            .unwrap_or_else(|e| panic!("attaching {PROG_SINK} to {dev}'s tc ingress: {e}"));
+        let id = p.info().expect("program info").id();
+        Attached { _ebpf: ebpf, id }
+    })
 }
 
 /// Loads the benchmark object inside `ns` with the bounce sending every frame from
 /// `src` to `dst`, and attaches the bounce to `dev`.
 pub fn bounce(ns: &Netns, dev: &str, src: [u8; 6], dst: [u8; 6]) -> Attached {
-    attach_bench(ns, dev, PROG_BOUNCE, src, dst)
-}
-
-fn attach_bench(ns: &Netns, dev: &str, prog: &'static str, src: [u8; 6], dst: [u8; 6]) -> Attached {
     let dev = dev.to_string();
     ns.run(move || {
-        let mut ebpf = EbpfLoader::new()
-            .override_global(BOUNCE_DST, &dst, true)
-            .override_global(BOUNCE_SRC, &src, true)
-            .load(xdpvs::BPF_BENCH_OBJECT)
-            .expect("load the benchmark object");
+        let mut ebpf = load_bench(src, dst);
         let p: &mut Xdp = ebpf
-            .program_mut(prog)
-            .unwrap_or_else(|| panic!("{prog} missing from the benchmark object"))
+            .program_mut(PROG_BOUNCE)
+            .unwrap_or_else(|| panic!("{PROG_BOUNCE} missing from the benchmark object"))
             .try_into()
             .expect("an XDP program");
-        p.load().unwrap_or_else(|e| panic!("loading {prog}: {e}"));
+        p.load()
+            .unwrap_or_else(|e| panic!("loading {PROG_BOUNCE}: {e}"));
         p.attach(&dev, XdpMode::Default)
-            .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e}"));
+            .unwrap_or_else(|e| panic!("attaching {PROG_BOUNCE} to {dev}: {e}"));
         let id = p.info().expect("program info").id();
         Attached { _ebpf: ebpf, id }
     })
+}
+
+/// Returns: the benchmark object, loaded with the bounce's MACs set to `src` and `dst`.
+fn load_bench(src: [u8; 6], dst: [u8; 6]) -> Ebpf {
+    EbpfLoader::new()
+        .override_global(BOUNCE_DST, &dst, true)
+        .override_global(BOUNCE_SRC, &src, true)
+        .load(xdpvs::BPF_BENCH_OBJECT)
+        .expect("load the benchmark object")
 }

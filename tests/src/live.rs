@@ -32,15 +32,20 @@
 //! Each run: trafgen sends as fast as it can, pinned to the last CPU (see `trafgen.rs`),
 //! for at most 10 s and 20,000,000 packets. From 0.5 s after it starts, the bench reads
 //! the statistics of the balancer's program and of every sink, and the CPU time of the
-//! path (`cputime.rs`), six times 0.4 s apart, then stops trafgen. Each figure is the
-//! median over the five windows between readings (a burst of other work on the
-//! machine moves one window, not the figure):
+//! path (`cputime.rs`), six times 0.4 s apart, then stops trafgen. Each figure of a
+//! run is the median over the five windows between readings (a burst of other work on
+//! the machine moves one window, not the figure). A method runs in rounds
+//! (`XDPVS_LIVE_ROUNDS`, 3 by default), each under xdpvs, then the pass program, then
+//! the bounce; a line gives the median of each figure over the rounds, and the low and
+//! high of the ns and the ratio (a slow stretch of the shared machine falls on one round
+//! of each program rather than on one program):
 //! - `*_ns`: the program's `run_time_ns` / `run_cnt` (both differences);
 //! - `*_pps`: frames the sinks counted per second of CPU on the path: what one core
 //!   given to it delivers. Per second of wall clock (`*_wall_pps`) the figures would
 //!   measure how much CPU the others on the machine left (`*_cpu_share`) more than
 //!   anything else;
-//! - `ratio`: xdpvs's pps over the bounce's.
+//! - `ratio`: xdpvs's pps over the bounce's in each round (the median; `ratio_low`,
+//!   `ratio_high`).
 //!
 //! The whole path of a frame (trafgen's socket, the veths, the bridge, the balancer's
 //! XDP, the receiver's tc) runs in softirq on trafgen's CPU, one frame at a time: the pps
@@ -537,49 +542,102 @@ fn load1() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Returns: one JSON line of `m`/`w` (see the module doc for the fields).
-fn line(m: Method, w: Workload, x: &Figures, pass: &Figures, bounce: Option<&Figures>) -> Value {
+/// One workload's figures from one round: under xdpvs, under the pass program, and
+/// under the bounce (none for non-VIP traffic).
+struct Round<'a> {
+    xdpvs: &'a Figures,
+    pass: &'a Figures,
+    bounce: Option<&'a Figures>,
+}
+
+/// Returns: one JSON line of `m`/`w` from its rounds (see the module doc for the
+/// fields): each figure is the median over the rounds; the ratio is the median of each
+/// round's ratio, with the lowest and the highest beside it.
+fn line(m: Method, w: Workload, rounds: &[Round]) -> Value {
+    let med = |f: &dyn Fn(&Round) -> Option<f64>| median(rounds.iter().filter_map(f).collect());
+    let xdpvs_ns = med(&|r| Some(r.xdpvs.ns));
+    let pass_ns = med(&|r| Some(r.pass.ns));
     let mut v = json!({
         "bench": "live",
         "method": m.name(),
         "workload": w.name(),
-        "xdpvs_ns": r1(x.ns),
-        "pass_ns": r1(pass.ns),
+        "rounds": rounds.len(),
+        "xdpvs_ns": r1(xdpvs_ns),
+        "xdpvs_ns_low": r1(low(rounds.iter().map(|r| r.xdpvs.ns))),
+        "xdpvs_ns_high": r1(high(rounds.iter().map(|r| r.xdpvs.ns))),
+        "pass_ns": r1(pass_ns),
         "load1": load1(),
     });
-    match bounce {
-        Some(b) => {
-            v["bounce_ns"] = json!(r1(b.ns));
-            v["xdpvs_pps"] = json!(x.delivered_per_cpu_s.round());
-            v["bounce_pps"] = json!(b.delivered_per_cpu_s.round());
-            v["ratio"] =
-                json!((x.delivered_per_cpu_s / b.delivered_per_cpu_s * 1000.0).round() / 1000.0);
-            v["target_ratio"] = json!(TARGET_PPS_RATIO);
-            v["xdpvs_wall_pps"] = json!(x.delivered_pps.round());
-            v["bounce_wall_pps"] = json!(b.delivered_pps.round());
-            v["xdpvs_cpu_share"] = json!((x.cpu_share * 100.0).round() / 100.0);
-            v["bounce_cpu_share"] = json!((b.cpu_share * 100.0).round() / 100.0);
-        }
-        None => {
-            v["ns_ratio"] = json!((x.ns / pass.ns * 100.0).round() / 100.0);
-            v["target_ns_ratio"] = json!(TARGET_NON_VIP_RATIO);
-        }
+    if rounds.iter().all(|r| r.bounce.is_some()) {
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| {
+                let b = r.bounce?;
+                Some(r.xdpvs.delivered_per_cpu_s / b.delivered_per_cpu_s)
+            })
+            .collect();
+        let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        v["bounce_ns"] = json!(r1(med(&|r| r.bounce.map(|b| b.ns))));
+        v["xdpvs_pps"] = json!(med(&|r| Some(r.xdpvs.delivered_per_cpu_s)).round());
+        v["bounce_pps"] = json!(med(&|r| r.bounce.map(|b| b.delivered_per_cpu_s)).round());
+        v["ratio"] = json!(r3(median(ratios.clone())));
+        v["ratio_low"] = json!(r3(low(ratios.iter().copied())));
+        v["ratio_high"] = json!(r3(high(ratios.iter().copied())));
+        v["target_ratio"] = json!(TARGET_PPS_RATIO);
+        v["xdpvs_wall_pps"] = json!(med(&|r| Some(r.xdpvs.delivered_pps)).round());
+        v["bounce_wall_pps"] = json!(med(&|r| r.bounce.map(|b| b.delivered_pps)).round());
+        v["xdpvs_cpu_share"] = json!((med(&|r| Some(r.xdpvs.cpu_share)) * 100.0).round() / 100.0);
+        v["bounce_cpu_share"] =
+            json!((med(&|r| r.bounce.map(|b| b.cpu_share)) * 100.0).round() / 100.0);
+    } else {
+        v["ns_ratio"] = json!((xdpvs_ns / pass_ns * 100.0).round() / 100.0);
+        v["target_ns_ratio"] = json!(TARGET_NON_VIP_RATIO);
     }
     if let Some(t) = w.target_ns(m) {
         v["target_ns"] = json!(t);
     }
-    let cut = [x, pass].into_iter().chain(bounce).any(|f| !f.throughout);
+    let cut = rounds
+        .iter()
+        .flat_map(|r| [Some(r.xdpvs), Some(r.pass), r.bounce])
+        .flatten()
+        .any(|f| !f.throughout);
     if cut {
-        // trafgen stopped within the window: its rates are too low.
+        // trafgen stopped within a window: its rates are too low.
         v["trafgen_stopped_early"] = json!(true);
     }
     v
+}
+
+/// Returns: the lowest of `v`.
+fn low(v: impl Iterator<Item = f64>) -> f64 {
+    v.fold(f64::INFINITY, f64::min)
+}
+
+/// Returns: the highest of `v`.
+fn high(v: impl Iterator<Item = f64>) -> f64 {
+    v.fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// Rounds of each method: `XDPVS_LIVE_ROUNDS`, 3 if unset. The runs under xdpvs, the
+/// pass program and the bounce take turns round after round, so that a slow stretch of
+/// the shared machine falls on one round of each rather than on one program.
+fn rounds() -> usize {
+    match std::env::var("XDPVS_LIVE_ROUNDS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| panic!("XDPVS_LIVE_ROUNDS={v:?}: not a count of rounds")),
+        Err(_) => 3,
+    }
 }
 
 /// Runs the live bench and prints its JSON lines. Panics (root, a tool missing, the
 /// daemon not starting) with what failed; the lab is removed in every case.
 pub fn run() {
     crate::require_root();
+    let rounds = rounds();
     let _stats = progs::stats_on();
     let bench = Bench::new();
     println!(
@@ -590,6 +648,7 @@ pub fn run() {
             "warm_up_ms": WARM_UP.as_millis() as u64,
             "window_ms": WINDOW.as_millis() as u64,
             "windows": WINDOWS,
+            "rounds": rounds,
             "frame_bytes": 60,
         })
     );
@@ -598,15 +657,28 @@ pub fn run() {
         if !picked("XDPVS_LIVE_METHODS", m.name()) {
             continue;
         }
-        let (xdpvs, replier) = bench.under_xdpvs(m);
-        let pass = bench.under_pass(m, replier);
-        let bounce = bench.under_bounce(m, replier);
-        if crate::signals::stopping() {
-            // Some workloads were skipped: no line is printed without all three runs.
-            return;
+        let mut done = Vec::new();
+        for _ in 0..rounds {
+            let (xdpvs, replier) = bench.under_xdpvs(m);
+            let pass = bench.under_pass(m, replier);
+            let bounce = bench.under_bounce(m, replier);
+            if crate::signals::stopping() {
+                // Some workloads were skipped: no line is printed without all runs.
+                return;
+            }
+            done.push((xdpvs, pass, bounce));
         }
-        for (((w, x), p), b) in xdpvs.iter().zip(&pass).zip(&bounce) {
-            println!("{}", line(m, *w, x, p, b.as_ref()));
+        let (first, _, _) = &done[0];
+        for (i, (w, _)) in first.iter().enumerate() {
+            let of_w: Vec<Round> = done
+                .iter()
+                .map(|(x, p, b)| Round {
+                    xdpvs: &x[i].1,
+                    pass: &p[i],
+                    bounce: b[i].as_ref(),
+                })
+                .collect();
+            println!("{}", line(m, *w, &of_w));
         }
     }
 }

@@ -4,20 +4,128 @@
 use std::{
     fs::File,
     os::fd::AsRawFd as _,
+    path::Path,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Once,
+    },
 };
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// A short prefix unique to this process and call: `xv<pid%10000><seq>`, so that
-/// interface names built on it stay under the kernel's 15-character limit.
+/// Where each process that takes a prefix leaves a file named after it, holding the
+/// process's id and start time: what [`sweep`] goes by to remove what a process killed
+/// before its drops ran (SIGKILL, a CI job's timeout) left behind.
+pub const OWNERS: &str = "/run/xdpvs-tests";
+
+/// A short prefix unique to this process and call: `xv<pid%10000>s<seq>`, so that
+/// interface names built on it stay under the kernel's 15-character limit. Every name
+/// built on it (namespaces, directories and mounts under the temporary directory)
+/// goes on with a character that is not a digit. The first call removes what dead
+/// processes left ([`sweep`]); each call records this process as the prefix's owner.
 pub fn unique_prefix() -> String {
-    format!(
-        "xv{}{}",
+    static SWEPT: Once = Once::new();
+    SWEPT.call_once(sweep);
+    let p = format!(
+        "xv{}s{}",
         std::process::id() % 10000,
         SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    );
+    if let Some(me) = started(std::process::id()) {
+        // Best effort: without the record, only a sweep is lost.
+        let _ = std::fs::create_dir_all(OWNERS)
+            .and_then(|()| std::fs::write(Path::new(OWNERS).join(&p), me));
+    }
+    p
+}
+
+/// Returns: `pid`'s id and start time (`/proc/<pid>/stat`, in clock ticks since boot),
+/// which together name one process for the machine's uptime; `None` if it is gone.
+fn started(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command, which is in parentheses and may hold anything.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Field 22 of the line is the 20th after the command.
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+/// Returns: whether `name` was built on prefix `p` (the prefix, then no digit).
+fn built_on(name: &str, p: &str) -> bool {
+    name.strip_prefix(p)
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| !c.is_ascii_digit())
+}
+
+/// Removes what the owners of the prefixes in [`OWNERS`] left if they are no longer
+/// running: every process in their namespaces (killed), the namespaces (their veths
+/// go with them), their bpffs mounts and directories under the temporary directory,
+/// and their daemons' state files in `/run/xdpvs`. What running processes own is left
+/// alone.
+pub fn sweep() {
+    let Ok(entries) = std::fs::read_dir(OWNERS) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(p) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let alive = owner
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+            .and_then(started)
+            .is_some_and(|now| now == owner.trim());
+        if !alive {
+            remove_left(&p);
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Removes the namespaces, mounts, directories and daemon state files built on prefix
+/// `p`.
+fn remove_left(p: &str) {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| built_on(n, p))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for ns in names(Path::new("/run/netns")) {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill on a process found in the dead owner's namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    }
+    let tmp = std::env::temp_dir();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for n in names(&tmp) {
+        let path = tmp.join(&n);
+        let at = format!(" {} ", path.display());
+        if mounts.lines().any(|l| l.contains(&at)) {
+            let _ = Command::new("umount").arg("-l").arg(&path).status();
+        }
+        let _ = std::fs::remove_dir_all(&path);
+    }
+    for n in names(Path::new("/run/xdpvs")) {
+        let _ = std::fs::remove_file(Path::new("/run/xdpvs").join(n));
+    }
 }
 
 /// Runs a command; panics with its output if it fails.

@@ -3,6 +3,8 @@
 //! mount, daemon and files, and exits 130 (`tests::signals`). Ended by the kernel's
 //! default action instead, it would leave all of them behind. Two ways: SIGTERM to the
 //! demo alone, and SIGINT to its whole process group, as a terminal's Ctrl-C does.
+//! Killed (SIGKILL, which nothing can handle), it leaves them, and the next program
+//! that takes a prefix removes them (`tests::netns::sweep`).
 
 use std::{
     io::{BufRead as _, BufReader, Read},
@@ -20,7 +22,7 @@ use tests::{require_root, wait_for};
 /// so that a failing test leaves nothing either. Nothing here panics.
 struct Demo {
     child: Child,
-    /// The prefix of its lab's names: `xv<pid % 10000>0` (`tests::netns::unique_prefix`,
+    /// The prefix of its lab's names: `xv<pid % 10000>s0` (`tests::netns::unique_prefix`,
     /// the demo's first and only call).
     lab: String,
 }
@@ -126,10 +128,17 @@ fn lines_until(rx: &mpsc::Receiver<String>, deadline: Instant) -> Vec<String> {
     v
 }
 
-/// Runs the demo until it says its first daemon is starting, sends `sig` to it
-/// (`group`: to its whole process group, which it leads), and checks that it exits 130
-/// having removed everything of its lab.
-fn stopped_by(sig: libc::c_int, group: bool) {
+/// The demo running, and what it has printed.
+struct Running {
+    demo: Demo,
+    out: mpsc::Receiver<String>,
+    err: mpsc::Receiver<String>,
+    printed: Vec<String>,
+}
+
+/// Starts the demo (`group`: leading a process group of its own) and waits until it
+/// says its first daemon is starting and its lab is there.
+fn start_demo(group: bool) -> Running {
     require_root();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo"));
     cmd.env("XDPVS_BIN", tests::daemon::binary())
@@ -144,8 +153,8 @@ fn stopped_by(sig: libc::c_int, group: bool) {
     let (err_tx, err) = mpsc::channel();
     lines_to(child.stdout.take().expect("piped"), out_tx);
     lines_to(child.stderr.take().expect("piped"), err_tx);
-    let lab = format!("xv{}0", child.id() % 10000);
-    let mut demo = Demo { child, lab };
+    let lab = format!("xv{}s0", child.id() % 10000);
+    let demo = Demo { child, lab };
     let lab = demo.lab.clone();
 
     // "== weights [1, 1, 1]: starting `xdpvs run --config …` in namespace xv…-lb"
@@ -171,6 +180,26 @@ fn stopped_by(sig: libc::c_int, group: bool) {
         !namespaces_of(&prefix).is_empty() && mounted(&bpffs_of(&lab)) && dir_of(&lab).exists(),
         "the demo's namespaces {prefix}*, bpffs or directory are missing while it runs"
     );
+    Running {
+        demo,
+        out,
+        err,
+        printed,
+    }
+}
+
+/// Runs the demo until it says its first daemon is starting, sends `sig` to it
+/// (`group`: to its whole process group, which it leads), and checks that it exits 130
+/// having removed everything of its lab.
+fn stopped_by(sig: libc::c_int, group: bool) {
+    let Running {
+        mut demo,
+        out,
+        err,
+        mut printed,
+    } = start_demo(group);
+    let lab = demo.lab.clone();
+    let prefix = format!("{lab}-");
 
     let target = if group {
         -(demo.child.id() as i32)
@@ -230,4 +259,56 @@ fn the_demo_stopped_by_sigterm_removes_its_lab_and_exits_130() {
 #[test]
 fn the_demo_stopped_by_sigint_to_its_group_removes_its_lab_and_exits_130() {
     stopped_by(libc::SIGINT, true);
+}
+
+/// Killed, the demo runs no code: its namespaces, bpffs, directory and daemon stay.
+/// The next program to take a prefix sweeps them, as [`tests::netns::sweep`] does here.
+#[test]
+fn what_a_killed_demo_leaves_is_swept_by_the_next_run() {
+    let Running { mut demo, .. } = start_demo(false);
+    let lab = demo.lab.clone();
+    let prefix = format!("{lab}-");
+    let daemon = format!("{lab}-xdpvs/");
+    assert!(
+        wait_for(Duration::from_secs(60), || !processes_with(&daemon)
+            .is_empty()),
+        "no daemon with the demo's configuration ({daemon}) within 60 s"
+    );
+    demo.child.kill().expect("SIGKILL to the demo");
+    demo.child.wait().expect("the demo's exit");
+    assert!(
+        !namespaces_of(&prefix).is_empty()
+            && mounted(&bpffs_of(&lab))
+            && dir_of(&lab).exists()
+            && !processes_with(&daemon).is_empty(),
+        "a killed demo left no namespaces {prefix}*, bpffs, directory or daemon to sweep"
+    );
+
+    tests::netns::sweep();
+
+    assert_eq!(
+        namespaces_of(&prefix),
+        Vec::<String>::new(),
+        "namespaces left"
+    );
+    assert!(
+        !mounted(&bpffs_of(&lab)),
+        "{} still mounted",
+        bpffs_of(&lab).display()
+    );
+    for left in [bpffs_of(&lab), dir_of(&lab), state_of(&lab)] {
+        assert!(!left.exists(), "{} left behind", left.display());
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || processes_with(&daemon)
+            .is_empty()),
+        "the demo's daemon still runs: {:?}",
+        processes_with(&daemon)
+    );
+    assert!(
+        !std::path::Path::new(tests::netns::OWNERS)
+            .join(&lab)
+            .exists(),
+        "the dead demo is still recorded as {lab}'s owner"
+    );
 }

@@ -231,3 +231,26 @@ pub fn veth(a: &str, ns_a: &Netns, b: &str, ns_b: &Netns) {
         ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{built_on, started};
+
+    #[test]
+    fn a_name_is_built_on_a_prefix_only_when_no_digit_follows_it() {
+        assert!(built_on("xv12s3-lb", "xv12s3"));
+        assert!(built_on("xv12s3n1-bpffs", "xv12s3"));
+        assert!(!built_on("xv12s34-lb", "xv12s3"));
+        assert!(!built_on("xv12s3", "xv12s3"));
+        assert!(!built_on("xv2s3-lb", "xv12s3"));
+    }
+
+    #[test]
+    fn a_process_is_named_by_its_id_and_start_time() {
+        let me = started(std::process::id()).expect("this process's stat");
+        let (pid, start) = me.split_once(' ').expect("pid and start time");
+        assert_eq!(pid, std::process::id().to_string());
+        assert!(start.parse::<u64>().is_ok_and(|t| t > 0), "{me}");
+        assert_eq!(started(std::process::id()).as_deref(), Some(&*me));
+    }
+}

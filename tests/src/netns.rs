@@ -14,30 +14,34 @@ use std::{
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Where each process that takes a prefix leaves a file named after it, holding the
-/// process's id and start time: what [`sweep`] goes by to remove what a process killed
-/// before its drops ran (SIGKILL, a CI job's timeout) left behind.
+/// Where each process that takes a prefix leaves a file named after its part of the
+/// prefixes (`xv<pid%10000>`), holding the process's id and start time: what [`sweep`]
+/// goes by to remove what a process killed before its drops ran (SIGKILL, a CI job's
+/// timeout) left behind.
 pub const OWNERS: &str = "/run/xdpvs-tests";
+
+/// Returns: this process's part of every prefix it takes, and the name of its record
+/// in [`OWNERS`].
+fn process_part() -> String {
+    format!("xv{}", std::process::id() % 10000)
+}
 
 /// A short prefix unique to this process and call: `xv<pid%10000>s<seq>`, so that
 /// interface names built on it stay under the kernel's 15-character limit. Every name
 /// built on it (namespaces, directories and mounts under the temporary directory)
 /// goes on with a character that is not a digit. The first call removes what dead
-/// processes left ([`sweep`]); each call records this process as the prefix's owner.
+/// processes left ([`sweep`]) and records this process as the owner of its prefixes.
 pub fn unique_prefix() -> String {
-    static SWEPT: Once = Once::new();
-    SWEPT.call_once(sweep);
-    let p = format!(
-        "xv{}s{}",
-        std::process::id() % 10000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    if let Some(me) = started(std::process::id()) {
-        // Best effort: without the record, only a sweep is lost.
-        let _ = std::fs::create_dir_all(OWNERS)
-            .and_then(|()| std::fs::write(Path::new(OWNERS).join(&p), me));
-    }
-    p
+    static FIRST: Once = Once::new();
+    FIRST.call_once(|| {
+        sweep();
+        if let Some(me) = started(std::process::id()) {
+            // Best effort: without the record, only a sweep is lost.
+            let _ = std::fs::create_dir_all(OWNERS)
+                .and_then(|()| std::fs::write(Path::new(OWNERS).join(process_part()), me));
+        }
+    });
+    format!("{}s{}", process_part(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Returns: `pid`'s id and start time (`/proc/<pid>/stat`, in clock ticks since boot),
@@ -51,24 +55,26 @@ fn started(pid: u32) -> Option<String> {
     Some(format!("{pid} {start}"))
 }
 
-/// Returns: whether `name` was built on prefix `p` (the prefix, then no digit).
-fn built_on(name: &str, p: &str) -> bool {
-    name.strip_prefix(p)
-        .and_then(|rest| rest.chars().next())
-        .is_some_and(|c| !c.is_ascii_digit())
+/// Returns: whether `name` was built on a prefix of the process whose part is `part`
+/// (`part`, `s`, the call's number, then no digit).
+fn built_on(name: &str, part: &str) -> bool {
+    let Some(rest) = name.strip_prefix(part).and_then(|r| r.strip_prefix('s')) else {
+        return false;
+    };
+    let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    tail.len() < rest.len() && !tail.is_empty()
 }
 
-/// Removes what the owners of the prefixes in [`OWNERS`] left if they are no longer
-/// running: every process in their namespaces (killed), the namespaces (their veths
-/// go with them), their bpffs mounts and directories under the temporary directory,
-/// and their daemons' state files in `/run/xdpvs`. What running processes own is left
-/// alone.
+/// Removes what the owners recorded in [`OWNERS`] left if they are no longer running:
+/// every process in their namespaces (killed), the namespaces (their veths go with
+/// them), their bpffs mounts and directories under the temporary directory, and their
+/// daemons' state files in `/run/xdpvs`. What running processes own is left alone.
 pub fn sweep() {
     let Ok(entries) = std::fs::read_dir(OWNERS) else {
         return;
     };
     for e in entries.flatten() {
-        let Some(p) = e.file_name().to_str().map(str::to_string) else {
+        let Some(part) = e.file_name().to_str().map(str::to_string) else {
             continue;
         };
         let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
@@ -79,21 +85,21 @@ pub fn sweep() {
             .and_then(started)
             .is_some_and(|now| now == owner.trim());
         if !alive {
-            remove_left(&p);
+            remove_left(&part);
             let _ = std::fs::remove_file(e.path());
         }
     }
 }
 
-/// Removes the namespaces, mounts, directories and daemon state files built on prefix
-/// `p`.
-fn remove_left(p: &str) {
+/// Removes the namespaces, mounts, directories and daemon state files built on the
+/// prefixes of the process whose part is `part`.
+fn remove_left(part: &str) {
     let names = |dir: &Path| -> Vec<String> {
         std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten()
                     .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .filter(|n| built_on(n, p))
+                    .filter(|n| built_on(n, part))
                     .collect()
             })
             .unwrap_or_default()
@@ -237,12 +243,15 @@ mod tests {
     use super::{built_on, started};
 
     #[test]
-    fn a_name_is_built_on_a_prefix_only_when_no_digit_follows_it() {
-        assert!(built_on("xv12s3-lb", "xv12s3"));
-        assert!(built_on("xv12s3n1-bpffs", "xv12s3"));
-        assert!(!built_on("xv12s34-lb", "xv12s3"));
-        assert!(!built_on("xv12s3", "xv12s3"));
-        assert!(!built_on("xv2s3-lb", "xv12s3"));
+    fn a_name_is_built_on_a_process_prefix_only_in_full() {
+        assert!(built_on("xv12s3-lb", "xv12"));
+        assert!(built_on("xv12s34n1-bpffs", "xv12"));
+        assert!(built_on("xv12s0-xdpvs", "xv12"));
+        assert!(!built_on("xv123s4-lb", "xv12"));
+        assert!(!built_on("xv1s23-lb", "xv12"));
+        assert!(!built_on("xv12s3", "xv12"));
+        assert!(!built_on("xv12s-lb", "xv12"));
+        assert!(!built_on("xv12-lb", "xv12"));
     }
 
     #[test]

@@ -267,6 +267,8 @@ fn the_demo_stopped_by_sigint_to_its_group_removes_its_lab_and_exits_130() {
 fn what_a_killed_demo_leaves_is_swept_by_the_next_run() {
     let Running { mut demo, .. } = start_demo(false);
     let lab = demo.lab.clone();
+    let record =
+        std::path::Path::new(tests::netns::OWNERS).join(format!("xv{}", demo.child.id() % 10000));
     let prefix = format!("{lab}-");
     let daemon = format!("{lab}-xdpvs/");
     assert!(
@@ -280,8 +282,9 @@ fn what_a_killed_demo_leaves_is_swept_by_the_next_run() {
         !namespaces_of(&prefix).is_empty()
             && mounted(&bpffs_of(&lab))
             && dir_of(&lab).exists()
-            && !processes_with(&daemon).is_empty(),
-        "a killed demo left no namespaces {prefix}*, bpffs, directory or daemon to sweep"
+            && !processes_with(&daemon).is_empty()
+            && record.exists(),
+        "a killed demo left no namespaces {prefix}*, bpffs, directory, daemon or record to sweep"
     );
 
     tests::netns::sweep();
@@ -306,9 +309,8 @@ fn what_a_killed_demo_leaves_is_swept_by_the_next_run() {
         processes_with(&daemon)
     );
     assert!(
-        !std::path::Path::new(tests::netns::OWNERS)
-            .join(&lab)
-            .exists(),
-        "the dead demo is still recorded as {lab}'s owner"
+        !record.exists(),
+        "the dead demo's record {} is left",
+        record.display()
     );
 }

@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod ha;
 pub mod http;
 pub mod lab;
+pub mod leftovers;
 pub mod live;
 pub mod load;
 pub mod netns;

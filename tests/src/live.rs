@@ -618,9 +618,10 @@ fn high(v: impl Iterator<Item = f64>) -> f64 {
     v.fold(f64::NEG_INFINITY, f64::max)
 }
 
-/// Rounds of each method: `XDPVS_LIVE_ROUNDS`, 3 if unset. The runs under xdpvs, the
-/// pass program and the bounce take turns round after round, so that a slow stretch of
-/// the shared machine falls on one round of each rather than on one program.
+/// Returns: the rounds of each method, `XDPVS_LIVE_ROUNDS` or 3 if unset. The runs under
+/// xdpvs, the pass program and the bounce take turns round after round, so that a slow
+/// stretch of the shared machine falls on one round of each rather than on one program.
+/// Panics if the variable is not a positive count.
 fn rounds() -> usize {
     match std::env::var("XDPVS_LIVE_ROUNDS") {
         Ok(v) => v

@@ -1,4 +1,4 @@
-//! The live bench's view of XDP programs: the kernel's per-program statistics
+//! The live bench's view of BPF programs: the kernel's per-program statistics
 //! (`run_time_ns`, `run_cnt`), which program an interface runs, and the benchmark
 //! object's programs (the bounce on XDP, the counting sink on tc ingress) attached
 //! inside a namespace.

@@ -4,7 +4,7 @@
 //! default action instead, it would leave all of them behind. Two ways: SIGTERM to the
 //! demo alone, and SIGINT to its whole process group, as a terminal's Ctrl-C does.
 //! Killed (SIGKILL, which nothing can handle), it leaves them, and the next program
-//! that takes a prefix removes them (`tests::netns::sweep`).
+//! that takes a prefix removes them (`tests::leftovers::sweep`).
 
 use std::{
     io::{BufRead as _, BufReader, Read},
@@ -137,7 +137,8 @@ struct Running {
 }
 
 /// Starts the demo (`group`: leading a process group of its own) and waits until it
-/// says its first daemon is starting and its lab is there.
+/// says its first daemon is starting and its lab is there. Returns: the demo, its
+/// output still being read, and what it printed so far.
 fn start_demo(group: bool) -> Running {
     require_root();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo"));
@@ -262,13 +263,18 @@ fn the_demo_stopped_by_sigint_to_its_group_removes_its_lab_and_exits_130() {
 }
 
 /// Killed, the demo runs no code: its namespaces, bpffs, directory and daemon stay.
-/// The next program to take a prefix sweeps them, as [`tests::netns::sweep`] does here.
+/// The next program to take a prefix sweeps them, as [`tests::leftovers::sweep`] does here.
 #[test]
 fn what_a_killed_demo_leaves_is_swept_by_the_next_run() {
-    let Running { mut demo, .. } = start_demo(false);
+    // The output is still read (a demo writing to a closed pipe would die of it).
+    let Running {
+        mut demo,
+        out: _out,
+        err: _err,
+        ..
+    } = start_demo(false);
     let lab = demo.lab.clone();
-    let record =
-        std::path::Path::new(tests::netns::OWNERS).join(format!("xv{}", demo.child.id() % 10000));
+    let record = std::path::Path::new(tests::leftovers::OWNERS).join(demo.child.id().to_string());
     let prefix = format!("{lab}-");
     let daemon = format!("{lab}-xdpvs/");
     assert!(
@@ -287,7 +293,7 @@ fn what_a_killed_demo_leaves_is_swept_by_the_next_run() {
         "a killed demo left no namespaces {prefix}*, bpffs, directory, daemon or record to sweep"
     );
 
-    tests::netns::sweep();
+    tests::leftovers::sweep();
 
     assert_eq!(
         namespaces_of(&prefix),

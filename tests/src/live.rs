@@ -523,10 +523,16 @@ fn picked(var: &str, name: &str) -> bool {
     std::env::var(var).map_or(true, |o| o.split(',').any(|n| n.trim() == name))
 }
 
-/// Returns: the median of `v` (the upper one of an even count); NaN when empty.
+/// Returns: the median of `v` (the mean of the middle two of an even count, so that
+/// two rounds do not read as the higher one); NaN when empty.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Returns: `x` rounded to one decimal.
@@ -681,5 +687,18 @@ pub fn run() {
                 .collect();
             println!("{}", line(m, *w, &of_w));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![2.0, 1.0]), 1.5);
+        assert!(median(Vec::new()).is_nan());
     }
 }

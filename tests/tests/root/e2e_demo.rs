@@ -105,6 +105,24 @@ fn processes_with(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Checks that nothing of lab `lab` is left: no namespace, bpffs mount, directory or
+/// state file.
+fn assert_lab_removed(lab: &str) {
+    assert_eq!(
+        namespaces_of(&format!("{lab}-")),
+        Vec::<String>::new(),
+        "namespaces left"
+    );
+    assert!(
+        !mounted(&bpffs_of(lab)),
+        "{} still mounted",
+        bpffs_of(lab).display()
+    );
+    for left in [bpffs_of(lab), dir_of(lab), state_of(lab)] {
+        assert!(!left.exists(), "{} left behind", left.display());
+    }
+}
+
 /// Sends every line read from `from` on `to`, on a thread of its own.
 fn lines_to(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {
     std::thread::spawn(move || {
@@ -200,7 +218,6 @@ fn stopped_by(sig: libc::c_int, group: bool) {
         mut printed,
     } = start_demo(group);
     let lab = demo.lab.clone();
-    let prefix = format!("{lab}-");
 
     let target = if group {
         -(demo.child.id() as i32)
@@ -232,19 +249,7 @@ fn stopped_by(sig: libc::c_int, group: bool) {
     );
     assert!(errors.contains("stopped by a signal"), "stderr: {errors}");
 
-    assert_eq!(
-        namespaces_of(&prefix),
-        Vec::<String>::new(),
-        "namespaces left"
-    );
-    assert!(
-        !mounted(&bpffs_of(&lab)),
-        "{} still mounted",
-        bpffs_of(&lab).display()
-    );
-    for left in [bpffs_of(&lab), dir_of(&lab), state_of(&lab)] {
-        assert!(!left.exists(), "{} left behind", left.display());
-    }
+    assert_lab_removed(&lab);
     assert_eq!(
         processes_with(&format!("{lab}-xdpvs/")),
         Vec::<i32>::new(),
@@ -263,7 +268,8 @@ fn the_demo_stopped_by_sigint_to_its_group_removes_its_lab_and_exits_130() {
 }
 
 /// Killed, the demo runs no code: its namespaces, bpffs, directory and daemon stay.
-/// The next program to take a prefix sweeps them, as [`tests::leftovers::sweep`] does here.
+/// The next program to take a prefix sweeps them, as [`tests::leftovers::sweep`] does
+/// here.
 #[test]
 fn what_a_killed_demo_leaves_is_swept_by_the_next_run() {
     // The output is still read (a demo writing to a closed pipe would die of it).
@@ -295,19 +301,7 @@ fn what_a_killed_demo_leaves_is_swept_by_the_next_run() {
 
     tests::leftovers::sweep();
 
-    assert_eq!(
-        namespaces_of(&prefix),
-        Vec::<String>::new(),
-        "namespaces left"
-    );
-    assert!(
-        !mounted(&bpffs_of(&lab)),
-        "{} still mounted",
-        bpffs_of(&lab).display()
-    );
-    for left in [bpffs_of(&lab), dir_of(&lab), state_of(&lab)] {
-        assert!(!left.exists(), "{} left behind", left.display());
-    }
+    assert_lab_removed(&lab);
     assert!(
         wait_for(Duration::from_secs(10), || processes_with(&daemon)
             .is_empty()),

@@ -339,12 +339,11 @@ impl BpfDataplane {
 }
 
 impl BpfDataplane {
-    /// Copies every ring of the `VS_RINGS` pinned at `from` (an earlier run's, smaller
-    /// or of one slot to an element) into this one, ring `i` to ring `i`, so that the
-    /// ring ids in `VS_MAP` stay true (`pins::Grow`). Nothing writes either map meanwhile: no daemon runs but this one,
-    /// and the data path only reads rings. The map at `from` may have a slot to an
-    /// element, as releases before decision 0030 made it: its rings are copied slot by
-    /// slot into this one's pairs.
+    /// Copies every ring of the `VS_RINGS` pinned at `from` (an earlier run's: smaller,
+    /// or of a slot to an element as releases before decision 0030 made it, whose rings
+    /// are copied slot by slot into pairs) into this one, ring `i` to ring `i`, so that
+    /// the ring ids in `VS_MAP` stay true (`pins::Grow`). Nothing writes either map
+    /// meanwhile: no daemon runs but this one, and the data path only reads rings.
     /// Returns: the rings copied.
     pub fn copy_rings(&mut self, from: &Path) -> Result<u32, DataplaneError> {
         let data = MapData::from_pin(from).map_err(map_err(VS_RINGS))?;
@@ -656,8 +655,7 @@ impl FlowReader for FlowsReader {
 /// An element is two slots ([`RingPair`], decision 0030), so the mapping is one `u32`
 /// per slot: slot `s` of ring `r` is the `u32` at `r * 2 * RING_ELEMS + s`.
 struct RingMemory {
-    /// Keeps the map alive.
-    _map: Array<MapData, RingPair>,
+    /// Keeps the map alive as well.
     mapping: Mapping,
     /// Elements mapped.
     entries: usize,
@@ -678,11 +676,7 @@ impl RingMemory {
     fn map(map: Array<MapData, RingPair>) -> Result<Self, DataplaneError> {
         let entries = map.len() as usize;
         let mapping = Mapping::shared(map.map(), entries * RING_ELEMENT, VS_RINGS)?;
-        Ok(Self {
-            _map: map,
-            mapping,
-            entries,
-        })
+        Ok(Self { mapping, entries })
     }
 
     /// Returns: the mapping as slots.

@@ -52,8 +52,7 @@ pub struct Rebuilt {
 /// `FLOWS` to walk.
 pub struct FlowFilter {
     flows: MapData,
-    /// Keeps the filter's map alive.
-    _map: MapData,
+    /// The filter's map, which it keeps alive.
     mapping: Mapping,
     log2: u32,
 }
@@ -66,7 +65,6 @@ impl FlowFilter {
         let mapping = Mapping::shared(&filter, elements * 8, FLOW_FILTER)?;
         Ok(Self {
             flows,
-            _map: filter,
             mapping,
             log2,
         })

@@ -47,7 +47,7 @@ pub fn xdpvs_bounce(ctx: XdpContext) -> u32 {
 /// taken by its outer header) has: the receiver, not the balancer, would pay that copy.
 #[classifier]
 pub fn xdpvs_sink(ctx: TcContext) -> i32 {
-    match ctx.load::<u16>(12) {
+    match ctx.load::<u16>(core::mem::offset_of!(EthHdr, proto_be)) {
         Ok(proto_be) if u16::from_be(proto_be) == ETH_P_ARP => TC_ACT_OK as i32,
         _ => TC_ACT_SHOT as i32,
     }

@@ -6,8 +6,13 @@
 use std::os::fd::OwnedFd;
 
 use aya::{
-    programs::{loaded_programs, tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
+    programs::{
+        loaded_programs,
+        tc::{qdisc_add_clsact, NlOptions, TcAttachOptions, TcAttachType},
+        LinkOrder, SchedClassifier, Xdp, XdpMode,
+    },
     sys::{enable_stats, Stats},
+    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use lb_common::bench::{BOUNCE_DST, BOUNCE_SRC, PROG_BOUNCE, PROG_SINK};
@@ -88,10 +93,19 @@ pub struct Attached {
 }
 
 /// Loads the benchmark object inside `ns` and attaches its counting sink to `dev`'s tc
-/// ingress (TCX).
+/// ingress: by TCX from kernel 6.6, as aya does; before it, by netlink, under a
+/// `clsact` qdisc added here (the lab's interfaces have none).
 pub fn sink(ns: &Netns, dev: &str) -> Attached {
     let dev = dev.to_string();
     ns.run(move || {
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let how = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            qdisc_add_clsact(&dev)
+                .unwrap_or_else(|e| panic!("adding a clsact qdisc to {dev}: {e}"));
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
         let mut ebpf = load_bench([0; 6], [0; 6]);
         let p: &mut SchedClassifier = ebpf
             .program_mut(PROG_SINK)
@@ -100,7 +114,7 @@ pub fn sink(ns: &Netns, dev: &str) -> Attached {
             .expect("a tc classifier");
         p.load()
             .unwrap_or_else(|e| panic!("loading {PROG_SINK}: {e}"));
-        p.attach(&dev, TcAttachType::Ingress)
+        p.attach_with_options(&dev, TcAttachType::Ingress, how)
             .unwrap_or_else(|e| panic!("attaching {PROG_SINK} to {dev}'s tc ingress: {e}"));
         let id = p.info().expect("program info").id();
         Attached { _ebpf: ebpf, id }

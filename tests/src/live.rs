@@ -145,10 +145,16 @@ impl Workload {
     }
 
     /// Returns: whether the workload runs for `m`: the NAT reply only for NAT, and
-    /// only the workloads `XDPVS_LIVE_WORKLOADS=tcp_syn,udp_new` names, if set.
+    /// only the workloads `XDPVS_LIVE_WORKLOADS=tcp_syn,udp_new` names, if set. The
+    /// reply answers the flow of `udp_est`, which runs before it whenever it runs: that
+    /// run records the flow and tells which real serves it.
     fn applies(self, m: Method) -> bool {
-        picked("XDPVS_LIVE_WORKLOADS", self.name())
-            && (self != Workload::NatReply || m == Method::Nat)
+        let picked = |w: Workload| picked("XDPVS_LIVE_WORKLOADS", w.name());
+        match self {
+            Workload::NatReply => m == Method::Nat && picked(self),
+            Workload::UdpEst => picked(self) || (m == Method::Nat && picked(Workload::NatReply)),
+            _ => picked(self),
+        }
     }
 
     /// Returns: the target of issue 15 for xdpvs's ns/packet on the development VM
@@ -461,6 +467,9 @@ impl Bench {
                 break;
             }
             let f = self.measure(prog, w, m, replier, "xdpvs");
+            if w == Workload::NatReply {
+                self.assert_replies_restored(f.delivered[0]);
+            }
             if w == Workload::UdpEst {
                 // The real whose sink counted the flow (sinks: client first).
                 replier = (0..REALS)
@@ -478,6 +487,30 @@ impl Bench {
             self.lb_dev
         );
         (out, replier)
+    }
+
+    /// Asserts that the daemon's virtual servers count, as replies it restored, at
+    /// least the `delivered` frames the client's sink counted in the windows of
+    /// `nat_reply` (the count covers its warm-up too, and nothing before it is a reply).
+    /// A reply the program passed would reach the client as well, forwarded unrestored
+    /// by the balancer's stack, and the figures would be the stack's.
+    fn assert_replies_restored(&self, delivered: u64) {
+        let (code, out, err) = self.lab.cli(&["status", "--json"]);
+        assert_eq!(code, Some(0), "xdpvs status: {err}");
+        let status: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"));
+        let restored: u64 = status["virtual_servers"]
+            .as_array()
+            .expect("virtual_servers")
+            .iter()
+            .filter_map(|vs| vs["stats"]["reply_packets"].as_u64())
+            .sum();
+        assert!(
+            restored >= delivered,
+            "nat_reply: the balancer restored {restored} replies, the client received \
+             {delivered}; its verdicts: {}",
+            status["verdicts"]
+        );
     }
 
     /// Runs every workload of `m` under the pass program.

@@ -149,7 +149,12 @@ impl Workload {
     /// reply answers the flow of `udp_est`, which runs before it whenever it runs: that
     /// run records the flow and tells which real serves it.
     fn applies(self, m: Method) -> bool {
-        let picked = |w: Workload| picked("XDPVS_LIVE_WORKLOADS", w.name());
+        self.applies_among(m, &|w| picked("XDPVS_LIVE_WORKLOADS", w.name()))
+    }
+
+    /// Returns: whether the workload runs for `m` when `picked` tells the workloads
+    /// asked for (see [`Workload::applies`]).
+    fn applies_among(self, m: Method, picked: &dyn Fn(Workload) -> bool) -> bool {
         match self {
             Workload::NatReply => m == Method::Nat && picked(self),
             Workload::UdpEst => picked(self) || (m == Method::Nat && picked(Workload::NatReply)),
@@ -725,7 +730,33 @@ pub fn run() {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, Method, Workload, WORKLOADS};
+
+    /// Returns: the workloads that run for `m` when only `asked` are picked.
+    fn running(m: Method, asked: &[Workload]) -> Vec<Workload> {
+        WORKLOADS
+            .into_iter()
+            .filter(|w| w.applies_among(m, &|x| asked.contains(&x)))
+            .collect()
+    }
+
+    #[test]
+    fn a_nat_reply_runs_for_nat_alone_and_after_the_flow_it_answers() {
+        use Workload::*;
+        assert_eq!(running(Method::Nat, &[NatReply]), [UdpEst, NatReply]);
+        assert_eq!(
+            running(Method::Nat, &[TcpSyn, NatReply]),
+            [UdpEst, NatReply, TcpSyn]
+        );
+        assert_eq!(running(Method::Dr, &[NatReply]), []);
+        assert_eq!(running(Method::Tunnel, &[UdpNew, NatReply]), [UdpNew]);
+        assert_eq!(running(Method::Nat, &[UdpNew]), [UdpNew]);
+        assert_eq!(
+            running(Method::Dr, &WORKLOADS),
+            [UdpEst, TcpEst, UdpNew, TcpSyn, NonVip]
+        );
+        assert_eq!(running(Method::Nat, &WORKLOADS), WORKLOADS);
+    }
 
     #[test]
     fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {

@@ -563,15 +563,20 @@ impl Lab {
         self.xdpvs(&full)
     }
 
+    /// Returns: `xdpvs status --json` of the lab's daemon. Panics if it fails or its
+    /// output is no JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, out, err) = self.cli(&["status", "--json"]);
+        assert_eq!(code, Some(0), "status: {out}{err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+    }
+
     /// Returns: the data path's count of `verdict`, from `xdpvs status --json`.
     pub fn verdict(&self, verdict: &str) -> u64 {
-        let (code, out, err) = self.cli(&["status", "--json"]);
-        assert_eq!(code, Some(0), "status: {err}");
-        let s: serde_json::Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"));
+        let s = self.status();
         s["verdicts"][verdict]
             .as_u64()
-            .unwrap_or_else(|| panic!("no verdict {verdict} in {out}"))
+            .unwrap_or_else(|| panic!("no verdict {verdict} in {}", s["verdicts"]))
     }
 
     /// Runs `xdpvs <args>` in the balancer's namespace.

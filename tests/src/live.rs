@@ -500,10 +500,7 @@ impl Bench {
     /// A reply the program passed would reach the client as well, forwarded unrestored
     /// by the balancer's stack, and the figures would be the stack's.
     fn assert_replies_restored(&self, delivered: u64) {
-        let (code, out, err) = self.lab.cli(&["status", "--json"]);
-        assert_eq!(code, Some(0), "xdpvs status: {err}");
-        let status: Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"));
+        let status = self.lab.status();
         let restored: u64 = status["virtual_servers"]
             .as_array()
             .expect("virtual_servers")

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use tests::{
     daemon::Daemon,
     lab::{Family, Kind, Lab, Spec},
@@ -35,13 +34,6 @@ fn wait_route(lab: &Lab, d: &Daemon, want: bool, what: &str) {
     );
 }
 
-/// Returns: `xdpvs status --json` of the lab's daemon.
-fn status(lab: &Lab) -> Value {
-    let (code, out, err) = lab.cli(&["status", "--json"]);
-    assert_eq!(code, Some(0), "status: {out}{err}");
-    serde_json::from_str(&out).expect("status JSON")
-}
-
 /// The DR lab with two reals, `min_healthy: 2` and an announce table.
 fn lab_and_config() -> (Lab, std::path::PathBuf) {
     let lab = Lab::new(Kind::Dr, Family::V4, 2);
@@ -60,7 +52,7 @@ fn a_vip_is_announced_exactly_while_its_virtual_server_has_min_healthy_reals() {
     let d = Daemon::start(&lab.lb, &cfg);
     wait_route(&lab, &d, true, "both reals up");
     assert_eq!(announced(&lab), [lab.vip.to_string()], "only the VIP, once");
-    let s = status(&lab);
+    let s = lab.status();
     assert_eq!(s["announce_table"], 4242);
     let a = &s["announcements"][0];
     assert_eq!(a["address"], lab.vip.to_string());
@@ -75,7 +67,7 @@ fn a_vip_is_announced_exactly_while_its_virtual_server_has_min_healthy_reals() {
     // One real of two down: below min_healthy 2, the route goes and status says why.
     lab.stop_server(0);
     wait_route(&lab, &d, false, "one real down of min_healthy 2");
-    let s = status(&lab);
+    let s = lab.status();
     let a = &s["announcements"][0];
     assert_eq!(a["announced"], false);
     assert_eq!(
@@ -110,12 +102,12 @@ fn withdraw_takes_the_node_out_across_restarts_and_a_stopped_daemon_announces_no
     drop(d);
     let d = Daemon::start(&lab.lb, &cfg);
     let both_in = wait_for(Duration::from_secs(20), || {
-        status(&lab)["virtual_servers"][0]["reals"]
+        lab.status()["virtual_servers"][0]["reals"]
             .as_array()
             .is_some_and(|rs| rs.iter().all(|r| r["in_table"] == true))
     });
     assert!(both_in, "reals back in the table:\n{}", d.log_text());
-    let s = status(&lab);
+    let s = lab.status();
     assert_eq!(s["withdrawn"], true, "{s:#}");
     assert_eq!(s["announcements"][0]["announced"], false);
     assert!(announced(&lab).is_empty(), "withdrawn across the restart");

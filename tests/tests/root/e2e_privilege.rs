@@ -85,12 +85,6 @@ fn assert_least_privilege(d: &Daemon, when: &str) {
     );
 }
 
-fn status(lab: &Lab) -> Value {
-    let (code, out, err) = lab.cli(&["status", "--json"]);
-    assert_eq!(code, Some(0), "status: {out}{err}");
-    serde_json::from_str(&out).expect("status JSON")
-}
-
 /// The real at `addr` of virtual server `vs` in a status (None: not there).
 fn real(s: &Value, vs: &str, addr: IpAddr) -> Option<Value> {
     let vs = s["virtual_servers"]
@@ -169,7 +163,7 @@ fn a_running_daemon_keeps_only_net_admin_and_everything_still_works() {
     assert_eq!(code, Some(0), "reload: {out}{err}\n{}", d.log_text());
     assert!(out.contains("2 virtual servers"), "{out}");
     assert!(
-        real(&status(&lab), "web", r2).is_none(),
+        real(&lab.status(), "web", r2).is_none(),
         "real2 still in web"
     );
     assert!(has_address(&lab, vip2), "the new VIP was not added");
@@ -185,14 +179,14 @@ fn a_running_daemon_keeps_only_net_admin_and_everything_still_works() {
     // A real fails and recovers: probes, map updates, the VIP's route out and back.
     lab.stop_server(0);
     until(&d, "real1 down", || {
-        real(&status(&lab), "web", r1).is_some_and(|r| r["health"] == "down")
+        real(&lab.status(), "web", r1).is_some_and(|r| r["health"] == "down")
     });
     until(&d, "VIP withdrawn with no real up", || {
         !announced(&lab).contains(&vip.to_string())
     });
     lab.start_server(0);
     until(&d, "real1 up again", || {
-        real(&status(&lab), "web", r1).is_some_and(|r| r["health"] == "up" && r["in_table"] == true)
+        real(&lab.status(), "web", r1).is_some_and(|r| r["health"] == "up" && r["in_table"] == true)
     });
     until(&d, "VIP announced again", || {
         announced(&lab).contains(&vip.to_string())
@@ -202,21 +196,21 @@ fn a_running_daemon_keeps_only_net_admin_and_everything_still_works() {
     // `xdpvs status` walks the connection table on a thread of its own.
     let stream = lab.stream();
     until(&d, "the stream's flow counted by the walk", || {
-        real(&status(&lab), "web", r1).is_some_and(|r| r["flows"].as_u64() >= Some(1))
+        real(&lab.status(), "web", r1).is_some_and(|r| r["flows"].as_u64() >= Some(1))
     });
     assert_least_privilege(&d, "after status walked the flows");
 
     // Runtime overrides.
     let (code, _, err) = lab.cli(&["real", "disable", "web", &r1.to_string()]);
     assert_eq!(code, Some(0), "{err}");
-    let r = real(&status(&lab), "web", r1).unwrap();
+    let r = real(&lab.status(), "web", r1).unwrap();
     assert_eq!(
         (&r["disabled"], &r["in_table"]),
         (&Value::Bool(true), &Value::Bool(false))
     );
     let (code, _, err) = lab.cli(&["real", "enable", "web", &r1.to_string()]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(real(&status(&lab), "web", r1).unwrap()["in_table"], true);
+    assert_eq!(real(&lab.status(), "web", r1).unwrap()["in_table"], true);
     stream.finish().expect("the stream through the overrides");
 
     // withdraw / announce: routes.

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use tests::{
     daemon::Daemon,
     lab::{Family, Kind, Lab},
@@ -73,17 +72,10 @@ fn flood(vip: [u8; 4], stop: &AtomicBool) -> u64 {
     sent
 }
 
-/// Returns: `xdpvs status --json`.
-fn status(lab: &Lab) -> Value {
-    let (code, out, err) = lab.cli(&["status", "--json"]);
-    assert_eq!(code, Some(0), "status: {err}");
-    serde_json::from_str(&out).expect("status JSON")
-}
-
 /// Returns: the connection table's entries, summed over the web virtual server's
 /// reals, per `xdpvs status --json`.
 fn flows(lab: &Lab) -> u64 {
-    status(lab)["virtual_servers"][0]["reals"]
+    lab.status()["virtual_servers"][0]["reals"]
         .as_array()
         .expect("reals")
         .iter()
@@ -134,7 +126,7 @@ fn a_spoofed_syn_flood_fills_nothing_and_breaks_nothing() {
     let secs = started.elapsed().as_secs_f64();
     let ok = answers.iter().filter(|a| a.is_ok()).count();
     let after = flows(&lab);
-    let past = status(&lab)["syns_past_flow_table"]
+    let past = lab.status()["syns_past_flow_table"]
         .as_u64()
         .expect("syns_past_flow_table");
     let chunks = stream.chunks();

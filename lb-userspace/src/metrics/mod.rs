@@ -99,12 +99,13 @@ fn scalar(
 }
 
 /// A per-VS and per-real counter: name (after `vs_`/`real_`; empty for bytes), whether
-/// it counts bytes, help for the VS and for the real, and which field.
+/// it counts bytes, help for the VS and for the real (`None`: the data path counts it
+/// per virtual server only), and which field.
 type CounterDef = (
     &'static str,
     bool,
     &'static str,
-    &'static str,
+    Option<&'static str>,
     fn(&Stats) -> u64,
 );
 
@@ -113,35 +114,36 @@ const COUNTERS: [CounterDef; 5] = [
         "packets",
         false,
         "Packets received for the virtual server (client to VIP).",
-        "Packets forwarded to the real server.",
+        Some("Packets forwarded to the real server."),
         |s| s.packets,
     ),
     (
         "",
         true,
         "Bytes received for the virtual server, as on the wire.",
-        "Bytes forwarded to the real server, as received.",
+        Some("Bytes forwarded to the real server, as received."),
         |s| s.bytes,
     ),
     (
         "new_flows",
         false,
         "Connections the virtual server placed on a real (new flows).",
-        "Connections placed on the real server.",
+        Some("Connections placed on the real server."),
         |s| s.new_flows,
     ),
     (
         "reply_packets",
         false,
         "NAT replies (real to client) restored to the VIP.",
-        "NAT replies from the real server restored to the VIP.",
+        // A reply's state names its virtual server, not its real.
+        None,
         |s| s.reply_packets,
     ),
     (
         "reply",
         true,
         "Bytes of NAT replies restored to the VIP.",
-        "Bytes of NAT replies from the real server.",
+        None,
         |s| s.reply_bytes,
     ),
 ];
@@ -204,6 +206,9 @@ impl Snapshot {
                 .iter()
                 .map(|v| (vs_labels(v), ConstCounter::new(pick(&v.stats))));
             family(e, &join("vs"), vs_help, unit, MetricType::Counter, vs_rows)?;
+            let Some(real_help) = real_help else {
+                continue;
+            };
             let real_rows = self.real_rows(|r| ConstCounter::new(pick(&r.stats)));
             family(
                 e,
@@ -482,6 +487,12 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+        // Replies are counted per virtual server: a real's would always read 0.
+        assert!(
+            text.contains("# TYPE xdpvs_vs_reply_packets counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("xdpvs_real_reply"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 

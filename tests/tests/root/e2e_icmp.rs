@@ -9,7 +9,6 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use serde_json::Value;
 use tests::{
     daemon::Daemon,
     http::{fetch, pattern},
@@ -42,9 +41,7 @@ fn large_responses_arrive_whole(kind: Kind, fam: Family) {
             |r| matches!(r, Ok((head, body)) if head.starts_with("HTTP/1.0 200") && *body == want),
         )
         .count();
-    let (code, out, _) = lab.cli(&["status", "--json"]);
-    assert_eq!(code, Some(0));
-    let status: Value = serde_json::from_str(&out).expect("status JSON");
+    let status = lab.status();
     // Behind NAT the balancer answers the reals itself (icmp_too_big); elsewhere it
     // hands the router's errors on (fwd_icmp_error).
     let verdict = if kind == Kind::Nat {
@@ -135,9 +132,7 @@ fn nat_port_unreachable_reaches_the_client(fam: Family) {
             })
             .collect()
     });
-    let (code, out, _) = lab.cli(&["status", "--json"]);
-    assert_eq!(code, Some(0));
-    let status: Value = serde_json::from_str(&out).expect("status JSON");
+    let status = lab.status();
     let forwarded = status["verdicts"]["fwd_icmp_error"].as_u64().unwrap_or(0);
     println!("NAT {fam:?}: {outcomes:?}; {forwarded} ICMP errors translated");
     assert!(

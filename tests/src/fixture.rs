@@ -17,7 +17,7 @@ use std::{fs::File, net::IpAddr, os::fd::AsRawFd as _, path::Path};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
     Ebpf,
 };
 use lb_common::{
@@ -439,17 +439,26 @@ fn vlan_key(vid: [u16; 2]) -> VlanKey {
     }
 }
 
-/// Runs `prog` on `frame` `repeat` times.
+/// Runs `prog` on `frame` `repeat` times. A signal that arrives meanwhile ends a
+/// repeated run early with `EINTR` (the kernel checks between repeats); the run is made
+/// again, and whoever handles the signal (the bench's stop flag) sees it at its next
+/// check.
 /// Returns: the verdict and output of the last run, and the mean time per run.
 fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Run {
     let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        repeat,
-        ..Default::default()
+    let r = loop {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        };
+        match prog.test_run(opts) {
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::Interrupted => {}
+            r => break r.expect("BPF_PROG_TEST_RUN"),
+        }
     };
-    let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
     Run {
         action: r.return_value,

@@ -502,49 +502,13 @@ impl Bench {
         (out, replier)
     }
 
-    /// Asserts that the data path restored the replies of `nat_reply`: from `before`
-    /// (`xdpvs status --json` read just before the run) to now, at most 1 in 1,000 of
-    /// the frames the program judged had a verdict other than `fwd_nat_reply`, and the
-    /// virtual servers count at least the `delivered` frames the client's sink counted
-    /// in the windows as restored replies. A reply the program passed would reach the
-    /// client as well, forwarded unrestored by the balancer's stack, and the figures
-    /// would be the stack's.
+    /// Asserts that the data path restored the replies of `nat_reply`
+    /// ([`replies_restored`]), `before` being `xdpvs status --json` read just before the
+    /// run and `delivered` the frames the client's sink counted in its windows.
     fn assert_replies_restored(&self, before: &Value, delivered: u64) {
-        let after = self.lab.status();
-        let verdicts = |s: &Value| -> Vec<(String, u64)> {
-            let v = s["verdicts"].as_object().expect("verdicts");
-            v.iter()
-                .map(|(k, n)| (k.clone(), n.as_u64().expect("a count")))
-                .collect()
-        };
-        let restored_of = |s: &Value| -> u64 {
-            let vs = s["virtual_servers"].as_array().expect("virtual_servers");
-            vs.iter()
-                .filter_map(|v| v["stats"]["reply_packets"].as_u64())
-                .sum()
-        };
-        let (was, now) = (verdicts(before), verdicts(&after));
-        let grew: Vec<(String, u64)> = now
-            .iter()
-            .map(|(k, n)| {
-                let then = was.iter().find(|(w, _)| w == k).map_or(0, |(_, c)| *c);
-                (k.clone(), n - then)
-            })
-            .filter(|(_, d)| *d > 0)
-            .collect();
-        let judged: u64 = grew.iter().map(|(_, d)| d).sum();
-        let other: u64 = grew
-            .iter()
-            .filter(|(k, _)| k != "fwd_nat_reply")
-            .map(|(_, d)| d)
-            .sum();
-        let restored = restored_of(&after) - restored_of(before);
-        assert!(
-            other * 1000 <= judged && restored >= delivered,
-            "nat_reply: of {judged} frames the program judged, {other} were not restored \
-             replies; the virtual servers count {restored} restored, the client received \
-             {delivered} in the windows; verdicts that grew: {grew:?}"
-        );
+        if let Err(e) = replies_restored(before, &self.lab.status(), delivered) {
+            panic!("nat_reply: {e}");
+        }
     }
 
     /// Runs every workload of `m` under the pass program.
@@ -582,6 +546,45 @@ impl Bench {
             })
             .collect()
     }
+}
+
+/// Returns: `Ok` if, between `xdpvs status --json` read as `before` and as `after`, the
+/// data path restored replies (some, and at least the `delivered` frames the client's
+/// sink counted in the windows) and judged at most 1 in 1,000 frames otherwise than
+/// `fwd_nat_reply`. A reply the program passed would reach the client as well,
+/// forwarded unrestored by the balancer's stack, and the figures would be the stack's.
+/// `Err` says what was counted.
+fn replies_restored(before: &Value, after: &Value, delivered: u64) -> Result<(), String> {
+    let count = |s: &Value, k: &str| s["verdicts"][k].as_u64().unwrap_or(0);
+    let grew: Vec<(&String, u64)> = after["verdicts"]
+        .as_object()
+        .ok_or("no verdicts in status")?
+        .iter()
+        .map(|(k, n)| (k, n.as_u64().unwrap_or(0).saturating_sub(count(before, k))))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    let judged: u64 = grew.iter().map(|(_, d)| d).sum();
+    let other: u64 = grew
+        .iter()
+        .filter(|(k, _)| *k != "fwd_nat_reply")
+        .map(|(_, d)| d)
+        .sum();
+    let restored_of = |s: &Value| -> u64 {
+        s["virtual_servers"].as_array().map_or(0, |vs| {
+            vs.iter()
+                .filter_map(|v| v["stats"]["reply_packets"].as_u64())
+                .sum()
+        })
+    };
+    let restored = restored_of(after).saturating_sub(restored_of(before));
+    if restored > 0 && restored >= delivered && other * 1000 <= judged {
+        return Ok(());
+    }
+    Err(format!(
+        "of {judged} frames the program judged, {other} were not restored replies; the \
+         virtual servers count {restored} restored, the client received {delivered} in \
+         the windows; verdicts that grew: {grew:?}"
+    ))
 }
 
 /// Returns: whether `name` is among the comma-separated names of environment variable
@@ -761,7 +764,44 @@ pub fn run() {
 
 #[cfg(test)]
 mod tests {
-    use super::{median, Method, Workload, WORKLOADS};
+    use serde_json::{json, Value};
+
+    use super::{median, replies_restored, Method, Workload, WORKLOADS};
+
+    /// Returns: a status with `restored` replies on one virtual server and these
+    /// verdict counts.
+    fn status(restored: u64, verdicts: &[(&str, u64)]) -> Value {
+        let v: serde_json::Map<String, Value> = verdicts
+            .iter()
+            .map(|(k, n)| (k.to_string(), json!(n)))
+            .collect();
+        json!({
+            "virtual_servers": [{ "stats": { "reply_packets": restored } }],
+            "verdicts": v,
+        })
+    }
+
+    #[test]
+    fn a_reply_run_passes_only_when_its_replies_were_restored() {
+        let before = status(10, &[("fwd_nat_reply", 10), ("pass_not_vs", 7)]);
+        // Every reply restored, and a stray ARP frame.
+        let all = status(
+            100_010,
+            &[
+                ("fwd_nat_reply", 100_010),
+                ("pass_not_vs", 7),
+                ("pass_not_ip", 1),
+            ],
+        );
+        assert_eq!(replies_restored(&before, &all, 90_000), Ok(()));
+        // One in a hundred passed to the stack: the client still got them all.
+        let some = status(99_010, &[("fwd_nat_reply", 99_010), ("pass_not_vs", 1_007)]);
+        assert!(replies_restored(&before, &some, 90_000).is_err());
+        // The client received more than the balancer restored.
+        assert!(replies_restored(&before, &all, 100_001).is_err());
+        // Nothing ran.
+        assert!(replies_restored(&before, &before, 0).is_err());
+    }
 
     /// Returns: the workloads that run for `m` when only `asked` are picked.
     fn running(m: Method, asked: &[Workload]) -> Vec<Workload> {

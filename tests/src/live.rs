@@ -26,11 +26,16 @@
 //!   real:5353 to the client), through the balancer back to the client;
 //! - `tcp_est`: ACK segments of one TCP connection;
 //! - `udp_new`: UDP from a random source address and port per packet;
-//! - `tcp_syn`: SYNs from random sources (a SYN flood; decision 0012);
+//! - `tcp_syn_100k`: the same at a steady 100,000 frames a second, the flood rate
+//!   issue 15 measured its SYNs at (sent by `paced.rs`, not trafgen, which cannot pace
+//!   smoothly here);
+//! - `tcp_syn`: SYNs from random sources as fast as trafgen sends (a SYN flood;
+//!   decisions 0012, 0025);
 //! - `non_vip`: UDP to the balancer's own address (passed to its stack).
 //!
 //! Each run: trafgen sends as fast as it can, pinned to the last CPU (see `trafgen.rs`),
-//! for at most 10 s and 20,000,000 packets. From 0.5 s after it starts, the bench reads
+//! for at most 10 s and 20,000,000 packets (the paced sender keeps the same CPU and
+//! bounds). From 0.5 s after it starts, the bench reads
 //! the statistics of the balancer's program and of every sink, and the CPU time of the
 //! path (`cputime.rs`), six times 0.4 s apart, then stops trafgen. Each figure of a
 //! run is the median over the five windows between readings (a burst of other work on
@@ -48,7 +53,13 @@
 //!   measure how much CPU the others on the machine left (`*_cpu_share`) more than
 //!   anything else;
 //! - `ratio`: xdpvs's pps over the bounce's in each round (the median; `ratio_low`,
-//!   `ratio_high`).
+//!   `ratio_high`). Not for the paced workload, whose sender spins its CPU whole
+//!   between frames: its line gives `pace_pps` and the delivered `*_wall_pps`;
+//! - under xdpvs, from `xdpvs status --json` before and after each run:
+//!   `flows_after`, the connection table's entries after the run (the highest over the
+//!   rounds), against `target_flows_after` for a SYN flood, which must not fill it; and
+//!   `syns_past_table`, the run's opening SYNs that skipped the table (decision 0025;
+//!   the median over the rounds).
 //!
 //! The whole path of a frame (trafgen's socket, the veths, the bridge, the balancer's
 //! XDP, the receiver's tc) runs in softirq on trafgen's CPU, one frame at a time: the pps
@@ -58,6 +69,7 @@
 //! BPF_PROG_TEST_RUN), plus the kernel's own timing of each run.
 
 mod cputime;
+mod paced;
 mod progs;
 mod trafgen;
 
@@ -120,20 +132,27 @@ enum Workload {
     NatReply,
     TcpEst,
     UdpNew,
+    TcpSynPaced,
     TcpSyn,
     NonVip,
 }
 
 /// In the order they run: established flows before the new-flow floods that would push
 /// them out of the connection table, the reply right after the flow it answers.
-const WORKLOADS: [Workload; 6] = [
+const WORKLOADS: [Workload; 7] = [
     Workload::UdpEst,
     Workload::NatReply,
     Workload::TcpEst,
     Workload::UdpNew,
+    Workload::TcpSynPaced,
     Workload::TcpSyn,
     Workload::NonVip,
 ];
+
+/// The pace of `tcp_syn_100k`, frames per second: issue 15's "~100k/s" flood.
+const SYN_PACE_PPS: u32 = 100_000;
+/// A SYN flood must leave fewer entries than this in the connection table (issue 15).
+const TARGET_FLOWS_AFTER_FLOOD: u64 = 10_000;
 
 impl Workload {
     fn name(self) -> &'static str {
@@ -142,9 +161,24 @@ impl Workload {
             Workload::NatReply => "nat_reply",
             Workload::TcpEst => "tcp_est",
             Workload::UdpNew => "udp_new",
+            Workload::TcpSynPaced => "tcp_syn_100k",
             Workload::TcpSyn => "tcp_syn",
             Workload::NonVip => "non_vip",
         }
+    }
+
+    /// Returns: the frames per second it is sent at, if paced (otherwise trafgen sends
+    /// as fast as it can).
+    fn pace(self) -> Option<u32> {
+        match self {
+            Workload::TcpSynPaced => Some(SYN_PACE_PPS),
+            _ => None,
+        }
+    }
+
+    /// Returns: whether it is a spoofed SYN flood.
+    fn syn_flood(self) -> bool {
+        matches!(self, Workload::TcpSyn | Workload::TcpSynPaced)
     }
 
     /// Returns: whether the workload runs for `m`: the NAT reply only for NAT; if
@@ -174,7 +208,7 @@ impl Workload {
             (Workload::UdpNew, Method::Dr) => Some(250),
             (Workload::UdpNew, Method::Nat) => Some(500),
             (Workload::UdpNew, Method::Tunnel) => Some(300),
-            (Workload::NatReply | Workload::TcpSyn, _) => Some(150),
+            (Workload::NatReply | Workload::TcpSyn | Workload::TcpSynPaced, _) => Some(150),
             (Workload::NonVip, _) => None,
         }
     }
@@ -200,7 +234,7 @@ struct Bench {
     client_mac: [u8; 6],
     real_devs: Vec<String>,
     real_macs: Vec<[u8; 6]>,
-    /// The CPU trafgen sends from.
+    /// The CPU trafgen (or the paced sender) sends from.
     cpu: usize,
     /// `ksoftirqd` of that CPU (its time is the path's too).
     ksoftirqd: i32,
@@ -244,6 +278,39 @@ impl Window {
     }
 }
 
+/// What sends a run's frames.
+enum Sender {
+    Trafgen(trafgen::Run),
+    Paced(paced::Run),
+}
+
+impl Sender {
+    /// Returns: the process (trafgen's `timeout`) or thread that sends, while it runs.
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Sender::Trafgen(r) => r.pid(),
+            Sender::Paced(r) => r.pid(),
+        }
+    }
+
+    /// Returns: whether it is still sending.
+    fn running(&mut self) -> bool {
+        match self {
+            Sender::Trafgen(r) => r.running(),
+            Sender::Paced(r) => r.running(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Sender::Trafgen(r) => r.stop(),
+            Sender::Paced(r) => {
+                r.stop();
+            }
+        }
+    }
+}
+
 /// One workload under one program: medians over the windows.
 #[derive(Clone, Debug)]
 struct Figures {
@@ -260,6 +327,29 @@ struct Figures {
     delivered: Vec<u64>,
     /// Whether trafgen was still sending after the last window.
     throughout: bool,
+    /// Under xdpvs: what its status told of the connection table.
+    table: Option<Table>,
+}
+
+/// The connection table around one run under xdpvs, per `xdpvs status --json`.
+#[derive(Clone, Copy, Debug)]
+struct Table {
+    /// Entries after the run.
+    flows_after: u64,
+    /// Opening SYNs that skipped the table during the run (decision 0025).
+    syns_past: u64,
+}
+
+impl Table {
+    /// Returns: the table as status `before` and `after` the run tell it.
+    fn between(before: &Value, after: &Value) -> Self {
+        let n = |s: &Value, k: &str| s[k].as_u64().unwrap_or(0);
+        Table {
+            flows_after: n(after, "flow_table_entries"),
+            syns_past: n(after, "syns_past_flow_table")
+                .saturating_sub(n(before, "syns_past_flow_table")),
+        }
+    }
 }
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 150, 0, 2);
@@ -403,7 +493,9 @@ impl Bench {
                 to_vip(Src::Fixed(CLIENT), Src::Fixed(TCP_SPORT), 80, L4::TcpAck),
             ),
             Workload::UdpNew => (client, to_vip(Src::Random, Src::Random, 53, L4::Udp)),
-            Workload::TcpSyn => (client, to_vip(Src::Random, Src::Random, 80, L4::TcpSyn)),
+            Workload::TcpSyn | Workload::TcpSynPaced => {
+                (client, to_vip(Src::Random, Src::Random, 80, L4::TcpSyn))
+            }
             Workload::NonVip => (
                 client,
                 Frame {
@@ -431,11 +523,28 @@ impl Bench {
     fn measure(&self, prog: u32, w: Workload, m: Method, replier: usize, tag: &str) -> Figures {
         let (sender, dev, frame) = self.frame(w, m, replier);
         let name = format!("{}-{}-{tag}", m.name(), w.name());
-        let mut gen = trafgen::start(sender, dev, &frame, self.cpu, &self.lab.dir, &name);
+        let mut gen = match w.pace() {
+            None => Sender::Trafgen(trafgen::start(
+                sender,
+                dev,
+                &frame,
+                self.cpu,
+                &self.lab.dir,
+                &name,
+            )),
+            Some(pps) => Sender::Paced(paced::start(
+                sender,
+                dev,
+                &frame,
+                progs::mac(sender, dev),
+                self.cpu,
+                pps,
+            )),
+        };
         std::thread::sleep(WARM_UP);
-        // The processes whose CPU time is the path's: trafgen's, and the softirq
+        // The processes whose CPU time is the path's: the sender's, and the softirq
         // thread of its CPU.
-        let mut path = cputime::tree(gen.pid().expect("trafgen started"));
+        let mut path = cputime::tree(gen.pid().expect("the sender started"));
         path.push(self.ksoftirqd);
         let read = || Reading {
             at: Instant::now(),
@@ -463,6 +572,7 @@ impl Bench {
             cpu_share: med(|w| w.cpu_share),
             delivered: last.iter().zip(first).map(|(b, a)| b - a).collect(),
             throughout,
+            table: None,
         }
     }
 
@@ -478,11 +588,13 @@ impl Bench {
             if crate::signals::stopping() {
                 break;
             }
-            let before = (w == Workload::NatReply).then(|| self.lab.status());
-            let f = self.measure(prog, w, m, replier, "xdpvs");
-            if let Some(before) = before {
-                self.assert_replies_restored(&before, f.delivered[0]);
+            let before = self.lab.status();
+            let mut f = self.measure(prog, w, m, replier, "xdpvs");
+            let after = self.lab.status();
+            if w == Workload::NatReply {
+                self.assert_replies_restored(&before, &after, f.delivered[0]);
             }
+            f.table = Some(Table::between(&before, &after));
             if w == Workload::UdpEst {
                 // The real whose sink counted the flow (sinks: client first).
                 replier = (0..REALS)
@@ -503,10 +615,11 @@ impl Bench {
     }
 
     /// Asserts that the data path restored the replies of `nat_reply`
-    /// ([`replies_restored`]), `before` being `xdpvs status --json` read just before the
-    /// run and `delivered` the frames the client's sink counted in its windows.
-    fn assert_replies_restored(&self, before: &Value, delivered: u64) {
-        if let Err(e) = replies_restored(before, &self.lab.status(), delivered) {
+    /// ([`replies_restored`]), `before` and `after` being `xdpvs status --json` read
+    /// just before the run and just after it and `delivered` the frames the client's
+    /// sink counted in its windows.
+    fn assert_replies_restored(&self, before: &Value, after: &Value, delivered: u64) {
+        if let Err(e) = replies_restored(before, after, delivered) {
             panic!("nat_reply: {e}");
         }
     }
@@ -646,26 +759,29 @@ fn line(m: Method, w: Workload, rounds: &[Round]) -> Value {
         "load1": load1(),
     });
     if rounds.iter().all(|r| r.bounce.is_some()) {
-        let ratios: Vec<f64> = rounds
-            .iter()
-            .filter_map(|r| {
-                let b = r.bounce?;
-                Some(r.xdpvs.delivered_per_cpu_s / b.delivered_per_cpu_s)
-            })
-            .collect();
-        let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
         v["bounce_ns"] = json!(r1(med(&|r| r.bounce.map(|b| b.ns))));
-        v["xdpvs_pps"] = json!(med(&|r| Some(r.xdpvs.delivered_per_cpu_s)).round());
-        v["bounce_pps"] = json!(med(&|r| r.bounce.map(|b| b.delivered_per_cpu_s)).round());
-        v["ratio"] = json!(r3(median(ratios.clone())));
-        v["ratio_low"] = json!(r3(low(ratios.iter().copied())));
-        v["ratio_high"] = json!(r3(high(ratios.iter().copied())));
-        v["target_ratio"] = json!(TARGET_PPS_RATIO);
         v["xdpvs_wall_pps"] = json!(med(&|r| Some(r.xdpvs.delivered_pps)).round());
         v["bounce_wall_pps"] = json!(med(&|r| r.bounce.map(|b| b.delivered_pps)).round());
         v["xdpvs_cpu_share"] = json!((med(&|r| Some(r.xdpvs.cpu_share)) * 100.0).round() / 100.0);
         v["bounce_cpu_share"] =
             json!((med(&|r| r.bounce.map(|b| b.cpu_share)) * 100.0).round() / 100.0);
+        // A paced sender spins its CPU whole: its packets per CPU-second are its pace.
+        if w.pace().is_none() {
+            let ratios: Vec<f64> = rounds
+                .iter()
+                .filter_map(|r| {
+                    let b = r.bounce?;
+                    Some(r.xdpvs.delivered_per_cpu_s / b.delivered_per_cpu_s)
+                })
+                .collect();
+            let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+            v["xdpvs_pps"] = json!(med(&|r| Some(r.xdpvs.delivered_per_cpu_s)).round());
+            v["bounce_pps"] = json!(med(&|r| r.bounce.map(|b| b.delivered_per_cpu_s)).round());
+            v["ratio"] = json!(r3(median(ratios.clone())));
+            v["ratio_low"] = json!(r3(low(ratios.iter().copied())));
+            v["ratio_high"] = json!(r3(high(ratios.iter().copied())));
+            v["target_ratio"] = json!(TARGET_PPS_RATIO);
+        }
     } else {
         v["ns_ratio"] = json!((xdpvs_ns / pass_ns * 100.0).round() / 100.0);
         v["target_ns_ratio"] = json!(TARGET_NON_VIP_RATIO);
@@ -673,6 +789,18 @@ fn line(m: Method, w: Workload, rounds: &[Round]) -> Value {
     if let Some(t) = w.target_ns(m) {
         v["target_ns"] = json!(t);
         v["target_over_pass_ns"] = json!(t - ISSUE_PASS_NS);
+    }
+    if let Some(n) = w.pace() {
+        v["pace_pps"] = json!(n);
+    }
+    let tables: Vec<Table> = rounds.iter().filter_map(|r| r.xdpvs.table).collect();
+    if !tables.is_empty() {
+        v["flows_after"] = json!(tables.iter().map(|t| t.flows_after).max());
+        v["syns_past_table"] =
+            json!(median(tables.iter().map(|t| t.syns_past as f64).collect()).round());
+        if w.syn_flood() {
+            v["target_flows_after"] = json!(TARGET_FLOWS_AFTER_FLOOD);
+        }
     }
     let cut = rounds
         .iter()
@@ -766,7 +894,7 @@ pub fn run() {
 mod tests {
     use serde_json::{json, Value};
 
-    use super::{median, replies_restored, Method, Workload, WORKLOADS};
+    use super::{median, replies_restored, Method, Table, Workload, WORKLOADS};
 
     /// Returns: a status with `restored` replies on one virtual server and these
     /// verdict counts.
@@ -824,9 +952,20 @@ mod tests {
         assert_eq!(running(Method::Nat, &[UdpNew]), [UdpNew]);
         assert_eq!(
             running(Method::Dr, &WORKLOADS),
-            [UdpEst, TcpEst, UdpNew, TcpSyn, NonVip]
+            [UdpEst, TcpEst, UdpNew, TcpSynPaced, TcpSyn, NonVip]
         );
         assert_eq!(running(Method::Nat, &WORKLOADS), WORKLOADS);
+    }
+
+    #[test]
+    fn a_run_s_table_is_its_entries_after_and_the_syns_it_skipped() {
+        let before = json!({ "flow_table_entries": 2, "syns_past_flow_table": 1_000 });
+        let after = json!({ "flow_table_entries": 7, "syns_past_flow_table": 251_000 });
+        let t = Table::between(&before, &after);
+        assert_eq!((t.flows_after, t.syns_past), (7, 250_000));
+        // A table made anew (a restart between the readings) counts from zero.
+        let t = Table::between(&after, &before);
+        assert_eq!((t.flows_after, t.syns_past), (2, 0));
     }
 
     #[test]

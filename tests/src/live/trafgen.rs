@@ -19,9 +19,9 @@ use crate::netns::Netns;
 
 /// Most packets one run may send: far more than a run sends before it is stopped (a few
 /// hundred thousand packets per second here), so that the bound is time in practice.
-const MAX_PACKETS: u64 = 20_000_000;
+pub const MAX_PACKETS: u64 = 20_000_000;
 /// Longest one run may last, whatever happens to the bench (seconds).
-const MAX_SECONDS: u64 = 10;
+pub const MAX_SECONDS: u64 = 10;
 
 /// What a frame carries beyond Ethernet: UDP, or TCP with its flags.
 #[derive(Clone, Copy, Debug)]
@@ -54,7 +54,7 @@ pub struct Frame {
 
 /// Random sources are drawn from 198.18.0.0/16 (the benchmarking range): 65,536
 /// addresses times 64,512 ports, so that successive packets are new flows.
-const RANDOM_NET: &str = "198.18.0.0";
+pub const RANDOM_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 
 impl Frame {
     /// Returns: the trafgen packet block, to be sent only by `cpu`'s process. The frame

@@ -1,0 +1,209 @@
+//! A steady sender for the live bench's paced workload (`tcp_syn_100k`): one frame
+//! every `1 / pps` seconds, each from a new random source, through an `AF_PACKET`
+//! socket on the sender's device, from a thread pinned to the bench's CPU and bounded
+//! in packets and time as a trafgen run is.
+//!
+//! Why not trafgen: its 0.6.8 paces badly on this kind of VM. With `-b 100000pps` it
+//! sends each second's packets in one burst at full speed and then sleeps (0.2 s
+//! samples of a veth read 0, 0, 90,631, 9,369, 0, ...), so the program meets a full-rate
+//! flood half the time and nothing the other half; with `-t <gap>` every gap is a sleep
+//! whose wake-up takes about 17 us here, so it never passes about 58,000 frames a
+//! second. This thread spins on the clock between slots instead of sleeping: a frame
+//! leaves at its slot, a frame late by more than [`MAX_LAG`] starts the schedule afresh
+//! rather than catching up in a burst. The spinning costs its CPU whole, so a paced
+//! run's packets per CPU-second say nothing of the path: the bench reports its
+//! delivered rate per second of wall clock instead.
+
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, AtomicI32, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::trafgen::{Frame, Src, L4, MAX_PACKETS, MAX_SECONDS, RANDOM_NET};
+use crate::{netns::Netns, packet::V4Packet};
+
+/// A frame later than this behind its slot restarts the schedule (no burst).
+const MAX_LAG: Duration = Duration::from_millis(1);
+
+/// A paced run in progress; stopped on drop.
+pub struct Run {
+    stop: Arc<AtomicBool>,
+    /// The sending thread's id, once it runs (0 before).
+    tid: Arc<AtomicI32>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+/// Starts sending `frame` from `src_mac` on `dev` in `ns` at `pps` frames a second,
+/// from CPU `cpu`, until stopped, at most `MAX_PACKETS` frames and `MAX_SECONDS`
+/// seconds. Panics (in the thread, seen at `stop`) if the socket cannot be opened.
+pub fn start(ns: &Netns, dev: &str, frame: &Frame, src_mac: [u8; 6], cpu: usize, pps: u32) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tid = Arc::new(AtomicI32::new(0));
+    let (s, t, dev, frame) = (stop.clone(), tid.clone(), dev.to_string(), frame.clone());
+    let thread = ns.spawn(move || {
+        // SAFETY: plain system calls on this thread.
+        t.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+        pin(cpu);
+        send(&socket(&dev), &frame, src_mac, pps, &s)
+    });
+    let run = Run {
+        stop,
+        tid,
+        thread: Some(thread),
+    };
+    crate::wait_for(Duration::from_secs(5), || run.pid().is_some());
+    run
+}
+
+impl Run {
+    /// Returns: the sending thread's id, once it runs (its CPU time is the path's).
+    pub fn pid(&self) -> Option<i32> {
+        Some(self.tid.load(Ordering::SeqCst)).filter(|&t| t != 0)
+    }
+
+    /// Returns: whether it is still sending (within its bounds).
+    pub fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops it. Returns: the frames it sent (0 if it was stopped already). Panics
+    /// with the thread's panic, if it had one.
+    pub fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            None => 0,
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            // A panic was the bench's to report; on drop it is already unwinding.
+            let _ = t.join();
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity on this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "pinning to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Returns: an `AF_PACKET` socket that sends on `dev` (of the calling thread's
+/// namespace) and receives nothing (protocol 0).
+fn socket(dev: &str) -> OwnedFd {
+    let name = std::ffi::CString::new(dev).expect("device name");
+    // SAFETY: plain system calls; the descriptor is owned at once.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        assert_ne!(
+            ifindex,
+            0,
+            "no device {dev}: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        let rc = libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(
+            rc,
+            0,
+            "binding to {dev}: {}",
+            std::io::Error::last_os_error()
+        );
+        fd
+    }
+}
+
+/// Sends `frame` on `fd` at `pps` until `stop` or its bounds, re-drawing its random
+/// fields for every frame. Returns: the frames sent.
+fn send(fd: &OwnedFd, frame: &Frame, src_mac: [u8; 6], pps: u32, stop: &AtomicBool) -> u64 {
+    let period = Duration::from_secs(1) / pps;
+    let end = Instant::now() + Duration::from_secs(MAX_SECONDS);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = Instant::now();
+    let mut sent = 0;
+    while sent < MAX_PACKETS && !stop.load(Ordering::Relaxed) {
+        let mut now = Instant::now();
+        while now < next {
+            std::hint::spin_loop();
+            now = Instant::now();
+        }
+        if now >= end {
+            break;
+        }
+        next = if now - next > MAX_LAG { now } else { next } + period;
+        // xorshift: a new source address and port per frame where they are random.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bytes = build(frame, src_mac, x);
+        // SAFETY: send on our own socket with a buffer of the length passed.
+        let n = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+        if n > 0 {
+            sent += 1;
+        }
+    }
+    sent
+}
+
+/// Returns: the 60-byte frame `frame` describes (as trafgen sends it: 18 bytes of UDP
+/// payload, 6 of TCP), its random fields drawn from `x`.
+fn build(frame: &Frame, src_mac: [u8; 6], x: u64) -> Vec<u8> {
+    let src = match frame.src {
+        Src::Fixed(a) => a.octets(),
+        Src::Random => {
+            let [a, b, ..] = RANDOM_NET.octets();
+            [a, b, (x >> 8) as u8, (x >> 16) as u8]
+        }
+    };
+    let sport = match frame.sport {
+        Src::Fixed(p) => p,
+        Src::Random => 1024 + ((x >> 24) % 64_512) as u16,
+    };
+    let (proto, flags, payload) = match frame.l4 {
+        L4::Udp => (17, 0, 18),
+        L4::TcpSyn => (6, crate::packet::TCP_SYN, 6),
+        L4::TcpAck => (6, crate::packet::TCP_ACK, 6),
+    };
+    V4Packet {
+        dst_mac: frame.dst_mac,
+        src_mac,
+        proto,
+        tcp_flags: flags,
+        payload: vec![0; payload],
+        ..V4Packet::tcp(src, sport, frame.dst.octets(), frame.dport)
+    }
+    .build()
+}

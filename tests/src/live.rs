@@ -70,8 +70,8 @@
 
 mod cputime;
 mod paced;
-mod progs;
-mod trafgen;
+pub mod progs;
+pub mod trafgen;
 
 use std::{
     net::{IpAddr, Ipv4Addr},

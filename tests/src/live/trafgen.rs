@@ -87,6 +87,8 @@ impl Frame {
 /// A trafgen run in progress; stopped (SIGINT, then SIGKILL) on drop.
 pub struct Run {
     child: Option<Child>,
+    /// Its log.
+    log: PathBuf,
 }
 
 /// Starts trafgen in `ns` on `dev` sending `frame` from CPU `cpu` until stopped, at most
@@ -95,7 +97,8 @@ pub struct Run {
 pub fn start(ns: &Netns, dev: &str, frame: &Frame, cpu: usize, dir: &Path, name: &str) -> Run {
     let conf: PathBuf = dir.join(format!("{name}.trafgen"));
     std::fs::write(&conf, frame.trafgen(cpu)).expect("write trafgen configuration");
-    let log = std::fs::File::create(dir.join(format!("{name}.trafgen.log"))).expect("log");
+    let log_path = dir.join(format!("{name}.trafgen.log"));
+    let log = std::fs::File::create(&log_path).expect("log");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let child = Command::new("timeout")
         .args(["-s", "INT", "-k", "3", &MAX_SECONDS.to_string()])
@@ -108,7 +111,10 @@ pub fn start(ns: &Netns, dev: &str, frame: &Frame, cpu: usize, dir: &Path, name:
         .stderr(log)
         .spawn()
         .expect("spawning trafgen (netsniff-ng; `cargo xtask setup` installs it)");
-    Run { child: Some(child) }
+    Run {
+        child: Some(child),
+        log: log_path,
+    }
 }
 
 impl Run {
@@ -144,8 +150,41 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Returns: the packets trafgen says it sent, once stopped (the sum of the
+    /// `packets outgoing` of its processes, which each print theirs as they exit).
+    pub fn sent(&self) -> u64 {
+        sent_in(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+/// Returns: the sum of the `N packets outgoing` lines of trafgen's output `log`.
+fn sent_in(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_suffix("packets outgoing")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_packets_sent_are_the_sum_of_the_processes_outgoing_counts() {
+        let log = "Running! Hang up with ^C!\n\n           0 packets outgoing\n           \
+                   0 bytes outgoing\n\n      286002 packets outgoing\n    17160120 bytes \
+                   outgoing\n";
+        assert_eq!(super::sent_in(log), 286_002);
+        assert_eq!(super::sent_in(""), 0);
     }
 }

@@ -15,10 +15,12 @@ pub mod leftovers;
 pub mod live;
 pub mod load;
 pub mod netns;
+pub mod pace;
 pub mod packet;
 pub mod pins;
 pub mod scale;
 pub mod signals;
+pub mod trafgen;
 
 /// Panics unless running as root: a root-only test must fail loudly, never pass quietly.
 pub fn require_root() {

@@ -101,6 +101,22 @@ impl Drop for Netns {
     }
 }
 
+/// Returns: the MAC address of `dev` in `ns`.
+pub fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
+    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
+        .collect();
+    bytes.try_into().expect("6-byte MAC")
+}
+
+/// Returns: `m` as trafgen and ip write it (`aa:bb:...`).
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// Returns: the destinations of the routes xdpvs announces VIPs with in `ns`: its
 /// blackhole routes of protocol 250 in `table` (`ip route show table N proto 250`;
 /// a table that never held a route does not exist, and has none).

@@ -8,11 +8,10 @@
 //! samples of a veth read 0, 0, 90,631, 9,369, 0, ...), so the program meets a full-rate
 //! flood half the time and nothing the other half; with `-t <gap>` every gap is a sleep
 //! whose wake-up takes about 17 us here, so it never passes about 58,000 frames a
-//! second. This thread spins on the clock between slots instead of sleeping: a frame
-//! leaves at its slot, a frame late by more than [`MAX_LAG`] starts the schedule afresh
-//! rather than catching up in a burst. The spinning costs its CPU whole, so a paced
-//! run's packets per CPU-second say nothing of the path: the bench reports its
-//! delivered rate per second of wall clock instead.
+//! second. This thread spins on the clock between slots instead of sleeping
+//! ([`Pacer`]). The spinning costs its CPU whole, so a paced run's packets per
+//! CPU-second say nothing of the path: the bench reports its delivered rate per second
+//! of wall clock instead.
 
 use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -24,23 +23,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::trafgen::{Frame, Src, L4, MAX_PACKETS, MAX_SECONDS, RANDOM_NET};
-use crate::{netns::Netns, packet::V4Packet};
-
-/// A frame later than this behind its slot restarts the schedule (no burst).
-const MAX_LAG: Duration = Duration::from_millis(1);
+use crate::{
+    netns::Netns,
+    pace::Pacer,
+    packet::V4Packet,
+    trafgen::{Frame, Src, L4, MAX_PACKETS, MAX_SECONDS, RANDOM_NET},
+};
 
 /// A paced run in progress; stopped on drop.
 pub struct Run {
     stop: Arc<AtomicBool>,
     /// The sending thread's id, once it runs (0 before).
     tid: Arc<AtomicI32>,
-    thread: Option<JoinHandle<u64>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 /// Starts sending `frame` from `src_mac` on `dev` in `ns` at `pps` frames a second,
 /// from CPU `cpu`, until stopped, at most `MAX_PACKETS` frames and `MAX_SECONDS`
-/// seconds. Panics (in the thread, seen at `stop`) if the socket cannot be opened.
+/// seconds. Panics if the thread does not start within 5 s; in the thread (seen at
+/// `stop`) if the socket cannot be opened.
 pub fn start(ns: &Netns, dev: &str, frame: &Frame, src_mac: [u8; 6], cpu: usize, pps: u32) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let tid = Arc::new(AtomicI32::new(0));
@@ -48,15 +49,22 @@ pub fn start(ns: &Netns, dev: &str, frame: &Frame, src_mac: [u8; 6], cpu: usize,
     let thread = ns.spawn(move || {
         // SAFETY: plain system calls on this thread.
         t.store(unsafe { libc::gettid() }, Ordering::SeqCst);
-        pin(cpu);
+        crate::cpus::only_on(&[cpu]);
         send(&socket(&dev), &frame, src_mac, pps, &s)
     });
-    let run = Run {
+    let mut run = Run {
         stop,
         tid,
         thread: Some(thread),
     };
-    crate::wait_for(Duration::from_secs(5), || run.pid().is_some());
+    crate::wait_for(Duration::from_secs(5), || {
+        run.pid().is_some() || !run.running()
+    });
+    if run.pid().is_none() {
+        // The thread's own panic, if it had one, says why.
+        run.stop();
+        panic!("the paced sender did not start within 5 s");
+    }
     run
 }
 
@@ -71,13 +79,11 @@ impl Run {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    /// Stops it. Returns: the frames it sent (0 if it was stopped already). Panics
-    /// with the thread's panic, if it had one.
-    pub fn stop(&mut self) -> u64 {
+    /// Stops it. Panics with the thread's panic, if it had one.
+    pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            None => 0,
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
         }
     }
 }
@@ -89,22 +95,6 @@ impl Drop for Run {
             // A panic was the bench's to report; on drop it is already unwinding.
             let _ = t.join();
         }
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity on this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "pinning to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
 
@@ -147,23 +137,16 @@ fn socket(dev: &str) -> OwnedFd {
 }
 
 /// Sends `frame` on `fd` at `pps` until `stop` or its bounds, re-drawing its random
-/// fields for every frame. Returns: the frames sent.
-fn send(fd: &OwnedFd, frame: &Frame, src_mac: [u8; 6], pps: u32, stop: &AtomicBool) -> u64 {
-    let period = Duration::from_secs(1) / pps;
+/// fields for every frame.
+fn send(fd: &OwnedFd, frame: &Frame, src_mac: [u8; 6], pps: u32, stop: &AtomicBool) {
     let end = Instant::now() + Duration::from_secs(MAX_SECONDS);
+    let mut pacer = Pacer::new(pps);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = Instant::now();
     let mut sent = 0;
     while sent < MAX_PACKETS && !stop.load(Ordering::Relaxed) {
-        let mut now = Instant::now();
-        while now < next {
-            std::hint::spin_loop();
-            now = Instant::now();
-        }
-        if now >= end {
+        if pacer.wait() >= end {
             break;
         }
-        next = if now - next > MAX_LAG { now } else { next } + period;
         // xorshift: a new source address and port per frame where they are random.
         x ^= x << 13;
         x ^= x >> 7;
@@ -175,7 +158,6 @@ fn send(fd: &OwnedFd, frame: &Frame, src_mac: [u8; 6], pps: u32, stop: &AtomicBo
             sent += 1;
         }
     }
-    sent
 }
 
 /// Returns: the 60-byte frame `frame` describes (as trafgen sends it: 18 bytes of UDP

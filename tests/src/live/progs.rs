@@ -69,22 +69,6 @@ pub fn attached_id(ns: &Netns, dev: &str) -> Option<u32> {
     v[0]["xdp"]["prog"]["id"].as_u64().map(|id| id as u32)
 }
 
-/// Returns: the MAC address of `dev` in `ns`.
-pub fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
-    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
-        .collect();
-    bytes.try_into().expect("6-byte MAC")
-}
-
-/// Returns: `m` as trafgen and ip write it (`aa:bb:...`).
-pub fn mac_text(m: [u8; 6]) -> String {
-    m.map(|b| format!("{b:02x}")).join(":")
-}
-
 /// A program of the benchmark object attached to an interface; detached when dropped.
 pub struct Attached {
     _ebpf: Ebpf,

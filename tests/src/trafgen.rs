@@ -1,11 +1,11 @@
-//! trafgen (netsniff-ng) as the live bench's traffic generator: one packet description
-//! per workload, and a run bounded in packets (`-n`) and in time (`timeout`), pinned to
-//! one CPU.
+//! trafgen (netsniff-ng) as a traffic generator, for the live bench and the SYN flood
+//! at full rate of `e2e_synflood`: one packet description per workload, and a run
+//! bounded in packets (`-n`) and in time (`timeout`), pinned to one CPU.
 //!
 //! Pinning: trafgen forks one process per CPU (`-P`) and a packet block prefixed
 //! `cpu(N):` is sent only by CPU N's process; the others have nothing to send. With
 //! veths the whole path of a frame (the sender's veth, the bridge, the balancer's XDP,
-//! the receiver's XDP) runs in softirq on the CPU that sent it, so a pinned generator
+//! the receiver's tc) runs in softirq on the CPU that sent it, so a pinned generator
 //! measures one core doing everything, and leaves the other cores alone.
 
 use std::{
@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::netns::Netns;
+use crate::netns::{mac_text, Netns};
 
 /// Most packets one run may send: far more than a run sends before it is stopped (a few
 /// hundred thousand packets per second here), so that the bound is time in practice.
@@ -78,7 +78,7 @@ impl Frame {
         };
         format!(
             "cpu({cpu}): {{ eth(da={}), ipv4({sa}, da={}, ttl=64), {l4} }}\n",
-            super::progs::mac_text(self.dst_mac),
+            mac_text(self.dst_mac),
             self.dst
         )
     }
@@ -118,6 +118,13 @@ pub fn start(ns: &Netns, dev: &str, frame: &Frame, cpu: usize, dir: &Path, name:
 }
 
 impl Run {
+    /// Returns: the packets trafgen says it sent, once stopped (the sum of the
+    /// `packets outgoing` of its processes, which each print theirs as they exit; 0
+    /// if they had to be killed).
+    pub fn sent(&self) -> u64 {
+        sent_in(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
     /// Returns: whether trafgen is still sending (it has not run out of packets, time,
     /// or failed).
     pub fn running(&mut self) -> bool {
@@ -147,14 +154,6 @@ impl Run {
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
         }
-    }
-}
-
-impl Run {
-    /// Returns: the packets trafgen says it sent, once stopped (the sum of the
-    /// `packets outgoing` of its processes, which each print theirs as they exit).
-    pub fn sent(&self) -> u64 {
-        sent_in(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 }
 

@@ -26,16 +26,16 @@
 //!   real:5353 to the client), through the balancer back to the client;
 //! - `tcp_est`: ACK segments of one TCP connection;
 //! - `udp_new`: UDP from a random source address and port per packet;
-//! - `tcp_syn_100k`: SYNs from random sources at a steady 100,000 frames a second, the flood rate
-//!   issue 15 measured its SYNs at (sent by `paced.rs`, not trafgen, which cannot pace
-//!   smoothly here);
+//! - `tcp_syn_100k`: SYNs from random sources at a steady 100,000 frames a second,
+//!   the flood rate issue 15 measured its SYNs at (sent by `paced.rs`, not trafgen,
+//!   which cannot pace smoothly here);
 //! - `tcp_syn`: SYNs from random sources as fast as trafgen sends (a SYN flood;
 //!   decisions 0012, 0025);
 //! - `non_vip`: UDP to the balancer's own address (passed to its stack).
 //!
-//! Each run: trafgen sends as fast as it can, pinned to the last CPU (see `trafgen.rs`),
-//! for at most 10 s and 20,000,000 packets (the paced sender keeps the same CPU and
-//! bounds). From 0.5 s after it starts, the bench reads
+//! Each run: trafgen sends as fast as it can, pinned to the last CPU (see
+//! `crate::trafgen`), for at most 10 s and 20,000,000 packets (the paced sender keeps
+//! the same CPU and bounds). From 0.5 s after it starts, the bench reads
 //! the statistics of the balancer's program and of every sink, and the CPU time of the
 //! path (`cputime.rs`), six times 0.4 s apart, then stops trafgen. Each figure of a
 //! run is the median over the five windows between readings (a burst of other work on

@@ -773,13 +773,7 @@ impl Drop for Lab {
     }
 }
 
-/// Returns: the MAC address of `dev` in `ns`.
+/// Returns: the MAC address of `dev` in `ns`, as text (`aa:bb:...`).
 pub fn mac_of(ns: &Netns, dev: &str) -> String {
-    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
-    let v =
-        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v[0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address in {out}"))
-        .to_string()
+    crate::netns::mac_text(crate::netns::mac(ns, dev))
 }

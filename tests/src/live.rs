@@ -585,11 +585,13 @@ impl Bench {
         let prog = attached_id(&self.lab.lb, &self.lb_dev).expect("xdpvs attached");
         let mut replier = 0;
         let mut out = Vec::new();
+        // Read before the first run, and after each: one run's after is the next's
+        // before.
+        let mut before = self.lab.status();
         for w in WORKLOADS.into_iter().filter(|w| w.applies(m)) {
             if crate::signals::stopping() {
                 break;
             }
-            let before = self.lab.status();
             let mut f = self.measure(prog, w, m, replier, "xdpvs");
             let after = self.lab.status();
             if w == Workload::NatReply {
@@ -603,6 +605,7 @@ impl Bench {
                     .expect("reals");
             }
             out.push((w, f));
+            before = after;
         }
         daemon.stop();
         crate::daemon::teardown(&self.lab.lb, &self.lab.instance, &self.lab.bpffs.path);

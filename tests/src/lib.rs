@@ -16,6 +16,7 @@ pub mod live;
 pub mod load;
 pub mod netns;
 pub mod pace;
+pub mod paced;
 pub mod packet;
 pub mod pins;
 pub mod scale;

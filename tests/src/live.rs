@@ -27,15 +27,15 @@
 //! - `tcp_est`: ACK segments of one TCP connection;
 //! - `udp_new`: UDP from a random source address and port per packet;
 //! - `tcp_syn_100k`: SYNs from random sources at a steady 100,000 frames a second,
-//!   the flood rate issue 15 measured its SYNs at (sent by `paced.rs`, not trafgen,
-//!   which cannot pace smoothly here);
+//!   the flood rate issue 15 measured its SYNs at (sent by `crate::paced`, not
+//!   trafgen, which cannot pace smoothly here);
 //! - `tcp_syn`: SYNs from random sources as fast as trafgen sends (a SYN flood;
 //!   decisions 0012, 0025);
 //! - `non_vip`: UDP to the balancer's own address (passed to its stack).
 //!
 //! Each run: trafgen sends as fast as it can, pinned to the last CPU (see
-//! `crate::trafgen`), for at most 10 s and 20,000,000 packets (the paced sender keeps
-//! the same CPU and bounds). From 0.5 s after it starts, the bench reads
+//! `crate::trafgen`), for at most 10 s and 20,000,000 packets (the paced sender on the
+//! same CPU, within its own bounds). From 0.5 s after it starts, the bench reads
 //! the statistics of the balancer's program and of every sink, and the CPU time of the
 //! path (`cputime.rs`), six times 0.4 s apart, then stops trafgen. Each figure of a
 //! run is the median over the five windows between readings (a burst of other work on
@@ -70,7 +70,6 @@
 //! BPF_PROG_TEST_RUN), plus the kernel's own timing of each run.
 
 mod cputime;
-mod paced;
 mod progs;
 
 use std::{
@@ -86,6 +85,7 @@ use crate::{
     daemon::Daemon,
     lab::{attach_pass, Family, Kind, Lab},
     netns::{self, Netns},
+    paced,
     trafgen::{self, Frame, Src, L4},
 };
 
@@ -303,7 +303,10 @@ impl Sender {
     fn stop(&mut self) {
         match self {
             Sender::Trafgen(r) => r.stop(),
-            Sender::Paced(r) => r.stop(),
+            Sender::Paced(r) => {
+                // The sinks count what arrived.
+                r.stop();
+            }
         }
     }
 }

@@ -1,7 +1,10 @@
-//! A steady sender for the live bench's paced workload (`tcp_syn_100k`): one frame
-//! every `1 / pps` seconds, each from a new random source, through an `AF_PACKET`
-//! socket on the sender's device, from a thread pinned to the bench's CPU and bounded
-//! in packets and time as a trafgen run is.
+//! A steady sender, for the live bench's paced workload (`tcp_syn_100k`) and the paced
+//! flood of `e2e_synflood`: one frame every `1 / pps` seconds through an `AF_PACKET`
+//! socket on the sender's device, from a thread pinned to a given CPU, at most
+//! [`MAX_FRAMES`] frames and [`MAX_FOR`]. It cycles through [`POOL`] frames built
+//! before it starts, each with its own random fields (a random source's address and
+//! port): the tests are built without optimisation, and building a frame there costs
+//! about a slot at 100,000 a second.
 //!
 //! Why not trafgen: its 0.6.8 paces badly on this kind of VM. With `-b 100000pps` it
 //! sends each second's packets in one burst at full speed and then sleeps (0.2 s
@@ -27,20 +30,33 @@ use crate::{
     netns::Netns,
     pace::Pacer,
     packet::V4Packet,
-    trafgen::{Frame, Src, L4, MAX_PACKETS, MAX_SECONDS, RANDOM_NET},
+    trafgen::{Frame, Src, L4, RANDOM_NET},
 };
+
+/// Most frames one run may send.
+pub const MAX_FRAMES: u64 = 1_000_000;
+/// Longest one run may last.
+pub const MAX_FOR: Duration = Duration::from_secs(8);
+/// Distinct frames a run cycles through.
+pub const POOL: usize = 65_536;
 
 /// A paced run in progress; stopped on drop.
 pub struct Run {
     stop: Arc<AtomicBool>,
     /// The sending thread's id, once it runs (0 before).
     tid: Arc<AtomicI32>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Sent>>,
+}
+
+/// What a run sent: frames, and the seconds from its first slot to its end.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    pub frames: u64,
+    pub secs: f64,
 }
 
 /// Starts sending `frame` from `src_mac` on `dev` in `ns` at `pps` frames a second,
-/// from CPU `cpu`, until stopped, at most `MAX_PACKETS` frames and `MAX_SECONDS`
-/// seconds. Panics if the thread does not start within 5 s; in the thread (seen at
+/// from CPU `cpu`, until stopped or its bounds. Panics if the thread does not start within 5 s; in the thread (seen at
 /// `stop`) if the socket cannot be opened.
 pub fn start(ns: &Netns, dev: &str, frame: &Frame, src_mac: [u8; 6], cpu: usize, pps: u32) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
@@ -79,11 +95,16 @@ impl Run {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    /// Stops it. Panics with the thread's panic, if it had one.
-    pub fn stop(&mut self) {
+    /// Stops it. Returns: what it sent (nothing if it was stopped already). Panics
+    /// with the thread's panic, if it had one.
+    pub fn stop(&mut self) -> Sent {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            None => Sent {
+                frames: 0,
+                secs: 0.0,
+            },
         }
     }
 }
@@ -136,27 +157,37 @@ fn socket(dev: &str) -> OwnedFd {
     }
 }
 
-/// Sends `frame` on `fd` at `pps` until `stop` or its bounds, re-drawing its random
-/// fields for every frame.
-fn send(fd: &OwnedFd, frame: &Frame, src_mac: [u8; 6], pps: u32, stop: &AtomicBool) {
-    let end = Instant::now() + Duration::from_secs(MAX_SECONDS);
-    let mut pacer = Pacer::new(pps);
+/// Sends `frame` on `fd` at `pps` until `stop` or its bounds, cycling through
+/// [`POOL`] draws of its random fields. Returns: what it sent.
+fn send(fd: &OwnedFd, frame: &Frame, src_mac: [u8; 6], pps: u32, stop: &AtomicBool) -> Sent {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut sent = 0;
-    while sent < MAX_PACKETS && !stop.load(Ordering::Relaxed) {
+    let pool: Vec<Vec<u8>> = (0..POOL)
+        .map(|_| {
+            // xorshift: a new source address and port per frame where they are random.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            build(frame, src_mac, x)
+        })
+        .collect();
+    let start = Instant::now();
+    let end = start + MAX_FOR;
+    let mut pacer = Pacer::new(pps);
+    let mut frames = 0;
+    while frames < MAX_FRAMES && !stop.load(Ordering::Relaxed) {
         if pacer.wait() >= end {
             break;
         }
-        // xorshift: a new source address and port per frame where they are random.
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let bytes = build(frame, src_mac, x);
+        let bytes = &pool[frames as usize % POOL];
         // SAFETY: send on our own socket with a buffer of the length passed.
         let n = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
         if n > 0 {
-            sent += 1;
+            frames += 1;
         }
+    }
+    Sent {
+        frames,
+        secs: start.elapsed().as_secs_f64(),
     }
 }
 

@@ -38,8 +38,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("lintian", "lintian"),
     ("man", "man-db"),
-    // trafgen: the live bench's traffic generator (xdp-trafficgen does not load on the
-    // development kernel; trafgen's packet socket does).
+    // trafgen: the traffic generator of the live bench and of e2e_synflood's full-rate
+    // flood (xdp-trafficgen does not load on the development kernel; trafgen's packet
+    // socket does).
     ("trafgen", "netsniff-ng"),
 ];
 

@@ -843,7 +843,9 @@ async fn apply_until(
             }
         } else {
             let changes: Vec<_> = ts.iter().map(|t| (t.key.clone(), t.healthy)).collect();
-            rec.set_health_many(&changes).expect("set_health_many");
+            rec.set_health_many(&changes)
+                .await
+                .expect("set_health_many");
         }
         a.sync_cpu += process_cpu() - cpu0;
         a.batches += 1;

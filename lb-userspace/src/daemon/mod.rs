@@ -343,7 +343,7 @@ impl Daemon {
                 _ = hup.recv() => { let _ = self.reload().await; }
                 Some(r) = reports.recv() => {
                     let ts = self.health.take_batch(r, &mut reports, |k| self.rec.healthy(k)).await;
-                    let (down, up) = self.on_probe(ts)?;
+                    let (down, up) = self.on_probe(ts).await?;
                     for real in &down {
                         self.host.forget_real_neighbour(*real).await;
                     }
@@ -459,10 +459,11 @@ impl Daemon {
 
     /// Applies the health transitions of probe results taken together
     /// ([`Health::take_batch`]) at once: each virtual server they touch is synced once
-    /// (one table build and write however many of its reals changed). Each transition
-    /// is logged. Returns: the addresses of reals that went down (each once), and
+    /// (one table build and write however many of its reals changed), its table built
+    /// off this thread while the probes run on, so that the reports that come in
+    /// meanwhile make the next batch. Each transition is logged. Returns: the addresses of reals that went down (each once), and
     /// whether any real came up.
-    fn on_probe(
+    async fn on_probe(
         &mut self,
         ts: Vec<crate::health::Transition>,
     ) -> anyhow::Result<(Vec<std::net::IpAddr>, bool)> {
@@ -470,7 +471,7 @@ impl Daemon {
             return Ok((Vec::new(), false));
         }
         let changes: Vec<_> = ts.iter().map(|t| (t.key.clone(), t.healthy)).collect();
-        self.rec.set_health_many(&changes)?;
+        self.rec.set_health_many(&changes).await?;
         let mut down = Vec::new();
         // The virtual servers where a real went down, each once, in order.
         let mut lost: Vec<&str> = Vec::new();

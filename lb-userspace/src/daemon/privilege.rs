@@ -30,7 +30,8 @@
 //! Capabilities are per thread. The daemon runs on tokio's current-thread runtime.
 //! The only threads before the drop are the table builders of the first sync
 //! (decision 0013), joined before it; threads started after (the flow walk's blocking
-//! thread, the connection table filter's) inherit the dropped sets. [`drop_to_kept`]
+//! thread, the connection table filter's, those that build the tables of a batch of
+//! probe results) inherit the dropped sets. [`drop_to_kept`]
 //! checks every thread of the process afterwards and fails if any kept more. A joined
 //! thread is not gone yet: the kernel wakes its joiner from the thread's exit, before
 //! it leaves `/proc/self/task`, and on a loaded machine the check can still find it,

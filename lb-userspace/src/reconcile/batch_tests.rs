@@ -15,11 +15,11 @@ use crate::{
 const VSS: usize = 4;
 const REALS: usize = 6;
 
-/// `VSS` virtual servers `vs0`, `vs1`, ... of `REALS` probed reals each (10.<v>.0.<r>);
+/// `vss` virtual servers `vs0`, `vs1`, ... of `REALS` probed reals each (10.<v>.0.<r>);
 /// `vs1` has a sorry server, and the last real of `vs2` weight 0.
-fn probed() -> Config {
+fn probed_n(vss: usize) -> Config {
     let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n");
-    for v in 0..VSS {
+    for v in 0..vss {
         t.push_str(&format!(
             "  - name: vs{v}\n    address: 10.200.0.{}\n    port: 80\n    protocol: tcp\n    table_size: 1009\n",
             v + 1
@@ -51,9 +51,15 @@ fn vs_key(v: usize) -> VsKey {
     VsKey::new(format!("10.200.0.{}", v + 1).parse().unwrap(), 80, 6)
 }
 
+/// [`started_n`] of `VSS` virtual servers.
 fn started() -> Reconciler<MemoryDataplane> {
-    let mut r = Reconciler::new(MemoryDataplane::default(), 64, 64);
-    r.apply(&probed()).unwrap();
+    started_n(VSS)
+}
+
+/// A reconciler that applied `vss` virtual servers of [`probed_n`], its writes forgotten.
+fn started_n(vss: usize) -> Reconciler<MemoryDataplane> {
+    let mut r = Reconciler::new(MemoryDataplane::default(), 128, 256);
+    r.apply(&probed_n(vss)).unwrap();
     let dp = r.dataplane_mut();
     dp.vs_writes.clear();
     dp.ring_writes = 0;
@@ -86,7 +92,7 @@ fn a_batch_of_transitions_writes_one_table_per_virtual_server() {
         .flat_map(|r| (0..VSS).map(move |v| (real(v, r), true)))
         .collect();
     let mut batch = started();
-    assert_eq!(batch.set_health_many(&ups).unwrap(), VSS * REALS);
+    assert_eq!(batched(&mut batch, &ups), VSS * REALS);
     let dp = batch.dataplane();
     assert_eq!(
         dp.vs_writes.len(),
@@ -105,7 +111,7 @@ fn a_batch_of_transitions_writes_one_table_per_virtual_server() {
     assert_same(&batch, &one, "every real up");
 
     // The same again changes nothing, and writes nothing.
-    assert_eq!(batch.set_health_many(&ups).unwrap(), 0);
+    assert_eq!(batched(&mut batch, &ups), 0);
     assert_eq!(batch.dataplane().vs_writes.len(), VSS);
 }
 
@@ -143,7 +149,7 @@ fn a_batch_ends_as_applying_its_transitions_one_by_one() {
     let (mut batch, mut one) = (started(), started());
     for (i, changes) in rounds.iter().enumerate() {
         let generations = batch.dataplane().reals.clone();
-        let applied = batch.set_health_many(changes).unwrap();
+        let applied = batched(&mut batch, changes);
         let mut applied_one = 0;
         for (key, healthy) in changes {
             applied_one += usize::from(one.set_health(key, *healthy).unwrap());
@@ -165,8 +171,7 @@ fn a_batch_ends_as_applying_its_transitions_one_by_one() {
 #[test]
 fn a_virtual_server_that_lost_a_real_is_written_first() {
     let mut r = started();
-    r.set_health_many(&[(real(0, 0), true), (real(1, 0), true)])
-        .unwrap();
+    batched(&mut r, &[(real(0, 0), true), (real(1, 0), true)]);
     r.dataplane_mut().vs_writes.clear();
     // vs0 gains reals first in the batch, vs1 loses its only one after.
     let changes = [
@@ -175,7 +180,7 @@ fn a_virtual_server_that_lost_a_real_is_written_first() {
         (real(1, 0), false),
         (real(0, 3), true),
     ];
-    r.set_health_many(&changes).unwrap();
+    batched(&mut r, &changes);
     assert_eq!(r.dataplane().vs_writes, [vs_key(1), vs_key(0)]);
     let in_table: Vec<bool> = r
         .real_views("vs1")
@@ -184,4 +189,47 @@ fn a_virtual_server_that_lost_a_real_is_written_first() {
         .map(|v| v.key.sorry)
         .collect();
     assert_eq!(in_table, [true], "vs1: the sorry server alone");
+}
+
+/// More virtual servers than tables held built at a time (the channel's and the
+/// builders'): each still gets one table, the one applying the transitions one by one
+/// gives it.
+#[test]
+fn a_batch_of_many_virtual_servers() {
+    let vss = 70;
+    let ups: Vec<(RealKey, bool)> = (0..REALS)
+        .flat_map(|r| (0..vss).map(move |v| (real(v, r), true)))
+        .collect();
+    let mut batch = started_n(vss);
+    assert_eq!(batched(&mut batch, &ups), vss * REALS);
+    assert_eq!(
+        batch.dataplane().ring_writes,
+        vss,
+        "one ring write per virtual server"
+    );
+    // A rack fails: the first real of every virtual server.
+    let downs: Vec<(RealKey, bool)> = (0..vss).map(|v| (real(v, 0), false)).collect();
+    assert_eq!(batched(&mut batch, &downs), vss);
+    let mut one = started_n(vss);
+    for (key, healthy) in ups.iter().chain(&downs) {
+        one.set_health(key, *healthy).unwrap();
+    }
+    assert_eq!(batch.dataplane().reals, one.dataplane().reals, "REALS");
+    for v in 0..vss {
+        assert_eq!(
+            batch.dataplane().table(&vs_key(v)),
+            one.dataplane().table(&vs_key(v)),
+            "vs{v}'s table"
+        );
+    }
+}
+
+/// Returns: what `set_health_many` of `changes` returns, run on a runtime of one
+/// thread, as the daemon's.
+fn batched(r: &mut Reconciler<MemoryDataplane>, changes: &[(RealKey, bool)]) -> usize {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(r.set_health_many(changes))
+        .unwrap()
 }

@@ -346,23 +346,40 @@ impl<D: Dataplane> Reconciler<D> {
     /// into one step (down and up again must still retire its generation), so what was
     /// recorded before it is synced first. Virtual servers where a real went down are
     /// synced before those where reals only came up, so that a failed real leaves its
-    /// table first. Returns: how many of `changes` changed anything.
-    pub fn set_health_many(
+    /// table first. The tables are built off the calling thread
+    /// ([`tokio::task::spawn_blocking`]) and awaited: the runtime's other tasks (the
+    /// daemon's probes) run meanwhile, so that what they report while one batch is
+    /// applied makes the next. Returns: how many of `changes` changed anything.
+    pub async fn set_health_many(
         &mut self,
         changes: &[(RealKey, bool)],
     ) -> Result<usize, ReconcileError> {
         let mut count = 0;
-        // Reals recorded since the last sync, and the virtual servers they touch
-        // (`true`: a real of it went down).
+        let mut rest = changes;
+        while !rest.is_empty() {
+            let (taken, changed, touched) = self.record_health(rest);
+            rest = &rest[taken..];
+            count += changed;
+            self.sync_many(&touched).await?;
+        }
+        Ok(count)
+    }
+
+    /// Records the health of `changes` up to the first real that changes a second
+    /// time (it must be synced between: see [`Reconciler::set_health_many`]).
+    /// Returns: how many of `changes` were taken, how many of those changed anything,
+    /// and the virtual servers they touch (`true`: a real of it went down), in order.
+    fn record_health(
+        &mut self,
+        changes: &[(RealKey, bool)],
+    ) -> (usize, usize, Vec<(String, bool)>) {
+        let mut count = 0;
         let mut recorded: HashSet<&RealKey> = HashSet::new();
-        let mut touched: Vec<(&str, bool)> = Vec::new();
+        let mut touched: Vec<(String, bool)> = Vec::new();
         let mut at: HashMap<&str, usize> = HashMap::new();
-        for (key, healthy) in changes {
+        for (taken, (key, healthy)) in changes.iter().enumerate() {
             if recorded.contains(key) {
-                self.sync_many(&touched)?;
-                recorded.clear();
-                touched.clear();
-                at.clear();
+                return (taken, count, touched);
             }
             if !self.reals.contains(key) || !self.policy.set_health(key, *healthy) {
                 continue;
@@ -370,13 +387,12 @@ impl<D: Dataplane> Reconciler<D> {
             count += 1;
             recorded.insert(key);
             let i = *at.entry(&key.vs).or_insert_with(|| {
-                touched.push((&key.vs, false));
+                touched.push((key.vs.clone(), false));
                 touched.len() - 1
             });
             touched[i].1 |= !healthy;
         }
-        self.sync_many(&touched)?;
-        Ok(count)
+        (changes.len(), count, touched)
     }
 
     /// Sets or clears the runtime override of real `key` (`None`: back to the file).

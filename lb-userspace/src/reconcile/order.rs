@@ -299,12 +299,32 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Brings each of `touched` (a virtual server's name; `true`: one of its reals went
     /// down) in line with the policy, as [`Reconciler::sync`] does: those where a real
-    /// went down first, so that it leaves its table before other tables are rebuilt;
-    /// tables built on every core while this thread installs them, as `apply` does.
-    pub(super) fn sync_many(&mut self, touched: &[(&str, bool)]) -> Result<(), ReconcileError> {
+    /// went down first, so that it leaves its table before other tables are rebuilt.
+    /// The tables are built on a blocking thread of the runtime ([`build_in_order`], on
+    /// every core) and awaited one by one, each installed as it comes: the runtime's
+    /// other tasks run while they are built.
+    pub(super) async fn sync_many(
+        &mut self,
+        touched: &[(String, bool)],
+    ) -> Result<(), ReconcileError> {
         let (down, up): (Vec<_>, Vec<_>) = touched.iter().partition(|(_, d)| *d);
-        let names: Vec<&str> = down.iter().chain(&up).map(|(n, _)| *n).collect();
-        self.sync_all(&names, false)
+        let names: Vec<&str> = down.iter().chain(&up).map(|(n, _)| n.as_str()).collect();
+        let jobs = self.table_jobs(&names);
+        if jobs.iter().flatten().next().is_none() {
+            for name in names {
+                self.sync_one(name, None, false)?;
+            }
+            return Ok(());
+        }
+        let (tx, mut built) = tokio::sync::mpsc::channel(2);
+        let builder = tokio::task::spawn_blocking(move || build_in_order(&jobs, &tx));
+        for name in names {
+            let table = built.recv().await.expect("a table for every job");
+            // An error drops `built`: the builder stops after the table at hand.
+            self.sync_one(name, table, false)?;
+        }
+        builder.await.expect("building Maglev tables panicked");
+        Ok(())
     }
 
     /// Syncs each of virtual servers `names` in turn ([`Reconciler::sync`]; `synced`:
@@ -455,6 +475,30 @@ impl<D: Dataplane> Reconciler<D> {
 
 /// The backends and size of a Maglev table to build.
 type TableJob = Option<(Vec<crate::maglev::Backend>, u32)>;
+
+/// Builds the table of each of `jobs` (`None` for a job without one) on every core,
+/// and sends each to `out` in the order of `jobs`, until `out` is closed.
+fn build_in_order(jobs: &[TableJob], out: &tokio::sync::mpsc::Sender<Option<Vec<u32>>>) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores < 2 || jobs.iter().flatten().count() < 2 {
+        for job in jobs {
+            let table = job.as_ref().map(|(b, size)| crate::maglev::build(b, *size));
+            if out.blocking_send(table).is_err() {
+                return;
+            }
+        }
+        return;
+    }
+    let queue = BuildQueue::default();
+    std::thread::scope(|scope| {
+        let mut builders = Builders::start(scope, jobs, &queue, cores);
+        for i in 0..jobs.len() {
+            if out.blocking_send(builders.take(i)).is_err() {
+                return;
+            }
+        }
+    });
+}
 
 /// The queue the threads of [`Builders`] take jobs from: the next job, and whether to
 /// stop taking them.

@@ -800,7 +800,9 @@ struct Applied {
     spread: Duration,
     batches: usize,
     transitions: usize,
-    /// The process's CPU while the transitions were applied (tables built, written).
+    /// The process's CPU while the transitions were applied (tables built, written),
+    /// and, since the tables are built off the loop's thread, the probes' and the
+    /// listener's meanwhile.
     sync_cpu: Duration,
 }
 

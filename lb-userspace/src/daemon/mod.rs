@@ -461,8 +461,8 @@ impl Daemon {
     /// ([`Health::take_batch`]) at once: each virtual server they touch is synced once
     /// (one table build and write however many of its reals changed), its table built
     /// off this thread while the probes run on, so that the reports that come in
-    /// meanwhile make the next batch. Each transition is logged. Returns: the addresses of reals that went down (each once), and
-    /// whether any real came up.
+    /// meanwhile make the next batch. Each transition is logged. Returns: the addresses
+    /// of reals that went down (each once), and whether any real came up.
     async fn on_probe(
         &mut self,
         ts: Vec<crate::health::Transition>,

@@ -2,7 +2,13 @@
 //! touch gets one table, and the data path ends as applying them one by one would leave
 //! it (the same tables, the same `REALS` flags and generations).
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+};
 
 use lb_common::{VsInfo, VsKey};
 
@@ -17,7 +23,7 @@ const REALS: usize = 6;
 
 /// `vss` virtual servers `vs0`, `vs1`, ... of `REALS` probed reals each (10.<v>.0.<r>);
 /// `vs1` has a sorry server, and the last real of `vs2` weight 0.
-fn probed_n(vss: usize) -> Config {
+fn probed(vss: usize) -> Config {
     let mut t = String::from("interfaces: [eth0]\nvirtual_servers:\n");
     for v in 0..vss {
         t.push_str(&format!(
@@ -51,27 +57,28 @@ fn vs_key(v: usize) -> VsKey {
     VsKey::new(format!("10.200.0.{}", v + 1).parse().unwrap(), 80, 6)
 }
 
-/// [`started_n`] of `VSS` virtual servers.
-fn started() -> Reconciler<MemoryDataplane> {
-    started_n(VSS)
-}
-
-/// A reconciler that applied `vss` virtual servers of [`probed_n`], its writes forgotten.
-fn started_n(vss: usize) -> Reconciler<MemoryDataplane> {
+/// A reconciler that applied `vss` virtual servers of [`probed`], its writes forgotten.
+fn started(vss: usize) -> Reconciler<MemoryDataplane> {
     let mut r = Reconciler::new(MemoryDataplane::default(), 128, 256);
-    r.apply(&probed_n(vss)).unwrap();
+    r.apply(&probed(vss)).unwrap();
     let dp = r.dataplane_mut();
     dp.vs_writes.clear();
     dp.ring_writes = 0;
     r
 }
 
-/// Asserts that `a` and `b` hold the same data path: every virtual server reads the
-/// same table and has the same parameters, every real the same value.
-fn assert_same(a: &Reconciler<MemoryDataplane>, b: &Reconciler<MemoryDataplane>, when: &str) {
+/// Asserts that `a` and `b` hold the same data path: each of the first `vss` virtual
+/// servers reads the same table and has the same parameters, every real the same
+/// value.
+fn assert_same(
+    a: &Reconciler<MemoryDataplane>,
+    b: &Reconciler<MemoryDataplane>,
+    vss: usize,
+    when: &str,
+) {
     let (a, b) = (a.dataplane(), b.dataplane());
     assert_eq!(a.reals, b.reals, "{when}: REALS");
-    for v in 0..VSS {
+    for v in 0..vss {
         assert_eq!(
             a.table(&vs_key(v)),
             b.table(&vs_key(v)),
@@ -91,7 +98,7 @@ fn a_batch_of_transitions_writes_one_table_per_virtual_server() {
     let ups: Vec<(RealKey, bool)> = (0..REALS)
         .flat_map(|r| (0..VSS).map(move |v| (real(v, r), true)))
         .collect();
-    let mut batch = started();
+    let mut batch = started(VSS);
     assert_eq!(batched(&mut batch, &ups), VSS * REALS);
     let dp = batch.dataplane();
     assert_eq!(
@@ -101,14 +108,14 @@ fn a_batch_of_transitions_writes_one_table_per_virtual_server() {
     );
     assert_eq!(dp.ring_writes, VSS, "one ring write per virtual server");
 
-    let mut one = started();
+    let mut one = started(VSS);
     for (key, healthy) in &ups {
         assert!(one.set_health(key, *healthy).unwrap());
     }
     // The weight-0 real changes nothing in vs2's table.
     let tables = VSS * REALS - 1;
     assert_eq!(one.dataplane().vs_writes.len(), tables, "one by one");
-    assert_same(&batch, &one, "every real up");
+    assert_same(&batch, &one, VSS, "every real up");
 
     // The same again changes nothing, and writes nothing.
     assert_eq!(batched(&mut batch, &ups), 0);
@@ -146,7 +153,7 @@ fn a_batch_ends_as_applying_its_transitions_one_by_one() {
             .chain([(real(2, 1), false), (real(2, 1), true), (real(2, 1), false)])
             .collect(),
     ];
-    let (mut batch, mut one) = (started(), started());
+    let (mut batch, mut one) = (started(VSS), started(VSS));
     for (i, changes) in rounds.iter().enumerate() {
         let generations = batch.dataplane().reals.clone();
         let applied = batched(&mut batch, changes);
@@ -155,7 +162,7 @@ fn a_batch_ends_as_applying_its_transitions_one_by_one() {
             applied_one += usize::from(one.set_health(key, *healthy).unwrap());
         }
         assert_eq!(applied, applied_one, "round {i}: changes that took effect");
-        assert_same(&batch, &one, &format!("round {i}"));
+        assert_same(&batch, &one, VSS, &format!("round {i}"));
         if i == 2 {
             let id = batch.real_id(&real(0, 3)).unwrap();
             let now = &batch.dataplane().reals[&id];
@@ -170,7 +177,7 @@ fn a_batch_ends_as_applying_its_transitions_one_by_one() {
 
 #[test]
 fn a_virtual_server_that_lost_a_real_is_written_first() {
-    let mut r = started();
+    let mut r = started(VSS);
     batched(&mut r, &[(real(0, 0), true), (real(1, 0), true)]);
     r.dataplane_mut().vs_writes.clear();
     // vs0 gains reals first in the batch, vs1 loses its only one after.
@@ -191,17 +198,41 @@ fn a_virtual_server_that_lost_a_real_is_written_first() {
     assert_eq!(in_table, [true], "vs1: the sorry server alone");
 }
 
-/// More virtual servers than tables held built at a time (the channel's and the
-/// builders'): each still gets one table, the one applying the transitions one by one
-/// gives it.
+/// More virtual servers than tables are held built at a time (two in the channel, two
+/// per building thread, one at hand in each): each still gets one table, the one
+/// applying the transitions one by one gives it; and while the tables are built, the
+/// runtime's other tasks (the daemon's probes) run.
 #[test]
-fn a_batch_of_many_virtual_servers() {
-    let vss = 70;
+fn many_virtual_servers_get_one_table_each_while_other_tasks_run() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let vss = 3 * cores + 8;
     let ups: Vec<(RealKey, bool)> = (0..REALS)
         .flat_map(|r| (0..vss).map(move |v| (real(v, r), true)))
         .collect();
-    let mut batch = started_n(vss);
-    assert_eq!(batched(&mut batch, &ups), vss * REALS);
+    let mut batch = started(vss);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let ran = rt.block_on(async {
+        let (ran, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let other = tokio::spawn({
+            let (ran, stop) = (ran.clone(), stop.clone());
+            async move {
+                while !stop.load(Relaxed) {
+                    ran.fetch_add(1, Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        assert_eq!(batch.set_health_many(&ups).await.unwrap(), vss * REALS);
+        stop.store(true, Relaxed);
+        other.await.unwrap();
+        ran.load(Relaxed)
+    });
+    assert!(ran > 0, "no other task ran while {vss} tables were built");
     assert_eq!(
         batch.dataplane().ring_writes,
         vss,
@@ -210,18 +241,37 @@ fn a_batch_of_many_virtual_servers() {
     // A rack fails: the first real of every virtual server.
     let downs: Vec<(RealKey, bool)> = (0..vss).map(|v| (real(v, 0), false)).collect();
     assert_eq!(batched(&mut batch, &downs), vss);
-    let mut one = started_n(vss);
+    let mut one = started(vss);
     for (key, healthy) in ups.iter().chain(&downs) {
         one.set_health(key, *healthy).unwrap();
     }
-    assert_eq!(batch.dataplane().reals, one.dataplane().reals, "REALS");
-    for v in 0..vss {
-        assert_eq!(
-            batch.dataplane().table(&vs_key(v)),
-            one.dataplane().table(&vs_key(v)),
-            "vs{v}'s table"
-        );
-    }
+    assert_same(
+        &batch,
+        &one,
+        vss,
+        "every real up, then the first of each down",
+    );
+}
+
+/// The builders stop when the tables' taker does (an install failed): the call
+/// returns after the first table, the others' builds abandoned.
+#[test]
+fn table_builds_stop_with_their_taker() {
+    let backends: Vec<crate::maglev::Backend> = (0..10)
+        .map(|id| crate::maglev::Backend {
+            id,
+            identity: vec![id as u8],
+            weight: 1,
+        })
+        .collect();
+    let jobs: Vec<super::order::TableJob> =
+        (0..64).map(|_| Some((backends.clone(), 65537))).collect();
+    let mut taken = Vec::new();
+    super::order::build_each(&jobs, |i, table| {
+        taken.push((i, table.map(|t| t.len())));
+        false
+    });
+    assert_eq!(taken, [(0, Some(65537))]);
 }
 
 /// Returns: what `set_health_many` of `changes` returns, run on a runtime of one

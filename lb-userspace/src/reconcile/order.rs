@@ -300,9 +300,10 @@ impl<D: Dataplane> Reconciler<D> {
     /// Brings each of `touched` (a virtual server's name; `true`: one of its reals went
     /// down) in line with the policy, as [`Reconciler::sync`] does: those where a real
     /// went down first, so that it leaves its table before other tables are rebuilt.
-    /// The tables are built on a blocking thread of the runtime ([`build_in_order`], on
+    /// The tables are built on a blocking thread of the runtime (by [`build_each`], on
     /// every core) and awaited one by one, each installed as it comes: the runtime's
-    /// other tasks run while they are built.
+    /// other tasks run while they are built. Not cancel-safe: dropped while it waits,
+    /// it leaves the health recorded and tables not yet installed.
     pub(super) async fn sync_many(
         &mut self,
         touched: &[(String, bool)],
@@ -310,45 +311,44 @@ impl<D: Dataplane> Reconciler<D> {
         let (down, up): (Vec<_>, Vec<_>) = touched.iter().partition(|(_, d)| *d);
         let names: Vec<&str> = down.iter().chain(&up).map(|(n, _)| n.as_str()).collect();
         let jobs = self.table_jobs(&names);
-        if jobs.iter().flatten().next().is_none() {
+        if jobs.iter().all(Option::is_none) {
             for name in names {
                 self.sync_one(name, None, false)?;
             }
             return Ok(());
         }
         let (tx, mut built) = tokio::sync::mpsc::channel(2);
-        let builder = tokio::task::spawn_blocking(move || build_in_order(&jobs, &tx));
+        let builder = tokio::task::spawn_blocking(move || {
+            // Stops once `built` is gone (an install failed).
+            build_each(&jobs, |_, table| tx.blocking_send(table).is_ok());
+        });
         for name in names {
-            let table = built.recv().await.expect("a table for every job");
-            // An error drops `built`: the builder stops after the table at hand.
+            let Some(table) = built.recv().await else {
+                // The builder ended before sending every table: it panicked.
+                match builder.await {
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    _ => unreachable!("the table builder sends a table for every job"),
+                }
+            };
             self.sync_one(name, table, false)?;
         }
-        builder.await.expect("building Maglev tables panicked");
+        if let Err(e) = builder.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
         Ok(())
     }
 
     /// Syncs each of virtual servers `names` in turn ([`Reconciler::sync`]; `synced`:
-    /// and records it as applied), their tables built on every core ([`Builders`])
+    /// and records it as applied), their tables built on every core ([`build_each`])
     /// while this thread installs those already built.
     fn sync_all(&mut self, names: &[&str], synced: bool) -> Result<(), ReconcileError> {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let jobs = self.table_jobs(names);
-        if cores < 2 || jobs.iter().flatten().count() < 2 {
-            // Nothing to share: `sync` builds a table itself.
-            for name in names {
-                self.sync_one(name, None, synced)?;
-            }
-            return Ok(());
-        }
-        let queue = BuildQueue::default();
-        std::thread::scope(|scope| {
-            let mut builders = Builders::start(scope, &jobs, &queue, cores);
-            for (i, name) in names.iter().enumerate() {
-                let table = builders.take(i);
-                self.sync_one(name, table, synced)?;
-            }
-            Ok(())
-        })
+        let mut result = Ok(());
+        build_each(&jobs, |i, table| {
+            result = self.sync_one(names[i], table, synced);
+            result.is_ok()
+        });
+        result
     }
 
     /// [`Reconciler::sync_with`], and (`synced`) virtual server `name` recorded as
@@ -474,16 +474,19 @@ impl<D: Dataplane> Reconciler<D> {
 }
 
 /// The backends and size of a Maglev table to build.
-type TableJob = Option<(Vec<crate::maglev::Backend>, u32)>;
+pub(super) type TableJob = Option<(Vec<crate::maglev::Backend>, u32)>;
 
-/// Builds the table of each of `jobs` (`None` for a job without one) on every core,
-/// and sends each to `out` in the order of `jobs`, until `out` is closed.
-fn build_in_order(jobs: &[TableJob], out: &tokio::sync::mpsc::Sender<Option<Vec<u32>>>) {
+/// Builds the table of each of `jobs` (`None` for a job without one), on every core
+/// when there are two or more to build, and hands each to `each` with its job's index,
+/// in the order of `jobs`, until `each` returns `false`.
+pub(super) fn build_each(jobs: &[TableJob], mut each: impl FnMut(usize, Option<Vec<u32>>) -> bool) {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     if cores < 2 || jobs.iter().flatten().count() < 2 {
-        for job in jobs {
-            let table = job.as_ref().map(|(b, size)| crate::maglev::build(b, *size));
-            if out.blocking_send(table).is_err() {
+        for (i, job) in jobs.iter().enumerate() {
+            if !each(
+                i,
+                job.as_ref().map(|(b, size)| crate::maglev::build(b, *size)),
+            ) {
                 return;
             }
         }
@@ -493,7 +496,7 @@ fn build_in_order(jobs: &[TableJob], out: &tokio::sync::mpsc::Sender<Option<Vec<
     std::thread::scope(|scope| {
         let mut builders = Builders::start(scope, jobs, &queue, cores);
         for i in 0..jobs.len() {
-            if out.blocking_send(builders.take(i)).is_err() {
+            if !each(i, builders.take(i)) {
                 return;
             }
         }

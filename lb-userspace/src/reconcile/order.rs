@@ -171,7 +171,7 @@ impl<D: Dataplane> Reconciler<D> {
         // leave its table. The tables are built on every core while this thread
         // installs them one by one, in the order above.
         let names: Vec<&str> = changed.iter().map(|v| v.name.as_str()).collect();
-        self.sync_all(&names, true)?;
+        self.sync_all(&names)?;
         // REAL_F_PLAIN_*: given once the virtual servers' values are written; to the
         // reals of every virtual server, so that a flag an earlier apply took and did
         // not give back (it failed) comes back (new reals have theirs already: no flow
@@ -313,7 +313,7 @@ impl<D: Dataplane> Reconciler<D> {
         let jobs = self.table_jobs(&names);
         if jobs.iter().all(Option::is_none) {
             for name in names {
-                self.sync_one(name, None, false)?;
+                self.sync_with(name, None)?;
             }
             return Ok(());
         }
@@ -330,7 +330,7 @@ impl<D: Dataplane> Reconciler<D> {
                     _ => unreachable!("the table builder sends a table for every job"),
                 }
             };
-            self.sync_one(name, table, false)?;
+            self.sync_with(name, table)?;
         }
         if let Err(e) = builder.await {
             std::panic::resume_unwind(e.into_panic());
@@ -338,32 +338,20 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(())
     }
 
-    /// Syncs each of virtual servers `names` in turn ([`Reconciler::sync`]; `synced`:
-    /// and records it as applied), their tables built on every core ([`build_each`])
-    /// while this thread installs those already built.
-    fn sync_all(&mut self, names: &[&str], synced: bool) -> Result<(), ReconcileError> {
+    /// Syncs each of virtual servers `names` in turn ([`Reconciler::sync`]) and records
+    /// it as applied, their tables built on every core ([`build_each`]) while this
+    /// thread installs those already built.
+    fn sync_all(&mut self, names: &[&str]) -> Result<(), ReconcileError> {
         let jobs = self.table_jobs(names);
         let mut result = Ok(());
         build_each(&jobs, |i, table| {
-            result = self.sync_one(names[i], table, synced);
+            result = self.sync_with(names[i], table);
+            if result.is_ok() {
+                self.tables.synced(names[i]);
+            }
             result.is_ok()
         });
         result
-    }
-
-    /// [`Reconciler::sync_with`], and (`synced`) virtual server `name` recorded as
-    /// applied.
-    fn sync_one(
-        &mut self,
-        name: &str,
-        built: Option<Vec<u32>>,
-        synced: bool,
-    ) -> Result<(), ReconcileError> {
-        self.sync_with(name, built)?;
-        if synced {
-            self.tables.synced(name);
-        }
-        Ok(())
     }
 
     /// Returns: for each of virtual servers `names`, the backends and size of its

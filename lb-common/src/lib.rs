@@ -418,15 +418,16 @@ pub struct Counters {
 const _: () = assert!(core::mem::size_of::<Counters>() == 40);
 
 /// One CPU's count of opening SYNs (decision 0025). Value of [`maps::SYN_RATE`]: the
-/// data path counts SYNs to virtual servers in windows of [`SYN_WINDOW_NS`]; while
+/// data path counts SYNs to virtual servers in windows of [`SYN_WINDOW_JIFFIES`]; while
 /// the current or the last window counted more than [`maps::SYN_GUARD`] allows, an
 /// opening SYN is balanced without looking up the connection table. Userspace reads
 /// `skipped`, summed over CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SynRate {
-    /// `bpf_ktime_get_coarse_ns` when the current window began.
-    pub window_ns: u64,
+    /// `jiffies` when the current window began (decision 0032). A value a release
+    /// that counted nanoseconds left reads as a window long past.
+    pub window: u64,
     /// Opening SYNs counted in the current window.
     pub count: u32,
     /// Opening SYNs counted in the window before it (0 if that was not the one just
@@ -437,18 +438,25 @@ pub struct SynRate {
 }
 const _: () = assert!(core::mem::size_of::<SynRate>() == 24);
 
-/// The window of [`SynRate`]: 100 ms.
-pub const SYN_WINDOW_NS: u64 = 100_000_000;
-/// Windows of [`SYN_WINDOW_NS`] in a second.
-pub const SYN_WINDOWS_PER_S: u32 = 10;
+/// The window of [`SynRate`], in the kernel's ticks (`jiffies`, decision 0032): 100 ms
+/// at the usual `CONFIG_HZ` of 250, 250 ms at 100, 25 ms at 1,000.
+pub const SYN_WINDOW_JIFFIES: u64 = 25;
 
-/// Returns: the SYNs one CPU may count in a window of [`SYN_WINDOW_NS`] before SYNs
-/// skip the connection table, for `per_s` SYNs a second (`syn_flood_rate`): `per_s`
-/// spread over the windows of a second, at least 1; 0 (never) stays 0.
-pub const fn syn_guard_per_window(per_s: u32) -> u32 {
+/// Returns: the SYNs one CPU may count in a window of [`SYN_WINDOW_JIFFIES`] before
+/// SYNs skip the connection table, for `per_s` SYNs a second (`syn_flood_rate`) on a
+/// kernel of `hz` ticks a second: `per_s` times the window's share of a second,
+/// rounded up, at least 1; 0 (never) stays 0.
+pub const fn syn_guard_per_window(per_s: u32, hz: u32) -> u32 {
     if per_s == 0 {
-        0
+        return 0;
+    }
+    let hz = if hz == 0 { 1 } else { hz as u64 };
+    let n = (per_s as u64 * SYN_WINDOW_JIFFIES).div_ceil(hz);
+    if n == 0 {
+        1
+    } else if n > u32::MAX as u64 {
+        u32::MAX
     } else {
-        per_s.div_ceil(SYN_WINDOWS_PER_S)
+        n as u32
     }
 }

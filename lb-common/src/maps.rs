@@ -171,7 +171,7 @@ pub const fn flow_filter_entries(log2: u32) -> u32 {
 }
 
 /// The SYN-flood switch (decision 0025): how many opening SYNs to virtual servers one
-/// CPU may count in a window of [`crate::SYN_WINDOW_NS`] (this window or the last)
+/// CPU may count in a window of [`crate::SYN_WINDOW_JIFFIES`] (this window or the last)
 /// before the next skip the connection table and go by Maglev (or persistence) alone;
 /// 0: never. Written by the daemon from `syn_flood_rate`
 /// ([`crate::syn_guard_per_window`]). Array of one `u32`.
@@ -202,20 +202,24 @@ pub const NEIGH_ASKED: &str = "NEIGH_ASKED";
 /// Next hops toward reals (decisions 0023, 0024): the FIB's answer for a packet toward
 /// a real whose route is the same for every flow to it (a tunnel's outer packet; a NAT
 /// request when the daemon found that the real's route depends on its address alone),
-/// kept per CPU for [`REAL_HOP_TTL_NS`] and used again for packets no longer than one
+/// kept per CPU for [`HOP_TTL_JIFFIES`] and used again for packets no longer than one
 /// it accepted. Per-CPU array of [`REAL_HOP_SLOTS`], indexed by the real id's low bits
 /// and tagged with the id and its generation.
 pub const REAL_HOPS: &str = "REAL_HOPS";
 /// Slots of [`REAL_HOPS`] per CPU (a power of two).
 pub const REAL_HOP_SLOTS: u32 = 4096;
 const _: () = assert!(REAL_HOP_SLOTS.is_power_of_two());
-/// How long a CPU uses a next hop toward a real before asking the FIB again: 50 ms. A
-/// route or neighbour change reaches those packets within that (and the coarse clock's
-/// tick).
-pub const REAL_HOP_TTL_NS: u64 = 50_000_000;
+/// How long a CPU uses a next hop it kept ([`REAL_HOPS`], [`CLIENT_HOPS`]) before
+/// asking the FIB again, in the kernel's ticks (`jiffies`): 5, so 20 ms at the usual
+/// `CONFIG_HZ` of 250 and at most 50 ms at any an x86 kernel is built with (100 to
+/// 1,000). A route or neighbour change reaches those packets within that. Ticks, not
+/// nanoseconds: the verifier turns a read of `jiffies` into one load, where even the
+/// coarse clock is a helper call, which cost a kept hop's packet about 30 ns
+/// (docs/testing.md).
+pub const HOP_TTL_JIFFIES: u64 = 5;
 
 /// Next hops toward clients (decision 0024): the FIB's answer for a NAT reply toward a
-/// client address, kept per CPU for [`REAL_HOP_TTL_NS`] while
+/// client address, kept per CPU for [`HOP_TTL_JIFFIES`] while
 /// [`crate::SETTING_CLIENTS_BY_DEST`] says routes depend on the destination alone.
 /// Per-CPU array of [`CLIENT_HOP_SLOTS`], indexed by a hash of the client's address
 /// ([`client_hop_slot`]) and tagged with the address.

@@ -2,8 +2,8 @@
 //! daemon's `SYN_GUARD` allows in a window, SYNs are balanced without looking up the
 //! connection table, whose miss is the dearest part of a SYN.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::SYN_WINDOW_NS;
+use aya_ebpf::helpers::generated::bpf_jiffies64;
+use lb_common::SYN_WINDOW_JIFFIES;
 
 use crate::maps::{SYN_GUARD, SYN_RATE};
 
@@ -22,17 +22,18 @@ pub fn syn_skips_table() -> bool {
     // SAFETY: this CPU's slot, valid for this run; nothing else on this CPU runs
     // the program meanwhile.
     let r = unsafe { &mut *r };
-    // The coarse clock (a tick's resolution) costs a load, not a clock read.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let since = now.wrapping_sub(r.window_ns);
-    if since >= SYN_WINDOW_NS {
-        r.previous = if since < 2 * SYN_WINDOW_NS {
+    // Ticks: the verifier makes this helper one load of `jiffies` (decision 0032).
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_jiffies64() };
+    let since = now.wrapping_sub(r.window);
+    if since >= SYN_WINDOW_JIFFIES {
+        r.previous = if since < 2 * SYN_WINDOW_JIFFIES {
             r.count
         } else {
             0
         };
         r.count = 0;
-        r.window_ns = now;
+        r.window = now;
     }
     r.count = r.count.saturating_add(1);
     let skips = r.count > allowed || r.previous > allowed;

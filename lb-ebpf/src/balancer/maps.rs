@@ -136,8 +136,10 @@ pub static NEIGH_MISS: RingBuf = RingBuf::with_byte_size(NEIGH_MISS_BYTES, 0);
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct KeptHop {
-    /// `bpf_ktime_get_coarse_ns` of the lookup (0: none yet).
-    pub at_ns: u64,
+    /// `jiffies` at the lookup (0: none yet; `jiffies` starts far above 0 on a 64-bit
+    /// kernel). A slot a release that kept nanoseconds wrote reads as older than any
+    /// time to live, so it is looked up again.
+    pub at: u64,
     /// The real id and generation it was looked up for (for a client: its address
     /// family, and zero).
     pub id: u32,

@@ -8,6 +8,7 @@ pub mod memory;
 pub mod mmap;
 pub mod neigh_misses;
 pub mod pins;
+pub mod ticks;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -264,7 +264,10 @@ impl<D: Dataplane> Reconciler<D> {
         }
         self.write_addr_filter(filter)?;
         self.set_settings(settings)?;
-        let guard = lb_common::syn_guard_per_window(config.syn_flood_rate);
+        let guard = lb_common::syn_guard_per_window(
+            config.syn_flood_rate,
+            crate::dataplane::ticks::kernel_hz(),
+        );
         if self.syn_guard != Some(guard) {
             self.dp.set_syn_guard(guard)?;
             self.syn_guard = Some(guard);

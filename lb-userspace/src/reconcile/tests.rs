@@ -845,20 +845,27 @@ fn an_adopting_daemon_hides_nothing_while_it_rewrites_the_filter() {
     );
 }
 
-/// `syn_flood_rate` reaches `SYN_GUARD` per 100 ms window, written when it changes
-/// (decision 0025): 0 stays 0 (never), and any other rate allows at least one SYN.
+/// `syn_flood_rate` reaches `SYN_GUARD` per window of 25 ticks (decisions 0025, 0032;
+/// 100 ms at this kernel's tick rate if it is the usual 250), written when it changes:
+/// 0 stays 0 (never), and any other rate allows at least one SYN.
 #[test]
 fn the_syn_flood_rate_is_written_per_window_when_it_changes() {
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
     let reals = [("10.0.1.11", 1)];
     r.apply(&cfg(&reals)).unwrap();
-    assert_eq!(r.dp.syn_guard, 1_000, "the default, 10,000 a second");
+    let hz = crate::dataplane::ticks::kernel_hz();
+    let per_window = |per_s: u32| (per_s * 25).div_ceil(hz).max(1);
+    assert_eq!(
+        r.dp.syn_guard,
+        per_window(10_000),
+        "the default, 10,000 a second"
+    );
     let with = |rate: &str| {
         let mut c = cfg(&reals);
         c.syn_flood_rate = rate.parse().unwrap();
         c
     };
-    for (rate, per_window) in [("0", 0), ("5", 1), ("25000", 2_500)] {
+    for (rate, per_window) in [("0", 0), ("5", 1), ("25000", per_window(25_000))] {
         r.apply(&with(rate)).unwrap();
         assert_eq!(r.dp.syn_guard, per_window, "syn_flood_rate {rate}");
     }

@@ -734,8 +734,9 @@ fn tunnel_v6_wraps_the_packet_in_a_correct_outer_header() {
     assert_eq!(r.out, want);
 }
 
-/// A CPU keeps a tunnel's next hop for at most `REAL_HOP_TTL_NS` (decision 0023): a
-/// route change reaches tunnelled packets once that has passed, without a reload.
+/// A CPU keeps a tunnel's next hop for at most `HOP_TTL_JIFFIES` (decisions 0023,
+/// 0032): a route change reaches tunnelled packets once that has passed, without a
+/// reload.
 #[test]
 fn a_route_change_reaches_tunnelled_packets_without_a_reload() {
     use std::time::{Duration, Instant};
@@ -887,7 +888,7 @@ fn nat_requests_keep_one_hop_only_while_the_route_depends_on_the_real_alone() {
     assert!(found.reals.iter().all(|&(_, one)| one), "{found:?}");
 }
 
-/// A CPU keeps a NAT real's and a client's next hop for at most `REAL_HOP_TTL_NS`
+/// A CPU keeps a NAT real's and a client's next hop for at most `HOP_TTL_JIFFIES`
 /// (decision 0024), as a tunnel's: a route change reaches requests and replies once
 /// that has passed, without a reload (the new routes depend on the destination alone
 /// too, so the hops are still kept).

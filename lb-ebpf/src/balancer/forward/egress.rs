@@ -13,11 +13,11 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::generated::{bpf_jiffies64, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use lb_common::{
-    maps::{client_hop_slot, REAL_HOP_SLOTS, REAL_HOP_TTL_NS},
+    maps::{client_hop_slot, HOP_TTL_JIFFIES, REAL_HOP_SLOTS},
     reason, IfaceInfo, VlanKey, VlanOut, FAMILY_V4,
 };
 use lb_ebpf::headers::{ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
@@ -65,7 +65,7 @@ fn input_ifindex(ctx: &XdpContext) -> Result<u32, Verdict> {
 /// Looks the next hop of `r` up in the kernel's FIB, for the methods that route. A
 /// packet too big for the egress once the method has added `overhead` bytes is answered
 /// with ICMP carrying the egress MTU less `overhead`. With `keep`, the hop the FIB gave
-/// this CPU for the same route less than `REAL_HOP_TTL_NS` ago is used again for a
+/// this CPU for the same route less than `HOP_TTL_JIFFIES` ago is used again for a
 /// packet no longer than the one the FIB accepted then, and a new answer is kept
 /// (decisions 0023, 0024; see [`Keep`]).
 /// Returns: the hop, or the final verdict of a packet not forwarded.
@@ -81,8 +81,8 @@ pub fn next_hop(
     let len = u32::from(r.tot_len);
     let mut now = 0;
     if let Some(k) = &keep {
-        // SAFETY: helper without arguments.
-        now = unsafe { bpf_ktime_get_coarse_ns() };
+        // SAFETY: helper without arguments; the verifier makes it a load of `jiffies`.
+        now = unsafe { bpf_jiffies64() };
         if let Some(hop) = k.fresh(now, input, len) {
             return Ok(hop);
         }
@@ -146,13 +146,13 @@ impl Keep {
     }
 
     /// Returns: the hop kept for this route if it was found from `input` less than
-    /// `REAL_HOP_TTL_NS` before `now` for a packet of at least `len` bytes.
+    /// `HOP_TTL_JIFFIES` before `now` (jiffies) for a packet of at least `len` bytes.
     #[inline(always)]
     fn fresh(&self, now: u64, input: u32, len: u32) -> Option<fib::Hop> {
         // SAFETY: per-CPU slot, valid for this program run; no other CPU writes it.
         let c = unsafe { &*self.slot };
-        let same = c.at_ns != 0
-            && now.wrapping_sub(c.at_ns) < REAL_HOP_TTL_NS
+        let same = c.at != 0
+            && now.wrapping_sub(c.at) < HOP_TTL_JIFFIES
             && c.id == self.id
             && c.generation == self.generation
             && c.input == input
@@ -170,7 +170,7 @@ impl Keep {
         let c = self.slot;
         // SAFETY: as in `fresh`. Field by field: no copy of the slot on the stack.
         unsafe {
-            (*c).at_ns = now;
+            (*c).at = now;
             (*c).id = self.id;
             (*c).generation = self.generation;
             (*c).input = input;

@@ -63,7 +63,19 @@ fn main() {
             println!("interrupted");
             break;
         }
-        round(&lab, &weights);
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            round(&lab, &weights);
+        }));
+        if let Err(panic) = done {
+            // The daemon is in the demo's process group: a Ctrl-C reaches it too, and
+            // one that lands while it starts, before its handler is in place, ends it
+            // there. The round failed because it was stopped: an interruption.
+            if !tests::signals::stopping() {
+                std::panic::resume_unwind(panic);
+            }
+            println!("interrupted");
+            break;
+        }
     }
     drop(lab);
     println!("\ncleaned up: namespaces, veths and XDP programs removed");

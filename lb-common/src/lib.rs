@@ -122,22 +122,31 @@ pub const REAL_F_BY_DEST: u32 = 4;
 /// `NAT_STATE`. Read instead of looking `NAT_REALS` up per request. Written by the
 /// daemon after the entry, and cleared before the entry goes.
 pub const REAL_F_SOLE_NAT: u32 = 8;
-/// [`RealInfo::flags`]: the real's virtual server forwards by direct routing, without
-/// persistence. A packet of a flow `FLOWS` holds for this real (at its generation) is
-/// then forwarded by the entry and the real alone, without looking its virtual server
-/// up (decision 0027). Written by the daemon: taken before the virtual server's method
-/// or persistence changes, given after its value is written.
+/// [`RealInfo::flags`]: the real's virtual server forwards by direct routing. A packet
+/// of a flow `FLOWS` holds for this real (at its generation) is then forwarded by the
+/// entry and the real alone, without looking its virtual server up (decision 0027),
+/// unless [`REAL_F_PLAIN_PERSIST`] sends it through the virtual server. Written by the
+/// daemon: taken before the virtual server's method or persistence changes, given after
+/// its value is written.
 pub const REAL_F_PLAIN_DR: u32 = 16;
-/// [`RealInfo::flags`]: as [`REAL_F_PLAIN_DR`], for a NAT virtual server without
-/// persistence.
+/// [`RealInfo::flags`]: as [`REAL_F_PLAIN_DR`], for a NAT virtual server.
 pub const REAL_F_PLAIN_NAT: u32 = 32;
-/// [`RealInfo::flags`]: as [`REAL_F_PLAIN_DR`], for a tunnelling virtual server without
-/// persistence; the outer source is read from [`maps::TUNNEL_SRCS`] by the entry's
-/// virtual server index (decision 0028).
+/// [`RealInfo::flags`]: as [`REAL_F_PLAIN_DR`], for a tunnelling virtual server; the
+/// outer source is read from [`maps::TUNNEL_SRCS`] by the entry's virtual server index
+/// (decision 0028).
 pub const REAL_F_PLAIN_TUNNEL: u32 = 64;
+/// [`RealInfo::flags`]: beside one of `REAL_F_PLAIN_*`, the real's virtual server has
+/// persistence: a packet of a flow whose entry's [`FlowState::touched`] is
+/// [`PERSIST_TOUCH_JIFFIES`] old or more goes through the virtual server, which keeps
+/// the client network's persistence entry alive, and stamps the entry (decision
+/// 0033). Taken before persistence goes, given after it comes; alone it means nothing.
+pub const REAL_F_PLAIN_PERSIST: u32 = 128;
 /// The [`RealInfo::flags`] that say how a flow recorded for the real is forwarded
 /// without its virtual server.
-pub const REAL_F_PLAIN: u32 = REAL_F_PLAIN_DR | REAL_F_PLAIN_NAT | REAL_F_PLAIN_TUNNEL;
+pub const REAL_F_PLAIN: u32 =
+    REAL_F_PLAIN_DR | REAL_F_PLAIN_NAT | REAL_F_PLAIN_TUNNEL | REAL_F_PLAIN_PERSIST;
+/// Of [`REAL_F_PLAIN`], the flags that name a method.
+pub const REAL_F_PLAIN_METHOD: u32 = REAL_F_PLAIN_DR | REAL_F_PLAIN_NAT | REAL_F_PLAIN_TUNNEL;
 /// The [`RealInfo::flags`] the reals' health and weights decide.
 pub const REAL_F_POLICY: u32 = REAL_F_ACTIVE | REAL_F_NEW;
 
@@ -244,10 +253,20 @@ pub struct FlowState {
     pub real_generation: u32,
     /// [`VsInfo::vs_index`] of the flow's virtual server.
     pub vs_index: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// Of a persistent virtual server's flow: the low 32 bits of the kernel's tick
+    /// count (`jiffies`) when a packet of the flow last went through the virtual server
+    /// to keep its client network's persistence entry alive (decision 0033). Zero
+    /// otherwise (an entry of a release before it had zero here too).
+    pub touched: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
+
+/// A persistent virtual server's established flow goes through its virtual server, to
+/// keep its client network's persistence entry alive, once its entry's
+/// [`FlowState::touched`] is this many kernel ticks old (decision 0033): 100 ms at the
+/// usual `CONFIG_HZ` of 250, 250 ms at 100, 25 ms at 1,000. Its other packets are
+/// forwarded by the entry and the real alone.
+pub const PERSIST_TOUCH_JIFFIES: u32 = 25;
 
 /// NAT: what a reply needs to look as if the VIP sent it. Value of [`maps::NAT_STATE`],
 /// keyed by the reply's 5-tuple as a [`FlowKey`] (source: the real's address and port;

@@ -355,6 +355,56 @@ impl Fixture {
         reader.count().expect("count").values().sum()
     }
 
+    /// Returns: the connection table, `FLOWS`.
+    fn flows(&self) -> HashMap<MapData, FlowKey, lb_common::FlowState> {
+        let reader = self.rec.dataplane().flow_reader().expect("flow reader");
+        HashMap::try_from(aya::maps::Map::LruHashMap(reader.into_map())).expect("FLOWS")
+    }
+
+    /// Returns: flow `key`'s `FLOWS` entry, if there is one.
+    pub fn flow_state(&self, key: &FlowKey) -> Option<lb_common::FlowState> {
+        self.flows().get(key, 0).ok()
+    }
+
+    /// Writes `state` as flow `key`'s `FLOWS` entry, behind the daemon's back.
+    pub fn set_flow_state(&self, key: &FlowKey, state: &lb_common::FlowState) {
+        self.flows()
+            .insert(key, state, 0)
+            .expect("FLOWS entry written");
+    }
+
+    /// Returns: every `PERSIST` entry (a persistent virtual server's client networks).
+    pub fn persist_entries(&self) -> Vec<(lb_common::PersistKey, lb_common::PersistState)> {
+        let map = self
+            .programs
+            .map(lb_common::maps::PERSIST)
+            .expect("PERSIST");
+        let m =
+            aya::maps::HashMap::<_, lb_common::PersistKey, lb_common::PersistState>::try_from(map)
+                .expect("PERSIST is a hash map");
+        m.iter().map(|e| e.expect("PERSIST entry")).collect()
+    }
+
+    /// Writes `state` as `PERSIST` entry `key`, behind the daemon's back.
+    pub fn set_persist_entry(&self, key: &lb_common::PersistKey, state: &lb_common::PersistState) {
+        let map = self
+            .programs
+            .map(lb_common::maps::PERSIST)
+            .expect("PERSIST");
+        let data = match map {
+            aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => m,
+            _ => panic!("PERSIST is a hash map"),
+        };
+        let fd = {
+            use std::os::fd::AsFd as _;
+            data.fd().as_fd().try_clone_to_owned().expect("dup PERSIST")
+        };
+        let data = MapData::from_fd(fd).expect("PERSIST");
+        let mut m: HashMap<MapData, lb_common::PersistKey, lb_common::PersistState> =
+            HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("PERSIST");
+        m.insert(key, state, 0).expect("PERSIST entry written");
+    }
+
     /// Returns: the entries of `NAT_STATE`, the reply state of NAT flows whose replies
     /// `FLOWS` cannot find.
     pub fn nat_state_entries(&self) -> usize {

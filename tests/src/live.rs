@@ -18,13 +18,15 @@
 //! - permanent neighbour entries on the balancer for the client and the reals.
 //!
 //! For each method (dr, nat, tunnel; IPv4) the daemon runs a configuration with a TCP
-//! virtual server on VIP:80 and a UDP one on VIP:53 over the three reals (no probes),
+//! virtual server on VIP:80, a UDP one on VIP:53 and a TCP one with persistence on
+//! VIP:443 over the three reals (no probes),
 //! and each workload runs with xdpvs on the balancer's interface, then with the pass
 //! program, then with the bounce (MACs rewritten to a real's, or to the client's for
 //! replies, XDP_TX). Workloads (60-byte frames):
 //! - `udp_est`: one UDP 5-tuple; `nat_reply` (nat only): the real's reply to it (from
 //!   real:5353 to the client), through the balancer back to the client;
 //! - `tcp_est`: ACK segments of one TCP connection;
+//! - `persist_est`: the same to the persistent virtual server (decision 0033);
 //! - `udp_new`: UDP from a random source address and port per packet;
 //! - `tcp_syn_100k`: SYNs from random sources at a steady 100,000 frames a second,
 //!   the flood rate issue 15 measured its SYNs at (sent by `crate::paced`, not
@@ -122,6 +124,14 @@ impl Method {
             Method::Dr | Method::Tunnel => (80, 53),
         }
     }
+
+    /// Returns: the reals' port of the persistent virtual server (VIP:443).
+    fn persist_port(self) -> u16 {
+        match self {
+            Method::Nat => 8443,
+            Method::Dr | Method::Tunnel => 443,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +139,7 @@ enum Workload {
     UdpEst,
     NatReply,
     TcpEst,
+    PersistEst,
     UdpNew,
     TcpSynPaced,
     TcpSyn,
@@ -137,10 +148,11 @@ enum Workload {
 
 /// In the order they run: established flows before the new-flow floods that would push
 /// them out of the connection table, the reply right after the flow it answers.
-const WORKLOADS: [Workload; 7] = [
+const WORKLOADS: [Workload; 8] = [
     Workload::UdpEst,
     Workload::NatReply,
     Workload::TcpEst,
+    Workload::PersistEst,
     Workload::UdpNew,
     Workload::TcpSynPaced,
     Workload::TcpSyn,
@@ -158,6 +170,7 @@ impl Workload {
             Workload::UdpEst => "udp_est",
             Workload::NatReply => "nat_reply",
             Workload::TcpEst => "tcp_est",
+            Workload::PersistEst => "persist_est",
             Workload::UdpNew => "udp_new",
             Workload::TcpSynPaced => "tcp_syn_100k",
             Workload::TcpSyn => "tcp_syn",
@@ -201,8 +214,8 @@ impl Workload {
     /// (non-VIP traffic has a ratio to the pass program instead).
     fn target_ns(self, m: Method) -> Option<u32> {
         match (self, m) {
-            (Workload::UdpEst | Workload::TcpEst, Method::Dr) => Some(80),
-            (Workload::UdpEst | Workload::TcpEst, _) => Some(150),
+            (Workload::UdpEst | Workload::TcpEst | Workload::PersistEst, Method::Dr) => Some(80),
+            (Workload::UdpEst | Workload::TcpEst | Workload::PersistEst, _) => Some(150),
             (Workload::UdpNew, Method::Dr) => Some(250),
             (Workload::UdpNew, Method::Nat) => Some(500),
             (Workload::UdpNew, Method::Tunnel) => Some(300),
@@ -360,6 +373,9 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 150, 0, 2);
 const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 const UDP_SPORT: u16 = 40000;
 const TCP_SPORT: u16 = 40001;
+const PERSIST_SPORT: u16 = 40003;
+/// The persistent virtual server's port.
+const PERSIST_PORT: u16 = 443;
 
 impl Bench {
     fn new() -> Self {
@@ -454,11 +470,20 @@ impl Bench {
             y.push_str(&format!("tunnel_source: '{LB_ADDR}'\n"));
         }
         y.push_str("virtual_servers:\n");
-        for (name, proto, port, real_port) in
-            [("tcp", "tcp", 80, tcp_port), ("udp", "udp", 53, udp_port)]
-        {
+        let persistence = "    persistence: { timeout: 300s }\n";
+        for (name, proto, port, real_port, extra) in [
+            ("tcp", "tcp", 80, tcp_port, ""),
+            ("udp", "udp", 53, udp_port, ""),
+            (
+                "persist",
+                "tcp",
+                PERSIST_PORT,
+                m.persist_port(),
+                persistence,
+            ),
+        ] {
             y.push_str(&format!(
-                "  - name: {name}\n    address: '{}'\n    port: {port}\n    protocol: {proto}\n    method: {}\n    health_check: {{ type: none }}\n    real_servers:\n",
+                "  - name: {name}\n    address: '{}'\n    port: {port}\n    protocol: {proto}\n    method: {}\n    health_check: {{ type: none }}\n{extra}    real_servers:\n",
                 self.vip(),
                 m.name()
             ));
@@ -495,6 +520,15 @@ impl Bench {
             Workload::TcpEst => (
                 client,
                 to_vip(Src::Fixed(CLIENT), Src::Fixed(TCP_SPORT), 80, L4::TcpAck),
+            ),
+            Workload::PersistEst => (
+                client,
+                to_vip(
+                    Src::Fixed(CLIENT),
+                    Src::Fixed(PERSIST_SPORT),
+                    PERSIST_PORT,
+                    L4::TcpAck,
+                ),
             ),
             Workload::UdpNew => (client, to_vip(Src::Random, Src::Random, 53, L4::Udp)),
             Workload::TcpSyn | Workload::TcpSynPaced => {

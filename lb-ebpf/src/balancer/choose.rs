@@ -1,11 +1,12 @@
 //! Choosing the real: flow table first, then (for a persistent virtual server) the
 //! client network's real, then the virtual server's Maglev ring.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64};
 use lb_common::{
     flow_hash, maps::UDP_SEEN_SLOTS, reason, FlowKey, FlowState, PersistKey, PersistState,
-    RealInfo, TunnelSource, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, NO_REAL, REAL_F_ACTIVE,
-    REAL_F_NEW, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT, REAL_F_PLAIN_TUNNEL, RING_ELEMS, RING_STRIDE,
+    RealInfo, TunnelSource, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, NO_REAL,
+    PERSIST_TOUCH_JIFFIES, REAL_F_ACTIVE, REAL_F_NEW, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT,
+    REAL_F_PLAIN_PERSIST, REAL_F_PLAIN_TUNNEL, RING_ELEMS, RING_STRIDE,
 };
 
 use crate::{
@@ -56,9 +57,27 @@ fn persist_key(key: &FlowKey, vs: &VsInfo) -> PersistKey {
     }
 }
 
-/// Keeps a persistent client network's entry alive while its flows carry packets.
+/// Returns: the low 32 bits of the kernel's tick count, the clock of
+/// [`FlowState::touched`] (decision 0033).
+#[inline(always)]
+fn ticks() -> u32 {
+    // SAFETY: helper without arguments; the verifier makes it one load of `jiffies`
+    // (decision 0032).
+    unsafe { bpf_jiffies64() as u32 }
+}
+
+/// Keeps a persistent client network's entry alive while its flows carry packets, and
+/// stamps the entry of flow `key`, so that its packets go by the entry and the real
+/// alone for [`PERSIST_TOUCH_JIFFIES`] (decision 0033). Each flow's packets come here
+/// at most that often while its real is flagged plain; its client network's entry is
+/// rewritten at most once in [`PERSIST_TOUCH_NS`].
 #[inline(always)]
 fn persist_touch(key: &FlowKey, vs: &VsInfo, real_id: u32) {
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: LRU hash value pointer, valid for this run; a racing writer stamps
+        // the same clock.
+        unsafe { (*f).touched = ticks() };
+    }
     let pk = persist_key(key, vs);
     if let Some(p) = PERSIST.get_ptr_mut(&pk) {
         let now = unsafe { bpf_ktime_get_ns() };
@@ -160,10 +179,12 @@ impl Plain {
 
 /// Returns: the flow whose entry is `f`, plain, when the entry's real still holds the
 /// entry's generation, is active and is flagged `REAL_F_PLAIN_*`: its virtual server
-/// (the entry's index) forwards the flow by direct routing, NAT or tunnelling without
-/// persistence, and is still at the packet's VIP, port and protocol, since the daemon
-/// gives the reals of a virtual server that leaves them a new generation (decision
-/// 0027).
+/// (the entry's index) forwards the flow by direct routing, NAT or tunnelling, and is
+/// still at the packet's VIP, port and protocol, since the daemon gives the reals of a
+/// virtual server that leaves them a new generation (decision 0027). Not a persistent
+/// one's flow whose entry was touched [`PERSIST_TOUCH_JIFFIES`] ago or more: that
+/// packet goes through the virtual server, which touches the client network's
+/// persistence entry (decision 0033).
 #[inline(always)]
 pub fn plain(f: &FlowState) -> Option<Plain> {
     let real = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE)?;
@@ -178,6 +199,11 @@ pub fn plain(f: &FlowState) -> Option<Plain> {
     } else {
         return None;
     };
+    if real.flags & REAL_F_PLAIN_PERSIST != 0
+        && ticks().wrapping_sub(f.touched) >= PERSIST_TOUCH_JIFFIES
+    {
+        return None;
+    }
     Some(Plain {
         real_id: f.real_id,
         real,
@@ -266,7 +292,7 @@ pub fn marked_to(key: &FlowKey, vs: &VsInfo, addr: &[u32; 4], port_be: u16) -> O
         real_id,
         real_generation: real.generation,
         vs_index: vs.vs_index,
-        _pad: 0,
+        touched: 0,
     })
 }
 
@@ -388,7 +414,7 @@ fn pick(
         real_id,
         real_generation: generation,
         vs_index: vs.vs_index,
-        _pad: 0,
+        touched: if persistent { ticks() } else { 0 },
     };
     record_flow(key, &state);
     if persistent {

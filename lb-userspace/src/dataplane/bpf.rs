@@ -634,6 +634,14 @@ impl DataplaneContents for BpfDataplane {
 /// An owned handle on the connection table (see [`DataplaneRead::flow_reader`]).
 pub struct FlowsReader(MapData);
 
+impl FlowsReader {
+    /// Returns: the map itself, for a caller that reads entries one by one (the tests'
+    /// fixture).
+    pub fn into_map(self) -> MapData {
+        self.0
+    }
+}
+
 impl FlowReader for FlowsReader {
     fn count(self) -> Result<std::collections::HashMap<(u32, u32), u64>, DataplaneError> {
         let h: HashMap<MapData, FlowKey, FlowState> =

@@ -45,23 +45,27 @@ impl MemoryDataplane {
         self.filter_misses.extend(hidden);
     }
 
-    /// Records in `plain_misses` every active real flagged `REAL_F_PLAIN_*`, at a
-    /// generation a live table has named (so that a flow may name it), whose virtual
-    /// server (by the real's index) is not in `VS_MAP`, forwards by another method, or
-    /// has persistence, or tunnels from a source other than its `TUNNEL_SRCS` slot's:
-    /// the data path would forward the real's established flows as that virtual
-    /// server no longer does (decisions 0027, 0028).
+    /// Records in `plain_misses` every active real, at a generation a live table has
+    /// named (so that a flow may name it), flagged with a `REAL_F_PLAIN_*` method its
+    /// virtual server (by the real's index) does not warrant: one not in `VS_MAP`, of
+    /// another method, or tunnelling from a source other than its `TUNNEL_SRCS` slot's
+    /// (the data path would forward the real's established flows as that virtual server
+    /// no longer does, decisions 0027, 0028); or flagged `REAL_F_PLAIN_PERSIST` for a
+    /// virtual server without persistence (0033). A persistent one's real may lack that
+    /// flag while it is given: its flows then leave the client network's persistence
+    /// entry untouched for that while, and only a new connection could miss it.
     fn check_plain(&mut self) {
+        use lb_common::{REAL_F_PLAIN, REAL_F_PLAIN_METHOD, REAL_F_PLAIN_PERSIST};
         let by_index: HashMap<u32, &VsInfo> = self.vs.values().map(|v| (v.vs_index, v)).collect();
         let wrong = self
             .reals
             .iter()
             .filter(|(&id, r)| self.named.contains(&(id, r.generation)))
             .filter(|(_, r)| r.flags & lb_common::REAL_F_ACTIVE != 0)
-            .filter(|(_, r)| r.flags & lb_common::REAL_F_PLAIN != 0)
+            .filter(|(_, r)| r.flags & REAL_F_PLAIN != 0)
             .filter(|(_, r)| {
-                let want = match by_index.get(&u32::from(r.vs_index)) {
-                    Some(v) if v.persist_timeout_ns != 0 => 0,
+                let vs = by_index.get(&u32::from(r.vs_index));
+                let method = match vs {
                     Some(v) if v.method == lb_common::METHOD_DR => lb_common::REAL_F_PLAIN_DR,
                     Some(v) if v.method == lb_common::METHOD_NAT => lb_common::REAL_F_PLAIN_NAT,
                     // Only with its outer source in its slot (decision 0028).
@@ -73,7 +77,9 @@ impl MemoryDataplane {
                     }
                     _ => 0,
                 };
-                r.flags & lb_common::REAL_F_PLAIN != want
+                let persists = vs.is_some_and(|v| v.persist_timeout_ns != 0);
+                let has = r.flags & REAL_F_PLAIN_METHOD;
+                (has != 0 && has != method) || (r.flags & REAL_F_PLAIN_PERSIST != 0 && !persists)
             })
             .map(|(_, r)| format!("plain real {:?}:{}", r.addr, u16::from_be(r.port_be)));
         let wrong: Vec<String> = wrong.collect();

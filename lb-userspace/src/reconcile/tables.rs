@@ -12,7 +12,7 @@ use std::{
 use lb_common::{
     user::{addr_words, mask_words},
     VsInfo, VsKey, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT,
-    REAL_F_PLAIN_TUNNEL,
+    REAL_F_PLAIN_PERSIST, REAL_F_PLAIN_TUNNEL,
 };
 
 use super::ReconcileError;
@@ -94,14 +94,20 @@ fn method_code(m: Method) -> u8 {
     }
 }
 
-/// Returns: the `REAL_F_PLAIN_*` flag of a virtual server with parameters `params`:
-/// any method without persistence (decisions 0027, 0028); 0 otherwise.
+/// Returns: the `REAL_F_PLAIN_*` flags of a virtual server with parameters `params`:
+/// its method's (decisions 0027, 0028), with `REAL_F_PLAIN_PERSIST` if it has
+/// persistence (decision 0033).
 pub(super) fn plain_of(params: &VsInfo) -> u32 {
-    match (params.method, params.persist_timeout_ns) {
-        (METHOD_DR, 0) => REAL_F_PLAIN_DR,
-        (METHOD_NAT, 0) => REAL_F_PLAIN_NAT,
-        (METHOD_TUNNEL, 0) => REAL_F_PLAIN_TUNNEL,
-        _ => 0,
+    let method = match params.method {
+        METHOD_DR => REAL_F_PLAIN_DR,
+        METHOD_NAT => REAL_F_PLAIN_NAT,
+        METHOD_TUNNEL => REAL_F_PLAIN_TUNNEL,
+        _ => return 0,
+    };
+    if params.persist_timeout_ns != 0 {
+        method | REAL_F_PLAIN_PERSIST
+    } else {
+        method
     }
 }
 

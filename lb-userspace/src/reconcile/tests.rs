@@ -376,16 +376,18 @@ fn the_sole_nat_flag_follows_the_nat_reals_entry_it_stands_for() {
     assert!(r.dp.sole_misses.is_empty(), "{:?}", r.dp.sole_misses);
 }
 
-/// `REAL_F_PLAIN_*` (decisions 0027, 0028) marks the reals of a virtual server
-/// without persistence, by its method, and no other: at no step is an
-/// active real flagged for a method its virtual server (in `VS_MAP`, by index) does
-/// not use (the memory data path checks at every write), through method and
-/// persistence changes and removal. A virtual server that moves to another VIP under
+/// `REAL_F_PLAIN_*` (decisions 0027, 0028) marks the reals of a virtual server by its
+/// method, with `REAL_F_PLAIN_PERSIST` where it has persistence (0033), and no other:
+/// at no step is an active real flagged for a method its virtual server (in `VS_MAP`,
+/// by index) does not use, or for persistence it does not have (the memory data path
+/// checks at every write), through method and persistence changes and removal. A virtual server that moves to another VIP under
 /// its name gives its reals new generations, so that flows of the old VIP, which the
 /// data path forwards by their real alone, are no longer theirs.
 #[test]
 fn the_plain_flags_follow_the_method_and_a_moved_virtual_server_retires_its_reals() {
-    use lb_common::{REAL_F_PLAIN, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT, REAL_F_PLAIN_TUNNEL};
+    use lb_common::{
+        REAL_F_PLAIN, REAL_F_PLAIN_DR, REAL_F_PLAIN_NAT, REAL_F_PLAIN_PERSIST, REAL_F_PLAIN_TUNNEL,
+    };
     let mut r = Reconciler::new(MemoryDataplane::default(), 8, 16);
     let parse = |vip: &str, extra: &str| {
         let t = format!("interfaces: [eth0]\nvirtual_servers:\n  - {{ name: a, address: {vip}, port: 80, protocol: tcp, health_check: {{ type: none }}{extra}, real_servers: [{{ address: 10.0.1.1 }}, {{ address: 10.0.1.2 }}] }}\n");
@@ -423,14 +425,25 @@ fn the_plain_flags_follow_the_method_and_a_moved_virtual_server_retires_its_real
     .unwrap();
     assert_eq!(
         real(&r).1.flags & REAL_F_PLAIN,
-        0,
+        REAL_F_PLAIN_TUNNEL | REAL_F_PLAIN_PERSIST,
         "tunnel with persistence"
     );
     r.apply(&parse("10.0.0.1", "")).unwrap();
     assert_eq!(real(&r).1.flags & REAL_F_PLAIN, REAL_F_PLAIN_DR);
     let persistent = ", persistence: { timeout: 60s }";
     r.apply(&parse("10.0.0.1", persistent)).unwrap();
-    assert_eq!(real(&r).1.flags & REAL_F_PLAIN, 0, "persistence");
+    assert_eq!(
+        real(&r).1.flags & REAL_F_PLAIN,
+        REAL_F_PLAIN_DR | REAL_F_PLAIN_PERSIST,
+        "persistence"
+    );
+    r.apply(&parse("10.0.0.1", &format!(", method: nat{persistent}")))
+        .unwrap();
+    assert_eq!(
+        real(&r).1.flags & REAL_F_PLAIN,
+        REAL_F_PLAIN_NAT | REAL_F_PLAIN_PERSIST,
+        "NAT with persistence"
+    );
     r.apply(&parse("10.0.0.1", "")).unwrap();
     let (id, before) = real(&r);
     assert_eq!(before.flags & REAL_F_PLAIN, REAL_F_PLAIN_DR);

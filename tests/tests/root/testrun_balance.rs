@@ -689,6 +689,126 @@ fn an_established_plain_flow_is_forwarded_by_its_entry_and_real_alone() {
     assert_eq!(f.verdicts(reason::PASS_NOT_VS), 2);
 }
 
+/// Decision 0033: an established flow of a persistent virtual server is forwarded by
+/// its entry and real alone too, and goes through its virtual server, which keeps the
+/// client network's persistence entry alive and stamps the flow's entry, once the
+/// stamp (`FlowState::touched`, kernel ticks) is `PERSIST_TOUCH_JIFFIES` old. Shown
+/// behind the daemon's back, with the virtual server's `VS_MAP` value taken away: a
+/// due packet is looked up and passed; a stamped flow's next packet still reaches its
+/// real. The program's clock cannot be set, so a packet that found no virtual server
+/// right after a stamp is a failure only if a flow recorded just after it bears a
+/// stamp less than `PERSIST_TOUCH_JIFFIES` later (else the attempt is made again).
+#[test]
+fn an_established_persistent_flow_goes_by_its_real_and_through_its_virtual_server_when_due() {
+    use lb_common::{FlowState, PersistState, PERSIST_TOUCH_JIFFIES};
+    use xdpvs::dataplane::{Dataplane as _, DataplaneContents as _};
+    let y = yaml(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]).replace(
+        "    table_size: 65537\n",
+        "    table_size: 65537\n    persistence: { timeout: 300s, netmask: 24 }\n",
+    );
+    let mut f = Fixture::new(&y);
+    let established = segment(CLIENT, 5000, TCP_ACK);
+    let r = f.run(&established);
+    assert_eq!(r.action, XDP_TX);
+    let real = ["10.0.1.11", "10.0.1.12", "10.0.1.13"]
+        .iter()
+        .map(|a| a.parse::<IpAddr>().unwrap())
+        .find(|a| r.out[0..6] == real_mac(*a))
+        .expect("sent to a real");
+    assert_dr_rewrite(&established, &r.out, real);
+    let id = f
+        .rec
+        .real_id(&xdpvs::model::RealKey::real("web", real, 80))
+        .expect("the real's id");
+    let flags = f.rec.dataplane().reals().expect("REALS")[id as usize].flags;
+    let plain = lb_common::REAL_F_PLAIN_DR | lb_common::REAL_F_PLAIN_PERSIST;
+    assert_eq!(flags & plain, plain, "{flags:#x}");
+    let entry = f.flow_state(&key(5000)).expect("recorded");
+    let persisted = f.persist_entries();
+    assert_eq!(persisted.len(), 1, "{persisted:?}");
+    let (pk, ps) = persisted[0];
+    assert_eq!(ps.real_id, id);
+
+    let vs_key = lb_common::VsKey::new(IpAddr::from(VIP), 80, PROTO_TCP);
+    let vs = f
+        .rec
+        .dataplane()
+        .virtual_servers()
+        .expect("VS_MAP")
+        .into_iter()
+        .find(|(k, _)| *k == vs_key)
+        .expect("the virtual server")
+        .1;
+    // Due (a stamp half the clock away), its virtual server gone: looked up, passed.
+    let due = FlowState {
+        touched: entry.touched.wrapping_add(1 << 31),
+        ..entry
+    };
+    f.set_flow_state(&key(5000), &due);
+    f.rec
+        .dataplane_behind_its_back()
+        .remove_vs(&vs_key)
+        .expect("VS_MAP");
+    assert_eq!(f.run(&established).action, XDP_PASS, "due: looked up");
+    assert_eq!(f.flow_state(&key(5000)), Some(due), "nothing stamped");
+    // Due, its virtual server back, the network's entry long untouched: forwarded,
+    // the flow stamped and the network's entry touched.
+    f.rec
+        .dataplane_behind_its_back()
+        .set_vs(&vs_key, &vs)
+        .expect("VS_MAP");
+    let stale = PersistState {
+        last_seen_ns: 1,
+        ..ps
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        f.set_flow_state(&key(5000), &due);
+        f.set_persist_entry(&pk, &stale);
+        let r = f.run(&established);
+        assert_eq!(r.action, XDP_TX, "due, through its virtual server");
+        assert_dr_rewrite(&established, &r.out, real);
+        let stamped = f.flow_state(&key(5000)).expect("kept").touched;
+        assert_ne!(stamped, due.touched, "the flow is stamped");
+        let touched = f.persist_entries()[0].1;
+        assert!(touched.last_seen_ns > 1, "the network's entry is touched");
+        f.set_persist_entry(&pk, &stale);
+        // Stamped: the next packet goes by the entry and the real alone.
+        f.rec
+            .dataplane_behind_its_back()
+            .remove_vs(&vs_key)
+            .expect("VS_MAP");
+        let r = f.run(&established);
+        f.rec
+            .dataplane_behind_its_back()
+            .set_vs(&vs_key, &vs)
+            .expect("VS_MAP");
+        if r.action == XDP_TX {
+            assert_dr_rewrite(&established, &r.out, real);
+            assert_eq!(
+                f.persist_entries()[0].1,
+                stale,
+                "by its real alone: the network's entry untouched"
+            );
+            break;
+        }
+        // Passed: only right if the stamp was due already, which a flow recorded now
+        // tells by its own stamp.
+        let probe = 6000 + attempts;
+        assert_eq!(f.run(&segment(CLIENT, probe, TCP_ACK)).action, XDP_TX);
+        let now = f.flow_state(&key(probe)).expect("recorded").touched;
+        assert!(
+            now.wrapping_sub(stamped) >= PERSIST_TOUCH_JIFFIES,
+            "stamped at tick {stamped}, passed before tick {now}"
+        );
+        assert!(
+            attempts < 20,
+            "{attempts} attempts, each slower than a touch"
+        );
+    }
+}
+
 /// A fragment's entry (by addresses: both ports zero) is never taken for a whole
 /// packet's: a packet to port 0, which no virtual server has, is passed even when the
 /// client's fragments recorded an entry for the VIP (decision 0027).

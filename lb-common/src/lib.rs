@@ -139,14 +139,13 @@ pub const REAL_F_PLAIN_TUNNEL: u32 = 64;
 /// persistence: a packet of a flow whose entry's [`FlowState::touched`] is
 /// [`PERSIST_TOUCH_JIFFIES`] old or more goes through the virtual server, which keeps
 /// the client network's persistence entry alive, and stamps the entry (decision
-/// 0033). Taken before persistence goes, given after it comes; alone it means nothing.
+/// 0033). Taken with the method's flag before persistence comes or goes; both given
+/// again once the virtual server's new value is written.
 pub const REAL_F_PLAIN_PERSIST: u32 = 128;
 /// The [`RealInfo::flags`] that say how a flow recorded for the real is forwarded
 /// without its virtual server.
 pub const REAL_F_PLAIN: u32 =
     REAL_F_PLAIN_DR | REAL_F_PLAIN_NAT | REAL_F_PLAIN_TUNNEL | REAL_F_PLAIN_PERSIST;
-/// Of [`REAL_F_PLAIN`], the flags that name a method.
-pub const REAL_F_PLAIN_METHOD: u32 = REAL_F_PLAIN_DR | REAL_F_PLAIN_NAT | REAL_F_PLAIN_TUNNEL;
 /// The [`RealInfo::flags`] the reals' health and weights decide.
 pub const REAL_F_POLICY: u32 = REAL_F_ACTIVE | REAL_F_NEW;
 
@@ -255,8 +254,9 @@ pub struct FlowState {
     pub vs_index: u32,
     /// Of a persistent virtual server's flow: the low 32 bits of the kernel's tick
     /// count (`jiffies`) when a packet of the flow last went through the virtual server
-    /// to keep its client network's persistence entry alive (decision 0033). Zero
-    /// otherwise (an entry of a release before it had zero here too).
+    /// to keep its client network's persistence entry alive (decision 0033). Written
+    /// zero for other flows (as by a release before it), and read only while the
+    /// flow's real is flagged [`REAL_F_PLAIN_PERSIST`].
     pub touched: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 16);

@@ -373,36 +373,31 @@ impl Fixture {
             .expect("FLOWS entry written");
     }
 
+    /// Returns: the persistence table, `PERSIST`, on a descriptor of its own.
+    fn persist(&self) -> HashMap<MapData, lb_common::PersistKey, lb_common::PersistState> {
+        use std::os::fd::AsFd as _;
+        let data = match self.programs.map(lb_common::maps::PERSIST) {
+            Some(aya::maps::Map::LruHashMap(m)) => m,
+            _ => panic!("PERSIST is an LRU hash map"),
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().expect("dup PERSIST");
+        let data = MapData::from_fd(fd).expect("PERSIST");
+        HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("PERSIST")
+    }
+
     /// Returns: every `PERSIST` entry (a persistent virtual server's client networks).
     pub fn persist_entries(&self) -> Vec<(lb_common::PersistKey, lb_common::PersistState)> {
-        let map = self
-            .programs
-            .map(lb_common::maps::PERSIST)
-            .expect("PERSIST");
-        let m =
-            aya::maps::HashMap::<_, lb_common::PersistKey, lb_common::PersistState>::try_from(map)
-                .expect("PERSIST is a hash map");
-        m.iter().map(|e| e.expect("PERSIST entry")).collect()
+        self.persist()
+            .iter()
+            .map(|e| e.expect("PERSIST entry"))
+            .collect()
     }
 
     /// Writes `state` as `PERSIST` entry `key`, behind the daemon's back.
     pub fn set_persist_entry(&self, key: &lb_common::PersistKey, state: &lb_common::PersistState) {
-        let map = self
-            .programs
-            .map(lb_common::maps::PERSIST)
-            .expect("PERSIST");
-        let data = match map {
-            aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => m,
-            _ => panic!("PERSIST is a hash map"),
-        };
-        let fd = {
-            use std::os::fd::AsFd as _;
-            data.fd().as_fd().try_clone_to_owned().expect("dup PERSIST")
-        };
-        let data = MapData::from_fd(fd).expect("PERSIST");
-        let mut m: HashMap<MapData, lb_common::PersistKey, lb_common::PersistState> =
-            HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("PERSIST");
-        m.insert(key, state, 0).expect("PERSIST entry written");
+        self.persist()
+            .insert(key, state, 0)
+            .expect("PERSIST entry written");
     }
 
     /// Returns: the entries of `NAT_STATE`, the reply state of NAT flows whose replies

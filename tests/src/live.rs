@@ -993,7 +993,15 @@ mod tests {
         assert_eq!(running(Method::Nat, &[UdpNew]), [UdpNew]);
         assert_eq!(
             running(Method::Dr, &WORKLOADS),
-            [UdpEst, TcpEst, UdpNew, TcpSynPaced, TcpSyn, NonVip]
+            [
+                UdpEst,
+                TcpEst,
+                PersistEst,
+                UdpNew,
+                TcpSynPaced,
+                TcpSyn,
+                NonVip
+            ]
         );
         assert_eq!(running(Method::Nat, &WORKLOADS), WORKLOADS);
     }

@@ -15,8 +15,9 @@ use crate::{
     verdict::Verdict,
 };
 
-/// A persistence entry's last-seen time is rewritten at most this often (ns), so that
-/// the established fast path does not write a shared cache line on every packet.
+/// A persistence entry's last-seen time is rewritten at most this often (ns), or half
+/// its virtual server's timeout if that is shorter, so that the established fast path
+/// does not write a shared cache line on every packet.
 const PERSIST_TOUCH_NS: u64 = 1_000_000_000;
 
 /// A real chosen for a packet.
@@ -68,23 +69,28 @@ fn ticks() -> u32 {
 
 /// Keeps a persistent client network's entry alive while its flows carry packets, and
 /// stamps the entry of flow `key`, so that its packets go by the entry and the real
-/// alone for [`PERSIST_TOUCH_JIFFIES`] (decision 0033). Each flow's packets come here
-/// at most that often while its real is flagged plain; its client network's entry is
-/// rewritten at most once in [`PERSIST_TOUCH_NS`].
+/// alone for [`PERSIST_TOUCH_JIFFIES`] (decision 0033). A flow's packets come here at
+/// most that often while its real is flagged plain (a fragment's, whose entry is by
+/// addresses and never plain, every time: its entry is not stamped); its client
+/// network's entry is rewritten at most once in [`PERSIST_TOUCH_NS`] or half the
+/// timeout, so that it lags the network's last packet by less than the timeout.
 #[inline(always)]
 fn persist_touch(key: &FlowKey, vs: &VsInfo, real_id: u32) {
-    if let Some(f) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: LRU hash value pointer, valid for this run; a racing writer stamps
-        // the same clock.
-        unsafe { (*f).touched = ticks() };
+    if key.dport_be != 0 {
+        if let Some(f) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: LRU hash value pointer, valid for this run; a racing writer
+            // stamps the same clock.
+            unsafe { (*f).touched = ticks() };
+        }
     }
     let pk = persist_key(key, vs);
     if let Some(p) = PERSIST.get_ptr_mut(&pk) {
         let now = unsafe { bpf_ktime_get_ns() };
+        let every = PERSIST_TOUCH_NS.min(vs.persist_timeout_ns / 2);
         // SAFETY: LRU value pointer, valid for this run; a racing writer can only make
         // the time older or newer by a packet's worth.
         unsafe {
-            if (*p).real_id == real_id && now.wrapping_sub((*p).last_seen_ns) > PERSIST_TOUCH_NS {
+            if (*p).real_id == real_id && now.wrapping_sub((*p).last_seen_ns) > every {
                 (*p).last_seen_ns = now;
             }
         }
@@ -345,8 +351,8 @@ fn pick(
 ) -> Result<Choice, Verdict> {
     let persistent = vs.persist_timeout_ns != 0;
     // A concurrent update can at worst give a stale but well-formed FlowState, which
-    // is then validated against REALS.
-    if let Some(f) = found {
+    // is then validated against REALS. Copied: `persist_touch` writes the entry.
+    if let Some(f) = found.copied() {
         if f.vs_index == vs.vs_index {
             if let Some(real) = real_usable(f.real_id, f.real_generation, REAL_F_ACTIVE) {
                 if persistent && record != Record::Never {

@@ -635,8 +635,9 @@ impl DataplaneContents for BpfDataplane {
 pub struct FlowsReader(MapData);
 
 impl FlowsReader {
-    /// Returns: the map itself, for a caller that reads entries one by one (the tests'
-    /// fixture).
+    /// Returns: the map itself, for a caller that reads and writes entries one by one
+    /// (the tests' fixture).
+    #[doc(hidden)]
     pub fn into_map(self) -> MapData {
         self.0
     }

@@ -45,24 +45,22 @@ impl MemoryDataplane {
         self.filter_misses.extend(hidden);
     }
 
-    /// Records in `plain_misses` every active real, at a generation a live table has
-    /// named (so that a flow may name it), flagged with a `REAL_F_PLAIN_*` method its
-    /// virtual server (by the real's index) does not warrant: one not in `VS_MAP`, of
-    /// another method, or tunnelling from a source other than its `TUNNEL_SRCS` slot's
-    /// (the data path would forward the real's established flows as that virtual server
-    /// no longer does, decisions 0027, 0028); or flagged `REAL_F_PLAIN_PERSIST` for a
-    /// virtual server without persistence (0033). A persistent one's real may lack that
-    /// flag while it is given: its flows then leave the client network's persistence
-    /// entry untouched for that while, and only a new connection could miss it.
+    /// Records in `plain_misses` every active real flagged `REAL_F_PLAIN_*`, at a
+    /// generation a live table has named (so that a flow may name it), whose flags
+    /// are not those its virtual server (by the real's index) warrants: none for one
+    /// not in `VS_MAP`, its method's (a tunnel's only with its outer source in its
+    /// `TUNNEL_SRCS` slot), with `REAL_F_PLAIN_PERSIST` where it has persistence. The
+    /// data path would forward the real's established flows as that virtual server no
+    /// longer does, or leave its client networks' persistence entries untouched
+    /// (decisions 0027, 0028, 0033).
     fn check_plain(&mut self) {
-        use lb_common::{REAL_F_PLAIN, REAL_F_PLAIN_METHOD, REAL_F_PLAIN_PERSIST};
         let by_index: HashMap<u32, &VsInfo> = self.vs.values().map(|v| (v.vs_index, v)).collect();
         let wrong = self
             .reals
             .iter()
             .filter(|(&id, r)| self.named.contains(&(id, r.generation)))
             .filter(|(_, r)| r.flags & lb_common::REAL_F_ACTIVE != 0)
-            .filter(|(_, r)| r.flags & REAL_F_PLAIN != 0)
+            .filter(|(_, r)| r.flags & lb_common::REAL_F_PLAIN != 0)
             .filter(|(_, r)| {
                 let vs = by_index.get(&u32::from(r.vs_index));
                 let method = match vs {
@@ -78,8 +76,12 @@ impl MemoryDataplane {
                     _ => 0,
                 };
                 let persists = vs.is_some_and(|v| v.persist_timeout_ns != 0);
-                let has = r.flags & REAL_F_PLAIN_METHOD;
-                (has != 0 && has != method) || (r.flags & REAL_F_PLAIN_PERSIST != 0 && !persists)
+                let want = if method != 0 && persists {
+                    method | lb_common::REAL_F_PLAIN_PERSIST
+                } else {
+                    method
+                };
+                r.flags & lb_common::REAL_F_PLAIN != want
             })
             .map(|(_, r)| format!("plain real {:?}:{}", r.addr, u16::from_be(r.port_be)));
         let wrong: Vec<String> = wrong.collect();

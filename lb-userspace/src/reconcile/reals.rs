@@ -8,7 +8,8 @@ use std::{
 
 use lb_common::{
     maps::MAX_REALS, user::addr_words, RealInfo, REAL_F_ACTIVE, REAL_F_BY_DEST, REAL_F_PLAIN,
-    REAL_F_POLICY, REAL_F_SOLE_NAT, REAL_ROLE_FREE, REAL_ROLE_REAL, REAL_ROLE_SORRY,
+    REAL_F_PLAIN_PERSIST, REAL_F_POLICY, REAL_F_SOLE_NAT, REAL_ROLE_FREE, REAL_ROLE_REAL,
+    REAL_ROLE_SORRY,
 };
 
 use super::{
@@ -342,17 +343,27 @@ impl Reals {
         Ok(())
     }
 
-    /// Takes from every real the `REAL_F_PLAIN_*` flags beyond those `plain` gives its
-    /// virtual server (by name): before anything of a virtual server whose method,
-    /// persistence, VIP, port or protocol changes, or that goes, is written (decision
-    /// 0027).
+    /// Takes from every real its `REAL_F_PLAIN_*` flags, all of them, where `plain`
+    /// gives its virtual server (by name) not every flag it has, or persistence
+    /// (`REAL_F_PLAIN_PERSIST`) where it has none, or none where it has it: before
+    /// anything of a virtual server whose method, persistence, VIP, port or protocol
+    /// changes, or that goes, is written (decisions 0027, 0033). Its flows then go
+    /// through their virtual server until [`Reals::gain_plain`] gives the new flags at
+    /// once, so no real ever carries a method's flag without the persistence flag its
+    /// virtual server warrants.
     pub fn lose_plain(
         &mut self,
         dp: &mut impl Dataplane,
         plain: impl Fn(&str) -> u32,
     ) -> Result<(), ReconcileError> {
         for (key, slot) in self.slots.iter_mut() {
-            let lost = slot.info.flags & REAL_F_PLAIN & !plain(&key.vs);
+            let (have, want) = (slot.info.flags & REAL_F_PLAIN, plain(&key.vs));
+            let persistence_changes = (have ^ want) & REAL_F_PLAIN_PERSIST != 0;
+            let lost = if have & !want != 0 || (have != 0 && persistence_changes) {
+                have
+            } else {
+                0
+            };
             if lost == 0 {
                 continue;
             }

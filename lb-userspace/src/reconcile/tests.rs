@@ -378,11 +378,11 @@ fn the_sole_nat_flag_follows_the_nat_reals_entry_it_stands_for() {
 
 /// `REAL_F_PLAIN_*` (decisions 0027, 0028) marks the reals of a virtual server by its
 /// method, with `REAL_F_PLAIN_PERSIST` where it has persistence (0033), and no other:
-/// at no step is an active real flagged for a method its virtual server (in `VS_MAP`,
-/// by index) does not use, or for persistence it does not have (the memory data path
-/// checks at every write), through method and persistence changes and removal. A virtual server that moves to another VIP under
-/// its name gives its reals new generations, so that flows of the old VIP, which the
-/// data path forwards by their real alone, are no longer theirs.
+/// at no step is an active real flagged otherwise than its virtual server (in
+/// `VS_MAP`, by index) warrants (the memory data path checks at every write), through
+/// method and persistence changes and removal. A virtual server that moves to another
+/// VIP under its name gives its reals new generations, so that flows of the old VIP,
+/// which the data path forwards by their real alone, are no longer theirs.
 #[test]
 fn the_plain_flags_follow_the_method_and_a_moved_virtual_server_retires_its_reals() {
     use lb_common::{

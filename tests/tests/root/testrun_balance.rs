@@ -724,6 +724,11 @@ fn an_established_persistent_flow_goes_by_its_real_and_through_its_virtual_serve
     let plain = lb_common::REAL_F_PLAIN_DR | lb_common::REAL_F_PLAIN_PERSIST;
     assert_eq!(flags & plain, plain, "{flags:#x}");
     let entry = f.flow_state(&key(5000)).expect("recorded");
+    // (A tick count whose low half is zero, one in 2^32, would fail this.)
+    assert_ne!(
+        entry.touched, 0,
+        "a new persistent flow is recorded stamped"
+    );
     let persisted = f.persist_entries();
     assert_eq!(persisted.len(), 1, "{persisted:?}");
     let (pk, ps) = persisted[0];

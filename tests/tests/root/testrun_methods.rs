@@ -702,6 +702,113 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
     assert_wrapped(&f, new_src, "whole again");
 }
 
+/// Decision 0033 for NAT and tunnelling: an established flow of a persistent virtual
+/// server, stamped by the packet that recorded it, is forwarded by its entry and real
+/// alone, byte for byte as through its virtual server: with the virtual server's
+/// `VS_MAP` value taken away behind the daemon's back, its next packet is still
+/// translated to its real, or wrapped from the tunnel's source. The program's clock
+/// cannot be set: a packet passed is a failure only if a flow recorded right after it
+/// bears a stamp less than `PERSIST_TOUCH_JIFFIES` later; otherwise a new flow tries
+/// again.
+#[test]
+fn established_persistent_nat_and_tunnel_flows_go_by_their_real_between_touches() {
+    use lb_common::{VsKey, PERSIST_TOUCH_JIFFIES};
+    use xdpvs::dataplane::{Dataplane as _, DataplaneContents as _};
+    let persistent = "persistence: { timeout: 300s },\n      real_servers: [{ address: 10.0.1.11";
+    let y = YAML
+        .replace(
+            "method: nat,\n      real_servers: [{ address: 10.0.1.11",
+            &format!("method: nat, {persistent}"),
+        )
+        .replace(
+            "method: tunnel,\n      real_servers: [{ address: 10.0.9.11",
+            "method: tunnel, persistence: { timeout: 300s },\n      real_servers: [{ address: 10.0.9.11",
+        );
+    assert_ne!(y, YAML);
+    let mut f = Fixture::new(&y);
+    let ack = |vip: [u8; 4], sport: u16| {
+        V4Packet {
+            tcp_flags: TCP_ACK,
+            ..V4Packet::tcp(CLIENT4, sport, vip, 80)
+        }
+        .build()
+    };
+    // Returns: the frame `vip`'s virtual server sends `frame` (from `sport`) on as.
+    let sent = |f: &Fixture, vip: [u8; 4], sport: u16, frame: &[u8]| -> Vec<u8> {
+        let k = key(CLIENT4.into(), sport, vip.into(), 80, PROTO_TCP);
+        let real = f.flow_state(&k).expect("recorded").real_id;
+        let addr = f.rec.dataplane().reals().expect("REALS")[real as usize].addr;
+        let real = addr[0].to_ne_bytes();
+        if vip == NAT_VIP4 {
+            V4Packet {
+                tcp_flags: TCP_ACK,
+                dst_mac: real_mac(real.into()),
+                src_mac: FIB_MAC,
+                ..V4Packet::tcp(CLIENT4, sport, real, 8080)
+            }
+            .build()
+        } else {
+            ipip(frame, TUN_SRC4, real, 0)
+        }
+    };
+    for (vip, name) in [(NAT_VIP4, "nat4"), (TUN_VIP4, "tun4")] {
+        let vs_key = VsKey::new(IpAddr::from(vip), 80, PROTO_TCP);
+        let vs = f
+            .rec
+            .dataplane()
+            .virtual_servers()
+            .expect("VS_MAP")
+            .into_iter()
+            .find(|(k, _)| *k == vs_key)
+            .expect(name)
+            .1;
+        assert_ne!(vs.persist_timeout_ns, 0, "{name} is persistent");
+        let mut by_its_real = false;
+        for attempt in 0..20u16 {
+            let sport = 7000 + attempt;
+            let frame = ack(vip, sport);
+            let r = f.run(&frame);
+            let want = sent(&f, vip, sport, &frame);
+            assert_eq!(
+                (r.action, &r.out),
+                (XDP_REDIRECT, &want),
+                "{name}: recorded"
+            );
+            let k = key(CLIENT4.into(), sport, vip.into(), 80, PROTO_TCP);
+            let stamped = f.flow_state(&k).expect("recorded").touched;
+            f.rec
+                .dataplane_behind_its_back()
+                .remove_vs(&vs_key)
+                .expect("VS_MAP");
+            let r = f.run(&frame);
+            f.rec
+                .dataplane_behind_its_back()
+                .set_vs(&vs_key, &vs)
+                .expect("VS_MAP");
+            if r.action != XDP_PASS {
+                assert_eq!(
+                    (r.action, &r.out),
+                    (XDP_REDIRECT, &want),
+                    "{name}: by its real"
+                );
+                by_its_real = true;
+                break;
+            }
+            let probe = 9000 + attempt;
+            f.run(&ack(vip, probe));
+            let now = f
+                .flow_state(&key(CLIENT4.into(), probe, vip.into(), 80, PROTO_TCP))
+                .expect("the probe recorded")
+                .touched;
+            assert!(
+                now.wrapping_sub(stamped) >= PERSIST_TOUCH_JIFFIES,
+                "{name}: stamped at tick {stamped}, passed before tick {now}"
+            );
+        }
+        assert!(by_its_real, "{name}: 20 attempts, each slower than a touch");
+    }
+}
+
 #[test]
 fn tunnel_v6_wraps_the_packet_in_a_correct_outer_header() {
     let f = Fixture::new(YAML);

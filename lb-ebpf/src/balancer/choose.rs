@@ -1,7 +1,7 @@
 //! Choosing the real: flow table first, then (for a persistent virtual server) the
 //! client network's real, then the virtual server's Maglev ring.
 
-use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     flow_hash, maps::UDP_SEEN_SLOTS, reason, FlowKey, FlowState, PersistKey, PersistState,
     RealInfo, TunnelSource, VsInfo, METHOD_DR, METHOD_NAT, METHOD_TUNNEL, NO_REAL,
@@ -12,6 +12,7 @@ use lb_common::{
 use crate::{
     flow_filter,
     maps::{FLOWS, PERSIST, REALS, TUNNEL_SRCS, UDP_SEEN, VS_RINGS},
+    ticks,
     verdict::Verdict,
 };
 
@@ -58,15 +59,6 @@ fn persist_key(key: &FlowKey, vs: &VsInfo) -> PersistKey {
     }
 }
 
-/// Returns: the low 32 bits of the kernel's tick count, the clock of
-/// [`FlowState::touched`] (decision 0033).
-#[inline(always)]
-fn ticks() -> u32 {
-    // SAFETY: helper without arguments; the verifier makes it one load of `jiffies`
-    // (decision 0032).
-    unsafe { bpf_jiffies64() as u32 }
-}
-
 /// Keeps a persistent client network's entry alive while its flows carry packets, and
 /// stamps the entry of flow `key`, so that its packets go by the entry and the real
 /// alone for [`PERSIST_TOUCH_JIFFIES`] (decision 0033). A flow's packets come here at
@@ -80,7 +72,7 @@ fn persist_touch(key: &FlowKey, vs: &VsInfo, real_id: u32) {
         if let Some(f) = FLOWS.get_ptr_mut(key) {
             // SAFETY: LRU hash value pointer, valid for this run; a racing writer
             // stamps the same clock.
-            unsafe { (*f).touched = ticks() };
+            unsafe { (*f).touched = ticks::now() as u32 };
         }
     }
     let pk = persist_key(key, vs);
@@ -206,7 +198,7 @@ pub fn plain(f: &FlowState) -> Option<Plain> {
         return None;
     };
     if real.flags & REAL_F_PLAIN_PERSIST != 0
-        && ticks().wrapping_sub(f.touched) >= PERSIST_TOUCH_JIFFIES
+        && (ticks::now() as u32).wrapping_sub(f.touched) >= PERSIST_TOUCH_JIFFIES
     {
         return None;
     }
@@ -420,7 +412,7 @@ fn pick(
         real_id,
         real_generation: generation,
         vs_index: vs.vs_index,
-        touched: if persistent { ticks() } else { 0 },
+        touched: if persistent { ticks::now() as u32 } else { 0 },
     };
     record_flow(key, &state);
     if persistent {

@@ -2,10 +2,12 @@
 //! daemon's `SYN_GUARD` allows in a window, SYNs are balanced without looking up the
 //! connection table, whose miss is the dearest part of a SYN.
 
-use aya_ebpf::helpers::generated::bpf_jiffies64;
 use lb_common::SYN_WINDOW_JIFFIES;
 
-use crate::maps::{SYN_GUARD, SYN_RATE};
+use crate::{
+    maps::{SYN_GUARD, SYN_RATE},
+    ticks,
+};
 
 /// Counts one opening SYN to a virtual server on this CPU.
 /// Returns: whether it skips the connection table: this window or the last counted
@@ -22,9 +24,7 @@ pub fn syn_skips_table() -> bool {
     // SAFETY: this CPU's slot, valid for this run; nothing else on this CPU runs
     // the program meanwhile.
     let r = unsafe { &mut *r };
-    // Ticks: the verifier makes this helper one load of `jiffies` (decision 0032).
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_jiffies64() };
+    let now = ticks::now();
     let since = now.wrapping_sub(r.window);
     if since >= SYN_WINDOW_JIFFIES {
         r.previous = if since < 2 * SYN_WINDOW_JIFFIES {

@@ -22,6 +22,7 @@ mod l2;
 mod maps;
 mod parse;
 mod stats;
+mod ticks;
 mod verdict;
 mod vs;
 

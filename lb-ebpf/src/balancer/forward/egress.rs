@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_jiffies64, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::generated::{bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use lb_common::{
@@ -27,6 +27,7 @@ use crate::{
     l2::{self, write_header, Tags},
     maps::{KeptHop, CLIENT_HOPS, REAL_HOPS, VLAN_IN, VLAN_OUT},
     parse::Parsed,
+    ticks,
     verdict::Verdict,
 };
 
@@ -81,8 +82,7 @@ pub fn next_hop(
     let len = u32::from(r.tot_len);
     let mut now = 0;
     if let Some(k) = &keep {
-        // SAFETY: helper without arguments; the verifier makes it a load of `jiffies`.
-        now = unsafe { bpf_jiffies64() };
+        now = ticks::now();
         if let Some(hop) = k.fresh(now, input, len) {
             return Ok(hop);
         }

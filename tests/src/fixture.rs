@@ -373,6 +373,38 @@ impl Fixture {
             .expect("FLOWS entry written");
     }
 
+    /// Returns: the `VS_MAP` value of the virtual server at `key`.
+    pub fn vs_info(&self, key: &lb_common::VsKey) -> lb_common::VsInfo {
+        use xdpvs::dataplane::DataplaneContents as _;
+        let all = self.rec.dataplane().virtual_servers().expect("VS_MAP");
+        all.into_iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("no virtual server at {key:?}"))
+            .1
+    }
+
+    /// Runs `frame` with the `VS_MAP` value of the virtual server at `key` taken away
+    /// behind the daemon's back, then writes it back. Returns: the run.
+    pub fn run_without_vs(&mut self, key: &lb_common::VsKey, frame: &[u8]) -> Run {
+        use xdpvs::dataplane::Dataplane as _;
+        let info = self.vs_info(key);
+        let dp = self.rec.dataplane_behind_its_back();
+        dp.remove_vs(key).expect("VS_MAP");
+        let r = self.run(frame);
+        let dp = self.rec.dataplane_behind_its_back();
+        dp.set_vs(key, &info).expect("VS_MAP");
+        r
+    }
+
+    /// Runs `frame`, the first packet past its SYN of flow `key`, new, of a persistent
+    /// virtual server. Returns: the stamp its entry was recorded with
+    /// (`FlowState::touched`, decision 0033): the program's tick count now, which a
+    /// test cannot read otherwise.
+    pub fn ticks_now(&self, frame: &[u8], key: &FlowKey) -> u32 {
+        self.run(frame);
+        self.flow_state(key).expect("the flow recorded").touched
+    }
+
     /// Returns: the persistence table, `PERSIST`, on a descriptor of its own.
     fn persist(&self) -> HashMap<MapData, lb_common::PersistKey, lb_common::PersistState> {
         use std::os::fd::AsFd as _;

@@ -639,7 +639,7 @@ fn tunnel_v4_wraps_the_packet_in_a_correct_outer_header() {
 #[test]
 fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() {
     use lb_common::{user::addr_words, TunnelSource, VsKey};
-    use xdpvs::dataplane::{Dataplane as _, DataplaneContents as _};
+    use xdpvs::dataplane::Dataplane as _;
     let mut f = Fixture::new(YAML);
     let sport = 4242;
     let frame = V4Packet::tcp(CLIENT4, sport, TUN_VIP4, 80).build();
@@ -660,13 +660,8 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
         "method: tunnel, tunnel_source: 10.0.1.9,\n      real_servers: [{ address: 10.0.9.11 }",
     ));
     let vs_key = VsKey::new(IpAddr::from(TUN_VIP4), 80, PROTO_TCP);
+    let info = f.vs_info(&vs_key);
     let dp = f.rec.dataplane_behind_its_back();
-    let (_, info) = dp
-        .virtual_servers()
-        .expect("VS_MAP")
-        .into_iter()
-        .find(|(k, _)| *k == vs_key)
-        .expect("tun4");
     dp.remove_vs(&vs_key).expect("VS_MAP");
     assert_wrapped(
         &f,
@@ -713,7 +708,7 @@ fn an_established_tunnel_flow_is_wrapped_from_its_entry_real_and_outer_source() 
 #[test]
 fn established_persistent_nat_and_tunnel_flows_go_by_their_real_between_touches() {
     use lb_common::{VsKey, PERSIST_TOUCH_JIFFIES};
-    use xdpvs::dataplane::{Dataplane as _, DataplaneContents as _};
+    use xdpvs::dataplane::DataplaneContents as _;
     let persistent = "persistence: { timeout: 300s },\n      real_servers: [{ address: 10.0.1.11";
     let y = YAML
         .replace(
@@ -753,16 +748,11 @@ fn established_persistent_nat_and_tunnel_flows_go_by_their_real_between_touches(
     };
     for (vip, name) in [(NAT_VIP4, "nat4"), (TUN_VIP4, "tun4")] {
         let vs_key = VsKey::new(IpAddr::from(vip), 80, PROTO_TCP);
-        let vs = f
-            .rec
-            .dataplane()
-            .virtual_servers()
-            .expect("VS_MAP")
-            .into_iter()
-            .find(|(k, _)| *k == vs_key)
-            .expect(name)
-            .1;
-        assert_ne!(vs.persist_timeout_ns, 0, "{name} is persistent");
+        assert_ne!(
+            f.vs_info(&vs_key).persist_timeout_ns,
+            0,
+            "{name} is persistent"
+        );
         let mut by_its_real = false;
         for attempt in 0..20u16 {
             let sport = 7000 + attempt;
@@ -776,15 +766,7 @@ fn established_persistent_nat_and_tunnel_flows_go_by_their_real_between_touches(
             );
             let k = key(CLIENT4.into(), sport, vip.into(), 80, PROTO_TCP);
             let stamped = f.flow_state(&k).expect("recorded").touched;
-            f.rec
-                .dataplane_behind_its_back()
-                .remove_vs(&vs_key)
-                .expect("VS_MAP");
-            let r = f.run(&frame);
-            f.rec
-                .dataplane_behind_its_back()
-                .set_vs(&vs_key, &vs)
-                .expect("VS_MAP");
+            let r = f.run_without_vs(&vs_key, &frame);
             if r.action != XDP_PASS {
                 assert_eq!(
                     (r.action, &r.out),
@@ -795,11 +777,8 @@ fn established_persistent_nat_and_tunnel_flows_go_by_their_real_between_touches(
                 break;
             }
             let probe = 9000 + attempt;
-            f.run(&ack(vip, probe));
-            let now = f
-                .flow_state(&key(CLIENT4.into(), probe, vip.into(), 80, PROTO_TCP))
-                .expect("the probe recorded")
-                .touched;
+            let probe_key = key(CLIENT4.into(), probe, vip.into(), 80, PROTO_TCP);
+            let now = f.ticks_now(&ack(vip, probe), &probe_key);
             assert!(
                 now.wrapping_sub(stamped) >= PERSIST_TOUCH_JIFFIES,
                 "{name}: stamped at tick {stamped}, passed before tick {now}"
